@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs everything a fresh Debian machine needs to build and test Palisade:
+# Debian packages, rust-src (for -Z build-std=core), and bpf-linker linked against rustc's own LLVM.
+# Idempotent: each step is skipped when its result is already there.
+set -euo pipefail
+
+need_pkgs=()
+for p in protobuf-compiler:protoc iproute2:ip util-linux:nsenter wrk:wrk jq:jq; do
+  command -v "${p#*:}" >/dev/null 2>&1 || need_pkgs+=("${p%%:*}")
+done
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  echo "installing Debian packages: ${need_pkgs[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+
+rustup component list --installed | grep -q '^rust-src' || rustup component add rust-src
+
+# bpf-linker must link the very LLVM that rustc uses, or it cannot read rustc's bitcode.
+llvm_major=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
+bpf_linker_version=0.13.0
+if ! bpf-linker --version 2>/dev/null | grep -q "$bpf_linker_version"; then
+  sysroot=$(rustc --print sysroot)
+  libllvm=$(ls "$sysroot"/lib/libLLVM.so.* | head -n1)
+  llvm_prefix=${PALISADE_CACHE:-$HOME/.cache/palisade}/rustllvm
+  mkdir -p "$llvm_prefix/lib"
+  ln -sf "$libllvm" "$llvm_prefix/lib/libLLVM.so"
+  ln -sf "$libllvm" "$llvm_prefix/lib/"
+  echo "building bpf-linker $bpf_linker_version against rustc's LLVM $llvm_major (about 3 minutes)" >&2
+  LLVM_PREFIX="$llvm_prefix" cargo install --locked bpf-linker --version "$bpf_linker_version" \
+    --no-default-features --features "llvm-$llvm_major"
+fi
