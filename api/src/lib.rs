@@ -1,1 +1,13 @@
+//! Palisade's public API: the `ApiMonitor` and `ApiPolicy` custom resources
+//! (`palisade.dev/v1alpha1`) and the operator–agent gRPC protocol.
+//!
+//! The operator and the node agent both depend on this crate and never on each other.
 
+pub mod crdgen;
+pub mod v1alpha1;
+
+/// The operator–agent protocol (`proto/palisade/agent/v1/agent.proto`).
+pub mod agent {
+    #![allow(clippy::all, clippy::unwrap_used, clippy::expect_used)]
+    tonic::include_proto!("palisade.agent.v1");
+}

@@ -1,1 +1,136 @@
-fn main() {}
+//! `palisade-operator`: see the crate docs in lib.rs and the README.
+
+use anyhow::Context;
+use clap::Parser;
+use futures::{FutureExt, Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::Api;
+use kube::runtime::events::Reporter;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, Controller, WatchStreamExt};
+use palisade_api::agent::agent_control_server::AgentControlServer;
+use palisade_api::v1alpha1::{ApiMonitor, ApiPolicy};
+use palisade_operator::grpc::AgentControlService;
+use palisade_operator::monitor_controller::{self, MonitorContext};
+use palisade_operator::policy_controller::{self, PolicyContext};
+use palisade_operator::state::{ClusterView, Hub};
+use palisade_operator::throttle::{EventBudget, WriteThrottle};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Palisade operator")]
+struct Args {
+    /// Address the agents' gRPC service listens on.
+    #[arg(long, env = "PALISADE_GRPC_LISTEN", default_value = "0.0.0.0:9443")]
+    grpc_listen: SocketAddr,
+    /// Minimum time between two status writes of one object.
+    #[arg(long, default_value = "1000")]
+    status_interval_ms: u64,
+    /// Log as JSON lines.
+    #[arg(long, env = "PALISADE_LOG_JSON")]
+    log_json: bool,
+}
+
+type Signal = Pin<Box<dyn Stream<Item = ()> + Send>>;
+
+/// Starts a reflector for `api`, returning its store and a stream that yields on every change.
+fn reflect<K>(api: Api<K>) -> (Store<K>, Signal)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .filter_map(|ev| async move {
+            match ev {
+                Ok(_) => Some(()),
+                Err(error) => {
+                    tracing::warn!(%error, "watch error; retrying");
+                    None
+                }
+            }
+        });
+    (reader, Box::pin(stream))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if args.log_json {
+        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+
+    let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
+    let (pods, pod_changes) = reflect(Api::<Pod>::all(client.clone()));
+    let (monitors, monitor_changes) = reflect(Api::<ApiMonitor>::all(client.clone()));
+    let (policies, policy_changes) = reflect(Api::<ApiPolicy>::all(client.clone()));
+    let (nodes, node_changes) = reflect(Api::<Node>::all(client.clone()));
+    let view = ClusterView { pods, monitors, policies, nodes };
+    let (hub, triggers) = Hub::new(view.clone());
+
+    // Recompile node configurations on any change, at most every 100 ms.
+    let compile_hub = hub.clone();
+    let mut changes = futures::stream::select_all([pod_changes, monitor_changes, policy_changes, node_changes]);
+    let compiler = tokio::spawn(async move {
+        while changes.next().await.is_some() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            // Drain what piled up while we slept: one recompile covers it all.
+            while let Some(Some(())) = changes.next().now_or_never() {}
+            let changed = compile_hub.recompile();
+            if !changed.is_empty() {
+                tracing::info!(nodes = ?changed, "node configurations updated");
+            }
+            compile_hub.forget_deleted();
+            compile_hub.trigger_all();
+        }
+    });
+
+    let status_interval = Duration::from_millis(args.status_interval_ms);
+    let monitor_ctx = Arc::new(MonitorContext {
+        client: client.clone(),
+        hub: hub.clone(),
+        status_throttle: WriteThrottle::new(status_interval),
+    });
+    let monitor_controller = Controller::new(Api::<ApiMonitor>::all(client.clone()), watcher::Config::default())
+        .reconcile_on(UnboundedReceiverStream::new(triggers.monitors))
+        .shutdown_on_signal()
+        .run(monitor_controller::reconcile, monitor_controller::error_policy, monitor_ctx)
+        .for_each(|_| futures::future::ready(()));
+
+    let policy_ctx = Arc::new(PolicyContext {
+        client: client.clone(),
+        hub: hub.clone(),
+        reporter: Reporter { controller: "palisade-operator".into(), instance: std::env::var("POD_NAME").ok() },
+        status_throttle: WriteThrottle::new(status_interval),
+        event_budget: EventBudget::default(),
+    });
+    let policy_controller = Controller::new(Api::<ApiPolicy>::all(client.clone()), watcher::Config::default())
+        .reconcile_on(UnboundedReceiverStream::new(triggers.policies))
+        .shutdown_on_signal()
+        .run(policy_controller::reconcile, policy_controller::error_policy, policy_ctx)
+        .for_each(|_| futures::future::ready(()));
+
+    let grpc = tonic::transport::Server::builder()
+        .add_service(AgentControlServer::new(AgentControlService { hub: hub.clone() }))
+        .serve_with_shutdown(args.grpc_listen, async {
+            let _ = tokio::signal::ctrl_c().await;
+        });
+    tracing::info!(listen = %args.grpc_listen, "operator started");
+
+    tokio::select! {
+        _ = monitor_controller => tracing::info!("ApiMonitor controller stopped"),
+        _ = policy_controller => tracing::info!("ApiPolicy controller stopped"),
+        r = grpc => r.context("gRPC server failed")?,
+        _ = compiler => tracing::warn!("configuration compiler stopped"),
+    }
+    Ok(())
+}

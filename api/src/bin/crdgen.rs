@@ -1,0 +1,13 @@
+//! Writes Palisade's CRDs as YAML into the directory given as the first argument (default `crds`).
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "crds".into()));
+    std::fs::create_dir_all(&dir)?;
+    for (name, yaml) in palisade_api::crdgen::render_all()? {
+        let path = dir.join(name);
+        std::fs::write(&path, yaml)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,255 @@
+//! `ApiMonitor`: which workloads Palisade watches and what it captures from their HTTP traffic.
+
+use super::common::{
+    CommonStatus, SELECTOR_OPERATOR_MESSAGE, SELECTOR_OPERATOR_RULE, SELECTOR_VALUES_MESSAGE,
+    SELECTOR_VALUES_RULE,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Most endpoints listed in an ApiMonitor's status (the busiest first); `endpoints.total` counts all.
+pub const MAX_ENDPOINTS_IN_STATUS: usize = 50;
+
+/// Watch the HTTP APIs served by the pods a selector picks, out of band, with eBPF.
+///
+/// The operator resolves the selector to pods, and each node's agent attaches capture to those
+/// pods' cgroups. Status says per node what is attached and what failed, and lists the endpoints seen.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "palisade.dev",
+    version = "v1alpha1",
+    kind = "ApiMonitor",
+    namespaced,
+    status = "ApiMonitorStatus",
+    shortname = "apimon",
+    category = "palisade",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Pods", type_ = "integer", json_path = ".status.matchedPods"),
+    printcolumn(name = "Nodes", type_ = "integer", json_path = ".status.nodes.total"),
+    printcolumn(name = "Endpoints", type_ = "integer", json_path = ".status.endpoints.total"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(validation = Rule::new("!has(self.openApi) || self.discovery.enabled").message("openApi needs discovery.enabled: drift against the document is computed from discovered endpoints").field_path(".openApi"))]
+#[serde(rename_all = "camelCase")]
+pub struct ApiMonitorSpec {
+    /// Pods in this namespace whose traffic is captured. An empty selector selects every pod in the namespace.
+    #[x_kube(validation = Rule::new(SELECTOR_OPERATOR_RULE).message(SELECTOR_OPERATOR_MESSAGE))]
+    #[x_kube(validation = Rule::new(SELECTOR_VALUES_RULE).message(SELECTOR_VALUES_MESSAGE))]
+    pub selector: LabelSelector,
+
+    /// TCP ports on which the selected pods serve HTTP. Empty: every port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), extend("x-kubernetes-list-type" = "set"))]
+    pub ports: Vec<Port>,
+
+    /// What to capture from each HTTP message.
+    #[serde(default)]
+    pub capture: CaptureSpec,
+
+    /// What to redact on the node before anything leaves it. Authorization, Cookie, Set-Cookie,
+    /// Proxy-Authorization and API-key headers, bearer tokens and card numbers are always redacted.
+    #[serde(default)]
+    pub redaction: RedactionSpec,
+
+    /// Plaintext capture of TLS traffic through uprobes on the pods' OpenSSL.
+    #[serde(default)]
+    pub tls: TlsSpec,
+
+    /// An OpenAPI document (in a ConfigMap of this namespace) describing the API; traffic to
+    /// endpoints it lacks is reported as shadow, to deprecated ones as zombie.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_api: Option<OpenApiRef>,
+
+    /// Endpoint discovery: an inventory of the endpoints seen, with templated paths.
+    #[serde(default)]
+    pub discovery: DiscoverySpec,
+}
+
+/// A TCP port.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(transparent)]
+pub struct Port(#[schemars(range(min = 1, max = 65535))] pub i32);
+
+/// What to capture from each HTTP message.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.bodies || !has(self.maxBodyBytes) || self.maxBodyBytes == 0").message("maxBodyBytes is set but bodies is false: set bodies: true to capture bodies").field_path(".maxBodyBytes"))]
+pub struct CaptureSpec {
+    /// Capture request and response headers (redacted).
+    #[serde(default = "default_true")]
+    pub headers: bool,
+    /// Capture request and response bodies (redacted, cut at maxBodyBytes and marked truncated).
+    #[serde(default)]
+    pub bodies: bool,
+    /// Most header bytes kept per message.
+    #[serde(default = "default_max_header_bytes")]
+    #[schemars(range(min = 256, max = 65536))]
+    pub max_header_bytes: i32,
+    /// Most body bytes kept per message when bodies are captured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1048576))]
+    pub max_body_bytes: Option<i32>,
+    /// Percentage of connections captured (1 to 100).
+    #[serde(default = "default_sampling")]
+    #[schemars(range(min = 1, max = 100))]
+    pub sampling_percent: i32,
+}
+
+impl Default for CaptureSpec {
+    fn default() -> Self {
+        CaptureSpec {
+            headers: true,
+            bodies: false,
+            max_header_bytes: default_max_header_bytes(),
+            max_body_bytes: None,
+            sampling_percent: default_sampling(),
+        }
+    }
+}
+
+/// Default body limit when `bodies` is on and `maxBodyBytes` is unset.
+pub const DEFAULT_MAX_BODY_BYTES: i32 = 16384;
+
+fn default_true() -> bool {
+    true
+}
+fn default_max_header_bytes() -> i32 {
+    8192
+}
+fn default_sampling() -> i32 {
+    100
+}
+
+/// Redaction applied on the node.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RedactionSpec {
+    /// More header names whose values are replaced by `[REDACTED]` (case-insensitive).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 256)))]
+    pub headers: Vec<String>,
+    /// JSON body fields to redact, as dotted paths (`user.password`, `items.*.card`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 256)))]
+    pub json_fields: Vec<String>,
+    /// More patterns (RE2 syntax) whose matches are redacted anywhere in captured text.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub patterns: Vec<RedactionPattern>,
+}
+
+/// A named redaction pattern.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RedactionPattern {
+    /// Name shown in place of the match: `[REDACTED:<name>]`.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+    /// Regular expression (RE2 syntax, no look-around).
+    #[schemars(length(min = 1, max = 1024))]
+    pub regex: String,
+}
+
+/// TLS plaintext capture.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// Attach uprobes to OpenSSL in the selected pods' processes. Costs a few microseconds per
+    /// TLS read or write; off by default. Other TLS stacks are reported as not covered.
+    #[serde(default)]
+    pub enabled: bool,
+}
+
+/// Where the API's OpenAPI document lives.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OpenApiRef {
+    /// ConfigMap in this namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub config_map: String,
+    /// Key of the document in the ConfigMap.
+    #[serde(default = "default_openapi_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_openapi_key() -> String {
+    "openapi.json".into()
+}
+
+/// Endpoint discovery settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DiscoverySpec {
+    /// Keep an inventory of endpoints.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Most distinct endpoints (method + path template) tracked per node; the rest are counted as overflow.
+    #[serde(default = "default_max_endpoints")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_endpoints: i32,
+}
+
+impl Default for DiscoverySpec {
+    fn default() -> Self {
+        DiscoverySpec { enabled: true, max_endpoints: default_max_endpoints() }
+    }
+}
+
+fn default_max_endpoints() -> i32 {
+    1000
+}
+
+/// What the monitor sees and where it is applied.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiMonitorStatus {
+    #[serde(flatten)]
+    pub common: CommonStatus,
+    /// Pods the selector matches, on all nodes.
+    #[serde(default)]
+    pub matched_pods: u32,
+    /// The endpoint inventory (busiest first, at most 50 listed).
+    #[serde(default)]
+    pub endpoints: EndpointInventory,
+}
+
+/// A bounded endpoint inventory.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointInventory {
+    /// Distinct endpoints seen (method + path template).
+    pub total: u32,
+    /// Requests that fell outside the per-node endpoint cap and were counted only here.
+    #[serde(default)]
+    pub overflow_requests: u64,
+    /// The busiest endpoints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<EndpointStatus>,
+}
+
+/// One endpoint: a method and a path template.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointStatus {
+    pub method: String,
+    /// Path with identifiers replaced by `{id}`, query removed.
+    pub path: String,
+    /// Requests seen.
+    pub requests: u64,
+    /// Responses by status code.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub statuses: Vec<StatusCount>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<Time>,
+}
+
+/// Responses with one status code.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusCount {
+    pub code: u16,
+    pub count: u64,
+}

@@ -1,0 +1,279 @@
+//! Compiles ApiMonitors, ApiPolicies and Pods into one desired configuration per node.
+//!
+//! Pure functions of their inputs, so they are unit-tested without a cluster.
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use palisade_api::agent::{
+    string_match_config, CaptureConfig, HeaderMatchConfig, MonitorConfig, NamedPattern, NodeConfig,
+    ObjectRef, PolicyConfig, RedactionConfig, RequestMatchConfig, RuleConfig, StringMatchConfig,
+    WorkloadTarget,
+};
+use palisade_api::v1alpha1::{
+    selector_matches, ApiMonitor, ApiPolicy, PolicyRule, StringMatch, DEFAULT_MAX_BODY_BYTES,
+};
+use std::collections::BTreeMap;
+
+/// Whether a pod is one the agents should watch: scheduled, not finished, not being deleted.
+pub fn pod_is_live(pod: &Pod) -> bool {
+    let scheduled = pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some();
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
+    scheduled && pod.metadata.deletion_timestamp.is_none() && !matches!(phase, "Succeeded" | "Failed")
+}
+
+pub fn pod_node(pod: &Pod) -> Option<&str> {
+    pod.spec.as_ref().and_then(|s| s.node_name.as_deref())
+}
+
+/// Live pods a monitor selects (same namespace, selector matches).
+pub fn monitor_pods<'a>(monitor: &ApiMonitor, pods: &'a [std::sync::Arc<Pod>]) -> Vec<&'a Pod> {
+    let ns = monitor.namespace().unwrap_or_default();
+    pods.iter()
+        .map(|p| p.as_ref())
+        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()) && pod_is_live(p))
+        .filter(|p| selector_matches(&monitor.spec.selector, p.labels()))
+        .collect()
+}
+
+/// Monitors (in the policy's namespace) a policy inspects.
+pub fn policy_monitors<'a>(policy: &ApiPolicy, monitors: &'a [std::sync::Arc<ApiMonitor>]) -> Vec<&'a ApiMonitor> {
+    let ns = policy.namespace().unwrap_or_default();
+    monitors
+        .iter()
+        .map(|m| m.as_ref())
+        .filter(|m| m.namespace().as_deref() == Some(ns.as_str()))
+        .filter(|m| policy.spec.monitors.is_empty() || policy.spec.monitors.contains(&m.name_any()))
+        .collect()
+}
+
+/// Pods a policy applies to: pods of its monitors that its workload selector (if any) matches.
+pub fn policy_pods<'a>(
+    policy: &ApiPolicy,
+    monitors: &[std::sync::Arc<ApiMonitor>],
+    pods: &'a [std::sync::Arc<Pod>],
+) -> Vec<&'a Pod> {
+    let mut out: BTreeMap<String, &Pod> = BTreeMap::new();
+    for monitor in policy_monitors(policy, monitors) {
+        for pod in monitor_pods(monitor, pods) {
+            let selected = policy.spec.workload_selector.as_ref().is_none_or(|s| selector_matches(s, pod.labels()));
+            if selected {
+                out.insert(pod.uid().unwrap_or_default(), pod);
+            }
+        }
+    }
+    out.into_values().collect()
+}
+
+fn object_ref<K: kube::Resource>(obj: &K) -> ObjectRef {
+    ObjectRef {
+        namespace: obj.meta().namespace.clone().unwrap_or_default(),
+        name: obj.meta().name.clone().unwrap_or_default(),
+        generation: obj.meta().generation.unwrap_or_default(),
+    }
+}
+
+fn workload_target(pod: &Pod) -> WorkloadTarget {
+    let status = pod.status.as_ref();
+    let mut pod_ips: Vec<String> =
+        status.and_then(|s| s.pod_ips.as_ref()).into_iter().flatten().map(|ip| ip.ip.clone()).collect();
+    if pod_ips.is_empty() {
+        pod_ips.extend(status.and_then(|s| s.pod_ip.clone()));
+    }
+    WorkloadTarget {
+        pod_namespace: pod.namespace().unwrap_or_default(),
+        pod_name: pod.name_any(),
+        pod_uid: pod.uid().unwrap_or_default(),
+        pod_ips,
+        labels: pod.labels().clone().into_iter().collect(),
+    }
+}
+
+fn monitor_config(monitor: &ApiMonitor, targets: Vec<WorkloadTarget>) -> MonitorConfig {
+    let spec = &monitor.spec;
+    let max_body = if spec.capture.bodies { spec.capture.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES) } else { 0 };
+    MonitorConfig {
+        monitor: Some(object_ref(monitor)),
+        targets,
+        ports: spec.ports.iter().map(|p| p.0.clamp(0, 65535) as u32).collect(),
+        capture: Some(CaptureConfig {
+            headers: spec.capture.headers,
+            bodies: spec.capture.bodies,
+            max_header_bytes: spec.capture.max_header_bytes.max(0) as u32,
+            max_body_bytes: max_body.max(0) as u32,
+            sampling_percent: spec.capture.sampling_percent.clamp(1, 100) as u32,
+        }),
+        redaction: Some(RedactionConfig {
+            headers: spec.redaction.headers.clone(),
+            json_fields: spec.redaction.json_fields.clone(),
+            patterns: spec
+                .redaction
+                .patterns
+                .iter()
+                .map(|p| NamedPattern { name: p.name.clone(), regex: p.regex.clone() })
+                .collect(),
+        }),
+        tls: spec.tls.enabled,
+        discovery: spec.discovery.enabled,
+        max_endpoints: spec.discovery.max_endpoints.max(1) as u32,
+    }
+}
+
+fn string_match(m: &Option<StringMatch>) -> Option<StringMatchConfig> {
+    let m = m.as_ref()?;
+    let kind = if let Some(v) = &m.exact {
+        string_match_config::Kind::Exact(v.clone())
+    } else if let Some(v) = &m.contains {
+        string_match_config::Kind::Contains(v.clone())
+    } else {
+        string_match_config::Kind::Regex(m.regex.clone().unwrap_or_default())
+    };
+    Some(StringMatchConfig { kind: Some(kind) })
+}
+
+fn rule_config(rule: &PolicyRule) -> RuleConfig {
+    let severity = rule.severity.or(rule.detector.map(|d| d.default_severity()));
+    RuleConfig {
+        name: rule.name.clone(),
+        detector: rule.detector.map(|d| d.as_str().to_string()).unwrap_or_default(),
+        params: rule.params.clone().into_iter().collect(),
+        severity: severity.map(|s| s.as_str().to_string()).unwrap_or_else(|| "medium".into()),
+        r#match: rule.match_.as_ref().map(|m| RequestMatchConfig {
+            methods: m.methods.clone().unwrap_or_default(),
+            path: string_match(&m.path),
+            headers: m
+                .headers
+                .iter()
+                .flatten()
+                .map(|h| HeaderMatchConfig { name: h.name.clone(), value: string_match(&Some(h.value.clone())) })
+                .collect(),
+            query: string_match(&m.query),
+            body: string_match(&m.body),
+        }),
+    }
+}
+
+/// The desired configuration of every node that hosts a monitored pod, plus an empty one for each
+/// name in `known_nodes` (so an agent whose last workload went away detaches everything).
+/// `version` is left 0: [`crate::state`] stamps versions when content changes.
+pub fn compile(
+    monitors: &[std::sync::Arc<ApiMonitor>],
+    policies: &[std::sync::Arc<ApiPolicy>],
+    pods: &[std::sync::Arc<Pod>],
+    known_nodes: impl IntoIterator<Item = String>,
+) -> BTreeMap<String, NodeConfig> {
+    let mut nodes: BTreeMap<String, NodeConfig> = known_nodes
+        .into_iter()
+        .map(|n| (n.clone(), NodeConfig { version: 0, node_name: n, monitors: vec![], policies: vec![] }))
+        .collect();
+    let entry = |nodes: &mut BTreeMap<String, NodeConfig>, node: &str| -> usize {
+        let cfg = nodes.entry(node.to_string()).or_insert_with(|| NodeConfig {
+            version: 0,
+            node_name: node.to_string(),
+            monitors: vec![],
+            policies: vec![],
+        });
+        cfg.monitors.len()
+    };
+    let mut sorted_monitors: Vec<_> = monitors.iter().collect();
+    sorted_monitors.sort_by_key(|m| (m.namespace(), m.name_any()));
+    for monitor in sorted_monitors {
+        let mut by_node: BTreeMap<&str, Vec<WorkloadTarget>> = BTreeMap::new();
+        for pod in monitor_pods(monitor, pods) {
+            if let Some(node) = pod_node(pod) {
+                by_node.entry(node).or_default().push(workload_target(pod));
+            }
+        }
+        for (node, mut targets) in by_node {
+            targets.sort_by(|a, b| a.pod_uid.cmp(&b.pod_uid));
+            entry(&mut nodes, node);
+            if let Some(cfg) = nodes.get_mut(node) {
+                cfg.monitors.push(monitor_config(monitor, targets));
+            }
+        }
+    }
+    let mut sorted_policies: Vec<_> = policies.iter().collect();
+    sorted_policies.sort_by_key(|p| (p.namespace(), p.name_any()));
+    for policy in sorted_policies {
+        let monitor_names: Vec<String> = policy_monitors(policy, monitors).iter().map(|m| m.name_any()).collect();
+        let mut by_node: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for pod in policy_pods(policy, monitors, pods) {
+            if let Some(node) = pod_node(pod) {
+                by_node.entry(node).or_default().push(pod.uid().unwrap_or_default());
+            }
+        }
+        for (node, pod_uids) in by_node {
+            if let Some(cfg) = nodes.get_mut(node) {
+                cfg.policies.push(PolicyConfig {
+                    policy: Some(object_ref(policy.as_ref())),
+                    monitors: monitor_names.clone(),
+                    pod_uids,
+                    mode: policy.spec.mode.as_str().to_string(),
+                    rules: policy.spec.rules.iter().map(rule_config).collect(),
+                });
+            }
+        }
+    }
+    nodes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn pod(ns: &str, name: &str, node: &str, labels: &[(&str, &str)], phase: &str) -> Arc<Pod> {
+        let value = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"namespace": ns, "name": name, "uid": format!("uid-{name}"),
+                         "labels": labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_,_>>()},
+            "spec": {"nodeName": node, "containers": [{"name": "app", "image": "x"}]},
+            "status": {"phase": phase, "podIP": "10.1.0.2"}
+        });
+        Arc::new(serde_json::from_value(value).expect("pod"))
+    }
+
+    fn monitor(ns: &str, name: &str, app: &str) -> Arc<ApiMonitor> {
+        let value = serde_json::json!({
+            "apiVersion": "palisade.dev/v1alpha1", "kind": "ApiMonitor",
+            "metadata": {"namespace": ns, "name": name, "generation": 3},
+            "spec": {"selector": {"matchLabels": {"app": app}}, "ports": [8080]}
+        });
+        Arc::new(serde_json::from_value(value).expect("monitor"))
+    }
+
+    fn policy(ns: &str, name: &str, monitors: &[&str]) -> Arc<ApiPolicy> {
+        let value = serde_json::json!({
+            "apiVersion": "palisade.dev/v1alpha1", "kind": "ApiPolicy",
+            "metadata": {"namespace": ns, "name": name, "generation": 1},
+            "spec": {"monitors": monitors, "rules": [{"name": "traversal", "detector": "pathTraversal"}]}
+        });
+        Arc::new(serde_json::from_value(value).expect("policy"))
+    }
+
+    #[test]
+    fn pods_are_grouped_by_node_and_namespace_bounds_selection() {
+        let pods = vec![
+            pod("demo", "a", "n1", &[("app", "api")], "Running"),
+            pod("demo", "b", "n2", &[("app", "api")], "Running"),
+            pod("demo", "c", "n2", &[("app", "db")], "Running"),
+            pod("other", "d", "n1", &[("app", "api")], "Running"),
+            pod("demo", "e", "n1", &[("app", "api")], "Succeeded"),
+        ];
+        let monitors = vec![monitor("demo", "api", "api")];
+        let policies = vec![policy("demo", "p", &["api"]), policy("demo", "q", &["missing"])];
+        let cfg = compile(&monitors, &policies, &pods, ["n3".to_string()]);
+        assert_eq!(cfg.keys().collect::<Vec<_>>(), vec!["n1", "n2", "n3"]);
+        let n1 = &cfg["n1"];
+        assert_eq!(n1.monitors.len(), 1);
+        let targets: Vec<_> = n1.monitors[0].targets.iter().map(|t| t.pod_name.as_str()).collect();
+        assert_eq!(targets, vec!["a"], "other namespace and finished pods are not watched");
+        assert_eq!(n1.monitors[0].ports, vec![8080]);
+        assert_eq!(n1.monitors[0].monitor.as_ref().map(|m| m.generation), Some(3));
+        assert_eq!(n1.policies.len(), 1, "policy q names a monitor that does not exist");
+        assert_eq!(n1.policies[0].rules[0].detector, "pathTraversal");
+        assert_eq!(n1.policies[0].rules[0].severity, "high");
+        assert_eq!(n1.policies[0].pod_uids, vec!["uid-a"]);
+        assert_eq!(cfg["n2"].monitors[0].targets.len(), 1);
+        assert!(cfg["n3"].monitors.is_empty() && cfg["n3"].policies.is_empty());
+    }
+}

@@ -1,0 +1,68 @@
+//! The AgentControl gRPC service: agents follow their node's configuration and report back.
+
+use crate::state::Hub;
+use palisade_api::agent::agent_control_server::AgentControl;
+use palisade_api::agent::{AgentReport, NodeConfig, ReportAck, WatchConfigRequest};
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio_stream::wrappers::WatchStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+pub struct AgentControlService {
+    pub hub: Arc<Hub>,
+}
+
+/// Marks the node's agent disconnected when its config stream is dropped.
+struct ConnectionGuard {
+    hub: Arc<Hub>,
+    node: String,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        tracing::info!(node = %self.node, "agent disconnected");
+        self.hub.set_connected(&self.node, false);
+    }
+}
+
+fn valid_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+}
+
+type ConfigStream = Pin<Box<dyn Stream<Item = Result<NodeConfig, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentControl for AgentControlService {
+    type WatchConfigStream = ConfigStream;
+
+    #[tracing::instrument(skip_all, fields(node = %request.get_ref().node_name))]
+    async fn watch_config(&self, request: Request<WatchConfigRequest>) -> Result<Response<ConfigStream>, Status> {
+        let req = request.into_inner();
+        if !valid_node_name(&req.node_name) {
+            return Err(Status::invalid_argument("node_name must be a valid Kubernetes node name"));
+        }
+        tracing::info!(agent_version = %req.agent_version, "agent connected");
+        self.hub.set_connected(&req.node_name, true);
+        let guard = ConnectionGuard { hub: self.hub.clone(), node: req.node_name.clone() };
+        let rx = self.hub.subscribe(&req.node_name);
+        let stream = WatchStream::new(rx).map(move |cfg| {
+            let _keep = &guard;
+            Ok(NodeConfig::clone(&cfg))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    #[tracing::instrument(skip_all, fields(node = %request.get_ref().node_name, applied = request.get_ref().applied_version))]
+    async fn report(&self, request: Request<AgentReport>) -> Result<Response<ReportAck>, Status> {
+        let report = request.into_inner();
+        if !valid_node_name(&report.node_name) {
+            return Err(Status::invalid_argument("node_name must be a valid Kubernetes node name"));
+        }
+        let node = report.node_name.clone();
+        self.hub.record_report(report);
+        Ok(Response::new(ReportAck { current_version: self.hub.current_version(&node) }))
+    }
+}

@@ -1,0 +1,107 @@
+//! ApiMonitor controller: writes status (conditions, per-node account, endpoint inventory).
+//!
+//! The node configuration itself is compiled by [`crate::state::Hub::recompile`] whenever pods,
+//! monitors or policies change; this controller reports how it landed.
+
+use crate::compile::{monitor_pods, pod_node};
+use crate::state::{obj_key, unix_ms_to_time, Hub};
+use crate::status::{conditions_from_nodes, node_state, summarize, NodeExpectation, Reported};
+use crate::throttle::WriteThrottle;
+use crate::Error;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::ResourceExt;
+use palisade_api::v1alpha1::{
+    ApiMonitor, ApiMonitorStatus, CommonStatus, EndpointInventory, EndpointStatus, StatusCount,
+    MAX_ENDPOINTS_IN_STATUS,
+};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const FIELD_MANAGER: &str = "palisade-operator";
+
+pub struct MonitorContext {
+    pub client: kube::Client,
+    pub hub: Arc<Hub>,
+    pub status_throttle: WriteThrottle,
+}
+
+/// The status a monitor should have now.
+pub fn desired_status(monitor: &ApiMonitor, hub: &Hub) -> ApiMonitorStatus {
+    let key = obj_key(monitor);
+    let generation = monitor.metadata.generation;
+    let pods = hub.view.pods.state();
+    let selected = monitor_pods(monitor, &pods);
+    let mut per_node: BTreeMap<&str, u32> = BTreeMap::new();
+    for pod in &selected {
+        if let Some(node) = pod_node(pod) {
+            *per_node.entry(node).or_default() += 1;
+        }
+    }
+    let states = per_node
+        .iter()
+        .map(|(node, workloads)| {
+            let exp = NodeExpectation {
+                node,
+                workloads: *workloads,
+                desired_version: hub.current_version(node),
+                agent: hub.agent(node),
+            };
+            node_state(&exp, &Reported::Monitor(&key, generation.unwrap_or_default()))
+        })
+        .collect();
+    let nodes = summarize(states, true);
+    let previous = monitor.status.as_ref().map(|s| s.common.conditions.clone()).unwrap_or_default();
+    let ready_msg = format!("capture attached to {} pods on {} nodes", selected.len(), nodes.total);
+    let conditions = conditions_from_nodes(&previous, generation, selected.len() as u32, &nodes, None, ready_msg);
+
+    let telemetry = hub.monitor_telemetry(&key);
+    let mut items: Vec<EndpointStatus> = telemetry
+        .endpoints
+        .iter()
+        .map(|((method, path), t)| EndpointStatus {
+            method: method.clone(),
+            path: path.clone(),
+            requests: t.requests,
+            statuses: t.statuses.iter().map(|(code, count)| StatusCount { code: *code, count: *count }).collect(),
+            last_seen: (t.last_seen_unix_ms > 0).then(|| unix_ms_to_time(t.last_seen_unix_ms)),
+        })
+        .collect();
+    items.sort_by(|a, b| b.requests.cmp(&a.requests).then_with(|| (&a.path, &a.method).cmp(&(&b.path, &b.method))));
+    let total = items.len() as u32;
+    items.truncate(MAX_ENDPOINTS_IN_STATUS);
+
+    ApiMonitorStatus {
+        common: CommonStatus { observed_generation: generation, conditions, nodes },
+        matched_pods: selected.len() as u32,
+        endpoints: EndpointInventory { total, overflow_requests: telemetry.overflow_requests, items },
+    }
+}
+
+#[tracing::instrument(skip_all, fields(monitor = %format!("{}/{}", monitor.namespace().unwrap_or_default(), monitor.name_any())))]
+pub async fn reconcile(monitor: Arc<ApiMonitor>, ctx: Arc<MonitorContext>) -> Result<Action, Error> {
+    let status = desired_status(&monitor, &ctx.hub);
+    if monitor.status.as_ref() != Some(&status) {
+        if let Err(wait) = ctx.status_throttle.try_acquire(&obj_key(monitor.as_ref()), std::time::Instant::now()) {
+            return Ok(Action::requeue(wait));
+        }
+        let ns = monitor.namespace().ok_or(Error::MissingNamespace)?;
+        let api: Api<ApiMonitor> = Api::namespaced(ctx.client.clone(), &ns);
+        let patch = serde_json::json!({
+            "apiVersion": "palisade.dev/v1alpha1",
+            "kind": "ApiMonitor",
+            "status": status,
+        });
+        api.patch_status(&monitor.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+            .await
+            .map_err(Error::Kube)?;
+        tracing::debug!("status written");
+    }
+    Ok(Action::requeue(Duration::from_secs(60)))
+}
+
+pub fn error_policy(_monitor: Arc<ApiMonitor>, error: &Error, _ctx: Arc<MonitorContext>) -> Action {
+    tracing::warn!(%error, "ApiMonitor reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(2))
+}

@@ -1,0 +1,221 @@
+//! ApiPolicy controller: writes status (conditions, per-node account, findings) and raises
+//! aggregated, rate-limited Warning Events on the policy and on the pod under attack.
+
+use crate::compile::{pod_node, policy_monitors, policy_pods};
+use crate::monitor_controller::FIELD_MANAGER;
+use crate::state::{obj_key, unix_ms_to_time, Hub, PendingEvent};
+use crate::status::{conditions_from_nodes, node_state, summarize, NodeExpectation, Reported};
+use crate::throttle::{EventBudget, WriteThrottle};
+use crate::Error;
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Resource, ResourceExt};
+use palisade_api::v1alpha1::{
+    ApiPolicy, ApiPolicyStatus, CommonStatus, FindingRecord, FindingsSummary, RuleCount, Severity,
+};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub struct PolicyContext {
+    pub client: kube::Client,
+    pub hub: Arc<Hub>,
+    pub reporter: Reporter,
+    pub status_throttle: WriteThrottle,
+    pub event_budget: EventBudget,
+}
+
+/// The status a policy should have now.
+pub fn desired_status(policy: &ApiPolicy, hub: &Hub) -> ApiPolicyStatus {
+    let key = obj_key(policy);
+    let generation = policy.metadata.generation;
+    let monitors = hub.view.monitors.state();
+    let pods = hub.view.pods.state();
+    let selected = policy_pods(policy, &monitors, &pods);
+    let mut per_node: BTreeMap<&str, u32> = BTreeMap::new();
+    for pod in &selected {
+        if let Some(node) = pod_node(pod) {
+            *per_node.entry(node).or_default() += 1;
+        }
+    }
+    let states = per_node
+        .iter()
+        .map(|(node, workloads)| {
+            let exp = NodeExpectation {
+                node,
+                workloads: *workloads,
+                desired_version: hub.current_version(node),
+                agent: hub.agent(node),
+            };
+            node_state(&exp, &Reported::Policy(&key, generation.unwrap_or_default()))
+        })
+        .collect();
+    let nodes = summarize(states, false);
+    let missing: Vec<&String> = policy
+        .spec
+        .monitors
+        .iter()
+        .filter(|name| !policy_monitors(policy, &monitors).iter().any(|m| &m.name_any() == *name))
+        .collect();
+    let extra_problem = (!missing.is_empty()).then(|| {
+        let names = missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
+        ("MonitorNotFound", format!("spec.monitors names ApiMonitors that do not exist in this namespace: {names}"))
+    });
+    let previous = policy.status.as_ref().map(|s| s.common.conditions.clone()).unwrap_or_default();
+    let ready_msg = format!(
+        "{} rules applied to {} pods on {} nodes ({} mode)",
+        policy.spec.rules.len(),
+        selected.len(),
+        nodes.total,
+        policy.spec.mode.as_str()
+    );
+    let conditions =
+        conditions_from_nodes(&previous, generation, selected.len() as u32, &nodes, extra_problem, ready_msg);
+
+    let t = hub.policy_telemetry(&key);
+    let keep = policy.spec.limits.findings_in_status.max(0) as usize;
+    let findings = FindingsSummary {
+        total: t.total,
+        last_finding_time: (t.last_finding_unix_ms > 0).then(|| unix_ms_to_time(t.last_finding_unix_ms)),
+        by_rule: t
+            .by_rule
+            .iter()
+            .map(|(rule, (severity, count))| RuleCount {
+                rule: rule.clone(),
+                severity: Severity::parse(severity).unwrap_or(Severity::Medium),
+                count: *count,
+            })
+            .collect(),
+        recent: t
+            .recent
+            .iter()
+            .take(keep)
+            .map(|nf| {
+                let f = &nf.finding;
+                FindingRecord {
+                    rule: f.rule.clone(),
+                    detector: f.detector.clone(),
+                    severity: Severity::parse(&f.severity).unwrap_or(Severity::Medium),
+                    count: f.count,
+                    source: f.source.clone(),
+                    pod: format!("{}/{}", f.pod_namespace, f.pod_name),
+                    node: nf.node.clone(),
+                    endpoint: format!("{} {}", f.method, f.path),
+                    evidence: f.evidence.clone(),
+                    first_seen: unix_ms_to_time(f.first_seen_unix_ms),
+                    last_seen: unix_ms_to_time(f.last_seen_unix_ms),
+                }
+            })
+            .collect(),
+    };
+    ApiPolicyStatus {
+        common: CommonStatus { observed_generation: generation, conditions, nodes },
+        matched_pods: selected.len() as u32,
+        findings,
+    }
+}
+
+fn top(map: &BTreeMap<String, u64>, n: usize) -> String {
+    let mut v: Vec<_> = map.iter().collect();
+    v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    let mut s = v.iter().take(n).map(|(k, c)| format!("{k} ({c})")).collect::<Vec<_>>().join(", ");
+    if v.len() > n {
+        s.push_str(&format!(" and {} more", v.len() - n));
+    }
+    s
+}
+
+/// The Event text for aggregated findings of one rule on one pod.
+pub fn event_note(policy: &ApiPolicy, rule: &str, p: &PendingEvent) -> String {
+    let verb = match policy.spec.mode {
+        palisade_api::v1alpha1::PolicyMode::Audit => "audit mode: recorded",
+        palisade_api::v1alpha1::PolicyMode::Enforce => "enforce mode",
+    };
+    let mut note = format!(
+        "rule {rule} ({}, {}): {} malicious requests to pod {}/{} on node {} from {}; endpoints {}; {verb}",
+        p.detector,
+        p.severity,
+        p.count,
+        p.pod_namespace,
+        p.pod_name,
+        p.node,
+        top(&p.sources, 3),
+        top(&p.endpoints, 3)
+    );
+    note.truncate(1000);
+    note
+}
+
+async fn announce(ctx: &PolicyContext, policy: &ApiPolicy) -> Result<(), Error> {
+    let key = obj_key(policy);
+    let pending = ctx.hub.take_unannounced(&key);
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let per_minute = policy.spec.limits.events_per_minute.max(1) as u32;
+    let mut left = BTreeMap::new();
+    let mut entries = pending.into_iter();
+    for ((rule, pod), p) in entries.by_ref() {
+        if !ctx.event_budget.take(&key, per_minute, Instant::now()) {
+            left.insert((rule, pod), p);
+            break;
+        }
+        let note = event_note(policy, &rule, &p);
+        let pod_ref = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            namespace: Some(p.pod_namespace.clone()),
+            name: Some(p.pod_name.clone()),
+            ..Default::default()
+        };
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "AttackDetected".into(),
+            note: Some(note),
+            action: "Detect".into(),
+            secondary: Some(pod_ref.clone()),
+        };
+        // A fresh recorder per Event: kube's recorder would fold repeats into a series that keeps
+        // the first message, and each of ours carries new counts. The budget above bounds the rate.
+        let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+        recorder.publish(&event, &policy.object_ref(&())).await.map_err(Error::Kube)?;
+        let on_pod = Event { secondary: Some(policy.object_ref(&())), ..event };
+        if let Err(error) = recorder.publish(&on_pod, &pod_ref).await {
+            tracing::warn!(%error, pod = %p.pod_name, "could not record the Event on the pod");
+        }
+    }
+    left.extend(entries);
+    if !left.is_empty() {
+        ctx.hub.return_unannounced(&key, left);
+    }
+    Ok(())
+}
+
+#[tracing::instrument(skip_all, fields(policy = %format!("{}/{}", policy.namespace().unwrap_or_default(), policy.name_any())))]
+pub async fn reconcile(policy: Arc<ApiPolicy>, ctx: Arc<PolicyContext>) -> Result<Action, Error> {
+    announce(&ctx, &policy).await?;
+    let status = desired_status(&policy, &ctx.hub);
+    if policy.status.as_ref() != Some(&status) {
+        if let Err(wait) = ctx.status_throttle.try_acquire(&obj_key(policy.as_ref()), Instant::now()) {
+            return Ok(Action::requeue(wait));
+        }
+        let ns = policy.namespace().ok_or(Error::MissingNamespace)?;
+        let api: Api<ApiPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+        let patch = serde_json::json!({
+            "apiVersion": "palisade.dev/v1alpha1",
+            "kind": "ApiPolicy",
+            "status": status,
+        });
+        api.patch_status(&policy.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+            .await
+            .map_err(Error::Kube)?;
+    }
+    Ok(Action::requeue(Duration::from_secs(60)))
+}
+
+pub fn error_policy(_policy: Arc<ApiPolicy>, error: &Error, _ctx: Arc<PolicyContext>) -> Action {
+    tracing::warn!(%error, "ApiPolicy reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(2))
+}

@@ -1,0 +1,327 @@
+//! The operator's shared state: the cluster view (reflector stores), the per-node desired
+//! configurations handed to agents, and what agents reported (applied versions, errors,
+//! endpoints, findings). Controllers read it to write status; the gRPC service writes into it.
+
+use crate::compile;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::runtime::reflector::{ObjectRef, Store};
+use palisade_api::agent::{self, AgentReport, NodeConfig};
+use palisade_api::v1alpha1::{ApiMonitor, ApiPolicy, MAX_FINDINGS_IN_STATUS};
+use prost::Message;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+use tokio::sync::{mpsc, watch};
+
+/// Most endpoints the operator keeps per monitor (all nodes together); the rest count as overflow.
+pub const MAX_ENDPOINTS_PER_MONITOR: usize = 2000;
+
+/// Reflector stores of everything the operator compiles from.
+#[derive(Clone)]
+pub struct ClusterView {
+    pub pods: Store<Pod>,
+    pub monitors: Store<ApiMonitor>,
+    pub policies: Store<ApiPolicy>,
+    pub nodes: Store<Node>,
+}
+
+/// Key of a namespaced object.
+pub type ObjectKey = (String, String);
+
+/// One node's agent, as far as the operator knows.
+#[derive(Default, Clone, Debug)]
+pub struct AgentState {
+    pub connected: bool,
+    pub instance: String,
+    pub applied_version: u64,
+    pub features: Vec<agent::FeatureProbe>,
+    pub node_errors: Vec<String>,
+    pub monitors: HashMap<ObjectKey, agent::MonitorReport>,
+    pub policies: HashMap<ObjectKey, Vec<String>>,
+    pub capture: agent::CaptureStats,
+}
+
+/// Accumulated counts for one endpoint of one monitor.
+#[derive(Default, Clone, Debug)]
+pub struct EndpointTotals {
+    pub requests: u64,
+    pub statuses: BTreeMap<u16, u64>,
+    pub last_seen_unix_ms: i64,
+}
+
+#[derive(Default, Clone, Debug)]
+pub struct MonitorTelemetry {
+    pub endpoints: BTreeMap<(String, String), EndpointTotals>,
+    pub overflow_requests: u64,
+}
+
+/// A finding as the operator keeps it: what the agent sent, and from which node.
+#[derive(Clone, Debug)]
+pub struct NodeFinding {
+    pub node: String,
+    pub finding: agent::Finding,
+}
+
+#[derive(Default, Clone, Debug)]
+pub struct PolicyTelemetry {
+    pub total: u64,
+    /// rule -> (severity, count)
+    pub by_rule: BTreeMap<String, (String, u64)>,
+    pub last_finding_unix_ms: i64,
+    /// Newest first, at most MAX_FINDINGS_IN_STATUS.
+    pub recent: VecDeque<NodeFinding>,
+    /// Findings not yet announced by an Event, aggregated by (rule, pod); drained by the policy controller.
+    pub unannounced: BTreeMap<(String, String), PendingEvent>,
+}
+
+/// Findings waiting for an Event, aggregated.
+#[derive(Clone, Debug, Default)]
+pub struct PendingEvent {
+    pub detector: String,
+    pub severity: String,
+    pub count: u64,
+    pub pod_namespace: String,
+    pub pod_name: String,
+    pub sources: BTreeMap<String, u64>,
+    pub endpoints: BTreeMap<String, u64>,
+    pub node: String,
+}
+
+#[derive(Default)]
+struct Inner {
+    configs: BTreeMap<String, Arc<NodeConfig>>,
+    channels: HashMap<String, watch::Sender<Arc<NodeConfig>>>,
+    agents: HashMap<String, AgentState>,
+    monitors: HashMap<ObjectKey, MonitorTelemetry>,
+    policies: HashMap<ObjectKey, PolicyTelemetry>,
+}
+
+/// Shared operator state.
+pub struct Hub {
+    pub view: ClusterView,
+    inner: Mutex<Inner>,
+    monitor_trigger: mpsc::UnboundedSender<ObjectRef<ApiMonitor>>,
+    policy_trigger: mpsc::UnboundedSender<ObjectRef<ApiPolicy>>,
+}
+
+/// Receivers for the controllers' `reconcile_on`.
+pub struct Triggers {
+    pub monitors: mpsc::UnboundedReceiver<ObjectRef<ApiMonitor>>,
+    pub policies: mpsc::UnboundedReceiver<ObjectRef<ApiPolicy>>,
+}
+
+fn content_bytes(cfg: &NodeConfig) -> Vec<u8> {
+    let mut c = cfg.clone();
+    c.version = 0;
+    c.encode_to_vec()
+}
+
+fn key_of(r: &Option<agent::ObjectRef>) -> ObjectKey {
+    r.as_ref().map(|r| (r.namespace.clone(), r.name.clone())).unwrap_or_default()
+}
+
+impl Hub {
+    pub fn new(view: ClusterView) -> (Arc<Hub>, Triggers) {
+        let (monitor_trigger, monitors) = mpsc::unbounded_channel();
+        let (policy_trigger, policies) = mpsc::unbounded_channel();
+        let hub = Hub { view, inner: Mutex::new(Inner::default()), monitor_trigger, policy_trigger };
+        (Arc::new(hub), Triggers { monitors, policies })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A poisoned lock only means another task panicked mid-update; the maps stay usable.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Asks the controllers to reconcile every monitor and policy (their status depends on what changed).
+    pub fn trigger_all(&self) {
+        for m in self.view.monitors.state() {
+            let _ = self.monitor_trigger.send(ObjectRef::from_obj(m.as_ref()));
+        }
+        for p in self.view.policies.state() {
+            let _ = self.policy_trigger.send(ObjectRef::from_obj(p.as_ref()));
+        }
+    }
+
+    /// Recompiles every node's configuration from the stores and pushes changed ones to agents.
+    /// Returns the nodes whose configuration changed.
+    pub fn recompile(&self) -> Vec<String> {
+        let monitors = self.view.monitors.state();
+        let policies = self.view.policies.state();
+        let pods = self.view.pods.state();
+        let mut inner = self.lock();
+        let known: Vec<String> = inner.configs.keys().cloned().chain(inner.agents.keys().cloned()).collect();
+        let compiled = compile::compile(&monitors, &policies, &pods, known);
+        let mut changed = vec![];
+        for (node, mut cfg) in compiled {
+            let previous = inner.configs.get(&node);
+            if previous.is_some_and(|p| content_bytes(p) == content_bytes(&cfg)) {
+                continue;
+            }
+            cfg.version = previous.map(|p| p.version + 1).unwrap_or(1);
+            let cfg = Arc::new(cfg);
+            inner.configs.insert(node.clone(), cfg.clone());
+            if let Some(tx) = inner.channels.get(&node) {
+                tx.send_replace(cfg);
+            }
+            changed.push(node);
+        }
+        changed
+    }
+
+    /// The config channel an agent on `node` follows (created on first use).
+    pub fn subscribe(&self, node: &str) -> watch::Receiver<Arc<NodeConfig>> {
+        let mut inner = self.lock();
+        let current = inner.configs.get(node).cloned();
+        let tx = inner.channels.entry(node.to_string()).or_insert_with(|| {
+            let initial = current.unwrap_or_else(|| {
+                Arc::new(NodeConfig { version: 0, node_name: node.to_string(), monitors: vec![], policies: vec![] })
+            });
+            watch::channel(initial).0
+        });
+        tx.subscribe()
+    }
+
+    pub fn set_connected(&self, node: &str, connected: bool) {
+        self.lock().agents.entry(node.to_string()).or_default().connected = connected;
+        self.trigger_all();
+    }
+
+    pub fn current_version(&self, node: &str) -> u64 {
+        self.lock().configs.get(node).map(|c| c.version).unwrap_or(0)
+    }
+
+    pub fn agent(&self, node: &str) -> Option<AgentState> {
+        self.lock().agents.get(node).cloned()
+    }
+
+    pub fn config(&self, node: &str) -> Option<Arc<NodeConfig>> {
+        self.lock().configs.get(node).cloned()
+    }
+
+    /// Records an agent's report: its applied state, and the endpoint and finding deltas it carries.
+    pub fn record_report(&self, report: AgentReport) {
+        let node = report.node_name.clone();
+        let mut touched_monitors = vec![];
+        let mut touched_policies = vec![];
+        {
+            let mut inner = self.lock();
+            for m in &report.monitors {
+                let key = key_of(&m.monitor);
+                let tele = inner.monitors.entry(key.clone()).or_default();
+                tele.overflow_requests += m.overflow_requests;
+                for e in &m.endpoints {
+                    let id = (e.method.clone(), e.path.clone());
+                    if !tele.endpoints.contains_key(&id) && tele.endpoints.len() >= MAX_ENDPOINTS_PER_MONITOR {
+                        tele.overflow_requests += e.count;
+                        continue;
+                    }
+                    let totals = tele.endpoints.entry(id).or_default();
+                    totals.requests += e.count;
+                    *totals.statuses.entry(e.status.min(999) as u16).or_default() += e.count;
+                    totals.last_seen_unix_ms = totals.last_seen_unix_ms.max(e.last_seen_unix_ms);
+                }
+                touched_monitors.push(key);
+            }
+            for p in &report.policies {
+                let key = key_of(&p.policy);
+                let tele = inner.policies.entry(key.clone()).or_default();
+                for f in &p.findings {
+                    tele.total += f.count;
+                    let entry = tele.by_rule.entry(f.rule.clone()).or_insert((f.severity.clone(), 0));
+                    entry.1 += f.count;
+                    tele.last_finding_unix_ms = tele.last_finding_unix_ms.max(f.last_seen_unix_ms);
+                    tele.recent.push_front(NodeFinding { node: node.clone(), finding: f.clone() });
+                    tele.recent.truncate(MAX_FINDINGS_IN_STATUS);
+                    let pending = tele.unannounced.entry((f.rule.clone(), f.pod_name.clone())).or_default();
+                    pending.detector = f.detector.clone();
+                    pending.severity = f.severity.clone();
+                    pending.count += f.count;
+                    pending.pod_namespace = f.pod_namespace.clone();
+                    pending.pod_name = f.pod_name.clone();
+                    pending.node = node.clone();
+                    *pending.sources.entry(f.source.clone()).or_default() += f.count;
+                    *pending.endpoints.entry(format!("{} {}", f.method, f.path)).or_default() += f.count;
+                }
+                touched_policies.push(key);
+            }
+            let agent = inner.agents.entry(node.clone()).or_default();
+            agent.connected = true;
+            agent.instance = report.agent_instance.clone();
+            agent.applied_version = report.applied_version;
+            agent.features = report.features.clone();
+            agent.node_errors = report.node_errors.clone();
+            agent.capture = report.capture.unwrap_or_default();
+            agent.monitors = report
+                .monitors
+                .into_iter()
+                .map(|mut m| {
+                    m.endpoints.clear();
+                    (key_of(&m.monitor), m)
+                })
+                .collect();
+            agent.policies = report.policies.into_iter().map(|p| (key_of(&p.policy), p.errors)).collect();
+        }
+        let _ = (touched_monitors, touched_policies);
+        self.trigger_all();
+    }
+
+    pub fn monitor_telemetry(&self, key: &ObjectKey) -> MonitorTelemetry {
+        self.lock().monitors.get(key).cloned().unwrap_or_default()
+    }
+
+    pub fn policy_telemetry(&self, key: &ObjectKey) -> PolicyTelemetry {
+        let inner = self.lock();
+        let mut t = inner.policies.get(key).cloned().unwrap_or_default();
+        t.unannounced.clear();
+        t
+    }
+
+    /// Takes the findings not yet announced by an Event for a policy.
+    pub fn take_unannounced(&self, key: &ObjectKey) -> BTreeMap<(String, String), PendingEvent> {
+        self.lock().policies.get_mut(key).map(|t| std::mem::take(&mut t.unannounced)).unwrap_or_default()
+    }
+
+    /// Puts back findings that could not be announced yet (rate limit), merging with newer ones.
+    pub fn return_unannounced(&self, key: &ObjectKey, pending: BTreeMap<(String, String), PendingEvent>) {
+        let mut inner = self.lock();
+        let tele = inner.policies.entry(key.clone()).or_default();
+        for (k, p) in pending {
+            let e = tele.unannounced.entry(k).or_default();
+            e.count += p.count;
+            for (s, c) in p.sources {
+                *e.sources.entry(s).or_default() += c;
+            }
+            for (s, c) in p.endpoints {
+                *e.endpoints.entry(s).or_default() += c;
+            }
+            e.detector = p.detector;
+            e.severity = p.severity;
+            e.pod_namespace = p.pod_namespace;
+            e.pod_name = p.pod_name;
+            e.node = p.node;
+        }
+    }
+
+    /// Forgets telemetry of objects that no longer exist.
+    pub fn forget_deleted(&self) {
+        let monitors: Vec<ObjectKey> = self.view.monitors.state().iter().map(|m| obj_key(m.as_ref())).collect();
+        let policies: Vec<ObjectKey> = self.view.policies.state().iter().map(|p| obj_key(p.as_ref())).collect();
+        let mut inner = self.lock();
+        inner.monitors.retain(|k, _| monitors.contains(k));
+        inner.policies.retain(|k, _| policies.contains(k));
+    }
+}
+
+pub fn obj_key<K: kube::Resource>(obj: &K) -> ObjectKey {
+    (obj.meta().namespace.clone().unwrap_or_default(), obj.meta().name.clone().unwrap_or_default())
+}
+
+pub fn unix_ms_to_time(ms: i64) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
+    let ts = k8s_openapi::jiff::Timestamp::from_millisecond(ms).unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(ts)
+}
+
+pub fn now_unix_ms() -> i64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
