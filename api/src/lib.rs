@@ -3,6 +3,9 @@
 //!
 //! The operator and the node agent both depend on this crate and never on each other.
 
+// kube's printcolumn(...) attributes repeat keys such as `type_` by design.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod crdgen;
 pub mod v1alpha1;
 

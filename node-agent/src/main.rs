@@ -1,1 +1,230 @@
-fn main() {}
+//! `palisade-node-agent`: follows its node's configuration from the operator, captures the HTTP
+//! traffic of monitored pods with eBPF, and reports endpoints and findings back.
+
+use anyhow::Context;
+use clap::Parser;
+use palisade_api::agent::agent_control_client::AgentControlClient;
+use palisade_api::agent::{FeatureProbe, NodeConfig, WatchConfigRequest};
+use palisade_common::CaptureCounters;
+use palisade_node_agent::capture::{CaptureProbes, CaptureRing};
+use palisade_node_agent::features::probe_node_features;
+use palisade_node_agent::runtime::{CaptureBackend, Runtime};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::MissedTickBehavior;
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Palisade node agent")]
+struct Args {
+    /// Name of the Kubernetes node this agent runs on.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// The operator's agent gRPC endpoint.
+    #[arg(long, env = "PALISADE_OPERATOR", default_value = "http://127.0.0.1:9443")]
+    operator: String,
+    /// Where the BPF file system is (or is to be mounted).
+    #[arg(long, default_value = "/sys/fs/bpf")]
+    bpffs: PathBuf,
+    /// Do not mount bpffs or tracefs when they are missing.
+    #[arg(long)]
+    no_mount: bool,
+    /// cgroup v2 root to find pods under (default: found in /proc/self/mountinfo).
+    #[arg(long)]
+    cgroup_root: Option<PathBuf>,
+    /// How often to report to the operator, in milliseconds.
+    #[arg(long, default_value = "1000")]
+    report_interval_ms: u64,
+    /// Log as JSON lines.
+    #[arg(long, env = "PALISADE_LOG_JSON")]
+    log_json: bool,
+}
+
+struct KernelCapture(CaptureProbes);
+
+impl CaptureBackend for KernelCapture {
+    fn attach(&mut self, cgroup_dir: &Path) -> Result<u64, String> {
+        self.0.attach_cgroup(cgroup_dir).map_err(|e| e.to_string())
+    }
+    fn detach(&mut self, cgroup_dir: &Path) -> Result<(), String> {
+        self.0.detach_cgroup(cgroup_dir).map_err(|e| e.to_string())
+    }
+    fn counters(&self) -> CaptureCounters {
+        self.0.counters().unwrap_or_default()
+    }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+}
+
+/// Follows the node's configuration stream, reconnecting with backoff; publishes each version.
+async fn follow_config(channel: Channel, node: String, tx: watch::Sender<Option<NodeConfig>>) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let mut client = AgentControlClient::new(channel.clone());
+        let request = WatchConfigRequest {
+            node_name: node.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+        };
+        match client.watch_config(request).await {
+            Ok(response) => {
+                tracing::info!("connected to the operator");
+                backoff = Duration::from_millis(200);
+                let mut stream = response.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(cfg)) => {
+                            tracing::info!(
+                                version = cfg.version,
+                                monitors = cfg.monitors.len(),
+                                policies = cfg.policies.len(),
+                                "configuration received"
+                            );
+                            tx.send_replace(Some(cfg));
+                        }
+                        Ok(None) => {
+                            tracing::warn!("operator closed the configuration stream");
+                            break;
+                        }
+                        Err(status) => {
+                            tracing::warn!(%status, "configuration stream failed");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(status) => tracing::warn!(%status, "cannot reach the operator; retrying"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if args.log_json {
+        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+
+    let features = probe_node_features(&args.bpffs, !args.no_mount);
+    for f in features.missing() {
+        tracing::warn!(feature = %f.name, reason = %f.reason, "kernel feature not available");
+    }
+    let mut node_errors = vec![];
+    if features.bpffs.is_none() {
+        let reason = features
+            .get("bpffs")
+            .map(|f| f.reason.clone())
+            .unwrap_or_default();
+        node_errors.push(format!(
+            "bpffs is not available at {}: {reason}",
+            args.bpffs.display()
+        ));
+    }
+    let cgroup_root = args.cgroup_root.clone().or(features.cgroup2_root.clone());
+    let mut ring: Option<CaptureRing> = None;
+    let backend = match CaptureProbes::load() {
+        Ok(mut probes) => match probes.take_ring() {
+            Ok(r) => {
+                ring = Some(r);
+                Ok(KernelCapture(probes))
+            }
+            Err(e) => Err(e.to_string()),
+        },
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(reason) = &backend {
+        tracing::error!(%reason, "capture programs could not be loaded; the agent keeps running and reports this");
+    }
+    let probes: Vec<FeatureProbe> = features
+        .probes
+        .iter()
+        .map(|f| FeatureProbe {
+            name: f.name.clone(),
+            available: f.available,
+            reason: f.reason.clone(),
+        })
+        .collect();
+    let instance = format!("{}-{}", std::process::id(), clock_ns(libc::CLOCK_REALTIME));
+    let clock_offset = clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC);
+    let mut runtime = Runtime::new(
+        args.node_name.clone(),
+        instance,
+        cgroup_root,
+        backend,
+        node_errors,
+        probes,
+        clock_offset,
+    );
+
+    let channel = Endpoint::from_shared(args.operator.clone())
+        .context("--operator must be a URL such as http://operator:9443")?
+        .connect_timeout(Duration::from_secs(5))
+        .connect_lazy();
+    let (cfg_tx, mut cfg_rx) = watch::channel(None);
+    tokio::spawn(follow_config(channel.clone(), args.node_name.clone(), cfg_tx));
+    let mut client = AgentControlClient::new(channel);
+
+    let mut drain = tokio::time::interval(Duration::from_millis(2));
+    drain.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut report = tokio::time::interval(Duration::from_millis(args.report_interval_ms.max(100)));
+    report.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut housekeeping = tokio::time::interval(Duration::from_secs(10));
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tracing::info!(node = %args.node_name, operator = %args.operator, "agent started");
+
+    loop {
+        let mut send_report = false;
+        tokio::select! {
+            changed = cfg_rx.changed() => {
+                if changed.is_err() { break; }
+                let cfg = cfg_rx.borrow_and_update().clone();
+                if let Some(cfg) = cfg {
+                    runtime.apply(cfg);
+                    send_report = true;
+                }
+            }
+            _ = drain.tick() => {
+                if let Some(ring) = ring.as_mut() {
+                    ring.drain(16_384, |h, d| runtime.on_record(h, d));
+                }
+            }
+            _ = report.tick() => send_report = true,
+            _ = housekeeping.tick() => runtime.housekeeping(clock_ns(libc::CLOCK_MONOTONIC) as u64),
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+        }
+        if send_report {
+            let r = runtime.take_report();
+            match tokio::time::timeout(Duration::from_secs(2), client.report(r.clone())).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(status)) => {
+                    tracing::debug!(%status, "report not delivered; kept for the next one");
+                    runtime.restore(r);
+                }
+                Err(_) => {
+                    tracing::debug!("report timed out; kept for the next one");
+                    runtime.restore(r);
+                }
+            }
+        }
+    }
+    tracing::info!(
+        attached = runtime.attached_pods(),
+        "agent stopping; capture detaches with it"
+    );
+    Ok(())
+}

@@ -17,7 +17,11 @@ use std::collections::BTreeMap;
 /// Whether a pod is one the agents should watch: scheduled, not finished, not being deleted.
 pub fn pod_is_live(pod: &Pod) -> bool {
     let scheduled = pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some();
-    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
+    let phase = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("Pending");
     scheduled && pod.metadata.deletion_timestamp.is_none() && !matches!(phase, "Succeeded" | "Failed")
 }
 
@@ -36,7 +40,10 @@ pub fn monitor_pods<'a>(monitor: &ApiMonitor, pods: &'a [std::sync::Arc<Pod>]) -
 }
 
 /// Monitors (in the policy's namespace) a policy inspects.
-pub fn policy_monitors<'a>(policy: &ApiPolicy, monitors: &'a [std::sync::Arc<ApiMonitor>]) -> Vec<&'a ApiMonitor> {
+pub fn policy_monitors<'a>(
+    policy: &ApiPolicy,
+    monitors: &'a [std::sync::Arc<ApiMonitor>],
+) -> Vec<&'a ApiMonitor> {
     let ns = policy.namespace().unwrap_or_default();
     monitors
         .iter()
@@ -55,7 +62,11 @@ pub fn policy_pods<'a>(
     let mut out: BTreeMap<String, &Pod> = BTreeMap::new();
     for monitor in policy_monitors(policy, monitors) {
         for pod in monitor_pods(monitor, pods) {
-            let selected = policy.spec.workload_selector.as_ref().is_none_or(|s| selector_matches(s, pod.labels()));
+            let selected = policy
+                .spec
+                .workload_selector
+                .as_ref()
+                .is_none_or(|s| selector_matches(s, pod.labels()));
             if selected {
                 out.insert(pod.uid().unwrap_or_default(), pod);
             }
@@ -74,8 +85,12 @@ fn object_ref<K: kube::Resource>(obj: &K) -> ObjectRef {
 
 fn workload_target(pod: &Pod) -> WorkloadTarget {
     let status = pod.status.as_ref();
-    let mut pod_ips: Vec<String> =
-        status.and_then(|s| s.pod_ips.as_ref()).into_iter().flatten().map(|ip| ip.ip.clone()).collect();
+    let mut pod_ips: Vec<String> = status
+        .and_then(|s| s.pod_ips.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|ip| ip.ip.clone())
+        .collect();
     if pod_ips.is_empty() {
         pod_ips.extend(status.and_then(|s| s.pod_ip.clone()));
     }
@@ -90,7 +105,11 @@ fn workload_target(pod: &Pod) -> WorkloadTarget {
 
 fn monitor_config(monitor: &ApiMonitor, targets: Vec<WorkloadTarget>) -> MonitorConfig {
     let spec = &monitor.spec;
-    let max_body = if spec.capture.bodies { spec.capture.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES) } else { 0 };
+    let max_body = if spec.capture.bodies {
+        spec.capture.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES)
+    } else {
+        0
+    };
     MonitorConfig {
         monitor: Some(object_ref(monitor)),
         targets,
@@ -109,7 +128,10 @@ fn monitor_config(monitor: &ApiMonitor, targets: Vec<WorkloadTarget>) -> Monitor
                 .redaction
                 .patterns
                 .iter()
-                .map(|p| NamedPattern { name: p.name.clone(), regex: p.regex.clone() })
+                .map(|p| NamedPattern {
+                    name: p.name.clone(),
+                    regex: p.regex.clone(),
+                })
                 .collect(),
         }),
         tls: spec.tls.enabled,
@@ -136,7 +158,9 @@ fn rule_config(rule: &PolicyRule) -> RuleConfig {
         name: rule.name.clone(),
         detector: rule.detector.map(|d| d.as_str().to_string()).unwrap_or_default(),
         params: rule.params.clone().into_iter().collect(),
-        severity: severity.map(|s| s.as_str().to_string()).unwrap_or_else(|| "medium".into()),
+        severity: severity
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_else(|| "medium".into()),
         r#match: rule.match_.as_ref().map(|m| RequestMatchConfig {
             methods: m.methods.clone().unwrap_or_default(),
             path: string_match(&m.path),
@@ -144,7 +168,10 @@ fn rule_config(rule: &PolicyRule) -> RuleConfig {
                 .headers
                 .iter()
                 .flatten()
-                .map(|h| HeaderMatchConfig { name: h.name.clone(), value: string_match(&Some(h.value.clone())) })
+                .map(|h| HeaderMatchConfig {
+                    name: h.name.clone(),
+                    value: string_match(&Some(h.value.clone())),
+                })
                 .collect(),
             query: string_match(&m.query),
             body: string_match(&m.body),
@@ -163,7 +190,17 @@ pub fn compile(
 ) -> BTreeMap<String, NodeConfig> {
     let mut nodes: BTreeMap<String, NodeConfig> = known_nodes
         .into_iter()
-        .map(|n| (n.clone(), NodeConfig { version: 0, node_name: n, monitors: vec![], policies: vec![] }))
+        .map(|n| {
+            (
+                n.clone(),
+                NodeConfig {
+                    version: 0,
+                    node_name: n,
+                    monitors: vec![],
+                    policies: vec![],
+                },
+            )
+        })
         .collect();
     let entry = |nodes: &mut BTreeMap<String, NodeConfig>, node: &str| -> usize {
         let cfg = nodes.entry(node.to_string()).or_insert_with(|| NodeConfig {
@@ -194,11 +231,17 @@ pub fn compile(
     let mut sorted_policies: Vec<_> = policies.iter().collect();
     sorted_policies.sort_by_key(|p| (p.namespace(), p.name_any()));
     for policy in sorted_policies {
-        let monitor_names: Vec<String> = policy_monitors(policy, monitors).iter().map(|m| m.name_any()).collect();
+        let monitor_names: Vec<String> = policy_monitors(policy, monitors)
+            .iter()
+            .map(|m| m.name_any())
+            .collect();
         let mut by_node: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         for pod in policy_pods(policy, monitors, pods) {
             if let Some(node) = pod_node(pod) {
-                by_node.entry(node).or_default().push(pod.uid().unwrap_or_default());
+                by_node
+                    .entry(node)
+                    .or_default()
+                    .push(pod.uid().unwrap_or_default());
             }
         }
         for (node, pod_uids) in by_node {
@@ -265,11 +308,23 @@ mod tests {
         assert_eq!(cfg.keys().collect::<Vec<_>>(), vec!["n1", "n2", "n3"]);
         let n1 = &cfg["n1"];
         assert_eq!(n1.monitors.len(), 1);
-        let targets: Vec<_> = n1.monitors[0].targets.iter().map(|t| t.pod_name.as_str()).collect();
-        assert_eq!(targets, vec!["a"], "other namespace and finished pods are not watched");
+        let targets: Vec<_> = n1.monitors[0]
+            .targets
+            .iter()
+            .map(|t| t.pod_name.as_str())
+            .collect();
+        assert_eq!(
+            targets,
+            vec!["a"],
+            "other namespace and finished pods are not watched"
+        );
         assert_eq!(n1.monitors[0].ports, vec![8080]);
         assert_eq!(n1.monitors[0].monitor.as_ref().map(|m| m.generation), Some(3));
-        assert_eq!(n1.policies.len(), 1, "policy q names a monitor that does not exist");
+        assert_eq!(
+            n1.policies.len(),
+            1,
+            "policy q names a monitor that does not exist"
+        );
         assert_eq!(n1.policies[0].rules[0].detector, "pathTraversal");
         assert_eq!(n1.policies[0].rules[0].severity, "high");
         assert_eq!(n1.policies[0].pod_uids, vec!["uid-a"]);

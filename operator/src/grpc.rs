@@ -29,7 +29,9 @@ impl Drop for ConnectionGuard {
 fn valid_node_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 253
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
 }
 
 type ConfigStream = Pin<Box<dyn Stream<Item = Result<NodeConfig, Status>> + Send>>;
@@ -39,14 +41,22 @@ impl AgentControl for AgentControlService {
     type WatchConfigStream = ConfigStream;
 
     #[tracing::instrument(skip_all, fields(node = %request.get_ref().node_name))]
-    async fn watch_config(&self, request: Request<WatchConfigRequest>) -> Result<Response<ConfigStream>, Status> {
+    async fn watch_config(
+        &self,
+        request: Request<WatchConfigRequest>,
+    ) -> Result<Response<ConfigStream>, Status> {
         let req = request.into_inner();
         if !valid_node_name(&req.node_name) {
-            return Err(Status::invalid_argument("node_name must be a valid Kubernetes node name"));
+            return Err(Status::invalid_argument(
+                "node_name must be a valid Kubernetes node name",
+            ));
         }
         tracing::info!(agent_version = %req.agent_version, "agent connected");
         self.hub.set_connected(&req.node_name, true);
-        let guard = ConnectionGuard { hub: self.hub.clone(), node: req.node_name.clone() };
+        let guard = ConnectionGuard {
+            hub: self.hub.clone(),
+            node: req.node_name.clone(),
+        };
         let rx = self.hub.subscribe(&req.node_name);
         let stream = WatchStream::new(rx).map(move |cfg| {
             let _keep = &guard;
@@ -59,10 +69,14 @@ impl AgentControl for AgentControlService {
     async fn report(&self, request: Request<AgentReport>) -> Result<Response<ReportAck>, Status> {
         let report = request.into_inner();
         if !valid_node_name(&report.node_name) {
-            return Err(Status::invalid_argument("node_name must be a valid Kubernetes node name"));
+            return Err(Status::invalid_argument(
+                "node_name must be a valid Kubernetes node name",
+            ));
         }
         let node = report.node_name.clone();
         self.hub.record_report(report);
-        Ok(Response::new(ReportAck { current_version: self.hub.current_version(&node) }))
+        Ok(Response::new(ReportAck {
+            current_version: self.hub.current_version(&node),
+        }))
     }
 }

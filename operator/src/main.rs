@@ -40,7 +40,13 @@ type Signal = Pin<Box<dyn Stream<Item = ()> + Send>>;
 /// Starts a reflector for `api`, returning its store and a stream that yields on every change.
 fn reflect<K>(api: Api<K>) -> (Store<K>, Signal)
 where
-    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
 {
     let (reader, writer) = reflector::store();
     let stream = watcher(api, watcher::Config::default())
@@ -69,17 +75,25 @@ async fn main() -> anyhow::Result<()> {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
 
-    let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
     let (pods, pod_changes) = reflect(Api::<Pod>::all(client.clone()));
     let (monitors, monitor_changes) = reflect(Api::<ApiMonitor>::all(client.clone()));
     let (policies, policy_changes) = reflect(Api::<ApiPolicy>::all(client.clone()));
     let (nodes, node_changes) = reflect(Api::<Node>::all(client.clone()));
-    let view = ClusterView { pods, monitors, policies, nodes };
+    let view = ClusterView {
+        pods,
+        monitors,
+        policies,
+        nodes,
+    };
     let (hub, triggers) = Hub::new(view.clone());
 
     // Recompile node configurations on any change, at most every 100 ms.
     let compile_hub = hub.clone();
-    let mut changes = futures::stream::select_all([pod_changes, monitor_changes, policy_changes, node_changes]);
+    let mut changes =
+        futures::stream::select_all([pod_changes, monitor_changes, policy_changes, node_changes]);
     let compiler = tokio::spawn(async move {
         while changes.next().await.is_some() {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -100,24 +114,37 @@ async fn main() -> anyhow::Result<()> {
         hub: hub.clone(),
         status_throttle: WriteThrottle::new(status_interval),
     });
-    let monitor_controller = Controller::new(Api::<ApiMonitor>::all(client.clone()), watcher::Config::default())
-        .reconcile_on(UnboundedReceiverStream::new(triggers.monitors))
-        .shutdown_on_signal()
-        .run(monitor_controller::reconcile, monitor_controller::error_policy, monitor_ctx)
-        .for_each(|_| futures::future::ready(()));
+    let monitor_controller =
+        Controller::new(Api::<ApiMonitor>::all(client.clone()), watcher::Config::default())
+            .reconcile_on(UnboundedReceiverStream::new(triggers.monitors))
+            .shutdown_on_signal()
+            .run(
+                monitor_controller::reconcile,
+                monitor_controller::error_policy,
+                monitor_ctx,
+            )
+            .for_each(|_| futures::future::ready(()));
 
     let policy_ctx = Arc::new(PolicyContext {
         client: client.clone(),
         hub: hub.clone(),
-        reporter: Reporter { controller: "palisade-operator".into(), instance: std::env::var("POD_NAME").ok() },
+        reporter: Reporter {
+            controller: "palisade-operator".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
         status_throttle: WriteThrottle::new(status_interval),
         event_budget: EventBudget::default(),
     });
-    let policy_controller = Controller::new(Api::<ApiPolicy>::all(client.clone()), watcher::Config::default())
-        .reconcile_on(UnboundedReceiverStream::new(triggers.policies))
-        .shutdown_on_signal()
-        .run(policy_controller::reconcile, policy_controller::error_policy, policy_ctx)
-        .for_each(|_| futures::future::ready(()));
+    let policy_controller =
+        Controller::new(Api::<ApiPolicy>::all(client.clone()), watcher::Config::default())
+            .reconcile_on(UnboundedReceiverStream::new(triggers.policies))
+            .shutdown_on_signal()
+            .run(
+                policy_controller::reconcile,
+                policy_controller::error_policy,
+                policy_ctx,
+            )
+            .for_each(|_| futures::future::ready(()));
 
     let grpc = tonic::transport::Server::builder()
         .add_service(AgentControlServer::new(AgentControlService { hub: hub.clone() }))

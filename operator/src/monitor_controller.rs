@@ -52,9 +52,24 @@ pub fn desired_status(monitor: &ApiMonitor, hub: &Hub) -> ApiMonitorStatus {
         })
         .collect();
     let nodes = summarize(states, true);
-    let previous = monitor.status.as_ref().map(|s| s.common.conditions.clone()).unwrap_or_default();
-    let ready_msg = format!("capture attached to {} pods on {} nodes", selected.len(), nodes.total);
-    let conditions = conditions_from_nodes(&previous, generation, selected.len() as u32, &nodes, None, ready_msg);
+    let previous = monitor
+        .status
+        .as_ref()
+        .map(|s| s.common.conditions.clone())
+        .unwrap_or_default();
+    let ready_msg = format!(
+        "capture attached to {} pods on {} nodes",
+        selected.len(),
+        nodes.total
+    );
+    let conditions = conditions_from_nodes(
+        &previous,
+        generation,
+        selected.len() as u32,
+        &nodes,
+        None,
+        ready_msg,
+    );
 
     let telemetry = hub.monitor_telemetry(&key);
     let mut items: Vec<EndpointStatus> = telemetry
@@ -64,18 +79,37 @@ pub fn desired_status(monitor: &ApiMonitor, hub: &Hub) -> ApiMonitorStatus {
             method: method.clone(),
             path: path.clone(),
             requests: t.requests,
-            statuses: t.statuses.iter().map(|(code, count)| StatusCount { code: *code, count: *count }).collect(),
+            statuses: t
+                .statuses
+                .iter()
+                .map(|(code, count)| StatusCount {
+                    code: *code,
+                    count: *count,
+                })
+                .collect(),
             last_seen: (t.last_seen_unix_ms > 0).then(|| unix_ms_to_time(t.last_seen_unix_ms)),
         })
         .collect();
-    items.sort_by(|a, b| b.requests.cmp(&a.requests).then_with(|| (&a.path, &a.method).cmp(&(&b.path, &b.method))));
+    items.sort_by(|a, b| {
+        b.requests
+            .cmp(&a.requests)
+            .then_with(|| (&a.path, &a.method).cmp(&(&b.path, &b.method)))
+    });
     let total = items.len() as u32;
     items.truncate(MAX_ENDPOINTS_IN_STATUS);
 
     ApiMonitorStatus {
-        common: CommonStatus { observed_generation: generation, conditions, nodes },
+        common: CommonStatus {
+            observed_generation: generation,
+            conditions,
+            nodes,
+        },
         matched_pods: selected.len() as u32,
-        endpoints: EndpointInventory { total, overflow_requests: telemetry.overflow_requests, items },
+        endpoints: EndpointInventory {
+            total,
+            overflow_requests: telemetry.overflow_requests,
+            items,
+        },
     }
 }
 
@@ -83,7 +117,10 @@ pub fn desired_status(monitor: &ApiMonitor, hub: &Hub) -> ApiMonitorStatus {
 pub async fn reconcile(monitor: Arc<ApiMonitor>, ctx: Arc<MonitorContext>) -> Result<Action, Error> {
     let status = desired_status(&monitor, &ctx.hub);
     if monitor.status.as_ref() != Some(&status) {
-        if let Err(wait) = ctx.status_throttle.try_acquire(&obj_key(monitor.as_ref()), std::time::Instant::now()) {
+        if let Err(wait) = ctx
+            .status_throttle
+            .try_acquire(&obj_key(monitor.as_ref()), std::time::Instant::now())
+        {
             return Ok(Action::requeue(wait));
         }
         let ns = monitor.namespace().ok_or(Error::MissingNamespace)?;
@@ -93,9 +130,13 @@ pub async fn reconcile(monitor: Arc<ApiMonitor>, ctx: Arc<MonitorContext>) -> Re
             "kind": "ApiMonitor",
             "status": status,
         });
-        api.patch_status(&monitor.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-            .await
-            .map_err(Error::Kube)?;
+        api.patch_status(
+            &monitor.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(Error::Kube)?;
         tracing::debug!("status written");
     }
     Ok(Action::requeue(Duration::from_secs(60)))

@@ -57,13 +57,24 @@ pub fn desired_status(policy: &ApiPolicy, hub: &Hub) -> ApiPolicyStatus {
         .spec
         .monitors
         .iter()
-        .filter(|name| !policy_monitors(policy, &monitors).iter().any(|m| &m.name_any() == *name))
+        .filter(|name| {
+            !policy_monitors(policy, &monitors)
+                .iter()
+                .any(|m| &m.name_any() == *name)
+        })
         .collect();
     let extra_problem = (!missing.is_empty()).then(|| {
         let names = missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
-        ("MonitorNotFound", format!("spec.monitors names ApiMonitors that do not exist in this namespace: {names}"))
+        (
+            "MonitorNotFound",
+            format!("spec.monitors names ApiMonitors that do not exist in this namespace: {names}"),
+        )
     });
-    let previous = policy.status.as_ref().map(|s| s.common.conditions.clone()).unwrap_or_default();
+    let previous = policy
+        .status
+        .as_ref()
+        .map(|s| s.common.conditions.clone())
+        .unwrap_or_default();
     let ready_msg = format!(
         "{} rules applied to {} pods on {} nodes ({} mode)",
         policy.spec.rules.len(),
@@ -71,8 +82,14 @@ pub fn desired_status(policy: &ApiPolicy, hub: &Hub) -> ApiPolicyStatus {
         nodes.total,
         policy.spec.mode.as_str()
     );
-    let conditions =
-        conditions_from_nodes(&previous, generation, selected.len() as u32, &nodes, extra_problem, ready_msg);
+    let conditions = conditions_from_nodes(
+        &previous,
+        generation,
+        selected.len() as u32,
+        &nodes,
+        extra_problem,
+        ready_msg,
+    );
 
     let t = hub.policy_telemetry(&key);
     let keep = policy.spec.limits.findings_in_status.max(0) as usize;
@@ -111,7 +128,11 @@ pub fn desired_status(policy: &ApiPolicy, hub: &Hub) -> ApiPolicyStatus {
             .collect(),
     };
     ApiPolicyStatus {
-        common: CommonStatus { observed_generation: generation, conditions, nodes },
+        common: CommonStatus {
+            observed_generation: generation,
+            conditions,
+            nodes,
+        },
         matched_pods: selected.len() as u32,
         findings,
     }
@@ -120,7 +141,12 @@ pub fn desired_status(policy: &ApiPolicy, hub: &Hub) -> ApiPolicyStatus {
 fn top(map: &BTreeMap<String, u64>, n: usize) -> String {
     let mut v: Vec<_> = map.iter().collect();
     v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-    let mut s = v.iter().take(n).map(|(k, c)| format!("{k} ({c})")).collect::<Vec<_>>().join(", ");
+    let mut s = v
+        .iter()
+        .take(n)
+        .map(|(k, c)| format!("{k} ({c})"))
+        .collect::<Vec<_>>()
+        .join(", ");
     if v.len() > n {
         s.push_str(&format!(" and {} more", v.len() - n));
     }
@@ -180,8 +206,14 @@ async fn announce(ctx: &PolicyContext, policy: &ApiPolicy) -> Result<(), Error> 
         // A fresh recorder per Event: kube's recorder would fold repeats into a series that keeps
         // the first message, and each of ours carries new counts. The budget above bounds the rate.
         let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
-        recorder.publish(&event, &policy.object_ref(&())).await.map_err(Error::Kube)?;
-        let on_pod = Event { secondary: Some(policy.object_ref(&())), ..event };
+        recorder
+            .publish(&event, &policy.object_ref(&()))
+            .await
+            .map_err(Error::Kube)?;
+        let on_pod = Event {
+            secondary: Some(policy.object_ref(&())),
+            ..event
+        };
         if let Err(error) = recorder.publish(&on_pod, &pod_ref).await {
             tracing::warn!(%error, pod = %p.pod_name, "could not record the Event on the pod");
         }
@@ -198,7 +230,10 @@ pub async fn reconcile(policy: Arc<ApiPolicy>, ctx: Arc<PolicyContext>) -> Resul
     announce(&ctx, &policy).await?;
     let status = desired_status(&policy, &ctx.hub);
     if policy.status.as_ref() != Some(&status) {
-        if let Err(wait) = ctx.status_throttle.try_acquire(&obj_key(policy.as_ref()), Instant::now()) {
+        if let Err(wait) = ctx
+            .status_throttle
+            .try_acquire(&obj_key(policy.as_ref()), Instant::now())
+        {
             return Ok(Action::requeue(wait));
         }
         let ns = policy.namespace().ok_or(Error::MissingNamespace)?;
@@ -208,9 +243,13 @@ pub async fn reconcile(policy: Arc<ApiPolicy>, ctx: Arc<PolicyContext>) -> Resul
             "kind": "ApiPolicy",
             "status": status,
         });
-        api.patch_status(&policy.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-            .await
-            .map_err(Error::Kube)?;
+        api.patch_status(
+            &policy.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(Error::Kube)?;
     }
     Ok(Action::requeue(Duration::from_secs(60)))
 }

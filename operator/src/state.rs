@@ -117,14 +117,21 @@ fn content_bytes(cfg: &NodeConfig) -> Vec<u8> {
 }
 
 fn key_of(r: &Option<agent::ObjectRef>) -> ObjectKey {
-    r.as_ref().map(|r| (r.namespace.clone(), r.name.clone())).unwrap_or_default()
+    r.as_ref()
+        .map(|r| (r.namespace.clone(), r.name.clone()))
+        .unwrap_or_default()
 }
 
 impl Hub {
     pub fn new(view: ClusterView) -> (Arc<Hub>, Triggers) {
         let (monitor_trigger, monitors) = mpsc::unbounded_channel();
         let (policy_trigger, policies) = mpsc::unbounded_channel();
-        let hub = Hub { view, inner: Mutex::new(Inner::default()), monitor_trigger, policy_trigger };
+        let hub = Hub {
+            view,
+            inner: Mutex::new(Inner::default()),
+            monitor_trigger,
+            policy_trigger,
+        };
         (Arc::new(hub), Triggers { monitors, policies })
     }
 
@@ -150,7 +157,12 @@ impl Hub {
         let policies = self.view.policies.state();
         let pods = self.view.pods.state();
         let mut inner = self.lock();
-        let known: Vec<String> = inner.configs.keys().cloned().chain(inner.agents.keys().cloned()).collect();
+        let known: Vec<String> = inner
+            .configs
+            .keys()
+            .cloned()
+            .chain(inner.agents.keys().cloned())
+            .collect();
         let compiled = compile::compile(&monitors, &policies, &pods, known);
         let mut changed = vec![];
         for (node, mut cfg) in compiled {
@@ -175,7 +187,12 @@ impl Hub {
         let current = inner.configs.get(node).cloned();
         let tx = inner.channels.entry(node.to_string()).or_insert_with(|| {
             let initial = current.unwrap_or_else(|| {
-                Arc::new(NodeConfig { version: 0, node_name: node.to_string(), monitors: vec![], policies: vec![] })
+                Arc::new(NodeConfig {
+                    version: 0,
+                    node_name: node.to_string(),
+                    monitors: vec![],
+                    policies: vec![],
+                })
             });
             watch::channel(initial).0
         });
@@ -212,7 +229,8 @@ impl Hub {
                 tele.overflow_requests += m.overflow_requests;
                 for e in &m.endpoints {
                     let id = (e.method.clone(), e.path.clone());
-                    if !tele.endpoints.contains_key(&id) && tele.endpoints.len() >= MAX_ENDPOINTS_PER_MONITOR {
+                    if !tele.endpoints.contains_key(&id) && tele.endpoints.len() >= MAX_ENDPOINTS_PER_MONITOR
+                    {
                         tele.overflow_requests += e.count;
                         continue;
                     }
@@ -228,12 +246,21 @@ impl Hub {
                 let tele = inner.policies.entry(key.clone()).or_default();
                 for f in &p.findings {
                     tele.total += f.count;
-                    let entry = tele.by_rule.entry(f.rule.clone()).or_insert((f.severity.clone(), 0));
+                    let entry = tele
+                        .by_rule
+                        .entry(f.rule.clone())
+                        .or_insert((f.severity.clone(), 0));
                     entry.1 += f.count;
                     tele.last_finding_unix_ms = tele.last_finding_unix_ms.max(f.last_seen_unix_ms);
-                    tele.recent.push_front(NodeFinding { node: node.clone(), finding: f.clone() });
+                    tele.recent.push_front(NodeFinding {
+                        node: node.clone(),
+                        finding: f.clone(),
+                    });
                     tele.recent.truncate(MAX_FINDINGS_IN_STATUS);
-                    let pending = tele.unannounced.entry((f.rule.clone(), f.pod_name.clone())).or_default();
+                    let pending = tele
+                        .unannounced
+                        .entry((f.rule.clone(), f.pod_name.clone()))
+                        .or_default();
                     pending.detector = f.detector.clone();
                     pending.severity = f.severity.clone();
                     pending.count += f.count;
@@ -241,7 +268,10 @@ impl Hub {
                     pending.pod_name = f.pod_name.clone();
                     pending.node = node.clone();
                     *pending.sources.entry(f.source.clone()).or_default() += f.count;
-                    *pending.endpoints.entry(format!("{} {}", f.method, f.path)).or_default() += f.count;
+                    *pending
+                        .endpoints
+                        .entry(format!("{} {}", f.method, f.path))
+                        .or_default() += f.count;
                 }
                 touched_policies.push(key);
             }
@@ -260,7 +290,11 @@ impl Hub {
                     (key_of(&m.monitor), m)
                 })
                 .collect();
-            agent.policies = report.policies.into_iter().map(|p| (key_of(&p.policy), p.errors)).collect();
+            agent.policies = report
+                .policies
+                .into_iter()
+                .map(|p| (key_of(&p.policy), p.errors))
+                .collect();
         }
         let _ = (touched_monitors, touched_policies);
         self.trigger_all();
@@ -279,7 +313,11 @@ impl Hub {
 
     /// Takes the findings not yet announced by an Event for a policy.
     pub fn take_unannounced(&self, key: &ObjectKey) -> BTreeMap<(String, String), PendingEvent> {
-        self.lock().policies.get_mut(key).map(|t| std::mem::take(&mut t.unannounced)).unwrap_or_default()
+        self.lock()
+            .policies
+            .get_mut(key)
+            .map(|t| std::mem::take(&mut t.unannounced))
+            .unwrap_or_default()
     }
 
     /// Puts back findings that could not be announced yet (rate limit), merging with newer ones.
@@ -305,8 +343,20 @@ impl Hub {
 
     /// Forgets telemetry of objects that no longer exist.
     pub fn forget_deleted(&self) {
-        let monitors: Vec<ObjectKey> = self.view.monitors.state().iter().map(|m| obj_key(m.as_ref())).collect();
-        let policies: Vec<ObjectKey> = self.view.policies.state().iter().map(|p| obj_key(p.as_ref())).collect();
+        let monitors: Vec<ObjectKey> = self
+            .view
+            .monitors
+            .state()
+            .iter()
+            .map(|m| obj_key(m.as_ref()))
+            .collect();
+        let policies: Vec<ObjectKey> = self
+            .view
+            .policies
+            .state()
+            .iter()
+            .map(|p| obj_key(p.as_ref()))
+            .collect();
         let mut inner = self.lock();
         inner.monitors.retain(|k, _| monitors.contains(k));
         inner.policies.retain(|k, _| policies.contains(k));
@@ -314,14 +364,21 @@ impl Hub {
 }
 
 pub fn obj_key<K: kube::Resource>(obj: &K) -> ObjectKey {
-    (obj.meta().namespace.clone().unwrap_or_default(), obj.meta().name.clone().unwrap_or_default())
+    (
+        obj.meta().namespace.clone().unwrap_or_default(),
+        obj.meta().name.clone().unwrap_or_default(),
+    )
 }
 
 pub fn unix_ms_to_time(ms: i64) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
-    let ts = k8s_openapi::jiff::Timestamp::from_millisecond(ms).unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+    let ts = k8s_openapi::jiff::Timestamp::from_millisecond(ms)
+        .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
     k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(ts)
 }
 
 pub fn now_unix_ms() -> i64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }

@@ -22,9 +22,15 @@ pub enum Reported<'a> {
 
 /// The state of one node for one object, from its agent's last report.
 pub fn node_state(exp: &NodeExpectation, reported: &Reported) -> NodeState {
-    let mut state = NodeState { node: exp.node.to_string(), workloads: exp.workloads, ..Default::default() };
+    let mut state = NodeState {
+        node: exp.node.to_string(),
+        workloads: exp.workloads,
+        ..Default::default()
+    };
     let Some(agent) = exp.agent.as_ref().filter(|a| a.connected) else {
-        state.errors.push("no Palisade agent is connected for this node".into());
+        state
+            .errors
+            .push("no Palisade agent is connected for this node".into());
         return state;
     };
     state.config_version = agent.applied_version;
@@ -60,7 +66,9 @@ pub fn node_state(exp: &NodeExpectation, reported: &Reported) -> NodeState {
 
 /// Whether a node runs the object fully.
 pub fn node_ready(state: &NodeState, needs_probes: bool) -> bool {
-    state.in_sync && state.errors.is_empty() && (!needs_probes || state.probes_attached >= 2 * state.workloads)
+    state.in_sync
+        && state.errors.is_empty()
+        && (!needs_probes || state.probes_attached >= 2 * state.workloads)
 }
 
 /// A bounded summary: counts of all nodes, detail for the first MAX_NODE_DETAILS (problems first).
@@ -69,7 +77,12 @@ pub fn summarize(mut states: Vec<NodeState>, needs_probes: bool) -> NodeSummary 
     let ready = states.iter().filter(|s| node_ready(s, needs_probes)).count() as u32;
     states.sort_by_key(|s| (node_ready(s, needs_probes), s.errors.is_empty(), s.node.clone()));
     states.truncate(MAX_NODE_DETAILS);
-    NodeSummary { total, ready, degraded: total - ready, details: states }
+    NodeSummary {
+        total,
+        ready,
+        degraded: total - ready,
+        details: states,
+    }
 }
 
 /// A condition with `lastTransitionTime` kept from `previous` when the status did not change.
@@ -110,11 +123,28 @@ pub fn conditions_from_nodes(
     let (ready, ready_reason, ready_msg) = if let Some((reason, msg)) = &extra_problem {
         (false, *reason, msg.clone())
     } else if matched_pods == 0 {
-        (false, "NoWorkloadsMatched", "no running pod matches; nothing is captured".to_string())
+        (
+            false,
+            "NoWorkloadsMatched",
+            "no running pod matches; nothing is captured".to_string(),
+        )
     } else if !problem_nodes.is_empty() {
-        (false, "NodesDegraded", format!("{} of {} nodes report errors", nodes.degraded, nodes.total))
+        (
+            false,
+            "NodesDegraded",
+            format!("{} of {} nodes report errors", nodes.degraded, nodes.total),
+        )
     } else if nodes.ready < nodes.total {
-        (false, "Applying", format!("{} of {} nodes have applied generation {}", nodes.ready, nodes.total, generation.unwrap_or(0)))
+        (
+            false,
+            "Applying",
+            format!(
+                "{} of {} nodes have applied generation {}",
+                nodes.ready,
+                nodes.total,
+                generation.unwrap_or(0)
+            ),
+        )
     } else {
         (true, "Applied", ready_message)
     };
@@ -137,8 +167,22 @@ pub fn conditions_from_nodes(
         (false, "AsExpected", "no node reports errors".to_string())
     };
     vec![
-        condition(previous, condition::READY, ready, ready_reason, ready_msg, generation),
-        condition(previous, condition::DEGRADED, degraded, degraded_reason, degraded_msg, generation),
+        condition(
+            previous,
+            condition::READY,
+            ready,
+            ready_reason,
+            ready_msg,
+            generation,
+        ),
+        condition(
+            previous,
+            condition::DEGRADED,
+            degraded,
+            degraded_reason,
+            degraded_msg,
+            generation,
+        ),
     ]
 }
 
@@ -149,11 +193,19 @@ mod tests {
 
     fn agent(applied: u64, probes: u32, errors: &[&str]) -> AgentState {
         let key = ("demo".to_string(), "api".to_string());
-        let mut a = AgentState { connected: true, applied_version: applied, ..Default::default() };
+        let mut a = AgentState {
+            connected: true,
+            applied_version: applied,
+            ..Default::default()
+        };
         a.monitors.insert(
             key,
             MonitorReport {
-                monitor: Some(ObjectRef { namespace: "demo".into(), name: "api".into(), generation: 2 }),
+                monitor: Some(ObjectRef {
+                    namespace: "demo".into(),
+                    name: "api".into(),
+                    generation: 2,
+                }),
                 workloads: 1,
                 probes_attached: probes,
                 errors: errors.iter().map(|e| e.to_string()).collect(),
@@ -167,20 +219,56 @@ mod tests {
     fn node_states_and_conditions_tell_the_story() {
         let key = ("demo".to_string(), "api".to_string());
         let reported = Reported::Monitor(&key, 2);
-        let ok = node_state(&NodeExpectation { node: "n1", workloads: 1, desired_version: 4, agent: Some(agent(4, 2, &[])) }, &reported);
-        assert!(node_ready(&ok, true));
-        let stale = node_state(&NodeExpectation { node: "n2", workloads: 1, desired_version: 5, agent: Some(agent(4, 2, &[])) }, &reported);
-        assert!(!stale.in_sync);
-        let failed = node_state(
-            &NodeExpectation { node: "n3", workloads: 1, desired_version: 4, agent: Some(agent(4, 0, &["attach cgroup_skb: EPERM"])) },
+        let ok = node_state(
+            &NodeExpectation {
+                node: "n1",
+                workloads: 1,
+                desired_version: 4,
+                agent: Some(agent(4, 2, &[])),
+            },
             &reported,
         );
-        let absent = node_state(&NodeExpectation { node: "n4", workloads: 1, desired_version: 1, agent: None }, &reported);
-        assert_eq!(absent.errors, vec!["no Palisade agent is connected for this node"]);
+        assert!(node_ready(&ok, true));
+        let stale = node_state(
+            &NodeExpectation {
+                node: "n2",
+                workloads: 1,
+                desired_version: 5,
+                agent: Some(agent(4, 2, &[])),
+            },
+            &reported,
+        );
+        assert!(!stale.in_sync);
+        let failed = node_state(
+            &NodeExpectation {
+                node: "n3",
+                workloads: 1,
+                desired_version: 4,
+                agent: Some(agent(4, 0, &["attach cgroup_skb: EPERM"])),
+            },
+            &reported,
+        );
+        let absent = node_state(
+            &NodeExpectation {
+                node: "n4",
+                workloads: 1,
+                desired_version: 1,
+                agent: None,
+            },
+            &reported,
+        );
+        assert_eq!(
+            absent.errors,
+            vec!["no Palisade agent is connected for this node"]
+        );
 
         let summary = summarize(vec![ok.clone(), stale, failed, absent], true);
         assert_eq!((summary.total, summary.ready, summary.degraded), (4, 1, 3));
-        assert_eq!(summary.details.last().map(|s| s.node.as_str()), Some("n1"), "healthy nodes listed last");
+        assert_eq!(
+            summary.details.last().map(|s| s.node.as_str()),
+            Some("n1"),
+            "healthy nodes listed last"
+        );
         let conds = conditions_from_nodes(&[], Some(2), 4, &summary, None, "ok".into());
         assert_eq!(conds[0].status, "False");
         assert_eq!(conds[0].reason, "NodesDegraded");
@@ -189,7 +277,10 @@ mod tests {
 
         let healthy = summarize(vec![ok], true);
         let conds = conditions_from_nodes(&conds, Some(2), 1, &healthy, None, "capturing".into());
-        assert_eq!((conds[0].status.as_str(), conds[0].reason.as_str()), ("True", "Applied"));
+        assert_eq!(
+            (conds[0].status.as_str(), conds[0].reason.as_str()),
+            ("True", "Applied")
+        );
         assert_eq!(conds[0].observed_generation, Some(2));
         let none = conditions_from_nodes(&conds, Some(3), 0, &summarize(vec![], true), None, String::new());
         assert_eq!(none[0].reason, "NoWorkloadsMatched");
@@ -197,8 +288,13 @@ mod tests {
 
     #[test]
     fn summary_is_bounded_however_many_nodes() {
-        let states: Vec<NodeState> =
-            (0..1000).map(|i| NodeState { node: format!("n{i:04}"), in_sync: true, ..Default::default() }).collect();
+        let states: Vec<NodeState> = (0..1000)
+            .map(|i| NodeState {
+                node: format!("n{i:04}"),
+                in_sync: true,
+                ..Default::default()
+            })
+            .collect();
         let s = summarize(states, false);
         assert_eq!(s.total, 1000);
         assert_eq!(s.details.len(), MAX_NODE_DETAILS);

@@ -12,7 +12,10 @@ pub struct WriteThrottle {
 
 impl WriteThrottle {
     pub fn new(interval: Duration) -> Self {
-        WriteThrottle { interval, last: Mutex::new(HashMap::new()) }
+        WriteThrottle {
+            interval,
+            last: Mutex::new(HashMap::new()),
+        }
     }
 
     /// `Ok(())` and records the write if allowed now, else `Err(wait)`.
@@ -36,7 +39,9 @@ pub struct EventBudget {
 
 impl Default for EventBudget {
     fn default() -> Self {
-        EventBudget { buckets: Mutex::new(HashMap::new()) }
+        EventBudget {
+            buckets: Mutex::new(HashMap::new()),
+        }
     }
 }
 
@@ -68,8 +73,14 @@ mod tests {
         let key = ("ns".to_string(), "a".to_string());
         let start = Instant::now();
         assert!(t.try_acquire(&key, start).is_ok());
-        assert_eq!(t.try_acquire(&key, start + Duration::from_millis(500)), Err(Duration::from_millis(1500)));
-        assert!(t.try_acquire(&("ns".into(), "b".into()), start).is_ok(), "keys are independent");
+        assert_eq!(
+            t.try_acquire(&key, start + Duration::from_millis(500)),
+            Err(Duration::from_millis(1500))
+        );
+        assert!(
+            t.try_acquire(&("ns".into(), "b".into()), start).is_ok(),
+            "keys are independent"
+        );
         assert!(t.try_acquire(&key, start + Duration::from_secs(2)).is_ok());
     }
 
@@ -81,6 +92,9 @@ mod tests {
         let granted = (0..100).filter(|_| b.take(&key, 12, start)).count();
         assert_eq!(granted, 12, "a burst gets the bucket's capacity");
         assert!(!b.take(&key, 12, start + Duration::from_secs(1)));
-        assert!(b.take(&key, 12, start + Duration::from_secs(5)), "one token every 5 s at 12/min");
+        assert!(
+            b.take(&key, 12, start + Duration::from_secs(5)),
+            "one token every 5 s at 12/min"
+        );
     }
 }

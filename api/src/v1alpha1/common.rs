@@ -110,7 +110,10 @@ impl Severity {
 
 /// Whether a label selector matches a set of labels (the Kubernetes semantics; an empty selector
 /// matches everything).
-pub fn selector_matches(selector: &LabelSelector, labels: &std::collections::BTreeMap<String, String>) -> bool {
+pub fn selector_matches(
+    selector: &LabelSelector,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> bool {
     if let Some(match_labels) = &selector.match_labels {
         if !match_labels.iter().all(|(k, v)| labels.get(k) == Some(v)) {
             return false;
@@ -136,7 +139,10 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -150,8 +156,14 @@ mod tests {
             }]),
         };
         assert!(selector_matches(&sel, &labels(&[("app", "demo")])));
-        assert!(selector_matches(&sel, &labels(&[("app", "demo"), ("tier", "web")])));
-        assert!(!selector_matches(&sel, &labels(&[("app", "demo"), ("tier", "db")])));
+        assert!(selector_matches(
+            &sel,
+            &labels(&[("app", "demo"), ("tier", "web")])
+        ));
+        assert!(!selector_matches(
+            &sel,
+            &labels(&[("app", "demo"), ("tier", "db")])
+        ));
         assert!(!selector_matches(&sel, &labels(&[("app", "other")])));
         assert!(selector_matches(&LabelSelector::default(), &labels(&[])));
         let bad = LabelSelector {

@@ -25,7 +25,11 @@ pub const MAX_ENDPOINTS_IN_STATUS: usize = 50;
     status = "ApiMonitorStatus",
     shortname = "apimon",
     category = "palisade",
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
     printcolumn(name = "Pods", type_ = "integer", json_path = ".status.matchedPods"),
     printcolumn(name = "Nodes", type_ = "integer", json_path = ".status.nodes.total"),
     printcolumn(name = "Endpoints", type_ = "integer", json_path = ".status.endpoints.total"),
@@ -145,7 +149,10 @@ pub struct RedactionSpec {
 #[serde(rename_all = "camelCase")]
 pub struct RedactionPattern {
     /// Name shown in place of the match: `[REDACTED:<name>]`.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// Regular expression (RE2 syntax, no look-around).
     #[schemars(length(min = 1, max = 1024))]
@@ -194,7 +201,10 @@ pub struct DiscoverySpec {
 
 impl Default for DiscoverySpec {
     fn default() -> Self {
-        DiscoverySpec { enabled: true, max_endpoints: default_max_endpoints() }
+        DiscoverySpec {
+            enabled: true,
+            max_endpoints: default_max_endpoints(),
+        }
     }
 }
 

@@ -28,9 +28,17 @@ pub const MAX_FINDINGS_IN_STATUS: usize = 50;
     shortname = "apipol",
     category = "palisade",
     printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
     printcolumn(name = "Findings", type_ = "integer", json_path = ".status.findings.total"),
-    printcolumn(name = "Last Finding", type_ = "date", json_path = ".status.findings.lastFindingTime"),
+    printcolumn(
+        name = "Last Finding",
+        type_ = "date",
+        json_path = ".status.findings.lastFindingTime"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -91,7 +99,10 @@ impl PolicyMode {
 #[x_kube(validation = Rule::new("has(self.detector) != has(self.match)").message("a rule sets exactly one of detector or match"))]
 pub struct PolicyRule {
     /// Rule name, unique in the policy; findings and Events carry it.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// A built-in detector.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -165,7 +176,9 @@ impl Detector {
             | Detector::CommandInjection
             | Detector::JndiInjection
             | Detector::Ssrf => Severity::High,
-            Detector::Xss | Detector::Bola | Detector::BruteForce | Detector::DataExposure => Severity::Medium,
+            Detector::Xss | Detector::Bola | Detector::BruteForce | Detector::DataExposure => {
+                Severity::Medium
+            }
             Detector::MissingAuth | Detector::RateAbuse | Detector::ShadowEndpoint => Severity::Low,
         }
     }

@@ -1,0 +1,204 @@
+//! Starts Palisade itself (operator and node agent, built from this workspace) against a
+//! [`ControlPlane`], and small HTTP and status helpers the end-to-end tests share.
+
+use crate::process::{free_port, wait_until, ChildGuard};
+use crate::{workspace_root, ControlPlane};
+use anyhow::{bail, Context, Result};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+
+/// Builds the operator and agent binaries (once per test process) and returns their directory.
+/// `PALISADE_BIN_DIR` points at prebuilt ones instead.
+pub fn binaries() -> Result<PathBuf> {
+    if let Ok(dir) = std::env::var("PALISADE_BIN_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let out = Command::new(cargo)
+                .current_dir(workspace_root())
+                .args([
+                    "build",
+                    "-p",
+                    "palisade-operator",
+                    "-p",
+                    "palisade-node-agent",
+                    "--bins",
+                ])
+                .output()
+                .map_err(|e| format!("running cargo build: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "cargo build failed:\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            let target = std::env::var("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| workspace_root().join("target"));
+            Ok(target.join("debug"))
+        })
+        .clone()
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
+/// A running operator.
+pub struct Operator {
+    pub process: ChildGuard,
+    pub grpc: SocketAddr,
+}
+
+impl Operator {
+    pub async fn start(cp: &ControlPlane, name: &str) -> Result<Operator> {
+        let bin = binaries()?.join("palisade-operator");
+        let port = free_port()?;
+        let grpc: SocketAddr = ([127, 0, 0, 1], port).into();
+        let mut cmd = Command::new(&bin);
+        cmd.env("KUBECONFIG", cp.kubeconfig_path())
+            .env(
+                "RUST_LOG",
+                std::env::var("PALISADE_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .args(["--grpc-listen", &grpc.to_string(), "--status-interval-ms", "500"]);
+        let mut process = ChildGuard::spawn(name, &mut cmd, &cp.dir().join(format!("{name}.log")))?;
+        let addr = grpc;
+        wait_until(
+            "the operator's gRPC port",
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || {
+                process.ensure_running()?;
+                Ok(crate::process::tcp_accepts(addr, Duration::from_millis(200)))
+            },
+        )
+        .await?;
+        Ok(Operator { process, grpc })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+}
+
+/// Starts a node agent for `node`. `wrapper` runs it under another command (for example
+/// `setpriv` to drop capabilities); `extra` are more agent arguments.
+pub fn start_agent(
+    cp: &ControlPlane,
+    operator: &Operator,
+    node: &str,
+    name: &str,
+    wrapper: &[&str],
+    extra: &[&str],
+) -> Result<ChildGuard> {
+    let bin = binaries()?.join("palisade-node-agent");
+    let mut cmd = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(&bin);
+            c
+        }
+        None => Command::new(&bin),
+    };
+    cmd.env(
+        "RUST_LOG",
+        std::env::var("PALISADE_LOG").unwrap_or_else(|_| "info".into()),
+    )
+    .args([
+        "--node-name",
+        node,
+        "--operator",
+        &operator.url(),
+        "--report-interval-ms",
+        "500",
+    ])
+    .args(extra);
+    ChildGuard::spawn(name, &mut cmd, &cp.dir().join(format!("{name}.log")))
+}
+
+/// Sends one raw HTTP/1.1 request (the target is sent exactly as given, not normalised) and
+/// returns the response status code. Bounded by timeouts.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<u16> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut req = format!(
+        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    stream.write_all(req.as_bytes())?;
+    let mut response = Vec::new();
+    let _ = stream.take(64 * 1024).read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("no HTTP status in response to {method} {target}: {text:.200}"))?;
+    Ok(status)
+}
+
+/// `kubectl get <kind> <name> -n <ns> -o json`, parsed.
+pub fn get_json(cp: &ControlPlane, kind: &str, ns: &str, name: &str) -> Result<serde_json::Value> {
+    let out = cp.kubectl_ok(&["get", kind, name, "-n", ns, "-o", "json"])?;
+    serde_json::from_str(&out).context("parsing kubectl JSON")
+}
+
+/// The status ("True"/"False") and reason of a condition, if present.
+pub fn condition(obj: &serde_json::Value, type_: &str) -> Option<(String, String, String)> {
+    obj.pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or_default().to_string(),
+                c["reason"].as_str().unwrap_or_default().to_string(),
+                c["message"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+}
+
+/// Waits until `check` returns `Ok(Some(value))`, re-reading the object every 250 ms.
+pub async fn wait_for_object<T>(
+    cp: &ControlPlane,
+    what: &str,
+    (kind, ns, name): (&str, &str, &str),
+    timeout: Duration,
+    mut check: impl FnMut(&serde_json::Value) -> Option<T>,
+) -> Result<T> {
+    let start = std::time::Instant::now();
+    let mut last = serde_json::Value::Null;
+    loop {
+        if let Ok(obj) = get_json(cp, kind, ns, name) {
+            if let Some(v) = check(&obj) {
+                return Ok(v);
+            }
+            last = obj;
+        }
+        if start.elapsed() > timeout {
+            bail!(
+                "timed out after {timeout:?} waiting for {what}; last {kind} {ns}/{name}:\n{}",
+                serde_json::to_string_pretty(&last.get("status")).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

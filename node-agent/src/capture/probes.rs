@@ -1,0 +1,342 @@
+//! Loading the capture programs and attaching them to cgroup v2 directories.
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    io,
+    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError},
+    Ebpf, EbpfError,
+};
+use palisade_common::{
+    CaptureCounters, MAP_CAPTURE_COUNTERS, MAP_CAPTURE_RING, PROG_CAPTURE_EGRESS, PROG_CAPTURE_INGRESS,
+};
+
+use super::{error_chain, verifier_excerpt, with_permission_hint, CaptureError, CaptureRing};
+
+/// The eBPF object built by `build.rs` from `node-agent-ebpf`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/node-agent-ebpf"));
+
+/// `CGROUP2_SUPER_MAGIC` from linux/magic.h.
+const CGROUP2_SUPER_MAGIC: u64 = 0x6367_7270;
+
+/// The links of one attached cgroup.
+struct Attachment {
+    cgroup_id: u64,
+    ingress: aya::programs::cgroup_skb::CgroupSkbLinkId,
+    egress: aya::programs::cgroup_skb::CgroupSkbLinkId,
+}
+
+/// The capture programs, loaded into the kernel, and the cgroups they are attached to.
+///
+/// Dropping it detaches every cgroup (the links are owned by this process, not pinned).
+pub struct CaptureProbes {
+    ebpf: Ebpf,
+    attached: BTreeMap<PathBuf, Attachment>,
+}
+
+impl std::fmt::Debug for CaptureProbes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaptureProbes")
+            .field("attached", &self.attached.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CaptureProbes {
+    /// Loads the embedded object (maps are created) and loads, but does not attach, both programs.
+    pub fn load() -> Result<Self, CaptureError> {
+        raise_memlock_limit();
+        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(object_error)?;
+        for name in [PROG_CAPTURE_INGRESS, PROG_CAPTURE_EGRESS] {
+            let prog = program_mut(&mut ebpf, name)?;
+            prog.load().map_err(|e| program_load_error(name, e))?;
+        }
+        // Fail early, with a clear message, if the maps are not what user space expects.
+        for name in [MAP_CAPTURE_RING, MAP_CAPTURE_COUNTERS] {
+            if ebpf.map(name).is_none() {
+                return Err(CaptureError::MissingInObject { kind: "map", name });
+            }
+        }
+        Ok(Self {
+            ebpf,
+            attached: BTreeMap::new(),
+        })
+    }
+
+    /// Attaches ingress and egress capture to a cgroup v2 directory and returns its cgroup id
+    /// (the inode of the directory, as `bpf_skb_cgroup_id` reports it).
+    ///
+    /// Idempotent per path: attaching an attached path again returns its id and changes nothing.
+    pub fn attach_cgroup(&mut self, cgroup_dir: &Path) -> Result<u64, CaptureError> {
+        let key = normalize(cgroup_dir);
+        if let Some(att) = self.attached.get(&key) {
+            return Ok(att.cgroup_id);
+        }
+        let open_err = |e: io::Error| CaptureError::CgroupOpen {
+            path: key.clone(),
+            reason: e.to_string(),
+        };
+        let dir = File::open(&key).map_err(open_err)?;
+        let meta = dir.metadata().map_err(open_err)?;
+        if !meta.is_dir() {
+            return Err(CaptureError::CgroupOpen {
+                path: key,
+                reason: "not a directory".into(),
+            });
+        }
+        let magic = fs_magic(&dir).map_err(open_err)?;
+        if magic != CGROUP2_SUPER_MAGIC {
+            return Err(CaptureError::NotCgroup2 { path: key, magic });
+        }
+        let cgroup_id = meta.ino();
+
+        let ingress = attach_one(&mut self.ebpf, PROG_CAPTURE_INGRESS, &dir, &key)?;
+        let egress = match attach_one(&mut self.ebpf, PROG_CAPTURE_EGRESS, &dir, &key) {
+            Ok(link) => link,
+            Err(e) => {
+                // Roll back so that the cgroup is either fully captured or not at all.
+                if let Ok(prog) = program_mut(&mut self.ebpf, PROG_CAPTURE_INGRESS) {
+                    let _ = prog.detach(ingress);
+                }
+                return Err(e);
+            }
+        };
+        self.attached.insert(
+            key,
+            Attachment {
+                cgroup_id,
+                ingress,
+                egress,
+            },
+        );
+        Ok(cgroup_id)
+    }
+
+    /// Detaches both programs from that cgroup; a path that is not attached is a no-op.
+    ///
+    /// Works after the cgroup directory was removed (the links are found by path).
+    pub fn detach_cgroup(&mut self, cgroup_dir: &Path) -> Result<(), CaptureError> {
+        let key = normalize(cgroup_dir);
+        let Some(att) = self.attached.remove(&key) else {
+            return Ok(());
+        };
+        let mut first_err = None;
+        for (name, link) in [
+            (PROG_CAPTURE_INGRESS, att.ingress),
+            (PROG_CAPTURE_EGRESS, att.egress),
+        ] {
+            let res = program_mut(&mut self.ebpf, name).and_then(|prog| {
+                prog.detach(link).map_err(|e| CaptureError::Detach {
+                    program: name,
+                    path: key.clone(),
+                    reason: program_error_reason(&e),
+                })
+            });
+            if let Err(e) = res {
+                first_err.get_or_insert(e);
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Paths currently attached (normalized: no trailing slash, no `.` components).
+    pub fn attached_cgroups(&self) -> Vec<PathBuf> {
+        self.attached.keys().cloned().collect()
+    }
+
+    /// Sum of the per-CPU counters.
+    pub fn counters(&self) -> Result<CaptureCounters, CaptureError> {
+        let map = self
+            .ebpf
+            .map(MAP_CAPTURE_COUNTERS)
+            .ok_or(CaptureError::MissingInObject {
+                kind: "map",
+                name: MAP_CAPTURE_COUNTERS,
+            })?;
+        let map_err = |e: &aya::maps::MapError| CaptureError::Map {
+            map: MAP_CAPTURE_COUNTERS,
+            reason: error_chain(e),
+        };
+        let array: PerCpuArray<&MapData, CaptureCounters> =
+            PerCpuArray::try_from(map).map_err(|e| map_err(&e))?;
+        let per_cpu = array.get(&0, 0).map_err(|e| map_err(&e))?;
+        let mut sum = CaptureCounters::default();
+        for c in per_cpu.iter() {
+            sum.packets_seen += c.packets_seen;
+            sum.records_emitted += c.records_emitted;
+            sum.records_lost += c.records_lost;
+            sum.bytes_truncated += c.bytes_truncated;
+            sum.parse_errors += c.parse_errors;
+        }
+        Ok(sum)
+    }
+
+    /// Takes the ring buffer reader out; a second call returns [`CaptureError::RingTaken`].
+    pub fn take_ring(&mut self) -> Result<CaptureRing, CaptureError> {
+        let map = self
+            .ebpf
+            .take_map(MAP_CAPTURE_RING)
+            .ok_or(CaptureError::RingTaken)?;
+        let ring = RingBuf::<MapData>::try_from(map).map_err(|e| CaptureError::Map {
+            map: MAP_CAPTURE_RING,
+            reason: error_chain(&e),
+        })?;
+        Ok(CaptureRing::new(ring))
+    }
+}
+
+fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut CgroupSkb, CaptureError> {
+    ebpf.program_mut(name)
+        .ok_or(CaptureError::MissingInObject {
+            kind: "program",
+            name,
+        })?
+        .try_into()
+        .map_err(|_: ProgramError| CaptureError::MissingInObject {
+            kind: "cgroup_skb program",
+            name,
+        })
+}
+
+fn attach_one(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    dir: &File,
+    path: &Path,
+) -> Result<aya::programs::cgroup_skb::CgroupSkbLinkId, CaptureError> {
+    let (attach_type, direction) = if name == PROG_CAPTURE_INGRESS {
+        (CgroupSkbAttachType::Ingress, "ingress")
+    } else {
+        (CgroupSkbAttachType::Egress, "egress")
+    };
+    let prog = program_mut(ebpf, name)?;
+    prog.attach(dir, attach_type, CgroupAttachMode::Single)
+        .map_err(|e| CaptureError::Attach {
+            program: name,
+            direction,
+            path: path.to_path_buf(),
+            reason: program_error_reason(&e),
+        })
+}
+
+/// The errno of a program error, if it carries one.
+fn program_io_error(e: &ProgramError) -> Option<&io::Error> {
+    match e {
+        ProgramError::LoadError { io_error, .. } => Some(io_error),
+        ProgramError::SyscallError(s) => Some(&s.io_error),
+        _ => None,
+    }
+}
+
+fn program_error_reason(e: &ProgramError) -> String {
+    with_permission_hint(error_chain(e), program_io_error(e))
+}
+
+fn program_load_error(program: &'static str, e: ProgramError) -> CaptureError {
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => CaptureError::ProgramLoad {
+            program,
+            reason: with_permission_hint(io_error.to_string(), Some(&io_error)),
+            verifier_log: verifier_excerpt(&verifier_log.to_string()),
+        },
+        other => CaptureError::ProgramLoad {
+            program,
+            reason: program_error_reason(&other),
+            verifier_log: String::new(),
+        },
+    }
+}
+
+fn object_error(e: EbpfError) -> CaptureError {
+    let reason = match &e {
+        EbpfError::MapError(aya::maps::MapError::CreateError { name, io_error }) => with_permission_hint(
+            format!("BPF_MAP_CREATE for map `{name}` failed: {io_error}"),
+            Some(io_error),
+        ),
+        EbpfError::ProgramError(pe) => program_error_reason(pe),
+        EbpfError::BtfError(aya::BtfError::LoadError {
+            io_error,
+            verifier_log,
+        }) => {
+            let log = verifier_excerpt(&verifier_log.to_string());
+            let mut s = with_permission_hint(
+                format!("BPF_BTF_LOAD of the object's BTF failed: {io_error}"),
+                Some(io_error),
+            );
+            if !log.is_empty() {
+                s.push_str("; log (tail): ");
+                s.push_str(&log);
+            }
+            s
+        }
+        other => error_chain(other),
+    };
+    CaptureError::Object { reason }
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK (the ring buffer alone is 32 MiB).
+/// Best effort: newer kernels use memory cgroups and ignore the limit.
+fn raise_memlock_limit() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads a valid, initialized struct.
+    let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+    if ret != 0 {
+        tracing::debug!(
+            error = %io::Error::last_os_error(),
+            "could not raise RLIMIT_MEMLOCK (only matters on kernels before 5.11)"
+        );
+    }
+}
+
+/// `f_type` of the file system holding `file`.
+fn fs_magic(file: &File) -> io::Result<u64> {
+    // SAFETY: statfs is plain data; fstatfs fills it for a valid open fd.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let ret = unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) };
+    if ret != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    #[allow(clippy::unnecessary_cast)]
+    Ok(st.f_type as u64)
+}
+
+/// Lexical normalization so that `/a/b`, `/a/b/` and `/a/./b` are one key.
+fn normalize(path: &Path) -> PathBuf {
+    path.components().collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_paths() {
+        assert_eq!(normalize(Path::new("/a/b/")), PathBuf::from("/a/b"));
+        assert_eq!(normalize(Path::new("/a/./b")), PathBuf::from("/a/b"));
+        assert_eq!(normalize(Path::new("/a//b")), PathBuf::from("/a/b"));
+    }
+
+    #[test]
+    fn types_are_send() {
+        fn assert_send<T: Send>() {}
+        assert_send::<CaptureProbes>();
+        assert_send::<CaptureRing>();
+        assert_send::<CaptureError>();
+    }
+}

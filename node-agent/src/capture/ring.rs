@@ -1,0 +1,140 @@
+//! Reading [`palisade_common::CaptureRecord`]s from the capture ring buffer.
+
+use std::{
+    mem::size_of,
+    os::fd::{AsFd, BorrowedFd},
+};
+
+use aya::maps::{MapData, RingBuf};
+use palisade_common::{CaptureHeader, CHUNK_BYTES};
+
+/// The consumer side of the capture ring buffer.
+///
+/// The programs submit with `BPF_RB_NO_WAKEUP`, so poll it on a timer (every 1–2 ms) rather
+/// than waiting for readiness on [`AsFd`].
+pub struct CaptureRing {
+    ring: RingBuf<MapData>,
+    bad_records: u64,
+}
+
+impl std::fmt::Debug for CaptureRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaptureRing")
+            .field("bad_records", &self.bad_records)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CaptureRing {
+    pub(super) fn new(ring: RingBuf<MapData>) -> Self {
+        Self { ring, bad_records: 0 }
+    }
+
+    /// Drains up to `max` records without blocking, calling `f` with each header and its captured
+    /// payload (`&data[..captured_len]`); returns how many records were passed to `f`.
+    ///
+    /// Records with a bad length are counted (see [`CaptureRing::bad_records`]) and skipped.
+    pub fn drain(&mut self, max: usize, mut f: impl FnMut(&CaptureHeader, &[u8])) -> usize {
+        let mut delivered = 0;
+        let mut consumed = 0;
+        while consumed < max {
+            let Some(item) = self.ring.next() else {
+                break;
+            };
+            consumed += 1;
+            match parse_record(&item) {
+                Some((header, payload)) => {
+                    f(&header, payload);
+                    delivered += 1;
+                }
+                None => self.bad_records += 1,
+            }
+        }
+        delivered
+    }
+
+    /// Records skipped so far because their length did not match their header.
+    pub fn bad_records(&self) -> u64 {
+        self.bad_records
+    }
+}
+
+impl AsFd for CaptureRing {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.ring.as_fd()
+    }
+}
+
+/// Splits one raw record into its header and payload; `None` if the lengths do not add up.
+fn parse_record(bytes: &[u8]) -> Option<(CaptureHeader, &[u8])> {
+    let header_len = size_of::<CaptureHeader>();
+    let header_bytes = bytes.get(..header_len)?;
+    // SAFETY: `header_bytes` holds size_of::<CaptureHeader>() bytes, CaptureHeader is a
+    // #[repr(C)] plain-old-data type valid for every bit pattern, and read_unaligned copes with
+    // any alignment.
+    let header = unsafe { std::ptr::read_unaligned(header_bytes.as_ptr().cast::<CaptureHeader>()) };
+    let captured = usize::try_from(header.captured_len).ok()?;
+    if captured > CHUNK_BYTES {
+        return None;
+    }
+    let payload = bytes.get(header_len..header_len.checked_add(captured)?)?;
+    Some((header, payload))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use palisade_common::CaptureRecord;
+
+    fn record(captured_len: u32) -> Vec<u8> {
+        let header = CaptureHeader {
+            timestamp_ns: 1,
+            cgroup_id: 2,
+            tcp_seq: 3,
+            payload_len: captured_len,
+            chunk_offset: 0,
+            captured_len,
+            source_addr: [0; 16],
+            dest_addr: [0; 16],
+            source_port: 80,
+            dest_port: 1234,
+            family: 4,
+            direction: 1,
+            tcp_flags: 0,
+            _padding: [0],
+        };
+        let mut v = vec![0u8; size_of::<CaptureRecord>()];
+        // SAFETY: v is large enough for a header.
+        unsafe { std::ptr::write_unaligned(v.as_mut_ptr().cast::<CaptureHeader>(), header) };
+        let hl = size_of::<CaptureHeader>();
+        for (i, b) in v[hl..].iter_mut().enumerate() {
+            *b = (i % 251) as u8;
+        }
+        v
+    }
+
+    #[test]
+    fn parses_good_records() {
+        let v = record(10);
+        let (h, p) = parse_record(&v).unwrap();
+        assert_eq!(h.source_port, 80);
+        assert_eq!(p.len(), 10);
+        assert_eq!(p[3], 3);
+        let v = record(CHUNK_BYTES as u32);
+        assert_eq!(parse_record(&v).unwrap().1.len(), CHUNK_BYTES);
+        let v = record(0);
+        assert_eq!(parse_record(&v).unwrap().1.len(), 0);
+    }
+
+    #[test]
+    fn rejects_bad_lengths() {
+        assert!(parse_record(&[0u8; 10]).is_none());
+        let v = record(CHUNK_BYTES as u32 + 1);
+        assert!(parse_record(&v).is_none());
+        let v = record(100);
+        assert!(parse_record(&v[..size_of::<CaptureHeader>() + 50]).is_none());
+        let v = record(u32::MAX);
+        assert!(parse_record(&v).is_none());
+    }
+}

@@ -1,0 +1,10 @@
+//! Palisade's node agent as a library: the binary in main.rs wires these together.
+
+pub mod capture;
+pub mod detect;
+pub mod features;
+pub mod http;
+pub mod redact;
+pub mod runtime;
+pub mod template;
+pub mod workloads;

@@ -1,0 +1,202 @@
+//! Redaction on the node: nothing that leaves the agent (reports, logs, metrics) carries secrets.
+
+use std::borrow::Cow;
+
+/// Header names whose values are always redacted (lower case).
+pub const DEFAULT_SECRET_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+    "api-key",
+    "x-auth-token",
+    "x-access-token",
+    "x-csrf-token",
+    "x-amz-security-token",
+];
+
+/// Query parameter names whose values are redacted (substring match, lower case).
+const SECRET_PARAM_HINTS: &[&str] = &[
+    "token", "password", "passwd", "secret", "key", "auth", "session", "sig",
+];
+
+pub const REDACTED: &str = "[REDACTED]";
+
+/// Whether a header's value must be redacted, given extra names from the ApiMonitor.
+pub fn is_secret_header(name: &str, extra: &[String]) -> bool {
+    let lower = name.to_ascii_lowercase();
+    DEFAULT_SECRET_HEADERS.contains(&lower.as_str()) || extra.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// Luhn check for a run of 13 to 19 digits.
+pub fn luhn_valid(digits: &[u8]) -> bool {
+    if !(13..=19).contains(&digits.len()) {
+        return false;
+    }
+    let mut sum = 0u32;
+    for (i, d) in digits.iter().rev().enumerate() {
+        let mut v = (d - b'0') as u32;
+        if i % 2 == 1 {
+            v *= 2;
+            if v > 9 {
+                v -= 9;
+            }
+        }
+        sum += v;
+    }
+    sum.is_multiple_of(10)
+}
+
+/// Replaces card numbers (Luhn-valid runs of 13-19 digits, spaces or dashes allowed between),
+/// bearer tokens and JWT-shaped strings in free text.
+pub fn redact_text(text: &str) -> Cow<'_, str> {
+    let mut out = String::with_capacity(text.len());
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    let mut changed = false;
+    while i < bytes.len() {
+        // Card numbers.
+        if bytes[i].is_ascii_digit() && (i == 0 || !bytes[i - 1].is_ascii_alphanumeric()) {
+            let mut j = i;
+            let mut digits = Vec::new();
+            while j < bytes.len()
+                && (bytes[j].is_ascii_digit()
+                    || ((bytes[j] == b' ' || bytes[j] == b'-') && digits.len() < 19))
+            {
+                if bytes[j].is_ascii_digit() {
+                    digits.push(bytes[j]);
+                }
+                j += 1;
+            }
+            while j > i && !bytes[j - 1].is_ascii_digit() {
+                j -= 1;
+            }
+            if luhn_valid(&digits) && (j == bytes.len() || !bytes[j].is_ascii_alphanumeric()) {
+                out.push_str("[REDACTED:card]");
+                i = j;
+                changed = true;
+                continue;
+            }
+        }
+        // Bearer tokens.
+        if text[i..].len() >= 7 && text.is_char_boundary(i) && text[i..i + 7].eq_ignore_ascii_case("bearer ")
+        {
+            let end = text[i + 7..]
+                .find(|c: char| c.is_whitespace() || c == '"' || c == '&')
+                .map(|e| i + 7 + e)
+                .unwrap_or(text.len());
+            if end > i + 7 {
+                out.push_str("Bearer [REDACTED]");
+                i = end;
+                changed = true;
+                continue;
+            }
+        }
+        // JWTs: three base64url parts starting with eyJ.
+        if text.is_char_boundary(i) && text[i..].starts_with("eyJ") {
+            let end = text[i..]
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'))
+                .map(|e| i + e)
+                .unwrap_or(text.len());
+            if text[i..end].matches('.').count() == 2 {
+                out.push_str("[REDACTED:jwt]");
+                i = end;
+                changed = true;
+                continue;
+            }
+        }
+        let ch_len = text[i..].chars().next().map(|c| c.len_utf8()).unwrap_or(1);
+        out.push_str(&text[i..i + ch_len]);
+        i += ch_len;
+    }
+    if changed {
+        Cow::Owned(out)
+    } else {
+        Cow::Borrowed(text)
+    }
+}
+
+/// Redacts the values of secret-looking query parameters, then free-text secrets.
+pub fn redact_target(target: &str) -> String {
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    let mut out = redact_text(path).into_owned();
+    if let Some(query) = query {
+        out.push('?');
+        let params: Vec<String> = query
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _))
+                    if SECRET_PARAM_HINTS
+                        .iter()
+                        .any(|h| k.to_ascii_lowercase().contains(h)) =>
+                {
+                    format!("{k}={REDACTED}")
+                }
+                _ => redact_text(kv).into_owned(),
+            })
+            .collect();
+        out.push_str(&params.join("&"));
+    }
+    out
+}
+
+/// Cuts a string to at most `max` bytes on a character boundary.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut cut = max;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…", &s[..cut])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_headers_are_recognised() {
+        assert!(is_secret_header("Authorization", &[]));
+        assert!(is_secret_header("COOKIE", &[]));
+        assert!(is_secret_header("X-Internal", &["x-internal".to_string()]));
+        assert!(!is_secret_header("Accept", &[]));
+    }
+
+    #[test]
+    fn cards_tokens_and_jwts_are_redacted() {
+        assert_eq!(
+            redact_text("card 4111 1111 1111 1111 ok"),
+            "card [REDACTED:card] ok"
+        );
+        assert_eq!(redact_text("4111-1111-1111-1111"), "[REDACTED:card]");
+        assert_eq!(
+            redact_text("order 4111111111111112"),
+            "order 4111111111111112",
+            "fails Luhn"
+        );
+        assert_eq!(
+            redact_text("Authorization: Bearer abc.def"),
+            "Authorization: Bearer [REDACTED]"
+        );
+        assert_eq!(
+            redact_text("t=eyJhbGciOi.eyJzdWIiOi.c2lnbmF0dXJl!"),
+            "t=[REDACTED:jwt]!"
+        );
+        assert_eq!(redact_text("ünïcode 42"), "ünïcode 42");
+    }
+
+    #[test]
+    fn query_secrets_are_redacted() {
+        assert_eq!(
+            redact_target("/login?user=bob&password=hunter2&api_key=xyz"),
+            "/login?user=bob&password=[REDACTED]&api_key=[REDACTED]"
+        );
+        assert_eq!(redact_target("/pay?n=4111111111111111"), "/pay?n=[REDACTED:card]");
+    }
+}

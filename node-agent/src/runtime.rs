@@ -1,0 +1,504 @@
+//! The agent's state machine: applies a node configuration to the kernel (attach/detach capture
+//! per pod), turns captured records into endpoint counts and findings, and builds reports.
+//!
+//! Kept free of I/O other than the kernel calls behind [`CaptureBackend`], so it is unit-tested
+//! with a fake backend.
+
+use crate::detect::{CompiledRule, RequestView};
+use crate::http::{Exchange, HttpEvent, HttpTracker, PodRole, Request};
+use crate::redact;
+use crate::template::template_path;
+use crate::workloads::find_pod_cgroup;
+use palisade_api::agent::{
+    AgentReport, CaptureStats, EndpointDelta, FeatureProbe, Finding, MonitorConfig, MonitorReport,
+    NodeConfig, ObjectRef, PolicyReport,
+};
+use palisade_common::{CaptureCounters, CaptureHeader};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+/// The kernel side, behind a trait so the runtime can be tested without eBPF.
+pub trait CaptureBackend {
+    /// Attaches capture to a cgroup directory; returns its cgroup id.
+    fn attach(&mut self, cgroup_dir: &Path) -> Result<u64, String>;
+    fn detach(&mut self, cgroup_dir: &Path) -> Result<(), String>;
+    fn counters(&self) -> CaptureCounters;
+}
+
+type Key = (String, String);
+
+/// Findings aggregate by rule, source, pod and endpoint.
+type FindingKey = (String, String, String, String, String);
+
+fn finding_key(f: &Finding) -> FindingKey {
+    (
+        f.rule.clone(),
+        f.source.clone(),
+        format!("{}/{}", f.pod_namespace, f.pod_name),
+        f.method.clone(),
+        f.path.clone(),
+    )
+}
+
+fn key(r: &Option<ObjectRef>) -> Key {
+    r.as_ref()
+        .map(|r| (r.namespace.clone(), r.name.clone()))
+        .unwrap_or_default()
+}
+
+struct Attachment {
+    cgroup_dir: PathBuf,
+    cgroup_id: u64,
+}
+
+#[derive(Clone)]
+struct WatchedPod {
+    uid: String,
+    namespace: String,
+    name: String,
+    /// Monitors (indexes into the current config) that select the pod.
+    monitors: Vec<usize>,
+}
+
+struct CompiledPolicy {
+    reference: ObjectRef,
+    monitors: HashSet<String>,
+    pod_uids: HashSet<String>,
+    rules: Vec<CompiledRule>,
+    errors: Vec<String>,
+}
+
+#[derive(Default)]
+struct EndpointCounter {
+    count: u64,
+    last_seen_unix_ms: i64,
+}
+
+#[derive(Default)]
+struct MonitorPending {
+    endpoints: BTreeMap<(String, String, u32), EndpointCounter>,
+    overflow_requests: u64,
+    /// Distinct endpoints seen since start (for the per-node cap).
+    known: HashSet<(String, String)>,
+}
+
+pub struct Runtime<B: CaptureBackend> {
+    node: String,
+    instance: String,
+    cgroup_root: Option<PathBuf>,
+    backend: Option<B>,
+    node_errors: Vec<String>,
+    features: Vec<FeatureProbe>,
+    config: NodeConfig,
+    applied_version: u64,
+    attachments: HashMap<String, Attachment>,
+    by_cgroup: HashMap<u64, WatchedPod>,
+    monitor_errors: HashMap<Key, Vec<String>>,
+    monitor_probes: HashMap<Key, u32>,
+    policies: Vec<CompiledPolicy>,
+    tracker: HttpTracker,
+    monitors_pending: HashMap<Key, MonitorPending>,
+    findings: HashMap<Key, BTreeMap<FindingKey, Finding>>,
+    /// Offset from the capture clock (CLOCK_MONOTONIC) to Unix time, in ns.
+    clock_offset_ns: i64,
+}
+
+impl<B: CaptureBackend> Runtime<B> {
+    pub fn new(
+        node: String,
+        instance: String,
+        cgroup_root: Option<PathBuf>,
+        backend: Result<B, String>,
+        mut node_errors: Vec<String>,
+        features: Vec<FeatureProbe>,
+        clock_offset_ns: i64,
+    ) -> Self {
+        let backend = match backend {
+            Ok(b) => Some(b),
+            Err(reason) => {
+                node_errors.push(format!("capture programs not loaded: {reason}"));
+                None
+            }
+        };
+        if cgroup_root.is_none() {
+            node_errors.push("no cgroup v2 hierarchy is mounted: capture cannot attach to pods".into());
+        }
+        Runtime {
+            node: node.clone(),
+            instance,
+            cgroup_root,
+            backend,
+            node_errors,
+            features,
+            config: NodeConfig {
+                version: 0,
+                node_name: node,
+                monitors: vec![],
+                policies: vec![],
+            },
+            applied_version: 0,
+            attachments: HashMap::new(),
+            by_cgroup: HashMap::new(),
+            monitor_errors: HashMap::new(),
+            monitor_probes: HashMap::new(),
+            policies: vec![],
+            tracker: HttpTracker::new(),
+            monitors_pending: HashMap::new(),
+            findings: HashMap::new(),
+            clock_offset_ns,
+        }
+    }
+
+    pub fn applied_version(&self) -> u64 {
+        self.applied_version
+    }
+
+    pub fn attached_pods(&self) -> usize {
+        self.attachments.len()
+    }
+
+    /// Applies a node configuration: attaches capture to newly selected pods, detaches it from
+    /// pods no longer selected, and recompiles the policies. Errors are kept per monitor/policy.
+    pub fn apply(&mut self, config: NodeConfig) {
+        let mut desired: BTreeMap<String, WatchedPod> = BTreeMap::new();
+        for (index, monitor) in config.monitors.iter().enumerate() {
+            for target in &monitor.targets {
+                desired
+                    .entry(target.pod_uid.clone())
+                    .or_insert_with(|| WatchedPod {
+                        uid: target.pod_uid.clone(),
+                        namespace: target.pod_namespace.clone(),
+                        name: target.pod_name.clone(),
+                        monitors: vec![],
+                    })
+                    .monitors
+                    .push(index);
+            }
+        }
+
+        // Detach pods no longer selected.
+        let stale: Vec<String> = self
+            .attachments
+            .keys()
+            .filter(|uid| !desired.contains_key(*uid))
+            .cloned()
+            .collect();
+        for uid in stale {
+            if let Some(att) = self.attachments.remove(&uid) {
+                if let Some(backend) = self.backend.as_mut() {
+                    if let Err(error) = backend.detach(&att.cgroup_dir) {
+                        // The cgroup may be gone with its pod; nothing is left attached then.
+                        tracing::debug!(%error, pod_uid = %uid, "detach");
+                    }
+                }
+                self.by_cgroup.remove(&att.cgroup_id);
+                self.tracker.forget_cgroup(att.cgroup_id);
+                tracing::info!(pod_uid = %uid, "capture detached");
+            }
+        }
+
+        // Attach newly selected pods.
+        let mut pod_errors: HashMap<String, String> = HashMap::new();
+        for (uid, pod) in &desired {
+            if let Some(att) = self.attachments.get(uid) {
+                self.by_cgroup.insert(att.cgroup_id, pod.clone());
+                continue;
+            }
+            let result = match (&mut self.backend, &self.cgroup_root) {
+                (None, _) => {
+                    Err("capture programs are not loaded on this node (see node errors)".to_string())
+                }
+                (_, None) => Err("no cgroup v2 hierarchy on this node".to_string()),
+                (Some(backend), Some(root)) => {
+                    find_pod_cgroup(root, uid).and_then(|dir| backend.attach(&dir).map(|id| (dir, id)))
+                }
+            };
+            match result {
+                Ok((cgroup_dir, cgroup_id)) => {
+                    tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name), cgroup = %cgroup_dir.display(), "capture attached");
+                    self.attachments.insert(
+                        uid.clone(),
+                        Attachment {
+                            cgroup_dir,
+                            cgroup_id,
+                        },
+                    );
+                    self.by_cgroup.insert(cgroup_id, pod.clone());
+                }
+                Err(reason) => {
+                    tracing::warn!(pod = %format!("{}/{}", pod.namespace, pod.name), %reason, "capture not attached");
+                    pod_errors.insert(
+                        uid.clone(),
+                        format!("pod {}/{}: {reason}", pod.namespace, pod.name),
+                    );
+                }
+            }
+        }
+
+        self.monitor_errors.clear();
+        self.monitor_probes.clear();
+        for monitor in &config.monitors {
+            let k = key(&monitor.monitor);
+            let mut errors = vec![];
+            let mut probes = 0;
+            for t in &monitor.targets {
+                match pod_errors.get(&t.pod_uid) {
+                    Some(e) => errors.push(e.clone()),
+                    None if self.attachments.contains_key(&t.pod_uid) => probes += 2,
+                    None => {}
+                }
+            }
+            self.monitor_errors.insert(k.clone(), errors);
+            self.monitor_probes.insert(k, probes);
+        }
+
+        self.policies = config
+            .policies
+            .iter()
+            .map(|p| {
+                let mut errors = vec![];
+                let rules = p
+                    .rules
+                    .iter()
+                    .filter_map(|r| CompiledRule::compile(r).map_err(|e| errors.push(e)).ok())
+                    .collect();
+                CompiledPolicy {
+                    reference: p.policy.clone().unwrap_or_default(),
+                    monitors: p.monitors.iter().cloned().collect(),
+                    pod_uids: p.pod_uids.iter().cloned().collect(),
+                    rules,
+                    errors,
+                }
+            })
+            .collect();
+        self.applied_version = config.version;
+        self.config = config;
+    }
+
+    fn monitor(&self, index: usize) -> Option<&MonitorConfig> {
+        self.config.monitors.get(index)
+    }
+
+    fn unix_ms(&self, ts_ns: u64) -> i64 {
+        (ts_ns as i64).saturating_add(self.clock_offset_ns) / 1_000_000
+    }
+
+    /// Most header bytes buffered for a message (the largest limit among the monitors).
+    fn max_head_bytes(&self) -> usize {
+        self.config
+            .monitors
+            .iter()
+            .filter_map(|m| m.capture.as_ref().map(|c| c.max_header_bytes as usize))
+            .max()
+            .unwrap_or(8192)
+            .clamp(256, 65536)
+    }
+
+    /// Processes one captured record.
+    pub fn on_record(&mut self, header: &CaptureHeader, data: &[u8]) {
+        let Some(pod) = self.by_cgroup.get(&header.cgroup_id).cloned() else {
+            return; // a pod detached a moment ago
+        };
+        let max_head = self.max_head_bytes();
+        match self.tracker.on_record(header, data, max_head) {
+            Some(HttpEvent::Request(req)) if req.role == PodRole::Server => self.detect(&pod, &req),
+            Some(HttpEvent::Exchange(ex)) if ex.request.role == PodRole::Server => {
+                self.count_endpoint(&pod, &ex)
+            }
+            _ => {}
+        }
+    }
+
+    fn port_watched(&self, monitor: &MonitorConfig, port: u16) -> bool {
+        monitor.ports.is_empty() || monitor.ports.contains(&(port as u32))
+    }
+
+    fn detect(&mut self, pod: &WatchedPod, req: &Request) {
+        let watched_by: Vec<String> = pod
+            .monitors
+            .iter()
+            .filter_map(|i| self.monitor(*i))
+            .filter(|m| self.port_watched(m, req.local.1))
+            .map(|m| key(&m.monitor).1)
+            .collect();
+        if watched_by.is_empty() {
+            return;
+        }
+        let view = RequestView {
+            method: &req.method,
+            target: &req.target,
+            headers: &req.headers,
+        };
+        let now_ms = self.unix_ms(req.timestamp_ns);
+        let template = template_path(&req.target);
+        let source = req.remote.0.to_string();
+        for policy in &self.policies {
+            if !policy.pod_uids.contains(&pod.uid) || !watched_by.iter().any(|m| policy.monitors.contains(m))
+            {
+                continue;
+            }
+            for rule in &policy.rules {
+                let Some(detection) = rule.evaluate(&view) else {
+                    continue;
+                };
+                let evidence = redact::truncate(&redact::redact_target(&detection.evidence), 256);
+                tracing::info!(policy = %policy.reference.name, rule = %rule.name, %source, method = %req.method, path = %template, %evidence, "finding");
+                let fresh = Finding {
+                    rule: rule.name.clone(),
+                    detector: rule.detector.clone(),
+                    severity: rule.severity.clone(),
+                    count: 0,
+                    source: source.clone(),
+                    pod_namespace: pod.namespace.clone(),
+                    pod_name: pod.name.clone(),
+                    method: req.method.clone(),
+                    path: template.clone(),
+                    evidence,
+                    first_seen_unix_ms: now_ms,
+                    last_seen_unix_ms: now_ms,
+                };
+                let entry = self
+                    .findings
+                    .entry((policy.reference.namespace.clone(), policy.reference.name.clone()))
+                    .or_default()
+                    .entry(finding_key(&fresh))
+                    .or_insert(fresh);
+                entry.count += 1;
+                entry.last_seen_unix_ms = now_ms;
+            }
+        }
+    }
+
+    fn count_endpoint(&mut self, pod: &WatchedPod, ex: &Exchange) {
+        let now_ms = self.unix_ms(ex.request.timestamp_ns + ex.latency_ns);
+        let template = template_path(&ex.request.target);
+        let method = ex.request.method.clone();
+        for index in &pod.monitors {
+            let Some(monitor) = self.monitor(*index) else {
+                continue;
+            };
+            if !monitor.discovery || !self.port_watched(monitor, ex.request.local.1) {
+                continue;
+            }
+            let cap = monitor.max_endpoints.max(1) as usize;
+            let pending = self.monitors_pending.entry(key(&monitor.monitor)).or_default();
+            let id = (method.clone(), template.clone());
+            if !pending.known.contains(&id) {
+                if pending.known.len() >= cap {
+                    pending.overflow_requests += 1;
+                    continue;
+                }
+                pending.known.insert(id);
+            }
+            let counter = pending
+                .endpoints
+                .entry((method.clone(), template.clone(), ex.status as u32))
+                .or_default();
+            counter.count += 1;
+            counter.last_seen_unix_ms = now_ms;
+        }
+    }
+
+    /// Forgets idle connections.
+    pub fn housekeeping(&mut self, now_ns: u64) {
+        self.tracker.evict_idle(now_ns);
+    }
+
+    /// Builds a report and takes the deltas it carries; give it back with [`Self::restore`] if it
+    /// could not be delivered.
+    pub fn take_report(&mut self) -> AgentReport {
+        let counters = self.backend.as_ref().map(|b| b.counters()).unwrap_or_default();
+        let drops = self.tracker.drops;
+        let mut monitors = vec![];
+        for m in &self.config.monitors {
+            let k = key(&m.monitor);
+            let pending = self.monitors_pending.get_mut(&k);
+            let (endpoints, overflow_requests) = match pending {
+                Some(p) => (
+                    std::mem::take(&mut p.endpoints)
+                        .into_iter()
+                        .map(|((method, path, status), c)| EndpointDelta {
+                            method,
+                            path,
+                            status,
+                            count: c.count,
+                            last_seen_unix_ms: c.last_seen_unix_ms,
+                        })
+                        .collect(),
+                    std::mem::take(&mut p.overflow_requests),
+                ),
+                None => (vec![], 0),
+            };
+            monitors.push(MonitorReport {
+                monitor: m.monitor.clone(),
+                workloads: m.targets.len() as u32,
+                probes_attached: self.monitor_probes.get(&k).copied().unwrap_or(0),
+                errors: self.monitor_errors.get(&k).cloned().unwrap_or_default(),
+                endpoints,
+                overflow_requests,
+            });
+        }
+        let mut findings = std::mem::take(&mut self.findings);
+        let policies = self
+            .policies
+            .iter()
+            .map(|p| PolicyReport {
+                policy: Some(p.reference.clone()),
+                errors: p.errors.clone(),
+                findings: findings
+                    .remove(&(p.reference.namespace.clone(), p.reference.name.clone()))
+                    .map(|m| m.into_values().collect())
+                    .unwrap_or_default(),
+            })
+            .collect();
+        AgentReport {
+            node_name: self.node.clone(),
+            agent_instance: self.instance.clone(),
+            applied_version: self.applied_version,
+            features: self.features.clone(),
+            node_errors: self.node_errors.clone(),
+            monitors,
+            policies,
+            capture: Some(CaptureStats {
+                packets_seen: counters.packets_seen,
+                records_emitted: counters.records_emitted,
+                records_lost: counters.records_lost,
+                bytes_truncated: counters.bytes_truncated,
+                messages_dropped: drops.connections + drops.oversized_heads + drops.pending_overflow,
+            }),
+        }
+    }
+
+    /// Puts back the deltas of a report that was not delivered, so nothing is lost.
+    pub fn restore(&mut self, report: AgentReport) {
+        for m in report.monitors {
+            let pending = self.monitors_pending.entry(key(&m.monitor)).or_default();
+            pending.overflow_requests += m.overflow_requests;
+            for e in m.endpoints {
+                let c = pending.endpoints.entry((e.method, e.path, e.status)).or_default();
+                c.count += e.count;
+                c.last_seen_unix_ms = c.last_seen_unix_ms.max(e.last_seen_unix_ms);
+            }
+        }
+        for p in report.policies {
+            let k = key(&p.policy);
+            let map = self.findings.entry(k).or_default();
+            for f in p.findings {
+                let fk = (
+                    f.rule.clone(),
+                    f.source.clone(),
+                    f.pod_name.clone(),
+                    f.method.clone(),
+                    f.path.clone(),
+                );
+                let e = map.entry(fk).or_insert_with(|| Finding {
+                    count: 0,
+                    ..f.clone()
+                });
+                e.count += f.count;
+                e.first_seen_unix_ms = e.first_seen_unix_ms.min(f.first_seen_unix_ms);
+                e.last_seen_unix_ms = e.last_seen_unix_ms.max(f.last_seen_unix_ms);
+            }
+        }
+    }
+}

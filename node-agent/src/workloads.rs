@@ -1,0 +1,96 @@
+//! Finds a pod's cgroup v2 directory on this node from its UID, in the layouts the kubelet uses
+//! (cgroupfs driver: `kubepods/<qos>/pod<uid>`; systemd driver:
+//! `kubepods.slice/kubepods-<qos>.slice/kubepods-<qos>-pod<uid_with_underscores>.slice`).
+
+use std::path::{Path, PathBuf};
+
+/// How deep below the cgroup root a pod directory is searched for when no known layout matches
+/// (nested node images such as kind add levels).
+const MAX_SEARCH_DEPTH: usize = 5;
+
+fn pod_dir_names(uid: &str) -> [String; 2] {
+    [format!("pod{uid}"), format!("pod{}.slice", uid.replace('-', "_"))]
+}
+
+fn is_pod_dir(name: &str, uid: &str) -> bool {
+    let [cgroupfs, systemd] = pod_dir_names(uid);
+    name == cgroupfs || name.ends_with(&format!("-{systemd}"))
+}
+
+/// The pod's cgroup directory, or an error saying where it was looked for.
+pub fn find_pod_cgroup(root: &Path, uid: &str) -> Result<PathBuf, String> {
+    if uid.is_empty() || uid.contains('/') || uid.contains("..") {
+        return Err(format!("invalid pod UID {uid:?}"));
+    }
+    let underscored = uid.replace('-', "_");
+    let known = [
+        root.join("kubepods").join(format!("pod{uid}")),
+        root.join("kubepods/besteffort").join(format!("pod{uid}")),
+        root.join("kubepods/burstable").join(format!("pod{uid}")),
+        root.join("kubepods.slice")
+            .join(format!("kubepods-pod{underscored}.slice")),
+        root.join("kubepods.slice/kubepods-besteffort.slice")
+            .join(format!("kubepods-besteffort-pod{underscored}.slice")),
+        root.join("kubepods.slice/kubepods-burstable.slice")
+            .join(format!("kubepods-burstable-pod{underscored}.slice")),
+    ];
+    if let Some(found) = known.iter().find(|p| p.is_dir()) {
+        return Ok(found.clone());
+    }
+    search(root, uid, 0).ok_or_else(|| {
+        format!(
+            "no cgroup directory for pod UID {uid} under {} (looked for kubepods/<qos>/pod<uid> and kubepods.slice layouts)",
+            root.display()
+        )
+    })
+}
+
+fn search(dir: &Path, uid: &str, depth: usize) -> Option<PathBuf> {
+    if depth >= MAX_SEARCH_DEPTH {
+        return None;
+    }
+    let entries = std::fs::read_dir(dir).ok()?;
+    let mut subdirs = vec![];
+    for entry in entries.flatten() {
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if is_pod_dir(&name, uid) {
+            return Some(entry.path());
+        }
+        // Only descend into directories that can hold pods.
+        if name.starts_with("kubepods") || name.contains("kubelet") || depth == 0 && name.ends_with(".slice")
+        {
+            subdirs.push(entry.path());
+        }
+    }
+    subdirs.into_iter().find_map(|d| search(&d, uid, depth + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cgroupfs_and_systemd_layouts() {
+        let root = std::env::temp_dir().join(format!("palisade-cg-test-{}", std::process::id()));
+        let a = root.join("kubepods/besteffort/pod1111-22");
+        let b = root.join("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod3333_44.slice");
+        let c = root.join("kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod5555_66.slice");
+        for d in [&a, &b, &c] {
+            std::fs::create_dir_all(d).expect("mkdir");
+        }
+        assert_eq!(find_pod_cgroup(&root, "1111-22").as_ref(), Ok(&a));
+        assert_eq!(find_pod_cgroup(&root, "3333-44").as_ref(), Ok(&b));
+        assert_eq!(find_pod_cgroup(&root, "5555-66").as_ref(), Ok(&c));
+        let missing = find_pod_cgroup(&root, "7777").expect_err("absent pod");
+        assert!(
+            missing.contains("no cgroup directory for pod UID 7777"),
+            "{missing}"
+        );
+        assert!(find_pod_cgroup(&root, "../etc").is_err());
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}
