@@ -5,7 +5,7 @@
 set -euo pipefail
 
 need_pkgs=()
-for p in protobuf-compiler:protoc iproute2:ip util-linux:nsenter wrk:wrk jq:jq; do
+for p in protobuf-compiler:protoc iproute2:ip util-linux:nsenter util-linux:setpriv openssl:openssl python3:python3 wrk:wrk jq:jq; do
   command -v "${p#*:}" >/dev/null 2>&1 || need_pkgs+=("${p%%:*}")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then

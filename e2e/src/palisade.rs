@@ -202,3 +202,51 @@ pub async fn wait_for_object<T>(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// The command line of the demo API (e2e/demo-api/demo_api.py) listening on `port`.
+pub fn demo_api_command(port: u16) -> Vec<String> {
+    let script = workspace_root().join("e2e/demo-api/demo_api.py");
+    vec!["python3".into(), script.display().to_string(), port.to_string()]
+}
+
+/// A whole local Palisade: control plane with the CRDs, a stand-in kubelet for `node`, the
+/// operator and one node agent.
+pub struct Stack {
+    pub agent: ChildGuard,
+    pub operator: Operator,
+    pub kubelet: crate::FakeKubelet,
+    pub client: kube::Client,
+    pub cp: ControlPlane,
+}
+
+impl Stack {
+    pub async fn start(node: &str) -> Result<Stack> {
+        let cp = ControlPlane::start().await?;
+        cp.apply_crds(&workspace_root().join("crds")).await?;
+        let client = cp.client().await?;
+        let kubelet = crate::FakeKubelet::start(client.clone(), node).await?;
+        let operator = Operator::start(&cp, "operator").await?;
+        let agent = start_agent(&cp, &operator, node, "agent", &[], &[])?;
+        Ok(Stack {
+            agent,
+            operator,
+            kubelet,
+            client,
+            cp,
+        })
+    }
+
+    /// Starts a demo API pod labelled `app=demo-api` in namespace `demo`, serving on 8080.
+    pub async fn start_demo_pod(&self, name: &str) -> Result<crate::RunningPod> {
+        let labels = std::collections::BTreeMap::from([("app".to_string(), "demo-api".to_string())]);
+        self.kubelet
+            .start_pod(crate::PodLaunch {
+                namespace: "demo".into(),
+                name: name.into(),
+                labels,
+                command: demo_api_command(8080),
+                port: 8080,
+            })
+            .await
+    }
+}

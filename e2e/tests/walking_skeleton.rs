@@ -7,7 +7,9 @@ use anyhow::{ensure, Context, Result};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{ObjectMeta, PostParams};
 use kube::Api;
-use palisade_e2e::palisade::{condition, http_request, start_agent, wait_for_object, Operator};
+use palisade_e2e::palisade::{
+    condition, demo_api_command, http_request, start_agent, wait_for_object, Operator, Stack,
+};
 use palisade_e2e::{ControlPlane, FakeKubelet, PodLaunch};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -31,24 +33,16 @@ async fn namespace(client: &kube::Client, name: &str) -> Result<()> {
     Ok(())
 }
 
-fn demo_api_command(port: u16) -> Vec<String> {
-    let script = palisade_e2e::workspace_root().join("e2e/demo-api/demo_api.py");
-    vec!["python3".into(), script.display().to_string(), port.to_string()]
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_capture_detect_describe_detach() -> Result<()> {
     palisade_e2e::init_tracing();
     if !palisade_e2e::require_root() {
         return Ok(());
     }
-    let cp = ControlPlane::start().await?;
-    cp.apply_crds(&palisade_e2e::workspace_root().join("crds"))
-        .await?;
-    let client = cp.client().await?;
-    let kubelet = FakeKubelet::start(client.clone(), NODE).await?;
-    let operator = Operator::start(&cp, "operator").await?;
-    let mut agent = start_agent(&cp, &operator, NODE, "agent", &[], &[])?;
+    let stack = Stack::start(NODE).await?;
+    let (cp, client, kubelet) = (&stack.cp, stack.client.clone(), &stack.kubelet);
+    let mut agent = stack.agent;
+    let operator = stack.operator;
 
     // The samples create the demo namespace, the ApiMonitor and the ApiPolicy.
     let applied = cp.kubectl_ok(&[
@@ -81,7 +75,7 @@ async fn apply_capture_detect_describe_detach() -> Result<()> {
 
     // Ready, with both probes attached on this node.
     let probes = wait_for_object(
-        &cp,
+        cp,
         "ApiMonitor Ready with probes attached",
         ("apimonitor", "demo", "demo-api"),
         WAIT,
@@ -131,7 +125,7 @@ async fn apply_capture_detect_describe_detach() -> Result<()> {
     );
 
     let endpoints = wait_for_object(
-        &cp,
+        cp,
         "the endpoint inventory",
         ("apimonitor", "demo", "demo-api"),
         WAIT,
@@ -167,7 +161,7 @@ async fn apply_capture_detect_describe_detach() -> Result<()> {
     );
 
     let finding = wait_for_object(
-        &cp,
+        cp,
         "a path-traversal finding",
         ("apipolicy", "demo", "demo-api-guard"),
         WAIT,
@@ -249,7 +243,7 @@ async fn apply_capture_detect_describe_detach() -> Result<()> {
         r#"{"spec":{"selector":{"matchLabels":{"app":"nothing"}}}}"#,
     ])?;
     let (_, reason, message) = wait_for_object(
-        &cp,
+        cp,
         "NoWorkloadsMatched",
         ("apimonitor", "demo", "demo-api"),
         WAIT,
@@ -266,11 +260,11 @@ async fn apply_capture_detect_describe_detach() -> Result<()> {
         Ok(agent_log(&agent).contains("capture detached").then_some(()))
     })
     .await?;
-    let before = endpoint_requests(&cp, "/users/{id}")?;
+    let before = endpoint_requests(cp, "/users/{id}")?;
     assert_eq!(http_request(addr, "GET", "/users/5", &[], "")?, 200);
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
-        endpoint_requests(&cp, "/users/{id}")?,
+        endpoint_requests(cp, "/users/{id}")?,
         before,
         "no capture after detach"
     );
