@@ -484,14 +484,7 @@ impl<B: CaptureBackend> Runtime<B> {
             let k = key(&p.policy);
             let map = self.findings.entry(k).or_default();
             for f in p.findings {
-                let fk = (
-                    f.rule.clone(),
-                    f.source.clone(),
-                    f.pod_name.clone(),
-                    f.method.clone(),
-                    f.path.clone(),
-                );
-                let e = map.entry(fk).or_insert_with(|| Finding {
+                let e = map.entry(finding_key(&f)).or_insert_with(|| Finding {
                     count: 0,
                     ..f.clone()
                 });
@@ -500,5 +493,278 @@ impl<B: CaptureBackend> Runtime<B> {
                 e.last_seen_unix_ms = e.last_seen_unix_ms.max(f.last_seen_unix_ms);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_api::agent::{CaptureConfig, PolicyConfig, RuleConfig, WorkloadTarget};
+    use palisade_common::{DIRECTION_EGRESS, DIRECTION_INGRESS, FAMILY_IPV4};
+
+    /// Records attach/detach calls; refuses cgroups whose path contains "refuse".
+    #[derive(Default)]
+    struct FakeBackend {
+        attached: Vec<PathBuf>,
+    }
+
+    impl CaptureBackend for FakeBackend {
+        fn attach(&mut self, dir: &Path) -> Result<u64, String> {
+            if dir.to_string_lossy().contains("refuse") {
+                return Err("attaching refused: Operation not permitted (os error 1)".into());
+            }
+            self.attached.push(dir.to_path_buf());
+            Ok(1000 + self.attached.len() as u64)
+        }
+        fn detach(&mut self, dir: &Path) -> Result<(), String> {
+            self.attached.retain(|d| d != dir);
+            Ok(())
+        }
+        fn counters(&self) -> CaptureCounters {
+            CaptureCounters {
+                packets_seen: 7,
+                ..Default::default()
+            }
+        }
+    }
+
+    fn target(uid: &str, name: &str) -> WorkloadTarget {
+        WorkloadTarget {
+            pod_namespace: "demo".into(),
+            pod_name: name.into(),
+            pod_uid: uid.into(),
+            ..Default::default()
+        }
+    }
+
+    fn config(version: u64, targets: Vec<WorkloadTarget>) -> NodeConfig {
+        let uids = targets.iter().map(|t| t.pod_uid.clone()).collect();
+        NodeConfig {
+            version,
+            node_name: "n1".into(),
+            monitors: vec![MonitorConfig {
+                monitor: Some(ObjectRef {
+                    namespace: "demo".into(),
+                    name: "api".into(),
+                    generation: 1,
+                }),
+                targets,
+                ports: vec![8080],
+                capture: Some(CaptureConfig {
+                    max_header_bytes: 8192,
+                    ..Default::default()
+                }),
+                discovery: true,
+                max_endpoints: 2,
+                ..Default::default()
+            }],
+            policies: vec![PolicyConfig {
+                policy: Some(ObjectRef {
+                    namespace: "demo".into(),
+                    name: "guard".into(),
+                    generation: 1,
+                }),
+                monitors: vec!["api".into()],
+                pod_uids: uids,
+                mode: "audit".into(),
+                rules: vec![
+                    RuleConfig {
+                        name: "traversal".into(),
+                        detector: "pathTraversal".into(),
+                        severity: "high".into(),
+                        ..Default::default()
+                    },
+                    RuleConfig {
+                        name: "future".into(),
+                        detector: "bola".into(),
+                        severity: "medium".into(),
+                        ..Default::default()
+                    },
+                ],
+            }],
+        }
+    }
+
+    fn record(direction: u8, seq: u32, cgroup_id: u64, local_port: u16) -> CaptureHeader {
+        let mut pod = [0u8; 16];
+        pod[..4].copy_from_slice(&[10, 0, 0, 2]);
+        let mut client = [0u8; 16];
+        client[..4].copy_from_slice(&[10, 0, 0, 1]);
+        let ingress = direction == DIRECTION_INGRESS;
+        CaptureHeader {
+            timestamp_ns: 1_000_000 + seq as u64,
+            cgroup_id,
+            tcp_seq: seq,
+            payload_len: 0,
+            chunk_offset: 0,
+            captured_len: 0,
+            source_addr: if ingress { client } else { pod },
+            dest_addr: if ingress { pod } else { client },
+            source_port: if ingress { 40000 } else { local_port },
+            dest_port: if ingress { local_port } else { 40000 },
+            family: FAMILY_IPV4,
+            direction,
+            tcp_flags: 0x18,
+            _padding: [0],
+        }
+    }
+
+    fn runtime(root: &Path) -> Runtime<FakeBackend> {
+        Runtime::new(
+            "n1".into(),
+            "i1".into(),
+            Some(root.to_path_buf()),
+            Ok(FakeBackend::default()),
+            vec![],
+            vec![],
+            0,
+        )
+    }
+
+    #[test]
+    fn applies_config_counts_endpoints_raises_findings_and_keeps_undelivered_reports() {
+        let root = std::env::temp_dir().join(format!("palisade-runtime-test-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("kubepods/besteffort/poduid-a")).expect("mkdir");
+        std::fs::create_dir_all(root.join("kubepods/besteffort/poduid-refuse")).expect("mkdir");
+        let mut rt = runtime(&root);
+        rt.apply(config(
+            3,
+            vec![
+                target("uid-a", "a"),
+                target("uid-refuse", "b"),
+                target("uid-missing", "c"),
+            ],
+        ));
+        assert_eq!(rt.applied_version(), 3);
+        assert_eq!(rt.attached_pods(), 1);
+
+        let cg = 1001;
+        let exchange = |rt: &mut Runtime<FakeBackend>, seq: u32, target: &str, status: u16, port: u16| {
+            rt.on_record(
+                &record(DIRECTION_INGRESS, seq, cg, port),
+                format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+            );
+            rt.on_record(
+                &record(DIRECTION_EGRESS, seq + 1, cg, port),
+                format!("HTTP/1.1 {status} X\r\n\r\n").as_bytes(),
+            );
+        };
+        exchange(&mut rt, 10, "/users/1", 200, 8080);
+        exchange(&mut rt, 20, "/users/2", 404, 8080);
+        exchange(
+            &mut rt,
+            30,
+            "/files/..%2f..%2fetc%2fpasswd?token=hunter2",
+            404,
+            8080,
+        );
+        exchange(&mut rt, 40, "/other", 200, 8080); // third endpoint: over max_endpoints=2
+        exchange(&mut rt, 50, "/../secret", 200, 9090); // port not monitored
+
+        let report = rt.take_report();
+        assert_eq!(report.applied_version, 3);
+        let m = &report.monitors[0];
+        assert_eq!((m.workloads, m.probes_attached), (3, 2));
+        assert_eq!(m.errors.len(), 2, "{:?}", m.errors);
+        assert!(m
+            .errors
+            .iter()
+            .any(|e| e.contains("pod demo/b") && e.contains("Operation not permitted")));
+        assert!(m
+            .errors
+            .iter()
+            .any(|e| e.contains("pod demo/c") && e.contains("no cgroup directory")));
+        let mut endpoints: Vec<_> = m
+            .endpoints
+            .iter()
+            .map(|e| (e.path.as_str(), e.status, e.count))
+            .collect();
+        endpoints.sort();
+        assert_eq!(
+            endpoints,
+            vec![
+                ("/files/..%2f..%2fetc%2fpasswd", 404, 1),
+                ("/users/{id}", 200, 1),
+                ("/users/{id}", 404, 1)
+            ]
+        );
+        assert_eq!(m.overflow_requests, 1);
+        let p = &report.policies[0];
+        assert_eq!(
+            p.errors.len(),
+            1,
+            "the unimplemented detector is reported: {:?}",
+            p.errors
+        );
+        assert_eq!(p.findings.len(), 1);
+        let f = &p.findings[0];
+        assert_eq!(
+            (f.rule.as_str(), f.source.as_str(), f.count),
+            ("traversal", "10.0.0.1", 1)
+        );
+        assert!(
+            f.evidence.contains("token=[REDACTED]") && !f.evidence.contains("hunter2"),
+            "{}",
+            f.evidence
+        );
+        assert_eq!(report.capture.map(|c| c.packets_seen), Some(7));
+
+        // Not delivered: restored, then merged with new deltas, counted once each.
+        rt.restore(report);
+        exchange(&mut rt, 60, "/files/..%2f..%2fetc%2fpasswd", 404, 8080);
+        let again = rt.take_report();
+        assert_eq!(
+            again.policies[0]
+                .findings
+                .iter()
+                .map(|f| f.count)
+                .collect::<Vec<_>>(),
+            vec![2],
+            "{:?}",
+            again.policies[0].findings
+        );
+        let users: u64 = again.monitors[0]
+            .endpoints
+            .iter()
+            .filter(|e| e.path == "/users/{id}")
+            .map(|e| e.count)
+            .sum();
+        assert_eq!(users, 2);
+        assert!(
+            rt.take_report().policies[0].findings.is_empty(),
+            "delivered deltas are not sent twice"
+        );
+
+        // The pod leaves the config: capture is detached.
+        rt.apply(config(4, vec![]));
+        assert_eq!(rt.attached_pods(), 0);
+        exchange(&mut rt, 70, "/users/3", 200, 8080);
+        assert!(rt.take_report().monitors[0].endpoints.is_empty());
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn a_node_without_capture_reports_why() {
+        let mut rt: Runtime<FakeBackend> = Runtime::new(
+            "n1".into(),
+            "i1".into(),
+            None,
+            Err("BPF_PROG_LOAD refused: Operation not permitted".into()),
+            vec![],
+            vec![],
+            0,
+        );
+        rt.apply(config(1, vec![target("uid-a", "a")]));
+        let report = rt.take_report();
+        assert!(report
+            .node_errors
+            .iter()
+            .any(|e| e.contains("capture programs not loaded") && e.contains("Operation not permitted")));
+        assert!(report
+            .node_errors
+            .iter()
+            .any(|e| e.contains("no cgroup v2 hierarchy")));
+        assert_eq!(report.monitors[0].probes_attached, 0);
+        assert_eq!(report.monitors[0].errors.len(), 1);
     }
 }

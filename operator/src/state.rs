@@ -382,3 +382,125 @@ pub fn now_unix_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::reflector::store;
+    use kube::runtime::watcher::Event;
+    use palisade_api::agent::{EndpointDelta, MonitorReport, PolicyReport};
+
+    fn monitor() -> ApiMonitor {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "palisade.dev/v1alpha1", "kind": "ApiMonitor",
+            "metadata": {"namespace": "demo", "name": "api", "generation": 1},
+            "spec": {"selector": {"matchLabels": {"app": "api"}}}
+        }))
+        .expect("monitor")
+    }
+
+    fn pod(app: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"namespace": "demo", "name": "p", "uid": "u1", "labels": {"app": app}},
+            "spec": {"nodeName": "n1", "containers": [{"name": "app", "image": "x"}]},
+            "status": {"phase": "Running"}
+        }))
+        .expect("pod")
+    }
+
+    #[test]
+    fn versions_change_only_with_content_and_reports_accumulate_exactly() {
+        let (pods, mut pod_writer) = store::<Pod>();
+        let (monitors, mut monitor_writer) = store::<ApiMonitor>();
+        let (policies, _policy_writer) = store::<ApiPolicy>();
+        let (nodes, _node_writer) = store::<Node>();
+        let (hub, _triggers) = Hub::new(ClusterView {
+            pods,
+            monitors,
+            policies,
+            nodes,
+        });
+        monitor_writer.apply_watcher_event(&Event::Apply(monitor()));
+        pod_writer.apply_watcher_event(&Event::Apply(pod("api")));
+
+        let mut rx = hub.subscribe("n1");
+        assert_eq!(hub.recompile(), vec!["n1".to_string()]);
+        assert_eq!(hub.current_version("n1"), 1);
+        assert!(
+            rx.has_changed().unwrap_or(false),
+            "the agent's stream sees the new version"
+        );
+        assert_eq!(rx.borrow_and_update().monitors[0].targets[0].pod_uid, "u1");
+        assert!(hub.recompile().is_empty(), "no change, no new version");
+        assert_eq!(hub.current_version("n1"), 1);
+
+        pod_writer.apply_watcher_event(&Event::Apply(pod("other")));
+        assert_eq!(hub.recompile(), vec!["n1".to_string()]);
+        assert_eq!(hub.current_version("n1"), 2);
+        assert!(
+            rx.borrow_and_update().monitors.is_empty(),
+            "the node keeps an empty config: detach all"
+        );
+
+        let key = ("demo".to_string(), "api".to_string());
+        let report = |count| AgentReport {
+            node_name: "n1".into(),
+            applied_version: 2,
+            monitors: vec![MonitorReport {
+                monitor: Some(agent::ObjectRef {
+                    namespace: "demo".into(),
+                    name: "api".into(),
+                    generation: 1,
+                }),
+                endpoints: vec![EndpointDelta {
+                    method: "GET".into(),
+                    path: "/u/{id}".into(),
+                    status: 200,
+                    count,
+                    last_seen_unix_ms: 5,
+                }],
+                ..Default::default()
+            }],
+            policies: vec![PolicyReport {
+                policy: Some(agent::ObjectRef {
+                    namespace: "demo".into(),
+                    name: "guard".into(),
+                    generation: 1,
+                }),
+                findings: vec![agent::Finding {
+                    rule: "t".into(),
+                    severity: "high".into(),
+                    count,
+                    pod_name: "p".into(),
+                    source: "1.2.3.4".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        hub.record_report(report(3));
+        hub.record_report(report(4));
+        let t = hub.monitor_telemetry(&key);
+        assert_eq!(
+            t.endpoints[&("GET".to_string(), "/u/{id}".to_string())].requests,
+            7
+        );
+        let guard = ("demo".to_string(), "guard".to_string());
+        assert_eq!(hub.policy_telemetry(&guard).total, 7);
+        let pending = hub.take_unannounced(&guard);
+        assert_eq!(pending.values().map(|p| p.count).sum::<u64>(), 7);
+        assert!(hub.take_unannounced(&guard).is_empty());
+        hub.return_unannounced(&guard, pending);
+        assert_eq!(
+            hub.take_unannounced(&guard)
+                .values()
+                .map(|p| p.count)
+                .sum::<u64>(),
+            7,
+            "returned, not lost"
+        );
+        assert_eq!(hub.agent("n1").map(|a| a.applied_version), Some(2));
+    }
+}
