@@ -38,5 +38,16 @@ phase "build"
 # Unit tests, the CRD drift check (api/tests), the kernel capture tests and the e2e suite
 # against a real kube-apiserver. Test binaries run one after another; tests inside one run in
 # parallel.
-cargo test --locked --no-fail-fast -- --test-threads=2
+test_log=$(mktemp)
+status=0
+cargo test --locked --no-fail-fast --lib --bins --tests -- --test-threads=2 2>&1 | tee "$test_log" || status=$?
 phase "tests"
+
+# One closing line for the whole suite. Tests that cannot run here print "SKIPPED: <why>" and
+# are counted as skipped, not passed.
+skipped=$(grep -c '^SKIPPED' "$test_log" || true)
+awk -v skipped="$skipped" '
+  /^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
+  END { printf "tests: %d passed, %d failed, %d skipped\n", p - skipped, f, skipped }' "$test_log"
+rm -f "$test_log"
+exit "$status"
