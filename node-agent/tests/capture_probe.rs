@@ -149,7 +149,7 @@ fn capture_http_on_a_cgroup() {
 #[test]
 fn capture_http_over_ipv6() {
     if TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).is_err() {
-        println!("SKIP capture_http_over_ipv6: cannot bind [::1] (IPv6 disabled on lo)");
+        println!("SKIPPED: capture_http_over_ipv6: cannot bind [::1] (IPv6 disabled on lo)");
         return;
     }
     capture_scenario("capture_http_over_ipv6", IpAddr::V6(Ipv6Addr::LOCALHOST));
@@ -158,16 +158,16 @@ fn capture_http_over_ipv6() {
 /// The whole scenario (a)-(f) for a server bound to `ip`.
 fn capture_scenario(name: &str, ip: IpAddr) {
     if !is_root() {
-        println!("SKIP {name}: needs root (BPF_PROG_LOAD, cgroup attach, mkdir in the cgroup v2 tree)");
+        println!("SKIPPED: {name}: needs root (BPF_PROG_LOAD, cgroup attach, mkdir in the cgroup v2 tree)");
         return;
     }
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
     let Some(cg_root) = cgroup2_root_from_mountinfo(&mountinfo) else {
-        println!("SKIP {name}: no cgroup v2 mount in /proc/self/mountinfo");
+        println!("SKIPPED: {name}: no cgroup v2 mount in /proc/self/mountinfo");
         return;
     };
     if Command::new("python3").arg("--version").output().is_err() {
-        println!("SKIP {name}: python3 not found");
+        println!("SKIPPED: {name}: python3 not found");
         return;
     }
     let family = if ip.is_ipv6() { FAMILY_IPV6 } else { FAMILY_IPV4 };
@@ -447,12 +447,14 @@ fn capture_scenario(name: &str, ip: IpAddr) {
 }
 
 /// Not a test of its own: run by `load_fails_clearly_without_capabilities` in a process without
-/// capabilities.
+/// capabilities (hence ignored in normal runs).
 #[test]
+#[ignore = "helper run by load_fails_clearly_without_capabilities in a process without capabilities"]
 fn no_caps_child() {
-    if std::env::var_os(CHILD_ENV).is_none() {
-        return;
-    }
+    assert!(
+        std::env::var_os(CHILD_ENV).is_some(),
+        "run only by load_fails_clearly_without_capabilities"
+    );
     match CaptureProbes::load() {
         Ok(_) => {
             println!("CHILD: load unexpectedly succeeded");
@@ -467,14 +469,14 @@ fn no_caps_child() {
 #[test]
 fn load_fails_clearly_without_capabilities() {
     if !is_root() {
-        println!("SKIP load_fails_clearly_without_capabilities: needs root to drop capabilities from");
+        println!("SKIPPED: load_fails_clearly_without_capabilities: needs root to drop capabilities from");
         return;
     }
     if std::env::var_os(CHILD_ENV).is_some() {
         return;
     }
     let Ok(setpriv) = which("setpriv") else {
-        println!("SKIP load_fails_clearly_without_capabilities: setpriv (util-linux) not found");
+        println!("SKIPPED: load_fails_clearly_without_capabilities: setpriv (util-linux) not found");
         return;
     };
     let exe = std::env::current_exe().unwrap();
@@ -487,7 +489,13 @@ fn load_fails_clearly_without_capabilities() {
             "--",
         ])
         .arg(&exe)
-        .args(["--exact", "no_caps_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "no_caps_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_ENV, "1")
         .output()
         .unwrap();
@@ -513,7 +521,7 @@ fn load_fails_clearly_without_capabilities() {
 #[test]
 fn node_features_report() {
     if !is_root() {
-        println!("SKIP node_features_report: probing program types needs root");
+        println!("SKIPPED: node_features_report: probing program types needs root");
         return;
     }
     let f = probe_node_features(Path::new("/sys/fs/bpf"), true);
