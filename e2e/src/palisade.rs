@@ -97,7 +97,20 @@ pub fn start_agent(
     wrapper: &[&str],
     extra: &[&str],
 ) -> Result<ChildGuard> {
+    start_agent_with_metrics(cp, operator, node, name, wrapper, extra).map(|(agent, _)| agent)
+}
+
+/// Like [`start_agent`], and returns where the agent serves `/metrics` (a free loopback port).
+pub fn start_agent_with_metrics(
+    cp: &ControlPlane,
+    operator: &Operator,
+    node: &str,
+    name: &str,
+    wrapper: &[&str],
+    extra: &[&str],
+) -> Result<(ChildGuard, SocketAddr)> {
     let bin = binaries()?.join("palisade-node-agent");
+    let metrics: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
     let mut cmd = match wrapper.split_first() {
         Some((program, args)) => {
             let mut c = Command::new(program);
@@ -118,8 +131,27 @@ pub fn start_agent(
         "--report-interval-ms",
         "500",
     ])
+    .args(["--metrics-listen", &metrics.to_string()])
     .args(extra);
-    ChildGuard::spawn(name, &mut cmd, &cp.dir().join(format!("{name}.log")))
+    let agent = ChildGuard::spawn(name, &mut cmd, &cp.dir().join(format!("{name}.log")))?;
+    Ok((agent, metrics))
+}
+
+/// GET `path` over plain HTTP/1.1 and return the body (bounded by timeouts and 4 MiB).
+pub fn http_get_body(addr: SocketAddr, path: &str) -> Result<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())?;
+    let mut response = Vec::new();
+    let _ = stream.take(4 << 20).read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok(body)
 }
 
 /// Sends one raw HTTP/1.1 request (the target is sent exactly as given, not normalised) and
@@ -213,6 +245,8 @@ pub fn demo_api_command(port: u16) -> Vec<String> {
 /// operator and one node agent.
 pub struct Stack {
     pub agent: ChildGuard,
+    /// Where the agent serves Prometheus metrics.
+    pub agent_metrics: SocketAddr,
     pub operator: Operator,
     pub kubelet: crate::FakeKubelet,
     pub client: kube::Client,
@@ -226,9 +260,10 @@ impl Stack {
         let client = cp.client().await?;
         let kubelet = crate::FakeKubelet::start(client.clone(), node).await?;
         let operator = Operator::start(&cp, "operator").await?;
-        let agent = start_agent(&cp, &operator, node, "agent", &[], &[])?;
+        let (agent, agent_metrics) = start_agent_with_metrics(&cp, &operator, node, "agent", &[], &[])?;
         Ok(Stack {
             agent,
+            agent_metrics,
             operator,
             kubelet,
             client,

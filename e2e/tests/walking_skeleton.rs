@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{ObjectMeta, PostParams};
 use kube::Api;
 use palisade_e2e::palisade::{
-    condition, demo_api_command, http_request, start_agent, wait_for_object, Operator, Stack,
+    condition, demo_api_command, http_get_body, http_request, start_agent, wait_for_object, Operator, Stack,
 };
 use palisade_e2e::{ControlPlane, FakeKubelet, PodLaunch};
 use std::collections::BTreeMap;
@@ -43,6 +43,7 @@ async fn apply_capture_detect_describe_detach() -> Result<()> {
     let (cp, client, kubelet) = (&stack.cp, stack.client.clone(), &stack.kubelet);
     let mut agent = stack.agent;
     let operator = stack.operator;
+    let metrics_addr = stack.agent_metrics;
 
     // The samples create the demo namespace, the ApiMonitor and the ApiPolicy.
     let applied = cp.kubectl_ok(&[
@@ -217,7 +218,25 @@ async fn apply_capture_detect_describe_detach() -> Result<()> {
     );
 
     // Secrets never leave the node: not in status, Events, or anything the operator logged.
+    // RED metrics per endpoint template, and the loss counters, on the agent's /metrics.
+    let metrics = http_get_body(metrics_addr, "/metrics")?;
+    let users_2xx = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("palisade_agent_http_requests_total{")
+                && l.contains(r#"path="/users/{id}""#)
+                && l.contains(r#"code_class="2xx""#)
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<u64>().ok());
+    assert_eq!(users_2xx, Some(3), "{metrics}");
+    assert!(metrics.contains(r#"palisade_agent_findings_total{namespace="demo",policy="demo-api-guard",rule="path-traversal",severity="high"} 1"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"palisade_agent_capture_kernel_total{reason="records_lost"} 0"#),
+        "{metrics}"
+    );
     let everything = [
+        metrics.clone(),
         cp.kubectl_ok(&["get", "apipolicy,apimonitor,events", "-n", "demo", "-o", "yaml"])?,
         describe.clone(),
         std::fs::read_to_string(operator.process.log_path()).unwrap_or_default(),

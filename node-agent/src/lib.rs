@@ -4,6 +4,7 @@ pub mod capture;
 pub mod detect;
 pub mod features;
 pub mod http;
+pub mod metrics;
 pub mod redact;
 pub mod runtime;
 pub mod template;

@@ -36,6 +36,9 @@ struct Args {
     /// How often to report to the operator, in milliseconds.
     #[arg(long, default_value = "1000")]
     report_interval_ms: u64,
+    /// Where to serve Prometheus metrics (`/metrics`) and `/healthz`.
+    #[arg(long, env = "PALISADE_METRICS_LISTEN", default_value = "0.0.0.0:9464")]
+    metrics_listen: std::net::SocketAddr,
     /// Log as JSON lines.
     #[arg(long, env = "PALISADE_LOG_JSON")]
     log_json: bool,
@@ -160,6 +163,13 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     let instance = format!("{}-{}", std::process::id(), clock_ns(libc::CLOCK_REALTIME));
     let clock_offset = clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC);
+    let metrics_listener = tokio::net::TcpListener::bind(args.metrics_listen).await;
+    if let Err(e) = &metrics_listener {
+        node_errors.push(format!(
+            "metrics endpoint {} not served: {e}",
+            args.metrics_listen
+        ));
+    }
     let mut runtime = Runtime::new(
         args.node_name.clone(),
         instance,
@@ -169,6 +179,14 @@ async fn main() -> anyhow::Result<()> {
         probes,
         clock_offset,
     );
+    if let Ok(listener) = metrics_listener {
+        let metrics = runtime.metrics();
+        tokio::spawn(async move {
+            if let Err(error) = palisade_node_agent::metrics::serve(listener, metrics).await {
+                tracing::error!(%error, "metrics endpoint stopped");
+            }
+        });
+    }
 
     let channel = Endpoint::from_shared(args.operator.clone())
         .context("--operator must be a URL such as http://operator:9443")?

@@ -6,6 +6,7 @@
 
 use crate::detect::{CompiledRule, RequestView};
 use crate::http::{Exchange, HttpEvent, HttpTracker, PodRole, Request};
+use crate::metrics::AgentMetrics;
 use crate::redact;
 use crate::template::template_path;
 use crate::workloads::find_pod_cgroup;
@@ -101,6 +102,7 @@ pub struct Runtime<B: CaptureBackend> {
     findings: HashMap<Key, BTreeMap<FindingKey, Finding>>,
     /// Offset from the capture clock (CLOCK_MONOTONIC) to Unix time, in ns.
     clock_offset_ns: i64,
+    metrics: AgentMetrics,
 }
 
 impl<B: CaptureBackend> Runtime<B> {
@@ -146,7 +148,13 @@ impl<B: CaptureBackend> Runtime<B> {
             monitors_pending: HashMap::new(),
             findings: HashMap::new(),
             clock_offset_ns,
+            metrics: AgentMetrics::new(),
         }
+    }
+
+    /// The agent's metrics (shared with the /metrics endpoint).
+    pub fn metrics(&self) -> AgentMetrics {
+        self.metrics.clone()
     }
 
     pub fn applied_version(&self) -> u64 {
@@ -365,6 +373,12 @@ impl<B: CaptureBackend> Runtime<B> {
                     .or_insert(fresh);
                 entry.count += 1;
                 entry.last_seen_unix_ms = now_ms;
+                self.metrics.finding(
+                    &policy.reference.namespace,
+                    &policy.reference.name,
+                    &rule.name,
+                    &rule.severity,
+                );
             }
         }
     }
@@ -380,6 +394,15 @@ impl<B: CaptureBackend> Runtime<B> {
             if !monitor.discovery || !self.port_watched(monitor, ex.request.local.1) {
                 continue;
             }
+            let (namespace, name) = key(&monitor.monitor);
+            self.metrics.exchange(
+                &namespace,
+                &name,
+                &method,
+                &template,
+                ex.status,
+                ex.latency_ns as f64 / 1e9,
+            );
             let cap = monitor.max_endpoints.max(1) as usize;
             let pending = self.monitors_pending.entry(key(&monitor.monitor)).or_default();
             let id = (method.clone(), template.clone());
@@ -409,6 +432,7 @@ impl<B: CaptureBackend> Runtime<B> {
     pub fn take_report(&mut self) -> AgentReport {
         let counters = self.backend.as_ref().map(|b| b.counters()).unwrap_or_default();
         let drops = self.tracker.drops;
+        self.record_loss_metrics(&counters);
         let mut monitors = vec![];
         for m in &self.config.monitors {
             let k = key(&m.monitor);
@@ -467,6 +491,22 @@ impl<B: CaptureBackend> Runtime<B> {
                 messages_dropped: drops.connections + drops.oversized_heads + drops.pending_overflow,
             }),
         }
+    }
+
+    fn record_loss_metrics(&self, counters: &CaptureCounters) {
+        let m = &self.metrics;
+        m.kernel_counter("packets_seen", counters.packets_seen);
+        m.kernel_counter("records_emitted", counters.records_emitted);
+        m.kernel_counter("records_lost", counters.records_lost);
+        m.kernel_counter("bytes_truncated", counters.bytes_truncated);
+        m.kernel_counter("parse_errors", counters.parse_errors);
+        let d = self.tracker.drops;
+        m.dropped("connection_limit", d.connections);
+        m.dropped("oversized_head", d.oversized_heads);
+        m.dropped("pending_overflow", d.pending_overflow);
+        m.dropped("unmatched_response", d.unmatched_responses);
+        m.set_attached_pods(self.attachments.len());
+        m.set_connections(self.tracker.connections());
     }
 
     /// Puts back the deltas of a report that was not delivered, so nothing is lost.

@@ -45,7 +45,6 @@ pub fn desired_status(monitor: &ApiMonitor, hub: &Hub) -> ApiMonitorStatus {
             let exp = NodeExpectation {
                 node,
                 workloads: *workloads,
-                desired_version: hub.current_version(node),
                 agent: hub.agent(node),
             };
             node_state(&exp, &Reported::Monitor(&key, generation.unwrap_or_default()))

@@ -46,7 +46,6 @@ pub fn desired_status(policy: &ApiPolicy, hub: &Hub) -> ApiPolicyStatus {
             let exp = NodeExpectation {
                 node,
                 workloads: *workloads,
-                desired_version: hub.current_version(node),
                 agent: hub.agent(node),
             };
             node_state(&exp, &Reported::Policy(&key, generation.unwrap_or_default()))

@@ -37,7 +37,8 @@ pub struct AgentState {
     pub features: Vec<agent::FeatureProbe>,
     pub node_errors: Vec<String>,
     pub monitors: HashMap<ObjectKey, agent::MonitorReport>,
-    pub policies: HashMap<ObjectKey, Vec<String>>,
+    /// The agent's last report per policy, findings removed.
+    pub policies: HashMap<ObjectKey, agent::PolicyReport>,
     pub capture: agent::CaptureStats,
 }
 
@@ -293,7 +294,10 @@ impl Hub {
             agent.policies = report
                 .policies
                 .into_iter()
-                .map(|p| (key_of(&p.policy), p.errors))
+                .map(|mut p| {
+                    p.findings.clear();
+                    (key_of(&p.policy), p)
+                })
                 .collect();
         }
         let _ = (touched_monitors, touched_policies);

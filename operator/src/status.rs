@@ -9,8 +9,6 @@ pub struct NodeExpectation<'a> {
     pub node: &'a str,
     /// Selected pods on the node.
     pub workloads: u32,
-    /// The node's current desired config version.
-    pub desired_version: u64,
     pub agent: Option<AgentState>,
 }
 
@@ -41,22 +39,22 @@ pub fn node_state(exp: &NodeExpectation, reported: &Reported) -> NodeState {
         .filter(|f| !f.available)
         .map(|f| format!("{}: {}", f.name, f.reason))
         .collect();
-    let version_applied = agent.applied_version >= exp.desired_version;
+    // In sync means: the agent runs this object's current generation. A newer node config in
+    // flight for other reasons (a pod IP, another object) does not make this object un-Ready;
+    // pods not yet attached show as probes missing instead.
     match reported {
         Reported::Monitor(key, generation) => {
             if let Some(m) = agent.monitors.get(*key) {
                 state.probes_attached = m.probes_attached;
                 state.errors.extend(m.errors.iter().cloned());
-                let generation_applied = m.monitor.as_ref().map(|r| r.generation) == Some(*generation);
-                state.in_sync = version_applied && generation_applied;
+                state.in_sync = m.monitor.as_ref().map(|r| r.generation) == Some(*generation);
             }
         }
-        Reported::Policy(key, _generation) => {
-            if let Some(errors) = agent.policies.get(*key) {
-                state.errors.extend(errors.iter().cloned());
+        Reported::Policy(key, generation) => {
+            if let Some(p) = agent.policies.get(*key) {
+                state.errors.extend(p.errors.iter().cloned());
+                state.in_sync = p.policy.as_ref().map(|r| r.generation) == Some(*generation);
             }
-            // Policies ride on the monitors' capture: in sync once the node applied the version.
-            state.in_sync = version_applied;
             state.probes_attached = agent.monitors.values().map(|m| m.probes_attached).sum();
         }
     }
@@ -192,6 +190,10 @@ mod tests {
     use palisade_api::agent::{MonitorReport, ObjectRef};
 
     fn agent(applied: u64, probes: u32, errors: &[&str]) -> AgentState {
+        agent_at(applied, 2, probes, errors)
+    }
+
+    fn agent_at(applied: u64, generation: i64, probes: u32, errors: &[&str]) -> AgentState {
         let key = ("demo".to_string(), "api".to_string());
         let mut a = AgentState {
             connected: true,
@@ -204,7 +206,7 @@ mod tests {
                 monitor: Some(ObjectRef {
                     namespace: "demo".into(),
                     name: "api".into(),
-                    generation: 2,
+                    generation,
                 }),
                 workloads: 1,
                 probes_attached: probes,
@@ -223,7 +225,6 @@ mod tests {
             &NodeExpectation {
                 node: "n1",
                 workloads: 1,
-                desired_version: 4,
                 agent: Some(agent(4, 2, &[])),
             },
             &reported,
@@ -233,8 +234,8 @@ mod tests {
             &NodeExpectation {
                 node: "n2",
                 workloads: 1,
-                desired_version: 5,
-                agent: Some(agent(4, 2, &[])),
+                // Still runs generation 1 of the monitor.
+                agent: Some(agent_at(4, 1, 2, &[])),
             },
             &reported,
         );
@@ -243,7 +244,6 @@ mod tests {
             &NodeExpectation {
                 node: "n3",
                 workloads: 1,
-                desired_version: 4,
                 agent: Some(agent(4, 0, &["attach cgroup_skb: EPERM"])),
             },
             &reported,
@@ -252,7 +252,6 @@ mod tests {
             &NodeExpectation {
                 node: "n4",
                 workloads: 1,
-                desired_version: 1,
                 agent: None,
             },
             &reported,

@@ -1,0 +1,272 @@
+//! The agent's Prometheus metrics: RED per endpoint template (with a hard cap on label sets, so an
+//! attacker sending random paths cannot blow up cardinality), findings, and every loss counter.
+//!
+//! Labels carry templated paths only, never raw targets, so no secret reaches a metric.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::collections::HashSet;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+/// Most distinct endpoint label sets; later ones are counted under `path="{overflow}"`.
+pub const MAX_ENDPOINT_SERIES: usize = 1000;
+pub const OVERFLOW_PATH: &str = "{overflow}";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub namespace: String,
+    pub monitor: String,
+    pub method: String,
+    pub path: String,
+    pub code_class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FindingLabels {
+    pub namespace: String,
+    pub policy: String,
+    pub rule: String,
+    pub severity: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+/// All of the agent's metrics. Cloning shares them.
+#[derive(Clone)]
+pub struct AgentMetrics {
+    registry: Arc<Registry>,
+    requests: Family<EndpointLabels, Counter>,
+    duration: Family<EndpointLabels, Histogram>,
+    findings: Family<FindingLabels, Counter>,
+    kernel: Family<ReasonLabels, Counter<u64, AtomicU64>>,
+    dropped: Family<ReasonLabels, Counter<u64, AtomicU64>>,
+    attached_pods: Gauge,
+    connections: Gauge,
+    series: Arc<Mutex<HashSet<EndpointLabels>>>,
+}
+
+impl Default for AgentMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AgentMetrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("palisade_agent");
+        let requests = Family::<EndpointLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests seen, by monitor and endpoint template",
+            requests.clone(),
+        );
+        let duration = Family::<EndpointLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ])
+        });
+        registry.register(
+            "http_request_duration_seconds",
+            "First request byte to last response byte",
+            duration.clone(),
+        );
+        let findings = Family::<FindingLabels, Counter>::default();
+        registry.register(
+            "findings",
+            "Malicious requests found, by policy and rule",
+            findings.clone(),
+        );
+        let kernel = Family::<ReasonLabels, Counter<u64, AtomicU64>>::default();
+        registry.register(
+            "capture_kernel",
+            "Capture program counters: packets_seen, records_emitted, records_lost (ring buffer full), bytes_truncated, parse_errors",
+            kernel.clone(),
+        );
+        let dropped = Family::<ReasonLabels, Counter<u64, AtomicU64>>::default();
+        registry.register(
+            "messages_dropped",
+            "Data the agent's parser had to drop, by reason",
+            dropped.clone(),
+        );
+        let attached_pods = Gauge::default();
+        registry.register(
+            "attached_pods",
+            "Pods with capture attached on this node",
+            attached_pods.clone(),
+        );
+        let connections = Gauge::default();
+        registry.register(
+            "tracked_connections",
+            "TCP connections the parser tracks",
+            connections.clone(),
+        );
+        AgentMetrics {
+            registry: Arc::new(registry),
+            requests,
+            duration,
+            findings,
+            kernel,
+            dropped,
+            attached_pods,
+            connections,
+            series: Arc::new(Mutex::new(HashSet::new())),
+        }
+    }
+
+    /// Records one request/response exchange, capping the number of label sets.
+    pub fn exchange(
+        &self,
+        namespace: &str,
+        monitor: &str,
+        method: &str,
+        path: &str,
+        status: u16,
+        seconds: f64,
+    ) {
+        let mut labels = EndpointLabels {
+            namespace: namespace.to_string(),
+            monitor: monitor.to_string(),
+            method: method.to_string(),
+            path: path.to_string(),
+            code_class: format!("{}xx", status / 100),
+        };
+        {
+            let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
+            if !series.contains(&labels) {
+                if series.len() >= MAX_ENDPOINT_SERIES {
+                    labels.method = "*".into();
+                    labels.path = OVERFLOW_PATH.into();
+                } else {
+                    series.insert(labels.clone());
+                }
+            }
+        }
+        self.requests.get_or_create(&labels).inc();
+        self.duration.get_or_create(&labels).observe(seconds);
+    }
+
+    pub fn finding(&self, namespace: &str, policy: &str, rule: &str, severity: &str) {
+        self.findings
+            .get_or_create(&FindingLabels {
+                namespace: namespace.into(),
+                policy: policy.into(),
+                rule: rule.into(),
+                severity: severity.into(),
+            })
+            .inc();
+    }
+
+    /// Sets a kernel counter to its current absolute value (kernel counters only grow).
+    pub fn kernel_counter(&self, reason: &str, value: u64) {
+        let c = self.kernel.get_or_create(&ReasonLabels {
+            reason: reason.into(),
+        });
+        let current = c.get();
+        if value > current {
+            c.inc_by(value - current);
+        }
+    }
+
+    /// Sets a parser drop counter to its current absolute value.
+    pub fn dropped(&self, reason: &str, value: u64) {
+        let c = self.dropped.get_or_create(&ReasonLabels {
+            reason: reason.into(),
+        });
+        let current = c.get();
+        if value > current {
+            c.inc_by(value - current);
+        }
+    }
+
+    pub fn set_attached_pods(&self, n: usize) {
+        self.attached_pods.set(n as i64);
+    }
+
+    pub fn set_connections(&self, n: usize) {
+        self.connections.set(n as i64);
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Serves `/metrics` and `/healthz` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: AgentMetrics) -> std::io::Result<()> {
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = metrics.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        m.encode(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }));
+    axum::serve(listener, app).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_series_are_capped() {
+        let m = AgentMetrics::new();
+        for i in 0..(MAX_ENDPOINT_SERIES + 500) {
+            m.exchange("demo", "api", "GET", &format!("/random/{i}x"), 200, 0.001);
+        }
+        let text = m.encode();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("palisade_agent_http_requests_total{"))
+            .count();
+        assert_eq!(
+            series,
+            MAX_ENDPOINT_SERIES + 1,
+            "the cap plus one overflow series"
+        );
+        assert!(text.contains(r#"path="{overflow}""#));
+        let overflow = text
+            .lines()
+            .find(|l| l.starts_with("palisade_agent_http_requests_total{") && l.contains("{overflow}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<u64>().ok());
+        assert_eq!(overflow, Some(500), "requests past the cap are still counted");
+    }
+
+    #[test]
+    fn kernel_counters_follow_absolute_values() {
+        let m = AgentMetrics::new();
+        m.kernel_counter("records_lost", 5);
+        m.kernel_counter("records_lost", 9);
+        m.kernel_counter("records_lost", 9);
+        assert!(
+            m.encode()
+                .contains(r#"palisade_agent_capture_kernel_total{reason="records_lost"} 9"#),
+            "{}",
+            m.encode()
+        );
+    }
+}
