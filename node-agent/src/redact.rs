@@ -200,3 +200,218 @@ mod tests {
         assert_eq!(redact_target("/pay?n=4111111111111111"), "/pay?n=[REDACTED:card]");
     }
 }
+
+/// JSON keys whose values are always redacted, wherever they appear (lower case, substring).
+const SECRET_JSON_KEY_HINTS: &[&str] = &[
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "apikey",
+    "api_key",
+    "authorization",
+    "cookie",
+    "cvv",
+    "ssn",
+];
+
+/// The redaction an ApiMonitor asks for, compiled once per configuration, on top of the
+/// defaults that always apply.
+#[derive(Debug, Default)]
+pub struct Redactor {
+    extra_headers: Vec<String>,
+    /// Dotted JSON paths split into segments (`*` matches any key or array index).
+    json_paths: Vec<Vec<String>>,
+    patterns: Vec<(String, regex::Regex)>,
+}
+
+impl Redactor {
+    /// Compiles the monitor's redaction; invalid patterns are returned as errors (they become
+    /// a status condition) and skipped.
+    pub fn compile(cfg: Option<&palisade_api::agent::RedactionConfig>) -> (Redactor, Vec<String>) {
+        let mut errors = vec![];
+        let Some(cfg) = cfg else {
+            return (Redactor::default(), errors);
+        };
+        let patterns = cfg
+            .patterns
+            .iter()
+            .filter_map(
+                |p| match regex::RegexBuilder::new(&p.regex).size_limit(1 << 20).build() {
+                    Ok(re) => Some((p.name.clone(), re)),
+                    Err(e) => {
+                        errors.push(format!("redaction pattern {}: invalid regex: {e}", p.name));
+                        None
+                    }
+                },
+            )
+            .collect();
+        let redactor = Redactor {
+            extra_headers: cfg.headers.clone(),
+            json_paths: cfg
+                .json_fields
+                .iter()
+                .map(|p| p.split('.').map(str::to_string).collect())
+                .collect(),
+            patterns,
+        };
+        (redactor, errors)
+    }
+
+    /// Headers with secret values replaced.
+    pub fn headers(&self, headers: &[(String, String)]) -> Vec<(String, String)> {
+        headers
+            .iter()
+            .map(|(k, v)| {
+                if is_secret_header(k, &self.extra_headers) {
+                    (k.clone(), REDACTED.to_string())
+                } else {
+                    (k.clone(), self.text(v))
+                }
+            })
+            .collect()
+    }
+
+    /// Free text with default secrets (cards, bearer tokens, JWTs) and the monitor's patterns replaced.
+    pub fn text(&self, text: &str) -> String {
+        let mut out = redact_text(text).into_owned();
+        for (name, re) in &self.patterns {
+            if re.is_match(&out) {
+                out = re
+                    .replace_all(&out, format!("[REDACTED:{name}]").as_str())
+                    .into_owned();
+            }
+        }
+        out
+    }
+
+    /// A request target with secret query values and free-text secrets replaced.
+    pub fn target(&self, target: &str) -> String {
+        self.text(&redact_target(target))
+    }
+
+    /// A body: JSON bodies have secret keys and the monitor's paths redacted; everything is then
+    /// redacted as text. Bodies that are not valid JSON are treated as text.
+    pub fn body(&self, body: &[u8]) -> String {
+        let text = String::from_utf8_lossy(body);
+        match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(mut value) if value.is_object() || value.is_array() => {
+                redact_json_keys(&mut value);
+                for path in &self.json_paths {
+                    redact_json_path(&mut value, path);
+                }
+                self.text(&value.to_string())
+            }
+            _ => self.text(&text),
+        }
+    }
+}
+
+fn redact_json_keys(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map.iter_mut() {
+                let lower = k.to_ascii_lowercase();
+                if SECRET_JSON_KEY_HINTS.iter().any(|h| lower.contains(h)) {
+                    *v = serde_json::Value::String(REDACTED.into());
+                } else {
+                    redact_json_keys(v);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(redact_json_keys),
+        _ => {}
+    }
+}
+
+fn redact_json_path(value: &mut serde_json::Value, path: &[String]) {
+    let Some((head, rest)) = path.split_first() else {
+        *value = serde_json::Value::String(REDACTED.into());
+        return;
+    };
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map.iter_mut() {
+                if head == "*" || k == head {
+                    redact_json_path(v, rest);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (i, v) in items.iter_mut().enumerate() {
+                if head == "*" || head.parse::<usize>() == Ok(i) {
+                    redact_json_path(v, rest);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod redactor_tests {
+    use super::*;
+    use palisade_api::agent::{NamedPattern, RedactionConfig};
+
+    fn redactor() -> Redactor {
+        let cfg = RedactionConfig {
+            headers: vec!["X-Session".into()],
+            json_fields: vec!["user.ssnumber".into(), "items.*.note".into()],
+            patterns: vec![NamedPattern {
+                name: "employee-id".into(),
+                regex: r"EMP-\d{6}".into(),
+            }],
+        };
+        let (r, errors) = Redactor::compile(Some(&cfg));
+        assert!(errors.is_empty());
+        r
+    }
+
+    #[test]
+    fn headers_json_paths_and_patterns_are_redacted() {
+        let r = redactor();
+        let h = r.headers(&[
+            ("Authorization".into(), "Basic dXNlcjpwdw==".into()),
+            ("x-session".into(), "abc".into()),
+            ("X-Trace".into(), "EMP-123456".into()),
+            ("Accept".into(), "application/json".into()),
+        ]);
+        assert_eq!(h[0].1, REDACTED);
+        assert_eq!(h[1].1, REDACTED);
+        assert_eq!(h[2].1, "[REDACTED:employee-id]");
+        assert_eq!(h[3].1, "application/json");
+
+        let body = br#"{"user":{"name":"bob","ssnumber":"123-45-6789","password":"hunter2"},
+            "items":[{"note":"secret note","card":"4111 1111 1111 1111"}],"apiKey":"k"}"#;
+        let out = r.body(body);
+        for secret in [
+            "123-45-6789",
+            "hunter2",
+            "secret note",
+            "4111 1111 1111 1111",
+            "\"k\"",
+        ] {
+            assert!(!out.contains(secret), "{secret} leaked: {out}");
+        }
+        assert!(out.contains("bob"), "{out}");
+        assert_eq!(
+            r.body(b"plain EMP-000001 text"),
+            "plain [REDACTED:employee-id] text"
+        );
+    }
+
+    #[test]
+    fn invalid_patterns_are_reported_not_fatal() {
+        let cfg = RedactionConfig {
+            patterns: vec![NamedPattern {
+                name: "bad".into(),
+                regex: "(".into(),
+            }],
+            ..Default::default()
+        };
+        let (r, errors) = Redactor::compile(Some(&cfg));
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].contains("redaction pattern bad"), "{errors:?}");
+        assert_eq!(r.text("4111111111111111"), "[REDACTED:card]");
+    }
+}

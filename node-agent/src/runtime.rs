@@ -7,7 +7,7 @@
 use crate::detect::{CompiledRule, RequestView};
 use crate::http::{Exchange, HttpEvent, HttpTracker, PodRole, Request};
 use crate::metrics::AgentMetrics;
-use crate::redact;
+use crate::redact::{self, Redactor};
 use crate::template::template_path;
 use crate::workloads::find_pod_cgroup;
 use palisade_api::agent::{
@@ -103,6 +103,8 @@ pub struct Runtime<B: CaptureBackend> {
     /// Offset from the capture clock (CLOCK_MONOTONIC) to Unix time, in ns.
     clock_offset_ns: i64,
     metrics: AgentMetrics,
+    /// One per monitor of the current config, same order.
+    redactors: Vec<Redactor>,
 }
 
 impl<B: CaptureBackend> Runtime<B> {
@@ -149,6 +151,7 @@ impl<B: CaptureBackend> Runtime<B> {
             findings: HashMap::new(),
             clock_offset_ns,
             metrics: AgentMetrics::new(),
+            redactors: vec![],
         }
     }
 
@@ -245,9 +248,11 @@ impl<B: CaptureBackend> Runtime<B> {
 
         self.monitor_errors.clear();
         self.monitor_probes.clear();
+        self.redactors.clear();
         for monitor in &config.monitors {
             let k = key(&monitor.monitor);
-            let mut errors = vec![];
+            let (redactor, mut errors) = Redactor::compile(monitor.redaction.as_ref());
+            self.redactors.push(redactor);
             let mut probes = 0;
             for t in &monitor.targets {
                 match pod_errors.get(&t.pod_uid) {
@@ -322,16 +327,23 @@ impl<B: CaptureBackend> Runtime<B> {
     }
 
     fn detect(&mut self, pod: &WatchedPod, req: &Request) {
-        let watched_by: Vec<String> = pod
+        let watching: Vec<usize> = pod
             .monitors
             .iter()
+            .copied()
+            .filter(|i| {
+                self.monitor(*i)
+                    .is_some_and(|m| self.port_watched(m, req.local.1))
+            })
+            .collect();
+        let watched_by: Vec<String> = watching
+            .iter()
             .filter_map(|i| self.monitor(*i))
-            .filter(|m| self.port_watched(m, req.local.1))
             .map(|m| key(&m.monitor).1)
             .collect();
-        if watched_by.is_empty() {
+        let Some(redactor) = watching.first().and_then(|i| self.redactors.get(*i)) else {
             return;
-        }
+        };
         let view = RequestView {
             method: &req.method,
             target: &req.target,
@@ -349,7 +361,7 @@ impl<B: CaptureBackend> Runtime<B> {
                 let Some(detection) = rule.evaluate(&view) else {
                     continue;
                 };
-                let evidence = redact::truncate(&redact::redact_target(&detection.evidence), 256);
+                let evidence = redact::truncate(&redactor.target(&detection.evidence), 256);
                 tracing::info!(policy = %policy.reference.name, rule = %rule.name, %source, method = %req.method, path = %template, %evidence, "finding");
                 let fresh = Finding {
                     rule: rule.name.clone(),
