@@ -28,6 +28,18 @@ pub trait CaptureBackend {
 
 type Key = (String, String);
 
+/// Wall-clock milliseconds, for findings that do not come from a captured packet.
+struct SystemTimeMs;
+
+impl SystemTimeMs {
+    fn now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+    }
+}
+
 /// Findings aggregate by rule, source, pod and endpoint.
 type FindingKey = (String, String, String, String, String);
 
@@ -105,6 +117,8 @@ pub struct Runtime<B: CaptureBackend> {
     metrics: AgentMetrics,
     /// One per monitor of the current config, same order.
     redactors: Vec<Redactor>,
+    /// Kernel `records_lost` at the previous report.
+    last_records_lost: u64,
 }
 
 impl<B: CaptureBackend> Runtime<B> {
@@ -152,6 +166,7 @@ impl<B: CaptureBackend> Runtime<B> {
             clock_offset_ns,
             metrics: AgentMetrics::new(),
             redactors: vec![],
+            last_records_lost: 0,
         }
     }
 
@@ -445,6 +460,7 @@ impl<B: CaptureBackend> Runtime<B> {
         let counters = self.backend.as_ref().map(|b| b.counters()).unwrap_or_default();
         let drops = self.tracker.drops;
         self.record_loss_metrics(&counters);
+        self.raise_capture_loss(&counters);
         let mut monitors = vec![];
         for m in &self.config.monitors {
             let k = key(&m.monitor);
@@ -505,6 +521,48 @@ impl<B: CaptureBackend> Runtime<B> {
         }
     }
 
+    /// Losses are themselves a finding: an attacker must not hide a request behind a flood that
+    /// fills the ring buffer. Each policy on this node gets one, with the exact count.
+    fn raise_capture_loss(&mut self, counters: &CaptureCounters) {
+        let lost = counters.records_lost.saturating_sub(self.last_records_lost);
+        self.last_records_lost = counters.records_lost;
+        if lost == 0 {
+            return;
+        }
+        let now_ms = SystemTimeMs::now();
+        tracing::warn!(lost, "capture records lost: the ring buffer was full");
+        for policy in self.policies.iter().filter(|p| !p.pod_uids.is_empty()) {
+            let finding = Finding {
+                rule: "capture-loss".into(),
+                detector: "captureLoss".into(),
+                severity: "medium".into(),
+                count: lost,
+                source: "kernel".into(),
+                pod_namespace: policy.reference.namespace.clone(),
+                pod_name: format!("(all monitored pods on {})", self.node),
+                method: String::new(),
+                path: String::new(),
+                evidence: format!(
+                    "{lost} capture records lost since the last report (ring buffer full); {} lost since the agent started",
+                    counters.records_lost
+                ),
+                first_seen_unix_ms: now_ms,
+                last_seen_unix_ms: now_ms,
+            };
+            let map = self
+                .findings
+                .entry((policy.reference.namespace.clone(), policy.reference.name.clone()))
+                .or_default();
+            let e = map.entry(finding_key(&finding)).or_insert_with(|| Finding {
+                count: 0,
+                ..finding.clone()
+            });
+            e.count += finding.count;
+            e.last_seen_unix_ms = now_ms;
+            e.evidence = finding.evidence;
+        }
+    }
+
     fn record_loss_metrics(&self, counters: &CaptureCounters) {
         let m = &self.metrics;
         m.kernel_counter("packets_seen", counters.packets_seen);
@@ -558,6 +616,7 @@ mod tests {
     #[derive(Default)]
     struct FakeBackend {
         attached: Vec<PathBuf>,
+        lost: std::rc::Rc<std::cell::Cell<u64>>,
     }
 
     impl CaptureBackend for FakeBackend {
@@ -575,6 +634,7 @@ mod tests {
         fn counters(&self) -> CaptureCounters {
             CaptureCounters {
                 packets_seen: 7,
+                records_lost: self.lost.get(),
                 ..Default::default()
             }
         }
@@ -792,6 +852,38 @@ mod tests {
         assert_eq!(rt.attached_pods(), 0);
         exchange(&mut rt, 70, "/users/3", 200, 8080);
         assert!(rt.take_report().monitors[0].endpoints.is_empty());
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn ring_buffer_losses_become_an_exact_finding() {
+        let root = std::env::temp_dir().join(format!("palisade-runtime-loss-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("kubepods/besteffort/poduid-a")).expect("mkdir");
+        let backend = FakeBackend::default();
+        let lost = backend.lost.clone();
+        let mut rt = Runtime::new(
+            "n1".into(),
+            "i1".into(),
+            Some(root.clone()),
+            Ok(backend),
+            vec![],
+            vec![],
+            0,
+        );
+        rt.apply(config(1, vec![target("uid-a", "a")]));
+        assert!(rt.take_report().policies[0].findings.is_empty());
+        lost.set(40);
+        let r = rt.take_report();
+        let f = &r.policies[0].findings[0];
+        assert_eq!((f.rule.as_str(), f.count), ("capture-loss", 40));
+        assert_eq!(r.capture.map(|c| c.records_lost), Some(40));
+        lost.set(45);
+        assert_eq!(
+            rt.take_report().policies[0].findings[0].count,
+            5,
+            "only the new losses"
+        );
+        assert!(rt.take_report().policies[0].findings.is_empty());
         let _ = std::fs::remove_dir_all(&root);
     }
 

@@ -32,6 +32,8 @@ pub fn node_state(exp: &NodeExpectation, reported: &Reported) -> NodeState {
         return state;
     };
     state.config_version = agent.applied_version;
+    state.records_lost = agent.capture.records_lost;
+    state.messages_dropped = agent.capture.messages_dropped;
     state.errors.extend(agent.node_errors.iter().cloned());
     state.missing_features = agent
         .features
@@ -73,12 +75,16 @@ pub fn node_ready(state: &NodeState, needs_probes: bool) -> bool {
 pub fn summarize(mut states: Vec<NodeState>, needs_probes: bool) -> NodeSummary {
     let total = states.len() as u32;
     let ready = states.iter().filter(|s| node_ready(s, needs_probes)).count() as u32;
+    let records_lost = states.iter().map(|s| s.records_lost).sum();
+    let messages_dropped = states.iter().map(|s| s.messages_dropped).sum();
     states.sort_by_key(|s| (node_ready(s, needs_probes), s.errors.is_empty(), s.node.clone()));
     states.truncate(MAX_NODE_DETAILS);
     NodeSummary {
         total,
         ready,
         degraded: total - ready,
+        records_lost,
+        messages_dropped,
         details: states,
     }
 }

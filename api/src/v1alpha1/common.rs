@@ -45,6 +45,12 @@ pub struct NodeState {
     /// Kernel features this node lacks, with the reason (for example "kprobe: CONFIG_KPROBES unset").
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing_features: Vec<String>,
+    /// Capture records the kernel could not deliver on this node (ring buffer full), since the agent started.
+    #[serde(default)]
+    pub records_lost: u64,
+    /// Messages the agent's parser had to drop on this node (limits, malformed traffic), since the agent started.
+    #[serde(default)]
+    pub messages_dropped: u64,
 }
 
 /// A bounded account of the nodes that run an object.
@@ -57,6 +63,12 @@ pub struct NodeSummary {
     pub ready: u32,
     /// Of those, nodes that report errors or have not applied the current generation.
     pub degraded: u32,
+    /// Capture records lost by the kernel, summed over all these nodes.
+    #[serde(default)]
+    pub records_lost: u64,
+    /// Messages dropped by the agents' parsers, summed over all these nodes.
+    #[serde(default)]
+    pub messages_dropped: u64,
     /// Per-node detail for at most 16 nodes, nodes with errors first; `total` counts them all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub details: Vec<NodeState>,
