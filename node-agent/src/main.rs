@@ -33,6 +33,10 @@ struct Args {
     /// cgroup v2 root to find pods under (default: found in /proc/self/mountinfo).
     #[arg(long)]
     cgroup_root: Option<PathBuf>,
+    /// How often to drain the capture ring buffer, in milliseconds. Raising it only makes sense
+    /// to test loss accounting: records the full ring cannot take are counted as lost.
+    #[arg(long, default_value = "2")]
+    drain_interval_ms: u64,
     /// How often to report to the operator, in milliseconds.
     #[arg(long, default_value = "1000")]
     report_interval_ms: u64,
@@ -196,7 +200,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(follow_config(channel.clone(), args.node_name.clone(), cfg_tx));
     let mut client = AgentControlClient::new(channel);
 
-    let mut drain = tokio::time::interval(Duration::from_millis(2));
+    let mut drain = tokio::time::interval(Duration::from_millis(args.drain_interval_ms.max(1)));
     drain.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut report = tokio::time::interval(Duration::from_millis(args.report_interval_ms.max(100)));
     report.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -218,6 +222,7 @@ async fn main() -> anyhow::Result<()> {
             _ = drain.tick() => {
                 if let Some(ring) = ring.as_mut() {
                     ring.drain(16_384, |h, d| runtime.on_record(h, d));
+                    runtime.metrics().dropped("malformed_record", ring.bad_records());
                 }
             }
             _ = report.tick() => send_report = true,

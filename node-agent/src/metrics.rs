@@ -50,6 +50,7 @@ pub struct AgentMetrics {
     dropped: Family<ReasonLabels, Counter<u64, AtomicU64>>,
     attached_pods: Gauge,
     connections: Gauge,
+    drained: Counter,
     series: Arc<Mutex<HashSet<EndpointLabels>>>,
 }
 
@@ -102,6 +103,12 @@ impl AgentMetrics {
             "Pods with capture attached on this node",
             attached_pods.clone(),
         );
+        let drained = Counter::default();
+        registry.register(
+            "records_drained",
+            "Capture records read from the ring buffer by the agent",
+            drained.clone(),
+        );
         let connections = Gauge::default();
         registry.register(
             "tracked_connections",
@@ -117,6 +124,7 @@ impl AgentMetrics {
             dropped,
             attached_pods,
             connections,
+            drained,
             series: Arc::new(Mutex::new(HashSet::new())),
         }
     }
@@ -184,6 +192,11 @@ impl AgentMetrics {
         if value > current {
             c.inc_by(value - current);
         }
+    }
+
+    /// Counts records read from the ring buffer.
+    pub fn drained(&self, n: u64) {
+        self.drained.inc_by(n);
     }
 
     pub fn set_attached_pods(&self, n: usize) {

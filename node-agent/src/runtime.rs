@@ -324,6 +324,7 @@ impl<B: CaptureBackend> Runtime<B> {
 
     /// Processes one captured record.
     pub fn on_record(&mut self, header: &CaptureHeader, data: &[u8]) {
+        self.metrics.drained(1);
         let Some(pod) = self.by_cgroup.get(&header.cgroup_id).cloned() else {
             return; // a pod detached a moment ago
         };
