@@ -83,6 +83,9 @@ impl RunningPod {
 }
 
 /// The kubelet of this machine as far as the API server and the node agent can tell.
+/// First host octet of pod IPs (the podCIDR is the upper /25 of the bridge's /24).
+const POD_IP_FIRST: u8 = 129;
+
 pub struct FakeKubelet {
     client: Client,
     node_name: String,
@@ -121,7 +124,10 @@ impl FakeKubelet {
             bridge_ip,
             run_id,
             cgroup_root,
-            next: Mutex::new((2, 0)),
+            // Pod IPs come from the upper half of the /24 (the node's podCIDR, x.y.z.128/25), so
+            // the bridge address .1, the host's, is outside the pod network: traffic from the
+            // test process is north-south, traffic from another pod east-west.
+            next: Mutex::new((POD_IP_FIRST, 0)),
             log_path: log_dir.path().to_owned(),
             log_dir: Some(log_dir),
         };
@@ -138,9 +144,12 @@ impl FakeKubelet {
             "aarch64" => "arm64",
             other => other,
         };
+        let o = self.bridge_ip.octets();
+        let pod_cidr = format!("{}.{}.{}.128/25", o[0], o[1], o[2]);
         let node = json!({
             "apiVersion": "v1",
             "kind": "Node",
+            "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]},
             "metadata": {
                 "name": self.node_name,
                 "labels": {

@@ -186,6 +186,41 @@ async fn apply_capture_detect_describe_detach() -> Result<()> {
         evidence.contains("../../../etc/passwd"),
         "decoded evidence: {evidence}"
     );
+    assert_eq!(
+        finding["traffic"], "north-south",
+        "the test process is outside the pod network"
+    );
+
+    // East-west: another pod attacks the demo API; the finding names the source pod.
+    let client_pod = kubelet
+        .start_pod(PodLaunch {
+            namespace: "demo".into(),
+            name: "client-0".into(),
+            labels: BTreeMap::from([("app".to_string(), "client".to_string())]),
+            command: demo_api_command(9090),
+            port: 9090,
+        })
+        .await?;
+    let script = format!(
+        "import http.client; c = http.client.HTTPConnection('{}', 8080, timeout=5); \
+         c.request('GET', '/files/%2e%2e/%2e%2e/etc/hosts'); print(c.getresponse().status)",
+        pod.ip
+    );
+    let out = kubelet.exec_in_pod_netns(&client_pod, &["timeout", "10", "python3", "-c", &script]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "404", "{out:?}");
+    let east_west = wait_for_object(
+        cp,
+        "an east-west finding",
+        ("apipolicy", "demo", "demo-api-guard"),
+        WAIT,
+        |p| {
+            let recent = p.pointer("/status/findings/recent")?.as_array()?;
+            recent.iter().find(|f| f["traffic"] == "east-west").cloned()
+        },
+    )
+    .await?;
+    assert_eq!(east_west["sourcePod"], "demo/client-0", "{east_west}");
+    assert_eq!(east_west["source"], client_pod.ip.to_string());
 
     // The Warning Event, and what a person sees with the real kubectl.
     let describe = wait_for(WAIT, || {
@@ -230,7 +265,7 @@ async fn apply_capture_detect_describe_detach() -> Result<()> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse::<u64>().ok());
     assert_eq!(users_2xx, Some(3), "{metrics}");
-    assert!(metrics.contains(r#"palisade_agent_findings_total{namespace="demo",policy="demo-api-guard",rule="path-traversal",severity="high"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"palisade_agent_findings_total{namespace="demo",policy="demo-api-guard",rule="path-traversal",severity="high"} 2"#), "two traversal attacks: {metrics}");
     assert!(
         metrics.contains(r#"palisade_agent_capture_kernel_total{reason="records_lost"} 0"#),
         "{metrics}"

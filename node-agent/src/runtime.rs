@@ -4,6 +4,7 @@
 //! Kept free of I/O other than the kernel calls behind [`CaptureBackend`], so it is unit-tested
 //! with a fake backend.
 
+use crate::cidr::{traffic_class, Cidr};
 use crate::detect::{CompiledRule, RequestView};
 use crate::http::{Exchange, HttpEvent, HttpTracker, PodRole, Request};
 use crate::metrics::AgentMetrics;
@@ -84,6 +85,7 @@ struct CompiledPolicy {
 #[derive(Default)]
 struct EndpointCounter {
     count: u64,
+    east_west: u64,
     last_seen_unix_ms: i64,
 }
 
@@ -119,6 +121,8 @@ pub struct Runtime<B: CaptureBackend> {
     redactors: Vec<Redactor>,
     /// Kernel `records_lost` at the previous report.
     last_records_lost: u64,
+    /// The cluster's pod networks (east-west vs north-south).
+    cluster_cidrs: Vec<Cidr>,
 }
 
 impl<B: CaptureBackend> Runtime<B> {
@@ -149,10 +153,8 @@ impl<B: CaptureBackend> Runtime<B> {
             node_errors,
             features,
             config: NodeConfig {
-                version: 0,
                 node_name: node,
-                monitors: vec![],
-                policies: vec![],
+                ..Default::default()
             },
             applied_version: 0,
             attachments: HashMap::new(),
@@ -167,6 +169,7 @@ impl<B: CaptureBackend> Runtime<B> {
             metrics: AgentMetrics::new(),
             redactors: vec![],
             last_records_lost: 0,
+            cluster_cidrs: vec![],
         }
     }
 
@@ -299,6 +302,15 @@ impl<B: CaptureBackend> Runtime<B> {
                 }
             })
             .collect();
+        self.cluster_cidrs = config
+            .cluster_cidrs
+            .iter()
+            .filter_map(|c| {
+                Cidr::parse(c)
+                    .map_err(|e| tracing::warn!(error = %e, "ignoring cluster CIDR"))
+                    .ok()
+            })
+            .collect();
         self.applied_version = config.version;
         self.config = config;
     }
@@ -385,6 +397,7 @@ impl<B: CaptureBackend> Runtime<B> {
                     severity: rule.severity.clone(),
                     count: 0,
                     source: source.clone(),
+                    traffic: traffic_class(&self.cluster_cidrs, req.remote.0).to_string(),
                     pod_namespace: pod.namespace.clone(),
                     pod_name: pod.name.clone(),
                     method: req.method.clone(),
@@ -446,6 +459,9 @@ impl<B: CaptureBackend> Runtime<B> {
                 .entry((method.clone(), template.clone(), ex.status as u32))
                 .or_default();
             counter.count += 1;
+            if traffic_class(&self.cluster_cidrs, ex.request.remote.0) == "east-west" {
+                counter.east_west += 1;
+            }
             counter.last_seen_unix_ms = now_ms;
         }
     }
@@ -476,6 +492,7 @@ impl<B: CaptureBackend> Runtime<B> {
                             status,
                             count: c.count,
                             last_seen_unix_ms: c.last_seen_unix_ms,
+                            east_west: c.east_west,
                         })
                         .collect(),
                     std::mem::take(&mut p.overflow_requests),
@@ -539,6 +556,7 @@ impl<B: CaptureBackend> Runtime<B> {
                 severity: "medium".into(),
                 count: lost,
                 source: "kernel".into(),
+                traffic: String::new(),
                 pod_namespace: policy.reference.namespace.clone(),
                 pod_name: format!("(all monitored pods on {})", self.node),
                 method: String::new(),
@@ -588,6 +606,7 @@ impl<B: CaptureBackend> Runtime<B> {
             for e in m.endpoints {
                 let c = pending.endpoints.entry((e.method, e.path, e.status)).or_default();
                 c.count += e.count;
+                c.east_west += e.east_west;
                 c.last_seen_unix_ms = c.last_seen_unix_ms.max(e.last_seen_unix_ms);
             }
         }
@@ -655,6 +674,7 @@ mod tests {
         NodeConfig {
             version,
             node_name: "n1".into(),
+            cluster_cidrs: vec!["10.0.0.0/30".into()],
             monitors: vec![MonitorConfig {
                 monitor: Some(ObjectRef {
                     namespace: "demo".into(),
@@ -819,6 +839,10 @@ mod tests {
             f.evidence.contains("token=[REDACTED]") && !f.evidence.contains("hunter2"),
             "{}",
             f.evidence
+        );
+        assert_eq!(
+            f.traffic, "east-west",
+            "10.0.0.1 is inside the cluster's pod network"
         );
         assert_eq!(report.capture.map(|c| c.packets_seen), Some(7));
 

@@ -25,6 +25,24 @@ pub fn pod_is_live(pod: &Pod) -> bool {
     scheduled && pod.metadata.deletion_timestamp.is_none() && !matches!(phase, "Succeeded" | "Failed")
 }
 
+/// `pod IP -> namespace/name` for live pods (to name the pod behind a source address).
+pub fn pods_by_ip(pods: &[std::sync::Arc<Pod>]) -> std::collections::HashMap<String, String> {
+    let mut out = std::collections::HashMap::new();
+    for p in pods.iter().filter(|p| pod_is_live(p)) {
+        let name = format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any());
+        let status = p.status.as_ref();
+        let ips = status
+            .and_then(|s| s.pod_ips.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|ip| ip.ip.clone());
+        for ip in ips.chain(status.and_then(|s| s.pod_ip.clone())) {
+            out.insert(ip, name.clone());
+        }
+    }
+    out
+}
+
 pub fn pod_node(pod: &Pod) -> Option<&str> {
     pod.spec.as_ref().and_then(|s| s.node_name.as_deref())
 }
@@ -194,20 +212,16 @@ pub fn compile(
             (
                 n.clone(),
                 NodeConfig {
-                    version: 0,
                     node_name: n,
-                    monitors: vec![],
-                    policies: vec![],
+                    ..Default::default()
                 },
             )
         })
         .collect();
     let entry = |nodes: &mut BTreeMap<String, NodeConfig>, node: &str| -> usize {
         let cfg = nodes.entry(node.to_string()).or_insert_with(|| NodeConfig {
-            version: 0,
             node_name: node.to_string(),
-            monitors: vec![],
-            policies: vec![],
+            ..Default::default()
         });
         cfg.monitors.len()
     };

@@ -30,6 +30,10 @@ struct Args {
     /// Minimum time between two status writes of one object.
     #[arg(long, default_value = "1000")]
     status_interval_ms: u64,
+    /// Pod networks of the cluster beyond the Nodes' spec.podCIDRs (repeatable), used to tell
+    /// east-west from north-south traffic.
+    #[arg(long = "cluster-cidr")]
+    cluster_cidrs: Vec<String>,
     /// Log as JSON lines.
     #[arg(long, env = "PALISADE_LOG_JSON")]
     log_json: bool,
@@ -88,7 +92,7 @@ async fn main() -> anyhow::Result<()> {
         policies,
         nodes,
     };
-    let (hub, triggers) = Hub::new(view.clone());
+    let (hub, triggers) = Hub::with_cluster_cidrs(view.clone(), args.cluster_cidrs.clone());
 
     // Recompile node configurations on any change, at most every 100 ms.
     let compile_hub = hub.clone();

@@ -78,6 +78,7 @@ pub fn desired_status(monitor: &ApiMonitor, hub: &Hub) -> ApiMonitorStatus {
             method: method.clone(),
             path: path.clone(),
             requests: t.requests,
+            east_west_requests: t.east_west,
             statuses: t
                 .statuses
                 .iter()

@@ -91,6 +91,7 @@ pub fn desired_status(policy: &ApiPolicy, hub: &Hub) -> ApiPolicyStatus {
     );
 
     let t = hub.policy_telemetry(&key);
+    let pods_by_ip = crate::compile::pods_by_ip(&pods);
     let keep = policy.spec.limits.findings_in_status.max(0) as usize;
     let findings = FindingsSummary {
         total: t.total,
@@ -116,6 +117,8 @@ pub fn desired_status(policy: &ApiPolicy, hub: &Hub) -> ApiPolicyStatus {
                     severity: Severity::parse(&f.severity).unwrap_or(Severity::Medium),
                     count: f.count,
                     source: f.source.clone(),
+                    source_pod: pods_by_ip.get(&f.source).cloned(),
+                    traffic: f.traffic.clone(),
                     pod: format!("{}/{}", f.pod_namespace, f.pod_name),
                     node: nf.node.clone(),
                     endpoint: format!("{} {}", f.method, f.path),
@@ -152,8 +155,22 @@ fn top(map: &BTreeMap<String, u64>, n: usize) -> String {
     s
 }
 
-/// The Event text for aggregated findings of one rule on one pod.
-pub fn event_note(policy: &ApiPolicy, rule: &str, p: &PendingEvent) -> String {
+/// The Event text for aggregated findings of one rule on one pod. Sources that are pods of the
+/// cluster are named.
+pub fn event_note(
+    policy: &ApiPolicy,
+    rule: &str,
+    p: &PendingEvent,
+    pods_by_ip: &std::collections::HashMap<String, String>,
+) -> String {
+    let sources: BTreeMap<String, u64> = p
+        .sources
+        .iter()
+        .map(|(ip, n)| match pods_by_ip.get(ip) {
+            Some(pod) => (format!("{ip} (pod {pod})"), *n),
+            None => (ip.clone(), *n),
+        })
+        .collect();
     let verb = match policy.spec.mode {
         palisade_api::v1alpha1::PolicyMode::Audit => "audit mode: recorded",
         palisade_api::v1alpha1::PolicyMode::Enforce => "enforce mode",
@@ -166,7 +183,7 @@ pub fn event_note(policy: &ApiPolicy, rule: &str, p: &PendingEvent) -> String {
         p.pod_namespace,
         p.pod_name,
         p.node,
-        top(&p.sources, 3),
+        top(&sources, 3),
         top(&p.endpoints, 3)
     );
     note.truncate(1000);
@@ -180,6 +197,7 @@ async fn announce(ctx: &PolicyContext, policy: &ApiPolicy) -> Result<(), Error> 
         return Ok(());
     }
     let per_minute = policy.spec.limits.events_per_minute.max(1) as u32;
+    let pods_by_ip = crate::compile::pods_by_ip(&ctx.hub.view.pods.state());
     let mut left = BTreeMap::new();
     let mut entries = pending.into_iter();
     for ((rule, pod), p) in entries.by_ref() {
@@ -187,7 +205,7 @@ async fn announce(ctx: &PolicyContext, policy: &ApiPolicy) -> Result<(), Error> 
             left.insert((rule, pod), p);
             break;
         }
-        let note = event_note(policy, &rule, &p);
+        let note = event_note(policy, &rule, &p, &pods_by_ip);
         let pod_ref = ObjectReference {
             api_version: Some("v1".into()),
             kind: Some("Pod".into()),

@@ -46,6 +46,7 @@ pub struct AgentState {
 #[derive(Default, Clone, Debug)]
 pub struct EndpointTotals {
     pub requests: u64,
+    pub east_west: u64,
     pub statuses: BTreeMap<u16, u64>,
     pub last_seen_unix_ms: i64,
 }
@@ -100,6 +101,8 @@ struct Inner {
 /// Shared operator state.
 pub struct Hub {
     pub view: ClusterView,
+    /// Pod networks given on the command line, added to the Nodes' podCIDRs.
+    extra_cluster_cidrs: Vec<String>,
     inner: Mutex<Inner>,
     monitor_trigger: mpsc::UnboundedSender<ObjectRef<ApiMonitor>>,
     policy_trigger: mpsc::UnboundedSender<ObjectRef<ApiPolicy>>,
@@ -125,10 +128,15 @@ fn key_of(r: &Option<agent::ObjectRef>) -> ObjectKey {
 
 impl Hub {
     pub fn new(view: ClusterView) -> (Arc<Hub>, Triggers) {
+        Self::with_cluster_cidrs(view, vec![])
+    }
+
+    pub fn with_cluster_cidrs(view: ClusterView, extra_cluster_cidrs: Vec<String>) -> (Arc<Hub>, Triggers) {
         let (monitor_trigger, monitors) = mpsc::unbounded_channel();
         let (policy_trigger, policies) = mpsc::unbounded_channel();
         let hub = Hub {
             view,
+            extra_cluster_cidrs,
             inner: Mutex::new(Inner::default()),
             monitor_trigger,
             policy_trigger,
@@ -157,6 +165,7 @@ impl Hub {
         let monitors = self.view.monitors.state();
         let policies = self.view.policies.state();
         let pods = self.view.pods.state();
+        let cluster_cidrs = self.cluster_cidrs();
         let mut inner = self.lock();
         let known: Vec<String> = inner
             .configs
@@ -167,6 +176,7 @@ impl Hub {
         let compiled = compile::compile(&monitors, &policies, &pods, known);
         let mut changed = vec![];
         for (node, mut cfg) in compiled {
+            cfg.cluster_cidrs = cluster_cidrs.clone();
             let previous = inner.configs.get(&node);
             if previous.is_some_and(|p| content_bytes(p) == content_bytes(&cfg)) {
                 continue;
@@ -182,6 +192,28 @@ impl Hub {
         changed
     }
 
+    /// The cluster's pod networks: every Node's podCIDRs and the configured extra ones, sorted.
+    pub fn cluster_cidrs(&self) -> Vec<String> {
+        let mut cidrs: Vec<String> = self
+            .view
+            .nodes
+            .state()
+            .iter()
+            .filter_map(|n| n.spec.as_ref())
+            .flat_map(|s| {
+                s.pod_cidrs
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .chain(s.pod_cidr.clone())
+            })
+            .chain(self.extra_cluster_cidrs.iter().cloned())
+            .collect();
+        cidrs.sort();
+        cidrs.dedup();
+        cidrs
+    }
+
     /// The config channel an agent on `node` follows (created on first use).
     pub fn subscribe(&self, node: &str) -> watch::Receiver<Arc<NodeConfig>> {
         let mut inner = self.lock();
@@ -189,10 +221,8 @@ impl Hub {
         let tx = inner.channels.entry(node.to_string()).or_insert_with(|| {
             let initial = current.unwrap_or_else(|| {
                 Arc::new(NodeConfig {
-                    version: 0,
                     node_name: node.to_string(),
-                    monitors: vec![],
-                    policies: vec![],
+                    ..Default::default()
                 })
             });
             watch::channel(initial).0
@@ -237,6 +267,7 @@ impl Hub {
                     }
                     let totals = tele.endpoints.entry(id).or_default();
                     totals.requests += e.count;
+                    totals.east_west += e.east_west;
                     *totals.statuses.entry(e.status.min(999) as u16).or_default() += e.count;
                     totals.last_seen_unix_ms = totals.last_seen_unix_ms.max(e.last_seen_unix_ms);
                 }
@@ -463,6 +494,7 @@ mod tests {
                     status: 200,
                     count,
                     last_seen_unix_ms: 5,
+                    east_west: 1,
                 }],
                 ..Default::default()
             }],
@@ -490,6 +522,10 @@ mod tests {
         assert_eq!(
             t.endpoints[&("GET".to_string(), "/u/{id}".to_string())].requests,
             7
+        );
+        assert_eq!(
+            t.endpoints[&("GET".to_string(), "/u/{id}".to_string())].east_west,
+            2
         );
         let guard = ("demo".to_string(), "guard".to_string());
         assert_eq!(hub.policy_telemetry(&guard).total, 7);

@@ -249,6 +249,9 @@ pub struct EndpointStatus {
     pub path: String,
     /// Requests seen.
     pub requests: u64,
+    /// Of those, requests from inside the cluster's pod networks (east-west); the rest came from outside (north-south).
+    #[serde(default)]
+    pub east_west_requests: u64,
     /// Responses by status code.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub statuses: Vec<StatusCount>,

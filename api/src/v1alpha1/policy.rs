@@ -341,6 +341,12 @@ pub struct FindingRecord {
     pub count: u64,
     /// Source address of the requests.
     pub source: String,
+    /// The pod that sent them (`namespace/name`), when the source is a pod of this cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_pod: Option<String>,
+    /// `east-west` (the source is inside the cluster's pod networks) or `north-south`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub traffic: String,
     /// Pod that received them (`namespace/name`).
     pub pod: String,
     pub node: String,
