@@ -195,6 +195,9 @@ impl PodResources {
         if let Some(dir) = self.cgroup_dir.take() {
             let start = Instant::now();
             loop {
+                for child in child_cgroups(&dir) {
+                    let _ = std::fs::remove_dir(&child);
+                }
                 match std::fs::remove_dir(&dir) {
                     Ok(()) => break,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
@@ -218,9 +221,25 @@ impl Drop for PodResources {
     }
 }
 
-/// The pids listed in a cgroup's `cgroup.procs`.
+/// The pids in a cgroup and its child cgroups (a pod's processes sit in container cgroups).
 pub fn cgroup_pids(dir: &Path) -> Result<Vec<u32>> {
     let path = dir.join("cgroup.procs");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+    let mut pids: Vec<u32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    for child in child_cgroups(dir) {
+        pids.extend(cgroup_pids(&child)?);
+    }
+    Ok(pids)
+}
+
+fn child_cgroups(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
 }

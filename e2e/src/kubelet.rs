@@ -302,6 +302,10 @@ impl FakeKubelet {
         let mut res = PodResources::new(what);
         let cgroup_dir = self.pods_cgroup_parent().join(format!("pod{uid}"));
         res.make_cgroup(&cgroup_dir)?;
+        // Like the kubelet, the workload runs in a container cgroup below the pod's.
+        let container_dir = cgroup_dir.join(format!("app-{}-{seq}", self.run_id));
+        std::fs::create_dir(&container_dir)
+            .with_context(|| format!("creating container cgroup {}", container_dir.display()))?;
         let netns = format!("pal-{}-{seq}", self.run_id);
         let host_veth = format!("plv{}{seq:x}", self.run_id);
         res.make_netns(&netns, &host_veth, &self.bridge, ip, self.bridge_ip)?;
@@ -313,7 +317,7 @@ impl FakeKubelet {
         cmd.arg("-c")
             .arg(r#"cg=$1; ns=$2; shift 2; echo $$ > "$cg/cgroup.procs" && exec nsenter --net="$ns" -- "$@""#)
             .arg("palisade-pod")
-            .arg(&cgroup_dir)
+            .arg(&container_dir)
             .arg(Path::new("/run/netns").join(&netns))
             .args(&spec.command);
         let child = ChildGuard::spawn(what, &mut cmd, &log_path)?;

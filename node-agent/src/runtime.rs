@@ -123,6 +123,7 @@ pub struct Runtime<B: CaptureBackend> {
     last_records_lost: u64,
     /// The cluster's pod networks (east-west vs north-south).
     cluster_cidrs: Vec<Cidr>,
+    last_cgroup_rescan_ns: u64,
 }
 
 impl<B: CaptureBackend> Runtime<B> {
@@ -170,6 +171,7 @@ impl<B: CaptureBackend> Runtime<B> {
             redactors: vec![],
             last_records_lost: 0,
             cluster_cidrs: vec![],
+            last_cgroup_rescan_ns: 0,
         }
     }
 
@@ -220,8 +222,16 @@ impl<B: CaptureBackend> Runtime<B> {
                         tracing::debug!(%error, pod_uid = %uid, "detach");
                     }
                 }
-                self.by_cgroup.remove(&att.cgroup_id);
-                self.tracker.forget_cgroup(att.cgroup_id);
+                let ids: Vec<u64> = self
+                    .by_cgroup
+                    .iter()
+                    .filter(|(_, p)| p.uid == uid)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in ids {
+                    self.by_cgroup.remove(&id);
+                    self.tracker.forget_cgroup(id);
+                }
                 tracing::info!(pod_uid = %uid, "capture detached");
             }
         }
@@ -337,7 +347,7 @@ impl<B: CaptureBackend> Runtime<B> {
     /// Processes one captured record.
     pub fn on_record(&mut self, header: &CaptureHeader, data: &[u8]) {
         self.metrics.drained(1);
-        let Some(pod) = self.by_cgroup.get(&header.cgroup_id).cloned() else {
+        let Some(pod) = self.resolve_pod(header.cgroup_id, header.timestamp_ns) else {
             return; // a pod detached a moment ago
         };
         let max_head = self.max_head_bytes();
@@ -348,6 +358,29 @@ impl<B: CaptureBackend> Runtime<B> {
             }
             _ => {}
         }
+    }
+
+    /// The pod a cgroup id belongs to. Capture attaches to the pod's cgroup, but sockets belong to
+    /// the container cgroups below it: unknown ids trigger a rescan of the attached pods'
+    /// descendants, at most every 500 ms.
+    fn resolve_pod(&mut self, cgroup_id: u64, now_ns: u64) -> Option<WatchedPod> {
+        if let Some(pod) = self.by_cgroup.get(&cgroup_id) {
+            return Some(pod.clone());
+        }
+        if now_ns.saturating_sub(self.last_cgroup_rescan_ns) < 500_000_000 && self.last_cgroup_rescan_ns != 0
+        {
+            return None;
+        }
+        self.last_cgroup_rescan_ns = now_ns.max(1);
+        for att in self.attachments.values() {
+            let Some(pod) = self.by_cgroup.get(&att.cgroup_id).cloned() else {
+                continue;
+            };
+            for id in crate::workloads::descendant_cgroup_ids(&att.cgroup_dir) {
+                self.by_cgroup.entry(id).or_insert_with(|| pod.clone());
+            }
+        }
+        self.by_cgroup.get(&cgroup_id).cloned()
     }
 
     fn port_watched(&self, monitor: &MonitorConfig, port: u16) -> bool {

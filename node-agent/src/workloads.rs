@@ -69,6 +69,30 @@ fn search(dir: &Path, uid: &str, depth: usize) -> Option<PathBuf> {
     subdirs.into_iter().find_map(|d| search(&d, uid, depth + 1))
 }
 
+/// The cgroup ids (directory inodes) of every cgroup below `dir`, up to 4 levels deep.
+pub fn descendant_cgroup_ids(dir: &Path) -> Vec<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = vec![];
+    let mut stack = vec![(dir.to_path_buf(), 0usize)];
+    while let Some((d, depth)) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if let Ok(meta) = entry.metadata() {
+                out.push(meta.ino());
+            }
+            if depth + 1 < 4 {
+                stack.push((entry.path(), depth + 1));
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,6 +115,23 @@ mod tests {
             "{missing}"
         );
         assert!(find_pod_cgroup(&root, "../etc").is_err());
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn lists_descendant_cgroups() {
+        use std::os::unix::fs::MetadataExt;
+        let root = std::env::temp_dir().join(format!("palisade-cg-desc-{}", std::process::id()));
+        let c1 = root.join("container-a");
+        let c2 = root.join("container-b/nested");
+        std::fs::create_dir_all(&c1).expect("mkdir");
+        std::fs::create_dir_all(&c2).expect("mkdir");
+        let ids = descendant_cgroup_ids(&root);
+        for d in [&c1, &c2] {
+            let ino = std::fs::metadata(d).expect("stat").ino();
+            assert!(ids.contains(&ino), "{} missing", d.display());
+        }
+        assert_eq!(ids.len(), 3);
         let _ = std::fs::remove_dir_all(&root);
     }
 }
