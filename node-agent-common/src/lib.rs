@@ -75,6 +75,98 @@ pub struct CaptureRecord {
     pub data: [u8; CHUNK_BYTES],
 }
 
+// ---------------------------------------------------------------------------------------------
+// TLS plaintext capture: uprobes on OpenSSL's libssl (SSL_read, SSL_read_ex, SSL_write,
+// SSL_write_ex, SSL_free), attached per process. The records go into the capture ring buffer as
+// [`CaptureRecord`]s and reuse [`CaptureHeader`] with these meanings:
+//
+// | field          | TLS meaning                                                                  |
+// |----------------|------------------------------------------------------------------------------|
+// | `family`       | [`FAMILY_TLS`]: plaintext from a TLS library; no network addresses          |
+// | `direction`    | [`DIRECTION_INGRESS`]: bytes SSL_read/_ex returned (plaintext received);     |
+// |                | [`DIRECTION_EGRESS`]: bytes SSL_write/_ex accepted (plaintext to be sent)    |
+// | `cgroup_id`    | `bpf_get_current_cgroup_id()` of the calling thread (the cgroup v2 id, as   |
+// |                | `bpf_skb_cgroup_id` gives for the process's sockets)                        |
+// | endpoints      | like a packet's: the *process* endpoint is `tgid` as a little-endian u32 in |
+// |                | bytes 0..4 (rest zero); the *connection* endpoint is the `SSL *` pointer as |
+// |                | a little-endian u64 in bytes 0..8 (rest zero). INGRESS: source = SSL*,      |
+// |                | dest = tgid. EGRESS: source = tgid, dest = SSL*. So (cgroup, local, remote)  |
+// |                | names one TLS connection in both directions, as a 4-tuple does for TCP.     |
+// | ports          | 0                                                                            |
+// | `tcp_seq`      | running byte offset of this call's first byte in its (tgid, SSL*, direction)|
+// |                | stream, from 0 when capture first saw the stream; wraps at 2^32             |
+// | `payload_len`  | bytes the call moved (SSL_read's return or `*readbytes`, SSL_write's return |
+// |                | or `*written`), saturated at u32::MAX                                       |
+// | `chunk_offset` | offset of this record's bytes inside the call's bytes                       |
+// | `captured_len` | bytes in `data` (at most CHUNK_BYTES)                                       |
+// | `tcp_flags`    | 0 on data; [`TCP_FIN`] on the close records SSL_free emits for an SSL that  |
+// |                | carried data: one per direction (INGRESS first), `captured_len == 0`,       |
+// |                | `payload_len == 0`, `tcp_seq` = end offset (0 for a direction without data) |
+//
+// A call that moved more than `CHUNK_BYTES * MAX_CHUNKS_PER_SKB` bytes is cut there (counted in
+// `tls_bytes_truncated`); offsets still advance by the full length, so user space sees the gap.
+// The thread id and the function (plain or `_ex`) are deliberately not in the endpoints: reads and
+// writes of one connection may come from different threads and variants.
+
+/// `CaptureHeader::family` of a record carrying plaintext from a TLS library (see the table above).
+pub const FAMILY_TLS: u8 = 0x80;
+
+/// uprobe on `SSL_read` entry: remembers (ssl, buf) for the calling thread.
+pub const PROG_TLS_READ_ENTER: &str = "palisade_tls_read_enter";
+/// uprobe on `SSL_read_ex` entry: remembers (ssl, buf, readbytes pointer).
+pub const PROG_TLS_READ_EX_ENTER: &str = "palisade_tls_read_ex_enter";
+/// uretprobe on `SSL_read` and `SSL_read_ex`: copies the bytes read.
+pub const PROG_TLS_READ_EXIT: &str = "palisade_tls_read_exit";
+/// uprobe on `SSL_write` entry: remembers (ssl, buf).
+pub const PROG_TLS_WRITE_ENTER: &str = "palisade_tls_write_enter";
+/// uprobe on `SSL_write_ex` entry: remembers (ssl, buf, written pointer).
+pub const PROG_TLS_WRITE_EX_ENTER: &str = "palisade_tls_write_ex_enter";
+/// uretprobe on `SSL_write` and `SSL_write_ex`: copies the bytes the call accepted.
+pub const PROG_TLS_WRITE_EXIT: &str = "palisade_tls_write_exit";
+/// uprobe on `SSL_free` entry: emits the close records and forgets the SSL's offsets.
+pub const PROG_TLS_FREE: &str = "palisade_tls_free";
+
+/// Per-thread arguments of an SSL_read/_ex call in progress (key: pid_tgid, value [`TlsCallArgs`]).
+pub const MAP_TLS_READ_ARGS: &str = "TLS_READ_ARGS";
+/// Per-thread arguments of an SSL_write/_ex call in progress.
+pub const MAP_TLS_WRITE_ARGS: &str = "TLS_WRITE_ARGS";
+/// Running byte offsets per stream (key [`TlsStreamKey`], value u64).
+pub const MAP_TLS_STREAM_OFFSETS: &str = "TLS_STREAM_OFFSETS";
+/// Entries of the per-thread argument maps (LRU: a thread that never returns is evicted): threads
+/// inside an SSL call at the same moment, over all attached processes.
+///
+/// The object declares the TLS maps with 1 entry; the TLS loader sets these sizes, so that an
+/// object loaded for cgroup capture alone does not allocate them (~9 MiB at these sizes).
+pub const TLS_ARGS_MAX_ENTRIES: u32 = 16384;
+/// Entries of [`MAP_TLS_STREAM_OFFSETS`] (LRU: an evicted stream restarts at offset 0): live TLS
+/// connections times 2 directions, over all attached processes.
+pub const TLS_STREAM_MAX_ENTRIES: u32 = 65536;
+
+/// Arguments saved at the entry of an SSL_read/_ex or SSL_write/_ex call, read at its return.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TlsCallArgs {
+    /// The `SSL *`.
+    pub ssl: u64,
+    /// The caller's plaintext buffer.
+    pub buf: u64,
+    /// `size_t *readbytes` / `size_t *written` of the `_ex` variants; 0 for SSL_read/SSL_write.
+    pub len_ptr: u64,
+}
+
+/// Key of [`MAP_TLS_STREAM_OFFSETS`]: one direction of one SSL object of one process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TlsStreamKey {
+    /// The `SSL *`.
+    pub ssl: u64,
+    /// Process id (tgid) owning the SSL object.
+    pub tgid: u32,
+    /// `DIRECTION_INGRESS` or `DIRECTION_EGRESS`.
+    pub direction: u8,
+    pub _padding: [u8; 3],
+}
+
 /// Counters kept by the capture programs, per CPU; user space sums them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -89,6 +181,25 @@ pub struct CaptureCounters {
     pub bytes_truncated: u64,
     /// Packets the programs could not parse (short headers, unexpected protocol layout).
     pub parse_errors: u64,
+    // TLS uprobe counters (appended). The TLS programs are loaded as a separate instance of the
+    // object with their own copy of this map: there, `records_emitted` and `records_lost` count
+    // TLS records (read them with `TlsProbes::counters`, next to `CaptureProbes::counters`).
+    /// Runs of the TLS uprobes at function entry (SSL_read/_ex, SSL_write/_ex, SSL_free).
+    pub tls_entry_hits: u64,
+    /// Runs of the TLS uretprobes (returns of SSL_read/_ex and SSL_write/_ex).
+    pub tls_return_hits: u64,
+    /// SSL_read/_ex and SSL_write/_ex calls that moved plaintext (and produced records).
+    pub tls_data_calls: u64,
+    /// Records with TLS plaintext or a TLS close marker written to the ring buffer.
+    pub tls_records_emitted: u64,
+    /// Plaintext bytes copied into TLS records.
+    pub tls_bytes_captured: u64,
+    /// Plaintext bytes not copied because a call moved more than `CHUNK_BYTES * MAX_CHUNKS_PER_SKB`.
+    pub tls_bytes_truncated: u64,
+    /// `bpf_probe_read_user` of a plaintext buffer or length failed (record discarded).
+    pub tls_read_errors: u64,
+    /// Returns without saved entry arguments (attached in the middle of a call, or map evicted).
+    pub tls_unmatched_returns: u64,
 }
 
 #[cfg(feature = "user")]
@@ -97,4 +208,6 @@ mod user {
     unsafe impl aya::Pod for super::CaptureHeader {}
     unsafe impl aya::Pod for super::CaptureRecord {}
     unsafe impl aya::Pod for super::CaptureCounters {}
+    unsafe impl aya::Pod for super::TlsCallArgs {}
+    unsafe impl aya::Pod for super::TlsStreamKey {}
 }

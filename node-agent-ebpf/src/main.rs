@@ -3,6 +3,11 @@
 //!
 //! Capture is passive: both programs always return 1 (pass) and never drop traffic.
 //!
+//! TLS: uprobes on OpenSSL's `SSL_read`/`SSL_read_ex`/`SSL_write`/`SSL_write_ex` (entry: remember
+//! the arguments per thread; return: copy the plaintext the call moved) and `SSL_free` (close
+//! records), attached per process by the agent. They write into the same ring buffer with
+//! `family == FAMILY_TLS` (record format: node-agent-common).
+//!
 //! Verifier notes (see docs/ebpf-toolchain.md): lengths are computed in u64 and bounded with an
 //! explicit `if n == 0 || n > CHUNK_BYTES` before they reach `bpf_skb_load_bytes`.
 #![no_std]
@@ -13,14 +18,21 @@ use core::ptr::addr_of_mut;
 use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
     cty::c_void,
-    helpers::generated::{bpf_ktime_get_ns, bpf_skb_cgroup_id, bpf_skb_load_bytes},
-    macros::{cgroup_skb, map},
-    maps::{PerCpuArray, RingBuf},
-    programs::SkBuffContext,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_user,
+        generated::{
+            bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_probe_read_user as bpf_probe_read_user_raw,
+            bpf_skb_cgroup_id, bpf_skb_load_bytes,
+        },
+    },
+    macros::{cgroup_skb, map, uprobe, uretprobe},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+    programs::{ProbeContext, RetProbeContext, SkBuffContext},
 };
 use palisade_common::{
-    CaptureCounters, CaptureHeader, CaptureRecord, CAPTURE_RING_BYTES, CHUNK_BYTES, DIRECTION_EGRESS,
-    DIRECTION_INGRESS, FAMILY_IPV4, FAMILY_IPV6, MAX_CHUNKS_PER_SKB, TCP_FIN, TCP_RST,
+    CaptureCounters, CaptureHeader, CaptureRecord, TlsCallArgs, TlsStreamKey, CAPTURE_RING_BYTES,
+    CHUNK_BYTES, DIRECTION_EGRESS, DIRECTION_INGRESS, FAMILY_IPV4, FAMILY_IPV6, FAMILY_TLS,
+    MAX_CHUNKS_PER_SKB, TCP_FIN, TCP_RST,
 };
 
 /// Records of TCP payload, see [`CaptureRecord`].
@@ -30,6 +42,23 @@ static CAPTURE_RING: RingBuf = RingBuf::with_byte_size(CAPTURE_RING_BYTES, 0);
 /// One [`CaptureCounters`] per CPU at index 0.
 #[map]
 static CAPTURE_COUNTERS: PerCpuArray<CaptureCounters> = PerCpuArray::with_max_entries(1, 0);
+
+// The TLS maps are declared with a placeholder size of 1 entry (the kernel rounds an LRU map up
+// to one entry per CPU): loading this object for cgroup capture alone then allocates next to
+// nothing for them. The agent's TLS loader sets the real sizes (TLS_ARGS_MAX_ENTRIES,
+// TLS_STREAM_MAX_ENTRIES) when it loads the object for the uprobe programs.
+
+/// Arguments of the SSL_read/_ex call each thread is in (key: pid_tgid).
+#[map]
+static TLS_READ_ARGS: LruHashMap<u64, TlsCallArgs> = LruHashMap::with_max_entries(1, 0);
+
+/// Arguments of the SSL_write/_ex call each thread is in (key: pid_tgid).
+#[map]
+static TLS_WRITE_ARGS: LruHashMap<u64, TlsCallArgs> = LruHashMap::with_max_entries(1, 0);
+
+/// Next byte offset of each (SSL*, tgid, direction) plaintext stream.
+#[map]
+static TLS_STREAM_OFFSETS: LruHashMap<TlsStreamKey, u64> = LruHashMap::with_max_entries(1, 0);
 
 const IPPROTO_TCP: u8 = 6;
 const IPV6_HDR_LEN: u64 = 40;
@@ -62,6 +91,14 @@ enum Counter {
     RecordsLost,
     BytesTruncated,
     ParseErrors,
+    TlsEntryHits,
+    TlsReturnHits,
+    TlsDataCalls,
+    TlsRecordsEmitted,
+    TlsBytesCaptured,
+    TlsBytesTruncated,
+    TlsReadErrors,
+    TlsUnmatchedReturns,
 }
 
 #[inline(always)]
@@ -79,6 +116,14 @@ fn count(counter: Counter, value: u64) {
             Counter::RecordsLost => c.records_lost += value,
             Counter::BytesTruncated => c.bytes_truncated += value,
             Counter::ParseErrors => c.parse_errors += value,
+            Counter::TlsEntryHits => c.tls_entry_hits += value,
+            Counter::TlsReturnHits => c.tls_return_hits += value,
+            Counter::TlsDataCalls => c.tls_data_calls += value,
+            Counter::TlsRecordsEmitted => c.tls_records_emitted += value,
+            Counter::TlsBytesCaptured => c.tls_bytes_captured += value,
+            Counter::TlsBytesTruncated => c.tls_bytes_truncated += value,
+            Counter::TlsReadErrors => c.tls_read_errors += value,
+            Counter::TlsUnmatchedReturns => c.tls_unmatched_returns += value,
         }
     }
 }
@@ -265,6 +310,279 @@ fn emit_chunk(
     entry.submit(BPF_RB_NO_WAKEUP as u64);
     count(Counter::RecordsEmitted, 1);
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS plaintext through uprobes on libssl (attached per process by the agent).
+//
+// Reads and writes are both captured at return: SSL_read's bytes exist only then, and a write is
+// captured with the length the call accepted, so a non-blocking SSL_write that returns
+// WANT_WRITE and is retried with the same buffer is not captured twice.
+
+#[uprobe]
+pub fn palisade_tls_read_enter(ctx: ProbeContext) -> u32 {
+    tls_enter(&ctx, &TLS_READ_ARGS, false);
+    0
+}
+
+#[uprobe]
+pub fn palisade_tls_read_ex_enter(ctx: ProbeContext) -> u32 {
+    tls_enter(&ctx, &TLS_READ_ARGS, true);
+    0
+}
+
+#[uretprobe]
+pub fn palisade_tls_read_exit(ctx: RetProbeContext) -> u32 {
+    tls_exit(&ctx, &TLS_READ_ARGS, DIRECTION_INGRESS);
+    0
+}
+
+#[uprobe]
+pub fn palisade_tls_write_enter(ctx: ProbeContext) -> u32 {
+    tls_enter(&ctx, &TLS_WRITE_ARGS, false);
+    0
+}
+
+#[uprobe]
+pub fn palisade_tls_write_ex_enter(ctx: ProbeContext) -> u32 {
+    tls_enter(&ctx, &TLS_WRITE_ARGS, true);
+    0
+}
+
+#[uretprobe]
+pub fn palisade_tls_write_exit(ctx: RetProbeContext) -> u32 {
+    tls_exit(&ctx, &TLS_WRITE_ARGS, DIRECTION_EGRESS);
+    0
+}
+
+/// `void SSL_free(SSL *ssl)`: when the SSL object carried data, one close record (FIN, no data)
+/// per direction, so that user space sees both ends of the connection (a direction that carried
+/// nothing closes at offset 0); the stream offsets are forgotten.
+#[uprobe]
+pub fn palisade_tls_free(ctx: ProbeContext) -> u32 {
+    count(Counter::TlsEntryHits, 1);
+    let Some(ssl) = ctx.arg::<u64>(0) else {
+        return 0;
+    };
+    if ssl == 0 {
+        return 0;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let ingress_key = stream_key(ssl, tgid, DIRECTION_INGRESS);
+    let egress_key = stream_key(ssl, tgid, DIRECTION_EGRESS);
+    let ingress_end = take_offset(&ingress_key);
+    let egress_end = take_offset(&egress_key);
+    if ingress_end.is_none() && egress_end.is_none() {
+        return 0;
+    }
+    emit_close(ssl, tgid, DIRECTION_INGRESS, ingress_end.unwrap_or(0));
+    emit_close(ssl, tgid, DIRECTION_EGRESS, egress_end.unwrap_or(0));
+    0
+}
+
+/// Removes a stream's offset entry and returns its value (the end offset).
+#[inline(always)]
+fn take_offset(key: &TlsStreamKey) -> Option<u64> {
+    let offset = TLS_STREAM_OFFSETS.get_ptr(key)?;
+    // SAFETY: pointer from a successful lookup; the value is a plain u64, copied before removal.
+    let end = unsafe { *offset };
+    let _ = TLS_STREAM_OFFSETS.remove(key);
+    Some(end)
+}
+
+#[inline(always)]
+fn emit_close(ssl: u64, tgid: u32, direction: u8, end: u64) {
+    let mut hdr = tls_header(ssl, tgid, direction, end);
+    hdr.tcp_flags = TCP_FIN;
+    let Some(mut entry) = CAPTURE_RING.reserve::<CaptureRecord>(0) else {
+        count(Counter::RecordsLost, 1);
+        return;
+    };
+    let rec: *mut CaptureRecord = entry.as_mut_ptr();
+    // SAFETY: `rec` points to a live reservation of size_of::<CaptureRecord>() bytes.
+    unsafe { addr_of_mut!((*rec).header).write(hdr) };
+    entry.submit(BPF_RB_NO_WAKEUP as u64);
+    count(Counter::RecordsEmitted, 1);
+    count(Counter::TlsRecordsEmitted, 1);
+}
+
+#[inline(always)]
+fn stream_key(ssl: u64, tgid: u32, direction: u8) -> TlsStreamKey {
+    TlsStreamKey {
+        ssl,
+        tgid,
+        direction,
+        _padding: [0; 3],
+    }
+}
+
+/// `SSL_read(ssl, buf, num)` / `SSL_read_ex(ssl, buf, num, &readbytes)` and the write twins:
+/// remembers the arguments for the return probe of the same thread.
+#[inline(always)]
+fn tls_enter(ctx: &ProbeContext, args: &LruHashMap<u64, TlsCallArgs>, ex: bool) {
+    count(Counter::TlsEntryHits, 1);
+    let (Some(ssl), Some(buf)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else {
+        return;
+    };
+    let len_ptr = if ex {
+        match ctx.arg::<u64>(3) {
+            Some(p) if p != 0 => p,
+            _ => return,
+        }
+    } else {
+        0
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let _ = args.insert(&pid_tgid, &TlsCallArgs { ssl, buf, len_ptr }, 0);
+}
+
+#[inline(always)]
+fn tls_exit(ctx: &RetProbeContext, args: &LruHashMap<u64, TlsCallArgs>, direction: u8) {
+    count(Counter::TlsReturnHits, 1);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(saved) = args.get_ptr(&pid_tgid) else {
+        count(Counter::TlsUnmatchedReturns, 1);
+        return;
+    };
+    // SAFETY: pointer from a successful lookup; copied out before the entry is removed.
+    let call = unsafe { *saved };
+    let _ = args.remove(&pid_tgid);
+    // Both SSL_read/SSL_write and the _ex variants return an int.
+    let ret: i32 = ctx.ret::<i32>();
+    let len: u64 = if call.len_ptr != 0 {
+        // _ex: 1 on success, the length is in *readbytes / *written.
+        if ret != 1 {
+            return;
+        }
+        // SAFETY: reads a size_t from the caller's memory; failures are handled.
+        match unsafe { bpf_probe_read_user(call.len_ptr as *const u64) } {
+            Ok(n) => n,
+            Err(_) => {
+                count(Counter::TlsReadErrors, 1);
+                return;
+            }
+        }
+    } else if ret > 0 {
+        ret as u64
+    } else {
+        return;
+    };
+    if len == 0 || call.buf == 0 {
+        return;
+    }
+    let tgid = (pid_tgid >> 32) as u32;
+    let key = stream_key(call.ssl, tgid, direction);
+    let base = match TLS_STREAM_OFFSETS.get_ptr_mut(&key) {
+        Some(offset) => {
+            // SAFETY: pointer from a successful lookup. One SSL object is not read (or written)
+            // by two threads at once, so there is no concurrent update of this stream.
+            unsafe {
+                let base = *offset;
+                *offset = base + len;
+                base
+            }
+        }
+        None => {
+            let _ = TLS_STREAM_OFFSETS.insert(&key, &len, 0);
+            0
+        }
+    };
+    count(Counter::TlsDataCalls, 1);
+    let mut hdr = tls_header(call.ssl, tgid, direction, base);
+    hdr.payload_len = if len > u32::MAX as u64 {
+        u32::MAX
+    } else {
+        len as u32
+    };
+
+    let mut chunk_off: u64 = 0;
+    for _ in 0..MAX_CHUNKS {
+        if chunk_off >= len {
+            break;
+        }
+        let remaining = len - chunk_off;
+        let n = if remaining > CHUNK { CHUNK } else { remaining };
+        if !emit_tls_chunk(&mut hdr, call.buf, chunk_off, n) {
+            return;
+        }
+        chunk_off += CHUNK;
+    }
+    if len > CHUNK * MAX_CHUNKS {
+        count(Counter::TlsBytesTruncated, len - CHUNK * MAX_CHUNKS);
+    }
+}
+
+/// A TLS record header: see the TLS table in node-agent-common for the field meanings.
+#[inline(always)]
+fn tls_header(ssl: u64, tgid: u32, direction: u8, offset: u64) -> CaptureHeader {
+    let mut process = [0u8; 16];
+    process[..4].copy_from_slice(&tgid.to_le_bytes());
+    let mut connection = [0u8; 16];
+    connection[..8].copy_from_slice(&ssl.to_le_bytes());
+    let (source_addr, dest_addr) = if direction == DIRECTION_INGRESS {
+        (connection, process)
+    } else {
+        (process, connection)
+    };
+    CaptureHeader {
+        // SAFETY: plain helper calls.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        tcp_seq: offset as u32,
+        payload_len: 0,
+        chunk_offset: 0,
+        captured_len: 0,
+        source_addr,
+        dest_addr,
+        source_port: 0,
+        dest_port: 0,
+        family: FAMILY_TLS,
+        direction,
+        tcp_flags: 0,
+        _padding: [0; 1],
+    }
+}
+
+/// Copies `n` bytes of the caller's buffer at `buf + chunk_off` into one ring-buffer record;
+/// false when the record could not be written (the rest of the call is skipped).
+#[inline(always)]
+fn emit_tls_chunk(hdr: &mut CaptureHeader, buf: u64, chunk_off: u64, n: u64) -> bool {
+    let Some(mut entry) = CAPTURE_RING.reserve::<CaptureRecord>(0) else {
+        count(Counter::RecordsLost, 1);
+        return false;
+    };
+    let rec: *mut CaptureRecord = entry.as_mut_ptr();
+    hdr.chunk_offset = chunk_off as u32;
+    hdr.captured_len = n as u32;
+    // SAFETY: `rec` points to a live reservation of size_of::<CaptureRecord>() bytes.
+    unsafe { addr_of_mut!((*rec).header).write(*hdr) };
+    // Same verifier recipe as emit_chunk: re-read the length through a volatile stack slot so the
+    // bound check below is kept on the register passed to the helper.
+    // SAFETY: reading a local variable.
+    let n = unsafe { core::ptr::read_volatile(&n) };
+    if n == 0 || n > CHUNK {
+        entry.discard(0);
+        return false;
+    }
+    // SAFETY: the destination is the record's data array, `n <= CHUNK_BYTES` bytes long; the
+    // source is user memory, which the helper reads safely (an error is returned on a fault).
+    let ret = unsafe {
+        bpf_probe_read_user_raw(
+            addr_of_mut!((*rec).data) as *mut c_void,
+            n as u32,
+            (buf + chunk_off) as *const c_void,
+        )
+    };
+    if ret != 0 {
+        entry.discard(0);
+        count(Counter::TlsReadErrors, 1);
+        return false;
+    }
+    entry.submit(BPF_RB_NO_WAKEUP as u64);
+    count(Counter::RecordsEmitted, 1);
+    count(Counter::TlsRecordsEmitted, 1);
+    count(Counter::TlsBytesCaptured, n);
+    true
 }
 
 #[cfg(not(test))]

@@ -7,6 +7,7 @@
 
 mod probes;
 mod ring;
+pub mod tls;
 
 use std::{error::Error as StdError, fmt::Write as _, io, path::PathBuf};
 

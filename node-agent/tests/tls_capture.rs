@@ -1,0 +1,752 @@
+//! End-to-end test of TLS plaintext capture with per-process uprobes on libssl (needs root).
+//!
+//! `tls_capture_per_process`: a python3 `http.server` wrapped in `ssl` (system libssl.so.3,
+//! `SSL_read_ex`/`SSL_write_ex`) is the only process attached; `curl` (which links libssl too)
+//! sends HTTPS requests. The test checks what the capture ring carried (request lines as
+//! SSL_read data, status lines as SSL_write data, the server's pid, contiguous per-connection
+//! offsets, close records, a chunked large response), that the TLS programs never ran for curl or
+//! for a second, unattached TLS server, and silence after detaching.
+//!
+//! `tls_capture_plain_read_write`: `openssl s_server` in its echo mode calls plain `SSL_read` /
+//! `SSL_write`; the TLS programs run with their own ring (`load_standalone`).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    io::{BufRead as _, BufReader, Write as _},
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    process::{Child, ChildStdout, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use palisade_common::{
+    CaptureCounters, CaptureHeader, CHUNK_BYTES, DIRECTION_EGRESS, DIRECTION_INGRESS, FAMILY_TLS,
+    MAX_CHUNKS_PER_SKB, TCP_FIN,
+};
+use palisade_node_agent::{
+    capture::{
+        tls::{find_libssl, tls_endpoints, TlsError, TlsProbes},
+        CaptureProbes, CaptureRing,
+    },
+    features::cgroup2_root_from_mountinfo,
+};
+
+const PROBE_PATH: &str = "/tls-probe-path";
+const BIG_BODY_BYTES: usize = 20_000;
+
+const SERVER_PY: &str = r#"
+import http.server, ssl, sys
+
+BIG = bytes(ord('a') + i % 26 for i in range(int(sys.argv[3])))
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        body = BIG if self.path == "/big" else b"tls-probe-ok " + self.path.encode() + b"\n"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+print("READY", srv.server_address[1], flush=True)
+srv.serve_forever()
+"#;
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn have(cmd: &str, arg: &str) -> bool {
+    Command::new(cmd)
+        .arg(arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn bpffs_mounted(dir: &str) -> bool {
+    fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| {
+        m.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let sep = f.iter().position(|x| *x == "-");
+            f.get(4) == Some(&dir) && sep.and_then(|i| f.get(i + 1)) == Some(&"bpf")
+        })
+    })
+}
+
+/// Why the scenario cannot run here, if it cannot.
+fn preconditions(need: &[(&str, &str)]) -> Option<String> {
+    if !is_root() {
+        return Some("needs root (BPF_PROG_LOAD, uprobes)".into());
+    }
+    for (cmd, arg) in need {
+        if !have(cmd, arg) {
+            return Some(format!("`{cmd}` not found or not working"));
+        }
+    }
+    None
+}
+
+/// Child processes and a temp dir removed even when an assert fails.
+struct Cleanup {
+    children: Vec<Child>,
+    dir: PathBuf,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("palisade-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A self-signed P-256 certificate and key in `dir`.
+fn make_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .args(["-days", "1", "-subj", "/CN=localhost"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl req: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}
+
+/// Lines of a child's stdout, through a thread (so that waiting for one has a timeout).
+fn line_reader(stdout: ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_line(rx: &mpsc::Receiver<String>, prefix: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.starts_with(prefix) => return line,
+            Ok(_) => continue,
+            Err(e) => panic!("no line starting with {prefix:?} within {timeout:?}: {e}"),
+        }
+    }
+}
+
+/// Starts the python TLS server; returns (child, port).
+fn start_python_server(dir: &Path, cert: &Path, key: &Path) -> (Child, u16) {
+    let script = dir.join("server.py");
+    fs::write(&script, SERVER_PY).unwrap();
+    let mut child = Command::new("python3")
+        .arg(&script)
+        .arg(cert)
+        .arg(key)
+        .arg(BIG_BODY_BYTES.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let rx = line_reader(child.stdout.take().unwrap());
+    let line = wait_line(&rx, "READY", Duration::from_secs(20));
+    let port = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (child, port)
+}
+
+/// Runs curl (one process, one connection, the URLs in order); returns (curl's pid, status codes).
+fn curl(port: u16, paths: &[&str]) -> (u32, Vec<String>) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sk", "--http1.1", "--max-time", "10", "-w", "%{http_code}\\n"]);
+    for p in paths {
+        cmd.arg(format!("https://127.0.0.1:{port}{p}"))
+            .args(["-o", "/dev/null"]);
+    }
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let codes = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    (pid, codes)
+}
+
+#[derive(Clone, Debug)]
+struct Rec {
+    header: CaptureHeader,
+    data: Vec<u8>,
+}
+
+fn drain_until(ring: &mut CaptureRing, timeout: Duration, mut done: impl FnMut(&[Rec]) -> bool) -> Vec<Rec> {
+    let deadline = Instant::now() + timeout;
+    let mut recs = Vec::new();
+    loop {
+        ring.drain(4096, |h, d| {
+            recs.push(Rec {
+                header: *h,
+                data: d.to_vec(),
+            })
+        });
+        if done(&recs) || Instant::now() >= deadline {
+            return recs;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The cgroup v2 id (directory inode) of a process, when the unified tree is reachable.
+fn cgroup2_id_of(pid: u32) -> Option<u64> {
+    let root = cgroup2_root_from_mountinfo(&fs::read_to_string("/proc/self/mountinfo").ok()?)?;
+    let cg = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let rel = cg.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let dir = root.join(rel.trim_start_matches('/'));
+    fs::metadata(dir).ok().map(|m| m.ino())
+}
+
+fn tls_hits(c: &CaptureCounters) -> u64 {
+    c.tls_entry_hits + c.tls_return_hits
+}
+
+/// One direction of one connection, split at close (FIN) records: SSL pointers are reused by
+/// malloc after SSL_free, and a close record restarts the offsets at 0.
+#[derive(Debug, Default)]
+struct Segment {
+    /// (tcp_seq, payload_len, chunk_offset, data) of the data records, in ring order.
+    records: Vec<(u32, u32, u32, Vec<u8>)>,
+    /// `tcp_seq` of the close record that ended the segment.
+    closed_at: Option<u32>,
+}
+
+fn segments(recs: &[Rec]) -> BTreeMap<(u64, u8), Vec<Segment>> {
+    let mut out: BTreeMap<(u64, u8), Vec<Segment>> = BTreeMap::new();
+    for r in recs {
+        let ep = tls_endpoints(&r.header).unwrap();
+        let segs = out.entry((ep.ssl, r.header.direction)).or_default();
+        if segs.last().is_none_or(|s| s.closed_at.is_some()) {
+            segs.push(Segment::default());
+        }
+        let seg = segs.last_mut().unwrap();
+        if r.header.tcp_flags & TCP_FIN != 0 {
+            assert_eq!(r.header.captured_len, 0, "close record with data: {:?}", r.header);
+            seg.closed_at = Some(r.header.tcp_seq);
+        } else {
+            seg.records.push((
+                r.header.tcp_seq,
+                r.header.payload_len,
+                r.header.chunk_offset,
+                r.data.clone(),
+            ));
+        }
+    }
+    out
+}
+
+/// Checks that the calls of a segment start at offset 0 and follow each other without gaps, and
+/// that the close record (if any) carries the end offset; returns the captured bytes placed at
+/// their stream offsets (gaps of truncated calls left as 0).
+fn check_segment(key: &(u64, u8), seg: &Segment) -> Vec<u8> {
+    let mut next: u32 = 0;
+    let mut stream = Vec::new();
+    for (seq, payload_len, chunk_offset, data) in &seg.records {
+        if *chunk_offset == 0 {
+            assert_eq!(*seq, next, "call of {key:?} at offset {seq}, expected {next}");
+            next = seq + payload_len;
+        } else {
+            assert_eq!(*seq + payload_len, next, "chunk of another call in {key:?}");
+            assert_eq!(*chunk_offset as usize % CHUNK_BYTES, 0);
+        }
+        assert!(chunk_offset + data.len() as u32 <= *payload_len);
+        let at = (*seq + *chunk_offset) as usize;
+        if stream.len() < at + data.len() {
+            stream.resize(at + data.len(), 0);
+        }
+        stream[at..at + data.len()].copy_from_slice(data);
+    }
+    if let Some(end) = seg.closed_at {
+        assert_eq!(
+            end, next,
+            "close record of {key:?} at {end}, data ended at {next}"
+        );
+    }
+    stream
+}
+
+#[test]
+fn tls_capture_per_process() {
+    let name = "tls_capture_per_process";
+    if let Some(why) = preconditions(&[
+        ("openssl", "version"),
+        ("python3", "--version"),
+        ("curl", "--version"),
+    ]) {
+        println!("SKIPPED: {name}: {why}");
+        return;
+    }
+    if !Command::new("python3")
+        .args(["-c", "import ssl"])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        println!("SKIPPED: {name}: python3 has no ssl module");
+        return;
+    }
+    let bpffs = Path::new("/sys/fs/bpf");
+    if !bpffs_mounted("/sys/fs/bpf") {
+        println!("SKIPPED: {name}: no bpffs at /sys/fs/bpf (needed to share the capture ring)");
+        return;
+    }
+    let dir = temp_dir("tls-capture");
+    let mut cleanup = Cleanup {
+        children: Vec::new(),
+        dir: dir.clone(),
+    };
+    let (cert, key) = make_cert(&dir);
+
+    // Load the cgroup capture (its ring) and the TLS programs writing into that same ring.
+    let t0 = Instant::now();
+    let mut probes = CaptureProbes::load().unwrap_or_else(|e| panic!("capture load failed: {e}"));
+    let mut ring = probes.take_ring().unwrap();
+    let mut tls =
+        TlsProbes::load_sharing(&ring, bpffs).unwrap_or_else(|e| panic!("TLS programs refused: {e}"));
+    println!(
+        "[{name}] loaded capture + 7 TLS programs sharing one ring in {:?}",
+        t0.elapsed()
+    );
+    assert!(tls.shares_capture_ring());
+    assert!(matches!(tls.take_ring(), Err(TlsError::RingTaken)));
+    let leftover_pins: Vec<_> = fs::read_dir(bpffs)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("palisade-tls-ring-{}-", std::process::id()))
+        })
+        .collect();
+    assert!(
+        leftover_pins.is_empty(),
+        "ring pin left in bpffs: {leftover_pins:?}"
+    );
+
+    // The attached server, and a control server nobody attaches to.
+    let (server, port) = start_python_server(&dir, &cert, &key);
+    let server_pid = server.id();
+    cleanup.children.push(server);
+    let (control, control_port) = start_python_server(&dir, &cert, &key);
+    let control_pid = control.id();
+    cleanup.children.push(control);
+
+    let lib = find_libssl(server_pid).expect("the python server maps no libssl");
+    println!(
+        "[{name}] server pid {server_pid} port {port}; libssl {}",
+        lib.display()
+    );
+    assert!(
+        lib.starts_with(format!("/proc/{server_pid}/")),
+        "{}",
+        lib.display()
+    );
+    assert!(lib.to_string_lossy().contains("libssl.so"), "{}", lib.display());
+
+    let t0 = Instant::now();
+    let att = tls
+        .attach_tls(server_pid, &lib)
+        .unwrap_or_else(|e| panic!("attach failed: {e}"));
+    println!(
+        "[{name}] attached to pid {server_pid} in {:?}: functions {:?}, missing {:?}, {} links",
+        t0.elapsed(),
+        att.functions,
+        att.missing,
+        att.links
+    );
+    for f in ["SSL_read", "SSL_write", "SSL_read_ex", "SSL_write_ex", "SSL_free"] {
+        assert!(att.functions.contains(&f), "{f} not hooked: {att:?}");
+    }
+    assert_eq!(att.links, 9);
+    assert_eq!(
+        tls.attach_tls(server_pid, &lib).unwrap(),
+        att,
+        "attach is idempotent"
+    );
+    assert_eq!(tls.attached_pids(), vec![server_pid]);
+    assert!(matches!(tls.attach_tls(0, &lib), Err(TlsError::InvalidPid)));
+    let base = tls.counters().unwrap();
+
+    // Requests: 3 connections with 2 keep-alive requests each, and one large response.
+    let mut client_pids = BTreeSet::new();
+    let mut requests = 0u64;
+    for _ in 0..3 {
+        let (pid, codes) = curl(port, &[PROBE_PATH, PROBE_PATH]);
+        assert_eq!(codes, vec!["200", "200"], "curl {pid}");
+        client_pids.insert(pid);
+        requests += 2;
+    }
+    let (pid, codes) = curl(port, &["/big"]);
+    assert_eq!(codes, vec!["200"]);
+    client_pids.insert(pid);
+    requests += 1;
+
+    let request_line = format!("GET {PROBE_PATH} HTTP/1.1").into_bytes();
+    let recs = drain_until(&mut ring, Duration::from_secs(10), |recs| {
+        let reqs = recs.iter().filter(|r| contains(&r.data, &request_line)).count();
+        let closes = recs.iter().filter(|r| r.header.tcp_flags & TCP_FIN != 0).count();
+        reqs >= 6 && closes >= 8
+    });
+    let after = tls.counters().unwrap();
+    let hits = tls_hits(&after) - tls_hits(&base);
+    println!(
+        "[{name}] {requests} requests on 4 connections: {} records; uprobe hits {} entry + {} return \
+         = {hits} ({:.1} per request); calls with data {}; bytes {} (truncated {}); counters {after:?}",
+        recs.len(),
+        after.tls_entry_hits - base.tls_entry_hits,
+        after.tls_return_hits - base.tls_return_hits,
+        hits as f64 / requests as f64,
+        after.tls_data_calls - base.tls_data_calls,
+        after.tls_bytes_captured - base.tls_bytes_captured,
+        after.tls_bytes_truncated - base.tls_bytes_truncated,
+    );
+    if std::env::var_os("PALISADE_TEST_DUMP").is_some() {
+        for r in &recs {
+            let ep = tls_endpoints(&r.header).unwrap();
+            println!(
+                "dir {} pid {} ssl {:#x} seq {} len {} off {} cap {} flags {:#x} {:?}",
+                r.header.direction,
+                ep.pid,
+                ep.ssl,
+                r.header.tcp_seq,
+                r.header.payload_len,
+                r.header.chunk_offset,
+                r.header.captured_len,
+                r.header.tcp_flags,
+                String::from_utf8_lossy(&r.data[..r.data.len().min(40)])
+            );
+        }
+    }
+
+    // Every record: TLS, from the server process (never a curl), with the server's cgroup.
+    let server_cgroup = cgroup2_id_of(server_pid);
+    for r in &recs {
+        let ep = tls_endpoints(&r.header).unwrap();
+        assert_eq!(r.header.family, FAMILY_TLS);
+        assert_eq!(ep.pid, server_pid, "record of another process: {:?}", r.header);
+        assert!(!client_pids.contains(&ep.pid));
+        assert_eq!((r.header.source_port, r.header.dest_port), (0, 0));
+        assert!(r.header.captured_len as usize <= CHUNK_BYTES);
+        assert_eq!(r.data.len(), r.header.captured_len as usize);
+        if let Some(id) = server_cgroup {
+            assert_eq!(r.header.cgroup_id, id, "cgroup id of {:?}", r.header);
+        }
+    }
+
+    // Request lines are SSL_read data (ingress), status lines SSL_write data (egress).
+    let ingress_reqs: Vec<&Rec> = recs
+        .iter()
+        .filter(|r| r.header.direction == DIRECTION_INGRESS && r.data.starts_with(&request_line))
+        .collect();
+    let egress_status: Vec<&Rec> = recs
+        .iter()
+        .filter(|r| r.header.direction == DIRECTION_EGRESS && r.data.starts_with(b"HTTP/1."))
+        .collect();
+    assert_eq!(ingress_reqs.len(), 6, "request lines captured as SSL_read data");
+    assert_eq!(egress_status.len(), 7, "status lines captured as SSL_write data");
+    assert!(
+        !recs
+            .iter()
+            .any(|r| r.header.direction == DIRECTION_EGRESS && contains(&r.data, &request_line)),
+        "a request line was seen as written data"
+    );
+    let r = ingress_reqs[0];
+    let ep = tls_endpoints(&r.header).unwrap();
+    println!(
+        "[{name}] INGRESS pid {} ssl {:#x} cgroup {} seq {} len {}: {:?}",
+        ep.pid,
+        ep.ssl,
+        r.header.cgroup_id,
+        r.header.tcp_seq,
+        r.header.payload_len,
+        String::from_utf8_lossy(&r.data[..r.data.len().min(60)])
+    );
+    let r = egress_status[0];
+    let ep = tls_endpoints(&r.header).unwrap();
+    println!(
+        "[{name}] EGRESS  pid {} ssl {:#x} cgroup {} seq {} len {}: {:?}",
+        ep.pid,
+        ep.ssl,
+        r.header.cgroup_id,
+        r.header.tcp_seq,
+        r.header.payload_len,
+        String::from_utf8_lossy(&r.data[..r.data.len().min(40)])
+    );
+
+    // Per connection and direction: contiguous offsets from 0, close records at the end offset,
+    // two requests in each keep-alive connection, the large body intact in its chunks.
+    let segs = segments(&recs);
+    let mut streams = 0;
+    let mut keepalive_ingress = 0;
+    let mut big_checked = false;
+    for (key, list) in &segs {
+        for seg in list {
+            let stream = check_segment(key, seg);
+            streams += 1;
+            assert!(seg.closed_at.is_some(), "no close record for {key:?}: {seg:?}");
+            if key.1 == DIRECTION_INGRESS {
+                let n = stream
+                    .windows(request_line.len())
+                    .filter(|w| *w == &request_line[..])
+                    .count();
+                if n == 2 {
+                    keepalive_ingress += 1;
+                    let offs: Vec<u32> = seg.records.iter().map(|r| r.0).collect();
+                    println!(
+                        "[{name}] keep-alive connection {:#x}: request offsets {offs:?}",
+                        key.0
+                    );
+                }
+            } else if let Some((_, len, _, _)) = seg.records.iter().find(|r| r.1 as usize == BIG_BODY_BYTES) {
+                let body = seg.records.iter().find(|r| r.1 == *len).unwrap().0 as usize;
+                let chunks: Vec<u32> = seg.records.iter().filter(|r| r.1 == *len).map(|r| r.2).collect();
+                println!(
+                    "[{name}] large body: one SSL_write of {len} bytes at offset {body}, chunks at \
+                     {chunks:?}"
+                );
+                assert_eq!(chunks.len(), MAX_CHUNKS_PER_SKB);
+                let captured = CHUNK_BYTES * MAX_CHUNKS_PER_SKB;
+                let expect: Vec<u8> = (0..captured).map(|i| b'a' + (i % 26) as u8).collect();
+                assert_eq!(
+                    &stream[body..body + captured],
+                    &expect[..],
+                    "large body bytes differ"
+                );
+                big_checked = true;
+            }
+        }
+    }
+    println!("[{name}] {streams} streams checked (contiguous offsets, close records at their end offset)");
+    assert_eq!(streams, 8, "4 connections x 2 directions");
+    assert_eq!(keepalive_ingress, 3);
+    assert!(big_checked, "no SSL_write of the large body");
+    assert_eq!(after.records_lost, 0);
+    assert_eq!(after.tls_read_errors, 0);
+    assert_eq!(after.tls_unmatched_returns, 0);
+    assert_eq!(
+        after.tls_bytes_truncated - base.tls_bytes_truncated,
+        (BIG_BODY_BYTES - CHUNK_BYTES * MAX_CHUNKS_PER_SKB) as u64
+    );
+    assert_eq!(
+        after.tls_records_emitted - base.tls_records_emitted,
+        recs.len() as u64
+    );
+
+    // Per-process scope: the programs do not run for another TLS server or its curl clients (the
+    // kernel places the breakpoints only in the attached process's address space).
+    let before = tls.counters().unwrap();
+    for _ in 0..3 {
+        let (_, codes) = curl(control_port, &[PROBE_PATH]);
+        assert_eq!(codes, vec!["200"]);
+    }
+    let other = drain_until(&mut ring, Duration::from_millis(500), |_| false);
+    let now = tls.counters().unwrap();
+    println!(
+        "[{name}] unattached server pid {control_pid}: {} records, uprobe hits {} -> {}",
+        other.len(),
+        tls_hits(&before),
+        tls_hits(&now)
+    );
+    assert!(
+        other.is_empty(),
+        "records from an unattached process: {:?}",
+        other[0].header
+    );
+    assert_eq!(
+        tls_hits(&before),
+        tls_hits(&now),
+        "the TLS programs ran for an unattached process"
+    );
+
+    // Detach: no more records, no more program runs.
+    assert!(tls.detach_tls(server_pid).unwrap());
+    assert!(!tls.detach_tls(server_pid).unwrap());
+    assert!(tls.attached_pids().is_empty());
+    let before = tls.counters().unwrap();
+    let (_, codes) = curl(port, &[PROBE_PATH, PROBE_PATH]);
+    assert_eq!(codes, vec!["200", "200"]);
+    let silent = drain_until(&mut ring, Duration::from_millis(500), |_| false);
+    let now = tls.counters().unwrap();
+    println!(
+        "[{name}] after detach: {} records, uprobe hits {} -> {}",
+        silent.len(),
+        tls_hits(&before),
+        tls_hits(&now)
+    );
+    assert!(silent.is_empty());
+    assert_eq!(tls_hits(&before), tls_hits(&now));
+
+    // Re-attach works.
+    tls.attach_tls(server_pid, &lib).unwrap();
+    let (_, codes) = curl(port, &[PROBE_PATH]);
+    assert_eq!(codes, vec!["200"]);
+    let again = drain_until(&mut ring, Duration::from_secs(5), |recs| {
+        recs.iter().any(|r| r.data.starts_with(&request_line))
+    });
+    assert!(
+        again.iter().any(|r| r.data.starts_with(&request_line)),
+        "no capture after re-attach"
+    );
+    tls.detach_tls(server_pid).unwrap();
+    assert_eq!(
+        probes.counters().unwrap().records_emitted,
+        0,
+        "no cgroup was attached"
+    );
+    drop(tls);
+    drop(probes);
+    drop(cleanup);
+}
+
+#[test]
+fn tls_capture_plain_read_write() {
+    let name = "tls_capture_plain_read_write";
+    if let Some(why) = preconditions(&[("openssl", "version"), ("curl", "--version")]) {
+        println!("SKIPPED: {name}: {why}");
+        return;
+    }
+    let dir = temp_dir("tls-capture-plain");
+    let mut cleanup = Cleanup {
+        children: Vec::new(),
+        dir: dir.clone(),
+    };
+    let (cert, key) = make_cert(&dir);
+    let mut tls = TlsProbes::load_standalone().unwrap_or_else(|e| panic!("TLS programs refused: {e}"));
+    assert!(!tls.shares_capture_ring());
+    let mut ring = tls.take_ring().unwrap();
+    assert!(matches!(tls.take_ring(), Err(TlsError::RingTaken)));
+
+    // s_server's interactive mode: what the client sends goes to stdout (SSL_read), what comes
+    // on stdin goes to the client (SSL_write).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = Command::new("openssl")
+        .args(["s_server", "-naccept", "1", "-accept"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-cert")
+        .arg(&cert)
+        .arg("-key")
+        .arg(&key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server_pid = server.id();
+    let mut stdin = server.stdin.take().unwrap();
+    let lines = line_reader(server.stdout.take().unwrap());
+    cleanup.children.push(server);
+    wait_line(&lines, "ACCEPT", Duration::from_secs(20));
+
+    let lib = find_libssl(server_pid).expect("openssl s_server maps no libssl");
+    let att = tls.attach_tls(server_pid, &lib).unwrap();
+    println!("[{name}] s_server pid {server_pid}: {att:?}");
+    let response = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n";
+    stdin.write_all(response.as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    let (curl_pid, codes) = curl(port, &[PROBE_PATH]);
+    assert_eq!(codes, vec!["200"]);
+
+    let request_line = format!("GET {PROBE_PATH} HTTP/1.1").into_bytes();
+    let recs = drain_until(&mut ring, Duration::from_secs(5), |recs| {
+        recs.iter().any(|r| r.data.starts_with(&request_line))
+            && recs.iter().any(|r| r.data.starts_with(b"HTTP/1.1 200"))
+    });
+    let c = tls.counters().unwrap();
+    println!(
+        "[{name}] {} records; uprobe hits {} entry + {} return for 1 request; counters {c:?}",
+        recs.len(),
+        c.tls_entry_hits,
+        c.tls_return_hits
+    );
+    let req = recs
+        .iter()
+        .find(|r| r.data.starts_with(&request_line))
+        .expect("request line not captured");
+    assert_eq!(req.header.direction, DIRECTION_INGRESS);
+    let resp = recs
+        .iter()
+        .find(|r| r.data.starts_with(b"HTTP/1.1 200"))
+        .expect("status line not captured");
+    assert_eq!(resp.header.direction, DIRECTION_EGRESS);
+    assert_eq!(resp.data, response.as_bytes());
+    for r in &recs {
+        let ep = tls_endpoints(&r.header).unwrap();
+        assert_eq!(ep.pid, server_pid);
+        assert_ne!(ep.pid, curl_pid);
+    }
+    assert_eq!(
+        tls_endpoints(&req.header).unwrap().ssl,
+        tls_endpoints(&resp.header).unwrap().ssl
+    );
+    println!(
+        "[{name}] SSL_read  INGRESS {:?}",
+        String::from_utf8_lossy(&req.data[..req.data.len().min(40)])
+    );
+    println!(
+        "[{name}] SSL_write EGRESS  {:?}",
+        String::from_utf8_lossy(&resp.data[..resp.data.len().min(40)])
+    );
+    assert_eq!(c.tls_unmatched_returns, 0);
+    assert_eq!(c.records_lost, 0);
+    tls.detach_tls(server_pid).unwrap();
+    drop(cleanup);
+}
