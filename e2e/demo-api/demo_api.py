@@ -4,7 +4,7 @@
 Endpoints: GET /healthz, GET /users/<id>, POST /login, GET /search?q=..., GET /files/<name>.
 It is naive on purpose (it echoes input, it has a file endpoint) so that attacks against it are
 realistic; it never reads outside its own files table.
-Usage: demo_api.py PORT
+Usage: demo_api.py PORT [CERT KEY]   (with CERT and KEY it serves HTTPS, through OpenSSL)
 """
 import json
 import sys
@@ -65,4 +65,11 @@ class Handler(BaseHTTPRequestHandler):
 
 if __name__ == "__main__":
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 8080
-    ThreadingHTTPServer(("0.0.0.0", port), Handler).serve_forever()
+    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+    if len(sys.argv) > 3:
+        import ssl
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(sys.argv[2], sys.argv[3])
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    server.serve_forever()

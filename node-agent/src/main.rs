@@ -6,6 +6,7 @@ use clap::Parser;
 use palisade_api::agent::agent_control_client::AgentControlClient;
 use palisade_api::agent::{FeatureProbe, NodeConfig, WatchConfigRequest};
 use palisade_common::CaptureCounters;
+use palisade_node_agent::capture::tls::TlsProbes;
 use palisade_node_agent::capture::{CaptureProbes, CaptureRing};
 use palisade_node_agent::features::probe_node_features;
 use palisade_node_agent::runtime::{CaptureBackend, Runtime};
@@ -48,17 +49,81 @@ struct Args {
     log_json: bool,
 }
 
-struct KernelCapture(CaptureProbes);
+/// The kernel side: cgroup_skb capture, and TLS uprobes once a monitor asks for them.
+struct KernelCapture {
+    probes: CaptureProbes,
+    /// `None` until a monitor enables TLS; then the loaded probes or why they did not load.
+    tls: Option<Result<TlsProbes, String>>,
+}
+
+impl KernelCapture {
+    /// Loads the TLS probes (once) so that they write into the capture ring.
+    fn ensure_tls(&mut self, ring: Option<&CaptureRing>, bpffs: Option<&Path>) {
+        if self.tls.is_some() {
+            return;
+        }
+        let loaded = match (ring, bpffs) {
+            (Some(ring), Some(bpffs)) => TlsProbes::load_sharing(ring, bpffs).map_err(|e| e.to_string()),
+            (None, _) => Err("the capture ring is not available".to_string()),
+            (_, None) => {
+                Err("TLS capture needs bpffs to share the capture ring (see node errors)".to_string())
+            }
+        };
+        match &loaded {
+            Ok(_) => tracing::info!("TLS probes loaded"),
+            Err(reason) => tracing::warn!(%reason, "TLS probes not loaded"),
+        }
+        self.tls = Some(loaded);
+    }
+}
 
 impl CaptureBackend for KernelCapture {
     fn attach(&mut self, cgroup_dir: &Path) -> Result<u64, String> {
-        self.0.attach_cgroup(cgroup_dir).map_err(|e| e.to_string())
+        self.probes.attach_cgroup(cgroup_dir).map_err(|e| e.to_string())
     }
     fn detach(&mut self, cgroup_dir: &Path) -> Result<(), String> {
-        self.0.detach_cgroup(cgroup_dir).map_err(|e| e.to_string())
+        self.probes.detach_cgroup(cgroup_dir).map_err(|e| e.to_string())
     }
     fn counters(&self) -> CaptureCounters {
-        self.0.counters().unwrap_or_default()
+        let mut c = self.probes.counters().unwrap_or_default();
+        // The TLS programs keep their own copy of the counters: add them up.
+        if let Some(Ok(tls)) = &self.tls {
+            let t = tls.counters().unwrap_or_default();
+            c.packets_seen += t.packets_seen;
+            c.records_emitted += t.records_emitted;
+            c.records_lost += t.records_lost;
+            c.bytes_truncated += t.bytes_truncated;
+            c.parse_errors += t.parse_errors;
+            c.tls_entry_hits += t.tls_entry_hits;
+            c.tls_return_hits += t.tls_return_hits;
+            c.tls_data_calls += t.tls_data_calls;
+            c.tls_records_emitted += t.tls_records_emitted;
+            c.tls_bytes_captured += t.tls_bytes_captured;
+            c.tls_bytes_truncated += t.tls_bytes_truncated;
+            c.tls_read_errors += t.tls_read_errors;
+            c.tls_unmatched_returns += t.tls_unmatched_returns;
+        }
+        c
+    }
+    fn tls_ready(&self) -> Result<(), String> {
+        match &self.tls {
+            Some(Ok(_)) => Ok(()),
+            Some(Err(reason)) => Err(reason.clone()),
+            None => Err("TLS probes are loaded when a monitor enables TLS".into()),
+        }
+    }
+    fn attach_tls(&mut self, pid: u32, libssl: &Path) -> Result<(), String> {
+        match &mut self.tls {
+            Some(Ok(tls)) => tls.attach_tls(pid, libssl).map(|_| ()).map_err(|e| e.to_string()),
+            _ => self.tls_ready(),
+        }
+    }
+    fn detach_tls(&mut self, pid: u32) {
+        if let Some(Ok(tls)) = &mut self.tls {
+            if let Err(error) = tls.detach_tls(pid) {
+                tracing::debug!(%error, pid, "TLS detach");
+            }
+        }
     }
 }
 
@@ -147,7 +212,7 @@ async fn main() -> anyhow::Result<()> {
         Ok(mut probes) => match probes.take_ring() {
             Ok(r) => {
                 ring = Some(r);
-                Ok(KernelCapture(probes))
+                Ok(KernelCapture { probes, tls: None })
             }
             Err(e) => Err(e.to_string()),
         },
@@ -215,6 +280,12 @@ async fn main() -> anyhow::Result<()> {
                 if changed.is_err() { break; }
                 let cfg = cfg_rx.borrow_and_update().clone();
                 if let Some(cfg) = cfg {
+                    if cfg.monitors.iter().any(|m| m.tls) {
+                        let bpffs = features.bpffs.as_deref();
+                        if let Some(backend) = runtime.backend_mut() {
+                            backend.ensure_tls(ring.as_ref(), bpffs);
+                        }
+                    }
                     runtime.apply(cfg);
                     send_report = true;
                 }

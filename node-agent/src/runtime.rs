@@ -13,7 +13,7 @@ use crate::template::template_path;
 use crate::workloads::find_pod_cgroup;
 use palisade_api::agent::{
     AgentReport, CaptureStats, EndpointDelta, FeatureProbe, Finding, MonitorConfig, MonitorReport,
-    NodeConfig, ObjectRef, PolicyReport,
+    NodeConfig, ObjectRef, PolicyReport, TlsCoverage,
 };
 use palisade_common::{CaptureCounters, CaptureHeader};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -25,7 +25,19 @@ pub trait CaptureBackend {
     fn attach(&mut self, cgroup_dir: &Path) -> Result<u64, String>;
     fn detach(&mut self, cgroup_dir: &Path) -> Result<(), String>;
     fn counters(&self) -> CaptureCounters;
+    /// Whether TLS probes are loaded (the error says why not).
+    fn tls_ready(&self) -> Result<(), String> {
+        Err("TLS capture is not available on this agent".into())
+    }
+    /// Attaches the TLS uprobes to one process using the OpenSSL at `libssl`.
+    fn attach_tls(&mut self, _pid: u32, _libssl: &Path) -> Result<(), String> {
+        Err("TLS capture is not available on this agent".into())
+    }
+    fn detach_tls(&mut self, _pid: u32) {}
 }
+
+/// Finds the OpenSSL library a process maps (replaceable in tests).
+pub type LibsslFinder = fn(u32) -> Option<PathBuf>;
 
 type Key = (String, String);
 
@@ -124,7 +136,17 @@ pub struct Runtime<B: CaptureBackend> {
     /// The cluster's pod networks (east-west vs north-south).
     cluster_cidrs: Vec<Cidr>,
     last_cgroup_rescan_ns: u64,
+    /// Per pod UID: processes with TLS uprobes attached.
+    tls_pids: HashMap<String, BTreeMap<u32, PathBuf>>,
+    /// Per pod UID: whether its TLS traffic is covered, and what covers it or why not.
+    tls_coverage: HashMap<String, (bool, String)>,
+    find_libssl: LibsslFinder,
+    /// Whether the record being processed is TLS plaintext (from uprobes).
+    record_is_tls: bool,
 }
+
+/// The source of a finding seen in TLS plaintext: uprobes do not see the peer's address.
+pub const TLS_PEER_UNKNOWN: &str = "unknown (TLS)";
 
 impl<B: CaptureBackend> Runtime<B> {
     pub fn new(
@@ -172,6 +194,114 @@ impl<B: CaptureBackend> Runtime<B> {
             last_records_lost: 0,
             cluster_cidrs: vec![],
             last_cgroup_rescan_ns: 0,
+            tls_pids: HashMap::new(),
+            tls_coverage: HashMap::new(),
+            find_libssl: crate::capture::tls::find_libssl,
+            record_is_tls: false,
+        }
+    }
+
+    /// Replaces how OpenSSL is found in a process (tests).
+    pub fn set_libssl_finder(&mut self, finder: LibsslFinder) {
+        self.find_libssl = finder;
+    }
+
+    /// The capture backend, if it loaded.
+    pub fn backend_mut(&mut self) -> Option<&mut B> {
+        self.backend.as_mut()
+    }
+
+    /// Attaches TLS probes to the processes of pods whose monitors ask for TLS capture, detaches
+    /// them from processes that are gone or no longer selected, and records coverage per pod.
+    /// Called after each configuration and periodically (new processes appear).
+    pub fn sync_tls(&mut self) {
+        let mut wanted: BTreeMap<String, PathBuf> = BTreeMap::new();
+        for monitor in self.config.monitors.iter().filter(|m| m.tls) {
+            for t in &monitor.targets {
+                if let Some(att) = self.attachments.get(&t.pod_uid) {
+                    wanted.insert(t.pod_uid.clone(), att.cgroup_dir.clone());
+                }
+            }
+        }
+        // Pods no longer wanting TLS: detach all their processes.
+        let gone: Vec<String> = self
+            .tls_pids
+            .keys()
+            .filter(|uid| !wanted.contains_key(*uid))
+            .cloned()
+            .collect();
+        for uid in gone {
+            for pid in self.tls_pids.remove(&uid).unwrap_or_default().into_keys() {
+                if let Some(b) = self.backend.as_mut() {
+                    b.detach_tls(pid);
+                }
+            }
+        }
+        self.tls_coverage.retain(|uid, _| wanted.contains_key(uid));
+        for (uid, dir) in wanted {
+            let ready = match self.backend.as_ref() {
+                Some(b) => b.tls_ready(),
+                None => Err("capture programs are not loaded on this node".to_string()),
+            };
+            if let Err(reason) = ready {
+                self.tls_coverage
+                    .insert(uid, (false, format!("TLS probes not loaded: {reason}")));
+                continue;
+            }
+            let pids = crate::workloads::cgroup_tree_pids(&dir);
+            let attached = self.tls_pids.entry(uid.clone()).or_default();
+            // Processes that exited.
+            let exited: Vec<u32> = attached.keys().filter(|p| !pids.contains(p)).copied().collect();
+            for pid in exited {
+                attached.remove(&pid);
+                if let Some(b) = self.backend.as_mut() {
+                    b.detach_tls(pid);
+                }
+            }
+            let mut errors = vec![];
+            let new_pids: Vec<u32> = pids
+                .iter()
+                .copied()
+                .filter(|p| !attached.contains_key(p))
+                .collect();
+            for pid in new_pids {
+                let Some(lib) = (self.find_libssl)(pid) else {
+                    continue;
+                };
+                match self.backend.as_mut().map(|b| b.attach_tls(pid, &lib)) {
+                    Some(Ok(())) => {
+                        tracing::info!(pod_uid = %uid, pid, libssl = %lib.display(), "TLS capture attached");
+                        attached.insert(pid, lib);
+                    }
+                    Some(Err(e)) => errors.push(format!("pid {pid}: {e}")),
+                    None => {}
+                }
+            }
+            let coverage = if let Some(lib) = attached.values().next() {
+                let name = lib
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                (
+                    true,
+                    format!(
+                        "OpenSSL ({name}) probed in {} of {} processes",
+                        attached.len(),
+                        pids.len()
+                    ),
+                )
+            } else if let Some(e) = errors.first() {
+                (false, format!("attaching TLS probes failed: {e}"))
+            } else {
+                (
+                    false,
+                    format!(
+                        "none of the pod's {} processes maps OpenSSL's libssl; statically linked OpenSSL, Go, BoringSSL and rustls are not covered yet",
+                        pids.len()
+                    ),
+                )
+            };
+            self.tls_coverage.insert(uid, coverage);
         }
     }
 
@@ -323,6 +453,7 @@ impl<B: CaptureBackend> Runtime<B> {
             .collect();
         self.applied_version = config.version;
         self.config = config;
+        self.sync_tls();
     }
 
     fn monitor(&self, index: usize) -> Option<&MonitorConfig> {
@@ -351,6 +482,7 @@ impl<B: CaptureBackend> Runtime<B> {
             return; // a pod detached a moment ago
         };
         let max_head = self.max_head_bytes();
+        self.record_is_tls = header.family == palisade_common::FAMILY_TLS;
         match self.tracker.on_record(header, data, max_head) {
             Some(HttpEvent::Request(req)) if req.role == PodRole::Server => self.detect(&pod, &req),
             Some(HttpEvent::Exchange(ex)) if ex.request.role == PodRole::Server => {
@@ -383,7 +515,12 @@ impl<B: CaptureBackend> Runtime<B> {
         self.by_cgroup.get(&cgroup_id).cloned()
     }
 
+    /// Whether a monitor watches the current record: TLS plaintext when it asked for TLS, other
+    /// traffic on its ports.
     fn port_watched(&self, monitor: &MonitorConfig, port: u16) -> bool {
+        if self.record_is_tls {
+            return monitor.tls;
+        }
         monitor.ports.is_empty() || monitor.ports.contains(&(port as u32))
     }
 
@@ -412,7 +549,17 @@ impl<B: CaptureBackend> Runtime<B> {
         };
         let now_ms = self.unix_ms(req.timestamp_ns);
         let template = template_path(&req.target);
-        let source = req.remote.0.to_string();
+        // Uprobes on the TLS library see the process, not the peer's address.
+        let source = if self.record_is_tls {
+            TLS_PEER_UNKNOWN.to_string()
+        } else {
+            req.remote.0.to_string()
+        };
+        let traffic = if self.record_is_tls {
+            ""
+        } else {
+            traffic_class(&self.cluster_cidrs, req.remote.0)
+        };
         for policy in &self.policies {
             if !policy.pod_uids.contains(&pod.uid) || !watched_by.iter().any(|m| policy.monitors.contains(m))
             {
@@ -430,7 +577,7 @@ impl<B: CaptureBackend> Runtime<B> {
                     severity: rule.severity.clone(),
                     count: 0,
                     source: source.clone(),
-                    traffic: traffic_class(&self.cluster_cidrs, req.remote.0).to_string(),
+                    traffic: traffic.to_string(),
                     pod_namespace: pod.namespace.clone(),
                     pod_name: pod.name.clone(),
                     method: req.method.clone(),
@@ -492,7 +639,7 @@ impl<B: CaptureBackend> Runtime<B> {
                 .entry((method.clone(), template.clone(), ex.status as u32))
                 .or_default();
             counter.count += 1;
-            if traffic_class(&self.cluster_cidrs, ex.request.remote.0) == "east-west" {
+            if !self.record_is_tls && traffic_class(&self.cluster_cidrs, ex.request.remote.0) == "east-west" {
                 counter.east_west += 1;
             }
             counter.last_seen_unix_ms = now_ms;
@@ -502,6 +649,7 @@ impl<B: CaptureBackend> Runtime<B> {
     /// Forgets idle connections.
     pub fn housekeeping(&mut self, now_ns: u64) {
         self.tracker.evict_idle(now_ns);
+        self.sync_tls();
     }
 
     /// Builds a report and takes the deltas it carries; give it back with [`Self::restore`] if it
@@ -539,6 +687,28 @@ impl<B: CaptureBackend> Runtime<B> {
                 errors: self.monitor_errors.get(&k).cloned().unwrap_or_default(),
                 endpoints,
                 overflow_requests,
+                tls: if m.tls {
+                    m.targets
+                        .iter()
+                        .map(|t| {
+                            let (covered, detail) =
+                                self.tls_coverage.get(&t.pod_uid).cloned().unwrap_or_else(|| {
+                                    (
+                                        false,
+                                        "capture is not attached to the pod (see errors)".to_string(),
+                                    )
+                                });
+                            TlsCoverage {
+                                pod_namespace: t.pod_namespace.clone(),
+                                pod_name: t.pod_name.clone(),
+                                covered,
+                                detail,
+                            }
+                        })
+                        .collect()
+                } else {
+                    vec![]
+                },
             });
         }
         let mut findings = std::mem::take(&mut self.findings);
@@ -568,6 +738,8 @@ impl<B: CaptureBackend> Runtime<B> {
                 records_lost: counters.records_lost,
                 bytes_truncated: counters.bytes_truncated,
                 messages_dropped: drops.connections + drops.oversized_heads + drops.pending_overflow,
+                tls_records_emitted: counters.tls_records_emitted,
+                tls_uprobe_hits: counters.tls_entry_hits + counters.tls_return_hits,
             }),
         }
     }
@@ -669,6 +841,7 @@ mod tests {
     #[derive(Default)]
     struct FakeBackend {
         attached: Vec<PathBuf>,
+        tls_pids: std::rc::Rc<std::cell::RefCell<Vec<u32>>>,
         lost: std::rc::Rc<std::cell::Cell<u64>>,
     }
 
@@ -683,6 +856,16 @@ mod tests {
         fn detach(&mut self, dir: &Path) -> Result<(), String> {
             self.attached.retain(|d| d != dir);
             Ok(())
+        }
+        fn tls_ready(&self) -> Result<(), String> {
+            Ok(())
+        }
+        fn attach_tls(&mut self, pid: u32, _libssl: &Path) -> Result<(), String> {
+            self.tls_pids.borrow_mut().push(pid);
+            Ok(())
+        }
+        fn detach_tls(&mut self, pid: u32) {
+            self.tls_pids.borrow_mut().retain(|p| *p != pid);
         }
         fn counters(&self) -> CaptureCounters {
             CaptureCounters {
@@ -942,6 +1125,60 @@ mod tests {
             "only the new losses"
         );
         assert!(rt.take_report().policies[0].findings.is_empty());
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn tls_follows_the_pods_processes_and_reports_coverage() {
+        let root = std::env::temp_dir().join(format!("palisade-runtime-tls-{}", std::process::id()));
+        let pod_a = root.join("kubepods/besteffort/poduid-a");
+        let pod_b = root.join("kubepods/besteffort/poduid-b");
+        std::fs::create_dir_all(pod_a.join("app")).expect("mkdir");
+        std::fs::create_dir_all(&pod_b).expect("mkdir");
+        // Plain files stand in for cgroupfs: pids 100 and 101 in pod a's container, 200 in pod b.
+        std::fs::write(pod_a.join("cgroup.procs"), "").expect("write");
+        std::fs::write(pod_a.join("app/cgroup.procs"), "100\n101\n").expect("write");
+        std::fs::write(pod_b.join("cgroup.procs"), "200\n").expect("write");
+        let backend = FakeBackend::default();
+        let tls_pids = backend.tls_pids.clone();
+        let mut rt = Runtime::new(
+            "n1".into(),
+            "i1".into(),
+            Some(root.clone()),
+            Ok(backend),
+            vec![],
+            vec![],
+            0,
+        );
+        // Only pid 100 maps OpenSSL; pod b runs something else (say, a Go binary).
+        rt.set_libssl_finder(|pid| (pid == 100).then(|| PathBuf::from("/usr/lib/libssl.so.3")));
+        let mut cfg = config(1, vec![target("uid-a", "a"), target("uid-b", "b")]);
+        cfg.monitors[0].tls = true;
+        rt.apply(cfg.clone());
+        assert_eq!(*tls_pids.borrow(), vec![100]);
+        let report = rt.take_report();
+        let tls = &report.monitors[0].tls;
+        assert_eq!(tls.len(), 2);
+        let a = tls.iter().find(|t| t.pod_name == "a").expect("a");
+        assert!(
+            a.covered && a.detail.contains("libssl.so.3") && a.detail.contains("1 of 2 processes"),
+            "{a:?}"
+        );
+        let b = tls.iter().find(|t| t.pod_name == "b").expect("b");
+        assert!(
+            !b.covered && b.detail.contains("none of the pod's 1 processes maps OpenSSL"),
+            "{b:?}"
+        );
+
+        // pid 100 exits: its probes go; TLS off: everything detaches.
+        std::fs::write(pod_a.join("app/cgroup.procs"), "101\n").expect("write");
+        rt.housekeeping(0);
+        assert!(tls_pids.borrow().is_empty());
+        rt.apply(config(2, vec![target("uid-a", "a")]));
+        assert!(
+            rt.take_report().monitors[0].tls.is_empty(),
+            "no TLS coverage reported when TLS is off"
+        );
         let _ = std::fs::remove_dir_all(&root);
     }
 

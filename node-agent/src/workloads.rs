@@ -69,6 +69,28 @@ fn search(dir: &Path, uid: &str, depth: usize) -> Option<PathBuf> {
     subdirs.into_iter().find_map(|d| search(&d, uid, depth + 1))
 }
 
+/// The pids in a cgroup and its descendants (up to 4 levels deep).
+pub fn cgroup_tree_pids(dir: &Path) -> Vec<u32> {
+    let mut pids = vec![];
+    let mut stack = vec![(dir.to_path_buf(), 0usize)];
+    while let Some((d, depth)) = stack.pop() {
+        if let Ok(text) = std::fs::read_to_string(d.join("cgroup.procs")) {
+            pids.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+        }
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if depth + 1 < 4 && entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push((entry.path(), depth + 1));
+            }
+        }
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
 /// The cgroup ids (directory inodes) of every cgroup below `dir`, up to 4 levels deep.
 pub fn descendant_cgroup_ids(dir: &Path) -> Vec<u64> {
     use std::os::unix::fs::MetadataExt;

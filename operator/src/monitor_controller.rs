@@ -13,7 +13,7 @@ use kube::runtime::controller::Action;
 use kube::ResourceExt;
 use palisade_api::v1alpha1::{
     ApiMonitor, ApiMonitorStatus, CommonStatus, EndpointInventory, EndpointStatus, StatusCount,
-    MAX_ENDPOINTS_IN_STATUS,
+    TlsCoverageStatus, TlsPodCoverage, MAX_ENDPOINTS_IN_STATUS,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -98,7 +98,31 @@ pub fn desired_status(monitor: &ApiMonitor, hub: &Hub) -> ApiMonitorStatus {
     let total = items.len() as u32;
     items.truncate(MAX_ENDPOINTS_IN_STATUS);
 
+    let tls = monitor.spec.tls.enabled.then(|| {
+        let mut details: Vec<TlsPodCoverage> = per_node
+            .keys()
+            .filter_map(|node| hub.agent(node))
+            .filter_map(|agent| agent.monitors.get(&key).cloned())
+            .flat_map(|report| report.tls)
+            .map(|t| TlsPodCoverage {
+                pod: format!("{}/{}", t.pod_namespace, t.pod_name),
+                covered: t.covered,
+                detail: t.detail,
+            })
+            .collect();
+        details.sort_by(|a, b| (a.covered, &a.pod).cmp(&(b.covered, &b.pod)));
+        let covered_pods = details.iter().filter(|d| d.covered).count() as u32;
+        let uncovered_pods = details.len() as u32 - covered_pods;
+        details.truncate(palisade_api::v1alpha1::MAX_NODE_DETAILS);
+        TlsCoverageStatus {
+            covered_pods,
+            uncovered_pods,
+            details,
+        }
+    });
+
     ApiMonitorStatus {
+        tls,
         common: CommonStatus {
             observed_generation: generation,
             conditions,

@@ -224,6 +224,33 @@ pub struct ApiMonitorStatus {
     /// The endpoint inventory (busiest first, at most 50 listed).
     #[serde(default)]
     pub endpoints: EndpointInventory,
+    /// TLS plaintext coverage, when `spec.tls.enabled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsCoverageStatus>,
+}
+
+/// Which selected pods' TLS traffic is captured in plaintext.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsCoverageStatus {
+    /// Pods whose TLS traffic is captured (OpenSSL found and probed in their processes).
+    pub covered_pods: u32,
+    /// Pods whose TLS traffic is not captured, with the reason in `details`.
+    pub uncovered_pods: u32,
+    /// Per pod, uncovered ones first, at most 16.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<TlsPodCoverage>,
+}
+
+/// TLS coverage of one pod.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsPodCoverage {
+    /// `namespace/name`.
+    pub pod: String,
+    pub covered: bool,
+    /// What covers it, or why it is not covered (for example a Go or rustls TLS stack).
+    pub detail: String,
 }
 
 /// A bounded endpoint inventory.

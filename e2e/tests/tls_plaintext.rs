@@ -1,0 +1,172 @@
+//! TLS plaintext end to end: a pod serving HTTPS through OpenSSL, an ApiMonitor with
+//! `tls.enabled`, and the endpoints, a finding and TLS coverage in status, secrets redacted.
+
+use anyhow::{ensure, Context, Result};
+use palisade_e2e::palisade::{condition, demo_api_command, wait_for_object, Stack};
+use palisade_e2e::PodLaunch;
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+const CANARY: &str = "CANARY-TLS-55d1e";
+const WAIT: Duration = Duration::from_secs(45);
+
+const MONITOR: &str = r#"
+apiVersion: palisade.dev/v1alpha1
+kind: ApiMonitor
+metadata: {name: secure-api, namespace: demo}
+spec:
+  selector: {matchLabels: {app: secure-api}}
+  ports: [8443]
+  tls: {enabled: true}
+---
+apiVersion: palisade.dev/v1alpha1
+kind: ApiPolicy
+metadata: {name: secure-guard, namespace: demo}
+spec:
+  monitors: [secure-api]
+  rules:
+    - {name: traversal, detector: pathTraversal}
+"#;
+
+/// HTTPS requests from the test process (python's ssl, no verification), bounded by timeouts.
+fn https_requests(ip: &str, requests: &[(&str, &str)]) -> Result<Vec<u16>> {
+    let mut script =
+        String::from("import http.client, ssl, sys\nctx = ssl._create_unverified_context()\nout = []\n");
+    for (target, auth) in requests {
+        script.push_str(&format!(
+            "c = http.client.HTTPSConnection('{ip}', 8443, context=ctx, timeout=5)\n\
+             c.request('GET', {target:?}, headers={{'Authorization': {auth:?}}})\n\
+             out.append(str(c.getresponse().status)); c.close()\n"
+        ));
+    }
+    script.push_str("print(' '.join(out))\n");
+    let out = Command::new("timeout")
+        .args(["30", "python3", "-c", &script])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "HTTPS client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|s| s.parse().context("status"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_is_seen_in_plaintext_through_openssl_uprobes() -> Result<()> {
+    palisade_e2e::init_tracing();
+    if !palisade_e2e::require_root() {
+        return Ok(());
+    }
+    let stack = Stack::start("tls-node").await?;
+    let cp = &stack.cp;
+    let certs = tempfile::tempdir()?;
+    let (cert, key) = (certs.path().join("tls.crt"), certs.path().join("tls.key"));
+    let gen = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=secure-api",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()?;
+    ensure!(
+        gen.status.success(),
+        "openssl req: {}",
+        String::from_utf8_lossy(&gen.stderr)
+    );
+    cp.kubectl_ok(&["create", "namespace", "demo"])?;
+    let mut command = demo_api_command(8443);
+    command.extend([cert.display().to_string(), key.display().to_string()]);
+    let pod = stack
+        .kubelet
+        .start_pod(PodLaunch {
+            namespace: "demo".into(),
+            name: "secure-api-0".into(),
+            labels: BTreeMap::from([("app".to_string(), "secure-api".to_string())]),
+            command,
+            port: 8443,
+        })
+        .await?;
+    let manifests = certs.path().join("secure.yaml");
+    std::fs::write(&manifests, MONITOR)?;
+    cp.kubectl_ok(&["apply", "-f", &manifests.display().to_string()])?;
+
+    let coverage = wait_for_object(
+        cp,
+        "TLS coverage",
+        ("apimonitor", "demo", "secure-api"),
+        WAIT,
+        |m| {
+            let tls = m.pointer("/status/tls")?;
+            let ready = condition(m, "Ready").is_some_and(|(s, _, _)| s == "True");
+            (ready && tls["coveredPods"].as_u64()? == 1).then(|| tls.clone())
+        },
+    )
+    .await?;
+    println!("TLS coverage: {coverage}");
+    let detail = coverage
+        .pointer("/details/0/detail")
+        .and_then(|d| d.as_str())
+        .unwrap_or_default();
+    assert!(detail.contains("libssl"), "{detail}");
+
+    let ip = pod.ip.to_string();
+    let bearer = format!("Bearer {CANARY}");
+    let statuses = https_requests(
+        &ip,
+        &[
+            ("/users/1", &bearer),
+            ("/users/2", &bearer),
+            ("/files/..%2f..%2fetc%2fpasswd", &bearer),
+        ],
+    )?;
+    assert_eq!(statuses, vec![200, 200, 404]);
+
+    let users = wait_for_object(
+        cp,
+        "TLS endpoints",
+        ("apimonitor", "demo", "secure-api"),
+        WAIT,
+        |m| {
+            let items = m.pointer("/status/endpoints/items")?.as_array()?;
+            let users = items.iter().find(|e| e["path"] == "/users/{id}")?;
+            (users["requests"].as_u64()? >= 2).then(|| users.clone())
+        },
+    )
+    .await?;
+    assert_eq!(users["requests"], 2, "{users}");
+    let finding = wait_for_object(
+        cp,
+        "a finding from TLS plaintext",
+        ("apipolicy", "demo", "secure-guard"),
+        WAIT,
+        |p| {
+            p.pointer("/status/findings/recent")?
+                .as_array()?
+                .iter()
+                .find(|f| f["rule"] == "traversal")
+                .cloned()
+        },
+    )
+    .await?;
+    assert_eq!(
+        finding["source"], "unknown (TLS)",
+        "uprobes do not see the peer: {finding}"
+    );
+    let everything = cp.kubectl_ok(&["get", "apimonitor,apipolicy,events", "-n", "demo", "-o", "yaml"])?;
+    assert!(!everything.contains(CANARY), "a secret canary leaked");
+    Ok(())
+}
