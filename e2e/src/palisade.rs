@@ -123,16 +123,13 @@ pub fn start_agent_with_metrics(
         "RUST_LOG",
         std::env::var("PALISADE_LOG").unwrap_or_else(|_| "info".into()),
     )
-    .args([
-        "--node-name",
-        node,
-        "--operator",
-        &operator.url(),
-        "--report-interval-ms",
-        "500",
-    ])
+    .args(["--node-name", node, "--report-interval-ms", "500"])
     .args(["--metrics-listen", &metrics.to_string()])
     .args(extra);
+    // `extra` may route the agent elsewhere (through a WireRecorder, say).
+    if !extra.contains(&"--operator") {
+        cmd.args(["--operator", &operator.url()]);
+    }
     let agent = ChildGuard::spawn(name, &mut cmd, &cp.dir().join(format!("{name}.log")))?;
     Ok((agent, metrics))
 }
@@ -235,6 +232,72 @@ pub async fn wait_for_object<T>(
     }
 }
 
+/// A TCP relay on loopback that records every byte both ways: the e2e tests put it between the
+/// agent and the operator and grep the gRPC traffic for secrets (protobuf strings travel as-is).
+pub struct WireRecorder {
+    pub listen: SocketAddr,
+    bytes: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WireRecorder {
+    pub async fn start(target: SocketAddr) -> Result<WireRecorder> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let listen = listener.local_addr()?;
+        let bytes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = bytes.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let sink = sink.clone();
+                tokio::spawn(async move {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let (mut ri, mut wi) = inbound.into_split();
+                    let (mut ro, mut wo) = outbound.into_split();
+                    let up = relay(&mut ri, &mut wo, sink.clone());
+                    let down = relay(&mut ro, &mut wi, sink);
+                    let _ = tokio::join!(up, down);
+                });
+            }
+        });
+        Ok(WireRecorder { listen, bytes, task })
+    }
+
+    /// Everything relayed so far, both directions.
+    pub fn recorded(&self) -> Vec<u8> {
+        self.bytes.lock().map(|b| b.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for WireRecorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn relay(
+    from: &mut tokio::net::tcp::OwnedReadHalf,
+    to: &mut tokio::net::tcp::OwnedWriteHalf,
+    sink: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return to.shutdown().await;
+        }
+        if let Ok(mut b) = sink.lock() {
+            // Bounded: a test never needs more than 64 MiB of it.
+            if b.len() < 64 << 20 {
+                b.extend_from_slice(&buf[..n]);
+            }
+        }
+        to.write_all(&buf[..n]).await?;
+    }
+}
+
 /// The command line of the demo API (e2e/demo-api/demo_api.py) listening on `port`.
 pub fn demo_api_command(port: u16) -> Vec<String> {
     let script = workspace_root().join("e2e/demo-api/demo_api.py");
@@ -245,6 +308,8 @@ pub fn demo_api_command(port: u16) -> Vec<String> {
 /// operator and one node agent.
 pub struct Stack {
     pub agent: ChildGuard,
+    /// Records the agent's gRPC traffic to the operator (the agent connects through it).
+    pub grpc_wire: WireRecorder,
     /// Where the agent serves Prometheus metrics.
     pub agent_metrics: SocketAddr,
     pub operator: Operator,
@@ -260,9 +325,13 @@ impl Stack {
         let client = cp.client().await?;
         let kubelet = crate::FakeKubelet::start(client.clone(), node).await?;
         let operator = Operator::start(&cp, "operator").await?;
-        let (agent, agent_metrics) = start_agent_with_metrics(&cp, &operator, node, "agent", &[], &[])?;
+        let grpc_wire = WireRecorder::start(operator.grpc).await?;
+        let via = format!("http://{}", grpc_wire.listen);
+        let (agent, agent_metrics) =
+            start_agent_with_metrics(&cp, &operator, node, "agent", &[], &["--operator", &via])?;
         Ok(Stack {
             agent,
+            grpc_wire,
             agent_metrics,
             operator,
             kubelet,

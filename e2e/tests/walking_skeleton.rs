@@ -44,6 +44,7 @@ async fn apply_capture_detect_describe_detach() -> Result<()> {
     let mut agent = stack.agent;
     let operator = stack.operator;
     let metrics_addr = stack.agent_metrics;
+    let grpc_wire = &stack.grpc_wire;
 
     // The samples create the demo namespace, the ApiMonitor and the ApiPolicy.
     let applied = cp.kubectl_ok(&[
@@ -270,7 +271,13 @@ async fn apply_capture_detect_describe_detach() -> Result<()> {
         metrics.contains(r#"palisade_agent_capture_kernel_total{reason="records_lost"} 0"#),
         "{metrics}"
     );
+    let grpc = String::from_utf8_lossy(&grpc_wire.recorded()).into_owned();
+    assert!(
+        grpc.contains("path-traversal"),
+        "the recorder saw the agent's reports"
+    );
     let everything = [
+        grpc,
         metrics.clone(),
         cp.kubectl_ok(&["get", "apipolicy,apimonitor,events", "-n", "demo", "-o", "yaml"])?,
         describe.clone(),
