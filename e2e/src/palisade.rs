@@ -57,9 +57,13 @@ pub struct Operator {
 
 impl Operator {
     pub async fn start(cp: &ControlPlane, name: &str) -> Result<Operator> {
+        let grpc: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+        Self::start_on(cp, name, grpc).await
+    }
+
+    /// Starts an operator whose gRPC service listens on `grpc` (to replace one that stopped).
+    pub async fn start_on(cp: &ControlPlane, name: &str, grpc: SocketAddr) -> Result<Operator> {
         let bin = binaries()?.join("palisade-operator");
-        let port = free_port()?;
-        let grpc: SocketAddr = ([127, 0, 0, 1], port).into();
         let mut cmd = Command::new(&bin);
         cmd.env("KUBECONFIG", cp.kubeconfig_path())
             .env(

@@ -6,7 +6,7 @@
 
 use crate::cidr::{traffic_class, Cidr};
 use crate::detect::{CompiledRule, RequestView};
-use crate::http::{Exchange, HttpEvent, HttpTracker, PodRole, Request};
+use crate::http::{CaptureLimits, Exchange, HttpEvent, HttpTracker, PodRole, Request};
 use crate::metrics::AgentMetrics;
 use crate::redact::{self, Redactor};
 use crate::template::template_path;
@@ -464,31 +464,57 @@ impl<B: CaptureBackend> Runtime<B> {
         (ts_ns as i64).saturating_add(self.clock_offset_ns) / 1_000_000
     }
 
-    /// Most header bytes buffered for a message (the largest limit among the monitors).
-    fn max_head_bytes(&self) -> usize {
-        self.config
-            .monitors
-            .iter()
-            .filter_map(|m| m.capture.as_ref().map(|c| c.max_header_bytes as usize))
-            .max()
-            .unwrap_or(8192)
-            .clamp(256, 65536)
+    /// What the parser keeps of each message: the largest limits among the monitors (bodies
+    /// only for monitors that capture them).
+    fn capture_limits(&self) -> CaptureLimits {
+        let captures = || self.config.monitors.iter().filter_map(|m| m.capture.as_ref());
+        CaptureLimits {
+            max_head_bytes: captures()
+                .map(|c| c.max_header_bytes as usize)
+                .max()
+                .unwrap_or(8192)
+                .clamp(256, 65536),
+            max_body_bytes: captures()
+                .filter(|c| c.bodies)
+                .map(|c| c.max_body_bytes as usize)
+                .max()
+                .unwrap_or(0)
+                .min(1 << 20),
+        }
     }
 
     /// Processes one captured record.
     pub fn on_record(&mut self, header: &CaptureHeader, data: &[u8]) {
         self.metrics.drained(1);
-        let Some(pod) = self.resolve_pod(header.cgroup_id, header.timestamp_ns) else {
+        if self.resolve_pod(header.cgroup_id, header.timestamp_ns).is_none() {
             return; // a pod detached a moment ago
-        };
-        let max_head = self.max_head_bytes();
-        self.record_is_tls = header.family == palisade_common::FAMILY_TLS;
-        match self.tracker.on_record(header, data, max_head) {
-            Some(HttpEvent::Request(req)) if req.role == PodRole::Server => self.detect(&pod, &req),
-            Some(HttpEvent::Exchange(ex)) if ex.request.role == PodRole::Server => {
-                self.count_endpoint(&pod, &ex)
+        }
+        let limits = self.capture_limits();
+        let mut events = Vec::new();
+        self.tracker.feed(header, data, &limits, &mut events);
+        self.handle_events(events);
+    }
+
+    /// Detection on requests, endpoint counts on exchanges. An event may belong to another
+    /// connection than the record that completed it (one closed to make room, or by
+    /// housekeeping), so the pod and the TLS flag come from the event.
+    fn handle_events(&mut self, events: Vec<HttpEvent>) {
+        for event in events {
+            let request = match &event {
+                HttpEvent::Request(r) => r,
+                HttpEvent::Exchange(x) => &x.request,
+            };
+            let Some(pod) = self.by_cgroup.get(&request.cgroup_id).cloned() else {
+                continue;
+            };
+            self.record_is_tls = request.tls;
+            match event {
+                HttpEvent::Request(req) if req.role == PodRole::Server => self.detect(&pod, &req),
+                HttpEvent::Exchange(ex) if ex.request.role == PodRole::Server => {
+                    self.count_endpoint(&pod, &ex)
+                }
+                _ => {}
             }
-            _ => {}
         }
     }
 
@@ -648,7 +674,10 @@ impl<B: CaptureBackend> Runtime<B> {
 
     /// Forgets idle connections.
     pub fn housekeeping(&mut self, now_ns: u64) {
-        self.tracker.evict_idle(now_ns);
+        let limits = self.capture_limits();
+        let mut events = Vec::new();
+        self.tracker.evict_idle_into(now_ns, &limits, &mut events);
+        self.handle_events(events);
         self.sync_tls();
     }
 
@@ -737,7 +766,11 @@ impl<B: CaptureBackend> Runtime<B> {
                 records_emitted: counters.records_emitted,
                 records_lost: counters.records_lost,
                 bytes_truncated: counters.bytes_truncated,
-                messages_dropped: drops.connections + drops.oversized_heads + drops.pending_overflow,
+                messages_dropped: drops.connections
+                    + drops.oversized_heads
+                    + drops.pending_overflow
+                    + drops.partial_heads
+                    + drops.protocol_violations,
                 tls_records_emitted: counters.tls_records_emitted,
                 tls_uprobe_hits: counters.tls_entry_hits + counters.tls_return_hits,
             }),
@@ -799,6 +832,11 @@ impl<B: CaptureBackend> Runtime<B> {
         m.dropped("oversized_head", d.oversized_heads);
         m.dropped("pending_overflow", d.pending_overflow);
         m.dropped("unmatched_response", d.unmatched_responses);
+        m.dropped("partial_head", d.partial_heads);
+        m.dropped("protocol_violation", d.protocol_violations);
+        m.dropped("stream_gap", d.gaps);
+        m.dropped("budget_eviction", d.budget_evictions);
+        m.dropped("non_http", d.non_http);
         m.set_attached_pods(self.attachments.len());
         m.set_connections(self.tracker.connections());
     }
@@ -940,6 +978,9 @@ mod tests {
         let mut client = [0u8; 16];
         client[..4].copy_from_slice(&[10, 0, 0, 1]);
         let ingress = direction == DIRECTION_INGRESS;
+        // One connection per exchange (seq 10 and 11, 20 and 21, ...): sequence numbers stay
+        // consistent within each.
+        let client_port = 40000 + (seq / 10) as u16;
         CaptureHeader {
             timestamp_ns: 1_000_000 + seq as u64,
             cgroup_id,
@@ -949,8 +990,8 @@ mod tests {
             captured_len: 0,
             source_addr: if ingress { client } else { pod },
             dest_addr: if ingress { pod } else { client },
-            source_port: if ingress { 40000 } else { local_port },
-            dest_port: if ingress { local_port } else { 40000 },
+            source_port: if ingress { client_port } else { local_port },
+            dest_port: if ingress { local_port } else { client_port },
             family: FAMILY_IPV4,
             direction,
             tcp_flags: 0x18,
@@ -995,7 +1036,7 @@ mod tests {
             );
             rt.on_record(
                 &record(DIRECTION_EGRESS, seq + 1, cg, port),
-                format!("HTTP/1.1 {status} X\r\n\r\n").as_bytes(),
+                format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n").as_bytes(),
             );
         };
         exchange(&mut rt, 10, "/users/1", 200, 8080);

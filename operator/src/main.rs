@@ -68,6 +68,29 @@ where
     (reader, Box::pin(stream))
 }
 
+/// Whether every reflector store has received its initial list.
+fn stores_ready(view: &ClusterView) -> bool {
+    view.pods
+        .wait_until_ready()
+        .now_or_never()
+        .is_some_and(|r| r.is_ok())
+        && view
+            .monitors
+            .wait_until_ready()
+            .now_or_never()
+            .is_some_and(|r| r.is_ok())
+        && view
+            .policies
+            .wait_until_ready()
+            .now_or_never()
+            .is_some_and(|r| r.is_ok())
+        && view
+            .nodes
+            .wait_until_ready()
+            .now_or_never()
+            .is_some_and(|r| r.is_ok())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -98,11 +121,17 @@ async fn main() -> anyhow::Result<()> {
     let compile_hub = hub.clone();
     let mut changes =
         futures::stream::select_all([pod_changes, monitor_changes, policy_changes, node_changes]);
+    let ready_view = view.clone();
     let compiler = tokio::spawn(async move {
         while changes.next().await.is_some() {
             tokio::time::sleep(Duration::from_millis(100)).await;
             // Drain what piled up while we slept: one recompile covers it all.
             while let Some(Some(())) = changes.next().now_or_never() {}
+            // Until every store holds its initial list, a compile would push partial configs
+            // (detaching capture cluster-wide) and forget counts of objects not listed yet.
+            if !stores_ready(&ready_view) {
+                continue;
+            }
             let changed = compile_hub.recompile();
             if !changed.is_empty() {
                 tracing::info!(nodes = ?changed, "node configurations updated");

@@ -70,6 +70,7 @@ pub fn desired_status(monitor: &ApiMonitor, hub: &Hub) -> ApiMonitorStatus {
         ready_msg,
     );
 
+    hub.seed_monitor(&key, monitor.status.as_ref());
     let telemetry = hub.monitor_telemetry(&key);
     let mut items: Vec<EndpointStatus> = telemetry
         .endpoints
@@ -140,7 +141,9 @@ pub fn desired_status(monitor: &ApiMonitor, hub: &Hub) -> ApiMonitorStatus {
 #[tracing::instrument(skip_all, fields(monitor = %format!("{}/{}", monitor.namespace().unwrap_or_default(), monitor.name_any())))]
 pub async fn reconcile(monitor: Arc<ApiMonitor>, ctx: Arc<MonitorContext>) -> Result<Action, Error> {
     let status = desired_status(&monitor, &ctx.hub);
-    if monitor.status.as_ref() != Some(&status) {
+    // Compared as JSON: timestamps are stored to the second, so a typed comparison with the
+    // millisecond values computed here would never be equal and the status would be rewritten forever.
+    if serde_json::to_value(&monitor.status).ok() != serde_json::to_value(Some(&status)).ok() {
         if let Err(wait) = ctx
             .status_throttle
             .try_acquire(&obj_key(monitor.as_ref()), std::time::Instant::now())

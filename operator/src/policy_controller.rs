@@ -90,6 +90,7 @@ pub fn desired_status(policy: &ApiPolicy, hub: &Hub) -> ApiPolicyStatus {
         ready_msg,
     );
 
+    hub.seed_policy(&key, policy.status.as_ref());
     let t = hub.policy_telemetry(&key);
     let pods_by_ip = crate::compile::pods_by_ip(&pods);
     let keep = policy.spec.limits.findings_in_status.max(0) as usize;
@@ -246,7 +247,8 @@ async fn announce(ctx: &PolicyContext, policy: &ApiPolicy) -> Result<(), Error> 
 pub async fn reconcile(policy: Arc<ApiPolicy>, ctx: Arc<PolicyContext>) -> Result<Action, Error> {
     announce(&ctx, &policy).await?;
     let status = desired_status(&policy, &ctx.hub);
-    if policy.status.as_ref() != Some(&status) {
+    // Compared as JSON, as in the monitor controller (timestamps are stored to the second).
+    if serde_json::to_value(&policy.status).ok() != serde_json::to_value(Some(&status)).ok() {
         if let Err(wait) = ctx
             .status_throttle
             .try_acquire(&obj_key(policy.as_ref()), Instant::now())

@@ -96,6 +96,8 @@ struct Inner {
     agents: HashMap<String, AgentState>,
     monitors: HashMap<ObjectKey, MonitorTelemetry>,
     policies: HashMap<ObjectKey, PolicyTelemetry>,
+    /// Objects whose counts were taken over from their status after this operator started.
+    seeded: std::collections::HashSet<(&'static str, ObjectKey)>,
 }
 
 /// Shared operator state.
@@ -335,6 +337,82 @@ impl Hub {
         self.trigger_all();
     }
 
+    /// Takes over the counts a previous operator wrote into a monitor's status, once per object
+    /// and process, so an operator restart loses no records. Counts that agents reported since
+    /// this operator started are added on top.
+    pub fn seed_monitor(&self, key: &ObjectKey, status: Option<&palisade_api::v1alpha1::ApiMonitorStatus>) {
+        let mut inner = self.lock();
+        if !inner.seeded.insert(("monitor", key.clone())) {
+            return;
+        }
+        let Some(status) = status else { return };
+        let tele = inner.monitors.entry(key.clone()).or_default();
+        tele.overflow_requests += status.endpoints.overflow_requests;
+        for item in &status.endpoints.items {
+            let t = tele
+                .endpoints
+                .entry((item.method.clone(), item.path.clone()))
+                .or_default();
+            t.requests += item.requests;
+            t.east_west += item.east_west_requests;
+            for s in &item.statuses {
+                *t.statuses.entry(s.code).or_default() += s.count;
+            }
+            let seen = item.last_seen.as_ref().map(|t| t.0.as_millisecond()).unwrap_or(0);
+            t.last_seen_unix_ms = t.last_seen_unix_ms.max(seen);
+        }
+    }
+
+    /// Like [`Hub::seed_monitor`], for a policy's findings.
+    pub fn seed_policy(&self, key: &ObjectKey, status: Option<&palisade_api::v1alpha1::ApiPolicyStatus>) {
+        let mut inner = self.lock();
+        if !inner.seeded.insert(("policy", key.clone())) {
+            return;
+        }
+        let Some(status) = status else { return };
+        let f = &status.findings;
+        let tele = inner.policies.entry(key.clone()).or_default();
+        tele.total += f.total;
+        for r in &f.by_rule {
+            let e = tele
+                .by_rule
+                .entry(r.rule.clone())
+                .or_insert((r.severity.as_str().to_string(), 0));
+            e.1 += r.count;
+        }
+        let last = f
+            .last_finding_time
+            .as_ref()
+            .map(|t| t.0.as_millisecond())
+            .unwrap_or(0);
+        tele.last_finding_unix_ms = tele.last_finding_unix_ms.max(last);
+        for r in &f.recent {
+            if tele.recent.len() >= MAX_FINDINGS_IN_STATUS {
+                break;
+            }
+            let (pod_namespace, pod_name) = r.pod.split_once('/').unwrap_or(("", r.pod.as_str()));
+            let (method, path) = r.endpoint.split_once(' ').unwrap_or(("", r.endpoint.as_str()));
+            tele.recent.push_back(NodeFinding {
+                node: r.node.clone(),
+                finding: agent::Finding {
+                    rule: r.rule.clone(),
+                    detector: r.detector.clone(),
+                    severity: r.severity.as_str().to_string(),
+                    count: r.count,
+                    source: r.source.clone(),
+                    pod_namespace: pod_namespace.to_string(),
+                    pod_name: pod_name.to_string(),
+                    method: method.to_string(),
+                    path: path.to_string(),
+                    evidence: r.evidence.clone(),
+                    first_seen_unix_ms: r.first_seen.0.as_millisecond(),
+                    last_seen_unix_ms: r.last_seen.0.as_millisecond(),
+                    traffic: r.traffic.clone(),
+                },
+            });
+        }
+    }
+
     pub fn monitor_telemetry(&self, key: &ObjectKey) -> MonitorTelemetry {
         self.lock().monitors.get(key).cloned().unwrap_or_default()
     }
@@ -395,6 +473,13 @@ impl Hub {
         let mut inner = self.lock();
         inner.monitors.retain(|k, _| monitors.contains(k));
         inner.policies.retain(|k, _| policies.contains(k));
+        inner.seeded.retain(|(kind, k)| {
+            if *kind == "monitor" {
+                monitors.contains(k)
+            } else {
+                policies.contains(k)
+            }
+        });
     }
 }
 

@@ -1,0 +1,311 @@
+//! One TCP connection: two reassembled directions, their parsers, and the pairing state they
+//! share (see [`super::pairing`]).
+
+use super::head::Kind;
+use super::pairing::{fields_bytes, ConnSink, Current, Pending, ResponseBuild};
+use super::parser::StreamParser;
+use super::reassembly::{Piece, Reassembler};
+use super::{CaptureLimits, FlowKey, HttpEvent, ParserDrops};
+use std::collections::VecDeque;
+
+#[derive(Debug, Default)]
+struct Direction {
+    reasm: Reassembler,
+    parser: StreamParser,
+}
+
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub(crate) key: FlowKey,
+    pub(crate) last_ns: u64,
+    /// 0: ingress (received by the pod), 1: egress.
+    dirs: [Direction; 2],
+    current: [Current; 2],
+    pending: VecDeque<Pending>,
+    response: Option<ResponseBuild>,
+    next_id: u64,
+    upgraded: bool,
+    finished: [bool; 2],
+}
+
+/// What to do with one direction's reassembler.
+enum Op<'d> {
+    Push {
+        seq: u32,
+        data: &'d [u8],
+        ts: u64,
+    },
+    Missing {
+        seq: u32,
+        len: u64,
+        ts: u64,
+    },
+    Expire(u64),
+    Finish {
+        fin_seq: u32,
+        ts: u64,
+    },
+    Flush {
+        ts: u64,
+    },
+    /// The stream starts over at an unknown distance: nothing held survives.
+    Restart {
+        ts: u64,
+    },
+}
+
+impl Conn {
+    pub(crate) fn new(key: FlowKey, now_ns: u64) -> Self {
+        Conn {
+            key,
+            last_ns: now_ns,
+            dirs: Default::default(),
+            current: [Current::None; 2],
+            pending: VecDeque::new(),
+            response: None,
+            next_id: 0,
+            upgraded: false,
+            finished: [false; 2],
+        }
+    }
+
+    /// Bytes buffered by this connection (held segments, partial heads, kept heads and bodies).
+    pub(crate) fn buffered(&self) -> usize {
+        let dirs: usize = self
+            .dirs
+            .iter()
+            .map(|d| d.reasm.buffered() + d.parser.buffered())
+            .sum();
+        let pending: usize = self
+            .pending
+            .iter()
+            .map(|p| p.head_bytes + p.request.body.capacity())
+            .sum();
+        let response = self.response.as_ref().map_or(0, |b| {
+            fields_bytes(&b.response.headers) + b.response.body.capacity()
+        });
+        dirs + pending + response
+    }
+
+    pub(crate) fn both_finished(&self) -> bool {
+        self.finished[0] && self.finished[1]
+    }
+
+    /// Runs `op` on direction `dir`, feeding what it delivers to that direction's parser.
+    fn run(
+        &mut self,
+        dir: usize,
+        op: Op,
+        limits: &CaptureLimits,
+        drops: &mut ParserDrops,
+        out: &mut Vec<HttpEvent>,
+    ) {
+        let mut decided = None;
+        let mut upgraded = self.upgraded;
+        {
+            let Conn {
+                key,
+                dirs,
+                current,
+                pending,
+                response,
+                next_id,
+                ..
+            } = self;
+            let Direction { reasm, parser } = &mut dirs[dir];
+            let mut sink = ConnSink {
+                ingress: dir == 0,
+                key,
+                current: &mut current[dir],
+                pending,
+                response,
+                next_id,
+                upgraded: &mut upgraded,
+                decided: &mut decided,
+                drops,
+                out,
+                max_body: limits.max_body_bytes,
+            };
+            let mut deliver = |piece: Piece| match piece {
+                Piece::Data(bytes, ts) => parser.feed(bytes, ts, limits, &mut sink),
+                Piece::Missing(n, ts) => parser.missing(n, ts, &mut sink),
+            };
+            match op {
+                Op::Push { seq, data, ts } => reasm.push(seq, data, ts, &mut deliver),
+                Op::Missing { seq, len, ts } => reasm.push_missing(seq, len, ts, &mut deliver),
+                Op::Expire(now) => reasm.expire(now, &mut deliver),
+                Op::Finish { fin_seq, ts } => {
+                    reasm.finish(fin_seq, ts, &mut deliver);
+                    parser.eof(ts, &mut sink);
+                }
+                Op::Restart { ts } => {
+                    *reasm = Reassembler::default();
+                    sink.drops.gaps += 1;
+                    parser.discontinuity(ts, &mut sink);
+                }
+                Op::Flush { ts } => {
+                    reasm.flush(&mut deliver);
+                    reasm.close();
+                    parser.eof(ts, &mut sink);
+                }
+            }
+            reasm.take_counters(drops);
+        }
+        if let Some(kind) = decided {
+            self.dirs[1 - dir].parser.set_kind(kind.opposite());
+        }
+        if upgraded && !self.upgraded {
+            self.upgraded = true;
+            drops.upgraded += 1;
+            for d in &mut self.dirs {
+                d.parser.stop();
+                d.reasm.close();
+            }
+        }
+    }
+
+    /// Before response bytes are parsed, gives up holes on the request side: a server answers
+    /// only what it received, so a request-side hole still open now never fills.
+    fn catch_up_requests(
+        &mut self,
+        dir: usize,
+        ts: u64,
+        limits: &CaptureLimits,
+        drops: &mut ParserDrops,
+        out: &mut Vec<HttpEvent>,
+    ) {
+        let other = 1 - dir;
+        if self.dirs[dir].parser.kind() == Kind::Responses && self.dirs[other].reasm.buffered() > 0 {
+            self.run(
+                other,
+                Op::Expire(ts.saturating_add(super::reassembly::REORDER_TIMEOUT_NS)),
+                limits,
+                drops,
+                out,
+            );
+        }
+    }
+
+    /// Payload bytes starting at `seq`; `kernel_gap` is a range the kernel did not copy.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn push(
+        &mut self,
+        dir: usize,
+        seq: u32,
+        data: &[u8],
+        kernel_gap: Option<(u32, u64)>,
+        ts: u64,
+        limits: &CaptureLimits,
+        drops: &mut ParserDrops,
+        out: &mut Vec<HttpEvent>,
+    ) {
+        if self.upgraded {
+            return;
+        }
+        if self.key.tls && seq == 0 && self.dirs[dir].reasm.next_seq().is_some_and(|s| s != 0) {
+            // The kernel forgot this TLS stream's offset (LRU) and counts from 0 again.
+            self.run(dir, Op::Restart { ts }, limits, drops, out);
+        }
+        self.catch_up_requests(dir, ts, limits, drops, out);
+        self.run(dir, Op::Push { seq, data, ts }, limits, drops, out);
+        if let Some((seq, len)) = kernel_gap {
+            self.run(dir, Op::Missing { seq, len, ts }, limits, drops, out);
+        }
+        self.expire(ts, limits, drops, out);
+    }
+
+    /// Gives up holes that waited too long, in both directions.
+    pub(crate) fn expire(
+        &mut self,
+        now_ns: u64,
+        limits: &CaptureLimits,
+        drops: &mut ParserDrops,
+        out: &mut Vec<HttpEvent>,
+    ) {
+        for dir in self.request_side_first() {
+            if self.dirs[dir].reasm.buffered() > 0 {
+                self.run(dir, Op::Expire(now_ns), limits, drops, out);
+            }
+        }
+    }
+
+    /// The direction `dir` ended with a FIN at `fin_seq`.
+    pub(crate) fn finish(
+        &mut self,
+        dir: usize,
+        fin_seq: u32,
+        ts: u64,
+        limits: &CaptureLimits,
+        drops: &mut ParserDrops,
+        out: &mut Vec<HttpEvent>,
+    ) {
+        if !self.finished[dir] {
+            self.catch_up_requests(dir, ts, limits, drops, out);
+            self.run(dir, Op::Finish { fin_seq, ts }, limits, drops, out);
+            self.finished[dir] = true;
+        }
+    }
+
+    /// The connection is gone (RST, both FINs, eviction): completes what can be completed and
+    /// emits requests not reported yet.
+    pub(crate) fn close(
+        &mut self,
+        ts: u64,
+        limits: &CaptureLimits,
+        drops: &mut ParserDrops,
+        out: &mut Vec<HttpEvent>,
+    ) {
+        for dir in self.request_side_first() {
+            if !self.finished[dir] {
+                self.run(dir, Op::Flush { ts }, limits, drops, out);
+                self.finished[dir] = true;
+            }
+        }
+        for p in self.pending.drain(..) {
+            drops.unanswered_requests += 1;
+            if !p.emitted {
+                let mut request = p.request;
+                request.body_truncated |= !p.done;
+                out.push(HttpEvent::Request(request));
+            }
+        }
+        self.response = None;
+    }
+
+    fn request_side_first(&self) -> [usize; 2] {
+        if self.dirs[1].parser.kind() == Kind::Requests {
+            [1, 0]
+        } else {
+            [0, 1]
+        }
+    }
+
+    /// Frees buffered data under global memory pressure: held segments, partial heads, kept
+    /// bodies, then the headers of requests already reported.
+    pub(crate) fn shed(&mut self, drops: &mut ParserDrops) {
+        for d in &mut self.dirs {
+            d.reasm.shed();
+            if d.parser.shed() {
+                drops.partial_heads += 1;
+            }
+        }
+        let mut strip = |body: &mut Vec<u8>, truncated: &mut bool| {
+            if body.capacity() > 0 {
+                drops.body_bytes_truncated += body.len() as u64;
+                *body = Vec::new();
+                *truncated = true;
+            }
+        };
+        for p in &mut self.pending {
+            strip(&mut p.request.body, &mut p.request.body_truncated);
+            if p.emitted {
+                p.request.headers = Vec::new();
+                p.head_bytes = p.request.method.len() + p.request.target.len();
+            }
+        }
+        if let Some(b) = self.response.as_mut() {
+            strip(&mut b.response.body, &mut b.response.body_truncated);
+            b.response.headers = Vec::new();
+        }
+    }
+}

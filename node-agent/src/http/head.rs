@@ -1,0 +1,300 @@
+//! Message heads (parsed with `httparse`), body framing rules (RFC 9112 §6) and the test for a
+//! plausible message start used to resynchronise.
+
+/// Most header fields in a head; more is treated like an oversized head.
+pub(crate) const MAX_HEADERS: usize = 100;
+/// Longest method token accepted when looking for a request start.
+const MAX_METHOD: usize = 20;
+
+/// What a direction of a connection carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Nothing parsed yet: either.
+    Unknown,
+    Requests,
+    Responses,
+}
+
+impl Kind {
+    pub(crate) fn opposite(self) -> Kind {
+        match self {
+            Kind::Unknown => Kind::Unknown,
+            Kind::Requests => Kind::Responses,
+            Kind::Responses => Kind::Requests,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) enum Start {
+    Request { method: String, target: String },
+    Response { status: u16 },
+}
+
+/// A complete message head.
+#[derive(Debug)]
+pub(crate) struct Head {
+    pub(crate) start: Start,
+    pub(crate) headers: Vec<(String, String)>,
+    /// Bytes of the head, blank line included.
+    pub(crate) len: usize,
+}
+
+#[derive(Debug)]
+pub(crate) enum Parsed {
+    Complete(Head),
+    /// Valid so far; more bytes needed.
+    Partial,
+    Invalid {
+        too_many_headers: bool,
+    },
+}
+
+/// Whether `buf` begins with a response (`HTTP/`), after optional empty lines; `None` while too
+/// short to tell.
+fn is_response(buf: &[u8]) -> Option<bool> {
+    let start = buf.iter().position(|b| *b != b'\r' && *b != b'\n')?;
+    let rest = &buf[start..];
+    if rest.len() >= 5 {
+        Some(rest.starts_with(b"HTTP/"))
+    } else if b"HTTP/".starts_with(rest) {
+        None
+    } else {
+        Some(false)
+    }
+}
+
+fn fields(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
+        .collect()
+}
+
+fn invalid(e: httparse::Error) -> Parsed {
+    Parsed::Invalid {
+        too_many_headers: e == httparse::Error::TooManyHeaders,
+    }
+}
+
+/// Parses a head of the kind a direction carries.
+pub(crate) fn parse(buf: &[u8], kind: Kind) -> Parsed {
+    let response = match kind {
+        Kind::Requests => false,
+        Kind::Responses => true,
+        Kind::Unknown => match is_response(buf) {
+            Some(r) => r,
+            None => return Parsed::Partial,
+        },
+    };
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    if response {
+        let mut resp = httparse::Response::new(&mut headers);
+        match resp.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => Parsed::Complete(Head {
+                start: Start::Response {
+                    status: resp.code.unwrap_or(0),
+                },
+                headers: fields(resp.headers),
+                len,
+            }),
+            Ok(httparse::Status::Partial) => Parsed::Partial,
+            Err(e) => invalid(e),
+        }
+    } else {
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => Parsed::Complete(Head {
+                start: Start::Request {
+                    method: req.method.unwrap_or("").to_string(),
+                    target: req.path.unwrap_or("").to_string(),
+                },
+                headers: fields(req.headers),
+                len,
+            }),
+            Ok(httparse::Status::Partial) => Parsed::Partial,
+            Err(e) => invalid(e),
+        }
+    }
+}
+
+/// Whether a blank line (the end of a head) is in `buf`.
+pub(crate) fn has_blank_line(buf: &[u8]) -> bool {
+    buf.windows(2).any(|w| w == b"\n\n") || buf.windows(3).any(|w| w == b"\n\r\n")
+}
+
+/// How a message body is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Framing {
+    NoBody,
+    Length(u64),
+    Chunked,
+    /// Until the sender closes the connection.
+    UntilClose,
+    /// The connection switches protocols after this response (101, or 2xx to CONNECT).
+    Upgrade,
+}
+
+/// Why a message cannot be framed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Violation {
+    InvalidContentLength,
+    ContentLengthWithTransferEncoding,
+    UnsupportedTransferEncoding,
+}
+
+fn values<'a>(headers: &'a [(String, String)], name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    headers
+        .iter()
+        .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+        .flat_map(|(_, v)| v.split(','))
+        .map(str::trim)
+}
+
+/// The Content-Length, if present: every value (repeated fields, comma lists) must be the same
+/// plain decimal number.
+fn content_length(headers: &[(String, String)]) -> Result<Option<u64>, Violation> {
+    let mut length = None;
+    for v in values(headers, "content-length") {
+        if v.is_empty() || v.len() > 19 || !v.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(Violation::InvalidContentLength);
+        }
+        let n: u64 = v.parse().map_err(|_| Violation::InvalidContentLength)?;
+        if length.is_some_and(|l| l != n) {
+            return Err(Violation::InvalidContentLength);
+        }
+        length = Some(n);
+    }
+    Ok(length)
+}
+
+/// `Some(chunked_is_final)` when Transfer-Encoding is present.
+fn transfer_encoding(headers: &[(String, String)]) -> Option<bool> {
+    if !headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding"))
+    {
+        return None;
+    }
+    let last = values(headers, "transfer-encoding")
+        .filter(|c| !c.is_empty())
+        .last();
+    Some(last.is_some_and(|c| c.eq_ignore_ascii_case("chunked")))
+}
+
+pub(crate) fn request_framing(method: &str, headers: &[(String, String)]) -> Result<Framing, Violation> {
+    if method == "CONNECT" {
+        return Ok(Framing::NoBody);
+    }
+    let length = content_length(headers);
+    match transfer_encoding(headers) {
+        Some(_) if !matches!(length, Ok(None)) => Err(Violation::ContentLengthWithTransferEncoding),
+        Some(true) => Ok(Framing::Chunked),
+        Some(false) => Err(Violation::UnsupportedTransferEncoding),
+        None => match length? {
+            Some(0) | None => Ok(Framing::NoBody),
+            Some(n) => Ok(Framing::Length(n)),
+        },
+    }
+}
+
+/// `method` is the request's, when known.
+pub(crate) fn response_framing(
+    status: u16,
+    method: Option<&str>,
+    headers: &[(String, String)],
+) -> Result<Framing, Violation> {
+    if status == 101 || (method == Some("CONNECT") && (200..300).contains(&status)) {
+        return Ok(Framing::Upgrade);
+    }
+    if method == Some("HEAD") || (100..200).contains(&status) || status == 204 || status == 304 {
+        return Ok(Framing::NoBody);
+    }
+    let length = content_length(headers);
+    match transfer_encoding(headers) {
+        Some(_) if !matches!(length, Ok(None)) => Err(Violation::ContentLengthWithTransferEncoding),
+        Some(true) => Ok(Framing::Chunked),
+        Some(false) => Ok(Framing::UntilClose),
+        None => match length? {
+            Some(0) => Ok(Framing::NoBody),
+            Some(n) => Ok(Framing::Length(n)),
+            None => Ok(Framing::UntilClose),
+        },
+    }
+}
+
+/// Whether a message could start at the beginning of `buf`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Candidate {
+    No,
+    /// Too short to tell.
+    Maybe,
+    Yes,
+}
+
+/// A request line starts with an upper-case method token, a space and a target.
+fn request_line_start(buf: &[u8]) -> Candidate {
+    let token = buf
+        .iter()
+        .take(MAX_METHOD + 1)
+        .take_while(|b| b.is_ascii_uppercase() || **b == b'-' || **b == b'_')
+        .count();
+    if token == buf.len() {
+        return if token <= MAX_METHOD {
+            Candidate::Maybe
+        } else {
+            Candidate::No
+        };
+    }
+    if !(3..=MAX_METHOD).contains(&token) || buf[token] != b' ' {
+        return Candidate::No;
+    }
+    match buf.get(token + 1) {
+        None => Candidate::Maybe,
+        Some(b) if b.is_ascii_graphic() => Candidate::Yes,
+        Some(_) => Candidate::No,
+    }
+}
+
+/// A status line starts with `HTTP/1.x ` and a digit.
+fn status_line_start(buf: &[u8]) -> Candidate {
+    const PREFIX: &[u8] = b"HTTP/1.";
+    let n = buf.len().min(PREFIX.len());
+    if buf[..n] != PREFIX[..n] {
+        return Candidate::No;
+    }
+    let check = |i: usize, ok: fn(u8) -> bool| buf.get(i).map(|b| ok(*b));
+    match (
+        check(7, |b| b.is_ascii_digit()),
+        check(8, |b| b == b' '),
+        check(9, |b| b.is_ascii_digit()),
+    ) {
+        (Some(false), ..) | (_, Some(false), _) | (.., Some(false)) => Candidate::No,
+        (Some(true), Some(true), Some(true)) => Candidate::Yes,
+        _ => Candidate::Maybe,
+    }
+}
+
+/// Whether a message of `kind` plausibly starts at `buf[0]`: the shape of a request or status
+/// line, then `httparse` finds nothing wrong in the bytes available.
+pub(crate) fn message_start(buf: &[u8], kind: Kind) -> Candidate {
+    if buf.is_empty() {
+        return Candidate::Maybe;
+    }
+    let shape = match kind {
+        Kind::Requests => request_line_start(buf),
+        Kind::Responses => status_line_start(buf),
+        Kind::Unknown => match (request_line_start(buf), status_line_start(buf)) {
+            (Candidate::Yes, _) | (_, Candidate::Yes) => Candidate::Yes,
+            (Candidate::Maybe, _) | (_, Candidate::Maybe) => Candidate::Maybe,
+            _ => Candidate::No,
+        },
+    };
+    if shape != Candidate::Yes {
+        return shape;
+    }
+    match parse(buf, kind) {
+        Parsed::Invalid { .. } => Candidate::No,
+        _ => Candidate::Yes,
+    }
+}

@@ -1,0 +1,306 @@
+//! HTTP/1.x exchanges from captured TCP payload.
+//!
+//! Records from the capture ring buffer are put back in order per connection and direction by
+//! TCP sequence number ([`reassembly`]): retransmits and overlaps are trimmed, out-of-order
+//! segments wait (bounded) for their hole to fill, and a hole that cannot fill, like the payload
+//! the kernel did not copy, is passed on as a count of missing bytes. Each direction is then
+//! parsed as a stream of messages ([`parser`]): heads with `httparse`, bodies framed by
+//! Content-Length, chunked encoding or the end of the connection, skipping missing bytes inside a
+//! body and resynchronising at the next plausible message start otherwise. Responses pair with
+//! requests in order (keep-alive, pipelining, interim 1xx); after a protocol switch the
+//! connection is no longer parsed.
+//!
+//! Memory is bounded: connections (`MAX_CONNECTIONS`), bytes held out of order per direction,
+//! head size (the caller's limit), requests awaiting a response per connection, kept body bytes
+//! (the caller's limit) and, across all connections, a byte budget on everything buffered.
+//! Whatever is dropped is counted in [`ParserDrops`].
+
+mod body;
+mod chunked;
+mod conn;
+mod events;
+mod head;
+mod pairing;
+mod parser;
+mod reassembly;
+#[cfg(test)]
+mod tests;
+
+pub use events::{CaptureLimits, Exchange, HttpEvent, ParserDrops, PodRole, Request, Response};
+pub use parser::NON_HTTP_GIVE_UP_BYTES;
+pub use reassembly::{MAX_HELD_BYTES, REORDER_TIMEOUT_NS};
+
+use conn::Conn;
+use palisade_common::{
+    CaptureHeader, CHUNK_BYTES, DIRECTION_INGRESS, FAMILY_IPV4, FAMILY_TLS, MAX_CHUNKS_PER_SKB, TCP_FIN,
+    TCP_RST,
+};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Most connections tracked at once.
+pub const MAX_CONNECTIONS: usize = 65_536;
+/// Most requests awaiting a response per connection (pipelining depth).
+pub const MAX_PENDING_PER_CONNECTION: usize = 32;
+/// Connections idle this long are forgotten.
+pub const IDLE_TIMEOUT_NS: u64 = 120_000_000_000;
+/// Default budget for bytes buffered across all connections.
+pub const BUFFER_BUDGET_BYTES: usize = 64 * 1024 * 1024;
+/// At the connection cap, idle connections are swept at most this often (capture time).
+const SWEEP_INTERVAL_NS: u64 = 1_000_000_000;
+/// At the connection cap, the least recently active of this many connections makes room.
+const EVICTION_SAMPLE: usize = 16;
+/// Payload lengths above this in a header are not trusted for a kernel-truncation gap.
+const MAX_TRUSTED_PAYLOAD: u64 = 1 << 30;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct FlowKey {
+    cgroup_id: u64,
+    /// Plaintext from a TLS library: `local` is the process, `remote` the `SSL *`.
+    tls: bool,
+    local: (IpAddr, u16),
+    remote: (IpAddr, u16),
+}
+
+pub struct HttpTracker {
+    conns: HashMap<FlowKey, Conn>,
+    pub drops: ParserDrops,
+    buffered: usize,
+    budget: usize,
+    max_connections: usize,
+    last_sweep_ns: Option<u64>,
+}
+
+fn addr(family: u8, raw: &[u8; 16]) -> IpAddr {
+    if family == FAMILY_IPV4 {
+        IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(*raw))
+    }
+}
+
+/// The connection a record belongs to, and whether the pod received it.
+fn flow(h: &CaptureHeader) -> (FlowKey, bool) {
+    let src = (addr(h.family, &h.source_addr), h.source_port);
+    let dst = (addr(h.family, &h.dest_addr), h.dest_port);
+    let ingress = h.direction == DIRECTION_INGRESS;
+    let (local, remote) = if ingress { (dst, src) } else { (src, dst) };
+    (
+        FlowKey {
+            cgroup_id: h.cgroup_id,
+            tls: h.family == FAMILY_TLS,
+            local,
+            remote,
+        },
+        ingress,
+    )
+}
+
+const CAPTURED_PER_SKB: u64 = (CHUNK_BYTES * MAX_CHUNKS_PER_SKB) as u64;
+
+/// The part of the skb the kernel did not copy (past MAX_CHUNKS_PER_SKB chunks), if any.
+fn kernel_gap(h: &CaptureHeader, len: usize) -> Option<(u32, u64)> {
+    let payload = u64::from(h.payload_len);
+    let consistent = u64::from(h.chunk_offset) + len as u64 <= payload;
+    (payload > CAPTURED_PER_SKB && payload <= MAX_TRUSTED_PAYLOAD && consistent).then(|| {
+        (
+            h.tcp_seq.wrapping_add(CAPTURED_PER_SKB as u32),
+            payload - CAPTURED_PER_SKB,
+        )
+    })
+}
+
+/// Whether the record is the skb's last captured chunk (its flags apply after its data).
+fn last_chunk(h: &CaptureHeader) -> bool {
+    u64::from(h.chunk_offset) + CHUNK_BYTES as u64 >= u64::from(h.payload_len).min(CAPTURED_PER_SKB)
+}
+
+impl Default for HttpTracker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HttpTracker {
+    pub fn new() -> Self {
+        Self::with_bounds(MAX_CONNECTIONS, BUFFER_BUDGET_BYTES)
+    }
+
+    /// A tracker with other bounds than MAX_CONNECTIONS and BUFFER_BUDGET_BYTES (tests, small
+    /// nodes).
+    pub fn with_bounds(max_connections: usize, budget_bytes: usize) -> Self {
+        HttpTracker {
+            conns: HashMap::new(),
+            drops: ParserDrops::default(),
+            buffered: 0,
+            budget: budget_bytes,
+            max_connections: max_connections.max(1),
+            last_sweep_ns: None,
+        }
+    }
+
+    /// Connections tracked.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Bytes buffered across all connections (held segments, partial heads, kept heads and
+    /// bodies awaiting their exchange); kept under the budget.
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffered
+    }
+
+    /// Recomputes [`Self::buffered_bytes`] from every connection (for tests and audits).
+    pub fn recount_buffered_bytes(&self) -> usize {
+        self.conns.values().map(Conn::buffered).sum()
+    }
+
+    /// Feeds one captured record; events it completes are appended to `out`, in order.
+    pub fn feed(&mut self, h: &CaptureHeader, data: &[u8], limits: &CaptureLimits, out: &mut Vec<HttpEvent>) {
+        let (key, ingress) = flow(h);
+        let dir = usize::from(!ingress);
+        let ts = h.timestamp_ns;
+        let rst = h.tcp_flags & TCP_RST != 0;
+        let fin = h.tcp_flags & TCP_FIN != 0 && last_chunk(h);
+        if data.is_empty() && !rst && !fin {
+            return;
+        }
+        if !self.conns.contains_key(&key) {
+            if data.is_empty() {
+                return; // the end of a connection never seen
+            }
+            if !self.make_room(ts, limits, out) {
+                self.drops.connections += 1;
+                return;
+            }
+            self.conns.insert(key.clone(), Conn::new(key.clone(), ts));
+        }
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        let before = conn.buffered();
+        conn.last_ns = conn.last_ns.max(ts);
+        if !data.is_empty() {
+            let seq = h.tcp_seq.wrapping_add(h.chunk_offset);
+            let gap = kernel_gap(h, data.len());
+            conn.push(dir, seq, data, gap, ts, limits, &mut self.drops, out);
+        }
+        if fin && !rst {
+            let fin_seq = h.tcp_seq.wrapping_add(h.payload_len);
+            conn.finish(dir, fin_seq, ts, limits, &mut self.drops, out);
+        }
+        let gone = rst || conn.both_finished();
+        if gone {
+            conn.close(ts, limits, &mut self.drops, out);
+        }
+        let after = if gone { 0 } else { conn.buffered() };
+        self.buffered = (self.buffered + after).saturating_sub(before);
+        if gone {
+            self.conns.remove(&key);
+        }
+        if self.buffered > self.budget {
+            self.shed();
+        }
+    }
+
+    /// Makes room for a new connection at the cap: sweeps idle ones (rate-limited), else evicts
+    /// the least recently active of a sample. Returns whether there is room.
+    fn make_room(&mut self, now_ns: u64, limits: &CaptureLimits, out: &mut Vec<HttpEvent>) -> bool {
+        if self.conns.len() < self.max_connections {
+            return true;
+        }
+        if self
+            .last_sweep_ns
+            .is_none_or(|t| now_ns.saturating_sub(t) >= SWEEP_INTERVAL_NS)
+        {
+            self.last_sweep_ns = Some(now_ns);
+            self.evict_idle_into(now_ns, limits, out);
+            if self.conns.len() < self.max_connections {
+                return true;
+            }
+        }
+        let victim = self
+            .conns
+            .iter()
+            .take(EVICTION_SAMPLE)
+            .min_by_key(|(_, c)| c.last_ns)
+            .map(|(k, _)| k.clone());
+        let Some(victim) = victim else { return false };
+        self.remove(&victim, now_ns, limits, out);
+        self.drops.connections += 1;
+        self.conns.len() < self.max_connections
+    }
+
+    /// Closes (emitting what completes) and forgets a connection.
+    fn remove(&mut self, key: &FlowKey, now_ns: u64, limits: &CaptureLimits, out: &mut Vec<HttpEvent>) {
+        if let Some(mut c) = self.conns.remove(key) {
+            self.buffered = self.buffered.saturating_sub(c.buffered());
+            c.close(now_ns, limits, &mut self.drops, out);
+        }
+    }
+
+    /// Brings buffered bytes down to 3/4 of the budget, shedding the biggest connections first.
+    fn shed(&mut self) {
+        let target = self.budget / 4 * 3;
+        let mut sizes: Vec<(usize, FlowKey)> = self
+            .conns
+            .iter()
+            .map(|(k, c)| (c.buffered(), k.clone()))
+            .filter(|(size, _)| *size > 0)
+            .collect();
+        sizes.sort_unstable_by_key(|(size, _)| std::cmp::Reverse(*size));
+        for (_, key) in sizes {
+            if self.buffered <= target {
+                break;
+            }
+            if let Some(c) = self.conns.get_mut(&key) {
+                let before = c.buffered();
+                c.shed(&mut self.drops);
+                self.buffered = (self.buffered + c.buffered()).saturating_sub(before);
+                self.drops.budget_evictions += 1;
+            }
+        }
+    }
+
+    /// Forgets connections idle for longer than IDLE_TIMEOUT_NS (what they complete is
+    /// discarded; see [`Self::evict_idle_into`]).
+    pub fn evict_idle(&mut self, now_ns: u64) {
+        let mut discarded = Vec::new();
+        self.evict_idle_into(now_ns, &CaptureLimits::default(), &mut discarded);
+    }
+
+    /// Housekeeping: closes connections idle for longer than IDLE_TIMEOUT_NS and gives up holes
+    /// older than REORDER_TIMEOUT_NS; what that completes (requests cut short, responses read
+    /// until close) is appended to `out`.
+    pub fn evict_idle_into(&mut self, now_ns: u64, limits: &CaptureLimits, out: &mut Vec<HttpEvent>) {
+        let idle: Vec<FlowKey> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| now_ns.saturating_sub(c.last_ns) >= IDLE_TIMEOUT_NS)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in &idle {
+            self.remove(key, now_ns, limits, out);
+        }
+        for c in self.conns.values_mut() {
+            let before = c.buffered();
+            if before > 0 {
+                c.expire(now_ns, limits, &mut self.drops, out);
+                self.buffered = (self.buffered + c.buffered()).saturating_sub(before);
+            }
+        }
+    }
+
+    /// Forgets every connection of a cgroup (its pod is no longer watched).
+    pub fn forget_cgroup(&mut self, cgroup_id: u64) {
+        let mut freed = 0;
+        self.conns.retain(|k, c| {
+            let keep = k.cgroup_id != cgroup_id;
+            if !keep {
+                freed += c.buffered();
+            }
+            keep
+        });
+        self.buffered = self.buffered.saturating_sub(freed);
+    }
+}

@@ -1,0 +1,283 @@
+//! Pairing responses with requests on one connection: the [`Sink`] the parsers report to, the
+//! requests awaiting a response, and the events emitted (keep-alive, pipelining, responses that
+//! come before the request body ends).
+
+use super::head::{Head, Kind, Start};
+use super::parser::Sink;
+use super::{
+    Exchange, FlowKey, HttpEvent, ParserDrops, PodRole, Request, Response, MAX_PENDING_PER_CONNECTION,
+};
+use std::collections::VecDeque;
+
+/// Which message a direction's body bytes belong to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) enum Current {
+    #[default]
+    None,
+    Request(u64),
+    Response,
+}
+
+#[derive(Debug)]
+pub(super) struct Pending {
+    pub(super) id: u64,
+    pub(super) request: Request,
+    /// The request's body was read to its end.
+    pub(super) done: bool,
+    /// A `Request` event was sent.
+    pub(super) emitted: bool,
+    /// Bytes of its head fields, for memory accounting.
+    pub(super) head_bytes: usize,
+}
+
+#[derive(Debug)]
+pub(super) struct ResponseBuild {
+    pub(super) request_id: Option<u64>,
+    pub(super) response: Response,
+}
+
+/// Bytes of header fields, for memory accounting.
+pub(super) fn fields_bytes(fields: &[(String, String)]) -> usize {
+    fields.iter().map(|(n, v)| n.len() + v.len() + 4).sum()
+}
+
+/// Everything the parser of one direction may touch, for the duration of one call.
+pub(super) struct ConnSink<'a> {
+    pub(super) ingress: bool,
+    pub(super) key: &'a FlowKey,
+    pub(super) current: &'a mut Current,
+    pub(super) pending: &'a mut VecDeque<Pending>,
+    pub(super) response: &'a mut Option<ResponseBuild>,
+    pub(super) next_id: &'a mut u64,
+    pub(super) upgraded: &'a mut bool,
+    pub(super) decided: &'a mut Option<Kind>,
+    pub(super) drops: &'a mut ParserDrops,
+    pub(super) out: &'a mut Vec<HttpEvent>,
+    pub(super) max_body: usize,
+}
+
+/// Appends body bytes to what is kept: a contiguous prefix of at most `max` bytes.
+fn keep(
+    body: &mut Vec<u8>,
+    len: &mut u64,
+    truncated: &mut bool,
+    data: &[u8],
+    max: usize,
+    drops: &mut ParserDrops,
+) {
+    *len += data.len() as u64;
+    let room = if *truncated {
+        0
+    } else {
+        max.saturating_sub(body.len())
+    };
+    let n = room.min(data.len());
+    body.extend_from_slice(&data[..n]);
+    if n < data.len() {
+        *truncated = true;
+        if max > 0 {
+            drops.body_bytes_truncated += (data.len() - n) as u64;
+        }
+    }
+}
+
+impl ConnSink<'_> {
+    fn pending_mut(&mut self, id: u64) -> Option<&mut Pending> {
+        self.pending.iter_mut().rev().find(|p| p.id == id)
+    }
+
+    fn finish_exchange(&mut self, ts: u64, cut: bool) {
+        let Some(ResponseBuild {
+            request_id,
+            mut response,
+        }) = self.response.take()
+        else {
+            return;
+        };
+        response.body_truncated |= cut;
+        if request_id.is_none() || self.pending.front().map(|p| p.id) != request_id {
+            return; // unmatched (counted) or its request was dropped by the pending cap
+        }
+        let Some(p) = self.pending.pop_front() else { return };
+        let mut request = p.request;
+        request.body_truncated |= !p.done;
+        if !p.emitted {
+            self.out.push(HttpEvent::Request(request.clone()));
+        }
+        let latency_ns = ts.saturating_sub(request.timestamp_ns);
+        self.out.push(HttpEvent::Exchange(Exchange {
+            status: response.status,
+            request,
+            response,
+            latency_ns,
+        }));
+    }
+}
+
+impl Sink for ConnSink<'_> {
+    fn drops(&mut self) -> &mut ParserDrops {
+        self.drops
+    }
+
+    fn answered_method(&self) -> Option<&str> {
+        self.pending.front().map(|p| p.request.method.as_str())
+    }
+
+    fn kind_decided(&mut self, kind: Kind) {
+        *self.decided = Some(kind);
+    }
+
+    fn request_head(&mut self, head: Head, first_ts: u64) {
+        let Start::Request { method, target } = head.start else {
+            return;
+        };
+        if self.pending.len() >= MAX_PENDING_PER_CONNECTION {
+            if let Some(old) = self.pending.pop_front() {
+                self.drops.pending_overflow += 1;
+                if !old.emitted {
+                    self.out.push(HttpEvent::Request(old.request));
+                }
+            }
+        }
+        let id = *self.next_id;
+        *self.next_id += 1;
+        let (local, remote) = (self.key.local, self.key.remote);
+        let head_bytes = method.len() + target.len() + fields_bytes(&head.headers);
+        self.pending.push_back(Pending {
+            id,
+            request: Request {
+                cgroup_id: self.key.cgroup_id,
+                tls: self.key.tls,
+                role: if self.ingress {
+                    PodRole::Server
+                } else {
+                    PodRole::Client
+                },
+                local,
+                remote,
+                method,
+                target,
+                headers: head.headers,
+                timestamp_ns: first_ts,
+                body: Vec::new(),
+                body_len: 0,
+                body_truncated: false,
+            },
+            done: false,
+            emitted: false,
+            head_bytes,
+        });
+        *self.current = Current::Request(id);
+    }
+
+    fn response_head(&mut self, head: Head, first_ts: u64) {
+        let Start::Response { status } = head.start else {
+            return;
+        };
+        let request_id = self.pending.front().map(|p| p.id);
+        if request_id.is_none() {
+            self.drops.unmatched_responses += 1;
+        }
+        *self.response = Some(ResponseBuild {
+            request_id,
+            response: Response {
+                status,
+                headers: head.headers,
+                body: Vec::new(),
+                body_len: 0,
+                body_truncated: false,
+                timestamp_ns: first_ts,
+            },
+        });
+        *self.current = Current::Response;
+    }
+
+    fn body(&mut self, data: &[u8]) {
+        let max = self.max_body;
+        match *self.current {
+            Current::Request(id) => {
+                let drops = &mut *self.drops;
+                if let Some(p) = self.pending.iter_mut().rev().find(|p| p.id == id) {
+                    let r = &mut p.request;
+                    keep(
+                        &mut r.body,
+                        &mut r.body_len,
+                        &mut r.body_truncated,
+                        data,
+                        max,
+                        drops,
+                    );
+                }
+            }
+            Current::Response => {
+                if let Some(b) = self.response.as_mut() {
+                    let r = &mut b.response;
+                    keep(
+                        &mut r.body,
+                        &mut r.body_len,
+                        &mut r.body_truncated,
+                        data,
+                        max,
+                        self.drops,
+                    );
+                }
+            }
+            Current::None => {}
+        }
+    }
+
+    fn body_missing(&mut self, n: u64) {
+        let target = match *self.current {
+            Current::Request(id) => self
+                .pending_mut(id)
+                .map(|p| (&mut p.request.body_len, &mut p.request.body_truncated)),
+            Current::Response => self
+                .response
+                .as_mut()
+                .map(|b| (&mut b.response.body_len, &mut b.response.body_truncated)),
+            Current::None => None,
+        };
+        if let Some((len, truncated)) = target {
+            *len = len.saturating_add(n);
+            *truncated = true;
+        }
+    }
+
+    fn trailers(&mut self, fields: Vec<(String, String)>) {
+        match *self.current {
+            Current::Request(id) => {
+                if let Some(p) = self.pending_mut(id) {
+                    p.head_bytes += fields_bytes(&fields);
+                    p.request.headers.extend(fields);
+                }
+            }
+            Current::Response => {
+                if let Some(b) = self.response.as_mut() {
+                    b.response.headers.extend(fields);
+                }
+            }
+            Current::None => {}
+        }
+    }
+
+    fn message_end(&mut self, ts: u64, cut: bool) {
+        match std::mem::take(self.current) {
+            Current::Request(id) => {
+                let Some(p) = self.pending_mut(id) else { return };
+                p.done = true;
+                p.request.body_truncated |= cut;
+                if !p.emitted {
+                    p.emitted = true;
+                    let event = HttpEvent::Request(p.request.clone());
+                    self.out.push(event);
+                }
+            }
+            Current::Response => self.finish_exchange(ts, cut),
+            Current::None => {}
+        }
+    }
+
+    fn upgraded(&mut self) {
+        *self.upgraded = true;
+    }
+}
