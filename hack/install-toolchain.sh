@@ -8,10 +8,18 @@ need_pkgs=()
 for p in protobuf-compiler:protoc iproute2:ip util-linux:nsenter util-linux:setpriv openssl:openssl python3:python3 wrk:wrk jq:jq; do
   command -v "${p#*:}" >/dev/null 2>&1 || need_pkgs+=("${p%%:*}")
 done
+# nginx is one of the server stacks the e2e suite captures (and the benchmark's server).
+command -v nginx >/dev/null 2>&1 || need_pkgs+=(nginx-light)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "installing Debian packages: ${need_pkgs[*]}" >&2
+  # Keep packages (nginx) from starting their own services: tests run their own instances.
+  added_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && added_policy=1
+  fi
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+  [ "$added_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
 fi
 
 rustup component list --installed | grep -q '^rust-src' || rustup component add rust-src
