@@ -48,9 +48,52 @@ pub fn luhn_valid(digits: &[u8]) -> bool {
     sum.is_multiple_of(10)
 }
 
+/// Cloud and service credentials recognisable by their shape, each with the name shown instead.
+static CREDENTIAL_PATTERNS: std::sync::LazyLock<Vec<(&'static str, regex::Regex)>> =
+    std::sync::LazyLock::new(|| {
+        [
+            (
+                "aws-access-key",
+                r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA)[0-9A-Z]{16}\b",
+            ),
+            (
+                "aws-secret-key",
+                r"(?i)aws_secret_access_key\s*[=:]\s*[A-Za-z0-9/+=]{40}",
+            ),
+            (
+                "private-key",
+                r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)",
+            ),
+            ("github-token", r"\bgh[pousr]_[A-Za-z0-9]{36,}\b"),
+            ("slack-token", r"\bxox[abpors]-[A-Za-z0-9-]{10,}\b"),
+            ("stripe-key", r"\b[sr]k_(?:live|test)_[A-Za-z0-9]{16,}\b"),
+            ("google-api-key", r"\bAIza[0-9A-Za-z_-]{35}\b"),
+        ]
+        .into_iter()
+        .filter_map(|(name, re)| regex::Regex::new(re).ok().map(|r| (name, r)))
+        .collect()
+    });
+
 /// Replaces card numbers (Luhn-valid runs of 13-19 digits, spaces or dashes allowed between),
-/// bearer tokens and JWT-shaped strings in free text.
+/// bearer tokens, JWT-shaped strings and cloud credentials in free text.
 pub fn redact_text(text: &str) -> Cow<'_, str> {
+    let mut text = Cow::Borrowed(text);
+    for (name, re) in CREDENTIAL_PATTERNS.iter() {
+        if re.is_match(&text) {
+            text = Cow::Owned(
+                re.replace_all(&text, format!("[REDACTED:{name}]").as_str())
+                    .into_owned(),
+            );
+        }
+    }
+    match text {
+        Cow::Borrowed(t) => redact_scan(t),
+        Cow::Owned(t) => Cow::Owned(redact_scan(&t).into_owned()),
+    }
+}
+
+/// Cards, bearer tokens and JWTs, in one pass.
+fn redact_scan(text: &str) -> Cow<'_, str> {
     let mut out = String::with_capacity(text.len());
     let bytes = text.as_bytes();
     let mut i = 0;
@@ -189,6 +232,25 @@ mod tests {
             "t=[REDACTED:jwt]!"
         );
         assert_eq!(redact_text("ünïcode 42"), "ünïcode 42");
+    }
+
+    #[test]
+    fn cloud_credentials_are_redacted() {
+        let t = redact_text(
+            "key AKIAIOSFODNN7EXAMPLE and aws_secret_access_key=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY!",
+        );
+        assert!(
+            !t.contains("AKIAIOSFODNN7EXAMPLE") && !t.contains("wJalrXUtnFEMI"),
+            "{t}"
+        );
+        assert!(
+            t.contains("[REDACTED:aws-access-key]") && t.contains("[REDACTED:aws-secret-key]"),
+            "{t}"
+        );
+        let pem = "x -----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY----- y";
+        assert_eq!(redact_text(pem), "x [REDACTED:private-key] y");
+        assert!(redact_text("ghp_0123456789abcdefghijABCDEFGHIJ012345").contains("[REDACTED:github-token]"));
+        assert_eq!(redact_text("plain words"), "plain words");
     }
 
     #[test]
