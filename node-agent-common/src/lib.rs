@@ -9,7 +9,7 @@
 pub const CHUNK_BYTES: usize = 4096;
 /// Most chunks one skb is split into; payload past `CHUNK_BYTES * MAX_CHUNKS_PER_SKB` is counted
 /// as truncated.
-pub const MAX_CHUNKS_PER_SKB: usize = 4;
+pub const MAX_CHUNKS_PER_SKB: usize = 16;
 /// Size of the capture ring buffer in bytes (a power of two, a multiple of the page size).
 pub const CAPTURE_RING_BYTES: u32 = 32 * 1024 * 1024;
 

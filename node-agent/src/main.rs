@@ -306,11 +306,11 @@ async fn main() -> anyhow::Result<()> {
             match tokio::time::timeout(Duration::from_secs(2), client.report(r.clone())).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(status)) => {
-                    tracing::debug!(%status, "report not delivered; kept for the next one");
+                    tracing::warn!(%status, "report not delivered; kept for the next one");
                     runtime.restore(r);
                 }
                 Err(_) => {
-                    tracing::debug!("report timed out; kept for the next one");
+                    tracing::warn!("report timed out; kept for the next one");
                     runtime.restore(r);
                 }
             }

@@ -741,7 +741,7 @@ impl<B: CaptureBackend> Runtime<B> {
             });
         }
         let mut findings = std::mem::take(&mut self.findings);
-        let policies = self
+        let mut policies: Vec<PolicyReport> = self
             .policies
             .iter()
             .map(|p| PolicyReport {
@@ -753,6 +753,53 @@ impl<B: CaptureBackend> Runtime<B> {
                     .unwrap_or_default(),
             })
             .collect();
+        // Findings of policies that left this node's configuration since they were raised are
+        // still reported: a configuration change must not lose what was already seen.
+        policies.extend(
+            findings
+                .into_iter()
+                .filter(|(_, f)| !f.is_empty())
+                .map(|((namespace, name), f)| PolicyReport {
+                    policy: Some(ObjectRef {
+                        namespace,
+                        name,
+                        generation: 0,
+                    }),
+                    errors: vec![],
+                    findings: f.into_values().collect(),
+                }),
+        );
+        // Likewise endpoint counts of monitors that left the configuration.
+        let configured: HashSet<Key> = self.config.monitors.iter().map(|m| key(&m.monitor)).collect();
+        for (k, pending) in self
+            .monitors_pending
+            .iter_mut()
+            .filter(|(k, _)| !configured.contains(*k))
+        {
+            if pending.endpoints.is_empty() && pending.overflow_requests == 0 {
+                continue;
+            }
+            monitors.push(MonitorReport {
+                monitor: Some(ObjectRef {
+                    namespace: k.0.clone(),
+                    name: k.1.clone(),
+                    generation: 0,
+                }),
+                endpoints: std::mem::take(&mut pending.endpoints)
+                    .into_iter()
+                    .map(|((method, path, status), c)| EndpointDelta {
+                        method,
+                        path,
+                        status,
+                        count: c.count,
+                        last_seen_unix_ms: c.last_seen_unix_ms,
+                        east_west: c.east_west,
+                    })
+                    .collect(),
+                overflow_requests: std::mem::take(&mut pending.overflow_requests),
+                ..Default::default()
+            });
+        }
         AgentReport {
             node_name: self.node.clone(),
             agent_instance: self.instance.clone(),

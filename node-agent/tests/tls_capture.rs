@@ -36,7 +36,7 @@ use palisade_node_agent::{
 };
 
 const PROBE_PATH: &str = "/tls-probe-path";
-const BIG_BODY_BYTES: usize = 20_000;
+const BIG_BODY_BYTES: usize = 80_000;
 
 const SERVER_PY: &str = r#"
 import http.server, ssl, sys

@@ -58,10 +58,16 @@ impl AgentControl for AgentControlService {
             node: req.node_name.clone(),
         };
         let rx = self.hub.subscribe(&req.node_name);
-        let stream = WatchStream::new(rx).map(move |cfg| {
-            let _keep = &guard;
-            Ok(NodeConfig::clone(&cfg))
-        });
+        // A node whose agent is new gets its (possibly empty) configuration compiled now.
+        self.hub.recompile_if_ready();
+        // Version 0 is the placeholder before the operator has compiled anything (its stores are
+        // still listing): sending it would make the agent detach everything.
+        let stream = WatchStream::new(rx)
+            .filter(|cfg| cfg.version > 0)
+            .map(move |cfg| {
+                let _keep = &guard;
+                Ok(NodeConfig::clone(&cfg))
+            });
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -74,6 +80,11 @@ impl AgentControl for AgentControlService {
             ));
         }
         let node = report.node_name.clone();
+        tracing::debug!(
+            monitors = report.monitors.len(),
+            findings = report.policies.iter().map(|p| p.findings.len()).sum::<usize>(),
+            "report"
+        );
         self.hub.record_report(report);
         Ok(Response::new(ReportAck {
             current_version: self.hub.current_version(&node),

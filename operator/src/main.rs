@@ -132,6 +132,7 @@ async fn main() -> anyhow::Result<()> {
             if !stores_ready(&ready_view) {
                 continue;
             }
+            compile_hub.set_ready();
             let changed = compile_hub.recompile();
             if !changed.is_empty() {
                 tracing::info!(nodes = ?changed, "node configurations updated");

@@ -103,6 +103,8 @@ struct Inner {
 /// Shared operator state.
 pub struct Hub {
     pub view: ClusterView,
+    /// Set once every store has its initial list; nothing is compiled before.
+    ready: std::sync::atomic::AtomicBool,
     /// Pod networks given on the command line, added to the Nodes' podCIDRs.
     extra_cluster_cidrs: Vec<String>,
     inner: Mutex<Inner>,
@@ -138,6 +140,7 @@ impl Hub {
         let (policy_trigger, policies) = mpsc::unbounded_channel();
         let hub = Hub {
             view,
+            ready: std::sync::atomic::AtomicBool::new(false),
             extra_cluster_cidrs,
             inner: Mutex::new(Inner::default()),
             monitor_trigger,
@@ -158,6 +161,18 @@ impl Hub {
         }
         for p in self.view.policies.state() {
             let _ = self.policy_trigger.send(ObjectRef::from_obj(p.as_ref()));
+        }
+    }
+
+    /// Marks the stores listed: from now on configurations are compiled.
+    pub fn set_ready(&self) {
+        self.ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Recompiles if the stores are listed (see [`Hub::set_ready`]).
+    pub fn recompile_if_ready(&self) {
+        if self.ready.load(std::sync::atomic::Ordering::SeqCst) {
+            self.recompile();
         }
     }
 
