@@ -74,8 +74,18 @@ static CREDENTIAL_PATTERNS: std::sync::LazyLock<Vec<(&'static str, regex::Regex)
         .collect()
     });
 
+/// Values of secret-named keys in JSON-like (`"password": "x"`) or form-like (`password=x`)
+/// fragments of free text, such as evidence cut from a request body.
+static SECRET_KEY_VALUE: std::sync::LazyLock<Option<regex::Regex>> = std::sync::LazyLock::new(|| {
+    regex::Regex::new(
+        r#"(?i)("?[a-z0-9_-]*(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|authorization|cookie|session|cvv|ssn)[a-z0-9_-]*"?\s*[:=]\s*)("[^"]*"|[^&\r\n,;}"]+)"#,
+    )
+    .ok()
+});
+
 /// Replaces card numbers (Luhn-valid runs of 13-19 digits, spaces or dashes allowed between),
-/// bearer tokens, JWT-shaped strings and cloud credentials in free text.
+/// bearer tokens, JWT-shaped strings, cloud credentials and values of secret-named keys in free
+/// text.
 pub fn redact_text(text: &str) -> Cow<'_, str> {
     let mut text = Cow::Borrowed(text);
     for (name, re) in CREDENTIAL_PATTERNS.iter() {
@@ -84,6 +94,11 @@ pub fn redact_text(text: &str) -> Cow<'_, str> {
                 re.replace_all(&text, format!("[REDACTED:{name}]").as_str())
                     .into_owned(),
             );
+        }
+    }
+    if let Some(re) = SECRET_KEY_VALUE.as_ref() {
+        if re.is_match(&text) {
+            text = Cow::Owned(re.replace_all(&text, "${1}[REDACTED]").into_owned());
         }
     }
     match text {
@@ -225,13 +240,24 @@ mod tests {
         );
         assert_eq!(
             redact_text("Authorization: Bearer abc.def"),
-            "Authorization: Bearer [REDACTED]"
+            "Authorization: [REDACTED]"
+        );
+        assert_eq!(
+            redact_text("sent Bearer abc.def here"),
+            "sent Bearer [REDACTED] here"
         );
         assert_eq!(
             redact_text("t=eyJhbGciOi.eyJzdWIiOi.c2lnbmF0dXJl!"),
             "t=[REDACTED:jwt]!"
         );
         assert_eq!(redact_text("ünïcode 42"), "ünïcode 42");
+    }
+
+    #[test]
+    fn secret_keys_in_json_and_form_fragments_are_redacted() {
+        let t = redact_text(r#"{"user":"bob","password":"hunter2","q":"x"} and api_key=abc123&x=1"#);
+        assert!(!t.contains("hunter2") && !t.contains("abc123"), "{t}");
+        assert!(t.contains(r#""user":"bob""#) && t.contains("x=1"), "{t}");
     }
 
     #[test]
