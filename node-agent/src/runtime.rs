@@ -572,6 +572,7 @@ impl<B: CaptureBackend> Runtime<B> {
             method: &req.method,
             target: &req.target,
             headers: &req.headers,
+            body: Some(&req.body),
         };
         let now_ms = self.unix_ms(req.timestamp_ns);
         let template = template_path(&req.target);

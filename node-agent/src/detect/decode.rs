@@ -1,0 +1,410 @@
+//! Decoding and normalisation shared by the detectors: URL (percent, `%u`, overlong UTF-8, `+`),
+//! backslash escapes (`\uXXXX`, `\xXX`), HTML/XML character references, and folding of Unicode
+//! look-alikes (full-width and circled letters) to ASCII.
+
+use std::borrow::Cow;
+
+fn hex_val(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+/// Decodes `%XX` and `%uXXXX` escapes once. Overlong UTF-8 encodings of `.` `/` `\` (a classic
+/// filter evasion, e.g. `%c0%ae`) decode to the character they stand for.
+pub fn percent_decode_once(input: &str) -> String {
+    let bytes = input.as_bytes();
+    let mut out: Vec<u8> = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            if i + 5 < bytes.len() && (bytes[i + 1] == b'u' || bytes[i + 1] == b'U') {
+                let code = (2..6).try_fold(0u32, |acc, k| hex_val(bytes[i + k]).map(|d| acc * 16 + d as u32));
+                if let Some(c) = code.and_then(char::from_u32) {
+                    let mut buf = [0u8; 4];
+                    out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                    i += 6;
+                    continue;
+                }
+            }
+            if i + 2 < bytes.len() {
+                if let (Some(h), Some(l)) = (hex_val(bytes[i + 1]), hex_val(bytes[i + 2])) {
+                    out.push(h * 16 + l);
+                    i += 3;
+                    continue;
+                }
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&fold_overlong(&out)).into_owned()
+}
+
+/// Overlong two- and three-byte encodings of ASCII (`c0 ae` is `.`), which lenient decoders accept.
+fn fold_overlong(bytes: &[u8]) -> Cow<'_, [u8]> {
+    if !bytes.iter().any(|b| matches!(b, 0xc0 | 0xc1 | 0xe0)) {
+        return Cow::Borrowed(bytes);
+    }
+    let mut folded = Vec::with_capacity(bytes.len());
+    let mut j = 0;
+    while j < bytes.len() {
+        if j + 1 < bytes.len()
+            && (bytes[j] == 0xc0 || bytes[j] == 0xc1)
+            && (0x80..0xc0).contains(&bytes[j + 1])
+        {
+            folded.push(((bytes[j] & 0x01) << 6) | (bytes[j + 1] & 0x3f));
+            j += 2;
+            continue;
+        }
+        if j + 2 < bytes.len()
+            && bytes[j] == 0xe0
+            && bytes[j + 1] == 0x80
+            && (0x80..0xc0).contains(&bytes[j + 2])
+        {
+            folded.push(bytes[j + 2] & 0x3f);
+            j += 3;
+            continue;
+        }
+        folded.push(bytes[j]);
+        j += 1;
+    }
+    Cow::Owned(folded)
+}
+
+/// Decodes up to three layers of percent-encoding (double encoding is a common evasion).
+pub fn decode_layers(input: &str) -> String {
+    if !input.contains('%') {
+        return input.to_string();
+    }
+    let mut current = input.to_string();
+    for _ in 0..3 {
+        if !current.contains('%') {
+            break;
+        }
+        let next = percent_decode_once(&current);
+        if next == current {
+            break;
+        }
+        current = next;
+    }
+    current
+}
+
+/// A query-string or form value: `+` is a space in the first layer, then up to three layers of
+/// percent-decoding.
+pub fn form_decode(input: &str) -> String {
+    if input.contains('+') {
+        decode_layers(&input.replace('+', " "))
+    } else {
+        decode_layers(input)
+    }
+}
+
+/// Decodes `\uXXXX`, `\u{X..}` and `\xXX` escapes (JSON, JavaScript, Java); other backslashes stay.
+pub fn unescape_backslash(input: &str) -> Cow<'_, str> {
+    if !input.contains('\\') {
+        return Cow::Borrowed(input);
+    }
+    let bytes = input.as_bytes();
+    let mut out = String::with_capacity(input.len());
+    let mut i = 0;
+    let mut changed = false;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 1 < bytes.len() {
+            let (code, len) = match bytes[i + 1] {
+                b'u' | b'U' if bytes.get(i + 2) == Some(&b'{') => {
+                    let end = bytes[i + 3..].iter().position(|&b| b == b'}').map(|p| i + 3 + p);
+                    match end {
+                        Some(end) if end > i + 3 && end - (i + 3) <= 6 => (
+                            bytes[i + 3..end]
+                                .iter()
+                                .try_fold(0u32, |acc, &b| hex_val(b).map(|d| acc * 16 + d as u32)),
+                            end + 1 - i,
+                        ),
+                        _ => (None, 0),
+                    }
+                }
+                b'u' | b'U' if i + 6 <= bytes.len() => (
+                    bytes[i + 2..i + 6]
+                        .iter()
+                        .try_fold(0u32, |acc, &b| hex_val(b).map(|d| acc * 16 + d as u32)),
+                    6,
+                ),
+                b'x' | b'X' if i + 4 <= bytes.len() => (
+                    bytes[i + 2..i + 4]
+                        .iter()
+                        .try_fold(0u32, |acc, &b| hex_val(b).map(|d| acc * 16 + d as u32)),
+                    4,
+                ),
+                _ => (None, 0),
+            };
+            if let Some(c) = code.and_then(char::from_u32) {
+                out.push(c);
+                i += len;
+                changed = true;
+                continue;
+            }
+        }
+        // Copy one UTF-8 character.
+        let ch_len = utf8_len(bytes[i]);
+        let end = (i + ch_len).min(bytes.len());
+        out.push_str(input.get(i..end).unwrap_or("\u{fffd}"));
+        i = end;
+    }
+    if changed {
+        Cow::Owned(out)
+    } else {
+        Cow::Borrowed(input)
+    }
+}
+
+fn utf8_len(first: u8) -> usize {
+    match first {
+        0x00..=0x7f => 1,
+        0xc0..=0xdf => 2,
+        0xe0..=0xef => 3,
+        0xf0..=0xf7 => 4,
+        _ => 1,
+    }
+}
+
+/// Named character references that matter for injection (HTML5 spellings, case-insensitive).
+fn named_entity(name: &str) -> Option<char> {
+    Some(match name.to_ascii_lowercase().as_str() {
+        "lt" => '<',
+        "gt" => '>',
+        "amp" => '&',
+        "quot" => '"',
+        "apos" => '\'',
+        "colon" => ':',
+        "semi" => ';',
+        "tab" => '\t',
+        "newline" => '\n',
+        "nbsp" => ' ',
+        "lpar" => '(',
+        "rpar" => ')',
+        "lbrace" | "lcub" => '{',
+        "rbrace" | "rcub" => '}',
+        "lsqb" | "lbrack" => '[',
+        "rsqb" | "rbrack" => ']',
+        "dollar" => '$',
+        "sol" => '/',
+        "bsol" => '\\',
+        "num" => '#',
+        "excl" => '!',
+        "equals" => '=',
+        "period" => '.',
+        "comma" => ',',
+        "grave" => '`',
+        "quest" => '?',
+        "percnt" => '%',
+        "plus" => '+',
+        "ast" | "midast" => '*',
+        "lowbar" => '_',
+        "verbar" | "vert" => '|',
+        "hyphen" | "dash" => '-',
+        "commat" => '@',
+        "hat" => '^',
+        _ => return None,
+    })
+}
+
+/// Decodes HTML/XML character references: `&#60;`, `&#x3c;` (any number of leading zeros, the
+/// semicolon optional as browsers allow) and the named ones in [`named_entity`].
+pub fn html_decode(input: &str) -> Cow<'_, str> {
+    if !input.contains('&') {
+        return Cow::Borrowed(input);
+    }
+    let bytes = input.as_bytes();
+    let mut out = String::with_capacity(input.len());
+    let mut i = 0;
+    let mut changed = false;
+    while i < bytes.len() {
+        if bytes[i] == b'&' {
+            if let Some((c, len)) = char_ref(&bytes[i + 1..]) {
+                out.push(c);
+                i += 1 + len;
+                changed = true;
+                continue;
+            }
+        }
+        let end = (i + utf8_len(bytes[i])).min(bytes.len());
+        out.push_str(input.get(i..end).unwrap_or("\u{fffd}"));
+        i = end;
+    }
+    if changed {
+        Cow::Owned(out)
+    } else {
+        Cow::Borrowed(input)
+    }
+}
+
+/// Parses a character reference after `&`; returns the character and the bytes consumed.
+fn char_ref(rest: &[u8]) -> Option<(char, usize)> {
+    if rest.first() == Some(&b'#') {
+        let (hex, start) = match rest.get(1) {
+            Some(b'x') | Some(b'X') => (true, 2),
+            _ => (false, 1),
+        };
+        let mut j = start;
+        let mut code: u32 = 0;
+        while j < rest.len() && j - start < 64 {
+            let d = if hex {
+                hex_val(rest[j]).map(u32::from)
+            } else {
+                (rest[j] as char).to_digit(10)
+            };
+            match d {
+                Some(d) => code = code.saturating_mul(if hex { 16 } else { 10 }).saturating_add(d),
+                None => break,
+            }
+            j += 1;
+        }
+        if j == start {
+            return None;
+        }
+        if rest.get(j) == Some(&b';') {
+            j += 1;
+        }
+        return char::from_u32(code).map(|c| (c, j));
+    }
+    let mut j = 0;
+    while j < rest.len() && j < 10 && rest[j].is_ascii_alphanumeric() {
+        j += 1;
+    }
+    if j == 0 {
+        return None;
+    }
+    let name = std::str::from_utf8(&rest[..j]).ok()?;
+    let c = named_entity(name)?;
+    if rest.get(j) == Some(&b';') {
+        Some((c, j + 1))
+    } else if matches!(name.to_ascii_lowercase().as_str(), "lt" | "gt" | "amp" | "quot") {
+        // Browsers accept these few without the semicolon.
+        Some((c, j))
+    } else {
+        None
+    }
+}
+
+/// Folds Unicode look-alikes that some back ends normalise (NFKC) to ASCII: full-width forms,
+/// circled letters and digits. Other characters are kept.
+pub fn fold_unicode(input: &str) -> Cow<'_, str> {
+    if input.is_ascii() {
+        return Cow::Borrowed(input);
+    }
+    let mut changed = false;
+    let out: String = input
+        .chars()
+        .map(|c| {
+            let u = c as u32;
+            let folded = match u {
+                0xff01..=0xff5e => char::from_u32(u - 0xff01 + 0x21),
+                0x24b6..=0x24cf => char::from_u32(u - 0x24b6 + u32::from(b'a')),
+                0x24d0..=0x24e9 => char::from_u32(u - 0x24d0 + u32::from(b'a')),
+                0x2460..=0x2468 => char::from_u32(u - 0x2460 + u32::from(b'1')),
+                0x24ea => Some('0'),
+                0x3002 | 0xff61 => Some('.'),
+                // Slash look-alikes that best-fit mappings turn into separators.
+                0x2215 | 0x2044 | 0x29f8 | 0xefc8 | 0xf025 => Some('/'),
+                0x2216 | 0x29f9 | 0xfe68 => Some('\\'),
+                0x00a0 | 0x2000..=0x200a | 0x3000 => Some(' '),
+                _ => None,
+            };
+            match folded {
+                Some(f) => {
+                    changed = true;
+                    f
+                }
+                None => c,
+            }
+        })
+        .collect();
+    if changed {
+        Cow::Owned(out)
+    } else {
+        Cow::Borrowed(input)
+    }
+}
+
+/// The case-folded form most detectors work on: look-alikes folded, NUL bytes removed, ASCII
+/// lower case.
+pub fn lower_folded(input: &str) -> String {
+    let folded = fold_unicode(input);
+    let mut s: String = if folded.contains('\0') {
+        folded.chars().filter(|&c| c != '\0').collect()
+    } else {
+        folded.into_owned()
+    };
+    s.make_ascii_lowercase();
+    s
+}
+
+/// A short excerpt of `s` around byte offset `at`, on character boundaries.
+pub fn excerpt(s: &str, at: usize, max: usize) -> String {
+    let mut start = at.saturating_sub(max / 3).min(s.len());
+    while start > 0 && !s.is_char_boundary(start) {
+        start -= 1;
+    }
+    let mut end = (start + max).min(s.len());
+    while end < s.len() && !s.is_char_boundary(end) {
+        end += 1;
+    }
+    let mut out = String::new();
+    if start > 0 {
+        out.push('…');
+    }
+    out.extend(
+        s[start..end]
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c }),
+    );
+    if end < s.len() {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_layers_and_plus() {
+        assert_eq!(decode_layers("%252e%252e%252f"), "../");
+        assert_eq!(decode_layers("%25252e"), ".");
+        assert_eq!(form_decode("a+b%2Bc"), "a b+c");
+        assert_eq!(decode_layers("%u003cscript%u003e"), "<script>");
+        assert_eq!(decode_layers("%c0%ae%c0%ae%c0%af"), "../");
+        assert_eq!(decode_layers("100%"), "100%");
+        assert_eq!(decode_layers("%zz%4"), "%zz%4");
+    }
+
+    #[test]
+    fn backslash_escapes() {
+        assert_eq!(unescape_backslash(r"$\u007Bjndi"), "${jndi");
+        assert_eq!(unescape_backslash(r"\x3cscript\x3e"), "<script>");
+        assert_eq!(unescape_backslash(r"\u{3c}b"), "<b");
+        assert_eq!(unescape_backslash(r"C:\temp\u00"), r"C:\temp\u00");
+        assert_eq!(unescape_backslash("é\\u0041"), "éA");
+    }
+
+    #[test]
+    fn html_references() {
+        assert_eq!(html_decode("&lt;img&gt;"), "<img>");
+        assert_eq!(html_decode("&#x6A;&#0000097;vascript&colon;"), "javascript:");
+        assert_eq!(html_decode("&#106&#97"), "ja");
+        assert_eq!(html_decode("$&LBRACE;x&rcub;"), "${x}");
+        assert_eq!(html_decode("fish &chips; & more"), "fish &chips; & more");
+        assert_eq!(html_decode("&#99999999999999;"), "&#99999999999999;");
+    }
+
+    #[test]
+    fn unicode_look_alikes() {
+        assert_eq!(fold_unicode("ⓛⓞⓒⓐⓛⓗⓞⓢⓣ"), "localhost");
+        assert_eq!(fold_unicode("ＳＥＬＥＣＴ"), "SELECT");
+        assert_eq!(fold_unicode("..\u{2215}..\u{2216}"), "../..\\");
+        assert_eq!(lower_folded("Ａ\0B"), "ab");
+        assert_eq!(excerpt("abcdef", 3, 4), "…cdef");
+        assert_eq!(excerpt("abcdefghij", 3, 4), "…cdef…");
+    }
+}

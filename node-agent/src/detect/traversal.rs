@@ -1,0 +1,203 @@
+//! Path traversal and local file inclusion: `..` path segments (after URL decoding, backslashes
+//! as separators, overlong UTF-8, `0x2e`-style spellings), and references to files that only an
+//! attacker asks a web application for (`/etc/passwd`, `win.ini`, `.aws/credentials`,
+//! a Kubernetes service-account token).
+
+use super::decode::{decode_layers, excerpt, lower_folded};
+use super::{Detection, Hit};
+
+/// Files and directories whose path in a parameter is an attack (matched after a `/` or at the
+/// start of the value, and before a non-name character).
+const SENSITIVE: &[&str] = &[
+    "etc/passwd",
+    "etc/shadow",
+    "etc/group",
+    "etc/hosts",
+    "etc/issue",
+    "etc/sudoers",
+    "etc/crontab",
+    "etc/master.passwd",
+    "etc/security/passwd",
+    "etc/pwd.db",
+    "proc/self/",
+    "proc/version",
+    "proc/1/",
+    "proc/sys/",
+    "proc/net/",
+    "proc/cmdline",
+    "proc/mounts",
+    "proc/cpuinfo",
+    "sys/class/",
+    "sys/kernel/",
+    "etc/apache2/",
+    "etc/nginx/",
+    "etc/ssh/",
+    "etc/mysql/",
+    "etc/ssl/private",
+    ".docker/",
+    "boot.ini",
+    "win.ini",
+    "system.ini",
+    "windows/system32/",
+    "winnt/system32/",
+    "web-inf/web.xml",
+    "web-inf/classes/",
+    ".htpasswd",
+    ".htaccess",
+    ".ssh/",
+    "id_rsa",
+    "id_ed25519",
+    ".aws/credentials",
+    ".aws/config",
+    ".git/config",
+    ".git/head",
+    ".gitconfig",
+    ".bash_history",
+    ".zsh_history",
+    ".kube/config",
+    "var/run/secrets/kubernetes.io/",
+    "inetpub/wwwroot/",
+    "global.asa",
+    "wp-config.php",
+    ".env",
+    ".npmrc",
+    "c$/",
+    "admin$/",
+    "ntuser.dat",
+    ".pgpass",
+    ".my.cnf",
+];
+
+/// Rewrites the spellings of `.`, `/` and `\` that traversal payload lists use and some decoders
+/// accept, and unifies separators.
+fn normalize(value: &str) -> String {
+    let mut s = lower_folded(value).replace('\\', "/");
+    if s.contains("0x") {
+        s = s.replace("0x2e", ".").replace("0x2f", "/").replace("0x5c", "/");
+    }
+    s
+}
+
+/// A `..` segment (also `....`, `...` at paranoia 2, and `..` followed by a NUL or `;`).
+fn dotdot_at(s: &str, paranoia: u8) -> Option<usize> {
+    let mut offset = 0;
+    for seg in s.split(['/', '=', '&', '?', ';', '\0']) {
+        let trimmed = seg.trim_matches([' ', '\t', '%']);
+        let dots = matches!(trimmed.len(), 2 | 4) || (trimmed.len() == 3 && paranoia >= 2);
+        if dots && trimmed.bytes().all(|b| b == b'.') {
+            return Some(offset);
+        }
+        offset += seg.len() + 1;
+    }
+    None
+}
+
+fn sensitive_at(s: &str) -> Option<usize> {
+    let b = s.as_bytes();
+    for file in SENSITIVE {
+        let mut from = 0;
+        while let Some(p) = s[from..].find(file).map(|p| from + p) {
+            let before_ok = p == 0
+                || if file.starts_with('.') {
+                    matches!(b[p - 1], b'/' | b'~' | b'=' | b' ' | b':')
+                } else {
+                    matches!(b[p - 1], b'/' | b'.' | b' ' | b'=' | b':' | b'~')
+                };
+            let end = p + file.len();
+            let after_ok = file.ends_with('/')
+                || b.get(end)
+                    .is_none_or(|c| !(c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-'));
+            if before_ok && after_ok {
+                return Some(p);
+            }
+            from = p + 1;
+        }
+    }
+    None
+}
+
+/// Looks for traversal in one decoded value.
+pub fn detect(value: &str, paranoia: u8) -> Option<Hit> {
+    if !value.contains('.') && !value.contains("0x") && !value.contains("etc/") && !value.contains("proc/") {
+        return None;
+    }
+    let s = normalize(value);
+    if let Some(p) = dotdot_at(&s, paranoia) {
+        return Some(Hit {
+            reason: "dot-dot path segment",
+            excerpt: excerpt(&s, p, 120),
+        });
+    }
+    if let Some(p) = sensitive_at(&s) {
+        return Some(Hit {
+            reason: "sensitive file",
+            excerpt: excerpt(&s, p, 120),
+        });
+    }
+    if paranoia >= 2 {
+        // Absolute Windows paths and home directories.
+        for needle in ["c:/", "~/", "~root/"] {
+            if let Some(p) = s.find(needle) {
+                return Some(Hit {
+                    reason: "absolute path",
+                    excerpt: excerpt(&s, p, 120),
+                });
+            }
+        }
+    }
+    None
+}
+
+/// Path traversal in a request target: a `..` segment (or a sensitive file) in the decoded path
+/// or in any decoded query value. The evidence is the decoded target.
+pub fn path_traversal(target: &str) -> Option<Detection> {
+    let decoded = decode_layers(target);
+    detect(&decoded, 1).map(|_| Detection { evidence: decoded })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_list_spellings() {
+        for attack in [
+            "....//....//etc/hosts",
+            "..;/..;/admin",
+            "0x2e0x2e0x5c0x2e0x2e0x5cboot.ini",
+            "../../../../etc/passwd%00.png",
+            "/var/www/../../etc/shadow",
+            "..\\..\\windows\\win.ini",
+            "file=/etc/passwd",
+            "/proc/self/environ",
+            "C:/Windows/System32/drivers/etc/hosts",
+            "/home/app/.aws/credentials",
+            "/var/run/secrets/kubernetes.io/serviceaccount/token",
+            "/.git/config",
+            "/.env",
+            "..%u2215..%u2215etc/hosts",
+            "%uff0e%uff0e%u2216boot.ini",
+            "\\\\10.0.0.1\\c$\\users",
+        ] {
+            let v = decode_layers(attack);
+            assert!(detect(&v, 1).is_some(), "missed {attack:?}");
+        }
+    }
+
+    #[test]
+    fn benign_names() {
+        for ok in [
+            "report..pdf",
+            "v1.2.3",
+            "what..ever",
+            "/etc/passwords-policy.html",
+            "the environment",
+            "my.env.example.com",
+            "...",
+            "a . b",
+        ] {
+            let hit = detect(ok, 1);
+            assert!(hit.is_none(), "false positive on {ok:?}: {hit:?}");
+        }
+    }
+}
