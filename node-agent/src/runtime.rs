@@ -5,7 +5,7 @@
 //! with a fake backend.
 
 use crate::cidr::{traffic_class, Cidr};
-use crate::detect::{CompiledRule, RequestView};
+use crate::detect::{CompiledRule, Inputs, RequestView};
 use crate::http::{CaptureLimits, Exchange, HttpEvent, HttpTracker, PodRole, Request};
 use crate::metrics::AgentMetrics;
 use crate::redact::{self, Redactor};
@@ -574,6 +574,8 @@ impl<B: CaptureBackend> Runtime<B> {
             headers: &req.headers,
             body: Some(&req.body),
         };
+        // The request is split into decoded inputs once, for every rule of every policy.
+        let inputs = Inputs::collect(&view);
         let now_ms = self.unix_ms(req.timestamp_ns);
         let template = template_path(&req.target);
         // Uprobes on the TLS library see the process, not the peer's address.
@@ -593,7 +595,7 @@ impl<B: CaptureBackend> Runtime<B> {
                 continue;
             }
             for rule in &policy.rules {
-                let Some(detection) = rule.evaluate(&view) else {
+                let Some(detection) = rule.evaluate_with(&view, &inputs) else {
                     continue;
                 };
                 let evidence = redact::truncate(&redactor.target(&detection.evidence), 256);
