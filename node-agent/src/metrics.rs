@@ -9,7 +9,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use std::collections::HashSet;
+
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
@@ -25,6 +25,15 @@ pub struct EndpointLabels {
     pub path: String,
     pub code_class: String,
 }
+
+/// One cached endpoint series: its labels and metric handles.
+pub struct EndpointSeries {
+    labels: EndpointLabels,
+    requests: Counter,
+    duration: Histogram,
+}
+
+const CODE_CLASSES: [&str; 6] = ["0xx", "1xx", "2xx", "3xx", "4xx", "5xx"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FindingLabels {
@@ -51,7 +60,10 @@ pub struct AgentMetrics {
     attached_pods: Gauge,
     connections: Gauge,
     drained: Counter,
-    series: Arc<Mutex<HashSet<EndpointLabels>>>,
+    /// Endpoint label sets seen so far, by an Fx hash of their parts, with their metric handles:
+    /// one lookup per request and no label allocation once an endpoint is known.
+    series: Arc<Mutex<rustc_hash::FxHashMap<u64, Vec<EndpointSeries>>>>,
+    series_count: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Default for AgentMetrics {
@@ -125,7 +137,8 @@ impl AgentMetrics {
             attached_pods,
             connections,
             drained,
-            series: Arc::new(Mutex::new(HashSet::new())),
+            series: Arc::new(Mutex::new(rustc_hash::FxHashMap::default())),
+            series_count: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         }
     }
 
@@ -139,26 +152,58 @@ impl AgentMetrics {
         status: u16,
         seconds: f64,
     ) {
-        let mut labels = EndpointLabels {
-            namespace: namespace.to_string(),
-            monitor: monitor.to_string(),
-            method: method.to_string(),
-            path: path.to_string(),
-            code_class: format!("{}xx", status / 100),
-        };
-        {
-            let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
-            if !series.contains(&labels) {
-                if series.len() >= MAX_ENDPOINT_SERIES {
+        use std::hash::{Hash, Hasher};
+        let class = CODE_CLASSES
+            .get((status / 100) as usize)
+            .copied()
+            .unwrap_or("other");
+        let mut hasher = rustc_hash::FxHasher::default();
+        (namespace, monitor, method, path, class).hash(&mut hasher);
+        let key = hasher.finish();
+        let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        let bucket = series.entry(key).or_default();
+        let found = bucket.iter().find(|s| {
+            let l = &s.labels;
+            l.namespace == namespace
+                && l.monitor == monitor
+                && l.method == method
+                && l.path == path
+                && l.code_class == class
+        });
+        let handles = match found {
+            Some(s) => s,
+            None => {
+                let mut labels = EndpointLabels {
+                    namespace: namespace.to_string(),
+                    monitor: monitor.to_string(),
+                    method: method.to_string(),
+                    path: path.to_string(),
+                    code_class: class.to_string(),
+                };
+                // Past the cap, new endpoints share one overflow series (which is not cached
+                // under their own key, so they stay there).
+                let counted = self.series_count.load(std::sync::atomic::Ordering::Relaxed);
+                if counted >= MAX_ENDPOINT_SERIES {
                     labels.method = "*".into();
                     labels.path = OVERFLOW_PATH.into();
-                } else {
-                    series.insert(labels.clone());
+                    self.requests.get_or_create(&labels).inc();
+                    self.duration.get_or_create(&labels).observe(seconds);
+                    return;
                 }
+                self.series_count
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let requests = self.requests.get_or_create(&labels).clone();
+                let duration = self.duration.get_or_create(&labels).clone();
+                bucket.push(EndpointSeries {
+                    labels,
+                    requests,
+                    duration,
+                });
+                &bucket[bucket.len() - 1]
             }
-        }
-        self.requests.get_or_create(&labels).inc();
-        self.duration.get_or_create(&labels).observe(seconds);
+        };
+        handles.requests.inc();
+        handles.duration.observe(seconds);
     }
 
     pub fn finding(&self, namespace: &str, policy: &str, rule: &str, severity: &str) {

@@ -119,7 +119,8 @@ pub struct Runtime<B: CaptureBackend> {
     config: NodeConfig,
     applied_version: u64,
     attachments: HashMap<String, Attachment>,
-    by_cgroup: HashMap<u64, WatchedPod>,
+    /// Looked up for every record: Fx hashing, and shared pod records (no clones per packet).
+    by_cgroup: rustc_hash::FxHashMap<u64, std::sync::Arc<WatchedPod>>,
     monitor_errors: HashMap<Key, Vec<String>>,
     monitor_probes: HashMap<Key, u32>,
     policies: Vec<CompiledPolicy>,
@@ -181,7 +182,7 @@ impl<B: CaptureBackend> Runtime<B> {
             },
             applied_version: 0,
             attachments: HashMap::new(),
-            by_cgroup: HashMap::new(),
+            by_cgroup: rustc_hash::FxHashMap::default(),
             monitor_errors: HashMap::new(),
             monitor_probes: HashMap::new(),
             policies: vec![],
@@ -334,6 +335,17 @@ impl<B: CaptureBackend> Runtime<B> {
                     })
                     .monitors
                     .push(index);
+            }
+        }
+        let desired: BTreeMap<String, std::sync::Arc<WatchedPod>> = desired
+            .into_iter()
+            .map(|(uid, pod)| (uid, std::sync::Arc::new(pod)))
+            .collect();
+        // Container cgroups found under an attached pod point at its record: refresh them too
+        // (the monitors selecting the pod may have changed).
+        for entry in self.by_cgroup.values_mut() {
+            if let Some(pod) = desired.get(&entry.uid) {
+                *entry = pod.clone();
             }
         }
 
@@ -521,7 +533,7 @@ impl<B: CaptureBackend> Runtime<B> {
     /// The pod a cgroup id belongs to. Capture attaches to the pod's cgroup, but sockets belong to
     /// the container cgroups below it: unknown ids trigger a rescan of the attached pods'
     /// descendants, at most every 500 ms.
-    fn resolve_pod(&mut self, cgroup_id: u64, now_ns: u64) -> Option<WatchedPod> {
+    fn resolve_pod(&mut self, cgroup_id: u64, now_ns: u64) -> Option<std::sync::Arc<WatchedPod>> {
         if let Some(pod) = self.by_cgroup.get(&cgroup_id) {
             return Some(pod.clone());
         }

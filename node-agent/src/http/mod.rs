@@ -35,7 +35,6 @@ use palisade_common::{
     CaptureHeader, CHUNK_BYTES, DIRECTION_INGRESS, FAMILY_IPV4, FAMILY_TLS, MAX_CHUNKS_PER_SKB, TCP_FIN,
     TCP_RST,
 };
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Most connections tracked at once.
@@ -63,7 +62,8 @@ pub(crate) struct FlowKey {
 }
 
 pub struct HttpTracker {
-    conns: HashMap<FlowKey, Conn>,
+    /// Fx hashing: the keys are addresses and ports, and this map is looked up for every record.
+    conns: rustc_hash::FxHashMap<FlowKey, Conn>,
     pub drops: ParserDrops,
     buffered: usize,
     budget: usize,
@@ -130,7 +130,7 @@ impl HttpTracker {
     /// nodes).
     pub fn with_bounds(max_connections: usize, budget_bytes: usize) -> Self {
         HttpTracker {
-            conns: HashMap::new(),
+            conns: rustc_hash::FxHashMap::default(),
             drops: ParserDrops::default(),
             buffered: 0,
             budget: budget_bytes,
