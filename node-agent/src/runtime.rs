@@ -101,6 +101,24 @@ struct EndpointCounter {
     last_seen_unix_ms: i64,
 }
 
+impl MonitorPending {
+    /// Takes the endpoint counts and overflow accumulated since the last report.
+    fn take_deltas(&mut self) -> (Vec<EndpointDelta>, u64) {
+        let endpoints = std::mem::take(&mut self.endpoints)
+            .into_iter()
+            .map(|((method, path, status), c)| EndpointDelta {
+                method,
+                path,
+                status,
+                count: c.count,
+                last_seen_unix_ms: c.last_seen_unix_ms,
+                east_west: c.east_west,
+            })
+            .collect();
+        (endpoints, std::mem::take(&mut self.overflow_requests))
+    }
+}
+
 #[derive(Default)]
 struct MonitorPending {
     endpoints: BTreeMap<(String, String, u32), EndpointCounter>,
@@ -708,20 +726,7 @@ impl<B: CaptureBackend> Runtime<B> {
             let k = key(&m.monitor);
             let pending = self.monitors_pending.get_mut(&k);
             let (endpoints, overflow_requests) = match pending {
-                Some(p) => (
-                    std::mem::take(&mut p.endpoints)
-                        .into_iter()
-                        .map(|((method, path, status), c)| EndpointDelta {
-                            method,
-                            path,
-                            status,
-                            count: c.count,
-                            last_seen_unix_ms: c.last_seen_unix_ms,
-                            east_west: c.east_west,
-                        })
-                        .collect(),
-                    std::mem::take(&mut p.overflow_requests),
-                ),
+                Some(p) => p.take_deltas(),
                 None => (vec![], 0),
             };
             monitors.push(MonitorReport {
@@ -794,24 +799,15 @@ impl<B: CaptureBackend> Runtime<B> {
             if pending.endpoints.is_empty() && pending.overflow_requests == 0 {
                 continue;
             }
+            let (endpoints, overflow_requests) = pending.take_deltas();
             monitors.push(MonitorReport {
                 monitor: Some(ObjectRef {
                     namespace: k.0.clone(),
                     name: k.1.clone(),
                     generation: 0,
                 }),
-                endpoints: std::mem::take(&mut pending.endpoints)
-                    .into_iter()
-                    .map(|((method, path, status), c)| EndpointDelta {
-                        method,
-                        path,
-                        status,
-                        count: c.count,
-                        last_seen_unix_ms: c.last_seen_unix_ms,
-                        east_west: c.east_west,
-                    })
-                    .collect(),
-                overflow_requests: std::mem::take(&mut pending.overflow_requests),
+                endpoints,
+                overflow_requests,
                 ..Default::default()
             });
         }

@@ -3,9 +3,9 @@
 //! The node configuration itself is compiled by [`crate::state::Hub::recompile`] whenever pods,
 //! monitors or policies change; this controller reports how it landed.
 
-use crate::compile::{monitor_pods, pod_node};
+use crate::compile::monitor_pods;
 use crate::state::{obj_key, unix_ms_to_time, Hub};
-use crate::status::{conditions_from_nodes, node_state, summarize, NodeExpectation, Reported};
+use crate::status::{conditions_from_nodes, node_states, pods_per_node, summarize, Reported};
 use crate::throttle::WriteThrottle;
 use crate::Error;
 use kube::api::{Api, Patch, PatchParams};
@@ -15,7 +15,6 @@ use palisade_api::v1alpha1::{
     ApiMonitor, ApiMonitorStatus, CommonStatus, EndpointInventory, EndpointStatus, StatusCount,
     TlsCoverageStatus, TlsPodCoverage, MAX_ENDPOINTS_IN_STATUS,
 };
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,23 +32,12 @@ pub fn desired_status(monitor: &ApiMonitor, hub: &Hub) -> ApiMonitorStatus {
     let generation = monitor.metadata.generation;
     let pods = hub.view.pods.state();
     let selected = monitor_pods(monitor, &pods);
-    let mut per_node: BTreeMap<&str, u32> = BTreeMap::new();
-    for pod in &selected {
-        if let Some(node) = pod_node(pod) {
-            *per_node.entry(node).or_default() += 1;
-        }
-    }
-    let states = per_node
-        .iter()
-        .map(|(node, workloads)| {
-            let exp = NodeExpectation {
-                node,
-                workloads: *workloads,
-                agent: hub.agent(node),
-            };
-            node_state(&exp, &Reported::Monitor(&key, generation.unwrap_or_default()))
-        })
-        .collect();
+    let per_node = pods_per_node(&selected);
+    let states = node_states(
+        hub,
+        &per_node,
+        &Reported::Monitor(&key, generation.unwrap_or_default()),
+    );
     let nodes = summarize(states, true);
     let previous = monitor
         .status

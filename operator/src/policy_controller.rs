@@ -1,10 +1,10 @@
 //! ApiPolicy controller: writes status (conditions, per-node account, findings) and raises
 //! aggregated, rate-limited Warning Events on the policy and on the pod under attack.
 
-use crate::compile::{pod_node, policy_monitors, policy_pods};
+use crate::compile::{policy_monitors, policy_pods};
 use crate::monitor_controller::FIELD_MANAGER;
 use crate::state::{obj_key, unix_ms_to_time, Hub, PendingEvent};
-use crate::status::{conditions_from_nodes, node_state, summarize, NodeExpectation, Reported};
+use crate::status::{conditions_from_nodes, node_states, pods_per_node, summarize, Reported};
 use crate::throttle::{EventBudget, WriteThrottle};
 use crate::Error;
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -34,23 +34,12 @@ pub fn desired_status(policy: &ApiPolicy, hub: &Hub) -> ApiPolicyStatus {
     let monitors = hub.view.monitors.state();
     let pods = hub.view.pods.state();
     let selected = policy_pods(policy, &monitors, &pods);
-    let mut per_node: BTreeMap<&str, u32> = BTreeMap::new();
-    for pod in &selected {
-        if let Some(node) = pod_node(pod) {
-            *per_node.entry(node).or_default() += 1;
-        }
-    }
-    let states = per_node
-        .iter()
-        .map(|(node, workloads)| {
-            let exp = NodeExpectation {
-                node,
-                workloads: *workloads,
-                agent: hub.agent(node),
-            };
-            node_state(&exp, &Reported::Policy(&key, generation.unwrap_or_default()))
-        })
-        .collect();
+    let per_node = pods_per_node(&selected);
+    let states = node_states(
+        hub,
+        &per_node,
+        &Reported::Policy(&key, generation.unwrap_or_default()),
+    );
     let nodes = summarize(states, false);
     let missing: Vec<&String> = policy
         .spec

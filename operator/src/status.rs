@@ -18,6 +18,38 @@ pub enum Reported<'a> {
     Policy(&'a ObjectKey, i64),
 }
 
+/// Selected pods counted per node.
+pub fn pods_per_node<'a>(
+    pods: &[&'a k8s_openapi::api::core::v1::Pod],
+) -> std::collections::BTreeMap<&'a str, u32> {
+    let mut per_node = std::collections::BTreeMap::new();
+    for node in pods.iter().filter_map(|p| crate::compile::pod_node(p)) {
+        *per_node.entry(node).or_default() += 1;
+    }
+    per_node
+}
+
+/// The state of every node that runs selected pods, from the agents' last reports.
+pub fn node_states(
+    hub: &crate::state::Hub,
+    per_node: &std::collections::BTreeMap<&str, u32>,
+    reported: &Reported,
+) -> Vec<NodeState> {
+    per_node
+        .iter()
+        .map(|(node, workloads)| {
+            node_state(
+                &NodeExpectation {
+                    node,
+                    workloads: *workloads,
+                    agent: hub.agent(node),
+                },
+                reported,
+            )
+        })
+        .collect()
+}
+
 /// The state of one node for one object, from its agent's last report.
 pub fn node_state(exp: &NodeExpectation, reported: &Reported) -> NodeState {
     let mut state = NodeState {
