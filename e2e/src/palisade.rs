@@ -358,3 +358,20 @@ impl Stack {
             .await
     }
 }
+
+/// Waits until an ApiPolicy is Ready: the agent of every node with its pods runs the policy's
+/// current generation. Attacks sent before that may meet a node that does not run it yet.
+pub async fn wait_policy_ready(cp: &ControlPlane, namespace: &str, name: &str) -> Result<()> {
+    wait_for_object(
+        cp,
+        "the ApiPolicy to be Ready",
+        ("apipolicy", namespace, name),
+        Duration::from_secs(45),
+        |p| {
+            condition(p, "Ready")
+                .filter(|(status, _, _)| status == "True")
+                .map(|_| ())
+        },
+    )
+    .await
+}

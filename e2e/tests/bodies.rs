@@ -52,6 +52,7 @@ async fn bodies_are_inspected_and_their_secrets_stay_on_the_node() -> Result<()>
         |m| (m.pointer("/status/nodes/details/0/probesAttached")?.as_u64()? == 2).then_some(()),
     )
     .await?;
+    palisade_e2e::palisade::wait_policy_ready(cp, "demo", "body-guard").await?;
 
     let body = format!(
         r#"{{"user":"alice' OR '1'='1' --","password":"{PASSWORD}","card":"{CARD}","note":"x'; DROP TABLE users;--"}}"#

@@ -61,6 +61,7 @@ async fn losses_under_forced_overload_are_counted_exactly() -> Result<()> {
         |m| (m.pointer("/status/nodes/details/0/probesAttached")?.as_u64()? == 2).then_some(()),
     )
     .await?;
+    palisade_e2e::palisade::wait_policy_ready(&cp, "demo", "demo-api-guard").await?;
 
     // A bounded burst from 4 threads: at most 4 x 3000 requests or 8 s.
     let addr = pod.addr(8080);

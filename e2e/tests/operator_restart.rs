@@ -37,6 +37,7 @@ async fn counts_survive_an_operator_restart() -> Result<()> {
         |m| (m.pointer("/status/nodes/details/0/probesAttached")?.as_u64()? == 2).then_some(()),
     )
     .await?;
+    palisade_e2e::palisade::wait_policy_ready(cp, "demo", "demo-api-guard").await?;
     let addr = pod.addr(8080);
     for i in 0..3 {
         http_request(addr, "GET", &format!("/files/..%2f..%2fsecret{i}"), &[], "")?;

@@ -116,6 +116,7 @@ async fn https_is_seen_in_plaintext_through_openssl_uprobes() -> Result<()> {
         },
     )
     .await?;
+    palisade_e2e::palisade::wait_policy_ready(cp, "demo", "secure-guard").await?;
     println!("TLS coverage: {coverage}");
     let detail = coverage
         .pointer("/details/0/detail")

@@ -88,6 +88,7 @@ async fn apply_capture_detect_describe_detach() -> Result<()> {
         },
     )
     .await?;
+    palisade_e2e::palisade::wait_policy_ready(cp, "demo", "demo-api-guard").await?;
     assert_eq!(
         probes, 2,
         "ingress and egress capture attached to the pod's cgroup"
