@@ -201,23 +201,34 @@ fn capture_scenario(name: &str, ip: IpAddr) {
     let mut ring = probes.take_ring().unwrap();
     assert!(matches!(probes.take_ring(), Err(CaptureError::RingTaken)));
 
-    // (c) the server, moved into the cgroup before it opens its socket.
-    let port = free_port(ip);
-    let script = format!(
-        "echo $$ > '{}/cgroup.procs' && exec python3 -m http.server --bind {ip} --directory '{}' {port}",
-        cgroup.display(),
-        www.display()
-    );
-    let server = Command::new("sh")
-        .arg("-c")
-        .arg(&script)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server_pid = server.id();
-    cleanup.server = Some(server);
-    wait_for_server(ip, port);
+    // (c) the server, moved into the cgroup before it opens its socket. A "free" port can be
+    // taken by another process between the probe and python's bind (busy machines, parallel
+    // tests): then python exits and something else answers; start again on another port.
+    let mut attempt = 0;
+    let (port, server_pid) = loop {
+        attempt += 1;
+        let port = free_port(ip);
+        let script = format!(
+            "echo $$ > '{}/cgroup.procs' && exec python3 -m http.server --bind {ip} --directory '{}' {port}",
+            cgroup.display(),
+            www.display()
+        );
+        let mut server = Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let server_pid = server.id();
+        wait_for_server(ip, port);
+        let exited = server.try_wait().unwrap();
+        cleanup.server = Some(server);
+        if exited.is_none() || attempt == 3 {
+            break (port, server_pid);
+        }
+        println!("server on port {port} exited ({exited:?}); retrying on another port");
+    };
     let procs = fs::read_to_string(cgroup.join("cgroup.procs")).unwrap();
     assert!(
         procs.lines().any(|l| l.trim() == server_pid.to_string()),
