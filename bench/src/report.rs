@@ -31,6 +31,10 @@ pub struct Latency {
 pub struct StateRun {
     /// Busy share of all CPUs in the second before the measurements (other work on the machine).
     pub background_busy_percent: f64,
+    /// Busy share of all CPUs in the second after the measurements.
+    pub busy_after_percent: f64,
+    /// Other work on the machine overlapped this state (busy before or after, see main.rs).
+    pub disturbed: bool,
     /// etcd + kube-apiserver + operator CPU during each wrk run, % of one CPU (on this test node
     /// they share the CPUs; in a cluster they would not).
     pub control_plane_monitored_percent: f64,
@@ -80,6 +84,16 @@ pub struct Round {
 }
 
 impl Round {
+    pub fn disturbed(&self) -> bool {
+        self.off.disturbed || self.on.disturbed
+    }
+    fn label(&self) -> String {
+        if self.disturbed() {
+            format!("{} (disturbed)", self.index)
+        } else {
+            self.index.to_string()
+        }
+    }
     pub fn monitored_ratio(&self) -> f64 {
         ratio(self.on.monitored.rps, self.off.monitored.rps)
     }
@@ -225,9 +239,26 @@ fn resolved(verdict: &str, noisy: bool) -> String {
     }
 }
 
+/// The rounds the medians are taken over: the undisturbed ones when there are at least 3 of them,
+/// otherwise all.
+pub fn judged(rounds: &[Round]) -> Vec<Round> {
+    let clean: Vec<Round> = rounds.iter().filter(|r| !r.disturbed()).cloned().collect();
+    if clean.len() >= 3 {
+        clean
+    } else {
+        rounds.to_vec()
+    }
+}
+
 /// The results: goals, paired ratios with medians, the per-round table.
-pub fn results_markdown(env: &Environment, rounds: &[Round]) -> String {
-    let s = summarize(rounds);
+pub fn results_markdown(env: &Environment, all_rounds: &[Round]) -> String {
+    let rounds = &judged(all_rounds)[..];
+    let left_out = all_rounds.len() - rounds.len();
+    let mut s = summarize(rounds);
+    // Completeness does not depend on noise: count every ON state.
+    let all = summarize(all_rounds);
+    (s.sent, s.counted, s.kernel_lost, s.agent_dropped) =
+        (all.sent, all.counted, all.kernel_lost, all.agent_dropped);
     let mut out = String::new();
     let ratios: Vec<f64> = rounds.iter().map(Round::monitored_ratio).collect();
     let (mlo, mhi) = min_max(&ratios);
@@ -238,7 +269,20 @@ pub fn results_markdown(env: &Environment, rounds: &[Round]) -> String {
     let up99s: Vec<f64> = rounds.iter().map(Round::unmonitored_added_p99).collect();
     let (uplo, uphi) = min_max(&up99s);
 
-    let _ = writeln!(out, "### Goals (medians over {} rounds)\n", rounds.len());
+    let _ = writeln!(
+        out,
+        "### Goals (medians over {} rounds{})\n",
+        rounds.len(),
+        if left_out > 0 {
+            format!(
+                "; {left_out} round(s) disturbed by other work on the machine are listed below but left out"
+            )
+        } else if rounds.iter().any(Round::disturbed) {
+            "; other work on the machine disturbed some of them (marked below), and too few were undisturbed to leave those out".to_string()
+        } else {
+            String::new()
+        }
+    );
     let _ = writeln!(
         out,
         "| goal | target | measured (median; min … max over rounds) | | the same figure for the unmonitored pod (noise; median; min … max) |"
@@ -309,7 +353,7 @@ pub fn results_markdown(env: &Environment, rounds: &[Round]) -> String {
     let _ = writeln!(out, "### Paired: agent ON / agent OFF in the same round\n");
     let _ = writeln!(out, "| round | monitored throughput ON/OFF | unmonitored throughput ON/OFF | added p50 (µs) | added p99 (µs) | unmonitored added p50 / p99 (µs) | nginx CPU µs/req OFF → ON | agent CPU µs/req | agent counted / sent | kernel: records emitted, lost | agent: records drained, messages dropped |");
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|");
-    for r in rounds {
+    for r in all_rounds {
         let c = &r.completeness;
         let agent = c.agent.map_or_else(
             || "not readable".to_string(),
@@ -322,7 +366,7 @@ pub fn results_markdown(env: &Environment, rounds: &[Round]) -> String {
         let _ = writeln!(
             out,
             "| {} | {:.3} | {:.3} | {} | {} | {} / {} | {:.2} → {:.2} | {} | {} / {} | {} | {} |",
-            r.index,
+            r.label(),
             r.monitored_ratio(),
             r.unmonitored_ratio(),
             signed(r.added_p50()),
@@ -340,7 +384,8 @@ pub fn results_markdown(env: &Environment, rounds: &[Round]) -> String {
     }
     let _ = writeln!(
         out,
-        "| **median** | **{:.3}** | **{:.3}** | **{}** | **{}** | **{} / {}** | **{:.2} → {:.2}** | **{}** | {} / {} | {} lost | {} dropped |",
+        "| **median{}** | **{:.3}** | **{:.3}** | **{}** | **{}** | **{} / {}** | **{:.2} → {:.2}** | **{}** | {} / {} | {} lost | {} dropped |",
+        if left_out > 0 { " (undisturbed rounds)" } else { "" },
         s.monitored_ratio,
         s.unmonitored_ratio,
         signed(s.added_p50),
@@ -359,14 +404,14 @@ pub fn results_markdown(env: &Environment, rounds: &[Round]) -> String {
 
     let _ = writeln!(out, "### Per round\n");
     let _ = writeln!(out, "wrk -t1 -c{} -d{}s for throughput; the open-loop generator at the fixed rate (half the monitored pod's agent-OFF throughput of the round, for both pods and both states) for latency.\n", env.connections, env.seconds);
-    let _ = writeln!(out, "| round | agent | monitored req/s | unmonitored req/s | nginx CPU µs/req (monitored / unmonitored) | agent CPU µs/req (monitored / unmonitored run) | fixed rate (req/s) | monitored p50 / p99 (µs) | unmonitored p50 / p99 (µs) | monitored half-load run: machine busy (%), client CPU µs/req | control plane CPU during wrk (% of one CPU, monitored / unmonitored) | errors | machine busy before (%) |");
+    let _ = writeln!(out, "| round | agent | monitored req/s | unmonitored req/s | nginx CPU µs/req (monitored / unmonitored) | agent CPU µs/req (monitored / unmonitored run) | fixed rate (req/s) | monitored p50 / p99 (µs) | unmonitored p50 / p99 (µs) | monitored half-load run: machine busy (%), client CPU µs/req | control plane CPU during wrk (% of one CPU, monitored / unmonitored) | errors | machine busy before / after (%) |");
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for r in rounds {
+    for r in all_rounds {
         for (label, st) in [("OFF", &r.off), ("ON", &r.on)] {
             let _ = writeln!(
                 out,
-                "| {} | {label} | {:.0} | {:.0} | {:.2} / {:.2} | {} / {} | {:.0} | {:.0} / {:.0} | {:.0} / {:.0} | {:.0}, {:.1} | {:.0} / {:.0} | {} | {:.0} |",
-                r.index,
+                "| {} | {label} | {:.0} | {:.0} | {:.2} / {:.2} | {} / {} | {:.0} | {:.0} / {:.0} | {:.0} / {:.0} | {:.0}, {:.1} | {:.0} / {:.0} | {} | {:.0} / {:.0} |",
+                r.label(),
                 st.monitored.rps,
                 st.unmonitored.rps,
                 st.nginx_monitored_us,
@@ -384,6 +429,7 @@ pub fn results_markdown(env: &Environment, rounds: &[Round]) -> String {
                 st.control_plane_unmonitored_percent,
                 st.errors(),
                 st.background_busy_percent,
+                st.busy_after_percent,
             );
         }
     }
@@ -442,7 +488,7 @@ pub fn document(env: &Environment, rounds: &[Round]) -> String {
     let _ = writeln!(out, "4. **Completeness** (ON only): how much the ApiMonitor's `GET /` request count grew during the ON state, against the responses the clients received from the monitored pod; and the agent's kernel counters (records emitted / lost to a full ring buffer), read from its per-CPU counters map; and the agent's own /metrics (records drained from the ring buffer, messages its parser dropped). The count may exceed what the clients completed by up to {} per wrk run: requests in flight when wrk stops were answered by nginx and seen by the agent, but wrk does not count them.\n", env.connections);
 
     let _ = writeln!(out, "## How to read\n");
-    let _ = writeln!(out, "The ratios are **paired**: ON divided by OFF of the same round, so slow drift of a shared VM cancels out, and the median over rounds is reported with the spread. A ratio of 1.000 means no measurable cost; the unmonitored pod's ratio and added latency show what noise alone does (nothing is attached to its cgroup, so any difference there is noise or shared-CPU contention from the agent). By default the nginx workers run on CPU 0 and the clients on CPU 1 (unpinned, wrk and nginx trade places between runs and throughput jumps by ±20 %); the agent floats, as a DaemonSet's pod would. On 2 vCPUs, nginx, the client and the agent still compete for the same two CPUs, so the monitored ratio includes the agent's user-space work as well as the in-kernel cost of the `cgroup_skb` programs. The egress program runs in nginx's own `sendmsg` and shows up in its `stime`; the ingress program runs in the receive softirq, which is mostly charged to the sending client, so the nginx CPU figure understates the in-kernel cost and the throughput ratio is the better total. Latencies include the client's own scheduling jitter; compare ON with OFF, not with other machines. The machine is shared: before each state's measurements the benchmark waits (up to 10 s) for a second in which all CPUs together are less than 25 % busy, and the per-round table records how busy that second was.\n");
+    let _ = writeln!(out, "The ratios are **paired**: ON divided by OFF of the same round, so slow drift of a shared VM cancels out, and the median over rounds is reported with the spread. A ratio of 1.000 means no measurable cost; the unmonitored pod's ratio and added latency show what noise alone does (nothing is attached to its cgroup, so any difference there is noise or shared-CPU contention from the agent). By default the nginx workers run on CPU 0 and the clients on CPU 1 (unpinned, wrk and nginx trade places between runs and throughput jumps by ±20 %); the agent floats, as a DaemonSet's pod would. On 2 vCPUs, nginx, the client and the agent still compete for the same two CPUs, so the monitored ratio includes the agent's user-space work as well as the in-kernel cost of the `cgroup_skb` programs. The egress program runs in nginx's own `sendmsg` and shows up in its `stime`; the ingress program runs in the receive softirq, which is mostly charged to the sending client, so the nginx CPU figure understates the in-kernel cost and the throughput ratio is the better total. Latencies include the client's own scheduling jitter; compare ON with OFF, not with other machines. The machine is shared: before each state's measurements the benchmark waits (up to 10 s) for a second in which all CPUs together are less than 25 % busy, and samples one more second after them; a round in which either state still saw the machine at least 25 % busy is marked *disturbed*, the run adds up to 2 rounds to replace such rounds, and the medians leave disturbed rounds out when at least 3 undisturbed ones remain (all rounds stay in the tables). This catches other work that lasts seconds, not every short burst: the unmonitored pod's figures show what got through.\n");
 
     let _ = writeln!(out, "## Results\n");
     out.push_str(&results_markdown(env, rounds));
@@ -502,5 +548,22 @@ mod tests {
         assert!(doc.contains("bash hack/bench-overhead.sh"));
         assert!(doc.contains("| monitored pod throughput, ON / OFF | ≥ 0.95 | 0.960"));
         assert!(doc.contains("**met**"));
+
+        // A disturbed round is listed but left out of the medians (3 undisturbed remain).
+        let mut more = rounds.clone();
+        more.push(Round {
+            index: 4,
+            off: state(20_000.0, 200.0),
+            on: StateRun {
+                disturbed: true,
+                ..state(5_000.0, 9_000.0)
+            },
+            completeness: Completeness::default(),
+        });
+        assert_eq!(judged(&more).len(), 3);
+        let doc = document(&env, &more);
+        assert!(doc.contains("| 4 (disturbed) |"));
+        assert!(doc.contains("1 round(s) disturbed"));
+        assert!(doc.contains("| monitored pod throughput, ON / OFF | ≥ 0.95 | 0.960"));
     }
 }
