@@ -309,6 +309,7 @@ async fn run(args: Args) -> Result<()> {
     let mut env = environment(&args, &agent_binary, started.elapsed());
     env.load_before = load_before;
     env.load_after = loadavg();
+    env.rounds_run = rounds.len() as u32;
     let results = report::results_markdown(&env, &rounds);
     println!(
         "## Palisade overhead benchmark ({}, {} vCPU, kernel {})\n",

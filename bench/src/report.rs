@@ -125,7 +125,9 @@ pub struct Environment {
     pub wrk: String,
     pub commit: String,
     pub agent_binary: String,
+    /// Rounds asked for (`--rounds`) and rounds run (more when some were disturbed).
     pub rounds: u32,
+    pub rounds_run: u32,
     pub seconds: u64,
     pub connections: u32,
     pub runtime_secs: u64,
@@ -469,8 +471,20 @@ pub fn document(env: &Environment, rounds: &[Round]) -> String {
     );
     let _ = writeln!(
         out,
-        "| run | {} rounds × (agent OFF, agent ON), {} s per measurement, {} connections, {} s in total |",
-        env.rounds, env.seconds, env.connections, env.runtime_secs
+        "| run | {} rounds × (agent OFF, agent ON){}, {} s per measurement, {} connections, {} s in total |",
+        env.rounds_run.max(env.rounds),
+        if env.rounds_run > env.rounds {
+            format!(
+                " ({} asked for, {} more to replace disturbed ones)",
+                env.rounds,
+                env.rounds_run - env.rounds
+            )
+        } else {
+            String::new()
+        },
+        env.seconds,
+        env.connections,
+        env.runtime_secs
     );
     let _ = writeln!(out, "| CPU placement | {} |", env.pinning);
     let _ = writeln!(
