@@ -202,6 +202,25 @@ pub struct CaptureCounters {
     pub tls_unmatched_returns: u64,
 }
 
+impl CaptureCounters {
+    /// Adds every counter of `other` (per-CPU entries, or the TLS programs' own copy).
+    pub fn add(&mut self, other: &CaptureCounters) {
+        self.packets_seen += other.packets_seen;
+        self.records_emitted += other.records_emitted;
+        self.records_lost += other.records_lost;
+        self.bytes_truncated += other.bytes_truncated;
+        self.parse_errors += other.parse_errors;
+        self.tls_entry_hits += other.tls_entry_hits;
+        self.tls_return_hits += other.tls_return_hits;
+        self.tls_data_calls += other.tls_data_calls;
+        self.tls_records_emitted += other.tls_records_emitted;
+        self.tls_bytes_captured += other.tls_bytes_captured;
+        self.tls_bytes_truncated += other.tls_bytes_truncated;
+        self.tls_read_errors += other.tls_read_errors;
+        self.tls_unmatched_returns += other.tls_unmatched_returns;
+    }
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain-old-data, #[repr(C)], no padding holes left implicit, every bit pattern valid.

@@ -88,20 +88,7 @@ impl CaptureBackend for KernelCapture {
         let mut c = self.probes.counters().unwrap_or_default();
         // The TLS programs keep their own copy of the counters: add them up.
         if let Some(Ok(tls)) = &self.tls {
-            let t = tls.counters().unwrap_or_default();
-            c.packets_seen += t.packets_seen;
-            c.records_emitted += t.records_emitted;
-            c.records_lost += t.records_lost;
-            c.bytes_truncated += t.bytes_truncated;
-            c.parse_errors += t.parse_errors;
-            c.tls_entry_hits += t.tls_entry_hits;
-            c.tls_return_hits += t.tls_return_hits;
-            c.tls_data_calls += t.tls_data_calls;
-            c.tls_records_emitted += t.tls_records_emitted;
-            c.tls_bytes_captured += t.tls_bytes_captured;
-            c.tls_bytes_truncated += t.tls_bytes_truncated;
-            c.tls_read_errors += t.tls_read_errors;
-            c.tls_unmatched_returns += t.tls_unmatched_returns;
+            c.add(&tls.counters().unwrap_or_default());
         }
         c
     }

@@ -170,13 +170,7 @@ impl CaptureProbes {
             PerCpuArray::try_from(map).map_err(|e| map_err(&e))?;
         let per_cpu = array.get(&0, 0).map_err(|e| map_err(&e))?;
         let mut sum = CaptureCounters::default();
-        for c in per_cpu.iter() {
-            sum.packets_seen += c.packets_seen;
-            sum.records_emitted += c.records_emitted;
-            sum.records_lost += c.records_lost;
-            sum.bytes_truncated += c.bytes_truncated;
-            sum.parse_errors += c.parse_errors;
-        }
+        per_cpu.iter().for_each(|c| sum.add(c));
         Ok(sum)
     }
 

@@ -432,21 +432,7 @@ static PIN_SEQ: AtomicU64 = AtomicU64::new(0);
 
 fn sum_counters<'a>(per_cpu: impl Iterator<Item = &'a CaptureCounters>) -> CaptureCounters {
     let mut sum = CaptureCounters::default();
-    for c in per_cpu {
-        sum.packets_seen += c.packets_seen;
-        sum.records_emitted += c.records_emitted;
-        sum.records_lost += c.records_lost;
-        sum.bytes_truncated += c.bytes_truncated;
-        sum.parse_errors += c.parse_errors;
-        sum.tls_entry_hits += c.tls_entry_hits;
-        sum.tls_return_hits += c.tls_return_hits;
-        sum.tls_data_calls += c.tls_data_calls;
-        sum.tls_records_emitted += c.tls_records_emitted;
-        sum.tls_bytes_captured += c.tls_bytes_captured;
-        sum.tls_bytes_truncated += c.tls_bytes_truncated;
-        sum.tls_read_errors += c.tls_read_errors;
-        sum.tls_unmatched_returns += c.tls_unmatched_returns;
-    }
+    per_cpu.for_each(|c| sum.add(c));
     sum
 }
 
