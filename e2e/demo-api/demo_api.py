@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
 """A small, deliberately naive HTTP API for Palisade's demo and end-to-end tests.
 
-Endpoints: GET /healthz, GET /users/<id>, POST /login, GET /search?q=..., GET /files/<name>.
-It is naive on purpose (it echoes input, it has a file endpoint) so that attacks against it are
-realistic; it never reads outside its own files table.
+Endpoints: GET /healthz, GET /users/<id>, GET /users/<id>/card, POST /login, GET /search?q=...,
+GET /files/<name>; and the kind every real API has somewhere: an old version still served
+(GET /v1/users/<id>), an export nobody documented (GET /export/users), and a debug route that
+shows stack traces (GET /debug/crash).
+It is naive on purpose (no access checks on objects, it echoes input, it leaks card numbers) so
+that attacks against it are realistic; it never reads outside its own tables. The card numbers
+are test numbers from card networks' documentation.
 Usage: demo_api.py PORT [CERT KEY]   (with CERT and KEY it serves HTTPS, through OpenSSL)
 """
 import json
@@ -13,6 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 USERS = {str(i): {"id": i, "name": f"user{i}", "email": f"user{i}@example.com"} for i in range(1, 51)}
 FILES = {"readme.txt": "Palisade demo API\n", "terms.txt": "Be nice.\n"}
+TEST_CARDS = ["4111 1111 1111 1111", "5500 0000 0000 0004", "3400 0000 0000 009"]
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -38,6 +43,29 @@ class Handler(BaseHTTPRequestHandler):
         if len(parts) == 2 and parts[0] == "users":
             user = USERS.get(parts[1])
             return self.send_json(200, user) if user else self.send_json(404, {"error": "no such user"})
+        if len(parts) == 3 and parts[0] == "users" and parts[2] == "card":
+            user = USERS.get(parts[1])
+            if not user:
+                return self.send_json(404, {"error": "no such user"})
+            return self.send_json(200, {"id": user["id"], "card": TEST_CARDS[user["id"] % len(TEST_CARDS)]})
+        if len(parts) == 3 and parts[:2] == ["v1", "users"]:
+            user = USERS.get(parts[2])
+            return self.send_json(200, user) if user else self.send_json(404, {"error": "no such user"})
+        if url.path == "/export/users":
+            return self.send_json(200, list(USERS.values()))
+        if url.path == "/debug/crash":
+            import traceback
+
+            try:
+                {}["missing"]
+            except KeyError:
+                text = traceback.format_exc().encode()
+            self.send_response(500)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(text)))
+            self.end_headers()
+            self.wfile.write(text)
+            return
         if url.path == "/search":
             q = parse_qs(url.query).get("q", [""])[0]
             hits = [u for u in USERS.values() if q and q in u["name"]]

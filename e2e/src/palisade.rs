@@ -209,6 +209,20 @@ pub fn condition(obj: &serde_json::Value, type_: &str) -> Option<(String, String
         })
 }
 
+/// Waits until `f` returns `Ok(Some(value))`, calling it every 250 ms; its errors end the wait.
+pub async fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = f()? {
+            return Ok(v);
+        }
+        if start.elapsed() >= timeout {
+            bail!("timed out after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Waits until `check` returns `Ok(Some(value))`, re-reading the object every 250 ms.
 pub async fn wait_for_object<T>(
     cp: &ControlPlane,

@@ -8,7 +8,8 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{ObjectMeta, PostParams};
 use kube::Api;
 use palisade_e2e::palisade::{
-    condition, demo_api_command, http_get_body, http_request, start_agent, wait_for_object, Operator, Stack,
+    condition, demo_api_command, http_get_body, http_request, start_agent, wait_for, wait_for_object,
+    Operator, Stack,
 };
 use palisade_e2e::{ControlPlane, FakeKubelet, PodLaunch};
 use std::collections::BTreeMap;
@@ -360,17 +361,6 @@ fn endpoint_requests(cp: &ControlPlane, path: &str) -> Result<u64> {
         .filter(|e| e["path"] == path)
         .filter_map(|e| e["requests"].as_u64())
         .sum())
-}
-
-async fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Result<Option<T>>) -> Result<T> {
-    let start = std::time::Instant::now();
-    loop {
-        if let Some(v) = f()? {
-            return Ok(v);
-        }
-        ensure!(start.elapsed() < timeout, "timed out after {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 /// An agent that the kernel refuses (no CAP_BPF / CAP_SYS_ADMIN: BPF_PROG_LOAD and the bpffs

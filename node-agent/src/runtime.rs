@@ -5,6 +5,7 @@
 //! with a fake backend.
 
 use crate::cidr::{traffic_class, Cidr};
+use crate::detect::behaviour::ExchangeView;
 use crate::detect::{CompiledRule, Inputs, RequestView};
 use crate::http::{CaptureLimits, Exchange, HttpEvent, HttpTracker, PodRole, Request};
 use crate::metrics::AgentMetrics;
@@ -13,7 +14,7 @@ use crate::template::template_path;
 use crate::workloads::find_pod_cgroup;
 use palisade_api::agent::{
     AgentReport, CaptureStats, EndpointDelta, FeatureProbe, Finding, MonitorConfig, MonitorReport,
-    NodeConfig, ObjectRef, PolicyReport, TlsCoverage,
+    NodeConfig, ObjectRef, PolicyReport, RuleConfig, TlsCoverage,
 };
 use palisade_common::{CaptureCounters, CaptureHeader};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -90,8 +91,28 @@ struct CompiledPolicy {
     reference: ObjectRef,
     monitors: HashSet<String>,
     pod_uids: HashSet<String>,
-    rules: Vec<CompiledRule>,
+    /// Each compiled rule with the configuration it came from (behavioural rules keep their
+    /// state across configurations that leave the rule unchanged).
+    rules: Vec<(RuleConfig, CompiledRule)>,
     errors: Vec<String>,
+}
+
+/// Adds one occurrence of a finding to the pending findings of its policy.
+fn record_finding(
+    findings: &mut HashMap<Key, BTreeMap<FindingKey, Finding>>,
+    metrics: &AgentMetrics,
+    policy: &ObjectRef,
+    fresh: Finding,
+) {
+    metrics.finding(&policy.namespace, &policy.name, &fresh.rule, &fresh.severity);
+    let now_ms = fresh.last_seen_unix_ms;
+    let entry = findings
+        .entry((policy.namespace.clone(), policy.name.clone()))
+        .or_default()
+        .entry(finding_key(&fresh))
+        .or_insert(fresh);
+    entry.count += 1;
+    entry.last_seen_unix_ms = now_ms;
 }
 
 #[derive(Default)]
@@ -453,15 +474,33 @@ impl<B: CaptureBackend> Runtime<B> {
             self.monitor_probes.insert(k, probes);
         }
 
+        // Rules whose configuration did not change are kept as they are, with their state.
+        let mut previous: HashMap<(Key, String), (RuleConfig, CompiledRule)> =
+            std::mem::take(&mut self.policies)
+                .into_iter()
+                .flat_map(|p| {
+                    let k = (p.reference.namespace.clone(), p.reference.name.clone());
+                    p.rules
+                        .into_iter()
+                        .map(move |(cfg, rule)| ((k.clone(), cfg.name.clone()), (cfg, rule)))
+                })
+                .collect();
         self.policies = config
             .policies
             .iter()
             .map(|p| {
                 let mut errors = vec![];
+                let policy_key = key(&p.policy);
                 let rules = p
                     .rules
                     .iter()
-                    .filter_map(|r| CompiledRule::compile(r).map_err(|e| errors.push(e)).ok())
+                    .filter_map(|r| match previous.remove(&(policy_key.clone(), r.name.clone())) {
+                        Some((cfg, rule)) if cfg == *r => Some((cfg, rule)),
+                        _ => CompiledRule::compile(r)
+                            .map(|rule| (r.clone(), rule))
+                            .map_err(|e| errors.push(e))
+                            .ok(),
+                    })
                     .collect();
                 CompiledPolicy {
                     reference: p.policy.clone().unwrap_or_default(),
@@ -541,7 +580,8 @@ impl<B: CaptureBackend> Runtime<B> {
             match event {
                 HttpEvent::Request(req) if req.role == PodRole::Server => self.detect(&pod, &req),
                 HttpEvent::Exchange(ex) if ex.request.role == PodRole::Server => {
-                    self.count_endpoint(&pod, &ex)
+                    self.count_endpoint(&pod, &ex);
+                    self.detect_exchange(&pod, &ex);
                 }
                 _ => {}
             }
@@ -581,23 +621,10 @@ impl<B: CaptureBackend> Runtime<B> {
     }
 
     fn detect(&mut self, pod: &WatchedPod, req: &Request) {
-        let watching: Vec<usize> = pod
-            .monitors
-            .iter()
-            .copied()
-            .filter(|i| {
-                self.monitor(*i)
-                    .is_some_and(|m| self.port_watched(m, req.local.1))
-            })
-            .collect();
-        let watched_by: Vec<String> = watching
-            .iter()
-            .filter_map(|i| self.monitor(*i))
-            .map(|m| key(&m.monitor).1)
-            .collect();
-        let Some(redactor) = watching.first().and_then(|i| self.redactors.get(*i)) else {
+        let (watched_by, Some(first)) = self.watching(pod, req.local.1) else {
             return;
         };
+        let redactor = &self.redactors[first];
         let view = RequestView {
             method: &req.method,
             target: &req.target,
@@ -608,23 +635,13 @@ impl<B: CaptureBackend> Runtime<B> {
         let inputs = Inputs::collect(&view);
         let now_ms = self.unix_ms(req.timestamp_ns);
         let template = template_path(&req.target);
-        // Uprobes on the TLS library see the process, not the peer's address.
-        let source = if self.record_is_tls {
-            TLS_PEER_UNKNOWN.to_string()
-        } else {
-            req.remote.0.to_string()
-        };
-        let traffic = if self.record_is_tls {
-            ""
-        } else {
-            traffic_class(&self.cluster_cidrs, req.remote.0)
-        };
+        let (source, traffic) = self.source_of(req);
         for policy in &self.policies {
             if !policy.pod_uids.contains(&pod.uid) || !watched_by.iter().any(|m| policy.monitors.contains(m))
             {
                 continue;
             }
-            for rule in &policy.rules {
+            for (_, rule) in &policy.rules {
                 let Some(detection) = rule.evaluate_with(&view, &inputs) else {
                     continue;
                 };
@@ -645,20 +662,101 @@ impl<B: CaptureBackend> Runtime<B> {
                     first_seen_unix_ms: now_ms,
                     last_seen_unix_ms: now_ms,
                 };
-                let entry = self
-                    .findings
-                    .entry((policy.reference.namespace.clone(), policy.reference.name.clone()))
-                    .or_default()
-                    .entry(finding_key(&fresh))
-                    .or_insert(fresh);
-                entry.count += 1;
-                entry.last_seen_unix_ms = now_ms;
-                self.metrics.finding(
-                    &policy.reference.namespace,
-                    &policy.reference.name,
-                    &rule.name,
-                    &rule.severity,
-                );
+                record_finding(&mut self.findings, &self.metrics, &policy.reference, fresh);
+            }
+        }
+    }
+
+    /// The names of the monitors of `pod` that watch the current record's port, and the index of
+    /// the first (its redactor applies).
+    fn watching(&self, pod: &WatchedPod, local_port: u16) -> (Vec<String>, Option<usize>) {
+        let watching: Vec<usize> = pod
+            .monitors
+            .iter()
+            .copied()
+            .filter(|i| self.monitor(*i).is_some_and(|m| self.port_watched(m, local_port)))
+            .collect();
+        let names = watching
+            .iter()
+            .filter_map(|i| self.monitor(*i))
+            .map(|m| key(&m.monitor).1)
+            .collect();
+        (
+            names,
+            watching.first().copied().filter(|i| *i < self.redactors.len()),
+        )
+    }
+
+    /// The client of a request as findings name it, and its traffic class.
+    fn source_of(&self, req: &Request) -> (String, &'static str) {
+        // Uprobes on the TLS library see the process, not the peer's address.
+        if self.record_is_tls {
+            (TLS_PEER_UNKNOWN.to_string(), "")
+        } else {
+            (
+                req.remote.0.to_string(),
+                traffic_class(&self.cluster_cidrs, req.remote.0),
+            )
+        }
+    }
+
+    /// Behavioural rules judge the request together with its response.
+    fn detect_exchange(&mut self, pod: &WatchedPod, ex: &Exchange) {
+        if !self
+            .policies
+            .iter()
+            .any(|p| p.rules.iter().any(|(_, r)| r.is_behavioural()))
+        {
+            return;
+        }
+        let req = &ex.request;
+        let (watched_by, Some(first)) = self.watching(pod, req.local.1) else {
+            return;
+        };
+        let redactor = &self.redactors[first];
+        let (source, traffic) = self.source_of(req);
+        let template = template_path(&req.target);
+        let now_ms = self.unix_ms(req.timestamp_ns);
+        let view = ExchangeView {
+            request: RequestView {
+                method: &req.method,
+                target: &req.target,
+                headers: &req.headers,
+                body: Some(&req.body),
+            },
+            source: &source,
+            template: &template,
+            status: ex.status,
+            response_body: Some(&ex.response.body),
+            now_ns: req.timestamp_ns,
+        };
+        for policy in &mut self.policies {
+            if !policy.pod_uids.contains(&pod.uid) || !watched_by.iter().any(|m| policy.monitors.contains(m))
+            {
+                continue;
+            }
+            for (_, rule) in &mut policy.rules {
+                let Some(detection) = rule.evaluate_exchange(&view) else {
+                    continue;
+                };
+                let evidence = redact::truncate(&redactor.text(&detection.evidence), 256);
+                tracing::info!(policy = %policy.reference.name, rule = %rule.name, %source, method = %req.method, path = %template, %evidence, "finding");
+                let fresh = Finding {
+                    rule: rule.name.clone(),
+                    detector: rule.detector.clone(),
+                    severity: rule.severity.clone(),
+                    count: 0,
+                    source: source.clone(),
+                    traffic: traffic.to_string(),
+                    pod_namespace: pod.namespace.clone(),
+                    pod_name: pod.name.clone(),
+                    method: req.method.clone(),
+                    path: template.clone(),
+                    evidence,
+                    first_seen_unix_ms: now_ms,
+                    last_seen_unix_ms: now_ms,
+                };
+                record_finding(&mut self.findings, &self.metrics, &policy.reference, fresh);
             }
         }
     }
@@ -1021,7 +1119,7 @@ mod tests {
                     },
                     RuleConfig {
                         name: "future".into(),
-                        detector: "bola".into(),
+                        detector: "aDetectorFromANewerOperator".into(),
                         severity: "medium".into(),
                         ..Default::default()
                     },
@@ -1192,6 +1290,79 @@ mod tests {
         assert_eq!(rt.attached_pods(), 0);
         exchange(&mut rt, 70, "/users/3", 200, 8080);
         assert!(rt.take_report().monitors[0].endpoints.is_empty());
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn behavioural_rules_judge_exchanges_and_keep_their_state_across_configs() {
+        let root = std::env::temp_dir().join(format!("palisade-runtime-bola-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("kubepods/besteffort/poduid-a")).expect("mkdir");
+        let mut rt = runtime(&root);
+        let with_rules = |version: u64| {
+            let mut c = config(version, vec![target("uid-a", "a")]);
+            c.monitors[0].max_endpoints = 100;
+            c.policies[0].rules = vec![
+                RuleConfig {
+                    name: "enumeration".into(),
+                    detector: "bola".into(),
+                    severity: "medium".into(),
+                    params: [("distinctIds".to_string(), "3".to_string())].into(),
+                    ..Default::default()
+                },
+                RuleConfig {
+                    name: "logins".into(),
+                    detector: "bruteForce".into(),
+                    severity: "medium".into(),
+                    params: [("failures".to_string(), "2".to_string())].into(),
+                    ..Default::default()
+                },
+            ];
+            c
+        };
+        rt.apply(with_rules(1));
+        let cg = 1001;
+        let exchange = |rt: &mut Runtime<FakeBackend>, seq: u32, request: &str, status: u16| {
+            rt.on_record(&record(DIRECTION_INGRESS, seq, cg, 8080), request.as_bytes());
+            rt.on_record(
+                &record(DIRECTION_EGRESS, seq + 1, cg, 8080),
+                format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+            );
+        };
+        exchange(&mut rt, 10, "GET /users/1 HTTP/1.1\r\n\r\n", 200);
+        exchange(&mut rt, 20, "GET /users/2 HTTP/1.1\r\n\r\n", 404);
+        // A new configuration with the same rules keeps what they learned.
+        rt.apply(with_rules(2));
+        exchange(&mut rt, 30, "GET /users/3 HTTP/1.1\r\n\r\n", 200);
+        exchange(&mut rt, 40, "GET /users/4 HTTP/1.1\r\n\r\n", 200);
+        let login = "POST /login HTTP/1.1\r\nContent-Length: 31\r\n\r\n{\"user\":\"a\",\"password\":\"x\"}";
+        exchange(&mut rt, 50, login, 401);
+        exchange(&mut rt, 60, login, 401);
+        let report = rt.take_report();
+        let p = &report.policies[0];
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        let mut found: Vec<_> = p
+            .findings
+            .iter()
+            .map(|f| (f.rule.as_str(), f.path.as_str(), f.count))
+            .collect();
+        found.sort();
+        assert_eq!(
+            found,
+            [("enumeration", "/users/{id}", 2), ("logins", "/login", 1)]
+        );
+        let bola = p
+            .findings
+            .iter()
+            .find(|f| f.rule == "enumeration")
+            .expect("bola finding");
+        assert_eq!(
+            bola.evidence,
+            "10.0.0.1 touched 3 distinct object IDs of GET /users/{id} within 1m (limit 3)"
+        );
+        assert_eq!(
+            (bola.detector.as_str(), bola.source.as_str()),
+            ("bola", "10.0.0.1")
+        );
         let _ = std::fs::remove_dir_all(&root);
     }
 

@@ -166,7 +166,7 @@ pub fn event_note(
         palisade_api::v1alpha1::PolicyMode::Enforce => "enforce mode",
     };
     let mut note = format!(
-        "rule {rule} ({}, {}): {} malicious requests to pod {}/{} on node {} from {}; endpoints {}; {verb}",
+        "rule {rule} ({}, {}): {} requests flagged on pod {}/{} on node {} from {}; endpoints {}; {verb}",
         p.detector,
         p.severity,
         p.count,

@@ -9,8 +9,10 @@
 //! real analysis: SQL is tokenised, shell commands are parsed after their separators, URLs'
 //! hosts are resolved to addresses, Log4j lookups are evaluated. See docs/detection.md.
 
+pub mod behaviour;
 mod cmdi;
 pub mod decode;
+pub mod exposure;
 pub mod inputs;
 mod jndi;
 mod sqli;
@@ -212,6 +214,8 @@ struct CustomMatch {
 enum RuleKind {
     Builtin(Injection),
     Custom(CustomMatch),
+    /// Judged on the exchange (request and response), with state.
+    Behaviour(behaviour::Behaviour),
 }
 
 /// A compiled rule.
@@ -244,17 +248,25 @@ impl CompiledRule {
                 })
             }
             ("", None) => return Err(format!("rule {}: neither detector nor match is set", rule.name)),
-            (detector, _) => match Injection::compile(detector, &rule.params)
-                .map_err(|e| format!("rule {}: {e}", rule.name))?
-            {
-                Some(injection) => RuleKind::Builtin(injection),
-                None => {
-                    return Err(format!(
-                        "rule {}: detector {detector} is not implemented by this agent version yet",
-                        rule.name
-                    ))
+            (detector, _) => {
+                let injection = Injection::compile(detector, &rule.params)
+                    .map_err(|e| format!("rule {}: {e}", rule.name))?;
+                let behaviour = match injection {
+                    Some(_) => None,
+                    None => behaviour::Behaviour::compile(detector, &rule.params)
+                        .map_err(|e| format!("rule {}: {e}", rule.name))?,
+                };
+                match (injection, behaviour) {
+                    (Some(injection), _) => RuleKind::Builtin(injection),
+                    (None, Some(behaviour)) => RuleKind::Behaviour(behaviour),
+                    (None, None) => {
+                        return Err(format!(
+                            "rule {}: detector {detector} is not implemented by this agent version yet",
+                            rule.name
+                        ))
+                    }
                 }
-            },
+            }
         };
         Ok(CompiledRule {
             name: rule.name.clone(),
@@ -288,6 +300,7 @@ impl CompiledRule {
         match &self.kind {
             RuleKind::Builtin(d) => d.evaluate(req, &Inputs::collect(req)),
             RuleKind::Custom(m) => m.evaluate(req),
+            RuleKind::Behaviour(_) => None,
         }
     }
 
@@ -296,6 +309,29 @@ impl CompiledRule {
         match &self.kind {
             RuleKind::Builtin(d) => d.evaluate(req, inputs),
             RuleKind::Custom(m) => m.evaluate(req),
+            RuleKind::Behaviour(_) => None,
+        }
+    }
+
+    /// Whether the rule is judged on exchanges ([`Self::evaluate_exchange`]) rather than on
+    /// requests alone.
+    pub fn is_behavioural(&self) -> bool {
+        matches!(self.kind, RuleKind::Behaviour(_))
+    }
+
+    /// Judges an exchange with a behavioural rule (others return None: they judge requests).
+    pub fn evaluate_exchange(&mut self, ex: &behaviour::ExchangeView) -> Option<Detection> {
+        match &mut self.kind {
+            RuleKind::Behaviour(b) => b.evaluate(ex).map(|evidence| Detection { evidence }),
+            _ => None,
+        }
+    }
+
+    /// Keys a behavioural rule could not track because its table was full.
+    pub fn untracked(&self) -> u64 {
+        match &self.kind {
+            RuleKind::Behaviour(b) => b.untracked(),
+            _ => 0,
         }
     }
 }
