@@ -24,6 +24,8 @@ pub(crate) struct Conn {
     pending: VecDeque<Pending>,
     response: Option<ResponseBuild>,
     next_id: u64,
+    /// Responses still to come for requests dropped by the pending cap (the oldest ones).
+    owed_responses: u64,
     upgraded: bool,
     finished: [bool; 2],
 }
@@ -64,6 +66,7 @@ impl Conn {
             pending: VecDeque::new(),
             response: None,
             next_id: 0,
+            owed_responses: 0,
             upgraded: false,
             finished: [false; 2],
         }
@@ -110,6 +113,7 @@ impl Conn {
                 pending,
                 response,
                 next_id,
+                owed_responses,
                 ..
             } = self;
             let Direction { reasm, parser } = &mut dirs[dir];
@@ -120,6 +124,7 @@ impl Conn {
                 pending,
                 response,
                 next_id,
+                owed_responses,
                 upgraded: &mut upgraded,
                 decided: &mut decided,
                 drops,

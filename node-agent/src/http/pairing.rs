@@ -49,6 +49,9 @@ pub(super) struct ConnSink<'a> {
     pub(super) pending: &'a mut VecDeque<Pending>,
     pub(super) response: &'a mut Option<ResponseBuild>,
     pub(super) next_id: &'a mut u64,
+    /// Responses owed to requests the pending cap dropped: they come first (HTTP/1.x answers in
+    /// order), and must not be paired with the requests after them.
+    pub(super) owed_responses: &'a mut u64,
     pub(super) upgraded: &'a mut bool,
     pub(super) decided: &'a mut Option<Kind>,
     pub(super) drops: &'a mut ParserDrops,
@@ -134,6 +137,7 @@ impl Sink for ConnSink<'_> {
         if self.pending.len() >= MAX_PENDING_PER_CONNECTION {
             if let Some(old) = self.pending.pop_front() {
                 self.drops.pending_overflow += 1;
+                *self.owed_responses += 1;
                 if !old.emitted {
                     self.out.push(HttpEvent::Request(old.request));
                 }
@@ -174,10 +178,17 @@ impl Sink for ConnSink<'_> {
         let Start::Response { status } = head.start else {
             return;
         };
-        let request_id = self.pending.front().map(|p| p.id);
-        if request_id.is_none() {
-            self.drops.unmatched_responses += 1;
-        }
+        let request_id = if *self.owed_responses > 0 {
+            // Answers a dropped request (already counted in pending_overflow).
+            *self.owed_responses -= 1;
+            None
+        } else {
+            let id = self.pending.front().map(|p| p.id);
+            if id.is_none() {
+                self.drops.unmatched_responses += 1;
+            }
+            id
+        };
         *self.response = Some(ResponseBuild {
             request_id,
             response: Response {

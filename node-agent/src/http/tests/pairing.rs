@@ -119,11 +119,19 @@ fn unmatched_responses_and_the_pending_cap_are_counted() {
     let events = w.client(&reqs);
     assert_eq!(requests(&events).len(), 40);
     assert_eq!(w.t.drops.pending_overflow, 8);
+    // The first eight responses answer the dropped requests: nothing to pair, nothing misread.
+    for _ in 0..8 {
+        assert!(exchanges(&w.server(&status(404))).is_empty());
+    }
     let events = w.server(&status(200));
     assert_eq!(
         statuses(&events),
         s(&[("/p/8", 200)]),
-        "the oldest waiting request"
+        "the oldest request still waiting gets the next response"
+    );
+    assert_eq!(
+        w.t.drops.unmatched_responses, 1,
+        "owed responses are not unmatched"
     );
 }
 
