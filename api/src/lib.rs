@@ -1,5 +1,6 @@
 //! Palisade's public API: the `ApiMonitor` and `ApiPolicy` custom resources
-//! (`palisade.dev/v1alpha1`) and the operator–agent gRPC protocol.
+//! (`palisade.dev/v1alpha1`), the operator–agent gRPC protocol, and OpenAPI documents read from
+//! `spec.openApi` or written from a monitor's discovered endpoints ([`openapi`]).
 //!
 //! The operator and the node agent both depend on this crate and never on each other.
 
@@ -7,6 +8,7 @@
 #![allow(clippy::duplicated_attributes)]
 
 pub mod crdgen;
+pub mod openapi;
 pub mod v1alpha1;
 
 /// The operator–agent protocol (`proto/palisade/agent/v1/agent.proto`).

@@ -1,7 +1,7 @@
 //! Detection end to end against the deliberately vulnerable demo API running as a pod: a benign
 //! traffic script yields no finding at all; then scripted attacks (SQL injection, ID
-//! enumeration, credential stuffing, a request without credentials, PII and stack-trace leaks)
-//! each produce the right finding in `kubectl describe apipolicy` and a Warning Event on the
+//! enumeration, credential stuffing, a request without credentials, PII and stack-trace leaks,
+//! shadow and zombie endpoints against the sample OpenAPI document) each produce the right finding in `kubectl describe apipolicy` and a Warning Event on the
 //! policy and on the pod. Evidence names kinds of data, never the data.
 
 use anyhow::{ensure, Result};
@@ -21,6 +21,7 @@ spec:
   selector: {matchLabels: {app: demo-api}}
   ports: [8080]
   capture: {bodies: true, maxBodyBytes: 16384}
+  openApi: {configMap: demo-api-openapi, key: openapi.yaml}
 ---
 apiVersion: palisade.dev/v1alpha1
 kind: ApiPolicy
@@ -34,6 +35,7 @@ spec:
     - {name: missing-auth, detector: missingAuth, params: {minSamples: "10"}}
     - {name: pii-leak, detector: dataExposure}
     - {name: request-flood, detector: rateAbuse, params: {perSource: "1000"}}
+    - {name: undocumented, detector: shadowEndpoint}
   limits: {eventsPerMinute: 60, findingsInStatus: 20}
 "#;
 
@@ -124,6 +126,9 @@ fn attack(pod: &RunningPod) -> Result<()> {
     // PII and a stack trace leak from the responses.
     ensure!(http_request(addr, "GET", "/users/7/card", &auth, "")? == 200);
     ensure!(http_request(addr, "GET", "/debug/crash", &auth, "")? == 500);
+    // What the OpenAPI document does not know, or calls deprecated.
+    ensure!(http_request(addr, "GET", "/export/users", &auth, "")? == 200);
+    ensure!(http_request(addr, "GET", "/v1/users/3", &auth, "")? == 200);
     Ok(())
 }
 
@@ -140,6 +145,8 @@ async fn benign_traffic_is_quiet_and_each_scripted_attack_is_found_and_announced
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("m.yaml");
     std::fs::write(&file, MANIFESTS)?;
+    let openapi = palisade_e2e::workspace_root().join("config/samples/01-demo-api-openapi.yaml");
+    cp.kubectl_ok(&["apply", "-f", &openapi.display().to_string()])?;
     cp.kubectl_ok(&["apply", "-f", &file.display().to_string()])?;
     palisade_e2e::palisade::wait_policy_ready(cp, "demo", "demo-api-detect").await?;
 
@@ -168,6 +175,9 @@ async fn benign_traffic_is_quiet_and_each_scripted_attack_is_found_and_announced
         ("missing-auth", "missingAuth", "/users/{id}"),
         ("pii-leak", "dataExposure", "/users/{id}/card"),
         ("pii-leak", "dataExposure", "/debug/crash"),
+        ("pii-leak", "dataExposure", "/export/users"),
+        ("undocumented", "shadowEndpoint", "/export/users"),
+        ("undocumented", "shadowEndpoint", "/v1/users/{id}"),
     ];
     let recent = wait_for_object(
         cp,
@@ -210,6 +220,9 @@ async fn benign_traffic_is_quiet_and_each_scripted_attack_is_found_and_announced
     assert!(evidence("id-enumeration", "/users/{id}").contains("distinct object IDs of GET /users/{id}"));
     assert!(evidence("credential-stuffing", "/login").contains("failed attempts (401/403)"));
     assert!(evidence("missing-auth", "/users/{id}").contains("without credentials"));
+    assert!(evidence("pii-leak", "/export/users").contains("e-mail address ×50"));
+    assert!(evidence("undocumented", "/export/users").starts_with("shadow endpoint: GET /export/users"));
+    assert!(evidence("undocumented", "/v1/users/{id}").starts_with("zombie endpoint: GET /v1/users/{id}"));
     assert!(
         !recent.iter().any(|f| f["rule"] == "request-flood"),
         "a few dozen requests are no flood"
@@ -223,6 +236,7 @@ async fn benign_traffic_is_quiet_and_each_scripted_attack_is_found_and_announced
         "credential-stuffing",
         "missing-auth",
         "pii-leak",
+        "undocumented",
     ];
     let describe = palisade_e2e::palisade::wait_for(WAIT, || {
         let out = cp.kubectl_ok(&["describe", "apipolicy", "demo-api-detect", "-n", "demo"])?;

@@ -6,6 +6,7 @@ pub mod detect;
 pub mod features;
 pub mod http;
 pub mod metrics;
+pub mod openapi;
 pub mod redact;
 pub mod runtime;
 pub mod template;

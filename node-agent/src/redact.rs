@@ -139,7 +139,9 @@ fn redact_scan(text: &str) -> Cow<'_, str> {
         }
         // Bearer tokens.
         // Compared as bytes: `i + 7` may fall inside a multi-byte character.
-        if bytes.len() - i >= 7 && text.is_char_boundary(i) && bytes[i..i + 7].eq_ignore_ascii_case(b"bearer ")
+        if bytes.len() - i >= 7
+            && text.is_char_boundary(i)
+            && bytes[i..i + 7].eq_ignore_ascii_case(b"bearer ")
         {
             let end = text[i + 7..]
                 .find(|c: char| c.is_whitespace() || c == '"' || c == '&')
@@ -257,7 +259,11 @@ mod tests {
     #[test]
     fn multi_byte_text_anywhere_is_safe() {
         // Every prefix cut of texts mixing multi-byte characters with what the scan looks for.
-        for text in ["response 200 carries card number ×1", "é Bearer ×", "×eyJ.a.b ü 4111 1111 1111 1111 é"] {
+        for text in [
+            "response 200 carries card number ×1",
+            "é Bearer ×",
+            "×eyJ.a.b ü 4111 1111 1111 1111 é",
+        ] {
             for (i, _) in text.char_indices() {
                 let _ = redact_text(&text[i..]);
             }

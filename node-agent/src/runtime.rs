@@ -9,6 +9,7 @@ use crate::detect::behaviour::ExchangeView;
 use crate::detect::{CompiledRule, Inputs, RequestView};
 use crate::http::{CaptureLimits, Exchange, HttpEvent, HttpTracker, PodRole, Request};
 use crate::metrics::AgentMetrics;
+use crate::openapi::OpenApiIndex;
 use crate::redact::{self, Redactor};
 use crate::template::template_path;
 use crate::workloads::find_pod_cgroup;
@@ -171,6 +172,8 @@ pub struct Runtime<B: CaptureBackend> {
     metrics: AgentMetrics,
     /// One per monitor of the current config, same order.
     redactors: Vec<Redactor>,
+    /// One per monitor of the current config, same order: its OpenAPI document, when loaded.
+    openapi: Vec<Option<OpenApiIndex>>,
     /// Kernel `records_lost` at the previous report.
     last_records_lost: u64,
     /// The cluster's pod networks (east-west vs north-south).
@@ -231,6 +234,7 @@ impl<B: CaptureBackend> Runtime<B> {
             clock_offset_ns,
             metrics: AgentMetrics::new(),
             redactors: vec![],
+            openapi: vec![],
             last_records_lost: 0,
             cluster_cidrs: vec![],
             last_cgroup_rescan_ns: 0,
@@ -458,6 +462,7 @@ impl<B: CaptureBackend> Runtime<B> {
         self.monitor_errors.clear();
         self.monitor_probes.clear();
         self.redactors.clear();
+        self.openapi = config.monitors.iter().map(OpenApiIndex::from_config).collect();
         for monitor in &config.monitors {
             let k = key(&monitor.monitor);
             let (redactor, mut errors) = Redactor::compile(monitor.redaction.as_ref());
@@ -491,7 +496,7 @@ impl<B: CaptureBackend> Runtime<B> {
             .map(|p| {
                 let mut errors = vec![];
                 let policy_key = key(&p.policy);
-                let rules = p
+                let rules: Vec<(RuleConfig, CompiledRule)> = p
                     .rules
                     .iter()
                     .filter_map(|r| match previous.remove(&(policy_key.clone(), r.name.clone())) {
@@ -502,6 +507,18 @@ impl<B: CaptureBackend> Runtime<B> {
                             .ok(),
                     })
                     .collect();
+                for (_, rule) in rules.iter().filter(|(_, r)| r.needs_openapi()) {
+                    let has_document = config.monitors.iter().any(|m| {
+                        m.openapi_loaded && p.monitors.iter().any(|name| *name == key(&m.monitor).1)
+                    });
+                    if !has_document {
+                        errors.push(format!(
+                            "rule {}: shadowEndpoint needs an OpenAPI document, and none of the policy's monitors ({}) has one loaded (ApiMonitor spec.openApi)",
+                            rule.name,
+                            p.monitors.join(", ")
+                        ));
+                    }
+                }
                 CompiledPolicy {
                     reference: p.policy.clone().unwrap_or_default(),
                     monitors: p.monitors.iter().cloned().collect(),
@@ -637,7 +654,8 @@ impl<B: CaptureBackend> Runtime<B> {
         let template = template_path(&req.target);
         let (source, traffic) = self.source_of(req);
         for policy in &self.policies {
-            if !policy.pod_uids.contains(&pod.uid) || !watched_by.iter().any(|m| policy.monitors.contains(m))
+            if !policy.pod_uids.contains(&pod.uid)
+                || !watched_by.iter().any(|(m, _)| policy.monitors.contains(m))
             {
                 continue;
             }
@@ -667,24 +685,23 @@ impl<B: CaptureBackend> Runtime<B> {
         }
     }
 
-    /// The names of the monitors of `pod` that watch the current record's port, and the index of
-    /// the first (its redactor applies).
-    fn watching(&self, pod: &WatchedPod, local_port: u16) -> (Vec<String>, Option<usize>) {
-        let watching: Vec<usize> = pod
+    /// The monitors of `pod` that watch the current record's port (name and index in the
+    /// config), and the index of the first (its redactor applies).
+    fn watching(&self, pod: &WatchedPod, local_port: u16) -> (Vec<(String, usize)>, Option<usize>) {
+        let watching: Vec<(String, usize)> = pod
             .monitors
             .iter()
             .copied()
-            .filter(|i| self.monitor(*i).is_some_and(|m| self.port_watched(m, local_port)))
+            .filter_map(|i| {
+                let m = self.monitor(i)?;
+                self.port_watched(m, local_port).then(|| (key(&m.monitor).1, i))
+            })
             .collect();
-        let names = watching
-            .iter()
-            .filter_map(|i| self.monitor(*i))
-            .map(|m| key(&m.monitor).1)
-            .collect();
-        (
-            names,
-            watching.first().copied().filter(|i| *i < self.redactors.len()),
-        )
+        let first = watching
+            .first()
+            .map(|(_, i)| *i)
+            .filter(|i| *i < self.redactors.len());
+        (watching, first)
     }
 
     /// The client of a request as findings name it, and its traffic class.
@@ -731,12 +748,18 @@ impl<B: CaptureBackend> Runtime<B> {
             now_ns: req.timestamp_ns,
         };
         for policy in &mut self.policies {
-            if !policy.pod_uids.contains(&pod.uid) || !watched_by.iter().any(|m| policy.monitors.contains(m))
+            if !policy.pod_uids.contains(&pod.uid)
+                || !watched_by.iter().any(|(m, _)| policy.monitors.contains(m))
             {
                 continue;
             }
+            // The document of the first monitor of this policy that watched the exchange.
+            let openapi = watched_by
+                .iter()
+                .filter(|(m, _)| policy.monitors.contains(m))
+                .find_map(|(_, i)| self.openapi.get(*i).and_then(Option::as_ref));
             for (_, rule) in &mut policy.rules {
-                let Some(detection) = rule.evaluate_exchange(&view) else {
+                let Some(detection) = rule.evaluate_exchange(&view, openapi) else {
                     continue;
                 };
                 let evidence = redact::truncate(&redactor.text(&detection.evidence), 256);

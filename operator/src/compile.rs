@@ -1,7 +1,9 @@
 //! Compiles ApiMonitors, ApiPolicies and Pods into one desired configuration per node.
 //!
-//! Pure functions of their inputs, so they are unit-tested without a cluster.
+//! Pure functions of their inputs, so they are unit-tested without a cluster. OpenAPI documents
+//! come in already parsed (see [`crate::openapi_source`]).
 
+use crate::openapi_source::{OpenApiDocument, OpenApiSource};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use palisade_api::agent::{
@@ -12,7 +14,10 @@ use palisade_api::agent::{
 use palisade_api::v1alpha1::{
     selector_matches, ApiMonitor, ApiPolicy, PolicyRule, StringMatch, DEFAULT_MAX_BODY_BYTES,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+
+/// The parsed OpenAPI documents monitors reference.
+pub type OpenApiDocuments = HashMap<OpenApiSource, OpenApiDocument>;
 
 /// Whether a pod is one the agents should watch: scheduled, not finished, not being deleted.
 pub fn pod_is_live(pod: &Pod) -> bool {
@@ -121,8 +126,18 @@ fn workload_target(pod: &Pod) -> WorkloadTarget {
     }
 }
 
-fn monitor_config(monitor: &ApiMonitor, targets: Vec<WorkloadTarget>) -> MonitorConfig {
+fn monitor_config(
+    monitor: &ApiMonitor,
+    targets: Vec<WorkloadTarget>,
+    openapi: &OpenApiDocuments,
+) -> MonitorConfig {
     let spec = &monitor.spec;
+    // Only a loaded document enables shadow and zombie endpoints; a pending or failed one leaves
+    // them off (the monitor's status says why).
+    let operations = OpenApiSource::of(monitor).and_then(|s| match openapi.get(&s) {
+        Some(OpenApiDocument::Loaded(ops)) => Some(ops.as_ref().clone()),
+        _ => None,
+    });
     let max_body = if spec.capture.bodies {
         spec.capture.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES)
     } else {
@@ -155,6 +170,8 @@ fn monitor_config(monitor: &ApiMonitor, targets: Vec<WorkloadTarget>) -> Monitor
         tls: spec.tls.enabled,
         discovery: spec.discovery.enabled,
         max_endpoints: spec.discovery.max_endpoints.max(1) as u32,
+        openapi_loaded: operations.is_some(),
+        api_operations: operations.unwrap_or_default(),
     }
 }
 
@@ -205,6 +222,7 @@ pub fn compile(
     policies: &[std::sync::Arc<ApiPolicy>],
     pods: &[std::sync::Arc<Pod>],
     known_nodes: impl IntoIterator<Item = String>,
+    openapi: &OpenApiDocuments,
 ) -> BTreeMap<String, NodeConfig> {
     let mut nodes: BTreeMap<String, NodeConfig> = known_nodes
         .into_iter()
@@ -238,7 +256,7 @@ pub fn compile(
             targets.sort_by(|a, b| a.pod_uid.cmp(&b.pod_uid));
             entry(&mut nodes, node);
             if let Some(cfg) = nodes.get_mut(node) {
-                cfg.monitors.push(monitor_config(monitor, targets));
+                cfg.monitors.push(monitor_config(monitor, targets, openapi));
             }
         }
     }
@@ -318,7 +336,13 @@ mod tests {
         ];
         let monitors = vec![monitor("demo", "api", "api")];
         let policies = vec![policy("demo", "p", &["api"]), policy("demo", "q", &["missing"])];
-        let cfg = compile(&monitors, &policies, &pods, ["n3".to_string()]);
+        let cfg = compile(
+            &monitors,
+            &policies,
+            &pods,
+            ["n3".to_string()],
+            &OpenApiDocuments::new(),
+        );
         assert_eq!(cfg.keys().collect::<Vec<_>>(), vec!["n1", "n2", "n3"]);
         let n1 = &cfg["n1"];
         assert_eq!(n1.monitors.len(), 1);
@@ -344,5 +368,58 @@ mod tests {
         assert_eq!(n1.policies[0].pod_uids, vec!["uid-a"]);
         assert_eq!(cfg["n2"].monitors[0].targets.len(), 1);
         assert!(cfg["n3"].monitors.is_empty() && cfg["n3"].policies.is_empty());
+        assert!(!n1.monitors[0].openapi_loaded && n1.monitors[0].api_operations.is_empty());
+    }
+
+    #[test]
+    fn only_a_loaded_openapi_document_reaches_the_agents() {
+        let with_doc = |name: &str| -> Arc<ApiMonitor> {
+            let value = serde_json::json!({
+                "apiVersion": "palisade.dev/v1alpha1", "kind": "ApiMonitor",
+                "metadata": {"namespace": "demo", "name": name, "generation": 1},
+                "spec": {"selector": {"matchLabels": {"app": name}},
+                         "openApi": {"configMap": format!("{name}-doc")}}
+            });
+            Arc::new(serde_json::from_value(value).expect("monitor"))
+        };
+        let monitors = vec![with_doc("loaded"), with_doc("failed"), with_doc("pending")];
+        let pods = vec![
+            pod("demo", "a", "n1", &[("app", "loaded")], "Running"),
+            pod("demo", "b", "n1", &[("app", "failed")], "Running"),
+            pod("demo", "c", "n1", &[("app", "pending")], "Running"),
+        ];
+        let source = |name: &str| OpenApiSource {
+            namespace: "demo".into(),
+            config_map: format!("{name}-doc"),
+            key: "openapi.json".into(),
+        };
+        let ops = vec![palisade_api::agent::ApiOperation {
+            method: "GET".into(),
+            path: "/users/{id}".into(),
+            deprecated: false,
+        }];
+        let docs = OpenApiDocuments::from([
+            (source("loaded"), OpenApiDocument::Loaded(Arc::new(ops.clone()))),
+            (
+                source("failed"),
+                OpenApiDocument::Failed {
+                    reason: "OpenApiKeyNotFound",
+                    message: "no key".into(),
+                },
+            ),
+            (source("pending"), OpenApiDocument::Pending),
+        ]);
+        let cfg = compile(&monitors, &[], &pods, [], &docs);
+        let by_name: BTreeMap<&str, &MonitorConfig> = cfg["n1"]
+            .monitors
+            .iter()
+            .map(|m| (m.monitor.as_ref().map(|r| r.name.as_str()).unwrap_or(""), m))
+            .collect();
+        assert!(by_name["loaded"].openapi_loaded);
+        assert_eq!(by_name["loaded"].api_operations, ops);
+        for name in ["failed", "pending"] {
+            assert!(!by_name[name].openapi_loaded, "{name}");
+            assert!(by_name[name].api_operations.is_empty(), "{name}");
+        }
     }
 }

@@ -1,9 +1,11 @@
 //! Palisade operator: reconciles ApiMonitor and ApiPolicy with Pods and Nodes into one desired
-//! configuration per node, streams it to node agents over gRPC, and writes back status and Events.
+//! configuration per node (with the OpenAPI documents monitors reference in ConfigMaps), streams
+//! it to node agents over gRPC, and writes back status and Events.
 
 pub mod compile;
 pub mod grpc;
 pub mod monitor_controller;
+pub mod openapi_source;
 pub mod policy_controller;
 pub mod state;
 pub mod status;

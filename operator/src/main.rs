@@ -12,6 +12,7 @@ use palisade_api::agent::agent_control_server::AgentControlServer;
 use palisade_api::v1alpha1::{ApiMonitor, ApiPolicy};
 use palisade_operator::grpc::AgentControlService;
 use palisade_operator::monitor_controller::{self, MonitorContext};
+use palisade_operator::openapi_source::{referenced_config_maps, ConfigMapWatches};
 use palisade_operator::policy_controller::{self, PolicyContext};
 use palisade_operator::state::{ClusterView, Hub};
 use palisade_operator::throttle::{EventBudget, WriteThrottle};
@@ -117,10 +118,21 @@ async fn main() -> anyhow::Result<()> {
     };
     let (hub, triggers) = Hub::with_cluster_cidrs(view.clone(), args.cluster_cidrs.clone());
 
+    // ConfigMaps that monitors reference for their OpenAPI documents: one watch each, kept in
+    // step with the monitors by the compile loop (see `openapi_source` for why not a reflector).
+    let (config_map_tx, config_map_rx) = tokio::sync::mpsc::unbounded_channel();
+    let config_map_changes: Signal = Box::pin(UnboundedReceiverStream::new(config_map_rx));
+    let mut config_map_watches = ConfigMapWatches::new(client.clone(), hub.clone(), config_map_tx);
+
     // Recompile node configurations on any change, at most every 100 ms.
     let compile_hub = hub.clone();
-    let mut changes =
-        futures::stream::select_all([pod_changes, monitor_changes, policy_changes, node_changes]);
+    let mut changes = futures::stream::select_all([
+        pod_changes,
+        monitor_changes,
+        policy_changes,
+        node_changes,
+        config_map_changes,
+    ]);
     let ready_view = view.clone();
     let compiler = tokio::spawn(async move {
         while changes.next().await.is_some() {
@@ -131,6 +143,22 @@ async fn main() -> anyhow::Result<()> {
             // (detaching capture cluster-wide) and forget counts of objects not listed yet.
             if !stores_ready(&ready_view) {
                 continue;
+            }
+            config_map_watches.sync(&referenced_config_maps(&ready_view.monitors.state()));
+            if !compile_hub.is_ready() {
+                // The first compile waits (a little) for the referenced ConfigMaps, so that an
+                // operator restart does not send agents a configuration without their documents.
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                while !config_map_watches
+                    .watched()
+                    .iter()
+                    .all(|key| compile_hub.config_map_known(key))
+                {
+                    match tokio::time::timeout_at(deadline, changes.next()).await {
+                        Ok(Some(())) => {}
+                        _ => break,
+                    }
+                }
             }
             compile_hub.set_ready();
             let changed = compile_hub.recompile();

@@ -1,11 +1,15 @@
 //! ApiMonitor controller: writes status (conditions, per-node account, endpoint inventory).
 //!
 //! The node configuration itself is compiled by [`crate::state::Hub::recompile`] whenever pods,
-//! monitors or policies change; this controller reports how it landed.
+//! monitors, policies or referenced ConfigMaps change; this controller reports how it landed,
+//! including an OpenAPI document that cannot be used (`Degraded`, reason `OpenApi...`).
 
 use crate::compile::monitor_pods;
+use crate::openapi_source::{OpenApiDocument, OpenApiSource};
 use crate::state::{obj_key, unix_ms_to_time, Hub};
-use crate::status::{conditions_from_nodes, node_states, pods_per_node, summarize, Reported};
+use crate::status::{
+    add_degraded_problem, conditions_from_nodes, node_states, pods_per_node, summarize, Reported,
+};
 use crate::throttle::WriteThrottle;
 use crate::Error;
 use kube::api::{Api, Patch, PatchParams};
@@ -44,12 +48,26 @@ pub fn desired_status(monitor: &ApiMonitor, hub: &Hub) -> ApiMonitorStatus {
         .as_ref()
         .map(|s| s.common.conditions.clone())
         .unwrap_or_default();
-    let ready_msg = format!(
+    let mut ready_msg = format!(
         "capture attached to {} pods on {} nodes",
         selected.len(),
         nodes.total
     );
-    let conditions = conditions_from_nodes(
+    let openapi = hub.openapi_document(monitor);
+    if let (Some(source), Some(doc)) = (OpenApiSource::of(monitor), &openapi) {
+        match doc {
+            OpenApiDocument::Loaded(ops) => ready_msg.push_str(&format!(
+                "; OpenAPI document from {source}: {} operations ({} deprecated)",
+                ops.len(),
+                ops.iter().filter(|o| o.deprecated).count()
+            )),
+            OpenApiDocument::Pending => {
+                ready_msg.push_str(&format!("; OpenAPI document from {source}: loading"))
+            }
+            OpenApiDocument::Failed { .. } => {}
+        }
+    }
+    let mut conditions = conditions_from_nodes(
         &previous,
         generation,
         selected.len() as u32,
@@ -57,6 +75,9 @@ pub fn desired_status(monitor: &ApiMonitor, hub: &Hub) -> ApiMonitorStatus {
         None,
         ready_msg,
     );
+    if let Some(OpenApiDocument::Failed { reason, message }) = openapi {
+        add_degraded_problem(&mut conditions, &previous, reason, message, generation);
+    }
 
     hub.seed_monitor(&key, monitor.status.as_ref());
     let telemetry = hub.monitor_telemetry(&key);

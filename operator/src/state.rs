@@ -1,8 +1,11 @@
 //! The operator's shared state: the cluster view (reflector stores), the per-node desired
 //! configurations handed to agents, and what agents reported (applied versions, errors,
 //! endpoints, findings). Controllers read it to write status; the gRPC service writes into it.
+//! It also holds the ConfigMaps that monitors reference for their OpenAPI documents, and those
+//! documents parsed (see [`crate::openapi_source`]).
 
 use crate::compile;
+use crate::openapi_source::{load_document, ConfigMapKey, ConfigMapState, OpenApiDocument, OpenApiSource};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::reflector::{ObjectRef, Store};
 use palisade_api::agent::{self, AgentReport, NodeConfig};
@@ -98,6 +101,10 @@ struct Inner {
     policies: HashMap<ObjectKey, PolicyTelemetry>,
     /// Objects whose counts were taken over from their status after this operator started.
     seeded: std::collections::HashSet<(&'static str, ObjectKey)>,
+    /// Referenced ConfigMaps, as their watches last reported them.
+    config_maps: HashMap<ConfigMapKey, ConfigMapState>,
+    /// Referenced documents, parsed, with the fingerprint of the ConfigMap they were parsed from.
+    documents: HashMap<OpenApiSource, (String, OpenApiDocument)>,
 }
 
 /// Shared operator state.
@@ -169,6 +176,45 @@ impl Hub {
         self.ready.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Whether [`Hub::set_ready`] was called.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Records what the watch of a referenced ConfigMap says (see [`crate::openapi_source`]).
+    pub fn set_config_map(&self, key: ConfigMapKey, state: ConfigMapState) {
+        self.lock().config_maps.insert(key, state);
+    }
+
+    /// Forgets a ConfigMap no monitor references any more.
+    pub fn forget_config_map(&self, key: &ConfigMapKey) {
+        self.lock().config_maps.remove(key);
+    }
+
+    /// Whether the ConfigMap's watch has answered (present, missing or unreadable).
+    pub fn config_map_known(&self, key: &ConfigMapKey) -> bool {
+        self.lock().config_maps.contains_key(key)
+    }
+
+    /// Whether the ConfigMap was read.
+    pub fn config_map_present(&self, key: &ConfigMapKey) -> bool {
+        matches!(self.lock().config_maps.get(key), Some(ConfigMapState::Present(_)))
+    }
+
+    /// The OpenAPI document a monitor references, as of the last compile; `None` when it
+    /// references none.
+    pub fn openapi_document(&self, monitor: &ApiMonitor) -> Option<OpenApiDocument> {
+        let source = OpenApiSource::of(monitor)?;
+        let inner = self.lock();
+        Some(
+            inner
+                .documents
+                .get(&source)
+                .map(|(_, doc)| doc.clone())
+                .unwrap_or(OpenApiDocument::Pending),
+        )
+    }
+
     /// Recompiles if the stores are listed (see [`Hub::set_ready`]).
     pub fn recompile_if_ready(&self) {
         if self.ready.load(std::sync::atomic::Ordering::SeqCst) {
@@ -184,13 +230,14 @@ impl Hub {
         let pods = self.view.pods.state();
         let cluster_cidrs = self.cluster_cidrs();
         let mut inner = self.lock();
+        let documents = refresh_documents(&mut inner, &monitors);
         let known: Vec<String> = inner
             .configs
             .keys()
             .cloned()
             .chain(inner.agents.keys().cloned())
             .collect();
-        let compiled = compile::compile(&monitors, &policies, &pods, known);
+        let compiled = compile::compile(&monitors, &policies, &pods, known, &documents);
         let mut changed = vec![];
         for (node, mut cfg) in compiled {
             cfg.cluster_cidrs = cluster_cidrs.clone();
@@ -498,6 +545,41 @@ impl Hub {
     }
 }
 
+/// Parses the documents monitors reference whose ConfigMap changed since they were last parsed,
+/// forgets those no monitor references, and returns them all.
+fn refresh_documents(inner: &mut Inner, monitors: &[Arc<ApiMonitor>]) -> compile::OpenApiDocuments {
+    let sources: std::collections::HashSet<OpenApiSource> =
+        monitors.iter().filter_map(|m| OpenApiSource::of(m)).collect();
+    inner.documents.retain(|source, _| sources.contains(source));
+    for source in sources {
+        let state = inner.config_maps.get(&source.config_map_key());
+        let fingerprint = state.map(ConfigMapState::fingerprint).unwrap_or_default();
+        if inner
+            .documents
+            .get(&source)
+            .is_some_and(|(seen, _)| *seen == fingerprint)
+        {
+            continue;
+        }
+        let document = load_document(&source, state);
+        match &document {
+            OpenApiDocument::Loaded(ops) => {
+                tracing::info!(%source, operations = ops.len(), "OpenAPI document loaded")
+            }
+            OpenApiDocument::Failed { message, .. } => {
+                tracing::warn!(%source, %message, "OpenAPI document not usable")
+            }
+            OpenApiDocument::Pending => {}
+        }
+        inner.documents.insert(source, (fingerprint, document));
+    }
+    inner
+        .documents
+        .iter()
+        .map(|(source, (_, doc))| (source.clone(), doc.clone()))
+        .collect()
+}
+
 pub fn obj_key<K: kube::Resource>(obj: &K) -> ObjectKey {
     (
         obj.meta().namespace.clone().unwrap_or_default(),
@@ -642,5 +724,92 @@ mod tests {
             "returned, not lost"
         );
         assert_eq!(hub.agent("n1").map(|a| a.applied_version), Some(2));
+    }
+
+    #[test]
+    fn config_map_edits_recompile_and_failures_are_kept_per_monitor() {
+        let (pods, mut pod_writer) = store::<Pod>();
+        let (monitors, mut monitor_writer) = store::<ApiMonitor>();
+        let (policies, _policy_writer) = store::<ApiPolicy>();
+        let (nodes, _node_writer) = store::<Node>();
+        let (hub, _triggers) = Hub::new(ClusterView {
+            pods,
+            monitors,
+            policies,
+            nodes,
+        });
+        let mut m = monitor();
+        m.spec.open_api = Some(palisade_api::v1alpha1::OpenApiRef {
+            config_map: "api-doc".into(),
+            key: "openapi.yaml".into(),
+        });
+        monitor_writer.apply_watcher_event(&Event::Apply(m.clone()));
+        pod_writer.apply_watcher_event(&Event::Apply(pod("api")));
+        let key = ("demo".to_string(), "api-doc".to_string());
+        let config_map = |rv: &str, doc: &str| {
+            ConfigMapState::Present(Arc::new(
+                serde_json::from_value(serde_json::json!({
+                    "apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"namespace": "demo", "name": "api-doc", "uid": "cm1", "resourceVersion": rv},
+                    "data": {"openapi.yaml": doc}
+                }))
+                .expect("config map"),
+            ))
+        };
+        let loaded = |hub: &Hub| {
+            hub.config("n1")
+                .map(|c| {
+                    let m = &c.monitors[0];
+                    (
+                        m.openapi_loaded,
+                        m.api_operations
+                            .iter()
+                            .map(|o| o.path.clone())
+                            .collect::<Vec<_>>(),
+                    )
+                })
+                .unwrap_or_default()
+        };
+
+        hub.recompile();
+        assert_eq!(loaded(&hub), (false, vec![]), "the watch has not answered yet");
+        assert_eq!(hub.openapi_document(&m), Some(OpenApiDocument::Pending));
+
+        hub.set_config_map(
+            key.clone(),
+            config_map("1", "openapi: 3.0.0\npaths: {/a: {get: {}}}"),
+        );
+        assert_eq!(hub.recompile(), vec!["n1".to_string()]);
+        assert_eq!(loaded(&hub), (true, vec!["/a".to_string()]));
+        let version = hub.current_version("n1");
+        assert!(hub.recompile().is_empty(), "same resourceVersion: nothing new");
+
+        hub.set_config_map(
+            key.clone(),
+            config_map("2", "openapi: 3.0.0\npaths: {/a: {get: {}}, /b: {get: {}}}"),
+        );
+        assert_eq!(hub.recompile(), vec!["n1".to_string()]);
+        assert_eq!(hub.current_version("n1"), version + 1);
+        assert_eq!(loaded(&hub), (true, vec!["/a".to_string(), "/b".to_string()]));
+
+        hub.set_config_map(key.clone(), ConfigMapState::Missing);
+        hub.recompile();
+        assert_eq!(
+            loaded(&hub),
+            (false, vec![]),
+            "a deleted document stops shadow detection"
+        );
+        assert!(matches!(
+            hub.openapi_document(&m),
+            Some(OpenApiDocument::Failed {
+                reason: "OpenApiConfigMapNotFound",
+                ..
+            })
+        ));
+        assert_eq!(
+            hub.config("n1").map(|c| c.monitors[0].targets.len()),
+            Some(1),
+            "capture goes on"
+        );
     }
 }

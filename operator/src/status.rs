@@ -222,6 +222,27 @@ pub fn conditions_from_nodes(
     ]
 }
 
+/// Adds a problem that leaves the object working in part (for example an OpenAPI document that
+/// cannot be used: capture goes on without shadow detection). `Ready` is left as the nodes make
+/// it; `Degraded` becomes True with this reason, or, when it is True already for another reason
+/// (node errors come first), keeps that reason and gets this message appended.
+pub fn add_degraded_problem(
+    conditions: &mut [Condition],
+    previous: &[Condition],
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+) {
+    let Some(degraded) = conditions.iter_mut().find(|c| c.type_ == condition::DEGRADED) else {
+        return;
+    };
+    if degraded.status == "True" {
+        degraded.message = format!("{}; {message}", degraded.message);
+    } else {
+        *degraded = condition(previous, condition::DEGRADED, true, reason, message, generation);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,6 +342,39 @@ mod tests {
         assert_eq!(conds[0].observed_generation, Some(2));
         let none = conditions_from_nodes(&conds, Some(3), 0, &summarize(vec![], true), None, String::new());
         assert_eq!(none[0].reason, "NoWorkloadsMatched");
+    }
+
+    #[test]
+    fn a_partial_problem_degrades_without_hiding_node_errors() {
+        let healthy = summarize(vec![], true);
+        let mut conds = conditions_from_nodes(&[], Some(1), 1, &healthy, None, "ok".into());
+        add_degraded_problem(&mut conds, &[], "OpenApiKeyNotFound", "no key".into(), Some(1));
+        assert_eq!(
+            (conds[0].status.as_str(), conds[0].reason.as_str()),
+            ("True", "Applied"),
+            "Ready stays what the nodes make it"
+        );
+        assert_eq!(
+            (
+                conds[1].status.as_str(),
+                conds[1].reason.as_str(),
+                conds[1].message.as_str()
+            ),
+            ("True", "OpenApiKeyNotFound", "no key")
+        );
+
+        let failing = summarize(
+            vec![NodeState {
+                node: "n1".into(),
+                errors: vec!["EPERM".into()],
+                ..Default::default()
+            }],
+            true,
+        );
+        let mut conds = conditions_from_nodes(&[], Some(1), 1, &failing, None, "ok".into());
+        add_degraded_problem(&mut conds, &[], "OpenApiKeyNotFound", "no key".into(), Some(1));
+        assert_eq!(conds[1].reason, "NodeErrors");
+        assert_eq!(conds[1].message, "n1: EPERM; no key");
     }
 
     #[test]

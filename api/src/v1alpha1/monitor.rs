@@ -62,7 +62,10 @@ pub struct ApiMonitorSpec {
     pub tls: TlsSpec,
 
     /// An OpenAPI document (in a ConfigMap of this namespace) describing the API; traffic to
-    /// endpoints it lacks is reported as shadow, to deprecated ones as zombie.
+    /// endpoints it lacks is reported as shadow, to deprecated ones as zombie. OpenAPI 3.x or
+    /// Swagger 2.0, JSON or YAML, at most 1 MiB and 2000 operations; paths are matched under the
+    /// path of `servers[].url` (3.x) or `basePath` (2.0). Edits of the ConfigMap are followed; a
+    /// document that cannot be used leaves capture on and sets `Degraded` with the reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub open_api: Option<OpenApiRef>,
 
@@ -169,14 +172,15 @@ pub struct TlsSpec {
     pub enabled: bool,
 }
 
-/// Where the API's OpenAPI document lives.
+/// Where the API's OpenAPI document lives (see `spec.openApi`; parsed by
+/// [`crate::openapi::parse_operations`]).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OpenApiRef {
     /// ConfigMap in this namespace.
     #[schemars(length(min = 1, max = 253))]
     pub config_map: String,
-    /// Key of the document in the ConfigMap.
+    /// Key of the document in the ConfigMap (`data`, or `binaryData` holding UTF-8 text).
     #[serde(default = "default_openapi_key")]
     #[schemars(length(min = 1, max = 253))]
     pub key: String,

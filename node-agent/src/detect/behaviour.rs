@@ -19,7 +19,7 @@
 use super::exposure::{Exposure, ExposureScanner};
 use super::RequestView;
 use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 
 /// What behavioural detectors see of an exchange.
@@ -122,11 +122,11 @@ impl<V: Default> Windows<V> {
 /// Reads rule parameters, rejecting unknown ones.
 struct Params<'a> {
     detector: &'a str,
-    map: &'a HashMap<String, String>,
+    map: &'a BTreeMap<String, String>,
 }
 
 impl<'a> Params<'a> {
-    fn new(detector: &'a str, map: &'a HashMap<String, String>, known: &[&str]) -> Result<Self, String> {
+    fn new(detector: &'a str, map: &'a BTreeMap<String, String>, known: &[&str]) -> Result<Self, String> {
         let mut unknown: Vec<&String> = map.keys().filter(|k| !known.contains(&k.as_str())).collect();
         unknown.sort();
         if let Some(k) = unknown.first() {
@@ -211,7 +211,7 @@ impl Behaviour {
         &["bruteForce", "missingAuth", "bola", "rateAbuse", "dataExposure"];
 
     /// Compiles a behavioural detector; `Ok(None)` when `detector` is not one of them.
-    pub fn compile(detector: &str, params: &HashMap<String, String>) -> Result<Option<Behaviour>, String> {
+    pub fn compile(detector: &str, params: &BTreeMap<String, String>) -> Result<Option<Behaviour>, String> {
         Ok(Some(match detector {
             "bruteForce" => Behaviour::BruteForce(BruteForce::new(&Params::new(
                 detector,
@@ -792,7 +792,7 @@ mod tests {
         assert!(bad("missingAuth", &[("ratio", "2")]).contains("params.ratio"));
         assert!(bad("dataExposure", &[("types", "card,dna")]).contains("unknown type \"dna\""));
         assert!(matches!(
-            Behaviour::compile("sqlInjection", &HashMap::new()),
+            Behaviour::compile("sqlInjection", &BTreeMap::new()),
             Ok(None)
         ));
     }

@@ -15,6 +15,7 @@ pub mod decode;
 pub mod exposure;
 pub mod inputs;
 mod jndi;
+mod shadow;
 mod sqli;
 mod ssrf;
 mod traversal;
@@ -74,7 +75,7 @@ enum Injection {
 impl Injection {
     fn compile(
         detector: &str,
-        params: &std::collections::HashMap<String, String>,
+        params: &std::collections::BTreeMap<String, String>,
     ) -> Result<Option<Injection>, String> {
         let allowed: &[&str] = match detector {
             "sqlInjection" | "xss" | "commandInjection" | "jndiInjection" | "pathTraversal" => &["paranoia"],
@@ -216,6 +217,8 @@ enum RuleKind {
     Custom(CustomMatch),
     /// Judged on the exchange (request and response), with state.
     Behaviour(behaviour::Behaviour),
+    /// Judged on the exchange against the monitor's OpenAPI document.
+    Shadow(shadow::ShadowEndpoint),
 }
 
 /// A compiled rule.
@@ -259,6 +262,10 @@ impl CompiledRule {
                 match (injection, behaviour) {
                     (Some(injection), _) => RuleKind::Builtin(injection),
                     (None, Some(behaviour)) => RuleKind::Behaviour(behaviour),
+                    (None, None) if detector == "shadowEndpoint" => RuleKind::Shadow(
+                        shadow::ShadowEndpoint::compile(&rule.params)
+                            .map_err(|e| format!("rule {}: {e}", rule.name))?,
+                    ),
                     (None, None) => {
                         return Err(format!(
                             "rule {}: detector {detector} is not implemented by this agent version yet",
@@ -300,7 +307,7 @@ impl CompiledRule {
         match &self.kind {
             RuleKind::Builtin(d) => d.evaluate(req, &Inputs::collect(req)),
             RuleKind::Custom(m) => m.evaluate(req),
-            RuleKind::Behaviour(_) => None,
+            RuleKind::Behaviour(_) | RuleKind::Shadow(_) => None,
         }
     }
 
@@ -309,22 +316,34 @@ impl CompiledRule {
         match &self.kind {
             RuleKind::Builtin(d) => d.evaluate(req, inputs),
             RuleKind::Custom(m) => m.evaluate(req),
-            RuleKind::Behaviour(_) => None,
+            RuleKind::Behaviour(_) | RuleKind::Shadow(_) => None,
         }
     }
 
     /// Whether the rule is judged on exchanges ([`Self::evaluate_exchange`]) rather than on
     /// requests alone.
     pub fn is_behavioural(&self) -> bool {
-        matches!(self.kind, RuleKind::Behaviour(_))
+        matches!(self.kind, RuleKind::Behaviour(_) | RuleKind::Shadow(_))
+    }
+
+    /// Whether the rule needs the monitor's OpenAPI document.
+    pub fn needs_openapi(&self) -> bool {
+        matches!(self.kind, RuleKind::Shadow(_))
     }
 
     /// Judges an exchange with a behavioural rule (others return None: they judge requests).
-    pub fn evaluate_exchange(&mut self, ex: &behaviour::ExchangeView) -> Option<Detection> {
-        match &mut self.kind {
-            RuleKind::Behaviour(b) => b.evaluate(ex).map(|evidence| Detection { evidence }),
+    /// `openapi` is the document of the monitor that watched the exchange, if it has one.
+    pub fn evaluate_exchange(
+        &mut self,
+        ex: &behaviour::ExchangeView,
+        openapi: Option<&crate::openapi::OpenApiIndex>,
+    ) -> Option<Detection> {
+        let evidence = match &mut self.kind {
+            RuleKind::Behaviour(b) => b.evaluate(ex),
+            RuleKind::Shadow(s) => s.evaluate(ex, openapi),
             _ => None,
-        }
+        };
+        evidence.map(|evidence| Detection { evidence })
     }
 
     /// Keys a behavioural rule could not track because its table was full.
@@ -633,8 +652,9 @@ mod tests {
             "{err}"
         );
 
+        // A detector from a newer operator than this agent.
         let unimplemented = RuleConfig {
-            detector: "bola".into(),
+            detector: "quantumLeap".into(),
             ..custom(RequestMatchConfig::default())
         };
         assert!(CompiledRule::compile(&unimplemented)
