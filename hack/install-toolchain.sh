@@ -10,16 +10,23 @@ for p in protobuf-compiler:protoc iproute2:ip util-linux:nsenter util-linux:setp
 done
 # nginx is one of the server stacks the e2e suite captures (and the benchmark's server).
 command -v nginx >/dev/null 2>&1 || need_pkgs+=(nginx-light)
+# The reference WAF that palisade-eval --waf modsecurity replays the corpora through: Debian's
+# ModSecurity v3 module for that same nginx (nginx-light depends on nginx, which provides the
+# module's nginx-abi) and the OWASP CRS rules. The module is only linked into
+# /etc/nginx/modules-enabled; nothing here starts or enables a system nginx.
+[ -e /usr/share/nginx/modules-available/mod-http-modsecurity.conf ] || need_pkgs+=(libnginx-mod-http-modsecurity)
+[ -d /usr/share/modsecurity-crs/rules ] || need_pkgs+=(modsecurity-crs)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "installing Debian packages: ${need_pkgs[*]}" >&2
   # Keep packages (nginx) from starting their own services: tests run their own instances.
-  added_policy=0
+  # (The module packages trigger nginx-reload, which only acts on a running nginx.)
   if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && added_policy=1
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   fi
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
-  [ "$added_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
+  if trap -p EXIT | grep -q policy-rc.d; then rm -f /usr/sbin/policy-rc.d; trap - EXIT; fi
 fi
 
 rustup component list --installed | grep -q '^rust-src' || rustup component add rust-src

@@ -1,50 +1,55 @@
 //! palisade-eval: runs the node agent's request detectors over JSONL corpora (format of
 //! shared/corpora/README.md) and prints markdown tables: detection rate per attack category,
 //! per source and per CRS paranoia level, false-positive rate on benign records, and the cost per
-//! request.
+//! request. Beside them, in the same run, the reference WAF: every request replayed through
+//! nginx + ModSecurity v3 + OWASP CRS from Debian's packages (`waf.rs`).
 //!
 //! ```text
 //! cargo run --release -p palisade-eval -- ../shared/corpora/attacks.jsonl ../shared/corpora/benign.jsonl
-//!     [more.jsonl ...] [--list-misses CATEGORY] [--list-fp] [--level 1|2]
+//!     [more.jsonl ...] [--level 1|2] [--waf auto|modsecurity|none] [--list-misses CATEGORY] [--list-fp]
 //! ```
 
 mod record;
+mod report;
+mod waf;
 
 use palisade_node_agent::detect::{CompiledRule, Inputs, RequestView, INJECTION_DETECTORS};
 use record::Record;
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Instant;
+use waf::{Installation, Verdict, Waf};
 
-/// Attack category → the detector meant for it.
-const CATEGORY_DETECTOR: &[(&str, &str)] = &[
-    ("sqli", "sqlInjection"),
-    ("xss", "xss"),
-    ("path_traversal", "pathTraversal"),
-    ("command_injection", "commandInjection"),
-    ("ssrf", "ssrf"),
-    ("jndi_log4shell", "jndiInjection"),
-];
+const USAGE: &str = "\
+usage: palisade-eval FILE.jsonl... [--level 1|2] [--waf auto|modsecurity|none]
+                     [--list-misses CATEGORY] [--list-fp]
 
-/// The reference WAF's measured detection (nginx + ModSecurity 3.0.9 + CRS 3.3.4, anomaly
-/// threshold 5), from shared/notes/landscape.md: (PL1, PL2).
-const CRS_REFERENCE: &[(&str, &str, &str)] = &[
-    ("sqli", "94.5 %", "98.0 %"),
-    ("xss", "94.0 %", "95.8 %"),
-    ("path_traversal", "92.6 %", "93.0 %"),
-    ("command_injection", "49.1 %", "58.3 %"),
-    ("ssrf", "23.2 %", "59.6 %"),
-    ("jndi_log4shell", "46.1 %", "46.1 %"),
-    ("all", "86.9 %", "91.0 %"),
-];
-const CRS_REFERENCE_FPR: (&str, &str) = ("0.85 %", "3.0 %");
-const CRS_LABEL: &str = "CRS 3.3.4 PL1, measured earlier, see landscape.md";
+  --level N      paranoia level of the ModSecurity column and of the lists below (default 1);
+                 Palisade's detectors are always shown at both levels
+  --waf MODE     the reference WAF column: every request replayed over 127.0.0.1 through a private
+                 nginx + ModSecurity v3 + OWASP CRS (Debian's libnginx-mod-http-modsecurity and
+                 modsecurity-crs, installed by hack/install-toolchain.sh); blocked = HTTP 403
+                   auto         (default) when installed; otherwise the report says
+                                \"ModSecurity column skipped: <why>\"
+                   modsecurity  required: exit 1 when it cannot run
+                   none         skip it
+  --list-misses CATEGORY   attack records of CATEGORY that no detector caught (and the WAF's verdict)
+  --list-fp      benign records on which a detector fired";
+
+/// Whether to measure the reference WAF.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum WafMode {
+    Auto,
+    Required,
+    Off,
+}
 
 struct Options {
     files: Vec<String>,
     list_misses: Vec<String>,
     list_fp: bool,
     level: usize,
+    waf: WafMode,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -53,6 +58,7 @@ fn parse_args() -> Result<Options, String> {
         list_misses: vec![],
         list_fp: false,
         level: 1,
+        waf: WafMode::Auto,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -68,20 +74,21 @@ fn parse_args() -> Result<Options, String> {
                     _ => return Err("--level takes 1 or 2".into()),
                 }
             }
-            "-h" | "--help" => {
-                return Err(
-                    "usage: palisade-eval FILE.jsonl... [--list-misses CATEGORY] [--list-fp] [--level 1|2]"
-                        .into(),
-                )
+            "--waf" => {
+                o.waf = match args.next().as_deref() {
+                    Some("auto") => WafMode::Auto,
+                    Some("modsecurity") => WafMode::Required,
+                    Some("none") => WafMode::Off,
+                    _ => return Err("--waf takes auto, modsecurity or none".into()),
+                }
             }
-            _ if a.starts_with("--") => return Err(format!("unknown option {a}")),
+            "-h" | "--help" => return Err(USAGE.into()),
+            _ if a.starts_with("--") => return Err(format!("unknown option {a}\n{USAGE}")),
             _ => o.files.push(a),
         }
     }
     if o.files.is_empty() {
-        return Err(
-            "usage: palisade-eval FILE.jsonl... [--list-misses CATEGORY] [--list-fp] [--level 1|2]".into(),
-        );
+        return Err(USAGE.into());
     }
     Ok(o)
 }
@@ -115,81 +122,53 @@ impl Engine {
     }
 }
 
-fn detector_bit(name: &str) -> u8 {
-    INJECTION_DETECTORS
-        .iter()
-        .position(|d| *d == name)
-        .map_or(0, |i| 1 << i)
-}
-
 struct Outcome {
     record: Record,
     /// Per level (index 0 = paranoia 1).
     fired: [u8; 2],
     evidence: [Option<String>; 2],
+    /// The reference WAF's answer, when it was measured.
+    waf: Option<Verdict>,
 }
 
-#[derive(Default, Clone, Copy)]
-struct Count {
-    n: usize,
-    any: [usize; 2],
-    right: [usize; 2],
+/// The reference WAF column: measured in this run, or why not.
+enum WafColumn {
+    Measured(WafRun),
+    Skipped(String),
 }
 
-impl Count {
-    fn add(&mut self, o: &Outcome, right_bit: u8) {
-        self.n += 1;
-        for l in 0..2 {
-            if o.fired[l] != 0 {
-                self.any[l] += 1;
-            }
-            if o.fired[l] & right_bit != 0 {
-                self.right[l] += 1;
-            }
-        }
+struct WafRun {
+    /// Column header, with the versions used.
+    label: String,
+    versions: Vec<(String, String)>,
+    level: usize,
+    requests: usize,
+    seconds: f64,
+    /// Denials by the recommended configuration's own rules (body parse errors…), not the CRS.
+    recommended_denials: usize,
+}
+
+/// Replays every evaluated request through nginx + ModSecurity + CRS and stores the verdicts.
+fn measure_waf(outcomes: &mut [Outcome], level: usize) -> Result<WafRun, String> {
+    let inst = Installation::locate()?;
+    let label = inst.label(level);
+    eprintln!("ModSecurity: starting nginx with the CRS at paranoia level {level}");
+    let mut waf = Waf::start(&inst, level)?;
+    let requests: Vec<Vec<u8>> = outcomes.iter().map(|o| o.record.to_wire()).collect();
+    let start = Instant::now();
+    let verdicts = waf.replay(&requests)?;
+    let seconds = start.elapsed().as_secs_f64();
+    for (o, v) in outcomes.iter_mut().zip(verdicts) {
+        o.waf = Some(v);
     }
-}
-
-fn pct(k: usize, n: usize) -> String {
-    if n == 0 {
-        "–".into()
-    } else {
-        format!("{:.1} %", 100.0 * k as f64 / n as f64)
-    }
-}
-
-fn pct2(k: usize, n: usize) -> String {
-    if n == 0 {
-        "–".into()
-    } else {
-        format!("{:.3} %", 100.0 * k as f64 / n as f64)
-    }
-}
-
-/// Today's date (UTC) as YYYY-MM-DD, without a date crate.
-fn today() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let z = (secs / 86_400) as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
-}
-
-fn short(s: &str, max: usize) -> String {
-    let mut out: String = s.chars().filter(|c| !c.is_control()).take(max).collect();
-    if s.chars().count() > max {
-        out.push('…');
-    }
-    out
+    Ok(WafRun {
+        label,
+        versions: inst.versions.clone(),
+        level,
+        requests: requests.len(),
+        seconds,
+        recommended_denials: waf.denials_by_recommended_rules(),
+    })
 }
 
 fn main() -> ExitCode {
@@ -254,298 +233,34 @@ fn main() -> ExitCode {
                 record,
                 fired: [f1, f2],
                 evidence: [e1, e2],
+                waf: None,
             });
         }
     }
 
-    report(&opts, &outcomes, &response_side, &timings_ns, &timings_attack_ns);
-    ExitCode::SUCCESS
-}
-
-fn report(
-    opts: &Options,
-    outcomes: &[Outcome],
-    response_side: &BTreeMap<String, usize>,
-    benign_ns: &[u64],
-    attack_ns: &[u64],
-) {
-    let attacks: Vec<&Outcome> = outcomes
-        .iter()
-        .filter(|o| !o.record.is_benign() && !o.record.is_unverified())
-        .collect();
-    let benign: Vec<&Outcome> = outcomes.iter().filter(|o| o.record.is_benign()).collect();
-    let unverified: Vec<&Outcome> = outcomes.iter().filter(|o| o.record.is_unverified()).collect();
-
-    println!("# Palisade request detectors on the corpora\n");
-    println!("Date: {} · files: {}", today(), opts.files.join(", "));
-    println!(
-        "\nRecords evaluated: {} attack requests, {} benign requests, {} unverified negatives. \
-         Detectors: {} (each at paranoia 1 and 2). \
-         A true positive is an attack record on which any detector fires; \"right detector\" is the \
-         one meant for the category.\n",
-        attacks.len(),
-        benign.len(),
-        unverified.len(),
-        INJECTION_DETECTORS.join(", ")
-    );
-
-    // Per category.
-    let mut by_cat: BTreeMap<&str, Count> = BTreeMap::new();
-    let mut by_cat_source: BTreeMap<(&str, &str), Count> = BTreeMap::new();
-    let mut by_cat_pl: BTreeMap<(&str, bool), Count> = BTreeMap::new();
-    let mut all = Count::default();
-    for o in &attacks {
-        let cat = o.record.category.as_str();
-        let bit = CATEGORY_DETECTOR
-            .iter()
-            .find(|(c, _)| *c == cat)
-            .map_or(0, |(_, d)| detector_bit(d));
-        by_cat.entry(cat).or_default().add(o, bit);
-        by_cat_source
-            .entry((cat, o.record.source.as_str()))
-            .or_default()
-            .add(o, bit);
-        if let Some(pl) = o
-            .record
-            .paranoia_level
-            .filter(|_| o.record.source == "coreruleset")
-        {
-            by_cat_pl.entry((cat, pl >= 3)).or_default().add(o, bit);
-        }
-        all.add(o, 0);
-    }
-
-    println!("## Detection rate per attack category\n");
-    println!(
-        "| category | n | Palisade PL1: any detector | right detector | Palisade PL2: any | right | {CRS_LABEL} | CRS 3.3.4 PL2 |"
-    );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    for (cat, _) in CATEGORY_DETECTOR {
-        let c = by_cat.get(cat).copied().unwrap_or_default();
-        let (r1, r2) = CRS_REFERENCE
-            .iter()
-            .find(|(k, _, _)| k == cat)
-            .map_or(("", ""), |(_, a, b)| (*a, *b));
-        println!(
-            "| {cat} | {} | {} | {} | {} | {} | {r1} | {r2} |",
-            c.n,
-            pct(c.any[0], c.n),
-            pct(c.right[0], c.n),
-            pct(c.any[1], c.n),
-            pct(c.right[1], c.n)
-        );
-    }
-    let (r1, r2) = CRS_REFERENCE
-        .iter()
-        .find(|(k, _, _)| *k == "all")
-        .map_or(("", ""), |(_, a, b)| (*a, *b));
-    println!(
-        "| all attack requests (incl. categories without a detector) | {} | {} | | {} | | {r1} | {r2} |",
-        all.n,
-        pct(all.any[0], all.n),
-        pct(all.any[1], all.n)
-    );
-
-    println!("\n### Categories without a Palisade detector\n");
-    println!("| category | n | fired anyway (PL1) | fired anyway (PL2) |");
-    println!("|---|---:|---:|---:|");
-    for (cat, c) in &by_cat {
-        if CATEGORY_DETECTOR.iter().any(|(k, _)| k == cat) {
-            continue;
-        }
-        println!(
-            "| {cat} (no detector) | {} | {} | {} |",
-            c.n,
-            pct(c.any[0], c.n),
-            pct(c.any[1], c.n)
-        );
-    }
-    for (cat, n) in response_side {
-        let cat = if cat == "benign" {
-            "benign (records with a response)"
-        } else {
-            cat
-        };
-        println!("| {cat} | {n} | not evaluated here (response-side) | |");
-    }
-
-    println!("\n## Per category and source\n");
-    println!("| category | source | n | PL1 any | PL1 right | PL2 any |");
-    println!("|---|---|---:|---:|---:|---:|");
-    for ((cat, src), c) in &by_cat_source {
-        if !CATEGORY_DETECTOR.iter().any(|(k, _)| k == cat) {
-            continue;
-        }
-        println!(
-            "| {cat} | {src} | {} | {} | {} | {} |",
-            c.n,
-            pct(c.any[0], c.n),
-            pct(c.right[0], c.n),
-            pct(c.any[1], c.n)
-        );
-    }
-
-    println!("\n## CRS regression cases by the paranoia level of the rule they test\n");
-    println!("| category | PL1–2 n | Palisade PL1 | Palisade PL2 | PL3–4 n | Palisade PL1 | Palisade PL2 |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
-    for (cat, _) in CATEGORY_DETECTOR {
-        let lo = by_cat_pl.get(&(*cat, false)).copied().unwrap_or_default();
-        let hi = by_cat_pl.get(&(*cat, true)).copied().unwrap_or_default();
-        println!(
-            "| {cat} | {} | {} | {} | {} | {} | {} |",
-            lo.n,
-            pct(lo.any[0], lo.n),
-            pct(lo.any[1], lo.n),
-            hi.n,
-            pct(hi.any[0], hi.n),
-            pct(hi.any[1], hi.n)
-        );
-    }
-
-    // False positives.
-    let mut fp_source: BTreeMap<&str, Count> = BTreeMap::new();
-    let mut fp_all = Count::default();
-    let mut fp_detector = [[0usize; 2]; 8];
-    for o in &benign {
-        fp_source.entry(o.record.source.as_str()).or_default().add(o, 0);
-        fp_all.add(o, 0);
-        for (l, per_level) in o.fired.iter().enumerate() {
-            for (i, row) in fp_detector.iter_mut().enumerate().take(INJECTION_DETECTORS.len()) {
-                if per_level & (1 << i) != 0 {
-                    row[l] += 1;
-                }
+    // After the detectors' timings, so that nginx does not share the CPU with them.
+    let waf = match opts.waf {
+        WafMode::Off => WafColumn::Skipped("not asked for (--waf none)".into()),
+        WafMode::Auto | WafMode::Required => match measure_waf(&mut outcomes, opts.level) {
+            Ok(run) => WafColumn::Measured(run),
+            Err(why) if opts.waf == WafMode::Required => {
+                eprintln!("ModSecurity: {why}");
+                return ExitCode::FAILURE;
             }
-        }
-    }
-    println!("\n## False positives on benign requests\n");
-    println!("| benign set | n | FP PL1 | FPR PL1 | FP PL2 | FPR PL2 | {CRS_LABEL} | CRS 3.3.4 PL2 |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    println!(
-        "| all benign requests | {} | {} | {} | {} | {} | {} | {} |",
-        fp_all.n,
-        fp_all.any[0],
-        pct2(fp_all.any[0], fp_all.n),
-        fp_all.any[1],
-        pct2(fp_all.any[1], fp_all.n),
-        CRS_REFERENCE_FPR.0,
-        CRS_REFERENCE_FPR.1
-    );
-    for (src, c) in &fp_source {
-        println!(
-            "| source {src} | {} | {} | {} | {} | {} | | |",
-            c.n,
-            c.any[0],
-            pct2(c.any[0], c.n),
-            c.any[1],
-            pct2(c.any[1], c.n)
-        );
-    }
-    let without: Vec<&&Outcome> = benign
-        .iter()
-        .filter(|o| o.record.source != "httpparams")
-        .collect();
-    let w1 = without.iter().filter(|o| o.fired[0] != 0).count();
-    let w2 = without.iter().filter(|o| o.fired[1] != 0).count();
-    println!(
-        "| benign without httpparams | {} | {w1} | {} | {w2} | {} | ~15 % | higher |",
-        without.len(),
-        pct2(w1, without.len()),
-        pct2(w2, without.len())
-    );
-    println!("\nFalse positives per detector (a request can count for several):\n");
-    println!("| detector | FP PL1 | FP PL2 |");
-    println!("|---|---:|---:|");
-    for (i, d) in INJECTION_DETECTORS.iter().enumerate() {
-        println!("| {d} | {} | {} |", fp_detector[i][0], fp_detector[i][1]);
-    }
-    if !unverified.is_empty() {
-        let u1 = unverified.iter().filter(|o| o.fired[0] != 0).count();
-        let u2 = unverified.iter().filter(|o| o.fired[1] != 0).count();
-        println!(
-            "\nUnverified CRS negatives (not benign for sure, not in the FPR): {} records, fired on {} at PL1 ({}), {} at PL2 ({}).",
-            unverified.len(),
-            u1,
-            pct(u1, unverified.len()),
-            u2,
-            pct(u2, unverified.len())
-        );
-    }
+            Err(why) => {
+                eprintln!("ModSecurity column skipped: {why}");
+                WafColumn::Skipped(why)
+            }
+        },
+    };
 
-    println!("\n## Cost\n");
-    println!("Input extraction plus all six detectors at paranoia 1, one request at a time, this build:\n");
-    println!("| requests | n | mean µs/request | p50 µs | p99 µs | max µs |");
-    println!("|---|---:|---:|---:|---:|---:|");
-    for (name, ns) in [("benign", benign_ns), ("attack and unverified", attack_ns)] {
-        let mut v = ns.to_vec();
-        v.sort_unstable();
-        if v.is_empty() {
-            continue;
-        }
-        let mean = v.iter().sum::<u64>() as f64 / v.len() as f64 / 1000.0;
-        let q = |p: f64| v[((v.len() - 1) as f64 * p) as usize] as f64 / 1000.0;
-        println!(
-            "| {name} | {} | {mean:.2} | {:.2} | {:.2} | {:.2} |",
-            v.len(),
-            q(0.5),
-            q(0.99),
-            q(1.0)
-        );
-    }
-
-    let level = opts.level - 1;
-    for cat in &opts.list_misses {
-        println!("\n## Missed at PL{} — {cat}\n", opts.level);
-        for o in attacks
-            .iter()
-            .filter(|o| o.record.category == *cat && o.fired[level] == 0)
-        {
-            let body = o
-                .record
-                .body
-                .as_deref()
-                .map(String::from_utf8_lossy)
-                .unwrap_or_default();
-            let headers: Vec<String> = o
-                .record
-                .headers
-                .iter()
-                .filter(|(k, v)| {
-                    let k = k.to_ascii_lowercase();
-                    let boring = matches!(
-                        k.as_str(),
-                        "host"
-                            | "accept"
-                            | "connection"
-                            | "content-length"
-                            | "accept-encoding"
-                            | "accept-language"
-                            | "keep-alive"
-                            | "proxy-connection"
-                    );
-                    let test_agent = k == "user-agent" && v == "OWASP CRS test agent";
-                    !(boring || test_agent)
-                })
-                .map(|(k, v)| format!("{k}: {}", short(v, 80)))
-                .collect();
-            println!(
-                "- `{}` {} {} | {} | {}",
-                o.record.id,
-                o.record.method,
-                short(&o.record.target, 160),
-                headers.join(" ; "),
-                short(&body, 200)
-            );
-        }
-    }
-    if opts.list_fp {
-        println!("\n## False positives at PL{}\n", opts.level);
-        for o in benign.iter().filter(|o| o.fired[level] != 0) {
-            println!(
-                "- `{}` {} | {}",
-                o.record.id,
-                short(&o.record.target, 120),
-                short(o.evidence[level].as_deref().unwrap_or(""), 200)
-            );
-        }
-    }
+    report::print(
+        &opts,
+        &outcomes,
+        &waf,
+        &response_side,
+        &timings_ns,
+        &timings_attack_ns,
+    );
+    ExitCode::SUCCESS
 }

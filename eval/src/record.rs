@@ -1,5 +1,6 @@
 //! One corpus record (see shared/corpora/README.md): method, target, headers and body, taken from
-//! `raw_request_b64` when it is there (the bytes as sent), else from the parsed fields.
+//! `raw_request_b64` when it is there (the bytes as sent), else from the parsed fields; and the
+//! request as bytes on the wire, for replaying it through a real server.
 
 use serde_json::Value;
 
@@ -13,6 +14,9 @@ pub struct Record {
     pub category: String,
     pub method: String,
     pub target: String,
+    /// The request line's version; `None` means HTTP/1.1 (the record has no `version`).
+    pub version: Option<String>,
+    /// In wire order.
     pub headers: Vec<(String, String)>,
     pub body: Option<Vec<u8>>,
     /// `meta.paranoia_level` (CRS records).
@@ -21,28 +25,39 @@ pub struct Record {
     pub has_response: bool,
     /// The request came from `raw_request_b64`.
     pub raw: bool,
+    /// `raw_request_b64`, decoded: the bytes to send, whether or not httparse could read them.
+    pub wire: Option<Vec<u8>>,
 }
 
 impl Record {
     pub fn parse(line: &str) -> Result<Record, String> {
         let v: Value = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
         let text = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+        let order = header_order(line);
         let mut record = Record {
             source: text("source"),
             id: text("id"),
             category: text("category"),
             method: text("method"),
             target: text("uri"),
+            version: v.get("version").and_then(Value::as_str).map(str::to_string),
             headers: v
                 .get("headers")
                 .and_then(Value::as_object)
                 .map(|h| {
-                    h.iter()
-                        .map(|(k, v)| {
-                            (
+                    // serde_json's map is sorted by name; the wire order comes from the text.
+                    let mut names: Vec<&String> = h.keys().collect();
+                    if order.len() == h.len() && order.iter().all(|k| h.contains_key(k)) {
+                        names = order.iter().collect();
+                    }
+                    names
+                        .into_iter()
+                        .filter_map(|k| {
+                            let v = h.get(k)?;
+                            Some((
                                 k.clone(),
                                 v.as_str().map_or_else(|| v.to_string(), str::to_string),
-                            )
+                            ))
                         })
                         .collect()
                 })
@@ -51,6 +66,7 @@ impl Record {
             paranoia_level: v.pointer("/meta/paranoia_level").and_then(Value::as_u64),
             has_response: v.get("response").is_some_and(|r| !r.is_null()),
             raw: false,
+            wire: None,
         };
         if let Some(body) = v.get("body").and_then(Value::as_str) {
             record.body = Some(
@@ -72,8 +88,33 @@ impl Record {
                 record.body = body;
                 record.raw = true;
             }
+            record.wire = Some(bytes);
         }
         Ok(record)
+    }
+
+    /// The request as sent: `raw_request_b64` verbatim, else request line, headers and body
+    /// exactly as the record gives them, plus a Content-Length when there is a body and neither
+    /// Content-Length nor Transfer-Encoding is given.
+    pub fn to_wire(&self) -> Vec<u8> {
+        if let Some(wire) = &self.wire {
+            return wire.clone();
+        }
+        let version = self.version.as_deref().unwrap_or("HTTP/1.1");
+        let mut out = format!("{} {} {version}\r\n", self.method, self.target).into_bytes();
+        for (name, value) in &self.headers {
+            out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+        }
+        let body = self.body.as_deref().unwrap_or_default();
+        let framed = self.headers.iter().any(|(k, _)| {
+            k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("transfer-encoding")
+        });
+        if !body.is_empty() && !framed {
+            out.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(body);
+        out
     }
 
     pub fn is_benign(&self) -> bool {
@@ -88,6 +129,62 @@ impl Record {
     pub fn is_response_side(&self) -> bool {
         RESPONSE_SIDE.contains(&self.category.as_str()) || (self.is_benign() && self.has_response)
     }
+}
+
+/// The names of the top-level `headers` object, in the order the line has them. A small scan
+/// over the JSON text (strings, nesting); empty when the line has no such object.
+fn header_order(line: &str) -> Vec<String> {
+    let b = line.as_bytes();
+    let mut containers: Vec<u8> = Vec::new();
+    let mut expect_key = false;
+    let mut top_key = String::new();
+    let mut in_headers = false;
+    let mut names = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                let start = i;
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+                if expect_key {
+                    let key = line
+                        .get(start..=i)
+                        .and_then(|raw| serde_json::from_str::<String>(raw).ok())
+                        .unwrap_or_default();
+                    match containers.len() {
+                        1 => top_key = key,
+                        2 if in_headers => names.push(key),
+                        _ => {}
+                    }
+                }
+                expect_key = false;
+            }
+            b'{' => {
+                containers.push(b'{');
+                expect_key = true;
+                if containers.len() == 2 {
+                    in_headers = top_key == "headers";
+                }
+            }
+            b'[' => {
+                containers.push(b'[');
+                expect_key = false;
+            }
+            b'}' | b']' => {
+                containers.pop();
+                if containers.len() < 2 {
+                    in_headers = false;
+                }
+            }
+            b',' => expect_key = containers.last() == Some(&b'{'),
+            _ => {}
+        }
+        i += 1;
+    }
+    names
 }
 
 type RawRequest = (String, String, Vec<(String, String)>, Option<Vec<u8>>);
@@ -197,6 +294,25 @@ mod tests {
         assert_eq!(r.body.as_deref(), Some(&br#"{"a":"b"}"#[..]));
         assert_eq!(r.paranoia_level, Some(2));
         assert!(!r.is_response_side() && !r.raw);
+        assert_eq!(
+            r.to_wire(),
+            b"POST /p?q=1 HTTP/1.1\r\nContent-Type: application/json\r\nX-N: 1\r\nContent-Length: 9\r\n\r\n{\"a\":\"b\"}"
+        );
+    }
+
+    #[test]
+    fn headers_keep_wire_order_and_the_version_is_sent_as_given() {
+        let r = Record::parse(
+            r#"{"source":"s","id":"o","category":"sqli","method":"GET","uri":"/","version":"HTTP/1.0", "headers": {"Zeta": "a\"}", "Host": "h", "Alpha": "{\"Host\": 1}"},"body":null,"meta":{"headers":{"B":"1"}}}"#,
+        )
+        .unwrap();
+        let names: Vec<&str> = r.headers.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["Zeta", "Host", "Alpha"]);
+        assert_eq!(
+            r.to_wire(),
+            b"GET / HTTP/1.0\r\nZeta: a\"}\r\nHost: h\r\nAlpha: {\"Host\": 1}\r\n\r\n"
+        );
+        assert!(header_order(r#"{"id":"x","meta":{"headers":{"B":"1"}}}"#).is_empty());
     }
 
     #[test]
@@ -211,6 +327,7 @@ mod tests {
         assert_eq!((r.method.as_str(), r.target.as_str()), ("POST", "/x?a=%27"));
         assert_eq!(r.body.as_deref(), Some(&b"abcde"[..]));
         assert_eq!(r.headers[0], ("Host".to_string(), "h".to_string()));
+        assert_eq!(r.to_wire(), raw, "raw requests are replayed verbatim");
     }
 
     #[test]
