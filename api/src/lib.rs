@@ -8,6 +8,7 @@
 #![allow(clippy::duplicated_attributes)]
 
 pub mod crdgen;
+pub mod duration;
 pub mod openapi;
 pub mod v1alpha1;
 

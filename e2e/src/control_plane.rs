@@ -235,6 +235,17 @@ current-context: palisade-e2e
         &self.root
     }
 
+    /// Where this test's agents pin their enforcement maps and links (on bpffs, one directory
+    /// per control plane, removed with it), below it one per node.
+    pub fn bpf_pin_dir(&self, node: &str) -> PathBuf {
+        let id = self
+            .root
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Path::new(BPF_PIN_ROOT).join(id).join(node)
+    }
+
     /// The CA certificate that signed the serving and client certificates.
     pub fn ca_cert_path(&self) -> Option<&Path> {
         self.pki.as_ref().map(|p| p.ca_cert.as_path())
@@ -339,10 +350,17 @@ current-context: palisade-e2e
     }
 }
 
+/// bpffs directory under which e2e agents pin (see [`ControlPlane::bpf_pin_dir`]).
+const BPF_PIN_ROOT: &str = "/sys/fs/bpf/palisade-e2e";
+
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         while let Some(mut p) = self.processes.pop() {
             p.kill();
+        }
+        // Unpinning releases the maps and the enforcement links (agents are stopped by now).
+        if let Some(pins) = self.bpf_pin_dir("x").parent() {
+            let _ = std::fs::remove_dir_all(pins);
         }
         if let Some(dir) = self.dir.take() {
             if std::env::var_os(KEEP_ENV).is_some() {

@@ -134,6 +134,9 @@ pub fn start_agent_with_metrics(
     if !extra.contains(&"--operator") {
         cmd.args(["--operator", &operator.url()]);
     }
+    if !extra.contains(&"--bpf-pin-dir") {
+        cmd.arg("--bpf-pin-dir").arg(cp.bpf_pin_dir(node));
+    }
     let agent = ChildGuard::spawn(name, &mut cmd, &cp.dir().join(format!("{name}.log")))?;
     Ok((agent, metrics))
 }

@@ -221,8 +221,48 @@ impl CaptureCounters {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Enforcement: a `cgroup_skb` ingress program on each protected pod's cgroup drops packets from
+// blocked sources. Its maps are pinned in bpffs by the agent, and its links too, so that blocks
+// stay enforced when the agent dies and a restarted agent adopts them.
+
+/// The enforcement program (cgroup_skb ingress).
+pub const PROG_ENFORCE_INGRESS: &str = "palisade_enforce_ingress";
+/// `HashMap<BlockKey, BlockValue>`: blocked sources per protected pod cgroup.
+pub const MAP_BLOCKED_SOURCES: &str = "BLOCKED_SOURCES";
+/// `Array<u64>` with one entry: how many entries `BLOCKED_SOURCES` holds. While it is 0 the
+/// program passes every packet without looking further.
+pub const MAP_ENFORCE_ACTIVE: &str = "ENFORCE_ACTIVE";
+/// Most blocked (pod, source) pairs per node.
+pub const BLOCKED_SOURCES_MAX_ENTRIES: u32 = 16384;
+/// Cgroup levels the program walks up from a socket's cgroup to find the protected pod's
+/// (kubelet puts pods 2 or 3 levels below the root, containers one below their pod).
+pub const ENFORCE_MAX_CGROUP_LEVEL: u32 = 8;
+
+/// A blocked source of one protected pod: the pod's cgroup id (the inode of its cgroup v2
+/// directory) and the source address, IPv4 as IPv4-mapped IPv6 (`::ffff:a.b.c.d`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BlockKey {
+    pub cgroup_id: u64,
+    pub addr: [u8; 16],
+}
+
+/// Until when a source is blocked, and how many of its packets were dropped.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BlockValue {
+    /// `CLOCK_MONOTONIC` (bpf_ktime_get_ns) time at which the block ends; the program stops
+    /// dropping then, even if nobody removes the entry.
+    pub expires_ns: u64,
+    /// Packets dropped (updated by the program, atomically).
+    pub dropped_packets: u64,
+}
+
 #[cfg(feature = "user")]
 mod user {
+    unsafe impl aya::Pod for super::BlockKey {}
+    unsafe impl aya::Pod for super::BlockValue {}
     // SAFETY: plain-old-data, #[repr(C)], no padding holes left implicit, every bit pattern valid.
     unsafe impl aya::Pod for super::CaptureHeader {}
     unsafe impl aya::Pod for super::CaptureRecord {}

@@ -22,17 +22,17 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_probe_read_user,
         generated::{
             bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_probe_read_user as bpf_probe_read_user_raw,
-            bpf_skb_cgroup_id, bpf_skb_load_bytes,
+            bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id, bpf_skb_load_bytes,
         },
     },
     macros::{cgroup_skb, map, uprobe, uretprobe},
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, RetProbeContext, SkBuffContext},
 };
 use palisade_common::{
-    CaptureCounters, CaptureHeader, CaptureRecord, TlsCallArgs, TlsStreamKey, CAPTURE_RING_BYTES,
-    CHUNK_BYTES, DIRECTION_EGRESS, DIRECTION_INGRESS, FAMILY_IPV4, FAMILY_IPV6, FAMILY_TLS,
-    MAX_CHUNKS_PER_SKB, TCP_FIN, TCP_RST,
+    BlockKey, BlockValue, CaptureCounters, CaptureHeader, CaptureRecord, TlsCallArgs, TlsStreamKey,
+    BLOCKED_SOURCES_MAX_ENTRIES, CAPTURE_RING_BYTES, CHUNK_BYTES, DIRECTION_EGRESS, DIRECTION_INGRESS,
+    ENFORCE_MAX_CGROUP_LEVEL, FAMILY_IPV4, FAMILY_IPV6, FAMILY_TLS, MAX_CHUNKS_PER_SKB, TCP_FIN, TCP_RST,
 };
 
 /// Records of TCP payload, see [`CaptureRecord`].
@@ -71,6 +71,85 @@ const MAX_CHUNKS: u64 = MAX_CHUNKS_PER_SKB as u64;
 
 /// Pass verdict for cgroup_skb programs.
 const PASS: i32 = 1;
+/// Drop verdict for cgroup_skb programs.
+const DROP: i32 = 0;
+
+/// Blocked sources per protected pod (pinned by the agent; see palisade_common::BlockKey).
+#[map]
+static BLOCKED_SOURCES: HashMap<BlockKey, BlockValue> =
+    HashMap::with_max_entries(BLOCKED_SOURCES_MAX_ENTRIES, 0);
+
+/// Entries in BLOCKED_SOURCES (index 0); 0 lets every packet pass at the cost of one lookup.
+#[map]
+static ENFORCE_ACTIVE: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Enforcement on a protected pod's cgroup: drops packets from the pod's blocked sources until
+/// their block expires. Attached only where a policy may act; passes everything else.
+#[cgroup_skb(ingress)]
+pub fn palisade_enforce_ingress(ctx: SkBuffContext) -> i32 {
+    if enforce_blocks(&ctx) {
+        DROP
+    } else {
+        PASS
+    }
+}
+
+/// Whether the packet comes from a source blocked for the pod the receiving socket belongs to.
+#[inline(always)]
+fn enforce_blocks(ctx: &SkBuffContext) -> bool {
+    match ENFORCE_ACTIVE.get(0) {
+        Some(n) if *n > 0 => {}
+        _ => return false,
+    }
+    let mut key = BlockKey {
+        cgroup_id: 0,
+        addr: [0; 16],
+    };
+    let Ok(first) = ctx.load::<u8>(0) else {
+        return false;
+    };
+    match first >> 4 {
+        4 => {
+            let Ok(src) = ctx.load::<[u8; 4]>(12) else {
+                return false;
+            };
+            key.addr[10] = 0xff;
+            key.addr[11] = 0xff;
+            key.addr[12..16].copy_from_slice(&src);
+        }
+        6 => {
+            let Ok(src) = ctx.load::<[u8; 16]>(8) else {
+                return false;
+            };
+            key.addr = src;
+        }
+        _ => return false,
+    }
+    // SAFETY: helper call on the program's own skb.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let skb = ctx.skb.skb;
+    for level in 1..=ENFORCE_MAX_CGROUP_LEVEL {
+        // SAFETY: helper call on the program's own skb; 0 means no cgroup at that level.
+        let id = unsafe { bpf_skb_ancestor_cgroup_id(skb, level as i32) };
+        if id == 0 {
+            break;
+        }
+        key.cgroup_id = id;
+        if let Some(value) = BLOCKED_SOURCES.get_ptr_mut(&key) {
+            // SAFETY: the pointer comes from a successful lookup. The drop counter is a plain
+            // add (the BPF target's core has no atomics): concurrent drops on several CPUs may
+            // lose increments, so it is a lower bound.
+            unsafe {
+                if now < (*value).expires_ns {
+                    (*value).dropped_packets += 1;
+                    return true;
+                }
+            }
+            return false;
+        }
+    }
+    false
+}
 
 #[cgroup_skb(ingress)]
 pub fn palisade_capture_ingress(ctx: SkBuffContext) -> i32 {

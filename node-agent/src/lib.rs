@@ -8,6 +8,7 @@ pub mod http;
 pub mod metrics;
 pub mod openapi;
 pub mod redact;
+pub mod response;
 pub mod runtime;
 pub mod template;
 pub mod workloads;

@@ -28,6 +28,10 @@ struct Args {
     /// Where the BPF file system is (or is to be mounted).
     #[arg(long, default_value = "/sys/fs/bpf")]
     bpffs: PathBuf,
+    /// Where enforcement pins its maps and links (blocks survive the agent): default
+    /// `<bpffs>/palisade`.
+    #[arg(long)]
+    bpf_pin_dir: Option<PathBuf>,
     /// Do not mount bpffs or tracefs when they are missing.
     #[arg(long)]
     no_mount: bool,
@@ -83,6 +87,30 @@ impl CaptureBackend for KernelCapture {
     }
     fn detach(&mut self, cgroup_dir: &Path) -> Result<(), String> {
         self.probes.detach_cgroup(cgroup_dir).map_err(|e| e.to_string())
+    }
+    fn enforce_pod(&mut self, pod_uid: &str, cgroup_dir: &Path) -> Result<bool, String> {
+        self.probes
+            .enforce_cgroup(pod_uid, cgroup_dir)
+            .map(|a| a == palisade_node_agent::capture::EnforcementAttach::Adopted)
+            .map_err(|e| e.to_string())
+    }
+    fn release_pod(&mut self, pod_uid: &str) {
+        self.probes.release_cgroup(pod_uid);
+    }
+    fn pinned_enforcement_pods(&mut self) -> Vec<String> {
+        self.probes.pinned_enforcement_pods()
+    }
+    fn block(&mut self, key: palisade_common::BlockKey, expires_ns: u64) -> Result<(), String> {
+        self.probes.block(key, expires_ns).map_err(|e| e.to_string())
+    }
+    fn unblock(&mut self, key: &palisade_common::BlockKey) -> Result<u64, String> {
+        self.probes.unblock(key).map_err(|e| e.to_string())
+    }
+    fn blocks(&mut self) -> Vec<(palisade_common::BlockKey, palisade_common::BlockValue)> {
+        self.probes.blocks().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "reading the blocked-sources map");
+            vec![]
+        })
     }
     fn counters(&self) -> CaptureCounters {
         let mut c = self.probes.counters().unwrap_or_default();
@@ -195,7 +223,16 @@ async fn main() -> anyhow::Result<()> {
     }
     let cgroup_root = args.cgroup_root.clone().or(features.cgroup2_root.clone());
     let mut ring: Option<CaptureRing> = None;
-    let backend = match CaptureProbes::load() {
+    let pin_dir = args
+        .bpf_pin_dir
+        .clone()
+        .unwrap_or_else(|| args.bpffs.join("palisade"));
+    // Without a usable pin directory, capture still runs; enforcement then reports why not.
+    let loaded = CaptureProbes::load_pinned(Some(&pin_dir)).or_else(|e| {
+        tracing::error!(error = %e, pin_dir = %pin_dir.display(), "enforcement maps could not be pinned; loading capture without enforcement");
+        CaptureProbes::load()
+    });
+    let backend = match loaded {
         Ok(mut probes) => match probes.take_ring() {
             Ok(r) => {
                 ring = Some(r);
@@ -283,7 +320,10 @@ async fn main() -> anyhow::Result<()> {
                     runtime.metrics().dropped("malformed_record", ring.bad_records());
                 }
             }
-            _ = report.tick() => send_report = true,
+            _ = report.tick() => {
+                runtime.expire_actions(clock_ns(libc::CLOCK_MONOTONIC) as u64);
+                send_report = true;
+            }
             _ = housekeeping.tick() => runtime.housekeeping(clock_ns(libc::CLOCK_MONOTONIC) as u64),
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,

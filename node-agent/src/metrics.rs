@@ -58,6 +58,7 @@ pub struct AgentMetrics {
     kernel: Family<ReasonLabels, Counter<u64, AtomicU64>>,
     dropped: Family<ReasonLabels, Counter<u64, AtomicU64>>,
     attached_pods: Gauge,
+    blocked_sources: Gauge,
     connections: Gauge,
     drained: Counter,
     /// Endpoint label sets seen so far, by an Fx hash of their parts, with their metric handles:
@@ -115,6 +116,12 @@ impl AgentMetrics {
             "Pods with capture attached on this node",
             attached_pods.clone(),
         );
+        let blocked_sources = Gauge::default();
+        registry.register(
+            "blocked_sources",
+            "Sources whose traffic to a protected pod the kernel drops now (blockSource, enforce mode)",
+            blocked_sources.clone(),
+        );
         let drained = Counter::default();
         registry.register(
             "records_drained",
@@ -135,6 +142,7 @@ impl AgentMetrics {
             kernel,
             dropped,
             attached_pods,
+            blocked_sources,
             connections,
             drained,
             series: Arc::new(Mutex::new(rustc_hash::FxHashMap::default())),
@@ -242,6 +250,10 @@ impl AgentMetrics {
     /// Counts records read from the ring buffer.
     pub fn drained(&self, n: u64) {
         self.drained.inc_by(n);
+    }
+
+    pub fn set_blocked_sources(&self, n: usize) {
+        self.blocked_sources.set(n as i64);
     }
 
     pub fn set_attached_pods(&self, n: usize) {

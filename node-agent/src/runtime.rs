@@ -11,13 +11,14 @@ use crate::http::{CaptureLimits, Exchange, HttpEvent, HttpTracker, PodRole, Requ
 use crate::metrics::AgentMetrics;
 use crate::openapi::OpenApiIndex;
 use crate::redact::{self, Redactor};
+use crate::response::{BlockRequest, Responder};
 use crate::template::template_path;
 use crate::workloads::find_pod_cgroup;
 use palisade_api::agent::{
     AgentReport, CaptureStats, EndpointDelta, FeatureProbe, Finding, MonitorConfig, MonitorReport,
     NodeConfig, ObjectRef, PolicyReport, RuleConfig, TlsCoverage,
 };
-use palisade_common::{CaptureCounters, CaptureHeader};
+use palisade_common::{BlockKey, BlockValue, CaptureCounters, CaptureHeader};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
@@ -36,12 +37,48 @@ pub trait CaptureBackend {
         Err("TLS capture is not available on this agent".into())
     }
     fn detach_tls(&mut self, _pid: u32) {}
+    /// Attaches (or adopts, after a restart) the enforcement program on a protected pod's cgroup;
+    /// `Ok(true)` when it was adopted.
+    fn enforce_pod(&mut self, _pod_uid: &str, _cgroup_dir: &Path) -> Result<bool, String> {
+        Err("enforcement is not available on this agent".into())
+    }
+    /// Detaches the enforcement program from a pod (also one pinned by an earlier agent).
+    fn release_pod(&mut self, _pod_uid: &str) {}
+    /// Pods with enforcement pinned by an earlier agent and not adopted.
+    fn pinned_enforcement_pods(&mut self) -> Vec<String> {
+        vec![]
+    }
+    /// Drops `key`'s traffic until `expires_ns` (CLOCK_MONOTONIC).
+    fn block(&mut self, _key: BlockKey, _expires_ns: u64) -> Result<(), String> {
+        Err("enforcement is not available on this agent".into())
+    }
+    /// Ends a block; returns the packets it dropped.
+    fn unblock(&mut self, _key: &BlockKey) -> Result<u64, String> {
+        Ok(0)
+    }
+    /// The kernel's blocks (including an earlier agent's).
+    fn blocks(&mut self) -> Vec<(BlockKey, BlockValue)> {
+        vec![]
+    }
 }
 
 /// Finds the OpenSSL library a process maps (replaceable in tests).
 pub type LibsslFinder = fn(u32) -> Option<PathBuf>;
 
 type Key = (String, String);
+
+/// CLOCK_MONOTONIC in ns: the clock of capture timestamps and of the kernel's block expiries.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
 
 /// Wall-clock milliseconds, for findings that do not come from a captured packet.
 struct SystemTimeMs;
@@ -96,6 +133,17 @@ struct CompiledPolicy {
     /// state across configurations that leave the rule unchanged).
     rules: Vec<(RuleConfig, CompiledRule)>,
     errors: Vec<String>,
+    /// `mode: enforce`: actions act; in audit mode they are only recorded.
+    enforce: bool,
+}
+
+impl CompiledPolicy {
+    /// Whether some rule blocks sources (its pods need the enforcement program in enforce mode).
+    fn blocks_sources(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|(cfg, _)| cfg.actions.iter().any(|a| a.r#type == "blockSource"))
+    }
 }
 
 /// Adds one occurrence of a finding to the pending findings of its policy.
@@ -186,6 +234,11 @@ pub struct Runtime<B: CaptureBackend> {
     find_libssl: LibsslFinder,
     /// Whether the record being processed is TLS plaintext (from uprobes).
     record_is_tls: bool,
+    responder: Responder,
+    /// Pods (UIDs) with the enforcement program attached.
+    enforced_pods: HashSet<String>,
+    /// The kernel's blocks left by an earlier agent were reconciled (on the first config).
+    adopted: bool,
 }
 
 /// The source of a finding seen in TLS plaintext: uprobes do not see the peer's address.
@@ -242,6 +295,9 @@ impl<B: CaptureBackend> Runtime<B> {
             tls_coverage: HashMap::new(),
             find_libssl: crate::capture::tls::find_libssl,
             record_is_tls: false,
+            responder: Responder::new(clock_offset_ns),
+            enforced_pods: HashSet::new(),
+            adopted: false,
         }
     }
 
@@ -519,7 +575,24 @@ impl<B: CaptureBackend> Runtime<B> {
                         ));
                     }
                 }
+                for (cfg, _) in &rules {
+                    for action in &cfg.actions {
+                        match action.r#type.as_str() {
+                            "alert" => {}
+                            "blockSource" if action.ttl_ms == 0 => errors.push(format!(
+                                "rule {}: blockSource needs a ttl (more than 0s)",
+                                cfg.name
+                            )),
+                            "blockSource" => {}
+                            other => errors.push(format!(
+                                "rule {}: action {other} is not implemented by this agent version yet",
+                                cfg.name
+                            )),
+                        }
+                    }
+                }
                 CompiledPolicy {
+                    enforce: p.mode == "enforce",
                     reference: p.policy.clone().unwrap_or_default(),
                     monitors: p.monitors.iter().cloned().collect(),
                     pod_uids: p.pod_uids.iter().cloned().collect(),
@@ -539,7 +612,153 @@ impl<B: CaptureBackend> Runtime<B> {
             .collect();
         self.applied_version = config.version;
         self.config = config;
+        self.sync_enforcement();
         self.sync_tls();
+    }
+
+    /// Attaches the enforcement program to the pods of enforcing policies that block sources,
+    /// detaches it elsewhere, ends blocks that lost their policy or pod, and (once, after start)
+    /// adopts or removes the kernel's blocks left by an earlier agent.
+    fn sync_enforcement(&mut self) {
+        let mut wanted: BTreeMap<String, usize> = BTreeMap::new();
+        for (i, policy) in self.policies.iter().enumerate() {
+            if policy.enforce && policy.blocks_sources() {
+                for uid in policy
+                    .pod_uids
+                    .iter()
+                    .filter(|u| self.attachments.contains_key(*u))
+                {
+                    wanted.entry(uid.clone()).or_insert(i);
+                }
+            }
+        }
+        if let Some(backend) = self.backend.as_mut() {
+            for (uid, policy) in &wanted {
+                if self.enforced_pods.contains(uid) {
+                    continue;
+                }
+                let Some(att) = self.attachments.get(uid) else {
+                    continue;
+                };
+                match backend.enforce_pod(uid, &att.cgroup_dir) {
+                    Ok(adopted) => {
+                        tracing::info!(pod_uid = %uid, adopted, "enforcement attached");
+                        self.enforced_pods.insert(uid.clone());
+                    }
+                    Err(e) => {
+                        if let Some(p) = self.policies.get_mut(*policy) {
+                            p.errors
+                                .push(format!("enforcement not attached to pod {uid}: {e}"));
+                        }
+                    }
+                }
+            }
+            let stale: Vec<String> = self
+                .enforced_pods
+                .iter()
+                .filter(|u| !wanted.contains_key(*u))
+                .cloned()
+                .chain(
+                    backend
+                        .pinned_enforcement_pods()
+                        .into_iter()
+                        .filter(|u| !wanted.contains_key(u)),
+                )
+                .collect();
+            for uid in stale {
+                backend.release_pod(&uid);
+                self.enforced_pods.remove(&uid);
+                tracing::info!(pod_uid = %uid, "enforcement detached");
+            }
+        }
+        // Who protects each enforced cgroup now: (policy, first blocking rule, pod).
+        let owners: HashMap<u64, (ObjectRef, String, String, String)> = wanted
+            .iter()
+            .filter_map(|(uid, i)| {
+                let att = self.attachments.get(uid)?;
+                let policy = self.policies.get(*i)?;
+                let rule = policy
+                    .rules
+                    .iter()
+                    .find(|(cfg, _)| cfg.actions.iter().any(|a| a.r#type == "blockSource"))
+                    .map(|(cfg, _)| cfg.name.clone())?;
+                let pod = self.by_cgroup.get(&att.cgroup_id)?;
+                Some((
+                    att.cgroup_id,
+                    (
+                        policy.reference.clone(),
+                        rule,
+                        pod.namespace.clone(),
+                        pod.name.clone(),
+                    ),
+                ))
+            })
+            .collect();
+        let now = monotonic_ns();
+        if !self.adopted {
+            self.adopted = true;
+            if let Some(backend) = self.backend.as_mut() {
+                let entries = backend.blocks();
+                self.responder
+                    .adopt(backend, entries, &|cgroup| owners.get(&cgroup).cloned(), now);
+            }
+        }
+        let enforcing: HashSet<(String, String)> = self
+            .policies
+            .iter()
+            .map(|p| (p.reference.namespace.clone(), p.reference.name.clone()))
+            .collect();
+        let protected: HashSet<u64> = self.attachments.values().map(|a| a.cgroup_id).collect();
+        self.responder.release_others(
+            self.backend.as_mut(),
+            &|policy: &ObjectRef, cgroup| {
+                enforcing.contains(&(policy.namespace.clone(), policy.name.clone()))
+                    && protected.contains(&cgroup)
+            },
+            now,
+        );
+    }
+
+    /// Ends the blocks whose TTL passed and reports them.
+    pub fn expire_actions(&mut self, now_ns: u64) {
+        self.responder.expire(self.backend.as_mut(), now_ns);
+        self.metrics.set_blocked_sources(self.responder.active());
+    }
+
+    /// Carries out the actions of a rule that fired on `req`.
+    fn respond(&mut self, policy: usize, rule: usize, pod: &WatchedPod, req: &Request) {
+        let Some(p) = self.policies.get(policy) else {
+            return;
+        };
+        let Some((cfg, _)) = p.rules.get(rule) else { return };
+        let Some(att) = self.attachments.get(&pod.uid) else {
+            return;
+        };
+        for action in cfg
+            .actions
+            .iter()
+            .filter(|a| a.r#type == "blockSource" && a.ttl_ms > 0)
+        {
+            if self.record_is_tls {
+                // Uprobes do not see the peer's address: nothing to block.
+                continue;
+            }
+            self.responder.block_source(
+                self.backend.as_mut(),
+                BlockRequest {
+                    policy: &p.reference,
+                    rule: &cfg.name,
+                    enforce: p.enforce,
+                    pod_namespace: &pod.namespace,
+                    pod_name: &pod.name,
+                    cgroup_id: att.cgroup_id,
+                    source: req.remote.0,
+                    ttl_ns: action.ttl_ms.saturating_mul(1_000_000),
+                },
+                monotonic_ns().max(req.timestamp_ns),
+            );
+        }
+        self.metrics.set_blocked_sources(self.responder.active());
     }
 
     fn monitor(&self, index: usize) -> Option<&MonitorConfig> {
@@ -653,13 +872,14 @@ impl<B: CaptureBackend> Runtime<B> {
         let now_ms = self.unix_ms(req.timestamp_ns);
         let template = template_path(&req.target);
         let (source, traffic) = self.source_of(req);
-        for policy in &self.policies {
+        let mut triggered = vec![];
+        for (pi, policy) in self.policies.iter().enumerate() {
             if !policy.pod_uids.contains(&pod.uid)
                 || !watched_by.iter().any(|(m, _)| policy.monitors.contains(m))
             {
                 continue;
             }
-            for (_, rule) in &policy.rules {
+            for (ri, (_, rule)) in policy.rules.iter().enumerate() {
                 let Some(detection) = rule.evaluate_with(&view, &inputs) else {
                     continue;
                 };
@@ -681,7 +901,11 @@ impl<B: CaptureBackend> Runtime<B> {
                     last_seen_unix_ms: now_ms,
                 };
                 record_finding(&mut self.findings, &self.metrics, &policy.reference, fresh);
+                triggered.push((pi, ri));
             }
+        }
+        for (pi, ri) in triggered {
+            self.respond(pi, ri, pod, req);
         }
     }
 
@@ -747,7 +971,8 @@ impl<B: CaptureBackend> Runtime<B> {
             response_body: Some(&ex.response.body),
             now_ns: req.timestamp_ns,
         };
-        for policy in &mut self.policies {
+        let mut triggered = vec![];
+        for (pi, policy) in self.policies.iter_mut().enumerate() {
             if !policy.pod_uids.contains(&pod.uid)
                 || !watched_by.iter().any(|(m, _)| policy.monitors.contains(m))
             {
@@ -758,7 +983,7 @@ impl<B: CaptureBackend> Runtime<B> {
                 .iter()
                 .filter(|(m, _)| policy.monitors.contains(m))
                 .find_map(|(_, i)| self.openapi.get(*i).and_then(Option::as_ref));
-            for (_, rule) in &mut policy.rules {
+            for (ri, (_, rule)) in policy.rules.iter_mut().enumerate() {
                 let Some(detection) = rule.evaluate_exchange(&view, openapi) else {
                     continue;
                 };
@@ -780,7 +1005,11 @@ impl<B: CaptureBackend> Runtime<B> {
                     last_seen_unix_ms: now_ms,
                 };
                 record_finding(&mut self.findings, &self.metrics, &policy.reference, fresh);
+                triggered.push((pi, ri));
             }
+        }
+        for (pi, ri) in triggered {
+            self.respond(pi, ri, pod, req);
         }
     }
 
@@ -882,16 +1111,21 @@ impl<B: CaptureBackend> Runtime<B> {
             });
         }
         let mut findings = std::mem::take(&mut self.findings);
+        let mut actions = self.responder.take();
         let mut policies: Vec<PolicyReport> = self
             .policies
             .iter()
-            .map(|p| PolicyReport {
-                policy: Some(p.reference.clone()),
-                errors: p.errors.clone(),
-                findings: findings
-                    .remove(&(p.reference.namespace.clone(), p.reference.name.clone()))
-                    .map(|m| m.into_values().collect())
-                    .unwrap_or_default(),
+            .map(|p| {
+                let k = (p.reference.namespace.clone(), p.reference.name.clone());
+                PolicyReport {
+                    policy: Some(p.reference.clone()),
+                    errors: p.errors.clone(),
+                    findings: findings
+                        .remove(&k)
+                        .map(|m| m.into_values().collect())
+                        .unwrap_or_default(),
+                    actions: actions.remove(&k).unwrap_or_default(),
+                }
             })
             .collect();
         // Findings of policies that left this node's configuration since they were raised are
@@ -900,14 +1134,32 @@ impl<B: CaptureBackend> Runtime<B> {
             findings
                 .into_iter()
                 .filter(|(_, f)| !f.is_empty())
-                .map(|((namespace, name), f)| PolicyReport {
+                .map(|((namespace, name), f)| {
+                    let k = (namespace, name);
+                    PolicyReport {
+                        actions: actions.remove(&k).unwrap_or_default(),
+                        policy: Some(ObjectRef {
+                            namespace: k.0,
+                            name: k.1,
+                            generation: 0,
+                        }),
+                        errors: vec![],
+                        findings: f.into_values().collect(),
+                    }
+                }),
+        );
+        // And actions (releases) of policies that left the configuration.
+        policies.extend(
+            actions
+                .into_iter()
+                .map(|((namespace, name), actions)| PolicyReport {
                     policy: Some(ObjectRef {
                         namespace,
                         name,
                         generation: 0,
                     }),
-                    errors: vec![],
-                    findings: f.into_values().collect(),
+                    actions,
+                    ..Default::default()
                 }),
         );
         // Likewise endpoint counts of monitors that left the configuration.
@@ -1033,6 +1285,9 @@ impl<B: CaptureBackend> Runtime<B> {
             }
         }
         for p in report.policies {
+            if let Some(policy) = &p.policy {
+                self.responder.restore(policy, p.actions);
+            }
             let k = key(&p.policy);
             let map = self.findings.entry(k).or_default();
             for f in p.findings {
@@ -1060,6 +1315,9 @@ mod tests {
         attached: Vec<PathBuf>,
         tls_pids: std::rc::Rc<std::cell::RefCell<Vec<u32>>>,
         lost: std::rc::Rc<std::cell::Cell<u64>>,
+        /// The kernel's blocked-sources map, as the fake holds it.
+        blocked: std::rc::Rc<std::cell::RefCell<HashMap<BlockKey, u64>>>,
+        enforced: Vec<String>,
     }
 
     impl CaptureBackend for FakeBackend {
@@ -1091,6 +1349,103 @@ mod tests {
                 ..Default::default()
             }
         }
+        fn enforce_pod(&mut self, pod_uid: &str, _dir: &Path) -> Result<bool, String> {
+            self.enforced.push(pod_uid.to_string());
+            Ok(false)
+        }
+        fn release_pod(&mut self, pod_uid: &str) {
+            self.enforced.retain(|u| u != pod_uid);
+        }
+        fn block(&mut self, key: BlockKey, expires_ns: u64) -> Result<(), String> {
+            self.blocked.borrow_mut().insert(key, expires_ns);
+            Ok(())
+        }
+        fn unblock(&mut self, key: &BlockKey) -> Result<u64, String> {
+            Ok(self.blocked.borrow_mut().remove(key).map(|_| 3).unwrap_or(0))
+        }
+        fn blocks(&mut self) -> Vec<(BlockKey, BlockValue)> {
+            self.blocked
+                .borrow()
+                .iter()
+                .map(|(k, e)| {
+                    (
+                        *k,
+                        BlockValue {
+                            expires_ns: *e,
+                            dropped_packets: 0,
+                        },
+                    )
+                })
+                .collect()
+        }
+    }
+
+    #[test]
+    fn block_source_in_audit_then_enforce_mode_with_expiry_and_release() {
+        let root = std::env::temp_dir().join(format!("palisade-runtime-block-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("kubepods/besteffort/poduid-a")).expect("mkdir");
+        let mut rt = runtime(&root);
+        let blocked = rt.backend_mut().map(|b| b.blocked.clone()).expect("backend");
+        let with_mode = |version: u64, mode: &str| {
+            let mut c = config(version, vec![target("uid-a", "a")]);
+            c.policies[0].mode = mode.into();
+            c.policies[0].rules = vec![RuleConfig {
+                name: "traversal".into(),
+                detector: "pathTraversal".into(),
+                severity: "high".into(),
+                actions: vec![palisade_api::agent::ActionConfig {
+                    r#type: "blockSource".into(),
+                    ttl_ms: 60_000,
+                }],
+                ..Default::default()
+            }];
+            c
+        };
+        let attack = |rt: &mut Runtime<FakeBackend>, seq: u32| {
+            rt.on_record(
+                &record(DIRECTION_INGRESS, seq, 1001, 8080),
+                b"GET /files/..%2f..%2fetc%2fpasswd HTTP/1.1\r\n\r\n",
+            );
+        };
+        rt.apply(with_mode(1, "audit"));
+        attack(&mut rt, 10);
+        assert!(blocked.borrow().is_empty(), "audit mode never blocks");
+        let report = rt.take_report();
+        let a = &report.policies[0].actions;
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert_eq!((a[0].state.as_str(), a[0].enforced, a[0].source.as_str()), ("started", false, "10.0.0.1"));
+
+        rt.apply(with_mode(2, "enforce"));
+        assert_eq!(rt.backend_mut().map(|b| b.enforced.clone()), Some(vec!["uid-a".to_string()]));
+        attack(&mut rt, 100);
+        attack(&mut rt, 200);
+        assert_eq!(blocked.borrow().len(), 1, "one block per source and pod, not per request");
+        let a = rt.take_report().policies.remove(0).actions;
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert_eq!((a[0].state.as_str(), a[0].enforced), ("started", true));
+
+        // Expiry ends it in the kernel map and says so, with the drop count.
+        rt.expire_actions(u64::MAX / 2);
+        assert!(blocked.borrow().is_empty());
+        let a = rt.take_report().policies.remove(0).actions;
+        assert_eq!((a[0].state.as_str(), a[0].dropped_packets), ("expired", 3));
+
+        // A new block, then the policy goes away: released, and the program detached.
+        attack(&mut rt, 300);
+        assert_eq!(blocked.borrow().len(), 1);
+        let mut without = with_mode(3, "enforce");
+        without.policies.clear();
+        rt.apply(without);
+        assert!(blocked.borrow().is_empty(), "a deleted policy's blocks end");
+        assert_eq!(rt.backend_mut().map(|b| b.enforced.len()), Some(0));
+        let released: Vec<String> = rt
+            .take_report()
+            .policies
+            .iter()
+            .flat_map(|p| p.actions.iter().map(|a| a.state.clone()))
+            .collect();
+        assert!(released.contains(&"released".to_string()), "{released:?}");
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     fn target(uid: &str, name: &str) -> WorkloadTarget {

@@ -196,6 +196,7 @@ fn rule_config(rule: &PolicyRule) -> RuleConfig {
         severity: severity
             .map(|s| s.as_str().to_string())
             .unwrap_or_else(|| "medium".into()),
+        actions: vec![],
         r#match: rule.match_.as_ref().map(|m| RequestMatchConfig {
             methods: m.methods.clone().unwrap_or_default(),
             path: string_match(&m.path),
@@ -212,6 +213,30 @@ fn rule_config(rule: &PolicyRule) -> RuleConfig {
             body: string_match(&m.body),
         }),
     }
+}
+
+/// The actions as the agent takes them: TTLs in milliseconds (admission checked their syntax and
+/// bounds; one that still does not parse becomes 0, which the agent refuses with a policy error).
+fn action_configs(
+    actions: &[palisade_api::v1alpha1::PolicyAction],
+) -> Vec<palisade_api::agent::ActionConfig> {
+    actions
+        .iter()
+        .map(|a| palisade_api::agent::ActionConfig {
+            r#type: match a.type_ {
+                palisade_api::v1alpha1::ActionType::Alert => "alert",
+                palisade_api::v1alpha1::ActionType::BlockSource => "blockSource",
+                palisade_api::v1alpha1::ActionType::Isolate => "isolate",
+            }
+            .into(),
+            ttl_ms: a
+                .ttl
+                .as_deref()
+                .and_then(|t| palisade_api::duration::parse_duration_ns(t).ok())
+                .map(|ns| ns / 1_000_000)
+                .unwrap_or(0),
+        })
+        .collect()
 }
 
 /// The desired configuration of every node that hosts a monitored pod, plus an empty one for each
@@ -283,7 +308,19 @@ pub fn compile(
                     monitors: monitor_names.clone(),
                     pod_uids,
                     mode: policy.spec.mode.as_str().to_string(),
-                    rules: policy.spec.rules.iter().map(rule_config).collect(),
+                    rules: policy
+                        .spec
+                        .rules
+                        .iter()
+                        .map(|rule| RuleConfig {
+                            actions: action_configs(if rule.actions.is_empty() {
+                                &policy.spec.default_actions
+                            } else {
+                                &rule.actions
+                            }),
+                            ..rule_config(rule)
+                        })
+                        .collect(),
                 });
             }
         }

@@ -13,7 +13,8 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Resource, ResourceExt};
 use palisade_api::v1alpha1::{
-    ApiPolicy, ApiPolicyStatus, CommonStatus, FindingRecord, FindingsSummary, RuleCount, Severity,
+    ActionStatus, ActionsSummary, ApiPolicy, ApiPolicyStatus, CommonStatus, FindingRecord, FindingsSummary,
+    RuleCount, Severity,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -127,7 +128,130 @@ pub fn desired_status(policy: &ApiPolicy, hub: &Hub) -> ApiPolicyStatus {
         },
         matched_pods: selected.len() as u32,
         findings,
+        actions: actions_summary(&t),
     }
+}
+
+/// Actions in force first (newest first), then the latest ended ones.
+fn actions_summary(t: &crate::state::PolicyTelemetry) -> ActionsSummary {
+    let mut items: Vec<(bool, i64, ActionStatus)> = t
+        .actions
+        .iter()
+        .map(|((node, pod, _, _), (r, since))| {
+            let active = crate::state::action_active(r);
+            let mode = match (r.enforced, r.state.as_str()) {
+                (_, "failed") => "Failed",
+                (true, _) => "Enforced",
+                (false, _) => "Audit",
+            };
+            (
+                active,
+                r.at_unix_ms,
+                ActionStatus {
+                    action: r.action.clone(),
+                    rule: r.rule.clone(),
+                    source: r.source.clone(),
+                    pod: pod.clone(),
+                    node: node.clone(),
+                    mode: mode.into(),
+                    state: if active { "Active" } else { "Ended" }.into(),
+                    last_change: r.state.clone(),
+                    expires: (r.expires_unix_ms > 0).then(|| unix_ms_to_time(r.expires_unix_ms)),
+                    dropped_packets: r.dropped_packets,
+                    detail: r.detail.clone(),
+                    since: unix_ms_to_time(*since),
+                },
+            )
+        })
+        .collect();
+    items.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)));
+    let count = |mode: &str| {
+        items
+            .iter()
+            .filter(|(active, _, s)| *active && s.mode == mode)
+            .count() as u32
+    };
+    ActionsSummary {
+        blocked_sources: count("Enforced"),
+        would_block_sources: count("Audit"),
+        items: items
+            .into_iter()
+            .take(crate::state::MAX_ENDED_ACTIONS)
+            .map(|(_, _, s)| s)
+            .collect(),
+    }
+}
+
+/// Announces action changes: an Event on the policy and on the pod for each.
+async fn announce_actions(ctx: &PolicyContext, policy: &ApiPolicy) -> Result<(), Error> {
+    let key = obj_key(policy);
+    for (node, r) in ctx.hub.take_unannounced_actions(&key) {
+        let (reason, type_, what) = match (r.state.as_str(), r.enforced) {
+            ("failed", _) => ("BlockFailed", EventType::Warning, "could not block"),
+            ("started", true) => ("SourceBlocked", EventType::Warning, "blocked"),
+            ("started", false) => (
+                "WouldBlockSource",
+                EventType::Warning,
+                "would have blocked (audit mode)",
+            ),
+            ("adopted", _) => (
+                "BlockAdopted",
+                EventType::Normal,
+                "still blocks (adopted after an agent restart)",
+            ),
+            ("expired", _) => (
+                "BlockExpired",
+                EventType::Normal,
+                "no longer blocks (TTL expired)",
+            ),
+            _ => ("BlockReleased", EventType::Normal, "no longer blocks (released)"),
+        };
+        let mut note = format!(
+            "rule {}: {what} {} from pod {}/{} on node {node}",
+            r.rule, r.source, r.pod_namespace, r.pod_name
+        );
+        if action_is_timed(&r) {
+            note.push_str(&format!(" until {}", unix_ms_to_time(r.expires_unix_ms).0));
+        }
+        if r.dropped_packets > 0 {
+            note.push_str(&format!("; {} packets dropped", r.dropped_packets));
+        }
+        if !r.detail.is_empty() {
+            note.push_str(&format!("; {}", r.detail));
+        }
+        note.truncate(1000);
+        let pod_ref = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            namespace: Some(r.pod_namespace.clone()),
+            name: Some(r.pod_name.clone()),
+            ..Default::default()
+        };
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "BlockSource".into(),
+            secondary: Some(pod_ref.clone()),
+        };
+        let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+        recorder
+            .publish(&event, &policy.object_ref(&()))
+            .await
+            .map_err(Error::Kube)?;
+        let on_pod = Event {
+            secondary: Some(policy.object_ref(&())),
+            ..event
+        };
+        if let Err(error) = recorder.publish(&on_pod, &pod_ref).await {
+            tracing::warn!(%error, pod = %r.pod_name, "could not record the Event on the pod");
+        }
+    }
+    Ok(())
+}
+
+fn action_is_timed(r: &palisade_api::agent::ActionRecord) -> bool {
+    crate::state::action_active(r) && r.expires_unix_ms > 0
 }
 
 fn top(map: &BTreeMap<String, u64>, n: usize) -> String {
@@ -235,6 +359,7 @@ async fn announce(ctx: &PolicyContext, policy: &ApiPolicy) -> Result<(), Error> 
 #[tracing::instrument(skip_all, fields(policy = %format!("{}/{}", policy.namespace().unwrap_or_default(), policy.name_any())))]
 pub async fn reconcile(policy: Arc<ApiPolicy>, ctx: Arc<PolicyContext>) -> Result<Action, Error> {
     announce(&ctx, &policy).await?;
+    announce_actions(&ctx, &policy).await?;
     let status = desired_status(&policy, &ctx.hub);
     // Compared as JSON, as in the monitor controller (timestamps are stored to the second).
     if serde_json::to_value(&policy.status).ok() != serde_json::to_value(Some(&status)).ok() {

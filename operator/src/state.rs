@@ -77,6 +77,18 @@ pub struct PolicyTelemetry {
     pub recent: VecDeque<NodeFinding>,
     /// Findings not yet announced by an Event, aggregated by (rule, pod); drained by the policy controller.
     pub unannounced: BTreeMap<(String, String), PendingEvent>,
+    /// The latest record of each action, by (node, pod, source, rule), with when it started.
+    pub actions: BTreeMap<(String, String, String, String), (agent::ActionRecord, i64)>,
+    /// Action changes not yet announced by an Event: (node, record).
+    pub actions_unannounced: Vec<(String, agent::ActionRecord)>,
+}
+
+/// Ended actions kept per policy (the ones in force are all kept).
+pub const MAX_ENDED_ACTIONS: usize = 20;
+
+/// Whether an action record leaves its action in force.
+pub fn action_active(r: &agent::ActionRecord) -> bool {
+    matches!(r.state.as_str(), "started" | "adopted" | "extended")
 }
 
 /// Findings waiting for an Event, aggregated.
@@ -369,6 +381,33 @@ impl Hub {
                         .entry(format!("{} {}", f.method, f.path))
                         .or_default() += f.count;
                 }
+                for a in &p.actions {
+                    let id = (
+                        node.clone(),
+                        format!("{}/{}", a.pod_namespace, a.pod_name),
+                        a.source.clone(),
+                        a.rule.clone(),
+                    );
+                    let since = match tele.actions.get(&id) {
+                        Some((_, since)) if action_active(a) && a.state != "started" => *since,
+                        _ => a.at_unix_ms,
+                    };
+                    tele.actions.insert(id, (a.clone(), since));
+                    tele.actions_unannounced.push((node.clone(), a.clone()));
+                }
+                // Bounded: every action in force, and the latest ended ones.
+                let mut ended: Vec<_> = tele
+                    .actions
+                    .iter()
+                    .filter(|(_, (r, _))| !action_active(r))
+                    .map(|(k, (r, _))| (r.at_unix_ms, k.clone()))
+                    .collect();
+                if ended.len() > MAX_ENDED_ACTIONS {
+                    ended.sort();
+                    for (_, k) in &ended[..ended.len() - MAX_ENDED_ACTIONS] {
+                        tele.actions.remove(k);
+                    }
+                }
                 touched_policies.push(key);
             }
             let agent = inner.agents.entry(node.clone()).or_default();
@@ -391,6 +430,7 @@ impl Hub {
                 .into_iter()
                 .map(|mut p| {
                     p.findings.clear();
+                    p.actions.clear();
                     (key_of(&p.policy), p)
                 })
                 .collect();
@@ -473,6 +513,26 @@ impl Hub {
                 },
             });
         }
+        // Actions, so that blocks in force and their history survive an operator restart.
+        for a in &status.actions.items {
+            let (pod_namespace, pod_name) = a.pod.split_once('/').unwrap_or(("", a.pod.as_str()));
+            let since = a.since.0.as_millisecond();
+            let record = agent::ActionRecord {
+                rule: a.rule.clone(),
+                action: a.action.clone(),
+                source: a.source.clone(),
+                pod_namespace: pod_namespace.to_string(),
+                pod_name: pod_name.to_string(),
+                enforced: a.mode == "Enforced",
+                state: a.last_change.clone(),
+                expires_unix_ms: a.expires.as_ref().map(|t| t.0.as_millisecond()).unwrap_or(0),
+                dropped_packets: a.dropped_packets,
+                at_unix_ms: since,
+                detail: a.detail.clone(),
+            };
+            let id = (a.node.clone(), a.pod.clone(), a.source.clone(), a.rule.clone());
+            tele.actions.entry(id).or_insert((record, since));
+        }
     }
 
     pub fn monitor_telemetry(&self, key: &ObjectKey) -> MonitorTelemetry {
@@ -483,7 +543,17 @@ impl Hub {
         let inner = self.lock();
         let mut t = inner.policies.get(key).cloned().unwrap_or_default();
         t.unannounced.clear();
+        t.actions_unannounced.clear();
         t
+    }
+
+    /// Takes the action changes not yet announced by an Event for a policy.
+    pub fn take_unannounced_actions(&self, key: &ObjectKey) -> Vec<(String, agent::ActionRecord)> {
+        self.lock()
+            .policies
+            .get_mut(key)
+            .map(|t| std::mem::take(&mut t.actions_unannounced))
+            .unwrap_or_default()
     }
 
     /// Takes the findings not yet announced by an Event for a policy.

@@ -303,6 +303,51 @@ pub struct ApiPolicyStatus {
     /// Findings, counted exactly, with the most recent ones listed.
     #[serde(default)]
     pub findings: FindingsSummary,
+    /// Actions taken (enforce mode) or that would have been (audit mode): blocks in force and
+    /// the latest ended ones.
+    #[serde(default)]
+    pub actions: ActionsSummary,
+}
+
+/// Bounded summary of actions.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ActionsSummary {
+    /// Sources whose traffic the kernel drops now, all nodes.
+    #[serde(default)]
+    pub blocked_sources: u32,
+    /// Sources that would be blocked now if the policy enforced (audit mode).
+    #[serde(default)]
+    pub would_block_sources: u32,
+    /// Actions in force first, then the most recently ended, at most 20.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<ActionStatus>,
+}
+
+/// One action on one source for one pod.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ActionStatus {
+    /// `blockSource`.
+    pub action: String,
+    pub rule: String,
+    pub source: String,
+    /// namespace/name of the protected pod.
+    pub pod: String,
+    pub node: String,
+    /// `Enforced` (in the kernel), `Audit` (would have been) or `Failed`.
+    pub mode: String,
+    /// `Active` or `Ended`, and how: started, adopted (after an agent restart), expired, released, failed.
+    pub state: String,
+    pub last_change: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<Time>,
+    /// Packets dropped by the block, as of its end (a lower bound).
+    #[serde(default)]
+    pub dropped_packets: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+    pub since: Time,
 }
 
 /// Bounded summary of findings.

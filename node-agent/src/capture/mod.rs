@@ -5,12 +5,14 @@
 //! Every error carries the kernel's reason (the errno text and, for a refused program, the tail of
 //! the verifier log).
 
+mod enforce;
 mod probes;
 mod ring;
 pub mod tls;
 
 use std::{error::Error as StdError, fmt::Write as _, io, path::PathBuf};
 
+pub use enforce::EnforcementAttach;
 pub use probes::CaptureProbes;
 pub use ring::CaptureRing;
 

@@ -14,8 +14,11 @@ use aya::{
     Ebpf, EbpfError,
 };
 use palisade_common::{
-    CaptureCounters, MAP_CAPTURE_COUNTERS, MAP_CAPTURE_RING, PROG_CAPTURE_EGRESS, PROG_CAPTURE_INGRESS,
+    BlockKey, BlockValue, CaptureCounters, MAP_BLOCKED_SOURCES, MAP_CAPTURE_COUNTERS, MAP_CAPTURE_RING,
+    MAP_ENFORCE_ACTIVE, PROG_CAPTURE_EGRESS, PROG_CAPTURE_INGRESS, PROG_ENFORCE_INGRESS,
 };
+
+use super::enforce::{self, Enforcement, EnforcementAttach};
 
 use super::{error_chain, verifier_excerpt, with_permission_hint, CaptureError, CaptureRing};
 
@@ -38,6 +41,8 @@ struct Attachment {
 pub struct CaptureProbes {
     ebpf: Ebpf,
     attached: BTreeMap<PathBuf, Attachment>,
+    /// Enforcement links (pinned), when loaded with a pin directory.
+    enforcement: Option<Enforcement>,
 }
 
 impl std::fmt::Debug for CaptureProbes {
@@ -51,9 +56,25 @@ impl std::fmt::Debug for CaptureProbes {
 impl CaptureProbes {
     /// Loads the embedded object (maps are created) and loads, but does not attach, both programs.
     pub fn load() -> Result<Self, CaptureError> {
+        Self::load_pinned(None)
+    }
+
+    /// Like [`Self::load`]; with a bpffs directory, the enforcement maps are pinned there (and
+    /// reused when an earlier agent pinned them), and enforcement links are pinned below it.
+    pub fn load_pinned(pin_dir: Option<&Path>) -> Result<Self, CaptureError> {
         raise_memlock_limit();
-        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(object_error)?;
-        for name in [PROG_CAPTURE_INGRESS, PROG_CAPTURE_EGRESS] {
+        let mut loader = aya::EbpfLoader::new();
+        let (blocked, active);
+        if let Some(dir) = pin_dir {
+            std::fs::create_dir_all(dir).map_err(|e| CaptureError::Object {
+                reason: format!("creating the pin directory {}: {e}", dir.display()),
+            })?;
+            (blocked, active) = (dir.join(MAP_BLOCKED_SOURCES), dir.join(MAP_ENFORCE_ACTIVE));
+            loader.map_pin_path(MAP_BLOCKED_SOURCES, blocked.as_path());
+            loader.map_pin_path(MAP_ENFORCE_ACTIVE, active.as_path());
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(object_error)?;
+        for name in [PROG_CAPTURE_INGRESS, PROG_CAPTURE_EGRESS, PROG_ENFORCE_INGRESS] {
             let prog = program_mut(&mut ebpf, name)?;
             prog.load().map_err(|e| program_load_error(name, e))?;
         }
@@ -66,7 +87,52 @@ impl CaptureProbes {
         Ok(Self {
             ebpf,
             attached: BTreeMap::new(),
+            enforcement: pin_dir.map(Enforcement::new),
         })
+    }
+
+    fn enforcement(&mut self) -> Result<&mut Enforcement, CaptureError> {
+        self.enforcement.as_mut().ok_or(CaptureError::Object {
+            reason: "enforcement needs a bpffs pin directory (the agent's --bpf-pin-dir)".into(),
+        })
+    }
+
+    /// Attaches (or adopts) the enforcement program on a protected pod's cgroup.
+    pub fn enforce_cgroup(
+        &mut self,
+        pod_uid: &str,
+        cgroup_dir: &Path,
+    ) -> Result<EnforcementAttach, CaptureError> {
+        let enforcement = self.enforcement.as_mut().ok_or(CaptureError::Object {
+            reason: "enforcement needs a bpffs pin directory (the agent's --bpf-pin-dir)".into(),
+        })?;
+        enforcement.attach(&mut self.ebpf, pod_uid, cgroup_dir)
+    }
+
+    /// Detaches the enforcement program from a pod.
+    pub fn release_cgroup(&mut self, pod_uid: &str) {
+        if let Ok(e) = self.enforcement() {
+            e.detach(pod_uid);
+        }
+    }
+
+    /// Pods with enforcement links pinned by an earlier agent and not adopted by this one.
+    pub fn pinned_enforcement_pods(&mut self) -> Vec<String> {
+        self.enforcement().map(|e| e.pinned_pods()).unwrap_or_default()
+    }
+
+    pub fn block(&mut self, key: BlockKey, expires_ns: u64) -> Result<(), CaptureError> {
+        self.enforcement()?;
+        enforce::block(&mut self.ebpf, key, expires_ns)
+    }
+
+    pub fn unblock(&mut self, key: &BlockKey) -> Result<u64, CaptureError> {
+        enforce::unblock(&mut self.ebpf, key)
+    }
+
+    /// The blocked-sources map, as the kernel holds it.
+    pub fn blocks(&mut self) -> Result<Vec<(BlockKey, BlockValue)>, CaptureError> {
+        enforce::blocks(&mut self.ebpf)
     }
 
     /// Attaches ingress and egress capture to a cgroup v2 directory and returns its cgroup id

@@ -298,6 +298,7 @@ impl CompiledRule {
                 .collect(),
             severity: String::new(),
             r#match: None,
+            actions: vec![],
         })
     }
 
@@ -616,6 +617,7 @@ mod tests {
             params: Default::default(),
             severity: "low".into(),
             r#match: Some(m),
+            actions: vec![],
         }
     }
 
