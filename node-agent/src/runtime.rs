@@ -563,6 +563,19 @@ impl<B: CaptureBackend> Runtime<B> {
                             .ok(),
                     })
                     .collect();
+                for (cfg, _) in rules.iter().filter(|(cfg, _)| cfg.detector == "dataExposure") {
+                    let bodies = config.monitors.iter().any(|m| {
+                        m.capture.as_ref().is_some_and(|c| c.bodies)
+                            && p.monitors.iter().any(|name| *name == key(&m.monitor).1)
+                    });
+                    if !bodies {
+                        errors.push(format!(
+                            "rule {}: dataExposure reads response bodies, and none of the policy's monitors ({}) captures them (ApiMonitor spec.capture.bodies)",
+                            cfg.name,
+                            p.monitors.join(", ")
+                        ));
+                    }
+                }
                 for (_, rule) in rules.iter().filter(|(_, r)| r.needs_openapi()) {
                     let has_document = config.monitors.iter().any(|m| {
                         m.openapi_loaded && p.monitors.iter().any(|name| *name == key(&m.monitor).1)

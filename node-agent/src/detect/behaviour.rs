@@ -188,7 +188,9 @@ impl<'a> Params<'a> {
 }
 
 /// Endpoints that authenticate (login, token, OTP...), matched on the templated path.
-const AUTH_ENDPOINTS: &str = r"(?i)(log-?in|sign-?in|auth|token|session|passw(or)?d|otp|2fa|mfa|verify)";
+/// Whole path segments or dash/underscore/dot-separated words, so that `/authors` or
+/// `/footprints` are not authentication endpoints.
+const AUTH_ENDPOINTS: &str = r"(?i)(?:^|[/_.-])(?:log-?in|sign-?in|auth(?:enticate|orize|n)?|oauth2?|token|sessions?|passw(?:or)?d|otp|2fa|mfa|verify)(?:$|[/_.-])";
 const MINUTE_NS: u64 = 60_000_000_000;
 const DEFAULT_MAX_TRACKED: u64 = 10_000;
 
@@ -305,7 +307,11 @@ impl BruteForce {
         }
         let key = hash_of(&[ex.source, ex.request.method, ex.template]);
         let state = self.windows.get(key, ex.now_ns)?;
-        state.attempts += 1;
+        // Successful logins are not attempts to guess (a service renewing its token often is
+        // no attacker); unknown statuses (0) count.
+        if !(200..400).contains(&ex.status) {
+            state.attempts += 1;
+        }
         if matches!(ex.status, 401 | 403) {
             state.failures += 1;
         }
@@ -462,10 +468,13 @@ impl MissingAuth {
                 Some(_) => {}
                 // Only tokens the server accepted are remembered as genuine.
                 None if (200..400).contains(&ex.status) => {
-                    if self.signatures.len() < self.max_tracked {
+                    if self.signatures.len() >= self.max_tracked {
+                        // Every login mints a new token: start over rather than stop learning.
+                        self.untracked += self.signatures.len() as u64;
+                        self.signatures.clear();
+                    }
+                    {
                         self.signatures.insert(claims_key, signature);
-                    } else {
-                        self.untracked += 1;
                     }
                 }
                 None => {}
@@ -544,10 +553,18 @@ pub struct Bola {
 impl Bola {
     fn new(p: &Params) -> Result<Self, String> {
         let window_ns = p.window(MINUTE_NS)?;
+        let distinct_ids = p.number("distinctIds", 10, 2..=1000)?;
+        let max_keys = max_tracked(p)?;
+        // Each key holds up to distinctIds 8-byte hashes: bound the product (16 MB of hashes).
+        if max_keys as u64 * distinct_ids > 2_000_000 {
+            return Err(format!(
+                "params.maxTracked × params.distinctIds of bola must be at most 2000000 (memory), not {max_keys} × {distinct_ids}"
+            ));
+        }
         Ok(Bola {
-            distinct_ids: p.number("distinctIds", 10, 2..=1000)?,
+            distinct_ids,
             window_ns,
-            windows: Windows::new(window_ns, max_tracked(p)?),
+            windows: Windows::new(window_ns, max_keys),
         })
     }
 
@@ -832,6 +849,20 @@ mod tests {
             .collect();
         assert_eq!(hits.len(), 11);
         assert!(hits[0].starts_with("30 attempts from 10.0.0.7"), "{}", hits[0]);
+    }
+
+    #[test]
+    fn brute_force_leaves_token_renewals_and_lookalike_paths_alone() {
+        let mut d = compile("bruteForce", &[]);
+        for i in 0..40 {
+            assert_eq!(ex("POST", "/oauth/token", "10.0.0.5", 200, i * S).run(&mut d), None);
+            assert_eq!(ex("GET", "/authors/7", "10.0.0.5", 403, i * S).run(&mut d), None);
+            assert_eq!(ex("GET", "/footprints", "10.0.0.5", 401, i * S).run(&mut d), None);
+        }
+        let params = [("maxTracked", "100000"), ("distinctIds", "1000")];
+        let params = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let err = Behaviour::compile("bola", &params).err().unwrap_or_default();
+        assert!(err.contains("at most 2000000"), "{err}");
     }
 
     #[test]
