@@ -217,6 +217,19 @@ async fn benign_traffic_is_quiet_and_each_scripted_attack_is_found_and_announced
     };
     assert!(evidence("pii-leak", "/users/{id}/card").contains("card number ×1"));
     assert!(evidence("pii-leak", "/debug/crash").contains("stack trace"));
+    // The same crash, as the APM signal every monitor keeps per endpoint (no policy needed).
+    wait_for_object(
+        cp,
+        "the exception counted on its endpoint",
+        ("apimonitor", "demo", "demo-api"),
+        WAIT,
+        |m| {
+            let items = m.pointer("/status/endpoints/items")?.as_array()?;
+            let crash = items.iter().find(|e| e["path"] == "/debug/crash")?;
+            (crash["exceptions"].as_u64()? == 1).then_some(())
+        },
+    )
+    .await?;
     assert!(evidence("id-enumeration", "/users/{id}").contains("distinct object IDs of GET /users/{id}"));
     assert!(evidence("credential-stuffing", "/login").contains("failed attempts (401/403)"));
     assert!(evidence("missing-auth", "/users/{id}").contains("without credentials"));

@@ -217,7 +217,10 @@ async fn audit_then_enforce_block_expire_and_survive_kill_9() -> Result<()> {
             .any(|a| a["lastChange"] == "adopted" && a["state"] == "Active")
     })
     .await?;
-    println!("after restart ({:?} into the new block): {items:#?}", reblocked_at.elapsed());
+    println!(
+        "after restart ({:?} into the new block): {items:#?}",
+        reblocked_at.elapsed()
+    );
     assert_eq!(
         attack_from(&stack, &attacker, &pod),
         "blocked",

@@ -55,6 +55,7 @@ pub struct AgentMetrics {
     requests: Family<EndpointLabels, Counter>,
     duration: Family<EndpointLabels, Histogram>,
     findings: Family<FindingLabels, Counter>,
+    exceptions: Family<EndpointLabels, Counter>,
     kernel: Family<ReasonLabels, Counter<u64, AtomicU64>>,
     dropped: Family<ReasonLabels, Counter<u64, AtomicU64>>,
     attached_pods: Gauge,
@@ -71,6 +72,20 @@ impl Default for AgentMetrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// One exchange as the RED metrics count it.
+#[derive(Clone, Copy, Debug)]
+pub struct ExchangeSample<'a> {
+    pub namespace: &'a str,
+    pub monitor: &'a str,
+    pub method: &'a str,
+    /// The path template.
+    pub path: &'a str,
+    pub status: u16,
+    pub seconds: f64,
+    /// A server error whose body shows a stack trace or a debug page.
+    pub exception: bool,
 }
 
 impl AgentMetrics {
@@ -116,6 +131,12 @@ impl AgentMetrics {
             "Pods with capture attached on this node",
             attached_pods.clone(),
         );
+        let exceptions = Family::<EndpointLabels, Counter>::default();
+        registry.register(
+            "http_exceptions",
+            "Server errors (5xx) whose body shows a stack trace or a debug page, per endpoint template",
+            exceptions.clone(),
+        );
         let blocked_sources = Gauge::default();
         registry.register(
             "blocked_sources",
@@ -139,6 +160,7 @@ impl AgentMetrics {
             requests,
             duration,
             findings,
+            exceptions,
             kernel,
             dropped,
             attached_pods,
@@ -151,16 +173,17 @@ impl AgentMetrics {
     }
 
     /// Records one request/response exchange, capping the number of label sets.
-    pub fn exchange(
-        &self,
-        namespace: &str,
-        monitor: &str,
-        method: &str,
-        path: &str,
-        status: u16,
-        seconds: f64,
-    ) {
+    pub fn exchange(&self, e: &ExchangeSample) {
         use std::hash::{Hash, Hasher};
+        let ExchangeSample {
+            namespace,
+            monitor,
+            method,
+            path,
+            status,
+            seconds,
+            exception,
+        } = *e;
         let class = CODE_CLASSES
             .get((status / 100) as usize)
             .copied()
@@ -196,6 +219,9 @@ impl AgentMetrics {
                     labels.path = OVERFLOW_PATH.into();
                     self.requests.get_or_create(&labels).inc();
                     self.duration.get_or_create(&labels).observe(seconds);
+                    if exception {
+                        self.exceptions.get_or_create(&labels).inc();
+                    }
                     return;
                 }
                 self.series_count
@@ -212,6 +238,9 @@ impl AgentMetrics {
         };
         handles.requests.inc();
         handles.duration.observe(seconds);
+        if exception {
+            self.exceptions.get_or_create(&handles.labels).inc();
+        }
     }
 
     pub fn finding(&self, namespace: &str, policy: &str, rule: &str, severity: &str) {
@@ -305,7 +334,15 @@ mod tests {
     fn endpoint_series_are_capped() {
         let m = AgentMetrics::new();
         for i in 0..(MAX_ENDPOINT_SERIES + 500) {
-            m.exchange("demo", "api", "GET", &format!("/random/{i}x"), 200, 0.001);
+            m.exchange(&ExchangeSample {
+                namespace: "demo",
+                monitor: "api",
+                method: "GET",
+                path: &format!("/random/{i}x"),
+                status: 200,
+                seconds: 0.001,
+                exception: false,
+            });
         }
         let text = m.encode();
         let series = text

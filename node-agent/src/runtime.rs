@@ -168,6 +168,7 @@ fn record_finding(
 struct EndpointCounter {
     count: u64,
     east_west: u64,
+    exceptions: u64,
     last_seen_unix_ms: i64,
 }
 
@@ -183,6 +184,7 @@ impl MonitorPending {
                 count: c.count,
                 last_seen_unix_ms: c.last_seen_unix_ms,
                 east_west: c.east_west,
+                exceptions: c.exceptions,
             })
             .collect();
         (endpoints, std::mem::take(&mut self.overflow_requests))
@@ -1030,6 +1032,8 @@ impl<B: CaptureBackend> Runtime<B> {
         let now_ms = self.unix_ms(ex.request.timestamp_ns + ex.latency_ns);
         let template = template_path(&ex.request.target);
         let method = ex.request.method.clone();
+        // Server errors that show a stack trace or a debug page (APM), when bodies are captured.
+        let exception = ex.status >= 500 && crate::detect::exposure::shows_exception(&ex.response.body);
         for index in &pod.monitors {
             let Some(monitor) = self.monitor(*index) else {
                 continue;
@@ -1038,14 +1042,15 @@ impl<B: CaptureBackend> Runtime<B> {
                 continue;
             }
             let (namespace, name) = key(&monitor.monitor);
-            self.metrics.exchange(
-                &namespace,
-                &name,
-                &method,
-                &template,
-                ex.status,
-                ex.latency_ns as f64 / 1e9,
-            );
+            self.metrics.exchange(&crate::metrics::ExchangeSample {
+                namespace: &namespace,
+                monitor: &name,
+                method: &method,
+                path: &template,
+                status: ex.status,
+                seconds: ex.latency_ns as f64 / 1e9,
+                exception,
+            });
             let cap = monitor.max_endpoints.max(1) as usize;
             let pending = self.monitors_pending.entry(key(&monitor.monitor)).or_default();
             let id = (method.clone(), template.clone());
@@ -1061,6 +1066,7 @@ impl<B: CaptureBackend> Runtime<B> {
                 .entry((method.clone(), template.clone(), ex.status as u32))
                 .or_default();
             counter.count += 1;
+            counter.exceptions += u64::from(exception);
             if !self.record_is_tls && traffic_class(&self.cluster_cidrs, ex.request.remote.0) == "east-west" {
                 counter.east_west += 1;
             }
@@ -1294,6 +1300,7 @@ impl<B: CaptureBackend> Runtime<B> {
                 let c = pending.endpoints.entry((e.method, e.path, e.status)).or_default();
                 c.count += e.count;
                 c.east_west += e.east_west;
+                c.exceptions += e.exceptions;
                 c.last_seen_unix_ms = c.last_seen_unix_ms.max(e.last_seen_unix_ms);
             }
         }
@@ -1426,13 +1433,23 @@ mod tests {
         let report = rt.take_report();
         let a = &report.policies[0].actions;
         assert_eq!(a.len(), 1, "{a:?}");
-        assert_eq!((a[0].state.as_str(), a[0].enforced, a[0].source.as_str()), ("started", false, "10.0.0.1"));
+        assert_eq!(
+            (a[0].state.as_str(), a[0].enforced, a[0].source.as_str()),
+            ("started", false, "10.0.0.1")
+        );
 
         rt.apply(with_mode(2, "enforce"));
-        assert_eq!(rt.backend_mut().map(|b| b.enforced.clone()), Some(vec!["uid-a".to_string()]));
+        assert_eq!(
+            rt.backend_mut().map(|b| b.enforced.clone()),
+            Some(vec!["uid-a".to_string()])
+        );
         attack(&mut rt, 100);
         attack(&mut rt, 200);
-        assert_eq!(blocked.borrow().len(), 1, "one block per source and pod, not per request");
+        assert_eq!(
+            blocked.borrow().len(),
+            1,
+            "one block per source and pod, not per request"
+        );
         let a = rt.take_report().policies.remove(0).actions;
         assert_eq!(a.len(), 1, "{a:?}");
         assert_eq!((a[0].state.as_str(), a[0].enforced), ("started", true));

@@ -89,6 +89,7 @@ pub fn desired_status(monitor: &ApiMonitor, hub: &Hub) -> ApiMonitorStatus {
             path: path.clone(),
             requests: t.requests,
             east_west_requests: t.east_west,
+            exceptions: t.exceptions,
             statuses: t
                 .statuses
                 .iter()

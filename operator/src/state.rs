@@ -50,6 +50,7 @@ pub struct AgentState {
 pub struct EndpointTotals {
     pub requests: u64,
     pub east_west: u64,
+    pub exceptions: u64,
     pub statuses: BTreeMap<u16, u64>,
     pub last_seen_unix_ms: i64,
 }
@@ -344,6 +345,7 @@ impl Hub {
                     let totals = tele.endpoints.entry(id).or_default();
                     totals.requests += e.count;
                     totals.east_west += e.east_west;
+                    totals.exceptions += e.exceptions;
                     *totals.statuses.entry(e.status.min(999) as u16).or_default() += e.count;
                     totals.last_seen_unix_ms = totals.last_seen_unix_ms.max(e.last_seen_unix_ms);
                 }
@@ -457,6 +459,7 @@ impl Hub {
                 .or_default();
             t.requests += item.requests;
             t.east_west += item.east_west_requests;
+            t.exceptions += item.exceptions;
             for s in &item.statuses {
                 *t.statuses.entry(s.code).or_default() += s.count;
             }
@@ -747,6 +750,7 @@ mod tests {
                     count,
                     last_seen_unix_ms: 5,
                     east_west: 1,
+                    exceptions: 0,
                 }],
                 ..Default::default()
             }],

@@ -236,6 +236,7 @@ mod tests {
             path: path.into(),
             requests,
             east_west_requests: 1,
+            exceptions: 0,
             statuses: statuses
                 .iter()
                 .map(|(code, count)| StatusCount {

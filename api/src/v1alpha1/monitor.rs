@@ -283,6 +283,10 @@ pub struct EndpointStatus {
     /// Of those, requests from inside the cluster's pod networks (east-west); the rest came from outside (north-south).
     #[serde(default)]
     pub east_west_requests: u64,
+    /// Of those, server errors (5xx) whose body shows an exception: a stack trace or a debug page
+    /// (counted when the monitor captures bodies).
+    #[serde(default)]
+    pub exceptions: u64,
     /// Responses by status code.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub statuses: Vec<StatusCount>,

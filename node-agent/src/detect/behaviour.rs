@@ -855,12 +855,18 @@ mod tests {
     fn brute_force_leaves_token_renewals_and_lookalike_paths_alone() {
         let mut d = compile("bruteForce", &[]);
         for i in 0..40 {
-            assert_eq!(ex("POST", "/oauth/token", "10.0.0.5", 200, i * S).run(&mut d), None);
+            assert_eq!(
+                ex("POST", "/oauth/token", "10.0.0.5", 200, i * S).run(&mut d),
+                None
+            );
             assert_eq!(ex("GET", "/authors/7", "10.0.0.5", 403, i * S).run(&mut d), None);
             assert_eq!(ex("GET", "/footprints", "10.0.0.5", 401, i * S).run(&mut d), None);
         }
         let params = [("maxTracked", "100000"), ("distinctIds", "1000")];
-        let params = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let params = params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let err = Behaviour::compile("bola", &params).err().unwrap_or_default();
         assert!(err.contains("at most 2000000"), "{err}");
     }

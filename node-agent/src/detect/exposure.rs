@@ -167,6 +167,16 @@ static DEBUG_PAGE: LazyLock<aho_corasick::AhoCorasick> = LazyLock::new(|| {
         .expect("debug page patterns build")
 });
 
+/// Whether a response body shows an exception: a stack trace or a framework debug page (the APM
+/// signal counted per endpoint for server errors, whatever the policies).
+pub fn shows_exception(body: &[u8]) -> bool {
+    if body.is_empty() {
+        return false;
+    }
+    let text = String::from_utf8_lossy(body);
+    STACK_TRACE.is_match(&text) || DEBUG_PAGE.is_match(text.as_bytes())
+}
+
 /// What to look for, from the rule's parameters.
 #[derive(Clone, Debug)]
 pub struct ExposureScanner {
