@@ -282,6 +282,15 @@ current-context: palisade-e2e
     }
 
     /// Like [`ControlPlane::kubectl`], but fails (with stderr) on a non-zero exit and returns stdout.
+    /// `kubectl apply` of YAML text (kept as a numbered file in the control plane's directory).
+    pub fn apply_yaml(&self, yaml: &str) -> Result<String> {
+        static APPLIED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = APPLIED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let file = self.root.join(format!("applied-{n}.yaml"));
+        std::fs::write(&file, yaml).with_context(|| format!("writing {}", file.display()))?;
+        self.kubectl_ok(&["apply", "-f", &file.display().to_string()])
+    }
+
     pub fn kubectl_ok(&self, args: &[&str]) -> Result<String> {
         let out = self.kubectl(args)?;
         check_output(&format!("kubectl {}", args.join(" ")), &out)?;

@@ -40,10 +40,7 @@ async fn bodies_are_inspected_and_their_secrets_stay_on_the_node() -> Result<()>
     let cp = &stack.cp;
     cp.kubectl_ok(&["create", "namespace", "demo"])?;
     let pod = stack.start_demo_pod("demo-api-0").await?;
-    let dir = tempfile::tempdir()?;
-    let file = dir.path().join("m.yaml");
-    std::fs::write(&file, MANIFESTS)?;
-    cp.kubectl_ok(&["apply", "-f", &file.display().to_string()])?;
+    cp.apply_yaml(MANIFESTS)?;
     wait_for_object(
         cp,
         "capture attached",

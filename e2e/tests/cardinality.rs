@@ -104,10 +104,7 @@ async fn a_hundred_thousand_random_paths_keep_agent_memory_bounded() -> Result<(
     let cp = &stack.cp;
     cp.kubectl_ok(&["create", "namespace", "demo"])?;
     let pod = stack.start_demo_pod("demo-api-0").await?;
-    let dir = tempfile::tempdir()?;
-    let file = dir.path().join("m.yaml");
-    std::fs::write(&file, MANIFESTS)?;
-    cp.kubectl_ok(&["apply", "-f", &file.display().to_string()])?;
+    cp.apply_yaml(MANIFESTS)?;
     palisade_e2e::palisade::wait_policy_ready(cp, "demo", "stateful").await?;
 
     // Warm up (allocator arenas, first label sets, the connection tables), then measure.

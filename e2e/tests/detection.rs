@@ -142,12 +142,9 @@ async fn benign_traffic_is_quiet_and_each_scripted_attack_is_found_and_announced
     let cp = &stack.cp;
     cp.kubectl_ok(&["create", "namespace", "demo"])?;
     let pod = stack.start_demo_pod("demo-api-0").await?;
-    let dir = tempfile::tempdir()?;
-    let file = dir.path().join("m.yaml");
-    std::fs::write(&file, MANIFESTS)?;
     let openapi = palisade_e2e::workspace_root().join("config/samples/01-demo-api-openapi.yaml");
     cp.kubectl_ok(&["apply", "-f", &openapi.display().to_string()])?;
-    cp.kubectl_ok(&["apply", "-f", &file.display().to_string()])?;
+    cp.apply_yaml(MANIFESTS)?;
     palisade_e2e::palisade::wait_policy_ready(cp, "demo", "demo-api-detect").await?;
 
     // Benign traffic: counted in the inventory (so the agent has seen and judged all of it),

@@ -97,16 +97,7 @@ async fn audit_then_enforce_block_expire_and_survive_kill_9() -> Result<()> {
             port: 9090,
         })
         .await?;
-    let dir = tempfile::tempdir()?;
-    let file = dir.path().join("m.yaml");
-    let apply = |stack: &Stack, mode: &str| -> Result<()> {
-        std::fs::write(&file, manifests(mode))?;
-        stack
-            .cp
-            .kubectl_ok(&["apply", "-f", &file.display().to_string()])?;
-        Ok(())
-    };
-    apply(&stack, "audit")?;
+    stack.cp.apply_yaml(&manifests("audit"))?;
     palisade_e2e::palisade::wait_policy_ready(&stack.cp, "demo", "guard").await?;
 
     // Audit: recorded as "would have blocked", and the attacker goes on.
@@ -135,7 +126,7 @@ async fn audit_then_enforce_block_expire_and_survive_kill_9() -> Result<()> {
 
     // Enforce: the next injection is answered (capture is out of band), then the attacker's
     // connections fail while another client keeps working.
-    apply(&stack, "enforce")?;
+    stack.cp.apply_yaml(&manifests("enforce"))?;
     wait_for_object(
         &stack.cp,
         "enforce mode applied",

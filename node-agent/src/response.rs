@@ -158,11 +158,22 @@ impl Responder {
     }
 
     /// Ends the blocks whose TTL has passed (the kernel already stopped dropping).
-    pub fn expire<B: CaptureBackend>(&mut self, mut backend: Option<&mut B>, now_ns: u64) {
+    pub fn expire<B: CaptureBackend>(&mut self, backend: Option<&mut B>, now_ns: u64) {
+        self.end(backend, |_, b| b.expires_ns <= now_ns, "expired", now_ns);
+    }
+
+    /// Removes the blocks `ending` selects (from the kernel too) and records how they ended.
+    fn end<B: CaptureBackend>(
+        &mut self,
+        mut backend: Option<&mut B>,
+        ending: impl Fn(&BlockKey, &Block) -> bool,
+        state: &str,
+        now_ns: u64,
+    ) {
         let ended: Vec<BlockKey> = self
             .blocks
             .iter()
-            .filter(|(_, b)| b.expires_ns <= now_ns)
+            .filter(|(k, b)| ending(k, b))
             .map(|(k, _)| *k)
             .collect();
         for key in ended {
@@ -173,7 +184,7 @@ impl Responder {
                 (Some(b), true) => b.unblock(&key).unwrap_or(0),
                 _ => 0,
             };
-            self.record(&key, &block, "expired", now_ns, dropped, String::new());
+            self.record(&key, &block, state, now_ns, dropped, String::new());
         }
     }
 
@@ -181,26 +192,11 @@ impl Responder {
     /// (cgroup ids) not in `protected`.
     pub fn release_others<B: CaptureBackend>(
         &mut self,
-        mut backend: Option<&mut B>,
+        backend: Option<&mut B>,
         keep: &dyn Fn(&ObjectRef, u64) -> bool,
         now_ns: u64,
     ) {
-        let gone: Vec<BlockKey> = self
-            .blocks
-            .iter()
-            .filter(|(k, b)| !keep(&b.policy, k.cgroup_id))
-            .map(|(k, _)| *k)
-            .collect();
-        for key in gone {
-            let Some(block) = self.blocks.remove(&key) else {
-                continue;
-            };
-            let dropped = match (&mut backend, block.enforced) {
-                (Some(b), true) => b.unblock(&key).unwrap_or(0),
-                _ => 0,
-            };
-            self.record(&key, &block, "released", now_ns, dropped, String::new());
-        }
+        self.end(backend, |k, b| !keep(&b.policy, k.cgroup_id), "released", now_ns);
     }
 
     /// Takes over the kernel's blocks left by an earlier agent: those of a pod this agent

@@ -146,6 +146,38 @@ impl CompiledPolicy {
     }
 }
 
+/// Where and when a rule fired: what every finding of one request carries.
+struct Seen<'a> {
+    pod: &'a WatchedPod,
+    req: &'a Request,
+    source: &'a str,
+    traffic: &'static str,
+    template: &'a str,
+    now_ms: i64,
+}
+
+impl Seen<'_> {
+    /// A finding of `rule` (count 0: [`record_finding`] counts it), logged.
+    fn finding(&self, policy: &ObjectRef, rule: &CompiledRule, evidence: String) -> Finding {
+        tracing::info!(policy = %policy.name, rule = %rule.name, source = %self.source, method = %self.req.method, path = %self.template, %evidence, "finding");
+        Finding {
+            rule: rule.name.clone(),
+            detector: rule.detector.clone(),
+            severity: rule.severity.clone(),
+            count: 0,
+            source: self.source.to_string(),
+            traffic: self.traffic.to_string(),
+            pod_namespace: self.pod.namespace.clone(),
+            pod_name: self.pod.name.clone(),
+            method: self.req.method.clone(),
+            path: self.template.to_string(),
+            evidence,
+            first_seen_unix_ms: self.now_ms,
+            last_seen_unix_ms: self.now_ms,
+        }
+    }
+}
+
 /// Adds one occurrence of a finding to the pending findings of its policy.
 fn record_finding(
     findings: &mut HashMap<Key, BTreeMap<FindingKey, Finding>>,
@@ -887,6 +919,14 @@ impl<B: CaptureBackend> Runtime<B> {
         let now_ms = self.unix_ms(req.timestamp_ns);
         let template = template_path(&req.target);
         let (source, traffic) = self.source_of(req);
+        let seen = Seen {
+            pod,
+            req,
+            source: &source,
+            traffic,
+            template: &template,
+            now_ms,
+        };
         let mut triggered = vec![];
         for (pi, policy) in self.policies.iter().enumerate() {
             if !policy.pod_uids.contains(&pod.uid)
@@ -899,22 +939,7 @@ impl<B: CaptureBackend> Runtime<B> {
                     continue;
                 };
                 let evidence = redact::truncate(&redactor.target(&detection.evidence), 256);
-                tracing::info!(policy = %policy.reference.name, rule = %rule.name, %source, method = %req.method, path = %template, %evidence, "finding");
-                let fresh = Finding {
-                    rule: rule.name.clone(),
-                    detector: rule.detector.clone(),
-                    severity: rule.severity.clone(),
-                    count: 0,
-                    source: source.clone(),
-                    traffic: traffic.to_string(),
-                    pod_namespace: pod.namespace.clone(),
-                    pod_name: pod.name.clone(),
-                    method: req.method.clone(),
-                    path: template.clone(),
-                    evidence,
-                    first_seen_unix_ms: now_ms,
-                    last_seen_unix_ms: now_ms,
-                };
+                let fresh = seen.finding(&policy.reference, rule, evidence);
                 record_finding(&mut self.findings, &self.metrics, &policy.reference, fresh);
                 triggered.push((pi, ri));
             }
@@ -973,6 +998,14 @@ impl<B: CaptureBackend> Runtime<B> {
         let (source, traffic) = self.source_of(req);
         let template = template_path(&req.target);
         let now_ms = self.unix_ms(req.timestamp_ns);
+        let seen = Seen {
+            pod,
+            req,
+            source: &source,
+            traffic,
+            template: &template,
+            now_ms,
+        };
         let view = ExchangeView {
             request: RequestView {
                 method: &req.method,
@@ -1003,22 +1036,7 @@ impl<B: CaptureBackend> Runtime<B> {
                     continue;
                 };
                 let evidence = redact::truncate(&redactor.text(&detection.evidence), 256);
-                tracing::info!(policy = %policy.reference.name, rule = %rule.name, %source, method = %req.method, path = %template, %evidence, "finding");
-                let fresh = Finding {
-                    rule: rule.name.clone(),
-                    detector: rule.detector.clone(),
-                    severity: rule.severity.clone(),
-                    count: 0,
-                    source: source.clone(),
-                    traffic: traffic.to_string(),
-                    pod_namespace: pod.namespace.clone(),
-                    pod_name: pod.name.clone(),
-                    method: req.method.clone(),
-                    path: template.clone(),
-                    evidence,
-                    first_seen_unix_ms: now_ms,
-                    last_seen_unix_ms: now_ms,
-                };
+                let fresh = seen.finding(&policy.reference, rule, evidence);
                 record_finding(&mut self.findings, &self.metrics, &policy.reference, fresh);
                 triggered.push((pi, ri));
             }

@@ -182,6 +182,30 @@ fn actions_summary(t: &crate::state::PolicyTelemetry) -> ActionsSummary {
     }
 }
 
+/// Records `event` on the policy (an error if that fails) and on the pod (a warning), each naming
+/// the other. A fresh recorder per Event: kube's recorder would fold repeats into a series that
+/// keeps the first message, and each of ours carries new counts.
+async fn publish_on_policy_and_pod(
+    ctx: &PolicyContext,
+    policy: &ApiPolicy,
+    event: Event,
+    pod_ref: &ObjectReference,
+) -> Result<(), Error> {
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    recorder
+        .publish(&event, &policy.object_ref(&()))
+        .await
+        .map_err(Error::Kube)?;
+    let on_pod = Event {
+        secondary: Some(policy.object_ref(&())),
+        ..event
+    };
+    if let Err(error) = recorder.publish(&on_pod, pod_ref).await {
+        tracing::warn!(%error, pod = ?pod_ref.name, "could not record the Event on the pod");
+    }
+    Ok(())
+}
+
 /// Announces action changes: an Event on the policy and on the pod for each.
 async fn announce_actions(ctx: &PolicyContext, policy: &ApiPolicy) -> Result<(), Error> {
     let key = obj_key(policy);
@@ -234,18 +258,7 @@ async fn announce_actions(ctx: &PolicyContext, policy: &ApiPolicy) -> Result<(),
             action: "BlockSource".into(),
             secondary: Some(pod_ref.clone()),
         };
-        let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
-        recorder
-            .publish(&event, &policy.object_ref(&()))
-            .await
-            .map_err(Error::Kube)?;
-        let on_pod = Event {
-            secondary: Some(policy.object_ref(&())),
-            ..event
-        };
-        if let Err(error) = recorder.publish(&on_pod, &pod_ref).await {
-            tracing::warn!(%error, pod = %r.pod_name, "could not record the Event on the pod");
-        }
+        publish_on_policy_and_pod(ctx, policy, event, &pod_ref).await?;
     }
     Ok(())
 }
@@ -334,20 +347,8 @@ async fn announce(ctx: &PolicyContext, policy: &ApiPolicy) -> Result<(), Error> 
             action: "Detect".into(),
             secondary: Some(pod_ref.clone()),
         };
-        // A fresh recorder per Event: kube's recorder would fold repeats into a series that keeps
-        // the first message, and each of ours carries new counts. The budget above bounds the rate.
-        let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
-        recorder
-            .publish(&event, &policy.object_ref(&()))
-            .await
-            .map_err(Error::Kube)?;
-        let on_pod = Event {
-            secondary: Some(policy.object_ref(&())),
-            ..event
-        };
-        if let Err(error) = recorder.publish(&on_pod, &pod_ref).await {
-            tracing::warn!(%error, pod = %p.pod_name, "could not record the Event on the pod");
-        }
+        // The budget above bounds the rate.
+        publish_on_policy_and_pod(ctx, policy, event, &pod_ref).await?;
     }
     left.extend(entries);
     if !left.is_empty() {
