@@ -164,6 +164,24 @@ async fn audit_then_enforce_block_expire_and_survive_kill_9() -> Result<()> {
     assert_eq!(block["source"], attacker.ip.to_string());
     assert_eq!(block["pod"], "demo/demo-api-0");
     assert_eq!(block["rule"], "sqli");
+    // How long from the kernel's capture of the attack to the block in its map (measured, printed:
+    // this machine is too noisy for a timing assertion).
+    let metrics = palisade_e2e::palisade::http_get_body(stack.agent_metrics, "/metrics")?;
+    let sample = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    let (sum, count) = (
+        sample("palisade_agent_block_latency_seconds_sum").context("latency sum")?,
+        sample("palisade_agent_block_latency_seconds_count").context("latency count")?,
+    );
+    assert_eq!(count, 1.0, "one block, one latency sample");
+    println!(
+        "capture of the attack -> block in the kernel map: {:.3} ms",
+        sum * 1e3
+    );
     let on_pod = wait_for(WAIT, || {
         Ok(Some(events(&stack, "Pod", "SourceBlocked")?).filter(|e| !e.is_empty()))
     })

@@ -60,6 +60,7 @@ pub struct AgentMetrics {
     dropped: Family<ReasonLabels, Counter<u64, AtomicU64>>,
     attached_pods: Gauge,
     blocked_sources: Gauge,
+    block_latency: Histogram,
     connections: Gauge,
     drained: Counter,
     /// Endpoint label sets seen so far, by an Fx hash of their parts, with their metric handles:
@@ -143,6 +144,14 @@ impl AgentMetrics {
             "Sources whose traffic to a protected pod the kernel drops now (blockSource, enforce mode)",
             blocked_sources.clone(),
         );
+        let block_latency = Histogram::new([
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 1.0,
+        ]);
+        registry.register(
+            "block_latency_seconds",
+            "From the capture of the request that triggered a blockSource to the block in the kernel's map",
+            block_latency.clone(),
+        );
         let drained = Counter::default();
         registry.register(
             "records_drained",
@@ -165,6 +174,7 @@ impl AgentMetrics {
             dropped,
             attached_pods,
             blocked_sources,
+            block_latency,
             connections,
             drained,
             series: Arc::new(Mutex::new(rustc_hash::FxHashMap::default())),
@@ -279,6 +289,10 @@ impl AgentMetrics {
     /// Counts records read from the ring buffer.
     pub fn drained(&self, n: u64) {
         self.drained.inc_by(n);
+    }
+
+    pub fn block_latency(&self, seconds: f64) {
+        self.block_latency.observe(seconds);
     }
 
     pub fn set_blocked_sources(&self, n: usize) {

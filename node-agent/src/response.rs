@@ -114,13 +114,13 @@ impl Responder {
     }
 
     /// Blocks a source (enforce) or records that it would have been (audit), unless a block of
-    /// that source for that pod is already in force.
+    /// that source for that pod is already in force. True when a block was put in the kernel.
     pub fn block_source<B: CaptureBackend>(
         &mut self,
         backend: Option<&mut B>,
         req: BlockRequest,
         now_ns: u64,
-    ) {
+    ) -> bool {
         let key = block_key(req.cgroup_id, req.source);
         // A block in force stays as it is; an audit-mode record gives way to enforcement (the
         // policy switched to enforce).
@@ -129,7 +129,7 @@ impl Responder {
             .get(&key)
             .is_some_and(|b| b.expires_ns > now_ns && (b.enforced || !req.enforce))
         {
-            return;
+            return false;
         }
         let mut block = Block {
             policy: req.policy.clone(),
@@ -154,7 +154,9 @@ impl Responder {
             }
         }
         self.record(&key, &block, state, now_ns, 0, detail);
+        let enforced = block.enforced;
         self.blocks.insert(key, block);
+        enforced
     }
 
     /// Ends the blocks whose TTL has passed (the kernel already stopped dropping).

@@ -790,7 +790,7 @@ impl<B: CaptureBackend> Runtime<B> {
                 // Uprobes do not see the peer's address: nothing to block.
                 continue;
             }
-            self.responder.block_source(
+            let blocked = self.responder.block_source(
                 self.backend.as_mut(),
                 BlockRequest {
                     policy: &p.reference,
@@ -804,6 +804,11 @@ impl<B: CaptureBackend> Runtime<B> {
                 },
                 monotonic_ns().max(req.timestamp_ns),
             );
+            if blocked {
+                // From the kernel's capture of the triggering request to the block in its map.
+                let seconds = monotonic_ns().saturating_sub(req.timestamp_ns) as f64 / 1e9;
+                self.metrics.block_latency(seconds);
+            }
         }
         self.metrics.set_blocked_sources(self.responder.active());
     }
