@@ -2,19 +2,24 @@
 //! shared/corpora/README.md) and prints markdown tables: detection rate per attack category,
 //! per source and per CRS paranoia level, false-positive rate on benign records, and the cost per
 //! request. Beside them, in the same run, the reference WAF: every request replayed through
-//! nginx + ModSecurity v3 + OWASP CRS from Debian's packages (`waf.rs`).
+//! nginx + ModSecurity v3 + OWASP CRS from Debian's packages (`waf.rs`). Scenario files (records
+//! with `steps`, e.g. `api_abuse_scenarios.jsonl`) are replayed step by step through all the
+//! detectors, the behavioural ones included (`scenario.rs`).
 //!
 //! ```text
 //! cargo run --release -p palisade-eval -- ../shared/corpora/attacks.jsonl ../shared/corpora/benign.jsonl
-//!     [more.jsonl ...] [--level 1|2] [--waf auto|modsecurity|none] [--list-misses CATEGORY] [--list-fp]
+//!     [../shared/corpora/api_abuse_scenarios.jsonl] [more.jsonl ...] [--level 1|2]
+//!     [--waf auto|modsecurity|none] [--list-misses CATEGORY] [--list-fp]
 //! ```
 
 mod record;
 mod report;
+mod scenario;
 mod waf;
 
 use palisade_node_agent::detect::{CompiledRule, Inputs, RequestView, INJECTION_DETECTORS};
 use record::Record;
+use scenario::Scenario;
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -23,6 +28,9 @@ use waf::{Installation, Verdict, Waf};
 const USAGE: &str = "\
 usage: palisade-eval FILE.jsonl... [--level 1|2] [--waf auto|modsecurity|none]
                      [--list-misses CATEGORY] [--list-fp]
+
+  FILE.jsonl     corpus records, one a line; a line with a `steps` array is a scenario, replayed
+                 step by step through all detectors, behavioural ones included
 
   --level N      paranoia level of the ModSecurity column and of the lists below (default 1);
                  Palisade's detectors are always shown at both levels
@@ -191,6 +199,8 @@ fn main() -> ExitCode {
     let mut response_side: BTreeMap<String, usize> = BTreeMap::new();
     let mut timings_ns: Vec<u64> = Vec::new();
     let mut timings_attack_ns: Vec<u64> = Vec::new();
+    let mut scenarios: Vec<Scenario> = Vec::new();
+    let mut scenario_files: Vec<String> = Vec::new();
     for path in &opts.files {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
@@ -203,8 +213,24 @@ fn main() -> ExitCode {
             if line.trim().is_empty() {
                 continue;
             }
-            let record = match Record::parse(line) {
-                Ok(r) => r,
+            let parsed = serde_json::from_str::<serde_json::Value>(line)
+                .map_err(|e| format!("invalid JSON: {e}"))
+                .and_then(|v| {
+                    if Scenario::is_scenario(&v) {
+                        Scenario::from_json(&v).map(Line::Scenario)
+                    } else {
+                        Record::from_json(&v, line).map(Line::Record)
+                    }
+                });
+            let record = match parsed {
+                Ok(Line::Record(r)) => r,
+                Ok(Line::Scenario(s)) => {
+                    if !scenario_files.contains(path) {
+                        scenario_files.push(path.clone());
+                    }
+                    scenarios.push(s);
+                    continue;
+                }
                 Err(e) => {
                     eprintln!("{path}:{}: {e}", n + 1);
                     return ExitCode::FAILURE;
@@ -241,6 +267,7 @@ fn main() -> ExitCode {
     // After the detectors' timings, so that nginx does not share the CPU with them.
     let waf = match opts.waf {
         WafMode::Off => WafColumn::Skipped("not asked for (--waf none)".into()),
+        _ if outcomes.is_empty() => WafColumn::Skipped("no single requests to replay".into()),
         WafMode::Auto | WafMode::Required => match measure_waf(&mut outcomes, opts.level) {
             Ok(run) => WafColumn::Measured(run),
             Err(why) if opts.waf == WafMode::Required => {
@@ -254,13 +281,38 @@ fn main() -> ExitCode {
         },
     };
 
-    report::print(
-        &opts,
-        &outcomes,
-        &waf,
-        &response_side,
-        &timings_ns,
-        &timings_attack_ns,
-    );
+    let mut replayed = Vec::with_capacity(scenarios.len());
+    for s in &scenarios {
+        match scenario::replay(s) {
+            Ok(r) => replayed.push(r),
+            Err(e) => {
+                eprintln!("scenario {}: {e}", s.id);
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+
+    if outcomes.is_empty() && response_side.is_empty() {
+        println!("# Palisade detectors on scenario sequences\n");
+        println!("Date: {} · files: {}", report::today(), opts.files.join(", "));
+    } else {
+        report::print(
+            &opts,
+            &outcomes,
+            &waf,
+            &response_side,
+            &timings_ns,
+            &timings_attack_ns,
+        );
+    }
+    if !replayed.is_empty() {
+        scenario::print(&replayed, &scenario_files);
+    }
     ExitCode::SUCCESS
+}
+
+/// One line of a corpus file.
+enum Line {
+    Record(Record),
+    Scenario(Scenario),
 }

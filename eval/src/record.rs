@@ -30,8 +30,15 @@ pub struct Record {
 }
 
 impl Record {
+    #[cfg(test)]
     pub fn parse(line: &str) -> Result<Record, String> {
         let v: Value = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
+        Record::from_json(&v, line)
+    }
+
+    /// A record from its parsed JSON `v`; `line` is the text `v` was parsed from (only the
+    /// order of its headers is read from it).
+    pub fn from_json(v: &Value, line: &str) -> Result<Record, String> {
         let text = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
         let order = header_order(line);
         let mut record = Record {

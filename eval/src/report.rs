@@ -79,7 +79,7 @@ fn pct2(k: usize, n: usize) -> String {
 }
 
 /// Today's date (UTC) as YYYY-MM-DD, without a date crate.
-fn today() -> String {
+pub(crate) fn today() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -490,8 +490,8 @@ fn print_not_replayable(outcomes: &[Outcome], run: &WafRun) {
 fn print_cost(benign_ns: &[u64], attack_ns: &[u64]) {
     println!("\n## Cost\n");
     println!("Input extraction plus all six detectors at paranoia 1, one request at a time, this build:\n");
-    println!("| requests | n | mean µs/request | p50 µs | p99 µs | max µs |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("| requests | n | mean µs/request | p50 µs | p99 µs | max µs | requests/s per core |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for (name, ns) in [("benign", benign_ns), ("attack and unverified", attack_ns)] {
         let mut v = ns.to_vec();
         v.sort_unstable();
@@ -500,8 +500,10 @@ fn print_cost(benign_ns: &[u64], attack_ns: &[u64]) {
         }
         let mean = v.iter().sum::<u64>() as f64 / v.len() as f64 / 1000.0;
         let q = |p: f64| v[((v.len() - 1) as f64 * p) as usize] as f64 / 1000.0;
+        // One request after the other on one core: 1e6 / mean µs.
+        let per_second = if mean > 0.0 { 1e6 / mean } else { 0.0 };
         println!(
-            "| {name} | {} | {mean:.2} | {:.2} | {:.2} | {:.2} |",
+            "| {name} | {} | {mean:.2} | {:.2} | {:.2} | {:.2} | {per_second:.0} |",
             v.len(),
             q(0.5),
             q(0.99),
