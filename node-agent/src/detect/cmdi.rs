@@ -3,8 +3,12 @@
 //! evasions undone first: quotes inside words (`c'a't`), backslashes (`c\at`), `$IFS`, empty
 //! expansions (`$@`), brace expansion (`{cat,/etc/passwd}`), globs (`/???/c?t`).
 
-use super::decode::{excerpt, lower_folded};
+use super::decode::{contains_str, excerpt, find_str, lower_folded_cow, AnyOf, ByteSet};
+use super::scan::{group, Needles, Scan};
 use super::Hit;
+use rustc_hash::FxHashSet;
+use std::borrow::Cow;
+use std::sync::LazyLock;
 
 /// Commands that are not ordinary words: after a separator they are a command whatever follows.
 const DISTINCT: &[&str] = &[
@@ -340,16 +344,45 @@ fn glob(pattern: &[u8], word: &[u8]) -> bool {
     }
 }
 
+/// [`DISTINCT`] as a set: most words looked up are not commands, and a scan of the list costs
+/// hundreds of comparisons.
+static DISTINCT_SET: LazyLock<FxHashSet<&'static str>> = LazyLock::new(|| DISTINCT.iter().copied().collect());
+
+/// The first two bytes of the entries of [`DISTINCT`], one bit per pair.
+static DISTINCT_STARTS: LazyLock<Box<[u64; 1024]>> = LazyLock::new(|| {
+    let mut bits = Box::new([0u64; 1024]);
+    for c in DISTINCT {
+        if let [a, b, ..] = c.as_bytes() {
+            let i = usize::from(*a) << 8 | usize::from(*b);
+            bits[i >> 6] |= 1 << (i & 63);
+        }
+    }
+    bits
+});
+
+/// Whether an entry of [`DISTINCT`] starts with `a`, `b`.
+fn starts_like_command(a: u8, b: u8) -> bool {
+    let i = usize::from(a) << 8 | usize::from(b);
+    DISTINCT_STARTS[i >> 6] & (1 << (i & 63)) != 0
+}
+
 /// The command a (possibly globbed) word stands for.
 fn command_of(word: &str) -> Option<&'static str> {
     if word.is_empty() || word.len() > 40 {
         return None;
     }
-    if let Some(c) = DISTINCT.iter().find(|c| **c == word) {
+    let globbed = word.bytes().any(|b| matches!(b, b'?' | b'*' | b'['));
+    if let [a, b, ..] = word.as_bytes() {
+        // Most words do not even start like a command.
+        if !globbed && !starts_like_command(*a, *b) {
+            return None;
+        }
+    }
+    if let Some(c) = DISTINCT_SET.get(word) {
         return Some(c);
     }
     // Globs with more than a few `*` could make matching exponential; real ones have one or two.
-    if word.contains(['?', '*', '['])
+    if globbed
         && word.bytes().any(|b| b.is_ascii_alphanumeric())
         && word.bytes().filter(|b| *b == b'*').count() <= 3
     {
@@ -459,15 +492,9 @@ fn word_byte(b: u8) -> bool {
         )
 }
 
-/// Looks at the word at `i` (after a separator of kind `sep`).
-fn command_at(s: &str, i: usize, sep: Sep, paranoia: u8) -> Option<&'static str> {
-    command_at_depth(s, i, sep, paranoia, 0)
-}
-
-/// `depth`: how many prefix commands (`time nohup ...`) led here; bounded so that a value made of
-/// prefixes cannot recurse deeply.
-fn command_at_depth(s: &str, i: usize, sep: Sep, paranoia: u8, depth: u8) -> Option<&'static str> {
-    let b = s.as_bytes();
+/// Where the word at `i` is (after blanks, `(`, `{`, and an unset variable: `;$u cat x`). The
+/// same in any ASCII case.
+fn word_span(b: &[u8], i: usize) -> (usize, usize) {
     let mut j = i;
     while j < b.len() && (b[j] == b' ' || b[j] == b'\t' || b[j] == b'(' || b[j] == b'{') {
         j += 1;
@@ -486,20 +513,60 @@ fn command_at_depth(s: &str, i: usize, sep: Sep, paranoia: u8, depth: u8) -> Opt
     while j < b.len() && word_byte(b[j]) {
         j += 1;
     }
-    let word = s.get(start..j)?.trim_end_matches(['.', '-']);
+    (start, j)
+}
+
+/// A (lower-case) word's directory part and its base name without `.exe`; none when empty.
+fn split_word(word: &str) -> Option<(&str, &str)> {
+    let end = word
+        .bytes()
+        .rposition(|b| !matches!(b, b'.' | b'-'))
+        .map_or(0, |p| p + 1);
+    // Up to an ASCII byte: a character boundary.
+    let word = word.get(..end)?;
     if word.is_empty() {
         return None;
     }
-    let (dir, base) = match word.rfind('/') {
+    let (dir, base) = match word.bytes().rposition(|b| b == b'/') {
         Some(p) => (&word[..p + 1], &word[p + 1..]),
         None => ("", word),
     };
-    let base = base.strip_suffix(".exe").unwrap_or(base);
+    Some((dir, base.strip_suffix(".exe").unwrap_or(base)))
+}
+
+/// Whether the first word of a value, lower-cased, is a command (the first thing
+/// [`command_at`] checks), without lower-casing the whole value.
+fn starts_with_command(value: &str) -> bool {
+    let (start, end) = word_span(value.as_bytes(), 0);
+    let mut buf = [0u8; 64];
+    let Some(word) = value.get(start..end).filter(|w| w.len() <= buf.len()) else {
+        return true; // Long: let the full analysis decide.
+    };
+    let lower = &mut buf[..word.len()];
+    lower.copy_from_slice(word.as_bytes());
+    lower.make_ascii_lowercase();
+    std::str::from_utf8(lower)
+        .ok()
+        .and_then(split_word)
+        .is_some_and(|(_, base)| command_of(base).is_some())
+}
+
+/// Looks at the word at `i` (after a separator of kind `sep`).
+fn command_at(s: &str, i: usize, sep: Sep, paranoia: u8) -> Option<&'static str> {
+    command_at_depth(s, i, sep, paranoia, 0)
+}
+
+/// `depth`: how many prefix commands (`time nohup ...`) led here; bounded so that a value made of
+/// prefixes cannot recurse deeply.
+fn command_at_depth(s: &str, i: usize, sep: Sep, paranoia: u8, depth: u8) -> Option<&'static str> {
+    let b = s.as_bytes();
+    let (start, j) = word_span(b, i);
+    let (dir, base) = split_word(s.get(start..j)?)?;
+    let cmd = command_of(base)?;
     // /bin/x, /usr/bin/x and their globbed forms (/???/?at).
     let bin_dir = !dir.is_empty()
         && dir.starts_with('/')
         && (dir.contains("bin/") || (dir.contains(['?', '*', '[']) && dir.len() <= 12));
-    let cmd = command_of(base)?;
     if bin_dir && (sep != Sep::Amp || paranoia >= 2) {
         return Some("command by path");
     }
@@ -630,33 +697,73 @@ fn command_at_depth(s: &str, i: usize, sep: Sep, paranoia: u8, depth: u8) -> Opt
 
 /// Looks for an OS command in one decoded value. `header` holds values written by clients (User-Agent
 /// and the like), where a command at the very start is not evidence.
+#[cfg(test)]
 pub fn detect(value: &str, paranoia: u8, header: bool) -> Option<Hit> {
+    detect_in(value, Scan::of(value), paranoia, header)
+}
+
+/// [`detect`] of a value whose scan is `scan` ([`Scan::of`] the value).
+pub(crate) fn detect_in(value: &str, scan: Scan, paranoia: u8, header: bool) -> Option<Hit> {
+    let (bytes, needles) = (scan.bytes, scan.needles);
     if value.len() < 2 {
         return None;
     }
-    let lower = lower_folded(value);
-    let raw = lower.as_str();
-    for (needle, reason) in [
-        ("/dev/tcp/", "reverse shell"),
-        ("/dev/udp/", "reverse shell"),
-        ("${ifs", "shell IFS evasion"),
-        ("$ifs$", "shell IFS evasion"),
-        ("%comspec%", "Windows shell variable"),
-    ] {
-        if let Some(p) = raw.find(needle) {
-            return Some(Hit {
-                reason,
-                excerpt: excerpt(raw, p, 96),
-            });
+    // Most values have no separator, no shell syntax and none of the substrings below: then only
+    // a command as their first word could be found, and that is checked without a lower-cased copy.
+    const QUIET: ByteSet = ByteSet::of_bytes(b";\n\r|&`$<>\\+'\"{");
+    const LOUD_GROUPS: u32 = group::DEV
+        | group::IFS
+        | group::COMSPEC
+        | group::RUNNER
+        | group::FOR
+        | group::IF
+        | group::DOLLAR_BRACE
+        | group::DOLLAR_BRACKET
+        | group::BIN
+        | group::ARITHMETIC;
+    if !needles.may(LOUD_GROUPS) && !bytes.any(QUIET) && (header || !starts_with_command(value)) {
+        return None;
+    }
+    let lower = lower_folded_cow(value, bytes);
+    let raw: &str = &lower;
+    // What `raw` may contain: each step below is skipped when a character or a substring it
+    // needs is absent (`needles` describes `raw`, the value's lower-cased form).
+    let set = bytes.lower_folded();
+    if set.any(ByteSet::of_bytes(b"/$%")) {
+        let dev = needles.may(group::DEV) && set.may_contain("/dev/") && contains_str(raw, "/dev/");
+        let ifs = needles.may(group::IFS) && set.has(b'$');
+        for (needle, reason, may) in [
+            ("/dev/tcp/", "reverse shell", dev),
+            ("/dev/udp/", "reverse shell", dev),
+            ("${ifs", "shell IFS evasion", ifs),
+            ("$ifs$", "shell IFS evasion", ifs),
+            (
+                "%comspec%",
+                "Windows shell variable",
+                needles.may(group::COMSPEC) && set.has(b'%'),
+            ),
+        ] {
+            if let Some(p) = may.then(|| find_str(raw, needle)).flatten() {
+                return Some(Hit {
+                    reason,
+                    excerpt: excerpt(raw, p, 96),
+                });
+            }
         }
     }
-    if let Some((reason, p)) = code_and_batch(raw, paranoia) {
+    if let Some((reason, p)) = code_and_batch(raw, set, needles, paranoia) {
         return Some(Hit {
             reason,
             excerpt: excerpt(raw, p, 96),
         });
     }
-    let s = normalize(raw);
+    // Without quotes, backslashes, `+`, `$` or `{` there is nothing to undo.
+    let (s, s_needles): (Cow<str>, _) = if set.any(ByteSet::of_bytes(b"\\+'\"${")) {
+        // Undoing quotes can join substrings: nothing is known of the result.
+        (Cow::Owned(normalize(raw)), Needles::UNKNOWN)
+    } else {
+        (Cow::Borrowed(raw), needles)
+    };
     let b = s.as_bytes();
     let hit = |reason, at| {
         Some(Hit {
@@ -669,7 +776,12 @@ pub fn detect(value: &str, paranoia: u8, header: bool) -> Option<Hit> {
             return hit(r, 0);
         }
     }
-    let mut i = 0;
+    // Separators (a `\n` typed as text becomes one in `normalize`).
+    let mut i = if set.any(ByteSet::of_bytes(b";\n\r|&`$<>\\")) {
+        0
+    } else {
+        b.len()
+    };
     while i < b.len() {
         let c = b[i];
         let (sep, len) = match c {
@@ -697,12 +809,18 @@ pub fn detect(value: &str, paranoia: u8, header: bool) -> Option<Hit> {
         i += len;
     }
     // A binary's path after whitespace or `=`: `x=/bin/cat`, `foo /usr/bin/id`.
+    let bin = s_needles.may(group::BIN) && set.may_contain("/bin/") && contains_str(&s, "bin/");
     for marker in ["/bin/", "/sbin/"] {
+        if !bin {
+            break;
+        }
         let mut from = 0;
-        while let Some(p) = s[from..].find(marker).map(|p| from + p) {
+        while let Some(p) = find_str(&s[from..], marker).map(|p| from + p) {
+            // After the character that ends the path's root (which may be wider than a byte).
             let root = s[..p]
-                .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '/' || c == '_'))
-                .map_or(0, |q| q + 1);
+                .char_indices()
+                .rfind(|(_, c)| !(c.is_ascii_alphanumeric() || *c == '/' || *c == '_'))
+                .map_or(0, |(q, c)| q + c.len_utf8());
             let prefix = &s[root..p];
             if matches!(prefix, "" | "/usr" | "/usr/local")
                 && (root == 0 || !header)
@@ -719,8 +837,8 @@ pub fn detect(value: &str, paranoia: u8, header: bool) -> Option<Hit> {
             from = p + marker.len();
         }
     }
-    if paranoia >= 2 {
-        if let Some(p) = s.find("$((") {
+    if paranoia >= 2 && s_needles.may(group::ARITHMETIC) && set.has(b'$') {
+        if let Some(p) = find_str(&s, "$((") {
             return hit("shell arithmetic", p);
         }
     }
@@ -729,55 +847,35 @@ pub fn detect(value: &str, paranoia: u8, header: bool) -> Option<Hit> {
 
 /// Shapes that are commands whatever their separators: calls of the language functions that run
 /// commands (`system('id')`), Windows batch loops and conditions, shell parameter tricks.
-fn code_and_batch(s: &str, paranoia: u8) -> Option<(&'static str, usize)> {
-    const RUNNERS: &[&str] = &[
-        "system(",
-        "passthru(",
-        "shell_exec(",
-        "popen(",
-        "proc_open(",
-        "pcntl_exec(",
-        "exec(",
-        "os.system(",
-        "os.popen(",
-        "subprocess.",
-        "runtime.getruntime(",
-        "child_process",
-        "spawnsync(",
-        "execsync(",
-    ];
-    for r in RUNNERS {
-        let mut from = 0;
-        while let Some(p) = s[from..].find(r).map(|p| from + p) {
-            let before_ok =
-                p == 0 || !s.as_bytes()[p - 1].is_ascii_alphanumeric() && s.as_bytes()[p - 1] != b'_';
-            let arg = s[p + r.len()..].trim_start();
-            let arg_ok =
-                r.ends_with('.') || *r == "child_process" || arg.starts_with(['\'', '"', '`', '$', '[']);
-            if before_ok && arg_ok {
-                return Some(("code that runs a command", p));
-            }
-            from = p + r.len();
+fn code_and_batch(s: &str, set: ByteSet, needles: Needles, paranoia: u8) -> Option<(&'static str, usize)> {
+    // Every runner has `(`, `.` or `_`; one automaton says whether any of them is there at all.
+    if set.any(ByteSet::of_bytes(b"(._")) && needles.has(group::RUNNER, || ANY_RUNNER.is_in(s)) {
+        if let Some(found) = runner_call(s) {
+            return Some(found);
         }
     }
-    // for %x in (...) do ..., for /f "..." %%g in (...) do ...
-    if let Some(p) = s.find("for ") {
+    // for %x in (...) do ..., for /f "..." %%g in (...) do ... (with a `%` and a `(`)
+    let batch_loop = needles.may(group::FOR) && set.may_contain("for %(");
+    if let Some(p) = batch_loop.then(|| find_str(s, "for ")).flatten() {
         let rest = &s[p..];
-        if let (Some(i), Some(d)) = (rest.find(" in "), rest.find(" do")) {
+        if let (Some(i), Some(d)) = (find_str(rest, " in "), find_str(rest, " do")) {
             if rest[..i].contains('%') && i < d && rest[i..d].contains('(') {
                 return Some(("Windows batch loop", p));
             }
         }
     }
     // if [not] exist/defined/errorlevel, if %x%==..., if x==y goto
-    if let Some(p) = s.find("if ") {
+    let condition = needles.may(group::IF) && set.may_contain("if ");
+    if let Some(p) = condition.then(|| find_str(s, "if ")).flatten() {
         let rest = &s[p + 3..s.len().min(p + 160)];
         let words: Vec<&str> = rest.split_whitespace().collect();
         let cond = words.iter().take(4).any(|w| {
             matches!(*w, "exist" | "defined" | "errorlevel" | "/i") || w.starts_with("%errorlevel%")
         });
-        let compare =
-            rest.contains("==") || rest.contains(" equ ") || rest.contains(" neq ") || rest.contains(" gtr ");
+        let compare = contains_str(rest, "==")
+            || contains_str(rest, " equ ")
+            || contains_str(rest, " neq ")
+            || contains_str(rest, " gtr ");
         let action = words
             .iter()
             .any(|w| matches!(*w, "goto" | "echo" | "call" | "cmd" | "set" | "exit"));
@@ -786,9 +884,25 @@ fn code_and_batch(s: &str, paranoia: u8) -> Option<(&'static str, usize)> {
         }
     }
     // ${PATH:0:1} (a slash), ${var#...}, ${var%...}: building characters from variables.
+    if needles.may(group::DOLLAR_BRACE) && set.may_contain("${") {
+        if let Some(p) = parameter_expansion(s, paranoia) {
+            return Some(("shell parameter expansion", p));
+        }
+    }
+    if paranoia >= 2
+        && ((needles.may(group::DOLLAR_BRACKET) && set.has(b'$') && contains_str(s, "$["))
+            || (set.has(b'(') && set.has(b'{') && s.replace(' ', "").contains("(){")))
+    {
+        return Some(("shell syntax", 0));
+    }
+    None
+}
+
+/// Where `${PATH:0:1}`, `${var#...}` or `${var%...}` builds characters from variables.
+fn parameter_expansion(s: &str, paranoia: u8) -> Option<usize> {
     let b = s.as_bytes();
     let mut from = 0;
-    while let Some(p) = s[from..].find("${").map(|p| from + p) {
+    while let Some(p) = find_str(&s[from..], "${").map(|p| from + p) {
         let name_end = (p + 2..b.len())
             .find(|&k| !(b[k].is_ascii_alphanumeric() || b[k] == b'_'))
             .unwrap_or(b.len());
@@ -802,13 +916,50 @@ fn code_and_batch(s: &str, paranoia: u8) -> Option<(&'static str, usize)> {
                     .split(':')
                     .all(|n| !n.is_empty() && n.trim_start_matches('-').bytes().all(|c| c.is_ascii_digit()));
             if substring || !inner.starts_with(':') || paranoia >= 2 {
-                return Some(("shell parameter expansion", p));
+                return Some(p);
             }
         }
         from = p + 2;
     }
-    if paranoia >= 2 && (s.contains("$[") || s.replace(' ', "").contains("(){")) {
-        return Some(("shell syntax", 0));
+    None
+}
+
+/// Calls of the language functions that run commands.
+pub(super) const RUNNERS: &[&str] = &[
+    "system(",
+    "passthru(",
+    "shell_exec(",
+    "popen(",
+    "proc_open(",
+    "pcntl_exec(",
+    "exec(",
+    "os.system(",
+    "os.popen(",
+    "subprocess.",
+    "runtime.getruntime(",
+    "child_process",
+    "spawnsync(",
+    "execsync(",
+];
+
+/// Whether any of [`RUNNERS`] is in a value (one pass instead of one search per runner).
+static ANY_RUNNER: LazyLock<AnyOf> = LazyLock::new(|| AnyOf::new(RUNNERS));
+
+/// `system('id')`: a runner (in [`RUNNERS`] order) called with a string, a variable or a list.
+fn runner_call(s: &str) -> Option<(&'static str, usize)> {
+    for r in RUNNERS {
+        let mut from = 0;
+        while let Some(p) = find_str(&s[from..], r).map(|p| from + p) {
+            let before_ok =
+                p == 0 || !s.as_bytes()[p - 1].is_ascii_alphanumeric() && s.as_bytes()[p - 1] != b'_';
+            let arg = s[p + r.len()..].trim_start();
+            let arg_ok =
+                r.ends_with('.') || *r == "child_process" || arg.starts_with(['\'', '"', '`', '$', '[']);
+            if before_ok && arg_ok {
+                return Some(("code that runs a command", p));
+            }
+            from = p + r.len();
+        }
     }
     None
 }
@@ -874,6 +1025,13 @@ mod tests {
         ] {
             assert!(hit(attack), "missed {attack:?}");
         }
+    }
+
+    #[test]
+    fn wide_character_before_a_binary_path() {
+        // The root of the path ends after `é` (two bytes): this used to slice inside it.
+        assert!(detect("é/bin/cat", 1, false).is_some());
+        assert!(detect("é/bin/x", 1, false).is_none());
     }
 
     #[test]

@@ -72,8 +72,13 @@ fn fold_overlong(bytes: &[u8]) -> Cow<'_, [u8]> {
 
 /// Decodes up to three layers of percent-encoding (double encoding is a common evasion).
 pub fn decode_layers(input: &str) -> String {
-    if !input.contains('%') {
-        return input.to_string();
+    decode_layers_cow(input).into_owned()
+}
+
+/// [`decode_layers`], borrowing the input when it has nothing to decode.
+pub fn decode_layers_cow(input: &str) -> Cow<'_, str> {
+    if !input.as_bytes().contains(&b'%') {
+        return Cow::Borrowed(input);
     }
     let mut current = input.to_string();
     for _ in 0..3 {
@@ -86,16 +91,21 @@ pub fn decode_layers(input: &str) -> String {
         }
         current = next;
     }
-    current
+    Cow::Owned(current)
 }
 
 /// A query-string or form value: `+` is a space in the first layer, then up to three layers of
 /// percent-decoding.
 pub fn form_decode(input: &str) -> String {
-    if input.contains('+') {
-        decode_layers(&input.replace('+', " "))
+    form_decode_cow(input).into_owned()
+}
+
+/// [`form_decode`], borrowing the input when it has nothing to decode.
+pub fn form_decode_cow(input: &str) -> Cow<'_, str> {
+    if input.as_bytes().contains(&b'+') {
+        Cow::Owned(decode_layers_cow(&input.replace('+', " ")).into_owned())
     } else {
-        decode_layers(input)
+        decode_layers_cow(input)
     }
 }
 
@@ -337,6 +347,193 @@ pub fn lower_folded(input: &str) -> String {
     };
     s.make_ascii_lowercase();
     s
+}
+
+/// [`lower_folded`] of a value whose bytes are `bytes`, borrowing it when it is already folded
+/// (ASCII, no upper case, no NUL): the common case, without an allocation.
+pub fn lower_folded_cow(input: &str, bytes: ByteSet) -> Cow<'_, str> {
+    if bytes.is_ascii() && !bytes.any(ByteSet::UPPER_OR_NUL) {
+        Cow::Borrowed(input)
+    } else {
+        Cow::Owned(lower_folded(input))
+    }
+}
+
+/// Which ASCII bytes a value contains, from one pass over it, so that each detector can tell in a
+/// few instructions whether the characters its shapes need are there at all (most values are
+/// ids, numbers and words, and need no further work).
+///
+/// A non-ASCII byte also sets the bit of its low seven bits: the set may hold bytes the value
+/// lacks, never the reverse. It answers "could it be there", never "it is there".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ByteSet {
+    ascii: u128,
+    non_ascii: bool,
+}
+
+impl ByteSet {
+    /// Every ASCII byte: what a value may hold once Unicode look-alikes are folded to ASCII.
+    pub const ALL: ByteSet = ByteSet {
+        ascii: u128::MAX,
+        non_ascii: true,
+    };
+    /// ASCII letters.
+    pub const LETTERS: ByteSet = ByteSet::of_bytes(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz");
+    /// ASCII upper-case letters.
+    pub const UPPER: ByteSet = ByteSet::of_bytes(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ");
+    const UPPER_OR_NUL: ByteSet = ByteSet::of_bytes(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ\0");
+
+    pub fn of(s: &str) -> ByteSet {
+        // Two 64-bit halves (cheaper to update than one 128-bit word); the high bits of all bytes
+        // OR-ed together say whether one was not ASCII.
+        let mut halves = [0u64; 2];
+        let mut all = 0u8;
+        for &b in s.as_bytes() {
+            halves[usize::from((b >> 6) & 1)] |= 1u64 << (b & 63);
+            all |= b;
+        }
+        ByteSet {
+            ascii: u128::from(halves[0]) | (u128::from(halves[1]) << 64),
+            non_ascii: all >= 0x80,
+        }
+    }
+
+    /// The set of the given bytes (for constants: `ByteSet::of_bytes(b"<>\"'")`).
+    pub const fn of_bytes(bytes: &[u8]) -> ByteSet {
+        let mut ascii = 0u128;
+        let mut i = 0;
+        while i < bytes.len() {
+            ascii |= 1u128 << (bytes[i] & 0x7f);
+            i += 1;
+        }
+        ByteSet {
+            ascii,
+            non_ascii: false,
+        }
+    }
+
+    /// Whether the value may contain `b` (an ASCII byte).
+    pub fn has(self, b: u8) -> bool {
+        self.ascii & (1u128 << (b & 0x7f)) != 0
+    }
+
+    /// Whether the value may contain any byte of `set`.
+    pub fn any(self, set: ByteSet) -> bool {
+        self.ascii & set.ascii != 0
+    }
+
+    /// Whether `s`, the value this set was made of, contains a byte of `set` (exact, and without
+    /// looking at `s` unless it has non-ASCII characters).
+    pub fn contains_any_of(self, s: &str, set: ByteSet) -> bool {
+        self.any(set) && (!self.non_ascii || s.bytes().any(|b| b < 0x80 && set.has(b)))
+    }
+
+    /// Whether the value may contain `needle`: it has every byte of it.
+    pub fn may_contain(self, needle: &str) -> bool {
+        needle.bytes().all(|b| self.has(b))
+    }
+
+    /// Whether the value is ASCII (exact).
+    pub fn is_ascii(self) -> bool {
+        !self.non_ascii
+    }
+
+    /// The bytes [`lower_folded`] of the value may contain: upper case folded to lower case, or,
+    /// when the value has non-ASCII characters (look-alikes fold to any ASCII byte), all of them.
+    pub fn lower_folded(self) -> ByteSet {
+        if self.non_ascii {
+            return ByteSet::ALL;
+        }
+        let upper = ByteSet::UPPER.ascii;
+        ByteSet {
+            ascii: (self.ascii & !upper) | ((self.ascii & upper) << 32),
+            non_ascii: false,
+        }
+    }
+}
+
+/// The first occurrence of `needle` in `haystack`. For the short needles and values of the
+/// detectors this is much cheaper than `str::find`, which prepares a searcher on every call: the
+/// candidates are found with `memchr` (through `str::find` of a character) and compared in place.
+pub fn find_str(haystack: &str, needle: &str) -> Option<usize> {
+    let (h, n) = (haystack.as_bytes(), needle.as_bytes());
+    let Some((&first, rest)) = n.split_first() else {
+        return Some(0);
+    };
+    if !first.is_ascii() {
+        return haystack.find(needle);
+    }
+    let mut from = 0;
+    while let Some(p) = haystack[from..].find(first as char) {
+        let at = from + p;
+        if h.len() - at < n.len() {
+            return None;
+        }
+        if &h[at + 1..at + n.len()] == rest {
+            return Some(at);
+        }
+        // After an ASCII byte: a character boundary.
+        from = at + 1;
+    }
+    None
+}
+
+/// Whether any of a list of needles is in a value, in one pass (instead of one search per needle),
+/// e.g. as a gate in front of the loops that look for each needle in turn.
+pub struct AnyOf {
+    automaton: Option<aho_corasick::AhoCorasick>,
+    needles: &'static [&'static str],
+    ignore_ascii_case: bool,
+}
+
+impl AnyOf {
+    pub fn new(needles: &'static [&'static str]) -> AnyOf {
+        AnyOf::build(needles, false)
+    }
+
+    /// Lower-case needles, compared without regard to ASCII case.
+    pub fn ignoring_ascii_case(needles: &'static [&'static str]) -> AnyOf {
+        AnyOf::build(needles, true)
+    }
+
+    fn build(needles: &'static [&'static str], ignore_ascii_case: bool) -> AnyOf {
+        // A DFA without a prefilter: on the values seen here (text full of the needles' letters)
+        // the prefilter's candidates cost three times what the plain DFA scan does.
+        let automaton = aho_corasick::AhoCorasick::builder()
+            .ascii_case_insensitive(ignore_ascii_case)
+            .kind(Some(aho_corasick::AhoCorasickKind::DFA))
+            .prefilter(false)
+            .build(needles)
+            .or_else(|_| {
+                aho_corasick::AhoCorasick::builder()
+                    .ascii_case_insensitive(ignore_ascii_case)
+                    .build(needles)
+            })
+            .ok();
+        AnyOf {
+            automaton,
+            needles,
+            ignore_ascii_case,
+        }
+    }
+
+    /// Whether one of the needles is in `s`.
+    pub fn is_in(&self, s: &str) -> bool {
+        match &self.automaton {
+            Some(a) => a.is_match(s),
+            // Never for the small lists here; the same answer, slower.
+            None if self.ignore_ascii_case => {
+                let lower = s.to_ascii_lowercase();
+                self.needles.iter().any(|n| contains_str(&lower, n))
+            }
+            None => self.needles.iter().any(|n| contains_str(s, n)),
+        }
+    }
+}
+
+/// Whether `haystack` contains `needle` (see [`find_str`]).
+pub fn contains_str(haystack: &str, needle: &str) -> bool {
+    find_str(haystack, needle).is_some()
 }
 
 /// A short excerpt of `s` around byte offset `at`, on character boundaries.

@@ -1,8 +1,11 @@
 //! What the injection detectors inspect: the request split into decoded values, each with where
 //! it came from (path, query parameter, header, cookie, body field).
 
-use super::decode::{decode_layers, form_decode, html_decode};
+use super::decode::{decode_layers_cow, form_decode_cow, html_decode};
+use super::json::Json;
+use super::scan::Scan;
 use super::RequestView;
+use std::borrow::Cow;
 
 /// At most this much of a body is inspected.
 pub const MAX_BODY_INSPECTED: usize = 256 * 1024;
@@ -35,16 +38,18 @@ pub enum Source {
     BodyRaw,
 }
 
-/// One decoded value.
+/// One decoded value. Borrowed from the request when there was nothing to decode (most values).
 #[derive(Debug, Clone)]
-pub struct Input {
+pub struct Input<'a> {
     pub source: Source,
-    pub name: String,
+    pub name: Cow<'a, str>,
     /// Decoded (percent layers, `+` in query and forms, JSON escapes, XML references).
-    pub value: String,
+    pub value: Cow<'a, str>,
+    /// One pass over `value`, made once for all the detectors ([`Scan::of`]).
+    pub scan: Scan,
 }
 
-impl Input {
+impl Input<'_> {
     /// Where the value is, for evidence: `query q`, `header User-Agent`, `body.user`...
     pub fn location(&self) -> String {
         match self.source {
@@ -88,164 +93,218 @@ impl Input {
     pub fn is_header(&self) -> bool {
         matches!(self.source, Source::Header | Source::Cookie)
     }
+
+    fn into_owned<'b>(self) -> Input<'b> {
+        Input {
+            source: self.source,
+            name: Cow::Owned(self.name.into_owned()),
+            value: Cow::Owned(self.value.into_owned()),
+            scan: self.scan,
+        }
+    }
 }
 
 /// Headers that carry protocol data, never user data worth inspecting for injections.
 fn skipped_header(name: &str) -> bool {
-    const SKIP: &[&str] = &[
-        "host",
-        "content-length",
-        "content-type",
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "te",
-        "upgrade",
-        "accept",
-        "accept-encoding",
-        "accept-language",
-        "accept-charset",
-        "cache-control",
-        "pragma",
-        "expect",
-        "date",
-        "dnt",
-        "range",
-        "if-match",
-        "if-none-match",
-        "if-modified-since",
-        "if-unmodified-since",
-        "if-range",
-        "authorization",
-        "proxy-authorization",
-        "content-encoding",
-        "upgrade-insecure-requests",
-        "priority",
-        "x-request-id",
-        "x-correlation-id",
-        "traceparent",
-        "tracestate",
-    ];
-    let lower = name.to_ascii_lowercase();
-    SKIP.contains(&lower.as_str()) || lower.starts_with("sec-") || lower.starts_with("x-b3-")
+    // Lower-cased on the stack: every name below is shorter than the buffer; longer names can
+    // only have one of the prefixes.
+    let mut buf = [0u8; 32];
+    let Some(lower) = buf.get_mut(..name.len()) else {
+        let b = name.as_bytes();
+        return b[..4].eq_ignore_ascii_case(b"sec-") || b[..5].eq_ignore_ascii_case(b"x-b3-");
+    };
+    lower.copy_from_slice(name.as_bytes());
+    lower.make_ascii_lowercase();
+    let lower: &[u8] = lower;
+    matches!(
+        lower,
+        b"host"
+            | b"content-length"
+            | b"content-type"
+            | b"connection"
+            | b"keep-alive"
+            | b"proxy-connection"
+            | b"transfer-encoding"
+            | b"te"
+            | b"upgrade"
+            | b"accept"
+            | b"accept-encoding"
+            | b"accept-language"
+            | b"accept-charset"
+            | b"cache-control"
+            | b"pragma"
+            | b"expect"
+            | b"date"
+            | b"dnt"
+            | b"range"
+            | b"if-match"
+            | b"if-none-match"
+            | b"if-modified-since"
+            | b"if-unmodified-since"
+            | b"if-range"
+            | b"authorization"
+            | b"proxy-authorization"
+            | b"content-encoding"
+            | b"upgrade-insecure-requests"
+            | b"priority"
+            | b"x-request-id"
+            | b"x-correlation-id"
+            | b"traceparent"
+            | b"tracestate"
+    ) || lower.starts_with(b"sec-")
+        || lower.starts_with(b"x-b3-")
+}
+
+/// Percent layers of a value that may already be decoded otherwise (an XML reference, a JSON
+/// escape): borrowed when neither step changed it.
+fn decoded(text: Cow<'_, str>) -> Cow<'_, str> {
+    match text {
+        Cow::Borrowed(t) => decode_layers_cow(t),
+        Cow::Owned(t) => {
+            let changed = match decode_layers_cow(&t) {
+                Cow::Borrowed(_) => None,
+                Cow::Owned(d) => Some(d),
+            };
+            Cow::Owned(changed.unwrap_or(t))
+        }
+    }
 }
 
 /// All values of a request, decoded.
 #[derive(Debug, Default)]
-pub struct Inputs {
-    pub items: Vec<Input>,
+pub struct Inputs<'a> {
+    pub items: Vec<Input<'a>>,
     /// Raw header values that were skipped above (JNDI lookups are looked for in every header).
-    pub all_headers: Vec<(String, String)>,
+    pub all_headers: Vec<(&'a str, &'a str)>,
+    /// Values already taken before these (a body that is not UTF-8 is split apart, then appended).
+    taken: usize,
 }
 
-impl Inputs {
-    fn push(&mut self, source: Source, name: &str, value: String) {
-        if value.is_empty() || self.items.len() >= MAX_INPUTS {
+impl<'a> Inputs<'a> {
+    fn push(&mut self, source: Source, name: impl Into<Cow<'a, str>>, value: Cow<'a, str>) {
+        if value.is_empty() || self.taken + self.items.len() >= MAX_INPUTS {
             return;
         }
         self.items.push(Input {
             source,
-            name: name.to_string(),
+            name: name.into(),
+            scan: Scan::of(&value),
             value,
         });
     }
 
     /// Splits and decodes a request.
-    pub fn collect(req: &RequestView) -> Inputs {
-        let mut inputs = Inputs::default();
-        let (path, query) = match req.target.split_once('?') {
+    pub fn collect(req: &RequestView<'a>) -> Inputs<'a> {
+        let mut inputs = Inputs {
+            // Enough for most requests: growing the vector costs more than the guess.
+            items: Vec::with_capacity(16),
+            ..Inputs::default()
+        };
+        let target: &'a str = req.target;
+        let (path, query) = match target.split_once('?') {
             Some((p, q)) => (p, Some(q)),
-            None => (req.target, None),
+            None => (target, None),
         };
         // An absolute-form target: inspect the path part only.
         let path = match path.find("://") {
             Some(i) => path[i + 3..].find('/').map_or("/", |j| &path[i + 3 + j..]),
             None => path,
         };
-        inputs.push(Source::Path, "", decode_layers(path));
+        inputs.push(Source::Path, "", decode_layers_cow(path));
         for segment in path.split('/') {
             if segment
                 .bytes()
                 .any(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~')))
             {
-                inputs.push(Source::PathSegment, "", form_decode(segment));
+                inputs.push(Source::PathSegment, "", form_decode_cow(segment));
             }
         }
         if let Some(query) = query {
             let query = query.split_once('#').map_or(query, |(q, _)| q);
             inputs.form_pairs(query, Source::QueryName, Source::QueryValue);
         }
-        for (name, value) in req.headers {
+        let headers: &'a [(String, String)] = req.headers;
+        for (name, value) in headers {
             if skipped_header(name) {
-                inputs.all_headers.push((name.clone(), value.clone()));
+                inputs.all_headers.push((name, value));
                 continue;
             }
             if name.eq_ignore_ascii_case("cookie") {
                 for pair in value.split(';') {
                     let (k, v) = pair.split_once('=').unwrap_or(("", pair));
-                    inputs.push(Source::Cookie, k.trim(), decode_layers(v.trim()));
+                    inputs.push(Source::Cookie, k.trim(), decode_layers_cow(v.trim()));
                     // Cookie names are attacker-chosen too.
                     if k.bytes()
                         .any(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b' ')))
                     {
-                        inputs.push(Source::Cookie, "(name)", decode_layers(k.trim()));
+                        inputs.push(Source::Cookie, "(name)", decode_layers_cow(k.trim()));
                     }
                 }
                 continue;
             }
-            inputs.push(Source::Header, name, decode_layers(value));
+            inputs.push(Source::Header, name.as_str(), decode_layers_cow(value));
         }
         if let Some(body) = req.body {
             let body = &body[..body.len().min(MAX_BODY_INSPECTED)];
-            let content_type = req
-                .headers
+            let content_type = headers
                 .iter()
                 .find(|(n, _)| n.eq_ignore_ascii_case("content-type"))
                 .map(|(_, v)| v.as_str())
                 .unwrap_or("");
-            inputs.body(body, content_type);
+            match String::from_utf8_lossy(body) {
+                Cow::Borrowed(text) => inputs.body(text, content_type),
+                Cow::Owned(text) => {
+                    // The values point into the repaired text: split it apart, then keep copies.
+                    let mut owned = Inputs {
+                        taken: inputs.items.len(),
+                        ..Inputs::default()
+                    };
+                    owned.body(&text, content_type);
+                    inputs
+                        .items
+                        .extend(owned.items.into_iter().map(Input::into_owned));
+                }
+            }
         }
         inputs
     }
 
-    fn form_pairs(&mut self, data: &str, name_source: Source, value_source: Source) {
+    fn form_pairs(&mut self, data: &'a str, name_source: Source, value_source: Source) {
         for pair in data.split('&') {
             if pair.is_empty() {
                 continue;
             }
             match pair.split_once('=') {
                 Some((k, v)) => {
-                    let name = form_decode(k);
-                    self.push(value_source, &name, form_decode(v));
+                    let name = form_decode_cow(k);
+                    self.push(value_source, name.clone(), form_decode_cow(v));
                     self.push(name_source, "", name);
                 }
-                None => self.push(name_source, "", form_decode(pair)),
+                None => self.push(name_source, "", form_decode_cow(pair)),
             }
         }
     }
 
-    fn body(&mut self, body: &[u8], content_type: &str) {
+    fn body(&mut self, text: &'a str, content_type: &str) {
         let ct = content_type.to_ascii_lowercase();
-        let text = String::from_utf8_lossy(body);
         let trimmed = text.trim_start();
         if ct.starts_with("multipart/") {
             if let Some(boundary) = boundary(content_type) {
-                self.multipart(&text, &boundary);
+                self.multipart(text, &boundary);
                 return;
             }
         }
         if ct.contains("json") || (ct.is_empty() && (trimmed.starts_with('{') || trimmed.starts_with('['))) {
-            if let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) {
-                self.json(&value, "", 0);
+            if let Some(value) = Json::parse(text) {
+                self.json(value, Cow::Borrowed(""), 0);
                 return;
             }
         }
         if ct.contains("xml") || (ct.is_empty() && trimmed.starts_with('<')) {
-            self.xml(&text);
+            self.xml(text);
             if ct.is_empty() {
                 // Without a declared type the markup itself may be the attack.
-                self.push(Source::BodyRaw, "", decode_layers(&text));
+                self.push(Source::BodyRaw, "", decode_layers_cow(text));
             }
             return;
         }
@@ -257,31 +316,33 @@ impl Inputs {
             );
             return;
         }
-        self.push(Source::BodyRaw, "", decode_layers(&text));
+        self.push(Source::BodyRaw, "", decode_layers_cow(text));
     }
 
-    fn json(&mut self, value: &serde_json::Value, key: &str, depth: usize) {
+    /// The strings of a parsed JSON document (borrowed from the body, or taken from the parser,
+    /// when they need no decoding).
+    fn json(&mut self, value: Json<'a>, key: Cow<'a, str>, depth: usize) {
         if depth > MAX_JSON_DEPTH {
             return;
         }
         match value {
-            serde_json::Value::String(s) => self.push(Source::BodyValue, key, decode_layers(s)),
-            serde_json::Value::Array(items) => {
+            Json::String(s) => self.push(Source::BodyValue, key, decoded(s)),
+            Json::Array(items) => {
                 for item in items {
-                    self.json(item, key, depth + 1);
+                    self.json(item, key.clone(), depth + 1);
                 }
             }
-            serde_json::Value::Object(map) => {
+            Json::Object(map) => {
                 for (k, v) in map {
-                    self.push(Source::BodyName, "", decode_layers(k));
+                    self.push(Source::BodyName, "", decoded(k.clone()));
                     self.json(v, k, depth + 1);
                 }
             }
-            _ => {}
+            Json::Other => {}
         }
     }
 
-    fn multipart(&mut self, text: &str, boundary: &str) {
+    fn multipart(&mut self, text: &'a str, boundary: &str) {
         let delimiter = format!("--{boundary}");
         for part in text.split(delimiter.as_str()).skip(1) {
             if part.starts_with("--") {
@@ -308,43 +369,43 @@ impl Inputs {
                         name = n;
                     }
                     if let Some(f) = disposition_param(line, "filename") {
-                        self.push(Source::BodyName, "", decode_layers(&f));
+                        self.push(Source::BodyName, "", decoded(Cow::Owned(f)));
                     }
                 } else if let Some(t) = lower.strip_prefix("content-type:") {
                     part_type = t.trim().to_string();
                 }
             }
             if !name.is_empty() {
-                self.push(Source::BodyName, "", decode_layers(&name));
+                self.push(Source::BodyName, "", decoded(Cow::Owned(name.clone())));
             }
             if part_type.contains("json") {
-                if let Ok(value) = serde_json::from_str::<serde_json::Value>(content) {
-                    self.json(&value, &name, 1);
+                if let Some(value) = Json::parse(content) {
+                    self.json(value, Cow::Owned(name), 1);
                     continue;
                 }
             }
-            self.push(Source::BodyValue, &name, decode_layers(content));
+            self.push(Source::BodyValue, name, decode_layers_cow(content));
         }
     }
 
     /// Text nodes and attribute values of an XML document, with character references decoded.
     /// A scanner, not a parser: it never fails and never expands entities.
-    fn xml(&mut self, text: &str) {
+    fn xml(&mut self, text: &'a str) {
         let mut rest = text;
         while let Some(lt) = rest.find('<') {
             let node = rest[..lt].trim();
             if !node.is_empty() {
-                self.push(Source::BodyValue, "xml", decode_layers(&html_decode(node)));
+                self.push(Source::BodyValue, "xml", decoded(html_decode(node)));
             }
             rest = &rest[lt..];
             if let Some(cdata) = rest.strip_prefix("<![CDATA[") {
                 let end = cdata.find("]]>").unwrap_or(cdata.len());
-                self.push(Source::BodyValue, "xml", decode_layers(&cdata[..end]));
+                self.push(Source::BodyValue, "xml", decode_layers_cow(&cdata[..end]));
                 rest = cdata.get(end + 3..).unwrap_or("");
                 continue;
             }
             let Some(gt) = tag_end(rest) else {
-                self.push(Source::BodyValue, "xml", decode_layers(&html_decode(rest)));
+                self.push(Source::BodyValue, "xml", decoded(html_decode(rest)));
                 return;
             };
             let tag = &rest[1..gt];
@@ -357,18 +418,14 @@ impl Inputs {
                 };
                 let body = &after[1..];
                 let end = body.find(q).unwrap_or(body.len());
-                self.push(
-                    Source::BodyValue,
-                    "xml",
-                    decode_layers(&html_decode(&body[..end])),
-                );
+                self.push(Source::BodyValue, "xml", decoded(html_decode(&body[..end])));
                 attrs = body.get(end + 1..).unwrap_or("");
             }
             rest = &rest[gt + 1..];
         }
         let tail = rest.trim();
         if !tail.is_empty() {
-            self.push(Source::BodyValue, "xml", decode_layers(&html_decode(tail)));
+            self.push(Source::BodyValue, "xml", decoded(html_decode(tail)));
         }
     }
 }
@@ -412,7 +469,8 @@ fn disposition_param(line: &str, param: &str) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn collect(target: &str, headers: &[(&str, &str)], body: Option<&str>) -> Inputs {
+    /// The values of a request (owned: the request is built here).
+    fn collect(target: &str, headers: &[(&str, &str)], body: Option<&str>) -> Vec<Input<'static>> {
         let headers: Vec<(String, String)> = headers
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -423,15 +481,41 @@ mod tests {
             headers: &headers,
             body: body.map(str::as_bytes),
         })
+        .items
+        .into_iter()
+        .map(Input::into_owned)
+        .collect()
     }
 
-    fn values(inputs: &Inputs, source: Source) -> Vec<(String, String)> {
+    fn values(inputs: &[Input], source: Source) -> Vec<(String, String)> {
         inputs
-            .items
             .iter()
             .filter(|i| i.source == source)
-            .map(|i| (i.name.clone(), i.value.clone()))
+            .map(|i| (i.name.to_string(), i.value.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn protocol_headers_are_skipped_in_any_case() {
+        for name in [
+            "Host",
+            "ACCEPT-ENCODING",
+            "Sec-Fetch-Mode",
+            "X-B3-TraceId",
+            "traceparent",
+        ] {
+            assert!(skipped_header(name), "{name}");
+        }
+        assert!(skipped_header("Sec-A-Header-Name-Longer-Than-Thirty-Two-Bytes"));
+        for name in [
+            "User-Agent",
+            "Referer",
+            "X-Forwarded-For",
+            "Cookie",
+            "A-Header-Name-Longer-Than-Thirty-Two-Bytes",
+        ] {
+            assert!(!skipped_header(name), "{name}");
+        }
     }
 
     #[test]
@@ -457,7 +541,6 @@ mod tests {
         );
         assert_eq!(values(&i, Source::Cookie)[1], ("pref".into(), "<b>".into()));
         assert!(i
-            .items
             .iter()
             .any(|x| x.source == Source::Cookie && x.is_secret_location()));
     }

@@ -3,8 +3,12 @@
 //! lookups attackers nest to hide the word: `${lower:j}`, `${::-n}`, `${env:X:-d}`,
 //! `${date:'i'}`, `$${...}`.
 
-use super::decode::{excerpt, html_decode, lower_folded, percent_decode_once, unescape_backslash};
+use super::decode::{
+    contains_str, excerpt, html_decode, lower_folded, percent_decode_once, unescape_backslash, AnyOf,
+};
+use super::scan::{group, Scan};
 use super::Hit;
+use std::sync::LazyLock;
 
 const MAX_DEPTH: usize = 16;
 /// Protocols a JNDI lookup can use.
@@ -110,14 +114,27 @@ fn resolve(inner: &str) -> String {
 }
 
 /// Looks for a JNDI lookup in one decoded value.
+#[cfg(test)]
 pub fn detect(value: &str, paranoia: u8) -> Option<Hit> {
-    let quick = value.contains('$')
-        || value.contains("%24")
-        || value.contains("&#")
-        || value.contains("&dollar")
-        || value.contains("\\u")
-        || value.contains("\\x")
-        || (paranoia >= 2 && value.to_ascii_lowercase().contains("jndi"));
+    detect_in(value, Scan::of(value), paranoia)
+}
+
+/// "jndi" in any ASCII case.
+static JNDI_WORD: LazyLock<AnyOf> = LazyLock::new(|| AnyOf::ignoring_ascii_case(&["jndi"]));
+
+/// [`detect`] of a value whose scan is `scan` ([`Scan::of`] the value).
+pub(crate) fn detect_in(value: &str, scan: Scan, paranoia: u8) -> Option<Hit> {
+    // Each test is skipped when the scan says the character or substring it needs is absent.
+    let (bytes, needles) = (scan.bytes, scan.needles);
+    let quick = (bytes.has(b'$') && value.as_bytes().contains(&b'$'))
+        || (needles.may(group::PERCENT_24) && bytes.has(b'%') && contains_str(value, "%24"))
+        || (needles.may(group::AMP_REFERENCE)
+            && bytes.has(b'&')
+            && (contains_str(value, "&#") || contains_str(value, "&dollar")))
+        || (needles.may(group::BACKSLASH_ESCAPE)
+            && bytes.has(b'\\')
+            && (contains_str(value, "\\u") || contains_str(value, "\\x")))
+        || (paranoia >= 2 && needles.has(group::JNDI, || JNDI_WORD.is_in(value)));
     if !quick {
         return None;
     }

@@ -15,6 +15,8 @@ pub mod decode;
 pub mod exposure;
 pub mod inputs;
 mod jndi;
+mod json;
+pub mod scan;
 mod shadow;
 mod sqli;
 mod ssrf;
@@ -118,7 +120,7 @@ impl Injection {
     }
 
     fn check(&self, input: &Input) -> Option<Hit> {
-        let value = input.value.as_str();
+        let (value, scan): (&str, _) = (&input.value, input.scan);
         // Path segments are for the SQL reading only; the others read the whole path.
         if (input.source == Source::PathSegment) != matches!(self, Injection::Sql { .. })
             && (input.source == Source::PathSegment || input.source == Source::Path)
@@ -126,12 +128,12 @@ impl Injection {
             return None;
         }
         match self {
-            Injection::Sql { paranoia } => sqli::detect(value, *paranoia),
-            Injection::Xss(x) => x.detect(value),
-            Injection::Command { paranoia } => cmdi::detect(value, *paranoia, input.is_header()),
-            Injection::Ssrf(s) => s.detect(value, input.source == Source::Header, input.is_value()),
-            Injection::Jndi { paranoia } => jndi::detect(value, *paranoia),
-            Injection::Traversal { paranoia } => traversal::detect(value, *paranoia),
+            Injection::Sql { paranoia } => sqli::detect_in(value, scan, *paranoia),
+            Injection::Xss(x) => x.detect_in(value, scan),
+            Injection::Command { paranoia } => cmdi::detect_in(value, scan, *paranoia, input.is_header()),
+            Injection::Ssrf(s) => s.detect_in(value, scan, input.source == Source::Header, input.is_value()),
+            Injection::Jndi { paranoia } => jndi::detect_in(value, scan, *paranoia),
+            Injection::Traversal { paranoia } => traversal::detect_in(value, scan, *paranoia),
         }
     }
 
@@ -162,7 +164,8 @@ impl Injection {
         if let Injection::Jndi { paranoia } = self {
             // Lookups are logged from any header, including the protocol ones.
             for (name, value) in &inputs.all_headers {
-                if let Some(hit) = jndi::detect(&decode_layers(value), *paranoia) {
+                let value = decode::decode_layers_cow(value);
+                if let Some(hit) = jndi::detect_in(&value, scan::Scan::bytes_of(&value), *paranoia) {
                     return Some(Detection {
                         evidence: format!("{} in header {name}", hit.reason),
                     });

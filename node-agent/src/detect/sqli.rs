@@ -7,8 +7,10 @@
 //! MySQL's executable comments (`/*!50000 UNION*/`) are read as code, other comments as
 //! whitespace, so `UNION/**/SELECT` and `'/**/OR/**/1=1` are the same as their plain forms.
 
-use super::decode::excerpt;
+use super::decode::{contains_str, excerpt, AnyOf, ByteSet};
+use super::scan::{group, Scan};
 use super::Hit;
+use std::sync::LazyLock;
 
 /// Tokens read from one value (a longer value is read up to here).
 const MAX_TOKENS: usize = 8192;
@@ -87,7 +89,8 @@ fn is_op_byte(b: u8) -> bool {
 /// Splits lower-cased text into SQL tokens.
 fn tokenize<'a>(s: &'a str) -> Vec<Tok<'a>> {
     let b = s.as_bytes();
-    let mut out = Vec::new();
+    // About one token per four bytes of text; growing the vector costs more than the guess.
+    let mut out = Vec::with_capacity((b.len() / 4 + 4).min(MAX_TOKENS));
     let mut i = 0;
     let slice = |a: usize, z: usize| -> &'a str { s.get(a..z).unwrap_or("") };
     while i < b.len() && out.len() < MAX_TOKENS {
@@ -332,8 +335,8 @@ const CATALOGS: &[&str] = &[
 ];
 
 struct Tokens<'a> {
-    /// Without comments.
-    sig: Vec<Tok<'a>>,
+    /// Without comments, when there are comments (else the same as `raw`: see [`Tokens::sig`]).
+    without_comments: Option<Vec<Tok<'a>>>,
     /// With comments.
     raw: Vec<Tok<'a>>,
 }
@@ -341,8 +344,19 @@ struct Tokens<'a> {
 impl<'a> Tokens<'a> {
     fn new(s: &'a str) -> Self {
         let raw = tokenize(s);
-        let sig = raw.iter().copied().filter(|t| t.kind != Kind::Comment).collect();
-        Tokens { sig, raw }
+        let without_comments = raw
+            .iter()
+            .any(|t| t.kind == Kind::Comment)
+            .then(|| raw.iter().copied().filter(|t| t.kind != Kind::Comment).collect());
+        Tokens {
+            without_comments,
+            raw,
+        }
+    }
+
+    /// The tokens without comments.
+    fn sig(&self) -> &[Tok<'a>] {
+        self.without_comments.as_deref().unwrap_or(&self.raw)
     }
 }
 
@@ -498,7 +512,7 @@ fn sql_then_trailing_comment(toks: &Tokens, from: usize) -> bool {
         return false;
     }
     let body: Vec<&Tok> = toks
-        .sig
+        .sig()
         .iter()
         .filter(|t| t.start >= from && t.start < last.start)
         .collect();
@@ -516,7 +530,7 @@ fn sql_then_trailing_comment(toks: &Tokens, from: usize) -> bool {
 /// an unclosed string at the end that the application's own closing quote completes:
 /// `aa'^0+0='0`, `1'*null or '1`, `a' IS NOT NULL or '1`.
 fn expression_to_open_string(toks: &Tokens) -> bool {
-    let v = &toks.sig;
+    let v = toks.sig();
     let mut i = 0;
     while get(v, i).is_some_and(|t| t.kind == Kind::RParen) {
         i += 1;
@@ -911,11 +925,17 @@ fn after_breakout(v: &[Tok], start: usize, strict: bool) -> Option<&'static str>
 }
 
 /// Looks for SQL injection in one decoded value.
+#[cfg(test)]
 pub fn detect(value: &str, paranoia: u8) -> Option<Hit> {
-    if value.is_ascii() && !prefilter(value) {
+    detect_in(value, Scan::of(value), paranoia)
+}
+
+/// [`detect`] of a value whose scan is `scan` ([`Scan::of`] the value).
+pub(crate) fn detect_in(value: &str, scan: Scan, paranoia: u8) -> Option<Hit> {
+    if scan.bytes.is_ascii() && !prefilter(value, scan) {
         return None;
     }
-    let lower = super::decode::lower_folded(value);
+    let lower = super::decode::lower_folded_cow(value, scan.bytes);
     let (reason, at) = detect_lower(&lower, paranoia)?;
     Some(Hit {
         reason,
@@ -927,10 +947,10 @@ pub fn detect(value: &str, paranoia: u8) -> Option<Hit> {
 fn detect_lower(s: &str, paranoia: u8) -> Option<(&'static str, usize)> {
     // Numeric context: the value as it is.
     let bare = Tokens::new(s);
-    if let Some(r) = anywhere(&bare.sig, paranoia) {
+    if let Some(r) = anywhere(bare.sig(), paranoia) {
         return Some((r, 0));
     }
-    let v = &bare.sig;
+    let v = bare.sig();
     // A number, possibly inside an arithmetic expression (`-9-(2) or 1=1`, `((1))*x and 8=3`).
     let mut i = 0;
     let mut numbers = 0;
@@ -982,21 +1002,21 @@ fn detect_lower(s: &str, paranoia: u8) -> Option<(&'static str, usize)> {
         if comment_follows(&toks.raw, 0) {
             return Some(("comment after quote", q));
         }
-        if let Some(r) = after_breakout(&toks.sig, 0, false) {
+        if let Some(r) = after_breakout(toks.sig(), 0, false) {
             return Some((r, q));
         }
-        if let Some(r) = anywhere(&toks.sig, paranoia) {
+        if let Some(r) = anywhere(toks.sig(), paranoia) {
             return Some((r, q));
         }
         if sql_then_trailing_comment(&toks, 0) {
             return Some(("comment truncation after break-out", q));
         }
-        if expression_to_open_string(&toks) || operator_to_open_string(&toks.sig, quote) {
+        if expression_to_open_string(&toks) || operator_to_open_string(toks.sig(), quote) {
             return Some(("expression after break-out", q));
         }
     }
     if paranoia >= 2 {
-        if let Some(p) = sql_function_call(&bare.sig) {
+        if let Some(p) = sql_function_call(bare.sig()) {
             return Some(("SQL function call", p));
         }
     }
@@ -1109,7 +1129,7 @@ fn expression_then_comment(toks: &Tokens) -> bool {
     if !truncating(last) || last.text.trim_end().len() > 6 {
         return false;
     }
-    let body: Vec<&Tok> = toks.sig.iter().filter(|t| t.start < last.start).collect();
+    let body: Vec<&Tok> = toks.sig().iter().filter(|t| t.start < last.start).collect();
     let structure = body.iter().any(|t| matches!(t.kind, Kind::LParen | Kind::Op));
     let all_sql = body.iter().enumerate().all(|(k, t)| match t.kind {
         Kind::Word => {
@@ -1166,50 +1186,52 @@ fn sql_function_call(v: &[Tok]) -> Option<usize> {
 
 /// Cheap test that a value could hold SQL at all: a quote, a statement separator, a comment, a
 /// parenthesis, an operator, or a SQL keyword.
-fn prefilter(value: &str) -> bool {
+fn prefilter(value: &str, scan: Scan) -> bool {
+    let (bytes, needles) = (scan.bytes, scan.needles);
     let b = value.as_bytes();
     if b.len() < 3 {
         return false;
     }
-    if b.iter().any(|c| {
-        matches!(
-            c,
-            b'\'' | b'"' | b';' | b'(' | b'=' | b'#' | b'@' | b'<' | b'>' | b'|' | b'&'
-        )
-    }) || value.contains("--")
-        || value.contains("/*")
+    // `bytes` is exact for an ASCII value.
+    let comment = needles.may(group::SQL_COMMENT);
+    if bytes.any(ByteSet::of_bytes(b"'\";(=#@<>|&"))
+        || (comment && bytes.has(b'-') && contains_str(value, "--"))
+        || (comment && bytes.has(b'/') && contains_str(value, "/*"))
     {
         return true;
     }
-    // Keywords, for `1 union select 2` and `1 or 1 like 1`.
-    let lower = value.to_ascii_lowercase();
-    [
-        "union",
-        "select",
-        " or ",
-        " and ",
-        " xor ",
-        "waitfor",
-        "like",
-        "between",
-        "order",
-        "declare",
-        "exec",
-        "information_schema",
-        "pg_",
-        "sys",
-        "sqlite",
-        "@@",
-        "drop",
-        "create",
-        "alter",
-        "insert",
-        "delete",
-        "update",
-    ]
-    .iter()
-    .any(|k| lower.contains(k))
+    // Keywords, for `1 union select 2` and `1 or 1 like 1` (all but `@@`, found above, have letters).
+    bytes.any(ByteSet::LETTERS) && needles.has(group::SQL_KEYWORD, || ANY_KEYWORD.is_in(value))
 }
+
+/// Whether one of [`KEYWORDS`] is in a value.
+static ANY_KEYWORD: LazyLock<AnyOf> = LazyLock::new(|| AnyOf::ignoring_ascii_case(KEYWORDS));
+
+/// Words that make a value without SQL punctuation worth tokenising (ASCII case ignored).
+pub(super) const KEYWORDS: &[&str] = &[
+    "union",
+    "select",
+    " or ",
+    " and ",
+    " xor ",
+    "waitfor",
+    "like",
+    "between",
+    "order",
+    "declare",
+    "exec",
+    "information_schema",
+    "pg_",
+    "sys",
+    "sqlite",
+    "@@",
+    "drop",
+    "create",
+    "alter",
+    "insert",
+    "delete",
+    "update",
+];
 
 #[cfg(test)]
 mod tests {

@@ -4,12 +4,15 @@
 //! IPv4, IPv4-mapped IPv6, wildcard-DNS names, Unicode look-alikes), non-HTTP schemes that
 //! clients follow (`gopher://`, `dict://`, `file://`...), and out-of-band callback domains.
 
-use super::decode::{excerpt, fold_unicode};
+use super::decode::{excerpt, find_str, fold_unicode, AnyOf, ByteSet};
+use super::scan::{group, Scan};
 use super::Hit;
+use std::borrow::Cow;
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::LazyLock;
 
 /// Schemes that URL fetchers follow to talk to non-HTTP services or read files.
-const DANGEROUS_SCHEMES: &[&str] = &[
+pub(super) const DANGEROUS_SCHEMES: &[&str] = &[
     "gopher://",
     "dict://",
     "file:/",
@@ -19,10 +22,11 @@ const DANGEROUS_SCHEMES: &[&str] = &[
     "expect://",
 ];
 /// Also dangerous at paranoia 2.
-const DANGEROUS_SCHEMES_2: &[&str] = &["ldap://", "ldaps://", "sftp://", "ftp://", "smb://", "php://"];
+pub(super) const DANGEROUS_SCHEMES_2: &[&str] =
+    &["ldap://", "ldaps://", "sftp://", "ftp://", "smb://", "php://"];
 
 /// Out-of-band interaction services used by scanners to confirm blind SSRF and injections.
-const CALLBACK_DOMAINS: &[&str] = &[
+pub(super) const CALLBACK_DOMAINS: &[&str] = &[
     "burpcollaborator.net",
     "oastify.com",
     "oast.me",
@@ -41,7 +45,7 @@ const CALLBACK_DOMAINS: &[&str] = &[
 ];
 
 /// Schemes whose authority is parsed.
-const URL_SCHEMES: &[&str] = &[
+pub(super) const URL_SCHEMES: &[&str] = &[
     "http:",
     "https:",
     "ftp:",
@@ -59,6 +63,19 @@ const URL_SCHEMES: &[&str] = &[
     "rtsp:",
     "jar:http:",
 ];
+
+/// Gates in front of the loops over the lists above: most values hold none of their entries.
+static ANY_CALLBACK: LazyLock<AnyOf> = LazyLock::new(|| AnyOf::new(CALLBACK_DOMAINS));
+static ANY_DANGEROUS: LazyLock<AnyOf> = LazyLock::new(|| AnyOf::new(DANGEROUS_SCHEMES));
+static ANY_DANGEROUS_2: LazyLock<AnyOf> = LazyLock::new(|| AnyOf::new(DANGEROUS_SCHEMES_2));
+static ANY_URL: LazyLock<AnyOf> = LazyLock::new(|| AnyOf::new(URL_SCHEMES));
+/// The same in any ASCII case, to look at a value before lower-casing it.
+static ANY_CALLBACK_ANY_CASE: LazyLock<AnyOf> =
+    LazyLock::new(|| AnyOf::ignoring_ascii_case(CALLBACK_DOMAINS));
+static ANY_DANGEROUS_ANY_CASE: LazyLock<AnyOf> =
+    LazyLock::new(|| AnyOf::ignoring_ascii_case(DANGEROUS_SCHEMES));
+static ANY_DANGEROUS_2_ANY_CASE: LazyLock<AnyOf> =
+    LazyLock::new(|| AnyOf::ignoring_ascii_case(DANGEROUS_SCHEMES_2));
 
 pub struct Ssrf {
     paranoia: u8,
@@ -80,59 +97,118 @@ impl Ssrf {
     /// `header`: the value comes from a header, where only callback domains and dangerous schemes
     /// count (a Referer of `http://localhost:3000/` is how local development looks).
     /// `is_value`: a parameter or field value, where a bare host name (`localhost:6379`) is checked too.
+    #[cfg(test)]
     pub fn detect(&self, value: &str, header: bool, is_value: bool) -> Option<Hit> {
+        self.detect_in(value, Scan::of(value), header, is_value)
+    }
+
+    /// [`Ssrf::detect`] of a value whose scan is `scan` ([`Scan::of`] the value).
+    pub(crate) fn detect_in(&self, value: &str, scan: Scan, header: bool, is_value: bool) -> Option<Hit> {
+        // `needles` describes the lower-cased value, which `s` below is when it is known.
+        let (bytes, needles) = (scan.bytes, scan.needles);
         if value.len() < 4 {
             return None;
         }
-        let folded = fold_unicode(value);
-        let lower = folded.to_ascii_lowercase();
-        let s = lower.as_str();
+        // A value with no URL, scheme, callback domain or `//` in it: only a bare host name can be
+        // found (in a parameter or field value), and that needs a `.`, a `:` or a loopback prefix.
+        let urls = group::CALLBACK_DOMAIN
+            | group::DANGEROUS_SCHEME
+            | group::DANGEROUS_SCHEME_2
+            | group::URL_SCHEME
+            | group::DOUBLE_SLASH;
+        if !needles.may(urls) {
+            let start = value.trim_start().as_bytes();
+            let loopback_prefix = ["localhost", "ip6-", "ipv6-"]
+                .iter()
+                .any(|p| start.len() >= p.len() && start[..p.len()].eq_ignore_ascii_case(p.as_bytes()));
+            if !is_value || (!bytes.any(ByteSet::of_bytes(b".:")) && !loopback_prefix) {
+                return None;
+            }
+        }
+        if header && bytes.is_ascii() {
+            // Only callback domains and dangerous schemes count here: when the value (ASCII, so
+            // only its case would change) has neither, it needs no lower-cased copy.
+            let callback =
+                bytes.has(b'.') && needles.has(group::CALLBACK_DOMAIN, || ANY_CALLBACK_ANY_CASE.is_in(value));
+            let scheme = bytes.has(b':')
+                && (needles.has(group::DANGEROUS_SCHEME, || ANY_DANGEROUS_ANY_CASE.is_in(value))
+                    || (self.paranoia >= 2
+                        && needles.has(group::DANGEROUS_SCHEME_2, || {
+                            ANY_DANGEROUS_2_ANY_CASE.is_in(value)
+                        })));
+            if !callback && !scheme {
+                return None;
+            }
+        }
+        // Folded and lower-cased; most values already are.
+        let lower: Cow<str> = if bytes.is_ascii() && !bytes.any(ByteSet::UPPER) {
+            Cow::Borrowed(value)
+        } else {
+            Cow::Owned(fold_unicode(value).to_ascii_lowercase())
+        };
+        let s: &str = &lower;
+        // What `s` may contain: every callback domain has a `.`, every scheme a `:`.
+        let set = bytes.lower_folded();
         let hit = |reason, at| {
             Some(Hit {
                 reason,
                 excerpt: excerpt(s, at, 96),
             })
         };
-        for domain in CALLBACK_DOMAINS {
-            if let Some(p) = find_host_suffix(s, domain) {
-                return hit("out-of-band callback domain", p);
+        if set.has(b'.') && needles.has(group::CALLBACK_DOMAIN, || ANY_CALLBACK.is_in(s)) {
+            for domain in CALLBACK_DOMAINS {
+                if let Some(p) = find_host_suffix(s, domain) {
+                    return hit("out-of-band callback domain", p);
+                }
             }
         }
-        let schemes = DANGEROUS_SCHEMES.iter().chain(if self.paranoia >= 2 {
-            DANGEROUS_SCHEMES_2
+        let schemes: &[&[&str]] = if self.paranoia >= 2 {
+            &[DANGEROUS_SCHEMES, DANGEROUS_SCHEMES_2]
         } else {
-            &[]
-        });
-        for scheme in schemes {
-            if let Some(p) = find_word_start(s, scheme) {
-                // `file:` needs a path (`file:///etc/passwd`, `file:/c:/`); `jar:` a URL.
-                let rest = &s[p + scheme.len()..];
-                if *scheme == "jar:" && !rest.starts_with("http") && !rest.starts_with("file") {
-                    continue;
+            &[DANGEROUS_SCHEMES]
+        };
+        if set.has(b':')
+            && (needles.has(group::DANGEROUS_SCHEME, || ANY_DANGEROUS.is_in(s))
+                || (self.paranoia >= 2
+                    && needles.has(group::DANGEROUS_SCHEME_2, || ANY_DANGEROUS_2.is_in(s))))
+        {
+            for scheme in schemes.iter().copied().flatten() {
+                if let Some(p) = find_word_start(s, scheme) {
+                    // `file:` needs a path (`file:///etc/passwd`, `file:/c:/`); `jar:` a URL.
+                    let rest = &s[p + scheme.len()..];
+                    if *scheme == "jar:" && !rest.starts_with("http") && !rest.starts_with("file") {
+                        continue;
+                    }
+                    return hit("dangerous URL scheme", p);
                 }
-                return hit("dangerous URL scheme", p);
             }
         }
         if header {
             return None;
         }
         // URLs anywhere in the value.
-        for scheme in URL_SCHEMES {
-            let mut from = 0;
-            while let Some(p) = find_word_start(&s[from..], scheme).map(|p| from + p) {
-                let after = &s[p + scheme.len()..];
-                let authority_start = after.trim_start_matches(['/', '\\']);
-                let slashes = after.len() - authority_start.len();
-                // `http:0xa9fea9fe` (no slashes) is accepted by some clients too.
-                if let Some(reason) = self.authority(authority_start, slashes > 0 || *scheme != "file:") {
-                    return hit(reason, p);
+        if set.has(b':') && needles.has(group::URL_SCHEME, || ANY_URL.is_in(s)) {
+            for scheme in URL_SCHEMES {
+                let mut from = 0;
+                while let Some(p) = find_word_start(&s[from..], scheme).map(|p| from + p) {
+                    let after = &s[p + scheme.len()..];
+                    let authority_start = after.trim_start_matches(['/', '\\']);
+                    let slashes = after.len() - authority_start.len();
+                    // `http:0xa9fea9fe` (no slashes) is accepted by some clients too.
+                    if let Some(reason) = self.authority(authority_start, slashes > 0 || *scheme != "file:") {
+                        return hit(reason, p);
+                    }
+                    from = p + scheme.len();
                 }
-                from = p + scheme.len();
             }
         }
         // Scheme-relative and unknown schemes: `//127.0.0.1/`, `0://127.0.0.1:80`.
-        let mut from = 0;
-        while let Some(p) = s[from..].find("//").map(|p| from + p) {
+        let mut from = if needles.may(group::DOUBLE_SLASH) {
+            0
+        } else {
+            s.len()
+        };
+        while let Some(p) = find_str(&s[from..], "//").map(|p| from + p) {
             let preceded_by_known = URL_SCHEMES.iter().any(|sch| s[..p].ends_with(sch));
             if !preceded_by_known && (p == 0 || s[..p].ends_with(':')) {
                 if let Some(reason) = self.authority(&s[p + 2..], true) {
@@ -157,7 +233,7 @@ impl Ssrf {
                 || host.starts_with("localhost")
                 || host.starts_with("ip6-")
                 || host.starts_with("ipv6-");
-            if let Some(reason) = self.host(host, false).filter(|_| qualified) {
+            if let Some(reason) = qualified.then(|| self.host(host, false)).flatten() {
                 return hit(reason, 0);
             }
         }
@@ -196,11 +272,12 @@ impl Ssrf {
         if host.is_empty() || host.len() > 253 {
             return None;
         }
-        if self
-            .allow_hosts
-            .iter()
-            .any(|a| host == a || host.ends_with(&format!(".{a}")))
-        {
+        if self.allow_hosts.iter().any(|a| {
+            host == a
+                || host
+                    .strip_suffix(a.as_str())
+                    .is_some_and(|rest| rest.ends_with('.'))
+        }) {
             return None;
         }
         if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
@@ -245,10 +322,10 @@ impl Ssrf {
         if host.ends_with(".internal") && !host.contains(' ') {
             return Some("internal host name");
         }
-        // `example.com.127.0.0.1`: a name whose last labels are an address.
-        let labels: Vec<&str> = host.split('.').collect();
-        if labels.len() > 4 {
-            if let Some(addr) = parse_ipv4(&labels[labels.len() - 4..].join("."), false) {
+        // `example.com.127.0.0.1`: a name whose last labels are an address (more than four labels:
+        // the text after the fourth dot from the end).
+        if let Some((dot, _)) = host.rmatch_indices('.').nth(3) {
+            if let Some(addr) = parse_ipv4(&host[dot + 1..], false) {
                 if let Some(r) = self.ipv4(addr, false) {
                     return Some(r);
                 }
@@ -349,12 +426,20 @@ fn strip_port(host: &str) -> &str {
 /// last one filling the remaining bytes (`127.1`, `2130706433`, `0x7f.0.0.1`, `0177.0.0.01`).
 /// Without `numeric_ok` only the four-part form is accepted (a bare `10.5` is a number).
 fn parse_ipv4(host: &str, numeric_ok: bool) -> Option<Ipv4Addr> {
-    let parts: Vec<&str> = host.split('.').collect();
-    if parts.is_empty() || parts.len() > 4 || (!numeric_ok && parts.len() != 4) {
+    let mut parts = [""; 4];
+    let mut count = 0;
+    for part in host.split('.') {
+        if count == parts.len() {
+            return None;
+        }
+        parts[count] = part;
+        count += 1;
+    }
+    if count == 0 || (!numeric_ok && count != 4) {
         return None;
     }
-    let mut values = Vec::with_capacity(4);
-    for p in &parts {
+    let mut values = [0u64; 4];
+    for (p, slot) in parts[..count].iter().zip(values.iter_mut()) {
         let v = if let Some(hex) = p.strip_prefix("0x") {
             if hex.is_empty() {
                 0
@@ -369,9 +454,9 @@ fn parse_ipv4(host: &str, numeric_ok: bool) -> Option<Ipv4Addr> {
             }
             p.parse::<u64>().ok()?
         };
-        values.push(v);
+        *slot = v;
     }
-    let (last, init) = values.split_last()?;
+    let (last, init) = values[..count].split_last()?;
     if init.iter().any(|v| *v > 255) {
         return None;
     }
@@ -394,7 +479,7 @@ fn parse_ipv4(host: &str, numeric_ok: bool) -> Option<Ipv4Addr> {
 /// `needle` at the start of `s` or after a character that cannot be part of a scheme name.
 fn find_word_start(s: &str, needle: &str) -> Option<usize> {
     let mut from = 0;
-    while let Some(p) = s[from..].find(needle).map(|p| from + p) {
+    while let Some(p) = find_str(&s[from..], needle).map(|p| from + p) {
         if p == 0 || !s.as_bytes()[p - 1].is_ascii_alphanumeric() {
             return Some(p);
         }
@@ -408,7 +493,7 @@ fn find_word_start(s: &str, needle: &str) -> Option<usize> {
 fn find_host_suffix(s: &str, domain: &str) -> Option<usize> {
     let b = s.as_bytes();
     let mut from = 0;
-    while let Some(p) = s[from..].find(domain).map(|p| from + p) {
+    while let Some(p) = find_str(&s[from..], domain).map(|p| from + p) {
         let before_ok = p == 0 || matches!(b[p - 1], b'.' | b'/' | b'@' | b' ' | b'=' | b':');
         let after = b.get(p + domain.len());
         let after_ok = after.is_none_or(|c| !(c.is_ascii_alphanumeric() || *c == b'-'));

@@ -3,12 +3,14 @@
 //! attacker asks a web application for (`/etc/passwd`, `win.ini`, `.aws/credentials`,
 //! a Kubernetes service-account token).
 
-use super::decode::{decode_layers, excerpt, lower_folded};
+use super::decode::{contains_str, decode_layers, excerpt, find_str, lower_folded_cow, AnyOf, ByteSet};
+use super::scan::{group, Scan};
 use super::{Detection, Hit};
+use std::sync::LazyLock;
 
 /// Files and directories whose path in a parameter is an attack (matched after a `/` or at the
 /// start of the value, and before a non-name character).
-const SENSITIVE: &[&str] = &[
+pub(super) const SENSITIVE: &[&str] = &[
     "etc/passwd",
     "etc/shadow",
     "etc/group",
@@ -68,11 +70,20 @@ const SENSITIVE: &[&str] = &[
     ".my.cnf",
 ];
 
+/// Whether any of [`SENSITIVE`] is in a value (lower-cased, or in any ASCII case).
+static ANY_SENSITIVE: LazyLock<AnyOf> = LazyLock::new(|| AnyOf::new(SENSITIVE));
+static ANY_SENSITIVE_ANY_CASE: LazyLock<AnyOf> = LazyLock::new(|| AnyOf::ignoring_ascii_case(SENSITIVE));
+
 /// Rewrites the spellings of `.`, `/` and `\` that traversal payload lists use and some decoders
 /// accept, and unifies separators.
-fn normalize(value: &str) -> String {
-    let mut s = lower_folded(value).replace('\\', "/");
-    if s.contains("0x") {
+fn normalize(value: &str, bytes: ByteSet) -> String {
+    let lower = lower_folded_cow(value, bytes);
+    let mut s = if lower.contains('\\') {
+        lower.replace('\\', "/")
+    } else {
+        lower.into_owned()
+    };
+    if contains_str(&s, "0x") {
         s = s.replace("0x2e", ".").replace("0x2f", "/").replace("0x5c", "/");
     }
     s
@@ -80,6 +91,10 @@ fn normalize(value: &str) -> String {
 
 /// A `..` segment (also `....`, `...` at paranoia 2, and `..` followed by a NUL or `;`).
 fn dotdot_at(s: &str, paranoia: u8) -> Option<usize> {
+    // A segment of dots, trimmed only at its ends, has two of them side by side.
+    if !contains_str(s, "..") {
+        return None;
+    }
     let mut offset = 0;
     for seg in s.split(['/', '=', '&', '?', ';', '\0']) {
         let trimmed = seg.trim_matches([' ', '\t', '%']);
@@ -93,10 +108,13 @@ fn dotdot_at(s: &str, paranoia: u8) -> Option<usize> {
 }
 
 fn sensitive_at(s: &str) -> Option<usize> {
+    if !ANY_SENSITIVE.is_in(s) {
+        return None;
+    }
     let b = s.as_bytes();
     for file in SENSITIVE {
         let mut from = 0;
-        while let Some(p) = s[from..].find(file).map(|p| from + p) {
+        while let Some(p) = find_str(&s[from..], file).map(|p| from + p) {
             let before_ok = p == 0
                 || if file.starts_with('.') {
                     matches!(b[p - 1], b'/' | b'~' | b'=' | b' ' | b':')
@@ -118,10 +136,38 @@ fn sensitive_at(s: &str) -> Option<usize> {
 
 /// Looks for traversal in one decoded value.
 pub fn detect(value: &str, paranoia: u8) -> Option<Hit> {
-    if !value.contains('.') && !value.contains("0x") && !value.contains("etc/") && !value.contains("proc/") {
+    detect_in(value, Scan::of(value), paranoia)
+}
+
+/// [`detect`] of a value whose scan is `scan` ([`Scan::of`] the value).
+pub(crate) fn detect_in(value: &str, scan: Scan, paranoia: u8) -> Option<Hit> {
+    let (bytes, needles) = (scan.bytes, scan.needles);
+    let quick = (bytes.has(b'.') && value.as_bytes().contains(&b'.'))
+        || (needles.may(group::ZERO_X) && bytes.has(b'x') && contains_str(value, "0x"))
+        || (needles.may(group::ETC_PROC)
+            && bytes.has(b'/')
+            && (contains_str(value, "etc/") || contains_str(value, "proc/")));
+    if !quick {
         return None;
     }
-    let s = normalize(value);
+    // An ASCII value without NUL, `\\` or `0x` normalises to its lower-case form: when it has no
+    // `..`, no sensitive file in any case (and, at paranoia 2, no `~` and no `c:/`), nothing below
+    // can match, and the copy is not needed.
+    let plain = bytes.is_ascii()
+        && !bytes.any(ByteSet::of_bytes(b"\\\0"))
+        && !(needles.may(group::ZERO_X)
+            && bytes.any(ByteSet::of_bytes(b"xX"))
+            && (contains_str(value, "0x") || contains_str(value, "0X")));
+    if plain
+        && !(needles.may(group::DOT_DOT) && contains_str(value, ".."))
+        && !needles.has(group::SENSITIVE_FILE, || ANY_SENSITIVE_ANY_CASE.is_in(value))
+        && (paranoia < 2
+            || !(needles.may(group::ABSOLUTE_PATH)
+                && (bytes.has(b'~') || contains_str(value, "c:/") || contains_str(value, "C:/"))))
+    {
+        return None;
+    }
+    let s = normalize(value, bytes);
     if let Some(p) = dotdot_at(&s, paranoia) {
         return Some(Hit {
             reason: "dot-dot path segment",
@@ -137,7 +183,7 @@ pub fn detect(value: &str, paranoia: u8) -> Option<Hit> {
     if paranoia >= 2 {
         // Absolute Windows paths and home directories.
         for needle in ["c:/", "~/", "~root/"] {
-            if let Some(p) = s.find(needle) {
+            if let Some(p) = find_str(&s, needle) {
                 return Some(Hit {
                     reason: "absolute path",
                     excerpt: excerpt(&s, p, 120),
