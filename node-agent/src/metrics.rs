@@ -286,6 +286,15 @@ impl AgentMetrics {
         }
     }
 
+    /// Adds `n` to a drop reason counted by increments (not from an absolute total).
+    pub fn dropped_add(&self, reason: &str, n: u64) {
+        self.dropped
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc_by(n);
+    }
+
     /// Counts records read from the ring buffer.
     pub fn drained(&self, n: u64) {
         self.drained.inc_by(n);

@@ -258,6 +258,8 @@ pub struct Runtime<B: CaptureBackend> {
     openapi: Vec<Option<OpenApiIndex>>,
     /// Kernel `records_lost` at the previous report.
     last_records_lost: u64,
+    /// Untracked keys of the behavioural rules at the previous report.
+    last_untracked: u64,
     /// The cluster's pod networks (east-west vs north-south).
     cluster_cidrs: Vec<Cidr>,
     last_cgroup_rescan_ns: u64,
@@ -323,6 +325,7 @@ impl<B: CaptureBackend> Runtime<B> {
             redactors: vec![],
             openapi: vec![],
             last_records_lost: 0,
+            last_untracked: 0,
             cluster_cidrs: vec![],
             last_cgroup_rescan_ns: 0,
             tls_pids: HashMap::new(),
@@ -1293,8 +1296,18 @@ impl<B: CaptureBackend> Runtime<B> {
         }
     }
 
-    fn record_loss_metrics(&self, counters: &CaptureCounters) {
+    fn record_loss_metrics(&mut self, counters: &CaptureCounters) {
+        // Keys behavioural rules could not track (their tables were full of live windows). A
+        // rule compiled anew starts from 0, so count what was added since the last report.
+        let untracked: u64 = self
+            .policies
+            .iter()
+            .flat_map(|p| p.rules.iter().map(|(_, r)| r.untracked()))
+            .sum();
+        let added = untracked.checked_sub(self.last_untracked).unwrap_or(untracked);
+        self.last_untracked = untracked;
         let m = &self.metrics;
+        m.dropped_add("detector_state_full", added);
         m.kernel_counter("packets_seen", counters.packets_seen);
         m.kernel_counter("records_emitted", counters.records_emitted);
         m.kernel_counter("records_lost", counters.records_lost);
