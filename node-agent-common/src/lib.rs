@@ -230,8 +230,8 @@ impl CaptureCounters {
 pub const PROG_ENFORCE_INGRESS: &str = "palisade_enforce_ingress";
 /// `HashMap<BlockKey, BlockValue>`: blocked sources per protected pod cgroup.
 pub const MAP_BLOCKED_SOURCES: &str = "BLOCKED_SOURCES";
-/// `Array<u64>` with one entry: how many entries `BLOCKED_SOURCES` holds. While it is 0 the
-/// program passes every packet without looking further.
+/// `Array<u64>` with one entry: 1 while `BLOCKED_SOURCES` holds entries, 0 when it is empty.
+/// While it is 0 the program passes every packet without looking further.
 pub const MAP_ENFORCE_ACTIVE: &str = "ENFORCE_ACTIVE";
 /// Most blocked (pod, source) pairs per node.
 pub const BLOCKED_SOURCES_MAX_ENTRIES: u32 = 16384;

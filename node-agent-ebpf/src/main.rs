@@ -79,7 +79,8 @@ const DROP: i32 = 0;
 static BLOCKED_SOURCES: HashMap<BlockKey, BlockValue> =
     HashMap::with_max_entries(BLOCKED_SOURCES_MAX_ENTRIES, 0);
 
-/// Entries in BLOCKED_SOURCES (index 0); 0 lets every packet pass at the cost of one lookup.
+/// 1 while BLOCKED_SOURCES holds entries, else 0 (index 0); 0 lets every packet pass at the cost
+/// of one lookup.
 #[map]
 static ENFORCE_ACTIVE: Array<u64> = Array::with_max_entries(1, 0);
 

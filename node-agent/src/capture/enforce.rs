@@ -185,7 +185,7 @@ pub fn block(ebpf: &mut Ebpf, key: BlockKey, expires_ns: u64) -> Result<(), Capt
         map: MAP_BLOCKED_SOURCES,
         reason: error_chain(&e),
     })?;
-    set_active(ebpf)
+    set_active(ebpf, true)
 }
 
 /// Removes a block; returns its packets dropped.
@@ -193,13 +193,15 @@ pub fn unblock(ebpf: &mut Ebpf, key: &BlockKey) -> Result<u64, CaptureError> {
     let mut map = blocked_map(ebpf)?;
     let dropped = map.get(key, 0).map(|v| v.dropped_packets).unwrap_or(0);
     let _ = map.remove(key);
-    set_active(ebpf)?;
+    // One key lookup tells whether any block is left (no walk over the map).
+    let any_left = map.keys().next().is_some();
+    set_active(ebpf, any_left)?;
     Ok(dropped)
 }
 
-/// Keeps `ENFORCE_ACTIVE` equal to the number of blocks (the program's fast path).
-fn set_active(ebpf: &mut Ebpf) -> Result<(), CaptureError> {
-    let n = blocked_map(ebpf)?.keys().count() as u64;
+/// Sets `ENFORCE_ACTIVE` (the program's fast path): 1 while blocks may exist, 0 when none is left.
+/// Constant time: a new block must reach the kernel quickly however many there are.
+fn set_active(ebpf: &mut Ebpf, any: bool) -> Result<(), CaptureError> {
     let map = ebpf
         .map_mut(MAP_ENFORCE_ACTIVE)
         .ok_or(CaptureError::MissingInObject {
@@ -210,7 +212,7 @@ fn set_active(ebpf: &mut Ebpf) -> Result<(), CaptureError> {
         map: MAP_ENFORCE_ACTIVE,
         reason: error_chain(&e),
     })?;
-    active.set(0, n, 0).map_err(|e| CaptureError::Map {
+    active.set(0, u64::from(any), 0).map_err(|e| CaptureError::Map {
         map: MAP_ENFORCE_ACTIVE,
         reason: error_chain(&e),
     })
