@@ -1,12 +1,12 @@
 //! Renders the CRDs from the Rust types. `crds/` holds the committed output; a test fails when
 //! it differs, so the YAML can never drift from the types.
 
-use crate::v1alpha1::{ApiMonitor, ApiPolicy};
+use crate::v1alpha1::{ApiIsolation, ApiMonitor, ApiPolicy};
 use kube::CustomResourceExt;
 
 /// `(file name, YAML)` for every CRD, in a stable order.
 pub fn render_all() -> Result<Vec<(String, String)>, serde_yaml::Error> {
-    let crds = [ApiMonitor::crd(), ApiPolicy::crd()];
+    let crds = [ApiMonitor::crd(), ApiPolicy::crd(), ApiIsolation::crd()];
     crds.iter()
         .map(|crd| {
             let name = format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or("unnamed"));

@@ -377,6 +377,27 @@ impl FakeKubelet {
         Ok(())
     }
 
+    /// Runs `cmd` inside the pod as `kubectl exec` would: in the workload's cgroup (so programs
+    /// attached to the pod's cgroup see its traffic) and network namespace.
+    pub fn exec_in_pod(&self, pod: &RunningPod, cmd: &[&str]) -> Output {
+        // The workload's container cgroup: its last path component, below the pod's directory
+        // (the path in /proc is relative to wherever the harness mounted cgroup2).
+        let container = std::fs::read_to_string(format!("/proc/{}/cgroup", pod.pid))
+            .ok()
+            .and_then(|s| {
+                s.lines().find_map(|l| {
+                    l.strip_prefix("0::")
+                        .map(|p| p.rsplit('/').next().unwrap_or_default().to_string())
+                })
+            })
+            .unwrap_or_default();
+        let dir = pod.cgroup_dir.join(container).display().to_string();
+        let mut full = vec!["sh", "-c", r#"echo $$ > "$0/cgroup.procs" && exec "$@""#];
+        full.push(&dir);
+        full.extend_from_slice(cmd);
+        self.exec_in_pod_netns(pod, &full)
+    }
+
     /// Runs `cmd` in the pod's network namespace (via nsenter; the mount namespace is the
     /// host's). For east-west clients. Bring your own timeout (e.g. `timeout 10 curl ...`).
     pub fn exec_in_pod_netns(&self, pod: &RunningPod, cmd: &[&str]) -> Output {

@@ -253,7 +253,10 @@ async fn audit_then_enforce_block_expire_and_survive_kill_9() -> Result<()> {
     .await?;
 
     let links = std::fs::read_dir(stack.cp.bpf_pin_dir("enforce-node").join("links"))?.count();
-    assert_eq!(links, 1, "one enforcement link for the pod, not a second one");
+    assert_eq!(
+        links, 2,
+        "one ingress and one egress enforcement link for the pod, not a second pair"
+    );
     wait_for(Duration::from_secs(30), || {
         Ok((attack_from(&stack, &attacker, &pod) != "blocked").then_some(()))
     })

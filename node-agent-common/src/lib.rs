@@ -226,13 +226,34 @@ impl CaptureCounters {
 // blocked sources. Its maps are pinned in bpffs by the agent, and its links too, so that blocks
 // stay enforced when the agent dies and a restarted agent adopts them.
 
-/// The enforcement program (cgroup_skb ingress).
+/// The enforcement program on inbound packets (cgroup_skb ingress): blocked sources, isolation.
 pub const PROG_ENFORCE_INGRESS: &str = "palisade_enforce_ingress";
+/// The enforcement program on outbound packets (cgroup_skb egress): isolation with egress denied.
+pub const PROG_ENFORCE_EGRESS: &str = "palisade_enforce_egress";
 /// `HashMap<BlockKey, BlockValue>`: blocked sources per protected pod cgroup.
 pub const MAP_BLOCKED_SOURCES: &str = "BLOCKED_SOURCES";
-/// `Array<u64>` with one entry: 1 while `BLOCKED_SOURCES` holds entries, 0 when it is empty.
-/// While it is 0 the program passes every packet without looking further.
+/// `Array<u64>` with one entry: bit [`ENFORCE_BLOCKS`] set while `BLOCKED_SOURCES` may hold
+/// entries, bit [`ENFORCE_ISOLATION`] while `ISOLATED_WORKLOADS` may. While it is 0 the programs
+/// pass every packet without looking further.
 pub const MAP_ENFORCE_ACTIVE: &str = "ENFORCE_ACTIVE";
+/// `ENFORCE_ACTIVE` bit: blocked sources exist.
+pub const ENFORCE_BLOCKS: u64 = 1;
+/// `ENFORCE_ACTIVE` bit: isolated workloads exist.
+pub const ENFORCE_ISOLATION: u64 = 2;
+/// `HashMap<u64, IsolationValue>`: isolated pod cgroups (key: cgroup id).
+pub const MAP_ISOLATED_WORKLOADS: &str = "ISOLATED_WORKLOADS";
+/// `LpmTrie<IsolationAllowKey, u8>`: the addresses an isolated pod still accepts connections
+/// from (and, with egress denied, still connects to).
+pub const MAP_ISOLATION_ALLOW: &str = "ISOLATION_ALLOW";
+/// Most isolated pods per node.
+pub const ISOLATED_WORKLOADS_MAX_ENTRIES: u32 = 4096;
+/// Most allow-list prefixes per node, all isolated pods together.
+pub const ISOLATION_ALLOW_MAX_ENTRIES: u32 = 65536;
+/// `IsolationValue::flags` bit: new outbound connections are denied too.
+pub const ISOLATION_DENY_EGRESS: u64 = 1;
+/// LPM prefix length of an [`IsolationAllowKey`] that matches one cgroup and every address
+/// (the cgroup id's 64 bits); add the address prefix length (IPv4: 96 + its length).
+pub const ISOLATION_ALLOW_CGROUP_BITS: u32 = 64;
 /// Most blocked (pod, source) pairs per node.
 pub const BLOCKED_SOURCES_MAX_ENTRIES: u32 = 16384;
 /// Cgroup levels the program walks up from a socket's cgroup to find the protected pod's
@@ -259,8 +280,36 @@ pub struct BlockValue {
     pub dropped_packets: u64,
 }
 
+/// An isolated pod cgroup: until when, how, and what was dropped. The programs deny new inbound
+/// connections (TCP SYN, UDP other than DNS answers, other protocols except ICMP) from sources
+/// outside the pod's allow-list, and with [`ISOLATION_DENY_EGRESS`] new outbound ones
+/// (TCP SYN, UDP other than DNS queries) to destinations outside it. Established connections
+/// and ICMP pass.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IsolationValue {
+    /// `CLOCK_MONOTONIC` time at which the isolation ends (`u64::MAX`: until released).
+    pub expires_ns: u64,
+    pub flags: u64,
+    /// Inbound packets dropped (a lower bound, see `BlockValue::dropped_packets`).
+    pub dropped_ingress: u64,
+    /// Outbound packets dropped.
+    pub dropped_egress: u64,
+}
+
+/// The data of an `ISOLATION_ALLOW` LPM key: the isolated pod's cgroup id (native byte order;
+/// always matched in full) and an address, IPv4 as IPv4-mapped IPv6.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IsolationAllowKey {
+    pub cgroup_id: u64,
+    pub addr: [u8; 16],
+}
+
 #[cfg(feature = "user")]
 mod user {
+    unsafe impl aya::Pod for super::IsolationValue {}
+    unsafe impl aya::Pod for super::IsolationAllowKey {}
     unsafe impl aya::Pod for super::BlockKey {}
     unsafe impl aya::Pod for super::BlockValue {}
     // SAFETY: plain-old-data, #[repr(C)], no padding holes left implicit, every bit pattern valid.

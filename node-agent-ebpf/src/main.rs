@@ -26,13 +26,15 @@ use aya_ebpf::{
         },
     },
     macros::{cgroup_skb, map, uprobe, uretprobe},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, RetProbeContext, SkBuffContext},
 };
 use palisade_common::{
-    BlockKey, BlockValue, CaptureCounters, CaptureHeader, CaptureRecord, TlsCallArgs, TlsStreamKey,
-    BLOCKED_SOURCES_MAX_ENTRIES, CAPTURE_RING_BYTES, CHUNK_BYTES, DIRECTION_EGRESS, DIRECTION_INGRESS,
-    ENFORCE_MAX_CGROUP_LEVEL, FAMILY_IPV4, FAMILY_IPV6, FAMILY_TLS, MAX_CHUNKS_PER_SKB, TCP_FIN, TCP_RST,
+    BlockKey, BlockValue, CaptureCounters, CaptureHeader, CaptureRecord, IsolationAllowKey, IsolationValue,
+    TlsCallArgs, TlsStreamKey, BLOCKED_SOURCES_MAX_ENTRIES, CAPTURE_RING_BYTES, CHUNK_BYTES,
+    DIRECTION_EGRESS, DIRECTION_INGRESS, ENFORCE_BLOCKS, ENFORCE_ISOLATION, ENFORCE_MAX_CGROUP_LEVEL,
+    FAMILY_IPV4, FAMILY_IPV6, FAMILY_TLS, ISOLATED_WORKLOADS_MAX_ENTRIES, ISOLATION_ALLOW_CGROUP_BITS,
+    ISOLATION_ALLOW_MAX_ENTRIES, ISOLATION_DENY_EGRESS, MAX_CHUNKS_PER_SKB, TCP_FIN, TCP_RST,
 };
 
 /// Records of TCP payload, see [`CaptureRecord`].
@@ -79,53 +81,125 @@ const DROP: i32 = 0;
 static BLOCKED_SOURCES: HashMap<BlockKey, BlockValue> =
     HashMap::with_max_entries(BLOCKED_SOURCES_MAX_ENTRIES, 0);
 
-/// 1 while BLOCKED_SOURCES holds entries, else 0 (index 0); 0 lets every packet pass at the cost
-/// of one lookup.
+/// Bits ENFORCE_BLOCKS / ENFORCE_ISOLATION (index 0); 0 lets every packet pass at the cost of
+/// one lookup.
 #[map]
 static ENFORCE_ACTIVE: Array<u64> = Array::with_max_entries(1, 0);
 
-/// Enforcement on a protected pod's cgroup: drops packets from the pod's blocked sources until
-/// their block expires. Attached only where a policy may act; passes everything else.
+/// Isolated pod cgroups (pinned by the agent; see palisade_common::IsolationValue).
+#[map]
+static ISOLATED_WORKLOADS: HashMap<u64, IsolationValue> =
+    HashMap::with_max_entries(ISOLATED_WORKLOADS_MAX_ENTRIES, 0);
+
+/// What each isolated pod still accepts (pinned by the agent; see IsolationAllowKey).
+#[map]
+static ISOLATION_ALLOW: LpmTrie<IsolationAllowKey, u8> =
+    LpmTrie::with_max_entries(ISOLATION_ALLOW_MAX_ENTRIES, 0);
+
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_ICMPV6: u8 = 58;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+const DNS_PORT: u16 = 53;
+
+/// Enforcement on a protected pod's cgroup, inbound: drops packets from the pod's blocked
+/// sources until their block expires, and new connections from outside the allow-list of an
+/// isolated pod. Attached only where a policy or an isolation may act; passes everything else.
 #[cgroup_skb(ingress)]
 pub fn palisade_enforce_ingress(ctx: SkBuffContext) -> i32 {
-    if enforce_blocks(&ctx) {
+    if enforce(&ctx, true) {
         DROP
     } else {
         PASS
     }
 }
 
-/// Whether the packet comes from a source blocked for the pod the receiving socket belongs to.
-#[inline(always)]
-fn enforce_blocks(ctx: &SkBuffContext) -> bool {
-    match ENFORCE_ACTIVE.get(0) {
-        Some(n) if *n > 0 => {}
-        _ => return false,
+/// Enforcement on a protected pod's cgroup, outbound: drops new connections of an isolated pod
+/// whose egress is denied to destinations outside its allow-list.
+#[cgroup_skb(egress)]
+pub fn palisade_enforce_egress(ctx: SkBuffContext) -> i32 {
+    if enforce(&ctx, false) {
+        DROP
+    } else {
+        PASS
     }
-    let mut key = BlockKey {
-        cgroup_id: 0,
-        addr: [0; 16],
-    };
-    let Ok(first) = ctx.load::<u8>(0) else {
-        return false;
-    };
-    match first >> 4 {
+}
+
+/// What enforcement needs of a packet: the peer address (source inbound, destination outbound,
+/// IPv4 as IPv4-mapped IPv6) and whether it opens a new connection or flow.
+struct Peer {
+    addr: [u8; 16],
+    opens: bool,
+}
+
+/// Reads the peer and classifies the packet. `None`: not IP, or unreadable (passes).
+#[inline(always)]
+fn peer(ctx: &SkBuffContext, inbound: bool) -> Option<Peer> {
+    let first = ctx.load::<u8>(0).ok()?;
+    let mut addr = [0u8; 16];
+    let (proto, l4) = match first >> 4 {
         4 => {
-            let Ok(src) = ctx.load::<[u8; 4]>(12) else {
-                return false;
-            };
-            key.addr[10] = 0xff;
-            key.addr[11] = 0xff;
-            key.addr[12..16].copy_from_slice(&src);
+            let ip = ctx.load::<[u8; 20]>(0).ok()?;
+            addr[10] = 0xff;
+            addr[11] = 0xff;
+            if inbound {
+                addr[12..16].copy_from_slice(&ip[12..16]);
+            } else {
+                addr[12..16].copy_from_slice(&ip[16..20]);
+            }
+            // Later fragments carry no L4 header: they belong to a flow judged on its first.
+            let frag_off = (((ip[6] & 0x1f) as u16) << 8) | ip[7] as u16;
+            if frag_off != 0 {
+                return Some(Peer { addr, opens: false });
+            }
+            (ip[9], ((ip[0] & 0x0f) as usize) * 4)
         }
         6 => {
-            let Ok(src) = ctx.load::<[u8; 16]>(8) else {
-                return false;
-            };
-            key.addr = src;
+            let ip = ctx.load::<[u8; 40]>(0).ok()?;
+            if inbound {
+                addr.copy_from_slice(&ip[8..24]);
+            } else {
+                addr.copy_from_slice(&ip[24..40]);
+            }
+            (ip[6], IPV6_HDR_LEN as usize)
         }
+        _ => return None,
+    };
+    let opens = match proto {
+        IPPROTO_TCP => match ctx.load::<u8>(l4 + 13) {
+            Ok(flags) => flags & TCP_SYN != 0 && flags & TCP_ACK == 0,
+            Err(_) => true,
+        },
+        IPPROTO_UDP => {
+            // DNS answers in, DNS queries out pass: an isolated pod still resolves names.
+            let port_off = if inbound { l4 } else { l4 + 2 };
+            match ctx.load::<[u8; 2]>(port_off) {
+                Ok(p) => u16::from_be_bytes(p) != DNS_PORT,
+                Err(_) => true,
+            }
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => false,
+        // Other protocols (and IPv6 extension headers) open flows the isolation does not vet:
+        // denied inbound, allowed outbound.
+        _ => inbound,
+    };
+    Some(Peer { addr, opens })
+}
+
+/// Whether to drop the packet: walks up from the socket's cgroup to the protected pod's.
+#[inline(always)]
+fn enforce(ctx: &SkBuffContext, inbound: bool) -> bool {
+    let active = match ENFORCE_ACTIVE.get(0) {
+        Some(n) if *n != 0 => *n,
         _ => return false,
+    };
+    if !inbound && active & ENFORCE_ISOLATION == 0 {
+        return false;
     }
+    let Some(peer) = peer(ctx, inbound) else {
+        return false;
+    };
     // SAFETY: helper call on the program's own skb.
     let now = unsafe { bpf_ktime_get_ns() };
     let skb = ctx.skb.skb;
@@ -135,18 +209,51 @@ fn enforce_blocks(ctx: &SkBuffContext) -> bool {
         if id == 0 {
             break;
         }
-        key.cgroup_id = id;
-        if let Some(value) = BLOCKED_SOURCES.get_ptr_mut(&key) {
-            // SAFETY: the pointer comes from a successful lookup. The drop counter is a plain
-            // add (the BPF target's core has no atomics): concurrent drops on several CPUs may
-            // lose increments, so it is a lower bound.
-            unsafe {
-                if now < (*value).expires_ns {
-                    (*value).dropped_packets += 1;
-                    return true;
+        if inbound && active & ENFORCE_BLOCKS != 0 {
+            let key = BlockKey {
+                cgroup_id: id,
+                addr: peer.addr,
+            };
+            if let Some(value) = BLOCKED_SOURCES.get_ptr_mut(&key) {
+                // SAFETY: the pointer comes from a successful lookup. The drop counter is a
+                // plain add (the BPF target's core has no atomics): concurrent drops on several
+                // CPUs may lose increments, so it is a lower bound.
+                unsafe {
+                    if now < (*value).expires_ns {
+                        (*value).dropped_packets += 1;
+                        return true;
+                    }
                 }
             }
-            return false;
+        }
+        if active & ENFORCE_ISOLATION != 0 {
+            if let Some(iso) = ISOLATED_WORKLOADS.get_ptr_mut(&id) {
+                // SAFETY: pointer from a successful lookup; counters are lower bounds as above.
+                unsafe {
+                    if now >= (*iso).expires_ns
+                        || !peer.opens
+                        || (!inbound && (*iso).flags & ISOLATION_DENY_EGRESS == 0)
+                    {
+                        return false;
+                    }
+                    let key = LpmKey::new(
+                        ISOLATION_ALLOW_CGROUP_BITS + 128,
+                        IsolationAllowKey {
+                            cgroup_id: id,
+                            addr: peer.addr,
+                        },
+                    );
+                    if ISOLATION_ALLOW.get(&key).is_some() {
+                        return false;
+                    }
+                    if inbound {
+                        (*iso).dropped_ingress += 1;
+                    } else {
+                        (*iso).dropped_egress += 1;
+                    }
+                }
+                return true;
+            }
         }
     }
     false

@@ -23,6 +23,11 @@ impl Cidr {
         Ok(Cidr { network, prefix })
     }
 
+    /// The network address and prefix length.
+    pub fn parts(&self) -> (IpAddr, u8) {
+        (self.network, self.prefix)
+    }
+
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.network, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {

@@ -7,7 +7,7 @@ use palisade_api::agent::agent_control_client::AgentControlClient;
 use palisade_api::agent::{FeatureProbe, NodeConfig, WatchConfigRequest};
 use palisade_common::CaptureCounters;
 use palisade_node_agent::capture::tls::TlsProbes;
-use palisade_node_agent::capture::{CaptureProbes, CaptureRing};
+use palisade_node_agent::capture::{AllowPrefix, CaptureProbes, CaptureRing};
 use palisade_node_agent::features::probe_node_features;
 use palisade_node_agent::runtime::{CaptureBackend, Runtime};
 use std::path::{Path, PathBuf};
@@ -109,6 +109,30 @@ impl CaptureBackend for KernelCapture {
     fn blocks(&mut self) -> Vec<(palisade_common::BlockKey, palisade_common::BlockValue)> {
         self.probes.blocks().unwrap_or_else(|e| {
             tracing::warn!(error = %e, "reading the blocked-sources map");
+            vec![]
+        })
+    }
+    fn isolate(
+        &mut self,
+        cgroup_id: u64,
+        expires_ns: u64,
+        flags: u64,
+        allow: &[AllowPrefix],
+        remove: &[AllowPrefix],
+    ) -> Result<(), String> {
+        self.probes
+            .isolate(cgroup_id, expires_ns, flags, allow, remove)
+            .map_err(|e| e.to_string())
+    }
+    fn unisolate(&mut self, cgroup_id: u64, allow: &[AllowPrefix]) -> Result<(), String> {
+        self.probes
+            .unisolate(cgroup_id, allow)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+    fn isolations(&mut self) -> Vec<(u64, palisade_common::IsolationValue)> {
+        self.probes.isolations().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "reading the isolated-workloads map");
             vec![]
         })
     }

@@ -60,6 +60,26 @@ pub trait CaptureBackend {
     fn blocks(&mut self) -> Vec<(BlockKey, BlockValue)> {
         vec![]
     }
+    /// Isolates a pod cgroup until `expires_ns`: adds `allow`, removes `remove` from its
+    /// allow-list.
+    fn isolate(
+        &mut self,
+        _cgroup_id: u64,
+        _expires_ns: u64,
+        _flags: u64,
+        _allow: &[crate::capture::AllowPrefix],
+        _remove: &[crate::capture::AllowPrefix],
+    ) -> Result<(), String> {
+        Err("enforcement is not available on this agent".into())
+    }
+    /// Ends a pod cgroup's isolation.
+    fn unisolate(&mut self, _cgroup_id: u64, _allow: &[crate::capture::AllowPrefix]) -> Result<(), String> {
+        Ok(())
+    }
+    /// The kernel's isolations (including an earlier agent's).
+    fn isolations(&mut self) -> Vec<(u64, palisade_common::IsolationValue)> {
+        vec![]
+    }
 }
 
 /// Finds the OpenSSL library a process maps (replaceable in tests).
@@ -275,6 +295,7 @@ pub struct Runtime<B: CaptureBackend> {
     enforced_pods: HashSet<String>,
     /// The kernel's blocks left by an earlier agent were reconciled (on the first config).
     adopted: bool,
+    isolator: crate::isolation::Isolator,
 }
 
 /// The source of a finding seen in TLS plaintext: uprobes do not see the peer's address.
@@ -335,6 +356,7 @@ impl<B: CaptureBackend> Runtime<B> {
             responder: Responder::new(clock_offset_ns),
             enforced_pods: HashSet::new(),
             adopted: false,
+            isolator: crate::isolation::Isolator::default(),
         }
     }
 
@@ -682,6 +704,11 @@ impl<B: CaptureBackend> Runtime<B> {
                 }
             }
         }
+        let (isolations, mut isolation_failures) = self.desired_isolations();
+        let mut isolation_dirs: BTreeMap<String, PathBuf> = BTreeMap::new();
+        for (uid, dir, _) in &isolations {
+            isolation_dirs.insert(uid.clone(), dir.clone());
+        }
         if let Some(backend) = self.backend.as_mut() {
             for (uid, policy) in &wanted {
                 if self.enforced_pods.contains(uid) {
@@ -703,16 +730,28 @@ impl<B: CaptureBackend> Runtime<B> {
                     }
                 }
             }
+            for (uid, dir) in &isolation_dirs {
+                if self.enforced_pods.contains(uid) {
+                    continue;
+                }
+                match backend.enforce_pod(uid, dir) {
+                    Ok(adopted) => {
+                        tracing::info!(pod_uid = %uid, adopted, "enforcement attached (isolation)");
+                        self.enforced_pods.insert(uid.clone());
+                    }
+                    Err(e) => tracing::warn!(pod_uid = %uid, error = %e, "enforcement not attached"),
+                }
+            }
             let stale: Vec<String> = self
                 .enforced_pods
                 .iter()
-                .filter(|u| !wanted.contains_key(*u))
+                .filter(|u| !wanted.contains_key(*u) && !isolation_dirs.contains_key(*u))
                 .cloned()
                 .chain(
                     backend
                         .pinned_enforcement_pods()
                         .into_iter()
-                        .filter(|u| !wanted.contains_key(u)),
+                        .filter(|u| !wanted.contains_key(u) && !isolation_dirs.contains_key(u)),
                 )
                 .collect();
             for uid in stale {
@@ -767,6 +806,99 @@ impl<B: CaptureBackend> Runtime<B> {
             },
             now,
         );
+        // Isolations, once their pods carry the enforcement programs.
+        let mut desired = vec![];
+        for (uid, _, d) in isolations {
+            if self.enforced_pods.contains(&uid) {
+                desired.push(d);
+            } else {
+                isolation_failures.push(crate::isolation::FailedIsolation {
+                    owner: d.owner,
+                    pod_namespace: d.pod_namespace,
+                    pod_name: d.pod_name,
+                    detail: "the enforcement programs could not be attached to the pod (see the agent's log and node errors)".into(),
+                });
+            }
+        }
+        self.isolator.sync(
+            self.backend.as_mut(),
+            desired,
+            isolation_failures,
+            SystemTimeMs::now(),
+        );
+    }
+
+    /// The configuration's isolations, per pod: (uid, cgroup directory, what to put in the
+    /// kernel), and the pods that cannot be isolated, with why.
+    fn desired_isolations(
+        &self,
+    ) -> (
+        Vec<(String, PathBuf, crate::isolation::DesiredIsolation)>,
+        Vec<crate::isolation::FailedIsolation>,
+    ) {
+        use crate::isolation::{allow_list, flags, host_addresses, DesiredIsolation, FailedIsolation};
+        let mut desired = vec![];
+        let mut failed = vec![];
+        if self.config.isolations.is_empty() {
+            return (desired, failed);
+        }
+        let node_addresses = host_addresses();
+        let now_mono = monotonic_ns();
+        let now_unix = SystemTimeMs::now();
+        for cfg in &self.config.isolations {
+            let owner = cfg.isolation.clone().unwrap_or_default();
+            let expires_ns = if cfg.expires_unix_ms == 0 {
+                u64::MAX
+            } else if cfg.expires_unix_ms <= now_unix {
+                continue; // over: the operator drops it from the next configuration
+            } else {
+                now_mono.saturating_add((cfg.expires_unix_ms - now_unix) as u64 * 1_000_000)
+            };
+            for t in &cfg.targets {
+                let fail = |detail: String| FailedIsolation {
+                    owner: owner.clone(),
+                    pod_namespace: t.pod_namespace.clone(),
+                    pod_name: t.pod_name.clone(),
+                    detail,
+                };
+                let located = match self.attachments.get(&t.pod_uid) {
+                    Some(att) => Ok((att.cgroup_dir.clone(), att.cgroup_id)),
+                    None => match &self.cgroup_root {
+                        None => Err("no cgroup v2 hierarchy on this node".to_string()),
+                        Some(root) => find_pod_cgroup(root, &t.pod_uid)
+                            .and_then(|dir| crate::workloads::cgroup_id(&dir).map(|id| (dir, id))),
+                    },
+                };
+                let (dir, cgroup_id) = match located {
+                    Ok(found) => found,
+                    Err(reason) => {
+                        failed.push(fail(reason));
+                        continue;
+                    }
+                };
+                let allow = match allow_list(cfg, &t.pod_ips, &node_addresses) {
+                    Ok(a) => a,
+                    Err(reason) => {
+                        failed.push(fail(reason));
+                        continue;
+                    }
+                };
+                desired.push((
+                    t.pod_uid.clone(),
+                    dir,
+                    DesiredIsolation {
+                        owner: owner.clone(),
+                        pod_namespace: t.pod_namespace.clone(),
+                        pod_name: t.pod_name.clone(),
+                        cgroup_id,
+                        expires_ns,
+                        flags: flags(cfg),
+                        allow,
+                    },
+                ));
+            }
+        }
+        (desired, failed)
     }
 
     /// Ends the blocks whose TTL passed and reports them.
@@ -1250,6 +1382,10 @@ impl<B: CaptureBackend> Runtime<B> {
                 tls_records_emitted: counters.tls_records_emitted,
                 tls_uprobe_hits: counters.tls_entry_hits + counters.tls_return_hits,
             }),
+            isolations: {
+                self.isolator.refresh_counters(self.backend.as_mut());
+                self.isolator.report()
+            },
         }
     }
 
@@ -1374,6 +1510,8 @@ mod tests {
         /// The kernel's blocked-sources map, as the fake holds it.
         blocked: std::rc::Rc<std::cell::RefCell<HashMap<BlockKey, u64>>>,
         enforced: Vec<String>,
+        /// The kernel's isolations: cgroup id -> (expiry, flags, allow-list).
+        isolated: HashMap<u64, (u64, u64, std::collections::BTreeSet<crate::capture::AllowPrefix>)>,
     }
 
     impl CaptureBackend for FakeBackend {
@@ -1419,6 +1557,47 @@ mod tests {
         fn unblock(&mut self, key: &BlockKey) -> Result<u64, String> {
             Ok(self.blocked.borrow_mut().remove(key).map(|_| 3).unwrap_or(0))
         }
+        fn isolate(
+            &mut self,
+            cgroup_id: u64,
+            expires_ns: u64,
+            flags: u64,
+            allow: &[crate::capture::AllowPrefix],
+            remove: &[crate::capture::AllowPrefix],
+        ) -> Result<(), String> {
+            let entry = self.isolated.entry(cgroup_id).or_default();
+            entry.0 = expires_ns;
+            entry.1 = flags;
+            entry.2.extend(allow.iter().copied());
+            for r in remove {
+                entry.2.remove(r);
+            }
+            Ok(())
+        }
+        fn unisolate(
+            &mut self,
+            cgroup_id: u64,
+            _allow: &[crate::capture::AllowPrefix],
+        ) -> Result<(), String> {
+            self.isolated.remove(&cgroup_id);
+            Ok(())
+        }
+        fn isolations(&mut self) -> Vec<(u64, palisade_common::IsolationValue)> {
+            self.isolated
+                .iter()
+                .map(|(id, (expires_ns, flags, _))| {
+                    (
+                        *id,
+                        palisade_common::IsolationValue {
+                            expires_ns: *expires_ns,
+                            flags: *flags,
+                            dropped_ingress: 4,
+                            dropped_egress: 0,
+                        },
+                    )
+                })
+                .collect()
+        }
         fn blocks(&mut self) -> Vec<(BlockKey, BlockValue)> {
             self.blocked
                 .borrow()
@@ -1434,6 +1613,69 @@ mod tests {
                 })
                 .collect()
         }
+    }
+
+    #[test]
+    fn isolation_follows_the_configuration_and_reports_each_pod() {
+        use crate::isolation::parse_allow;
+        let root = std::env::temp_dir().join(format!("palisade-runtime-isolate-{}", std::process::id()));
+        let dir = root.join("kubepods/besteffort/poduid-b");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let cgroup_id = crate::workloads::cgroup_id(&dir).expect("ino");
+        let mut rt = runtime(&root);
+        let isolation = |targets: Vec<WorkloadTarget>| palisade_api::agent::IsolationConfig {
+            isolation: Some(ObjectRef {
+                namespace: "demo".into(),
+                name: "quarantine".into(),
+                generation: 1,
+            }),
+            targets,
+            allow_cidrs: vec!["10.1.0.0/16".into()],
+            allow_node: false,
+            deny_egress: true,
+            expires_unix_ms: 0,
+        };
+        let mut b = target("uid-b", "b");
+        b.pod_ips = vec!["10.0.0.9".into()];
+        let mut c = config(1, vec![target("uid-a", "a")]);
+        // uid-b is not monitored: isolation finds its cgroup by itself; uid-gone has none.
+        c.isolations = vec![isolation(vec![b.clone(), target("uid-gone", "gone")])];
+        rt.apply(c);
+        let backend = rt.backend_mut().expect("backend");
+        assert_eq!(backend.enforced, vec!["uid-b".to_string()]);
+        let (expires, flags, allow) = backend.isolated.get(&cgroup_id).cloned().expect("isolated");
+        assert_eq!(
+            (expires, flags),
+            (u64::MAX, palisade_common::ISOLATION_DENY_EGRESS)
+        );
+        for want in ["10.1.0.0/16", "10.0.0.9", "127.0.0.0/8", "::1/128"] {
+            assert!(
+                allow.contains(&parse_allow(want).expect("cidr")),
+                "{want} not allowed"
+            );
+        }
+        let report = rt.take_report();
+        assert_eq!(report.isolations.len(), 1);
+        let pods = &report.isolations[0].pods;
+        assert_eq!(pods.len(), 2, "{pods:?}");
+        assert_eq!(
+            (pods[0].pod_name.as_str(), pods[0].state.as_str()),
+            ("b", "isolated")
+        );
+        assert_eq!(pods[0].dropped_ingress, 4, "counters come from the kernel map");
+        assert_eq!(
+            (pods[1].pod_name.as_str(), pods[1].state.as_str()),
+            ("gone", "failed")
+        );
+        assert!(pods[1].detail.contains("uid-gone"), "{}", pods[1].detail);
+
+        // Released: the next configuration no longer holds it.
+        rt.apply(config(2, vec![target("uid-a", "a")]));
+        let backend = rt.backend_mut().expect("backend");
+        assert!(backend.isolated.is_empty(), "isolation removed from the kernel");
+        assert!(backend.enforced.is_empty(), "enforcement programs detached");
+        assert!(rt.take_report().isolations.is_empty());
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]
@@ -1529,6 +1771,7 @@ mod tests {
             version,
             node_name: "n1".into(),
             cluster_cidrs: vec!["10.0.0.0/30".into()],
+            isolations: vec![],
             monitors: vec![MonitorConfig {
                 monitor: Some(ObjectRef {
                     namespace: "demo".into(),

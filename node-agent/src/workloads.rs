@@ -69,6 +69,15 @@ fn search(dir: &Path, uid: &str, depth: usize) -> Option<PathBuf> {
     subdirs.into_iter().find_map(|d| search(&d, uid, depth + 1))
 }
 
+/// The cgroup id of a cgroup v2 directory (its inode number, as `bpf_skb_cgroup_id` and
+/// `bpf_skb_ancestor_cgroup_id` report it).
+pub fn cgroup_id(dir: &Path) -> Result<u64, String> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(dir)
+        .map(|m| m.ino())
+        .map_err(|e| format!("cannot read cgroup directory {}: {e}", dir.display()))
+}
+
 /// The pids in a cgroup and its descendants (up to 4 levels deep).
 pub fn cgroup_tree_pids(dir: &Path) -> Vec<u32> {
     let mut pids = vec![];

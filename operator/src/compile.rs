@@ -106,7 +106,7 @@ fn object_ref<K: kube::Resource>(obj: &K) -> ObjectRef {
     }
 }
 
-fn workload_target(pod: &Pod) -> WorkloadTarget {
+pub fn workload_target(pod: &Pod) -> WorkloadTarget {
     let status = pod.status.as_ref();
     let mut pod_ips: Vec<String> = status
         .and_then(|s| s.pod_ips.as_ref())

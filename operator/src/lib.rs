@@ -4,6 +4,7 @@
 
 pub mod compile;
 pub mod grpc;
+pub mod isolation;
 pub mod monitor_controller;
 pub mod openapi_source;
 pub mod policy_controller;

@@ -9,8 +9,9 @@ use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, Controller, WatchStreamExt};
 use palisade_api::agent::agent_control_server::AgentControlServer;
-use palisade_api::v1alpha1::{ApiMonitor, ApiPolicy};
+use palisade_api::v1alpha1::{ApiIsolation, ApiMonitor, ApiPolicy};
 use palisade_operator::grpc::AgentControlService;
+use palisade_operator::isolation::{self, IsolationContext};
 use palisade_operator::monitor_controller::{self, MonitorContext};
 use palisade_operator::openapi_source::{referenced_config_maps, ConfigMapWatches};
 use palisade_operator::policy_controller::{self, PolicyContext};
@@ -90,6 +91,11 @@ fn stores_ready(view: &ClusterView) -> bool {
             .wait_until_ready()
             .now_or_never()
             .is_some_and(|r| r.is_ok())
+        && view
+            .isolations
+            .wait_until_ready()
+            .now_or_never()
+            .is_some_and(|r| r.is_ok())
 }
 
 #[tokio::main]
@@ -110,13 +116,22 @@ async fn main() -> anyhow::Result<()> {
     let (monitors, monitor_changes) = reflect(Api::<ApiMonitor>::all(client.clone()));
     let (policies, policy_changes) = reflect(Api::<ApiPolicy>::all(client.clone()));
     let (nodes, node_changes) = reflect(Api::<Node>::all(client.clone()));
+    let (isolations, isolation_changes) = reflect(Api::<ApiIsolation>::all(client.clone()));
     let view = ClusterView {
         pods,
         monitors,
         policies,
         nodes,
+        isolations,
     };
     let (hub, triggers) = Hub::with_cluster_cidrs(view.clone(), args.cluster_cidrs.clone());
+    let operator_pod = match (std::env::var("POD_NAMESPACE"), std::env::var("POD_NAME")) {
+        (Ok(ns), Ok(name)) if !ns.is_empty() && !name.is_empty() => Some((ns, name)),
+        _ => None,
+    };
+    if let Some((ns, name)) = operator_pod.clone() {
+        hub.set_operator_pod(ns, name);
+    }
 
     // ConfigMaps that monitors reference for their OpenAPI documents: one watch each, kept in
     // step with the monitors by the compile loop (see `openapi_source` for why not a reflector).
@@ -131,6 +146,7 @@ async fn main() -> anyhow::Result<()> {
         monitor_changes,
         policy_changes,
         node_changes,
+        isolation_changes,
         config_map_changes,
     ]);
     let ready_view = view.clone();
@@ -208,6 +224,24 @@ async fn main() -> anyhow::Result<()> {
             )
             .for_each(|_| futures::future::ready(()));
 
+    let isolation_ctx = Arc::new(IsolationContext {
+        client: client.clone(),
+        hub: hub.clone(),
+        reporter: Reporter {
+            controller: "palisade-operator".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
+        operator_pod,
+    });
+    let isolation_controller = Controller::new(
+        Api::<ApiIsolation>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .reconcile_on(UnboundedReceiverStream::new(triggers.isolations))
+    .shutdown_on_signal()
+    .run(isolation::reconcile, isolation::error_policy, isolation_ctx)
+    .for_each(|_| futures::future::ready(()));
+
     let grpc = tonic::transport::Server::builder()
         .add_service(AgentControlServer::new(AgentControlService { hub: hub.clone() }))
         .serve_with_shutdown(args.grpc_listen, async {
@@ -218,6 +252,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::select! {
         _ = monitor_controller => tracing::info!("ApiMonitor controller stopped"),
         _ = policy_controller => tracing::info!("ApiPolicy controller stopped"),
+        _ = isolation_controller => tracing::info!("ApiIsolation controller stopped"),
         r = grpc => r.context("gRPC server failed")?,
         _ = compiler => tracing::warn!("configuration compiler stopped"),
     }

@@ -9,7 +9,7 @@ use crate::openapi_source::{load_document, ConfigMapKey, ConfigMapState, OpenApi
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::reflector::{ObjectRef, Store};
 use palisade_api::agent::{self, AgentReport, NodeConfig};
-use palisade_api::v1alpha1::{ApiMonitor, ApiPolicy, MAX_FINDINGS_IN_STATUS};
+use palisade_api::v1alpha1::{ApiIsolation, ApiMonitor, ApiPolicy, MAX_FINDINGS_IN_STATUS};
 use prost::Message;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,6 +26,7 @@ pub struct ClusterView {
     pub monitors: Store<ApiMonitor>,
     pub policies: Store<ApiPolicy>,
     pub nodes: Store<Node>,
+    pub isolations: Store<ApiIsolation>,
 }
 
 /// Key of a namespaced object.
@@ -43,6 +44,8 @@ pub struct AgentState {
     /// The agent's last report per policy, findings removed.
     pub policies: HashMap<ObjectKey, agent::PolicyReport>,
     pub capture: agent::CaptureStats,
+    /// The agent's last account of each isolation (a full state).
+    pub isolations: HashMap<ObjectKey, agent::IsolationReport>,
 }
 
 /// Accumulated counts for one endpoint of one monitor.
@@ -130,12 +133,16 @@ pub struct Hub {
     inner: Mutex<Inner>,
     monitor_trigger: mpsc::UnboundedSender<ObjectRef<ApiMonitor>>,
     policy_trigger: mpsc::UnboundedSender<ObjectRef<ApiPolicy>>,
+    isolation_trigger: mpsc::UnboundedSender<ObjectRef<ApiIsolation>>,
+    /// The operator's own pod (namespace, name), which no isolation may select.
+    operator_pod: std::sync::OnceLock<(String, String)>,
 }
 
 /// Receivers for the controllers' `reconcile_on`.
 pub struct Triggers {
     pub monitors: mpsc::UnboundedReceiver<ObjectRef<ApiMonitor>>,
     pub policies: mpsc::UnboundedReceiver<ObjectRef<ApiPolicy>>,
+    pub isolations: mpsc::UnboundedReceiver<ObjectRef<ApiIsolation>>,
 }
 
 fn content_bytes(cfg: &NodeConfig) -> Vec<u8> {
@@ -158,6 +165,7 @@ impl Hub {
     pub fn with_cluster_cidrs(view: ClusterView, extra_cluster_cidrs: Vec<String>) -> (Arc<Hub>, Triggers) {
         let (monitor_trigger, monitors) = mpsc::unbounded_channel();
         let (policy_trigger, policies) = mpsc::unbounded_channel();
+        let (isolation_trigger, isolations) = mpsc::unbounded_channel();
         let hub = Hub {
             view,
             ready: std::sync::atomic::AtomicBool::new(false),
@@ -165,8 +173,26 @@ impl Hub {
             inner: Mutex::new(Inner::default()),
             monitor_trigger,
             policy_trigger,
+            isolation_trigger,
+            operator_pod: std::sync::OnceLock::new(),
         };
-        (Arc::new(hub), Triggers { monitors, policies })
+        (
+            Arc::new(hub),
+            Triggers {
+                monitors,
+                policies,
+                isolations,
+            },
+        )
+    }
+
+    /// Names the operator's own pod, which isolations must not select (set once, at start).
+    pub fn set_operator_pod(&self, namespace: String, name: String) {
+        let _ = self.operator_pod.set((namespace, name));
+    }
+
+    pub fn operator_pod(&self) -> Option<&(String, String)> {
+        self.operator_pod.get()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -181,6 +207,9 @@ impl Hub {
         }
         for p in self.view.policies.state() {
             let _ = self.policy_trigger.send(ObjectRef::from_obj(p.as_ref()));
+        }
+        for i in self.view.isolations.state() {
+            let _ = self.isolation_trigger.send(ObjectRef::from_obj(i.as_ref()));
         }
     }
 
@@ -250,7 +279,14 @@ impl Hub {
             .cloned()
             .chain(inner.agents.keys().cloned())
             .collect();
-        let compiled = compile::compile(&monitors, &policies, &pods, known, &documents);
+        let mut compiled = compile::compile(&monitors, &policies, &pods, known, &documents);
+        crate::isolation::compile_isolations(
+            &self.view.isolations.state(),
+            &pods,
+            now_unix_ms(),
+            self.operator_pod(),
+            &mut compiled,
+        );
         let mut changed = vec![];
         for (node, mut cfg) in compiled {
             cfg.cluster_cidrs = cluster_cidrs.clone();
@@ -426,6 +462,11 @@ impl Hub {
                     m.endpoints.clear();
                     (key_of(&m.monitor), m)
                 })
+                .collect();
+            agent.isolations = report
+                .isolations
+                .iter()
+                .map(|r| (key_of(&r.isolation), r.clone()))
                 .collect();
             agent.policies = report
                 .policies
@@ -705,11 +746,13 @@ mod tests {
         let (monitors, mut monitor_writer) = store::<ApiMonitor>();
         let (policies, _policy_writer) = store::<ApiPolicy>();
         let (nodes, _node_writer) = store::<Node>();
+        let (isolations, _isolation_writer) = store::<ApiIsolation>();
         let (hub, _triggers) = Hub::new(ClusterView {
             pods,
             monitors,
             policies,
             nodes,
+            isolations,
         });
         monitor_writer.apply_watcher_event(&Event::Apply(monitor()));
         pod_writer.apply_watcher_event(&Event::Apply(pod("api")));
@@ -806,11 +849,13 @@ mod tests {
         let (monitors, mut monitor_writer) = store::<ApiMonitor>();
         let (policies, _policy_writer) = store::<ApiPolicy>();
         let (nodes, _node_writer) = store::<Node>();
+        let (isolations, _isolation_writer) = store::<ApiIsolation>();
         let (hub, _triggers) = Hub::new(ClusterView {
             pods,
             monitors,
             policies,
             nodes,
+            isolations,
         });
         let mut m = monitor();
         m.spec.open_api = Some(palisade_api::v1alpha1::OpenApiRef {

@@ -1,7 +1,9 @@
-//! Enforcement in the kernel: the `palisade_enforce_ingress` program on protected pods' cgroups
-//! drops packets from blocked sources (see `node-agent-ebpf`).
+//! Enforcement in the kernel: the `palisade_enforce_ingress` and `palisade_enforce_egress`
+//! programs on protected pods' cgroups drop packets from blocked sources and new connections of
+//! isolated pods (see `node-agent-ebpf`).
 //!
-//! Crash safety: the maps (`BLOCKED_SOURCES`, `ENFORCE_ACTIVE`) and the program's links are pinned
+//! Crash safety: the maps (`BLOCKED_SOURCES`, `ISOLATED_WORKLOADS`, `ISOLATION_ALLOW`,
+//! `ENFORCE_ACTIVE`) and the programs' links are pinned
 //! under the agent's bpffs directory. When the agent dies, the links stay attached and the blocks
 //! stay enforced; the kernel itself stops dropping when a block's expiry passes. A restarted
 //! agent loads the object with the same pin paths (so it opens the same maps), adopts each pinned
@@ -15,19 +17,42 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap as BpfHashMap, MapData},
+    maps::{
+        lpm_trie::{Key as LpmKey, LpmTrie},
+        Array, HashMap as BpfHashMap, MapData,
+    },
     programs::{links::FdLink, links::PinnedLink, CgroupAttachMode, CgroupSkbAttachType},
     Ebpf,
 };
-use palisade_common::{BlockKey, BlockValue, MAP_BLOCKED_SOURCES, MAP_ENFORCE_ACTIVE, PROG_ENFORCE_INGRESS};
+use palisade_common::{
+    BlockKey, BlockValue, IsolationAllowKey, IsolationValue, ENFORCE_BLOCKS, ENFORCE_ISOLATION,
+    MAP_BLOCKED_SOURCES, MAP_ENFORCE_ACTIVE, MAP_ISOLATED_WORKLOADS, MAP_ISOLATION_ALLOW,
+    PROG_ENFORCE_EGRESS, PROG_ENFORCE_INGRESS,
+};
+
+/// The enforcement programs attached to each protected pod, with their link pin names.
+const PROGRAMS: [(&str, CgroupSkbAttachType, &str, &str); 2] = [
+    (
+        PROG_ENFORCE_INGRESS,
+        CgroupSkbAttachType::Ingress,
+        "ingress",
+        "enforce-ingress-",
+    ),
+    (
+        PROG_ENFORCE_EGRESS,
+        CgroupSkbAttachType::Egress,
+        "egress",
+        "enforce-egress-",
+    ),
+];
 
 use super::{error_chain, CaptureError};
 
-/// The pinned enforcement links of this agent, by pod UID.
+/// The pinned enforcement links of this agent, by pod UID (ingress, egress).
 #[derive(Debug)]
 pub struct Enforcement {
     pin_dir: PathBuf,
-    links: BTreeMap<String, PinnedLink>,
+    links: BTreeMap<String, Vec<PinnedLink>>,
 }
 
 /// Whether a pod's enforcement program was attached now or found attached by an earlier agent.
@@ -45,14 +70,13 @@ impl Enforcement {
         }
     }
 
-    fn link_path(&self, pod_uid: &str) -> PathBuf {
-        self.pin_dir
-            .join("links")
-            .join(format!("enforce-ingress-{pod_uid}"))
+    fn link_path(&self, prefix: &str, pod_uid: &str) -> PathBuf {
+        self.pin_dir.join("links").join(format!("{prefix}{pod_uid}"))
     }
 
-    /// Makes sure the enforcement program is attached to the pod's cgroup: adopts a link pinned
-    /// by an earlier agent, or attaches and pins a new one.
+    /// Makes sure both enforcement programs are attached to the pod's cgroup: adopts the links
+    /// pinned by an earlier agent, or attaches and pins new ones. `Adopted` when the ingress link
+    /// (the one every agent version pinned) was found pinned.
     pub fn attach(
         &mut self,
         ebpf: &mut Ebpf,
@@ -62,22 +86,55 @@ impl Enforcement {
         if self.links.contains_key(pod_uid) {
             return Ok(EnforcementAttach::Attached);
         }
-        let path = self.link_path(pod_uid);
-        if path.exists() {
-            match PinnedLink::from_pin(&path) {
-                Ok(link) => {
-                    self.links.insert(pod_uid.to_string(), link);
-                    return Ok(EnforcementAttach::Adopted);
+        let mut links = Vec::with_capacity(PROGRAMS.len());
+        let mut how = EnforcementAttach::Attached;
+        for (i, (program, attach_type, direction, prefix)) in PROGRAMS.into_iter().enumerate() {
+            let path = self.link_path(prefix, pod_uid);
+            match self.attach_one(ebpf, program, attach_type, direction, &path, cgroup_dir) {
+                Ok((link, adopted)) => {
+                    if adopted && i == 0 {
+                        how = EnforcementAttach::Adopted;
+                    }
+                    links.push(link);
                 }
                 Err(e) => {
+                    // All or nothing: a pod half enforced would look protected.
+                    for link in links {
+                        if let Ok(fd_link) = link.unpin() {
+                            drop(fd_link);
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        self.links.insert(pod_uid.to_string(), links);
+        Ok(how)
+    }
+
+    /// Adopts the link pinned at `path`, or attaches `program` and pins its link there.
+    /// True when adopted.
+    fn attach_one(
+        &self,
+        ebpf: &mut Ebpf,
+        program: &'static str,
+        attach_type: CgroupSkbAttachType,
+        direction: &'static str,
+        path: &Path,
+        cgroup_dir: &Path,
+    ) -> Result<(PinnedLink, bool), CaptureError> {
+        if path.exists() {
+            match PinnedLink::from_pin(path) {
+                Ok(link) => return Ok((link, true)),
+                Err(e) => {
                     tracing::warn!(path = %path.display(), error = %error_chain(&e), "stale enforcement pin removed");
-                    let _ = std::fs::remove_file(&path);
+                    let _ = std::fs::remove_file(path);
                 }
             }
         }
         let attach_err = |reason: String| CaptureError::Attach {
-            program: PROG_ENFORCE_INGRESS,
-            direction: "ingress",
+            program,
+            direction,
             path: cgroup_dir.to_path_buf(),
             reason,
         };
@@ -86,18 +143,18 @@ impl Enforcement {
             reason: e.to_string(),
         })?;
         let prog: &mut aya::programs::CgroupSkb = ebpf
-            .program_mut(PROG_ENFORCE_INGRESS)
+            .program_mut(program)
             .ok_or(CaptureError::MissingInObject {
                 kind: "program",
-                name: PROG_ENFORCE_INGRESS,
+                name: program,
             })?
             .try_into()
             .map_err(|_| CaptureError::MissingInObject {
                 kind: "cgroup_skb program",
-                name: PROG_ENFORCE_INGRESS,
+                name: program,
             })?;
         let id = prog
-            .attach(&dir, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single)
+            .attach(&dir, attach_type, CgroupAttachMode::Single)
             .map_err(|e| attach_err(error_chain(&e)))?;
         let link = prog.take_link(id).map_err(|e| attach_err(error_chain(&e)))?;
         let fd_link: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| {
@@ -105,25 +162,26 @@ impl Enforcement {
         })?;
         std::fs::create_dir_all(path.parent().unwrap_or(&self.pin_dir))
             .map_err(|e| attach_err(format!("creating {}: {e}", self.pin_dir.display())))?;
-        let pinned = fd_link.pin(&path).map_err(|e| {
+        let pinned = fd_link.pin(path).map_err(|e| {
             attach_err(format!(
                 "pinning the link at {}: {}",
                 path.display(),
                 error_chain(&e)
             ))
         })?;
-        self.links.insert(pod_uid.to_string(), pinned);
-        Ok(EnforcementAttach::Attached)
+        Ok((pinned, false))
     }
 
-    /// Detaches the pod's enforcement program (unpins its link), also one pinned by an earlier
-    /// agent and not adopted.
+    /// Detaches the pod's enforcement programs (unpins their links), also ones pinned by an
+    /// earlier agent and not adopted.
     pub fn detach(&mut self, pod_uid: &str) {
-        let link = self
-            .links
-            .remove(pod_uid)
-            .or_else(|| PinnedLink::from_pin(self.link_path(pod_uid)).ok());
-        if let Some(link) = link {
+        let links = self.links.remove(pod_uid).unwrap_or_else(|| {
+            PROGRAMS
+                .iter()
+                .filter_map(|(_, _, _, prefix)| PinnedLink::from_pin(self.link_path(prefix, pod_uid)).ok())
+                .collect()
+        });
+        for link in links {
             match link.unpin() {
                 Ok(fd_link) => drop(fd_link), // the last reference: the kernel detaches
                 Err(e) => tracing::warn!(pod_uid, error = %error_chain(&e), "unpinning an enforcement link"),
@@ -131,7 +189,7 @@ impl Enforcement {
         }
     }
 
-    /// Pod UIDs with a pinned enforcement link left by an earlier agent (not adopted yet).
+    /// Pod UIDs with pinned enforcement links left by an earlier agent (not adopted yet).
     pub fn pinned_pods(&self) -> Vec<String> {
         let Ok(entries) = std::fs::read_dir(self.pin_dir.join("links")) else {
             return vec![];
@@ -141,10 +199,16 @@ impl Enforcement {
             .filter_map(|e| {
                 e.file_name()
                     .to_str()
-                    .and_then(|n| n.strip_prefix("enforce-ingress-"))
+                    .and_then(|n| {
+                        PROGRAMS
+                            .iter()
+                            .find_map(|(_, _, _, prefix)| n.strip_prefix(prefix))
+                    })
                     .map(String::from)
             })
             .filter(|uid| !self.links.contains_key(uid))
+            .collect::<std::collections::BTreeSet<String>>()
+            .into_iter()
             .collect()
     }
 }
@@ -185,7 +249,7 @@ pub fn block(ebpf: &mut Ebpf, key: BlockKey, expires_ns: u64) -> Result<(), Capt
         map: MAP_BLOCKED_SOURCES,
         reason: error_chain(&e),
     })?;
-    set_active(ebpf, true)
+    set_active(ebpf, ENFORCE_BLOCKS, true)
 }
 
 /// Removes a block; returns its packets dropped.
@@ -195,13 +259,130 @@ pub fn unblock(ebpf: &mut Ebpf, key: &BlockKey) -> Result<u64, CaptureError> {
     let _ = map.remove(key);
     // One key lookup tells whether any block is left (no walk over the map).
     let any_left = map.keys().next().is_some();
-    set_active(ebpf, any_left)?;
+    set_active(ebpf, ENFORCE_BLOCKS, any_left)?;
     Ok(dropped)
 }
 
-/// Sets `ENFORCE_ACTIVE` (the program's fast path): 1 while blocks may exist, 0 when none is left.
-/// Constant time: a new block must reach the kernel quickly however many there are.
-fn set_active(ebpf: &mut Ebpf, any: bool) -> Result<(), CaptureError> {
+fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> CaptureError {
+    move |e| CaptureError::Map {
+        map,
+        reason: error_chain(&e),
+    }
+}
+
+fn isolated_map(ebpf: &mut Ebpf) -> Result<BpfHashMap<&mut MapData, u64, IsolationValue>, CaptureError> {
+    let map = ebpf
+        .map_mut(MAP_ISOLATED_WORKLOADS)
+        .ok_or(CaptureError::MissingInObject {
+            kind: "map",
+            name: MAP_ISOLATED_WORKLOADS,
+        })?;
+    BpfHashMap::try_from(map).map_err(map_err(MAP_ISOLATED_WORKLOADS))
+}
+
+fn allow_map(ebpf: &mut Ebpf) -> Result<LpmTrie<&mut MapData, IsolationAllowKey, u8>, CaptureError> {
+    let map = ebpf
+        .map_mut(MAP_ISOLATION_ALLOW)
+        .ok_or(CaptureError::MissingInObject {
+            kind: "map",
+            name: MAP_ISOLATION_ALLOW,
+        })?;
+    LpmTrie::try_from(map).map_err(map_err(MAP_ISOLATION_ALLOW))
+}
+
+/// One allow-list entry of an isolated pod: an address prefix (IPv4 as IPv4-mapped IPv6, the
+/// prefix length counted on the 128 bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AllowPrefix {
+    pub addr: [u8; 16],
+    pub prefix_len: u8,
+}
+
+fn allow_key(cgroup_id: u64, p: &AllowPrefix) -> LpmKey<IsolationAllowKey> {
+    LpmKey::new(
+        palisade_common::ISOLATION_ALLOW_CGROUP_BITS + u32::from(p.prefix_len.min(128)),
+        IsolationAllowKey {
+            cgroup_id,
+            addr: p.addr,
+        },
+    )
+}
+
+/// Isolates a pod cgroup (or changes its isolation): writes the allow-list first (adding
+/// `allow`, removing `remove`), then the isolation, so no allowed peer is ever refused. Keeps the
+/// drop counters of an isolation already in the map.
+pub fn isolate(
+    ebpf: &mut Ebpf,
+    cgroup_id: u64,
+    expires_ns: u64,
+    flags: u64,
+    allow: &[AllowPrefix],
+    remove: &[AllowPrefix],
+) -> Result<(), CaptureError> {
+    {
+        let mut trie = allow_map(ebpf)?;
+        for p in allow {
+            trie.insert(&allow_key(cgroup_id, p), 1u8, 0)
+                .map_err(map_err(MAP_ISOLATION_ALLOW))?;
+        }
+        for p in remove {
+            let _ = trie.remove(&allow_key(cgroup_id, p));
+        }
+    }
+    let mut map = isolated_map(ebpf)?;
+    let old = map.get(&cgroup_id, 0).unwrap_or_default();
+    map.insert(
+        cgroup_id,
+        IsolationValue {
+            expires_ns,
+            flags,
+            dropped_ingress: old.dropped_ingress,
+            dropped_egress: old.dropped_egress,
+        },
+        0,
+    )
+    .map_err(map_err(MAP_ISOLATED_WORKLOADS))?;
+    set_active(ebpf, ENFORCE_ISOLATION, true)
+}
+
+/// Ends a pod's isolation and removes its allow-list; returns its last value (drop counts).
+pub fn unisolate(
+    ebpf: &mut Ebpf,
+    cgroup_id: u64,
+    allow: &[AllowPrefix],
+) -> Result<Option<IsolationValue>, CaptureError> {
+    let mut map = isolated_map(ebpf)?;
+    let old = map.get(&cgroup_id, 0).ok();
+    let _ = map.remove(&cgroup_id);
+    let any_left = map.keys().next().is_some();
+    {
+        let mut trie = allow_map(ebpf)?;
+        for p in allow {
+            let _ = trie.remove(&allow_key(cgroup_id, p));
+        }
+        // Entries an earlier agent left for this cgroup (it knew another allow-list).
+        let stale: Vec<_> = trie
+            .keys()
+            .flatten()
+            .filter(|k| k.data().cgroup_id == cgroup_id)
+            .collect();
+        for k in stale {
+            let _ = trie.remove(&k);
+        }
+    }
+    set_active(ebpf, ENFORCE_ISOLATION, any_left)?;
+    Ok(old)
+}
+
+/// Every isolated cgroup in the map (including ones an earlier agent wrote).
+pub fn isolations(ebpf: &mut Ebpf) -> Result<Vec<(u64, IsolationValue)>, CaptureError> {
+    let map = isolated_map(ebpf)?;
+    Ok(map.iter().flatten().collect())
+}
+
+/// Sets or clears one `ENFORCE_ACTIVE` bit (the programs' fast path). Constant time: a new block
+/// must reach the kernel quickly however many there are.
+fn set_active(ebpf: &mut Ebpf, bit: u64, any: bool) -> Result<(), CaptureError> {
     let map = ebpf
         .map_mut(MAP_ENFORCE_ACTIVE)
         .ok_or(CaptureError::MissingInObject {
@@ -212,7 +393,9 @@ fn set_active(ebpf: &mut Ebpf, any: bool) -> Result<(), CaptureError> {
         map: MAP_ENFORCE_ACTIVE,
         reason: error_chain(&e),
     })?;
-    active.set(0, u64::from(any), 0).map_err(|e| CaptureError::Map {
+    let old = active.get(&0, 0).unwrap_or(0);
+    let new = if any { old | bit } else { old & !bit };
+    active.set(0, new, 0).map_err(|e| CaptureError::Map {
         map: MAP_ENFORCE_ACTIVE,
         reason: error_chain(&e),
     })

@@ -12,7 +12,7 @@ pub mod tls;
 
 use std::{error::Error as StdError, fmt::Write as _, io, path::PathBuf};
 
-pub use enforce::EnforcementAttach;
+pub use enforce::{AllowPrefix, EnforcementAttach};
 pub use probes::CaptureProbes;
 pub use ring::CaptureRing;
 

@@ -14,11 +14,12 @@ use aya::{
     Ebpf, EbpfError,
 };
 use palisade_common::{
-    BlockKey, BlockValue, CaptureCounters, MAP_BLOCKED_SOURCES, MAP_CAPTURE_COUNTERS, MAP_CAPTURE_RING,
-    MAP_ENFORCE_ACTIVE, PROG_CAPTURE_EGRESS, PROG_CAPTURE_INGRESS, PROG_ENFORCE_INGRESS,
+    BlockKey, BlockValue, CaptureCounters, IsolationValue, MAP_BLOCKED_SOURCES, MAP_CAPTURE_COUNTERS,
+    MAP_CAPTURE_RING, MAP_ENFORCE_ACTIVE, MAP_ISOLATED_WORKLOADS, MAP_ISOLATION_ALLOW, PROG_CAPTURE_EGRESS,
+    PROG_CAPTURE_INGRESS, PROG_ENFORCE_EGRESS, PROG_ENFORCE_INGRESS,
 };
 
-use super::enforce::{self, Enforcement, EnforcementAttach};
+use super::enforce::{self, AllowPrefix, Enforcement, EnforcementAttach};
 
 use super::{error_chain, verifier_excerpt, with_permission_hint, CaptureError, CaptureRing};
 
@@ -64,17 +65,29 @@ impl CaptureProbes {
     pub fn load_pinned(pin_dir: Option<&Path>) -> Result<Self, CaptureError> {
         raise_memlock_limit();
         let mut loader = aya::EbpfLoader::new();
-        let (blocked, active);
+        const PINNED_MAPS: [&str; 4] = [
+            MAP_BLOCKED_SOURCES,
+            MAP_ENFORCE_ACTIVE,
+            MAP_ISOLATED_WORKLOADS,
+            MAP_ISOLATION_ALLOW,
+        ];
+        let mut pin_paths: Vec<PathBuf> = vec![];
         if let Some(dir) = pin_dir {
             std::fs::create_dir_all(dir).map_err(|e| CaptureError::Object {
                 reason: format!("creating the pin directory {}: {e}", dir.display()),
             })?;
-            (blocked, active) = (dir.join(MAP_BLOCKED_SOURCES), dir.join(MAP_ENFORCE_ACTIVE));
-            loader.map_pin_path(MAP_BLOCKED_SOURCES, blocked.as_path());
-            loader.map_pin_path(MAP_ENFORCE_ACTIVE, active.as_path());
+            pin_paths = PINNED_MAPS.iter().map(|name| dir.join(name)).collect();
+        }
+        for (name, path) in PINNED_MAPS.iter().zip(&pin_paths) {
+            loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(object_error)?;
-        for name in [PROG_CAPTURE_INGRESS, PROG_CAPTURE_EGRESS, PROG_ENFORCE_INGRESS] {
+        for name in [
+            PROG_CAPTURE_INGRESS,
+            PROG_CAPTURE_EGRESS,
+            PROG_ENFORCE_INGRESS,
+            PROG_ENFORCE_EGRESS,
+        ] {
             let prog = program_mut(&mut ebpf, name)?;
             prog.load().map_err(|e| program_load_error(name, e))?;
         }
@@ -133,6 +146,33 @@ impl CaptureProbes {
     /// The blocked-sources map, as the kernel holds it.
     pub fn blocks(&mut self) -> Result<Vec<(BlockKey, BlockValue)>, CaptureError> {
         enforce::blocks(&mut self.ebpf)
+    }
+
+    /// Isolates a pod cgroup (see [`enforce::isolate`]).
+    pub fn isolate(
+        &mut self,
+        cgroup_id: u64,
+        expires_ns: u64,
+        flags: u64,
+        allow: &[AllowPrefix],
+        remove: &[AllowPrefix],
+    ) -> Result<(), CaptureError> {
+        self.enforcement()?;
+        enforce::isolate(&mut self.ebpf, cgroup_id, expires_ns, flags, allow, remove)
+    }
+
+    /// Ends a pod cgroup's isolation; its last value.
+    pub fn unisolate(
+        &mut self,
+        cgroup_id: u64,
+        allow: &[AllowPrefix],
+    ) -> Result<Option<IsolationValue>, CaptureError> {
+        enforce::unisolate(&mut self.ebpf, cgroup_id, allow)
+    }
+
+    /// The isolated-workloads map, as the kernel holds it.
+    pub fn isolations(&mut self) -> Result<Vec<(u64, IsolationValue)>, CaptureError> {
+        enforce::isolations(&mut self.ebpf)
     }
 
     /// Attaches ingress and egress capture to a cgroup v2 directory and returns its cgroup id

@@ -1,0 +1,363 @@
+//! Isolation end to end, with `kubectl` only: an ApiIsolation makes the demo API unreachable for
+//! new connections except from its allow-list (a pod of the same namespace, the node's own
+//! addresses for health probes), and, with `denyEgress`, stops the pod's own new connections
+//! outside it. The isolation outlives a `kill -9` of the agent (the restarted agent adopts it),
+//! ends on `released: true`, on delete and when its ttl passes, and is recorded in status and
+//! Events. Bad input is rejected at admission with a message naming the field, and isolating
+//! Palisade's own pods is refused.
+
+use anyhow::{ensure, Context, Result};
+use palisade_e2e::palisade::{get_json, http_request, start_agent, wait_for, wait_for_object, Stack};
+use palisade_e2e::{PodLaunch, RunningPod};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime};
+
+const WAIT: Duration = Duration::from_secs(45);
+
+/// A TCP connection from inside `from`'s network namespace to `to:port`: "open", or "refused"
+/// when the SYN is dropped (connect times out after 1 s) or reset.
+fn connect(stack: &Stack, from: &RunningPod, to: &RunningPod, port: u16) -> String {
+    let script = format!(
+        "import socket\n\
+         try:\n    socket.create_connection(('{}', {port}), timeout=1).close()\n    print('open')\n\
+         except OSError:\n    print('refused')\n",
+        to.ip
+    );
+    // In the pod's cgroup too: its egress enforcement sees only the pod's own sockets.
+    let out = stack
+        .kubelet
+        .exec_in_pod(from, &["timeout", "10", "python3", "-c", &script]);
+    if out.stdout.is_empty() {
+        eprintln!(
+            "exec in {} failed: {}",
+            from.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Seconds from `since` (Unix seconds) until a connection from `from` to `to:8080` first fails,
+/// probing every 10 ms with 100 ms connect timeouts (bounded: 30 s).
+fn seconds_until_refused(stack: &Stack, from: &RunningPod, to: &RunningPod, since: f64) -> Option<f64> {
+    let script = format!(
+        "import socket, time\n\
+         end = time.time() + 30\n\
+         while time.time() < end:\n    \
+           try:\n        socket.create_connection(('{}', 8080), timeout=0.1).close()\n        time.sleep(0.01)\n    \
+           except OSError:\n        print(time.time() - {since})\n        break\n",
+        to.ip
+    );
+    let out = stack
+        .kubelet
+        .exec_in_pod_netns(from, &["timeout", "40", "python3", "-c", &script]);
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+fn pod(namespace: &str, name: &str, labels: &[(&str, &str)]) -> PodLaunch {
+    PodLaunch {
+        namespace: namespace.into(),
+        name: name.into(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<BTreeMap<_, _>>(),
+        command: palisade_e2e::palisade::demo_api_command(9090),
+        port: 9090,
+    }
+}
+
+fn isolation(name: &str, app: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: palisade.dev/v1alpha1\nkind: ApiIsolation\nmetadata: {{name: {name}, namespace: demo}}\n\
+         spec:\n  workloadSelector: {{matchLabels: {{app: {app}}}}}\n{extra}"
+    )
+}
+
+fn events(stack: &Stack, kind: &str, reason: &str) -> Result<String> {
+    stack.cp.kubectl_ok(&[
+        "get",
+        "events",
+        "-n",
+        "demo",
+        "--field-selector",
+        &format!("involvedObject.kind={kind},reason={reason}"),
+        "-o",
+        "jsonpath={range .items[*]}{.note}{.message}{\"\\n\"}{end}",
+    ])
+}
+
+async fn phase(stack: &Stack, name: &str, want: &str) -> Result<serde_json::Value> {
+    wait_for_object(
+        &stack.cp,
+        &format!("ApiIsolation {name} in phase {want}"),
+        ("apiisolation", "demo", name),
+        WAIT,
+        |o| (o.pointer("/status/phase")?.as_str()? == want).then(|| o.clone()),
+    )
+    .await
+}
+
+async fn wait_connect(
+    stack: &Stack,
+    from: &RunningPod,
+    to: &RunningPod,
+    port: u16,
+    want: &str,
+) -> Result<()> {
+    wait_for(
+        WAIT,
+        || Ok((connect(stack, from, to, port) == want).then_some(())),
+    )
+    .await
+    .with_context(|| format!("{} -> {}:{port} to be {want}", from.name, to.name))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolate_release_expire_survive_kill_9_and_refuse() -> Result<()> {
+    palisade_e2e::init_tracing();
+    if !palisade_e2e::require_root() {
+        return Ok(());
+    }
+    let mut stack = Stack::start("isolate-node").await?;
+    stack.cp.kubectl_ok(&["create", "namespace", "demo"])?;
+    stack.cp.kubectl_ok(&["create", "namespace", "outside"])?;
+    let api = stack.start_demo_pod("demo-api-0").await?;
+    let neighbour = stack
+        .kubelet
+        .start_pod(pod("demo", "neighbour-0", &[("app", "neighbour")]))
+        .await?;
+    let outsider = stack
+        .kubelet
+        .start_pod(pod("outside", "outsider-0", &[("app", "outsider")]))
+        .await?;
+    assert_eq!(connect(&stack, &outsider, &api, 8080), "open", "baseline");
+
+    // Bad input is rejected at admission, naming the field.
+    for (extra, field, words) in [
+        (
+            "  allow: {cidrs: ['0.0.0.0/0']}\n",
+            "spec.allow.cidrs",
+            "no wider than /8",
+        ),
+        (
+            "  allow: {cidrs: ['10.0.0.0/4']}\n",
+            "spec.allow.cidrs",
+            "no wider than /8",
+        ),
+        (
+            "  allow: {cidrs: ['not-a-cidr']}\n",
+            "spec.allow.cidrs",
+            "must be a CIDR",
+        ),
+        ("  ttl: 0s\n", "spec.ttl", "ttl must be more than 0s"),
+    ] {
+        let file = stack.cp.dir().join("bad-isolation.yaml");
+        std::fs::write(&file, isolation("bad", "demo-api", extra))?;
+        let out = stack.cp.kubectl(&["apply", "-f", &file.display().to_string()])?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(!out.status.success(), "accepted: {extra}");
+        ensure!(
+            stderr.contains(field) && stderr.contains(words),
+            "{extra}: {stderr}"
+        );
+    }
+    let file = stack.cp.dir().join("empty-selector.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: palisade.dev/v1alpha1\nkind: ApiIsolation\nmetadata: {name: bad, namespace: demo}\nspec:\n  workloadSelector: {}\n",
+    )?;
+    let out = stack.cp.kubectl(&["apply", "-f", &file.display().to_string()])?;
+    ensure!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("workloadSelector must not be empty"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Isolate by `kubectl apply`, and measure how long until the kernel refuses the outsider.
+    let t0 = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)?
+        .as_secs_f64();
+    stack.cp.apply_yaml(&isolation("quarantine", "demo-api", ""))?;
+    let took = seconds_until_refused(&stack, &outsider, &api, t0).context("never refused")?;
+    println!(
+        "kubectl apply of an ApiIsolation -> enforced on the node: {:.0} ms",
+        took * 1e3
+    );
+    assert_eq!(
+        connect(&stack, &outsider, &api, 8080),
+        "refused",
+        "outsider cut off"
+    );
+    assert_eq!(
+        connect(&stack, &neighbour, &api, 8080),
+        "open",
+        "same namespace allowed"
+    );
+    assert_eq!(
+        http_request(api.addr(8080), "GET", "/healthz", &[], "")?,
+        200,
+        "the node (health probes) still gets through"
+    );
+    assert_eq!(
+        connect(&stack, &api, &outsider, 9090),
+        "open",
+        "egress is not denied unless asked"
+    );
+    let obj = phase(&stack, "quarantine", "Active").await?;
+    assert_eq!(
+        obj.pointer("/status/isolatedPods"),
+        Some(&serde_json::json!(1)),
+        "{obj:#}"
+    );
+    assert_eq!(
+        obj.pointer("/status/pods/0/pod"),
+        Some(&serde_json::json!("demo/demo-api-0"))
+    );
+    assert_eq!(
+        obj.pointer("/status/pods/0/state"),
+        Some(&serde_json::json!("Isolated"))
+    );
+    let ready = palisade_e2e::palisade::condition(&obj, "Ready").context("Ready")?;
+    assert_eq!((ready.0.as_str(), ready.1.as_str()), ("True", "Isolated"));
+    wait_for(WAIT, || {
+        Ok(Some(events(&stack, "Pod", "Isolated")?).filter(|e| e.contains("isolated 1 pods")))
+    })
+    .await?;
+    assert!(!events(&stack, "ApiIsolation", "Isolated")?.is_empty());
+    let drops = wait_for_object(
+        &stack.cp,
+        "dropped packets counted",
+        ("apiisolation", "demo", "quarantine"),
+        WAIT,
+        |o| {
+            o.pointer("/status/pods/0/droppedInbound")?
+                .as_u64()
+                .filter(|n| *n > 0)
+        },
+    )
+    .await?;
+    println!("inbound packets dropped so far: {drops}");
+
+    // Deny egress too: the pod's new connections outside the allow-list fail; inside, they work.
+    stack
+        .cp
+        .apply_yaml(&isolation("quarantine", "demo-api", "  denyEgress: true\n"))?;
+    wait_connect(&stack, &api, &outsider, 9090, "refused").await?;
+    assert_eq!(
+        connect(&stack, &api, &neighbour, 9090),
+        "open",
+        "same namespace still reachable"
+    );
+
+    // kill -9 the agent: still isolated; the restarted agent adopts it without a second program.
+    let pid = stack.agent.pid().to_string();
+    ensure!(
+        std::process::Command::new("kill")
+            .args(["-9", &pid])
+            .status()?
+            .success(),
+        "kill -9 {pid}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        connect(&stack, &outsider, &api, 8080),
+        "refused",
+        "isolation outlives the agent"
+    );
+    stack.agent = start_agent(&stack.cp, &stack.operator, "isolate-node", "agent-2", &[], &[])?;
+    wait_for_object(
+        &stack.cp,
+        "the isolation adopted",
+        ("apiisolation", "demo", "quarantine"),
+        WAIT,
+        |o| (o.pointer("/status/pods/0/state")?.as_str()? == "Adopted").then_some(()),
+    )
+    .await?;
+    wait_for(WAIT, || {
+        Ok(Some(events(&stack, "ApiIsolation", "IsolationAdopted")?).filter(|e| !e.is_empty()))
+    })
+    .await?;
+    assert_eq!(connect(&stack, &outsider, &api, 8080), "refused");
+    let links = std::fs::read_dir(stack.cp.bpf_pin_dir("isolate-node").join("links"))?.count();
+    assert_eq!(links, 2, "one ingress and one egress link for the pod, not more");
+
+    // Release, kept in git: `released: true`.
+    stack.cp.apply_yaml(&isolation(
+        "quarantine",
+        "demo-api",
+        "  denyEgress: true\n  released: true\n",
+    ))?;
+    wait_connect(&stack, &outsider, &api, 8080, "open").await?;
+    assert_eq!(connect(&stack, &api, &outsider, 9090), "open", "egress restored");
+    phase(&stack, "quarantine", "Released").await?;
+    wait_for(WAIT, || {
+        Ok(Some(events(&stack, "Pod", "IsolationReleased")?).filter(|e| !e.is_empty()))
+    })
+    .await?;
+    // Isolated again, then released by delete.
+    stack.cp.apply_yaml(&isolation("quarantine", "demo-api", ""))?;
+    wait_connect(&stack, &outsider, &api, 8080, "refused").await?;
+    stack
+        .cp
+        .kubectl_ok(&["delete", "apiisolation", "-n", "demo", "quarantine"])?;
+    wait_connect(&stack, &outsider, &api, 8080, "open").await?;
+    wait_for(WAIT, || {
+        let links = std::fs::read_dir(stack.cp.bpf_pin_dir("isolate-node").join("links"))?.count();
+        Ok((links == 0).then_some(()))
+    })
+    .await
+    .context("enforcement links removed after the release")?;
+
+    // A ttl: enforced, then over by itself.
+    let started = Instant::now();
+    stack
+        .cp
+        .apply_yaml(&isolation("short", "demo-api", "  ttl: 8s\n"))?;
+    wait_connect(&stack, &outsider, &api, 8080, "refused").await?;
+    let expired = phase(&stack, "short", "Expired").await?;
+    wait_connect(&stack, &outsider, &api, 8080, "open").await?;
+    println!("ttl 8s isolation over after {:?}", started.elapsed());
+    ensure!(started.elapsed() >= Duration::from_secs(7), "ended too early");
+    ensure!(expired.pointer("/status/expires").is_some(), "{expired:#}");
+    wait_for(WAIT, || {
+        Ok(Some(events(&stack, "ApiIsolation", "IsolationExpired")?).filter(|e| !e.is_empty()))
+    })
+    .await?;
+
+    // Palisade's own pods are never isolated: refused, with the reason, and nothing enforced.
+    let own = stack
+        .kubelet
+        .start_pod(pod(
+            "demo",
+            "palisade-agent-x",
+            &[
+                ("app", "palisade-agent"),
+                ("app.kubernetes.io/part-of", "palisade"),
+            ],
+        ))
+        .await?;
+    stack
+        .cp
+        .apply_yaml(&isolation("cut-agents", "palisade-agent", ""))?;
+    let refused = phase(&stack, "cut-agents", "Refused").await?;
+    let degraded = palisade_e2e::palisade::condition(&refused, "Degraded").context("Degraded")?;
+    assert_eq!(degraded.0, "True");
+    assert!(
+        degraded.2.contains("demo/palisade-agent-x")
+            && degraded.2.contains("cut the agents off from the operator"),
+        "{degraded:?}"
+    );
+    assert_eq!(connect(&stack, &outsider, &own, 9090), "open", "nothing enforced");
+    wait_for(WAIT, || {
+        Ok(Some(events(&stack, "ApiIsolation", "IsolationRefused")?).filter(|e| !e.is_empty()))
+    })
+    .await?;
+    let obj = get_json(&stack.cp, "apiisolation", "demo", "cut-agents")?;
+    ensure!(
+        obj.pointer("/status/isolatedPods") == Some(&serde_json::json!(0)),
+        "{obj:#}"
+    );
+    Ok(())
+}
