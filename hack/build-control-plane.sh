@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds etcd, kube-apiserver and kubectl from the Go wrapper modules in e2e/k8s/ and caches
-# them by version under ${PALISADE_CACHE:-$HOME/.cache/palisade}. A warm cache makes this a no-op.
-# Prints the directory that holds the binaries on its last line.
+# Builds etcd, kube-apiserver and kubectl from the Go wrapper modules in e2e/k8s/, and helm from
+# the Go module proxy (for the chart tests), and caches them by version under
+# ${PALISADE_CACHE:-$HOME/.cache/palisade}. A warm cache makes this a no-op.
+# Prints the directory that holds the binaries (helm as a link) on its last line.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cache=${PALISADE_CACHE:-$HOME/.cache/palisade}
@@ -28,7 +29,23 @@ build_etcd() {
   (cd "$repo/e2e/k8s/etcd" && go build -trimpath -ldflags "-s -w" -o "$bin/etcd.tmp" go.etcd.io/etcd/server/v3)
   mv "$bin/etcd.tmp" "$bin/etcd"
 }
+# helm is versioned apart from the control plane: built into its own cache dir, linked into $bin.
+# v3.22.0's go.mod says go 1.26.0, the machine's Go.
+helm_version=v3.22.0
+build_helm() {
+  local dir="$cache/tools/helm-$helm_version"
+  if [ ! -x "$dir/helm" ]; then
+    echo "building helm $helm_version (cold: a few minutes)" >&2
+    rm -rf "$dir.tmp" && mkdir -p "$dir.tmp"
+    (cd "$dir.tmp" && GOFLAGS= GOBIN="$dir.tmp" go install -trimpath \
+       -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$helm_version" \
+       "helm.sh/helm/v3/cmd/helm@$helm_version")
+    rm -rf "$dir" && mv "$dir.tmp" "$dir"
+  fi
+  ln -sfn "$dir/helm" "$bin/helm"
+}
 build_etcd
 build_k8s kube-apiserver
 build_k8s kubectl
+build_helm
 echo "$bin"

@@ -6,7 +6,7 @@ use crate::{workspace_root, ControlPlane};
 use anyhow::{bail, Context, Result};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -63,9 +63,25 @@ impl Operator {
 
     /// Starts an operator whose gRPC service listens on `grpc` (to replace one that stopped).
     pub async fn start_on(cp: &ControlPlane, name: &str, grpc: SocketAddr) -> Result<Operator> {
+        Self::start_with(cp, name, grpc, cp.kubeconfig_path()).await
+    }
+
+    /// Starts an operator that reaches the API server with `kubeconfig` instead of the admin's
+    /// (to prove what a narrower identity, such as the chart's ServiceAccount, can do).
+    pub async fn start_with_kubeconfig(cp: &ControlPlane, name: &str, kubeconfig: &Path) -> Result<Operator> {
+        let grpc: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+        Self::start_with(cp, name, grpc, kubeconfig).await
+    }
+
+    async fn start_with(
+        cp: &ControlPlane,
+        name: &str,
+        grpc: SocketAddr,
+        kubeconfig: &Path,
+    ) -> Result<Operator> {
         let bin = binaries()?.join("palisade-operator");
         let mut cmd = Command::new(&bin);
-        cmd.env("KUBECONFIG", cp.kubeconfig_path())
+        cmd.env("KUBECONFIG", kubeconfig)
             .env(
                 "RUST_LOG",
                 std::env::var("PALISADE_LOG").unwrap_or_else(|_| "info".into()),
