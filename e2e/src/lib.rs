@@ -8,6 +8,7 @@
 
 use std::path::PathBuf;
 
+pub mod argocd;
 mod certs;
 pub mod control_plane;
 pub mod host;

@@ -7,6 +7,7 @@
 //! Palisade's own pods is refused.
 
 use anyhow::{ensure, Context, Result};
+use palisade_e2e::argocd::assert_health;
 use palisade_e2e::palisade::{get_json, http_request, start_agent, wait_for, wait_for_object, Stack};
 use palisade_e2e::{PodLaunch, RunningPod};
 use std::collections::BTreeMap;
@@ -221,6 +222,7 @@ async fn isolate_release_expire_survive_kill_9_and_refuse() -> Result<()> {
     );
     let ready = palisade_e2e::palisade::condition(&obj, "Ready").context("Ready")?;
     assert_eq!((ready.0.as_str(), ready.1.as_str()), ("True", "Isolated"));
+    assert_health("ApiIsolation", &obj, "Healthy")?;
     wait_for(WAIT, || {
         Ok(Some(events(&stack, "Pod", "Isolated")?).filter(|e| e.contains("isolated 1 pods")))
     })
@@ -291,7 +293,8 @@ async fn isolate_release_expire_survive_kill_9_and_refuse() -> Result<()> {
     ))?;
     wait_connect(&stack, &outsider, &api, 8080, "open").await?;
     assert_eq!(connect(&stack, &api, &outsider, 9090), "open", "egress restored");
-    phase(&stack, "quarantine", "Released").await?;
+    let released = phase(&stack, "quarantine", "Released").await?;
+    assert_health("ApiIsolation", &released, "Healthy")?;
     wait_for(WAIT, || {
         Ok(Some(events(&stack, "Pod", "IsolationReleased")?).filter(|e| !e.is_empty()))
     })
@@ -344,6 +347,8 @@ async fn isolate_release_expire_survive_kill_9_and_refuse() -> Result<()> {
     let refused = phase(&stack, "cut-agents", "Refused").await?;
     let degraded = palisade_e2e::palisade::condition(&refused, "Degraded").context("Degraded")?;
     assert_eq!(degraded.0, "True");
+    let message = assert_health("ApiIsolation", &refused, "Degraded")?;
+    assert!(message.starts_with("Refused"), "{message}");
     assert!(
         degraded.2.contains("demo/palisade-agent-x")
             && degraded.2.contains("cut the agents off from the operator"),
