@@ -366,3 +366,192 @@ async fn isolate_release_expire_survive_kill_9_and_refuse() -> Result<()> {
     );
     Ok(())
 }
+
+/// One injection from inside the attacker pod: the HTTP status, or "refused".
+fn attack(stack: &Stack, attacker: &RunningPod, target: &RunningPod) -> String {
+    let script = format!(
+        "import socket\n\
+         try:\n    s = socket.create_connection(('{}', 8080), timeout=1)\n    \
+         s.sendall(b'GET /search?q=1%27%20UNION%20SELECT%20password%20FROM%20users-- HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n')\n    \
+         print(s.recv(64).split()[1].decode())\n\
+         except OSError:\n    print('refused')\n",
+        target.ip
+    );
+    let out = stack
+        .kubelet
+        .exec_in_pod(attacker, &["timeout", "10", "python3", "-c", &script]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+async fn policy_actions(
+    stack: &Stack,
+    what: &str,
+    check: impl Fn(&[serde_json::Value]) -> bool,
+) -> Result<Vec<serde_json::Value>> {
+    wait_for_object(
+        &stack.cp,
+        what,
+        ("apipolicy", "demo", "quarantine-on-attack"),
+        WAIT,
+        |p| {
+            let items = p.pointer("/status/actions/items")?.as_array()?.clone();
+            check(&items).then_some(items)
+        },
+    )
+    .await
+}
+
+/// A policy rule's `isolate` action: the attack isolates the attacked pod in the kernel at once
+/// (outsiders refused, the namespace still served), for the action's ttl, across a `kill -9` of
+/// the agent, recorded in the policy's status and Events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attack_isolates_the_pod_for_the_rules_ttl() -> Result<()> {
+    palisade_e2e::init_tracing();
+    if !palisade_e2e::require_root() {
+        return Ok(());
+    }
+    let mut stack = Stack::start("isolate-rule-node").await?;
+    stack.cp.kubectl_ok(&["create", "namespace", "demo"])?;
+    stack.cp.kubectl_ok(&["create", "namespace", "outside"])?;
+    let api = stack.start_demo_pod("demo-api-0").await?;
+    let neighbour = stack
+        .kubelet
+        .start_pod(pod("demo", "neighbour-0", &[("app", "neighbour")]))
+        .await?;
+    let attacker = stack
+        .kubelet
+        .start_pod(pod("outside", "attacker-0", &[("app", "attacker")]))
+        .await?;
+    let bystander = stack
+        .kubelet
+        .start_pod(pod("outside", "bystander-0", &[("app", "bystander")]))
+        .await?;
+    stack.cp.apply_yaml(
+        r#"
+apiVersion: palisade.dev/v1alpha1
+kind: ApiMonitor
+metadata: {name: demo-api, namespace: demo}
+spec:
+  selector: {matchLabels: {app: demo-api}}
+  ports: [8080]
+---
+apiVersion: palisade.dev/v1alpha1
+kind: ApiPolicy
+metadata: {name: quarantine-on-attack, namespace: demo}
+spec:
+  mode: enforce
+  rules:
+    - name: sqli
+      detector: sqlInjection
+      actions: [{type: isolate, ttl: 15s}]
+"#,
+    )?;
+    palisade_e2e::palisade::wait_policy_ready(&stack.cp, "demo", "quarantine-on-attack")
+        .await
+        .with_context(|| stack.operator.process.log_tail(30))?;
+    assert_eq!(connect(&stack, &bystander, &api, 8080), "open", "baseline");
+
+    let first = attack(&stack, &attacker, &api);
+    ensure!(first == "200" || first == "refused", "unexpected answer {first}");
+    let started = Instant::now();
+    wait_connect(&stack, &bystander, &api, 8080, "refused").await?;
+    // How long from the kernel's capture of the attack to the isolation in its maps (measured,
+    // printed: this machine is too noisy for a timing assertion).
+    let metrics = palisade_e2e::palisade::http_get_body(stack.agent_metrics, "/metrics")?;
+    let sample = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    let sum = sample("palisade_agent_isolate_latency_seconds_sum").context("latency sum")?;
+    assert_eq!(
+        sample("palisade_agent_isolate_latency_seconds_count"),
+        Some(1.0),
+        "one isolation"
+    );
+    assert_eq!(sample("palisade_agent_isolated_pods"), Some(1.0));
+    println!(
+        "capture of the attack -> pod isolated in the kernel: {:.3} ms",
+        sum * 1e3
+    );
+    assert_eq!(
+        attack(&stack, &attacker, &api),
+        "refused",
+        "the attacker is cut off too"
+    );
+    assert_eq!(
+        connect(&stack, &neighbour, &api, 8080),
+        "open",
+        "the namespace is still served"
+    );
+    assert_eq!(
+        http_request(api.addr(8080), "GET", "/healthz", &[], "")?,
+        200,
+        "the node's probes still get through"
+    );
+    let items = policy_actions(&stack, "an enforced isolation", |items| {
+        items
+            .iter()
+            .any(|a| a["action"] == "isolate" && a["mode"] == "Enforced" && a["state"] == "Active")
+    })
+    .await?;
+    assert_eq!(items[0]["pod"], "demo/demo-api-0", "{items:#?}");
+    assert_eq!(items[0]["source"], attacker.ip.to_string());
+    let policy = get_json(&stack.cp, "apipolicy", "demo", "quarantine-on-attack")?;
+    assert_eq!(
+        policy.pointer("/status/actions/isolatedPods"),
+        Some(&serde_json::json!(1))
+    );
+    wait_for(WAIT, || {
+        Ok(Some(events(&stack, "Pod", "WorkloadIsolated")?).filter(|e| e.contains("after an attack from")))
+    })
+    .await?;
+
+    // kill -9: still isolated; the restarted agent adopts it, and it still ends at its ttl.
+    let pid = stack.agent.pid().to_string();
+    ensure!(
+        std::process::Command::new("kill")
+            .args(["-9", &pid])
+            .status()?
+            .success(),
+        "kill -9 {pid}"
+    );
+    assert_eq!(
+        connect(&stack, &bystander, &api, 8080),
+        "refused",
+        "outlives the agent"
+    );
+    stack.agent = start_agent(
+        &stack.cp,
+        &stack.operator,
+        "isolate-rule-node",
+        "agent-2",
+        &[],
+        &[],
+    )?;
+    policy_actions(&stack, "the isolation adopted", |items| {
+        items
+            .iter()
+            .any(|a| a["action"] == "isolate" && a["lastChange"] == "adopted" && a["state"] == "Active")
+    })
+    .await?;
+    wait_connect(&stack, &bystander, &api, 8080, "open").await?;
+    println!("isolation over after {:?} (ttl 15s)", started.elapsed());
+    ensure!(
+        started.elapsed() >= Duration::from_secs(13),
+        "ended too early: {:?}",
+        started.elapsed()
+    );
+    policy_actions(&stack, "the isolation's expiry", |items| {
+        items
+            .iter()
+            .any(|a| a["action"] == "isolate" && a["lastChange"] == "expired")
+    })
+    .await?;
+    wait_for(WAIT, || {
+        Ok(Some(events(&stack, "ApiPolicy", "IsolationExpired")?).filter(|e| !e.is_empty()))
+    })
+    .await?;
+    Ok(())
+}

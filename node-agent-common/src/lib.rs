@@ -295,6 +295,9 @@ pub struct IsolationValue {
     pub dropped_ingress: u64,
     /// Outbound packets dropped.
     pub dropped_egress: u64,
+    /// For user space only: the source whose attack caused the isolation (IPv4-mapped IPv6),
+    /// zero for an isolation asked by hand. Lets a restarted agent report what it adopts.
+    pub cause: [u8; 16],
 }
 
 /// The data of an `ISOLATION_ALLOW` LPM key: the isolated pod's cgroup id (native byte order;

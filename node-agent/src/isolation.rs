@@ -9,11 +9,16 @@
 //! state of every pod. Isolations survive the agent: the maps are pinned, and a restarted agent
 //! finds the entries, reports them `adopted` and carries on; entries nobody asks for any more
 //! are removed.
+//!
+//! A policy rule's `isolate` action isolates the attacked pod the moment the rule fires
+//! ([`Isolator::trigger`]), for the action's ttl; those isolations are reported as action records
+//! of the policy (like `blockSource`), adopted after a restart from the kernel's entries (which
+//! keep the causing source) and end at their expiry or when the policy stops enforcing.
 
 use crate::capture::AllowPrefix;
 use crate::cidr::Cidr;
 use crate::runtime::CaptureBackend;
-use palisade_api::agent::{IsolatedPod, IsolationConfig, IsolationReport, ObjectRef};
+use palisade_api::agent::{ActionRecord, IsolatedPod, IsolationConfig, IsolationReport, ObjectRef};
 use palisade_common::ISOLATION_DENY_EGRESS;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -34,6 +39,16 @@ pub struct DesiredIsolation {
     pub allow: BTreeSet<AllowPrefix>,
 }
 
+/// What started an isolation that a policy's rule triggered.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Trigger {
+    pub rule: String,
+    /// The attacking source (its address), as the records name it.
+    pub source: IpAddr,
+    /// False in audit mode: recorded as "would have isolated", nothing in the kernel.
+    pub enforced: bool,
+}
+
 #[derive(Clone, Debug)]
 struct Active {
     desired: DesiredIsolation,
@@ -42,6 +57,8 @@ struct Active {
     since_unix_ms: i64,
     dropped_ingress: u64,
     dropped_egress: u64,
+    /// Set for isolations a rule triggered (the owner is then the policy).
+    trigger: Option<Trigger>,
 }
 
 /// A pod that could not be isolated (no cgroup, too long an allow-list, …): reported as failed.
@@ -57,9 +74,35 @@ pub struct FailedIsolation {
 #[derive(Default)]
 pub struct Isolator {
     active: HashMap<u64, Active>,
+    /// Isolations rules triggered, by cgroup (in force in the kernel, recorded in audit mode, or
+    /// failed: retried only after their ttl).
+    triggered: HashMap<u64, Active>,
     failed: Vec<FailedIsolation>,
     /// Whether the kernel's entries left by an earlier agent were reconciled.
     adopted: bool,
+    /// Action records for policies, not yet reported.
+    records: Vec<(ObjectRef, ActionRecord)>,
+    /// CLOCK_REALTIME minus CLOCK_MONOTONIC, in ns (records carry Unix times).
+    clock_offset_ns: i64,
+}
+
+fn cause_bytes(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// The source stored in a kernel entry (`None` for an isolation asked by hand).
+pub fn cause_addr(cause: [u8; 16]) -> Option<IpAddr> {
+    if cause == [0; 16] {
+        return None;
+    }
+    let v6 = std::net::Ipv6Addr::from(cause);
+    Some(match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    })
 }
 
 /// The prefix of one address (a host route).
@@ -175,16 +218,177 @@ pub fn flags(cfg: &IsolationConfig) -> u64 {
     }
 }
 
+/// What a rule's `isolate` action asks for a cgroup, to adopt a kernel entry after a restart:
+/// the isolation (its expiry is taken from the kernel) and the rule.
+pub type AdoptIsolation<'a> = &'a dyn Fn(u64) -> Option<(DesiredIsolation, String)>;
+
 impl Isolator {
-    /// Makes the kernel hold exactly `desired` (one entry per pod cgroup), and remembers the pods
-    /// that could not be isolated.
+    pub fn new(clock_offset_ns: i64) -> Self {
+        Isolator {
+            clock_offset_ns,
+            ..Default::default()
+        }
+    }
+
+    fn unix_ms(&self, mono_ns: u64) -> i64 {
+        if mono_ns == u64::MAX {
+            return 0;
+        }
+        (mono_ns as i64).saturating_add(self.clock_offset_ns) / 1_000_000
+    }
+
+    /// Queues an action record for the policy that triggered `a`.
+    fn record(&mut self, a: &Active, state: &str, now_ns: u64) {
+        let Some(t) = &a.trigger else { return };
+        let record = ActionRecord {
+            rule: t.rule.clone(),
+            action: "isolate".into(),
+            source: t.source.to_string(),
+            pod_namespace: a.desired.pod_namespace.clone(),
+            pod_name: a.desired.pod_name.clone(),
+            enforced: t.enforced && a.state != "failed",
+            state: state.into(),
+            expires_unix_ms: self.unix_ms(a.desired.expires_ns),
+            dropped_packets: a.dropped_ingress + a.dropped_egress,
+            at_unix_ms: self.unix_ms(now_ns),
+            detail: a.detail.clone(),
+        };
+        tracing::info!(
+            policy = %a.desired.owner.name, rule = %record.rule, source = %record.source,
+            pod = %format!("{}/{}", record.pod_namespace, record.pod_name),
+            enforced = record.enforced, state = %record.state, detail = %record.detail, "isolate"
+        );
+        self.records.push((a.desired.owner.clone(), record));
+    }
+
+    /// Whether the kernel's entries left by an earlier agent were reconciled (by the first
+    /// [`Self::sync`]).
+    pub fn reconciled(&self) -> bool {
+        self.adopted
+    }
+
+    /// The action records of triggered isolations not reported yet.
+    pub fn take_records(&mut self) -> Vec<(ObjectRef, ActionRecord)> {
+        std::mem::take(&mut self.records)
+    }
+
+    /// Whether a rule's isolation of this cgroup is already in force (or recorded, or failed)
+    /// and not over, or the pod is isolated by hand: a trigger would do nothing.
+    pub fn triggered_now(&self, cgroup_id: u64, enforce: bool, now_ns: u64) -> bool {
+        if self.active.get(&cgroup_id).is_some_and(|a| a.trigger.is_none()) {
+            return true;
+        }
+        self.triggered.get(&cgroup_id).is_some_and(|a| {
+            a.desired.expires_ns > now_ns && a.trigger.as_ref().is_some_and(|t| t.enforced || !enforce)
+        })
+    }
+
+    /// Isolates a pod because a rule fired (enforce), or records that it would have (audit).
+    /// True when the kernel now isolates it.
+    pub fn trigger<B: CaptureBackend>(
+        &mut self,
+        backend: Option<&mut B>,
+        desired: DesiredIsolation,
+        trigger: Trigger,
+        now_ns: u64,
+    ) -> bool {
+        let id = desired.cgroup_id;
+        if self.triggered_now(id, trigger.enforced, now_ns) {
+            return false;
+        }
+        let mut a = Active {
+            desired,
+            state: "isolated",
+            detail: String::new(),
+            since_unix_ms: self.unix_ms(now_ns),
+            dropped_ingress: 0,
+            dropped_egress: 0,
+            trigger: Some(trigger.clone()),
+        };
+        if trigger.enforced {
+            let allow: Vec<AllowPrefix> = a.desired.allow.iter().copied().collect();
+            let result = match backend {
+                Some(b) => b.isolate(
+                    id,
+                    a.desired.expires_ns,
+                    a.desired.flags,
+                    cause_bytes(trigger.source),
+                    &allow,
+                    &[],
+                ),
+                None => Err("the capture programs are not loaded on this node".into()),
+            };
+            if let Err(reason) = result {
+                a.state = "failed";
+                a.detail = reason;
+            }
+        }
+        let failed = a.state == "failed";
+        self.record(&a, if failed { "failed" } else { "started" }, now_ns);
+        let enforced = trigger.enforced && !failed;
+        if enforced {
+            self.active.insert(id, a.clone());
+        }
+        self.triggered.insert(id, a);
+        enforced
+    }
+
+    /// Ends the triggered isolations whose ttl passed (the kernel stopped by itself already).
+    pub fn expire<B: CaptureBackend>(&mut self, backend: Option<&mut B>, now_ns: u64) {
+        self.end_triggered(backend, |a| a.desired.expires_ns <= now_ns, "expired", now_ns);
+    }
+
+    /// Ends the triggered isolations `ending` selects, in the kernel too, and records how.
+    fn end_triggered<B: CaptureBackend>(
+        &mut self,
+        mut backend: Option<&mut B>,
+        ending: impl Fn(&Active) -> bool,
+        state: &str,
+        now_ns: u64,
+    ) {
+        let ended: Vec<u64> = self
+            .triggered
+            .iter()
+            .filter(|(_, a)| ending(a))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ended {
+            let Some(mut a) = self.triggered.remove(&id) else {
+                continue;
+            };
+            if self.active.get(&id).is_some_and(|x| x.trigger.is_some()) {
+                self.active.remove(&id);
+                if let Some(b) = backend.as_mut() {
+                    if let Some((_, v)) = b.isolations().into_iter().find(|(k, _)| *k == id) {
+                        a.dropped_ingress = v.dropped_ingress;
+                        a.dropped_egress = v.dropped_egress;
+                    }
+                    let allow: Vec<AllowPrefix> = a.desired.allow.iter().copied().collect();
+                    if let Err(e) = b.unisolate(id, &allow) {
+                        tracing::warn!(cgroup_id = id, error = %e, "ending an isolation");
+                    }
+                }
+            }
+            if a.state != "failed" {
+                self.record(&a, state, now_ns);
+            }
+        }
+    }
+
+    /// Makes the kernel hold exactly `desired` (one entry per pod cgroup) plus the isolations
+    /// rules triggered that `keep` still wants, and remembers the pods that could not be
+    /// isolated. After a restart, kernel entries a rule caused are adopted when `adopt` names
+    /// their rule.
     pub fn sync<B: CaptureBackend>(
         &mut self,
         mut backend: Option<&mut B>,
         desired: Vec<DesiredIsolation>,
         failed: Vec<FailedIsolation>,
-        now_unix_ms: i64,
+        keep: &dyn Fn(&ObjectRef, u64) -> bool,
+        adopt: AdoptIsolation,
+        now_ns: u64,
     ) {
+        let now_unix_ms = self.unix_ms(now_ns);
         self.failed = failed;
         let in_kernel: HashMap<u64, palisade_common::IsolationValue> = match &mut backend {
             Some(b) if !self.adopted => b.isolations().into_iter().collect(),
@@ -192,7 +396,60 @@ impl Isolator {
         };
         let first = !self.adopted;
         self.adopted = true;
-        let wanted: BTreeMap<u64, DesiredIsolation> = desired.into_iter().map(|d| (d.cgroup_id, d)).collect();
+        // Triggered isolations whose policy no longer enforces (or whose pod left) are released.
+        self.end_triggered(
+            backend.as_deref_mut(),
+            |a| !keep(&a.desired.owner, a.desired.cgroup_id),
+            "released",
+            now_ns,
+        );
+        let mut wanted: BTreeMap<u64, DesiredIsolation> =
+            desired.into_iter().map(|d| (d.cgroup_id, d)).collect();
+        // An isolation by hand takes over a triggered one of the same pod.
+        let overridden: Vec<u64> = self
+            .triggered
+            .keys()
+            .copied()
+            .filter(|id| wanted.contains_key(id))
+            .collect();
+        for id in overridden {
+            self.triggered.remove(&id);
+        }
+        for (id, a) in &self.triggered {
+            if self.active.get(id).is_some_and(|x| x.trigger.is_some()) {
+                wanted.insert(*id, a.desired.clone());
+            }
+        }
+        // After a restart: adopt what rules caused, if a policy still asks for it.
+        if first {
+            for (id, value) in &in_kernel {
+                if wanted.contains_key(id) || value.expires_ns <= now_ns {
+                    continue;
+                }
+                let (Some(source), Some((mut d, rule))) = (cause_addr(value.cause), adopt(*id)) else {
+                    continue;
+                };
+                d.expires_ns = value.expires_ns;
+                let a = Active {
+                    desired: d.clone(),
+                    state: "adopted",
+                    detail: String::new(),
+                    since_unix_ms: now_unix_ms,
+                    dropped_ingress: value.dropped_ingress,
+                    dropped_egress: value.dropped_egress,
+                    trigger: Some(Trigger {
+                        rule,
+                        source,
+                        enforced: true,
+                    }),
+                };
+                self.record(&a, "adopted", now_ns);
+                self.triggered.insert(*id, a.clone());
+                self.active.insert(*id, a);
+                wanted.insert(*id, d);
+            }
+        }
+
         // End what is no longer wanted (and, after a restart, what an earlier agent left).
         let ending: Vec<u64> = self
             .active
@@ -219,6 +476,14 @@ impl Isolator {
         for (id, d) in wanted {
             let previous = self.active.get(&id);
             if previous.is_some_and(|a| a.desired == d && a.state != "failed") {
+                if first && in_kernel.contains_key(&id) && previous.is_some_and(|a| a.trigger.is_some()) {
+                    // Adopted above: the kernel entry stands; refresh its allow-list.
+                    let allow: Vec<AllowPrefix> = d.allow.iter().copied().collect();
+                    let cause = in_kernel.get(&id).map(|v| v.cause).unwrap_or_default();
+                    if let Some(b) = backend.as_mut() {
+                        let _ = b.isolate(id, d.expires_ns, d.flags, cause, &allow, &[]);
+                    }
+                }
                 continue;
             }
             let remove: Vec<AllowPrefix> = previous
@@ -226,7 +491,7 @@ impl Isolator {
                 .unwrap_or_default();
             let allow: Vec<AllowPrefix> = d.allow.iter().copied().collect();
             let result = match backend.as_mut() {
-                Some(b) => b.isolate(id, d.expires_ns, d.flags, &allow, &remove),
+                Some(b) => b.isolate(id, d.expires_ns, d.flags, [0; 16], &allow, &remove),
                 None => Err("the capture programs are not loaded on this node".into()),
             };
             let adopted = first && in_kernel.contains_key(&id);
@@ -254,6 +519,7 @@ impl Isolator {
                     since_unix_ms,
                     dropped_ingress: kernel.map(|k| k.dropped_ingress).unwrap_or(0),
                     dropped_egress: kernel.map(|k| k.dropped_egress).unwrap_or(0),
+                    trigger: None,
                 },
             );
         }
@@ -278,7 +544,8 @@ impl Isolator {
         self.active.values().filter(|a| a.state != "failed").count()
     }
 
-    /// The state of every pod, grouped by isolation.
+    /// The state of every pod isolated by hand, grouped by isolation (triggered isolations are
+    /// reported as their policies' action records).
     pub fn report(&self) -> Vec<IsolationReport> {
         type Reports = BTreeMap<(String, String), IsolationReport>;
         fn entry<'a>(reports: &'a mut Reports, owner: &ObjectRef) -> &'a mut IsolationReport {
@@ -290,7 +557,7 @@ impl Isolator {
                 })
         }
         let mut by_owner = Reports::new();
-        for a in self.active.values() {
+        for a in self.active.values().filter(|a| a.trigger.is_none()) {
             entry(&mut by_owner, &a.desired.owner).pods.push(IsolatedPod {
                 pod_namespace: a.desired.pod_namespace.clone(),
                 pod_name: a.desired.pod_name.clone(),

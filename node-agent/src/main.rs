@@ -117,11 +117,12 @@ impl CaptureBackend for KernelCapture {
         cgroup_id: u64,
         expires_ns: u64,
         flags: u64,
+        cause: [u8; 16],
         allow: &[AllowPrefix],
         remove: &[AllowPrefix],
     ) -> Result<(), String> {
         self.probes
-            .isolate(cgroup_id, expires_ns, flags, allow, remove)
+            .isolate(cgroup_id, expires_ns, flags, cause, allow, remove)
             .map_err(|e| e.to_string())
     }
     fn unisolate(&mut self, cgroup_id: u64, allow: &[AllowPrefix]) -> Result<(), String> {
@@ -231,6 +232,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let features = probe_node_features(&args.bpffs, !args.no_mount);
+    palisade_node_agent::detect::warm_up();
     for f in features.missing() {
         tracing::warn!(feature = %f.name, reason = %f.reason, "kernel feature not available");
     }

@@ -61,6 +61,8 @@ pub struct AgentMetrics {
     attached_pods: Gauge,
     blocked_sources: Gauge,
     block_latency: Histogram,
+    isolate_latency: Histogram,
+    isolated_pods: Gauge,
     connections: Gauge,
     drained: Counter,
     /// Endpoint label sets seen so far, by an Fx hash of their parts, with their metric handles:
@@ -144,13 +146,26 @@ impl AgentMetrics {
             "Sources whose traffic to a protected pod the kernel drops now (blockSource, enforce mode)",
             blocked_sources.clone(),
         );
-        let block_latency = Histogram::new([
+        let latency_buckets = [
             0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 1.0,
-        ]);
+        ];
+        let block_latency = Histogram::new(latency_buckets);
         registry.register(
             "block_latency_seconds",
             "From the capture of the request that triggered a blockSource to the block in the kernel's map",
             block_latency.clone(),
+        );
+        let isolate_latency = Histogram::new(latency_buckets);
+        registry.register(
+            "isolate_latency_seconds",
+            "From the capture of the request that triggered an isolate action to the pod's isolation in the kernel's maps",
+            isolate_latency.clone(),
+        );
+        let isolated_pods = Gauge::default();
+        registry.register(
+            "isolated_pods",
+            "Pods isolated in the kernel now (by ApiIsolations and by isolate actions)",
+            isolated_pods.clone(),
         );
         let drained = Counter::default();
         registry.register(
@@ -175,6 +190,8 @@ impl AgentMetrics {
             attached_pods,
             blocked_sources,
             block_latency,
+            isolate_latency,
+            isolated_pods,
             connections,
             drained,
             series: Arc::new(Mutex::new(rustc_hash::FxHashMap::default())),
@@ -302,6 +319,14 @@ impl AgentMetrics {
 
     pub fn block_latency(&self, seconds: f64) {
         self.block_latency.observe(seconds);
+    }
+
+    pub fn isolate_latency(&self, seconds: f64) {
+        self.isolate_latency.observe(seconds);
+    }
+
+    pub fn set_isolated_pods(&self, n: usize) {
+        self.isolated_pods.set(n as i64);
     }
 
     pub fn set_blocked_sources(&self, n: usize) {

@@ -248,6 +248,11 @@ impl Responder {
         self.blocks.values().filter(|b| b.enforced).count()
     }
 
+    /// Queues a record of another action (an isolation a rule triggered) for its policy.
+    pub fn push(&mut self, policy: &ObjectRef, record: ActionRecord) {
+        self.pending.entry(policy_key(policy)).or_default().push(record);
+    }
+
     pub fn take(&mut self) -> BTreeMap<PolicyKey, Vec<ActionRecord>> {
         std::mem::take(&mut self.pending)
     }

@@ -67,6 +67,7 @@ pub trait CaptureBackend {
         _cgroup_id: u64,
         _expires_ns: u64,
         _flags: u64,
+        _cause: [u8; 16],
         _allow: &[crate::capture::AllowPrefix],
         _remove: &[crate::capture::AllowPrefix],
     ) -> Result<(), String> {
@@ -158,11 +159,24 @@ struct CompiledPolicy {
 }
 
 impl CompiledPolicy {
-    /// Whether some rule blocks sources (its pods need the enforcement program in enforce mode).
-    fn blocks_sources(&self) -> bool {
-        self.rules
-            .iter()
-            .any(|(cfg, _)| cfg.actions.iter().any(|a| a.r#type == "blockSource"))
+    /// Whether some rule acts in the kernel, blocking sources or isolating pods (its pods need
+    /// the enforcement programs in enforce mode).
+    fn acts_in_kernel(&self) -> bool {
+        self.rules.iter().any(|(cfg, _)| {
+            cfg.actions
+                .iter()
+                .any(|a| a.r#type == "blockSource" || a.r#type == "isolate")
+        })
+    }
+
+    /// The first rule with an `isolate` action, and that action.
+    fn isolate_action(&self) -> Option<(&RuleConfig, &palisade_api::agent::ActionConfig)> {
+        self.rules.iter().find_map(|(cfg, _)| {
+            cfg.actions
+                .iter()
+                .find(|a| a.r#type == "isolate")
+                .map(|a| (cfg, a))
+        })
     }
 }
 
@@ -296,6 +310,9 @@ pub struct Runtime<B: CaptureBackend> {
     /// The kernel's blocks left by an earlier agent were reconciled (on the first config).
     adopted: bool,
     isolator: crate::isolation::Isolator,
+    /// This host's addresses (allowed to reach isolated pods: kubelet probes), refreshed with
+    /// each configuration.
+    node_addresses: Vec<std::net::IpAddr>,
 }
 
 /// The source of a finding seen in TLS plaintext: uprobes do not see the peer's address.
@@ -356,7 +373,8 @@ impl<B: CaptureBackend> Runtime<B> {
             responder: Responder::new(clock_offset_ns),
             enforced_pods: HashSet::new(),
             adopted: false,
-            isolator: crate::isolation::Isolator::default(),
+            isolator: crate::isolation::Isolator::new(clock_offset_ns),
+            node_addresses: vec![],
         }
     }
 
@@ -656,6 +674,11 @@ impl<B: CaptureBackend> Runtime<B> {
                                 cfg.name
                             )),
                             "blockSource" => {}
+                            "isolate" if action.ttl_ms == 0 => errors.push(format!(
+                                "rule {}: isolate needs a ttl (more than 0s); an ApiIsolation isolates until released",
+                                cfg.name
+                            )),
+                            "isolate" => {}
                             other => errors.push(format!(
                                 "rule {}: action {other} is not implemented by this agent version yet",
                                 cfg.name
@@ -694,7 +717,7 @@ impl<B: CaptureBackend> Runtime<B> {
     fn sync_enforcement(&mut self) {
         let mut wanted: BTreeMap<String, usize> = BTreeMap::new();
         for (i, policy) in self.policies.iter().enumerate() {
-            if policy.enforce && policy.blocks_sources() {
+            if policy.enforce && policy.acts_in_kernel() {
                 for uid in policy
                     .pod_uids
                     .iter()
@@ -704,6 +727,7 @@ impl<B: CaptureBackend> Runtime<B> {
                 }
             }
         }
+        self.node_addresses = crate::isolation::host_addresses();
         let (isolations, mut isolation_failures) = self.desired_isolations();
         let mut isolation_dirs: BTreeMap<String, PathBuf> = BTreeMap::new();
         for (uid, dir, _) in &isolations {
@@ -820,12 +844,82 @@ impl<B: CaptureBackend> Runtime<B> {
                 });
             }
         }
+        // Isolations rules triggered stay while their policy enforces an isolate rule on the pod;
+        // after a restart, the kernel's entries such a policy owns are adopted.
+        let isolating: HashMap<(String, String), usize> = self
+            .policies
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.enforce && p.isolate_action().is_some())
+            .map(|(i, p)| ((p.reference.namespace.clone(), p.reference.name.clone()), i))
+            .collect();
+        let keep = |owner: &ObjectRef, cgroup: u64| {
+            isolating.contains_key(&(owner.namespace.clone(), owner.name.clone()))
+                && protected.contains(&cgroup)
+        };
+        let mut adoptable: HashMap<u64, (crate::isolation::DesiredIsolation, String)> = HashMap::new();
+        if !self.isolator.reconciled() {
+            for att in self.attachments.values() {
+                let Some(pod) = self.by_cgroup.get(&att.cgroup_id) else {
+                    continue;
+                };
+                let Some((rule, action, reference)) = self
+                    .policies
+                    .iter()
+                    .filter(|p| p.enforce && p.pod_uids.contains(&pod.uid))
+                    .find_map(|p| p.isolate_action().map(|(r, a)| (r, a, &p.reference)))
+                else {
+                    continue;
+                };
+                if let Ok(d) = self.rule_isolation(reference, action, pod, att.cgroup_id, u64::MAX) {
+                    adoptable.insert(att.cgroup_id, (d, rule.name.clone()));
+                }
+            }
+        }
+        let adopt = |cgroup: u64| adoptable.get(&cgroup).cloned();
         self.isolator.sync(
             self.backend.as_mut(),
             desired,
             isolation_failures,
-            SystemTimeMs::now(),
+            &keep,
+            &adopt,
+            now,
         );
+        self.metrics.set_isolated_pods(self.isolator.isolated());
+    }
+
+    /// What a rule's `isolate` action puts in the kernel for a pod.
+    fn rule_isolation(
+        &self,
+        policy: &ObjectRef,
+        action: &palisade_api::agent::ActionConfig,
+        pod: &WatchedPod,
+        cgroup_id: u64,
+        expires_ns: u64,
+    ) -> Result<crate::isolation::DesiredIsolation, String> {
+        let cfg = palisade_api::agent::IsolationConfig {
+            allow_cidrs: action.allow_cidrs.clone(),
+            allow_node: action.allow_node,
+            deny_egress: action.deny_egress,
+            ..Default::default()
+        };
+        let pod_ips: Vec<String> = self
+            .config
+            .monitors
+            .iter()
+            .flat_map(|m| &m.targets)
+            .find(|t| t.pod_uid == pod.uid)
+            .map(|t| t.pod_ips.clone())
+            .unwrap_or_default();
+        Ok(crate::isolation::DesiredIsolation {
+            owner: policy.clone(),
+            pod_namespace: pod.namespace.clone(),
+            pod_name: pod.name.clone(),
+            cgroup_id,
+            expires_ns,
+            flags: crate::isolation::flags(&cfg),
+            allow: crate::isolation::allow_list(&cfg, &pod_ips, &self.node_addresses)?,
+        })
     }
 
     /// The configuration's isolations, per pod: (uid, cgroup directory, what to put in the
@@ -836,13 +930,13 @@ impl<B: CaptureBackend> Runtime<B> {
         Vec<(String, PathBuf, crate::isolation::DesiredIsolation)>,
         Vec<crate::isolation::FailedIsolation>,
     ) {
-        use crate::isolation::{allow_list, flags, host_addresses, DesiredIsolation, FailedIsolation};
+        use crate::isolation::{allow_list, flags, DesiredIsolation, FailedIsolation};
         let mut desired = vec![];
         let mut failed = vec![];
         if self.config.isolations.is_empty() {
             return (desired, failed);
         }
-        let node_addresses = host_addresses();
+        let node_addresses = &self.node_addresses;
         let now_mono = monotonic_ns();
         let now_unix = SystemTimeMs::now();
         for cfg in &self.config.isolations {
@@ -876,7 +970,7 @@ impl<B: CaptureBackend> Runtime<B> {
                         continue;
                     }
                 };
-                let allow = match allow_list(cfg, &t.pod_ips, &node_addresses) {
+                let allow = match allow_list(cfg, &t.pod_ips, node_addresses) {
                     Ok(a) => a,
                     Err(reason) => {
                         failed.push(fail(reason));
@@ -901,9 +995,11 @@ impl<B: CaptureBackend> Runtime<B> {
         (desired, failed)
     }
 
-    /// Ends the blocks whose TTL passed and reports them.
+    /// Ends the blocks and rule-triggered isolations whose TTL passed and reports them.
     pub fn expire_actions(&mut self, now_ns: u64) {
         self.responder.expire(self.backend.as_mut(), now_ns);
+        self.isolator.expire(self.backend.as_mut(), now_ns);
+        self.metrics.set_isolated_pods(self.isolator.isolated());
         self.metrics.set_blocked_sources(self.responder.active());
     }
 
@@ -943,6 +1039,37 @@ impl<B: CaptureBackend> Runtime<B> {
                 // From the kernel's capture of the triggering request to the block in its map.
                 let seconds = monotonic_ns().saturating_sub(req.timestamp_ns) as f64 / 1e9;
                 self.metrics.block_latency(seconds);
+            }
+        }
+        let now = monotonic_ns().max(req.timestamp_ns);
+        for action in cfg
+            .actions
+            .iter()
+            .filter(|a| a.r#type == "isolate" && a.ttl_ms > 0)
+        {
+            if self.isolator.triggered_now(att.cgroup_id, p.enforce, now) {
+                continue;
+            }
+            let expires_ns = now.saturating_add(action.ttl_ms.saturating_mul(1_000_000));
+            let trigger = crate::isolation::Trigger {
+                rule: cfg.name.clone(),
+                source: req.remote.0,
+                enforced: p.enforce,
+            };
+            match self.rule_isolation(&p.reference, action, pod, att.cgroup_id, expires_ns) {
+                Ok(desired) => {
+                    if self
+                        .isolator
+                        .trigger(self.backend.as_mut(), desired, trigger, now)
+                    {
+                        // From the kernel's capture of the triggering request to the isolation in
+                        // its maps.
+                        let seconds = monotonic_ns().saturating_sub(req.timestamp_ns) as f64 / 1e9;
+                        self.metrics.isolate_latency(seconds);
+                        self.metrics.set_isolated_pods(self.isolator.isolated());
+                    }
+                }
+                Err(reason) => tracing::warn!(%reason, rule = %cfg.name, "isolate: allow-list refused"),
             }
         }
         self.metrics.set_blocked_sources(self.responder.active());
@@ -1288,6 +1415,9 @@ impl<B: CaptureBackend> Runtime<B> {
             });
         }
         let mut findings = std::mem::take(&mut self.findings);
+        for (policy, record) in self.isolator.take_records() {
+            self.responder.push(&policy, record);
+        }
         let mut actions = self.responder.take();
         let mut policies: Vec<PolicyReport> = self
             .policies
@@ -1562,6 +1692,7 @@ mod tests {
             cgroup_id: u64,
             expires_ns: u64,
             flags: u64,
+            _cause: [u8; 16],
             allow: &[crate::capture::AllowPrefix],
             remove: &[crate::capture::AllowPrefix],
         ) -> Result<(), String> {
@@ -1593,6 +1724,7 @@ mod tests {
                             flags: *flags,
                             dropped_ingress: 4,
                             dropped_egress: 0,
+                            cause: [0; 16],
                         },
                     )
                 })
@@ -1679,6 +1811,103 @@ mod tests {
     }
 
     #[test]
+    fn isolate_action_isolates_the_attacked_pod_with_audit_expiry_and_release() {
+        let root = std::env::temp_dir().join(format!("palisade-runtime-isolate-rule-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("kubepods/besteffort/poduid-a")).expect("mkdir");
+        let mut rt = runtime(&root);
+        let with_mode = |version: u64, mode: &str| {
+            let mut t = target("uid-a", "a");
+            t.pod_ips = vec!["10.0.0.2".into()];
+            let mut c = config(version, vec![t]);
+            c.policies[0].mode = mode.into();
+            c.policies[0].rules = vec![RuleConfig {
+                name: "traversal".into(),
+                detector: "pathTraversal".into(),
+                severity: "high".into(),
+                actions: vec![palisade_api::agent::ActionConfig {
+                    r#type: "isolate".into(),
+                    ttl_ms: 60_000,
+                    allow_cidrs: vec!["10.0.0.3".into()],
+                    allow_node: false,
+                    deny_egress: true,
+                }],
+                ..Default::default()
+            }];
+            c
+        };
+        let attack = |rt: &mut Runtime<FakeBackend>, seq: u32| {
+            rt.on_record(
+                &record(DIRECTION_INGRESS, seq, 1001, 8080),
+                b"GET /files/..%2f..%2fetc%2fpasswd HTTP/1.1\r\n\r\n",
+            );
+        };
+        let isolated =
+            |rt: &mut Runtime<FakeBackend>| rt.backend_mut().map(|b| b.isolated.clone()).unwrap_or_default();
+        // Audit: recorded once, nothing in the kernel.
+        rt.apply(with_mode(1, "audit"));
+        attack(&mut rt, 10);
+        attack(&mut rt, 20);
+        assert!(isolated(&mut rt).is_empty(), "audit mode never isolates");
+        let a = rt.take_report().policies.remove(0).actions;
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert_eq!(
+            (
+                a[0].action.as_str(),
+                a[0].state.as_str(),
+                a[0].enforced,
+                a[0].source.as_str()
+            ),
+            ("isolate", "started", false, "10.0.0.1")
+        );
+        // Enforce: the attacked pod is isolated at once, with its allow-list, once per ttl.
+        rt.apply(with_mode(2, "enforce"));
+        attack(&mut rt, 100);
+        attack(&mut rt, 200);
+        let kernel = isolated(&mut rt);
+        assert_eq!(kernel.len(), 1, "{kernel:?}");
+        let (_, flags, allow) = kernel.values().next().cloned().expect("entry");
+        assert_eq!(flags, palisade_common::ISOLATION_DENY_EGRESS);
+        for want in ["10.0.0.3", "10.0.0.2", "127.0.0.0/8"] {
+            assert!(
+                allow.contains(&crate::isolation::parse_allow(want).expect("cidr")),
+                "{want}"
+            );
+        }
+        let a = rt.take_report().policies.remove(0).actions;
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert_eq!(
+            (a[0].action.as_str(), a[0].state.as_str(), a[0].enforced),
+            ("isolate", "started", true)
+        );
+        assert!(
+            rt.take_report().isolations.is_empty(),
+            "reported as the policy's action only"
+        );
+        // Expiry ends it, with the drop count.
+        rt.expire_actions(u64::MAX / 2);
+        assert!(isolated(&mut rt).is_empty());
+        let a = rt.take_report().policies.remove(0).actions;
+        let ended: Vec<(&str, u64)> = a.iter().map(|r| (r.state.as_str(), r.dropped_packets)).collect();
+        assert!(ended.contains(&("expired", 4)), "{ended:?}");
+        // Isolated again, then the policy stops enforcing: released.
+        attack(&mut rt, 300);
+        assert_eq!(isolated(&mut rt).len(), 1);
+        rt.apply(with_mode(3, "audit"));
+        assert!(
+            isolated(&mut rt).is_empty(),
+            "released when the policy stops enforcing"
+        );
+        let states: Vec<String> = rt
+            .take_report()
+            .policies
+            .iter()
+            .flat_map(|p| p.actions.iter().map(|a| a.state.clone()))
+            .collect();
+        assert!(states.contains(&"released".to_string()), "{states:?}");
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
     fn block_source_in_audit_then_enforce_mode_with_expiry_and_release() {
         let root = std::env::temp_dir().join(format!("palisade-runtime-block-{}", std::process::id()));
         std::fs::create_dir_all(root.join("kubepods/besteffort/poduid-a")).expect("mkdir");
@@ -1694,6 +1923,7 @@ mod tests {
                 actions: vec![palisade_api::agent::ActionConfig {
                     r#type: "blockSource".into(),
                     ttl_ms: 60_000,
+                    ..Default::default()
                 }],
                 ..Default::default()
             }];

@@ -216,26 +216,48 @@ fn rule_config(rule: &PolicyRule) -> RuleConfig {
 }
 
 /// The actions as the agent takes them: TTLs in milliseconds (admission checked their syntax and
-/// bounds; one that still does not parse becomes 0, which the agent refuses with a policy error).
+/// bounds; one that still does not parse becomes 0, which the agent refuses with a policy error);
+/// for `isolate`, the allow-list resolved (`namespace_ips`: the live pods of the policy's
+/// namespace, allowed unless `allow.sameNamespace` is false).
 fn action_configs(
     actions: &[palisade_api::v1alpha1::PolicyAction],
+    namespace_ips: &[String],
 ) -> Vec<palisade_api::agent::ActionConfig> {
     actions
         .iter()
-        .map(|a| palisade_api::agent::ActionConfig {
-            r#type: match a.type_ {
-                palisade_api::v1alpha1::ActionType::Alert => "alert",
-                palisade_api::v1alpha1::ActionType::BlockSource => "blockSource",
-                palisade_api::v1alpha1::ActionType::Isolate => "isolate",
+        .map(|a| {
+            let allow = a.allow.clone().unwrap_or_default();
+            let isolate = a.type_ == palisade_api::v1alpha1::ActionType::Isolate;
+            let mut allow_cidrs = vec![];
+            if isolate {
+                allow_cidrs.extend(allow.cidrs.iter().cloned());
+                if allow.same_namespace {
+                    allow_cidrs.extend(namespace_ips.iter().cloned());
+                }
+                allow_cidrs.sort();
+                allow_cidrs.dedup();
             }
-            .into(),
-            ttl_ms: a
-                .ttl
-                .as_deref()
-                .and_then(|t| palisade_api::duration::parse_duration_ns(t).ok())
-                .map(|ns| ns / 1_000_000)
-                .unwrap_or(0),
+            (isolate, allow_cidrs, allow.node_probes, a)
         })
+        .map(
+            |(isolate, allow_cidrs, allow_node, a)| palisade_api::agent::ActionConfig {
+                allow_cidrs,
+                allow_node: isolate && allow_node,
+                deny_egress: isolate && a.deny_egress.unwrap_or(false),
+                r#type: match a.type_ {
+                    palisade_api::v1alpha1::ActionType::Alert => "alert",
+                    palisade_api::v1alpha1::ActionType::BlockSource => "blockSource",
+                    palisade_api::v1alpha1::ActionType::Isolate => "isolate",
+                }
+                .into(),
+                ttl_ms: a
+                    .ttl
+                    .as_deref()
+                    .and_then(|t| palisade_api::duration::parse_duration_ns(t).ok())
+                    .map(|ns| ns / 1_000_000)
+                    .unwrap_or(0),
+            },
+        )
         .collect()
 }
 
@@ -287,7 +309,18 @@ pub fn compile(
     }
     let mut sorted_policies: Vec<_> = policies.iter().collect();
     sorted_policies.sort_by_key(|p| (p.namespace(), p.name_any()));
+    let mut namespace_ips: HashMap<String, Vec<String>> = HashMap::new();
+    for pod in pods.iter().filter(|p| pod_is_live(p)) {
+        namespace_ips
+            .entry(pod.namespace().unwrap_or_default())
+            .or_default()
+            .extend(workload_target(pod).pod_ips);
+    }
     for policy in sorted_policies {
+        let same_namespace = namespace_ips
+            .get(&policy.namespace().unwrap_or_default())
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         let monitor_names: Vec<String> = policy_monitors(policy, monitors)
             .iter()
             .map(|m| m.name_any())
@@ -313,11 +346,14 @@ pub fn compile(
                         .rules
                         .iter()
                         .map(|rule| RuleConfig {
-                            actions: action_configs(if rule.actions.is_empty() {
-                                &policy.spec.default_actions
-                            } else {
-                                &rule.actions
-                            }),
+                            actions: action_configs(
+                                if rule.actions.is_empty() {
+                                    &policy.spec.default_actions
+                                } else {
+                                    &rule.actions
+                                },
+                                same_namespace,
+                            ),
                             ..rule_config(rule)
                         })
                         .collect(),

@@ -165,15 +165,17 @@ fn actions_summary(t: &crate::state::PolicyTelemetry) -> ActionsSummary {
         })
         .collect();
     items.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)));
-    let count = |mode: &str| {
+    let count = |action: &str, mode: &str| {
         items
             .iter()
-            .filter(|(active, _, s)| *active && s.mode == mode)
+            .filter(|(active, _, s)| *active && s.mode == mode && s.action == action)
             .count() as u32
     };
     ActionsSummary {
-        blocked_sources: count("Enforced"),
-        would_block_sources: count("Audit"),
+        blocked_sources: count("blockSource", "Enforced"),
+        would_block_sources: count("blockSource", "Audit"),
+        isolated_pods: count("isolate", "Enforced"),
+        would_isolate_pods: count("isolate", "Audit"),
         items: items
             .into_iter()
             .take(crate::state::MAX_ENDED_ACTIONS)
@@ -210,30 +212,60 @@ async fn publish_on_policy_and_pod(
 async fn announce_actions(ctx: &PolicyContext, policy: &ApiPolicy) -> Result<(), Error> {
     let key = obj_key(policy);
     for (node, r) in ctx.hub.take_unannounced_actions(&key) {
-        let (reason, type_, what) = match (r.state.as_str(), r.enforced) {
-            ("failed", _) => ("BlockFailed", EventType::Warning, "could not block"),
-            ("started", true) => ("SourceBlocked", EventType::Warning, "blocked"),
-            ("started", false) => (
+        let isolate = r.action == "isolate";
+        let (reason, type_, what) = match (isolate, r.state.as_str(), r.enforced) {
+            (false, "failed", _) => ("BlockFailed", EventType::Warning, "could not block"),
+            (false, "started", true) => ("SourceBlocked", EventType::Warning, "blocked"),
+            (false, "started", false) => (
                 "WouldBlockSource",
                 EventType::Warning,
                 "would have blocked (audit mode)",
             ),
-            ("adopted", _) => (
+            (false, "adopted", _) => (
                 "BlockAdopted",
                 EventType::Normal,
                 "still blocks (adopted after an agent restart)",
             ),
-            ("expired", _) => (
+            (false, "expired", _) => (
                 "BlockExpired",
                 EventType::Normal,
                 "no longer blocks (TTL expired)",
             ),
-            _ => ("BlockReleased", EventType::Normal, "no longer blocks (released)"),
+            (false, _, _) => ("BlockReleased", EventType::Normal, "no longer blocks (released)"),
+            (true, "failed", _) => ("IsolationFailed", EventType::Warning, "could not isolate"),
+            (true, "started", true) => ("WorkloadIsolated", EventType::Warning, "isolated"),
+            (true, "started", false) => (
+                "WouldIsolateWorkload",
+                EventType::Warning,
+                "would have isolated (audit mode)",
+            ),
+            (true, "adopted", _) => (
+                "IsolationAdopted",
+                EventType::Normal,
+                "still isolates (adopted after an agent restart)",
+            ),
+            (true, "expired", _) => (
+                "IsolationExpired",
+                EventType::Normal,
+                "no longer isolates (TTL expired)",
+            ),
+            (true, _, _) => (
+                "IsolationReleased",
+                EventType::Normal,
+                "no longer isolates (released)",
+            ),
         };
-        let mut note = format!(
-            "rule {}: {what} {} from pod {}/{} on node {node}",
-            r.rule, r.source, r.pod_namespace, r.pod_name
-        );
+        let mut note = if isolate {
+            format!(
+                "rule {}: {what} pod {}/{} on node {node} after an attack from {}",
+                r.rule, r.pod_namespace, r.pod_name, r.source
+            )
+        } else {
+            format!(
+                "rule {}: {what} {} from pod {}/{} on node {node}",
+                r.rule, r.source, r.pod_namespace, r.pod_name
+            )
+        };
         if action_is_timed(&r) {
             note.push_str(&format!(" until {}", unix_ms_to_time(r.expires_unix_ms).0));
         }
@@ -255,7 +287,7 @@ async fn announce_actions(ctx: &PolicyContext, policy: &ApiPolicy) -> Result<(),
             type_,
             reason: reason.into(),
             note: Some(note),
-            action: "BlockSource".into(),
+            action: if isolate { "Isolate" } else { "BlockSource" }.into(),
             secondary: Some(pod_ref.clone()),
         };
         publish_on_policy_and_pod(ctx, policy, event, &pod_ref).await?;

@@ -238,11 +238,13 @@ pub struct HeaderMatch {
 /// What to do on a finding.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.type != 'blockSource' || has(self.ttl)").message("blockSource needs a ttl").field_path(".ttl"))]
+#[x_kube(validation = Rule::new("self.type == 'alert' || has(self.ttl)").message("blockSource and isolate need a ttl (an ApiIsolation isolates until released)").field_path(".ttl"))]
 #[x_kube(validation = Rule::new("self.type != 'alert' || !has(self.ttl)").message("alert takes no ttl").field_path(".ttl"))]
+#[x_kube(validation = Rule::new("self.type == 'isolate' || (!has(self.allow) && !has(self.denyEgress))").message("allow and denyEgress are for isolate only"))]
 pub struct PolicyAction {
     /// `alert` records the finding; `blockSource` drops the source's traffic to the workload for
-    /// `ttl`; `isolate` denies new inbound connections to the workload for `ttl` (or until released).
+    /// `ttl`; `isolate` quarantines the attacked pod for `ttl`: new inbound connections only from
+    /// `allow`, and with `denyEgress` new outbound ones only to it.
     #[serde(rename = "type")]
     pub type_: ActionType,
     /// How long the action lasts: a positive duration such as 30s, 10m or 1h (at most 168h).
@@ -250,6 +252,12 @@ pub struct PolicyAction {
     #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
     #[x_kube(validation = Rule::new("duration(self) > duration('0s') && duration(self) <= duration('168h')").message("ttl must be more than 0s and at most 168h"))]
     pub ttl: Option<String>,
+    /// `isolate`: who may still connect (default: same namespace and the node's probes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow: Option<super::IsolationAllow>,
+    /// `isolate`: also deny new outbound connections outside the allow-list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deny_egress: Option<bool>,
 }
 
 /// Action kinds.
@@ -319,6 +327,12 @@ pub struct ActionsSummary {
     /// Sources that would be blocked now if the policy enforced (audit mode).
     #[serde(default)]
     pub would_block_sources: u32,
+    /// Pods isolated now by this policy's `isolate` actions, all nodes.
+    #[serde(default)]
+    pub isolated_pods: u32,
+    /// Pods that would be isolated now if the policy enforced (audit mode).
+    #[serde(default)]
+    pub would_isolate_pods: u32,
     /// Actions in force first, then the most recently ended, at most 20.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub items: Vec<ActionStatus>,
@@ -328,7 +342,7 @@ pub struct ActionsSummary {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ActionStatus {
-    /// `blockSource`.
+    /// `blockSource` or `isolate`.
     pub action: String,
     pub rule: String,
     pub source: String,

@@ -316,6 +316,7 @@ pub fn isolate(
     cgroup_id: u64,
     expires_ns: u64,
     flags: u64,
+    cause: [u8; 16],
     allow: &[AllowPrefix],
     remove: &[AllowPrefix],
 ) -> Result<(), CaptureError> {
@@ -338,6 +339,7 @@ pub fn isolate(
             flags,
             dropped_ingress: old.dropped_ingress,
             dropped_egress: old.dropped_egress,
+            cause,
         },
         0,
     )

@@ -154,11 +154,12 @@ impl CaptureProbes {
         cgroup_id: u64,
         expires_ns: u64,
         flags: u64,
+        cause: [u8; 16],
         allow: &[AllowPrefix],
         remove: &[AllowPrefix],
     ) -> Result<(), CaptureError> {
         self.enforcement()?;
-        enforce::isolate(&mut self.ebpf, cgroup_id, expires_ns, flags, allow, remove)
+        enforce::isolate(&mut self.ebpf, cgroup_id, expires_ns, flags, cause, allow, remove)
     }
 
     /// Ends a pod cgroup's isolation; its last value.

@@ -55,6 +55,41 @@ pub(crate) struct Hit {
 }
 
 /// The built-in detectors implemented here, in their CRD spelling.
+/// Builds the detectors' lazily built tables (keyword automata, regexes) now, by running every
+/// injection detector over a few requests, so that the first attack after start-up is judged
+/// (and answered: a block, an isolation) as fast as the next ones. Takes milliseconds.
+pub fn warm_up() {
+    let headers = vec![
+        ("Host".to_string(), "warm-up".to_string()),
+        (
+            "User-Agent".to_string(),
+            "Mozilla/5.0 (${jndi:ldap://x/a})".to_string(),
+        ),
+        ("Content-Type".to_string(), "application/json".to_string()),
+    ];
+    let requests = [
+        "/a?id=1%27%20union%20select%20a,b%20from%20users--&q=%3Cscript%3Ealert(1)%3C/script%3E",
+        "/b/..%2f..%2fetc%2fpasswd?cmd=;cat%20/etc/passwd&url=http://169.254.169.254/latest",
+        "/c?name=plain&page=2",
+    ];
+    let rules: Vec<CompiledRule> = INJECTION_DETECTORS
+        .iter()
+        .filter_map(|d| CompiledRule::builtin(d, &[]).ok())
+        .collect();
+    for target in requests {
+        let view = RequestView {
+            method: "POST",
+            target,
+            headers: &headers,
+            body: Some(br#"{"q": "1 OR 1=1; DROP TABLE t", "x": "$(id)"}"#),
+        };
+        let inputs = Inputs::collect(&view);
+        for rule in &rules {
+            let _ = rule.evaluate_with(&view, &inputs);
+        }
+    }
+}
+
 pub const INJECTION_DETECTORS: &[&str] = &[
     "sqlInjection",
     "xss",
