@@ -11,6 +11,7 @@ pub mod policy_controller;
 pub mod state;
 pub mod status;
 pub mod throttle;
+pub mod tls;
 
 /// Errors of the operator's reconcilers.
 #[derive(Debug, thiserror::Error)]

@@ -17,7 +17,10 @@ use palisade_operator::openapi_source::{referenced_config_maps, ConfigMapWatches
 use palisade_operator::policy_controller::{self, PolicyContext};
 use palisade_operator::state::{ClusterView, Hub};
 use palisade_operator::throttle::{EventBudget, WriteThrottle};
+use palisade_operator::tls::GrpcTls;
+use palisade_tls::server::ServerFiles;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +42,24 @@ struct Args {
     /// Log as JSON lines.
     #[arg(long, env = "PALISADE_LOG_JSON")]
     log_json: bool,
+    /// PEM certificate (chain) of the gRPC service. With --tls-key and --tls-client-ca, agents
+    /// must connect with mutual TLS; the files are re-read when they change (no restart).
+    /// Without them the service is plaintext (a local demo only).
+    #[arg(long, env = "PALISADE_TLS_CERT", requires_all = ["tls_key", "tls_client_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "PALISADE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA (bundle) that agents' client certificates must be signed by.
+    #[arg(long, env = "PALISADE_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// How often to check the TLS files for a change, in milliseconds.
+    #[arg(long, default_value = "5000")]
+    tls_reload_interval_ms: u64,
+    /// Refuse an agent whose client certificate does not name (subjectAltName DNS) the node it
+    /// claims: needs one certificate per node.
+    #[arg(long, requires = "tls_cert")]
+    tls_require_node_identity: bool,
 }
 
 type Signal = Pin<Box<dyn Stream<Item = ()> + Send>>;
@@ -242,11 +263,21 @@ async fn main() -> anyhow::Result<()> {
     .run(isolation::reconcile, isolation::error_policy, isolation_ctx)
     .for_each(|_| futures::future::ready(()));
 
-    let grpc = tonic::transport::Server::builder()
-        .add_service(AgentControlServer::new(AgentControlService { hub: hub.clone() }))
-        .serve_with_shutdown(args.grpc_listen, async {
-            let _ = tokio::signal::ctrl_c().await;
-        });
+    let grpc_tls = match (args.tls_cert, args.tls_key, args.tls_client_ca) {
+        (Some(cert), Some(key), Some(client_ca)) => Some(GrpcTls {
+            files: ServerFiles { cert, key, client_ca },
+            reload_interval: Duration::from_millis(args.tls_reload_interval_ms.max(100)),
+        }),
+        _ => None,
+    };
+    let router =
+        tonic::transport::Server::builder().add_service(AgentControlServer::new(AgentControlService {
+            hub: hub.clone(),
+            require_node_identity: args.tls_require_node_identity,
+        }));
+    let grpc = palisade_operator::tls::serve(router, args.grpc_listen, grpc_tls, Arc::new(()), async {
+        let _ = tokio::signal::ctrl_c().await;
+    });
     tracing::info!(listen = %args.grpc_listen, "operator started");
 
     tokio::select! {
