@@ -53,6 +53,8 @@ pub fn binaries() -> Result<PathBuf> {
 pub struct Operator {
     pub process: ChildGuard,
     pub grpc: SocketAddr,
+    /// Where it serves `/metrics`, `/healthz` and `/readyz` (a free loopback port).
+    pub metrics: SocketAddr,
 }
 
 impl Operator {
@@ -91,6 +93,7 @@ impl Operator {
         extra: &[String],
     ) -> Result<Operator> {
         let bin = binaries()?.join("palisade-operator");
+        let metrics: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
         let mut cmd = Command::new(&bin);
         cmd.env("KUBECONFIG", kubeconfig)
             .env(
@@ -98,6 +101,7 @@ impl Operator {
                 std::env::var("PALISADE_LOG").unwrap_or_else(|_| "info".into()),
             )
             .args(["--grpc-listen", &grpc.to_string(), "--status-interval-ms", "500"])
+            .args(["--metrics-listen", &metrics.to_string()])
             .args(extra);
         let mut process = ChildGuard::spawn(name, &mut cmd, &cp.dir().join(format!("{name}.log")))?;
         let addr = grpc;
@@ -111,7 +115,11 @@ impl Operator {
             },
         )
         .await?;
-        Ok(Operator { process, grpc })
+        Ok(Operator {
+            process,
+            grpc,
+            metrics,
+        })
     }
 
     pub fn url(&self) -> String {

@@ -7,7 +7,9 @@
 use anyhow::{bail, ensure, Context, Result};
 use palisade_api::agent::agent_control_client::AgentControlClient;
 use palisade_api::agent::WatchConfigRequest;
-use palisade_e2e::palisade::{condition, start_agent, wait_for, wait_for_object, Operator};
+use palisade_e2e::palisade::{
+    condition, http_get_body, http_request, start_agent, wait_for, wait_for_object, Operator,
+};
 use palisade_e2e::{free_port, ControlPlane, FakeKubelet};
 use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
 use rustls_pki_types::pem::PemObject;
@@ -154,6 +156,12 @@ fn refusal(status: &tonic::Status) -> String {
     text
 }
 
+/// The value of one series in a Prometheus text exposition (`name{labels} value`).
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 fn log(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
@@ -257,6 +265,43 @@ async fn agents_need_a_certificate_from_the_client_ca() -> Result<()> {
     let agent_log = log(agent.log_path());
     ensure!(agent_log.contains("connected to the operator"), "{agent_log}");
 
+    // The operator's own endpoint: ready, and its metrics saw the reconciles and the agent.
+    ensure!(http_request(operator.metrics, "GET", "/healthz", &[], "")? == 200);
+    ensure!(http_request(operator.metrics, "GET", "/readyz", &[], "")? == 200);
+    let metrics = http_get_body(operator.metrics, "/metrics")?;
+    let reconciles = metric(
+        &metrics,
+        r#"palisade_operator_reconciles_total{kind="ApiMonitor",result="ok"}"#,
+    );
+    ensure!(
+        reconciles.is_some_and(|n| n > 0.0),
+        "no ApiMonitor reconcile counted:\n{metrics}"
+    );
+    ensure!(
+        metric(&metrics, "palisade_operator_connected_agents") == Some(1.0),
+        "not 1 connected agent:\n{metrics}"
+    );
+    ensure!(
+        metric(
+            &metrics,
+            r#"palisade_operator_status_writes_total{resource="apimonitors"}"#
+        )
+        .is_some_and(|n| n > 0.0),
+        "no status write counted:\n{metrics}"
+    );
+    ensure!(
+        metric(
+            &metrics,
+            &format!(r#"palisade_operator_config_version{{node="{NODE}"}}"#)
+        )
+        .is_some_and(|v| v > 0.0),
+        "no configuration version for {NODE}:\n{metrics}"
+    );
+    ensure!(
+        metrics.contains(r#"palisade_operator_reconcile_duration_seconds_count{kind="ApiMonitor"}"#),
+        "{metrics}"
+    );
+
     // A client with a certificate of the client CA gets through (so the refusals below are
     // about certificates, not about this test client).
     let mut good = tls_client(grpc, &ca.pem, Some(&ca.client("client-node")?))?;
@@ -309,6 +354,12 @@ async fn agents_need_a_certificate_from_the_client_ca() -> Result<()> {
         "{operator_log}"
     );
     ensure!(operator_log.contains("UnknownIssuer"), "{operator_log}");
+    let metrics = http_get_body(operator.metrics, "/metrics")?;
+    let rejections = metric(&metrics, "palisade_operator_tls_handshake_rejections_total");
+    ensure!(
+        rejections.is_some_and(|n| n >= 2.0),
+        "handshake rejections not counted:\n{metrics}"
+    );
     drop(agent);
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! The AgentControl gRPC service: agents follow their node's configuration and report back.
 
+use crate::metrics::OperatorMetrics;
 use crate::state::Hub;
 use palisade_api::agent::agent_control_server::AgentControl;
 use palisade_api::agent::{AgentReport, NodeConfig, ReportAck, WatchConfigRequest};
@@ -15,6 +16,7 @@ pub struct AgentControlService {
     /// With mutual TLS: an agent's client certificate must name (subjectAltName DNS) the node
     /// it speaks for, so one node's credentials cannot read or report for another.
     pub require_node_identity: bool,
+    pub metrics: OperatorMetrics,
 }
 
 impl AgentControlService {
@@ -43,6 +45,7 @@ impl AgentControlService {
 /// Marks the node's agent disconnected when its config stream is dropped.
 struct ConnectionGuard {
     hub: Arc<Hub>,
+    metrics: OperatorMetrics,
     node: String,
 }
 
@@ -50,6 +53,7 @@ impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         tracing::info!(node = %self.node, "agent disconnected");
         self.hub.set_connected(&self.node, false);
+        self.metrics.set_connected_agents(self.hub.connected_agents());
     }
 }
 
@@ -81,8 +85,10 @@ impl AgentControl for AgentControlService {
         let req = request.into_inner();
         tracing::info!(agent_version = %req.agent_version, "agent connected");
         self.hub.set_connected(&req.node_name, true);
+        self.metrics.set_connected_agents(self.hub.connected_agents());
         let guard = ConnectionGuard {
             hub: self.hub.clone(),
+            metrics: self.metrics.clone(),
             node: req.node_name.clone(),
         };
         let rx = self.hub.subscribe(&req.node_name);
@@ -93,7 +99,7 @@ impl AgentControl for AgentControlService {
         let stream = WatchStream::new(rx)
             .filter(|cfg| cfg.version > 0)
             .map(move |cfg| {
-                let _keep = &guard;
+                guard.metrics.config_pushed(&guard.node, cfg.version);
                 Ok(NodeConfig::clone(&cfg))
             });
         Ok(Response::new(Box::pin(stream)))

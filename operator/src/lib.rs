@@ -5,6 +5,7 @@
 pub mod compile;
 pub mod grpc;
 pub mod isolation;
+pub mod metrics;
 pub mod monitor_controller;
 pub mod openapi_source;
 pub mod policy_controller;
