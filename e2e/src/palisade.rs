@@ -53,6 +53,8 @@ pub fn binaries() -> Result<PathBuf> {
 pub struct Operator {
     pub process: ChildGuard,
     pub grpc: SocketAddr,
+    /// Where it serves `/metrics`, `/healthz` and `/readyz` (a free loopback port).
+    pub metrics: SocketAddr,
 }
 
 impl Operator {
@@ -63,14 +65,24 @@ impl Operator {
 
     /// Starts an operator whose gRPC service listens on `grpc` (to replace one that stopped).
     pub async fn start_on(cp: &ControlPlane, name: &str, grpc: SocketAddr) -> Result<Operator> {
-        Self::start_with(cp, name, grpc, cp.kubeconfig_path()).await
+        Self::start_with(cp, name, grpc, cp.kubeconfig_path(), &[]).await
+    }
+
+    /// Starts an operator on `grpc` with more arguments (`--tls-cert ...`, say).
+    pub async fn start_with_args(
+        cp: &ControlPlane,
+        name: &str,
+        grpc: SocketAddr,
+        extra: &[String],
+    ) -> Result<Operator> {
+        Self::start_with(cp, name, grpc, cp.kubeconfig_path(), extra).await
     }
 
     /// Starts an operator that reaches the API server with `kubeconfig` instead of the admin's
     /// (to prove what a narrower identity, such as the chart's ServiceAccount, can do).
     pub async fn start_with_kubeconfig(cp: &ControlPlane, name: &str, kubeconfig: &Path) -> Result<Operator> {
         let grpc: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
-        Self::start_with(cp, name, grpc, kubeconfig).await
+        Self::start_with(cp, name, grpc, kubeconfig, &[]).await
     }
 
     async fn start_with(
@@ -78,15 +90,19 @@ impl Operator {
         name: &str,
         grpc: SocketAddr,
         kubeconfig: &Path,
+        extra: &[String],
     ) -> Result<Operator> {
         let bin = binaries()?.join("palisade-operator");
+        let metrics: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
         let mut cmd = Command::new(&bin);
         cmd.env("KUBECONFIG", kubeconfig)
             .env(
                 "RUST_LOG",
                 std::env::var("PALISADE_LOG").unwrap_or_else(|_| "info".into()),
             )
-            .args(["--grpc-listen", &grpc.to_string(), "--status-interval-ms", "500"]);
+            .args(["--grpc-listen", &grpc.to_string(), "--status-interval-ms", "500"])
+            .args(["--metrics-listen", &metrics.to_string()])
+            .args(extra);
         let mut process = ChildGuard::spawn(name, &mut cmd, &cp.dir().join(format!("{name}.log")))?;
         let addr = grpc;
         wait_until(
@@ -99,7 +115,11 @@ impl Operator {
             },
         )
         .await?;
-        Ok(Operator { process, grpc })
+        Ok(Operator {
+            process,
+            grpc,
+            metrics,
+        })
     }
 
     pub fn url(&self) -> String {
@@ -379,17 +399,23 @@ impl Stack {
 
     /// Starts a demo API pod labelled `app=demo-api` in namespace `demo`, serving on 8080.
     pub async fn start_demo_pod(&self, name: &str) -> Result<crate::RunningPod> {
-        let labels = std::collections::BTreeMap::from([("app".to_string(), "demo-api".to_string())]);
-        self.kubelet
-            .start_pod(crate::PodLaunch {
-                namespace: "demo".into(),
-                name: name.into(),
-                labels,
-                command: demo_api_command(8080),
-                port: 8080,
-            })
-            .await
+        start_demo_pod(&self.kubelet, name).await
     }
+}
+
+/// Starts a demo API pod labelled `app=demo-api` in namespace `demo` on `kubelet`'s node,
+/// serving on 8080 (what the samples' ApiMonitor selects).
+pub async fn start_demo_pod(kubelet: &crate::FakeKubelet, name: &str) -> Result<crate::RunningPod> {
+    let labels = std::collections::BTreeMap::from([("app".to_string(), "demo-api".to_string())]);
+    kubelet
+        .start_pod(crate::PodLaunch {
+            namespace: "demo".into(),
+            name: name.into(),
+            labels,
+            command: demo_api_command(8080),
+            port: 8080,
+        })
+        .await
 }
 
 /// Waits until an ApiPolicy is Ready: the agent of every node with its pods runs the policy's

@@ -4,6 +4,10 @@
 //! - `helm lint` passes, and what `helm template` renders is accepted by the API server
 //!   (`kubectl apply --dry-run=server`);
 //! - the values schema refuses bad values with the field named;
+//! - mTLS is on by default: the certificates Helm generates chain to their CA, are for the
+//!   operator's Service names and for client auth, load in rustls as the operator and agent load
+//!   them, and are mounted and passed to both; with `tls.certManager.enabled` cert-manager
+//!   resources replace them;
 //! - the operator, run with nothing but a token of the chart's ServiceAccount, reconciles an
 //!   ApiMonitor and an ApiPolicy, watches their OpenAPI ConfigMap and records Events, and is
 //!   refused what the chart does not grant;
@@ -89,6 +93,152 @@ fn file_names(dir: &Path) -> Result<Vec<String>> {
         .collect();
     names.sort();
     Ok(names)
+}
+
+/// A rendered Secret's `data` field, base64-decoded.
+fn secret_file(doc: &serde_yaml::Value, key: &str) -> Result<Vec<u8>> {
+    use base64::Engine;
+    let encoded = doc["data"][key]
+        .as_str()
+        .with_context(|| format!("no data.{key} in {doc:?}"))?;
+    Ok(base64::engine::general_purpose::STANDARD.decode(encoded)?)
+}
+
+fn named<'a>(docs: &'a [serde_yaml::Value], kind: &str, name: &str) -> Result<&'a serde_yaml::Value> {
+    docs.iter()
+        .find(|d| kind_of(d) == kind && d["metadata"]["name"] == name)
+        .with_context(|| format!("no {kind} {name} rendered"))
+}
+
+fn container_args(doc: &serde_yaml::Value) -> Vec<String> {
+    doc["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_sequence()
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_is_on_by_default_with_certificates_that_work() -> Result<()> {
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+    let docs = documents(&render(&[]).await?)?;
+    let operator_secret = named(&docs, "Secret", "palisade-operator-tls")?;
+    let agent_secret = named(&docs, "Secret", "palisade-agent-tls")?;
+    let ca = secret_file(operator_secret, "ca.crt")?;
+    ensure!(ca == secret_file(agent_secret, "ca.crt")?, "one CA for both");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(&ca)?)?;
+    let roots = std::sync::Arc::new(roots);
+
+    // The operator's certificate and key make a rustls server configuration (the key matches),
+    // and a client that trusts the CA accepts it for the Service's DNS name.
+    let server_cert = CertificateDer::from_pem_slice(&secret_file(operator_secret, "tls.crt")?)?;
+    let server_key = PrivateKeyDer::from_pem_slice(&secret_file(operator_secret, "tls.key")?)?;
+    let client_verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .build()?;
+    rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(client_verifier.clone())
+        .with_single_cert(vec![server_cert.clone()], server_key)?;
+    let server_verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .build()?;
+    server_verifier.verify_server_cert(
+        &server_cert,
+        &[],
+        &ServerName::try_from(format!("palisade-operator.{NAMESPACE}.svc"))?,
+        &[],
+        UnixTime::now(),
+    )?;
+
+    // The agents' certificate passes the operator's client verification.
+    let client_cert = CertificateDer::from_pem_slice(&secret_file(agent_secret, "tls.crt")?)?;
+    PrivateKeyDer::from_pem_slice(&secret_file(agent_secret, "tls.key")?)?;
+    client_verifier.verify_client_cert(&client_cert, &[], UnixTime::now())?;
+    // ...and a certificate of another CA does not (the check is not vacuous).
+    ensure!(
+        client_verifier
+            .verify_client_cert(&server_cert_of_another_ca()?, &[], UnixTime::now())
+            .is_err(),
+        "a foreign certificate passed"
+    );
+
+    // Mounted and passed: the operator requires client certificates, the agents use https.
+    let operator = named(&docs, "Deployment", "palisade-operator")?;
+    let args = container_args(operator);
+    for flag in [
+        "--tls-cert=",
+        "--tls-key=",
+        "--tls-client-ca=",
+        "--metrics-listen=",
+    ] {
+        ensure!(
+            args.iter().any(|a| a.starts_with(flag)),
+            "operator lacks {flag}: {args:?}"
+        );
+    }
+    ensure!(
+        operator["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"] == "palisade-operator-tls",
+        "{operator:?}"
+    );
+    let probe = &operator["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"];
+    ensure!(probe["path"] == "/readyz", "{probe:?}");
+    let agent = named(&docs, "DaemonSet", "palisade-agent")?;
+    let args = container_args(agent);
+    ensure!(
+        args.iter()
+            .any(|a| a.starts_with("--operator=https://palisade-operator.")),
+        "{args:?}"
+    );
+    for flag in ["--tls-cert=", "--tls-key=", "--tls-ca="] {
+        ensure!(
+            args.iter().any(|a| a.starts_with(flag)),
+            "agent lacks {flag}: {args:?}"
+        );
+    }
+
+    // cert-manager instead of Helm: Certificates for the same Secrets, no generated Secret.
+    let docs = documents(&render(&["--set", "tls.certManager.enabled=true"]).await?)?;
+    ensure!(
+        !docs.iter().any(|d| kind_of(d) == "Secret"),
+        "Helm still generated Secrets"
+    );
+    let certificate = named(&docs, "Certificate", "palisade-operator-tls")?;
+    ensure!(certificate["spec"]["secretName"] == "palisade-operator-tls");
+    let certificate = named(&docs, "Certificate", "palisade-agent-tls")?;
+    ensure!(
+        certificate["spec"]["usages"][2] == "client auth",
+        "{certificate:?}"
+    );
+    named(&docs, "Issuer", "palisade-ca")?;
+
+    // Plaintext only when asked for.
+    let docs = documents(&render(&["--set", "tls.enabled=false"]).await?)?;
+    let args = container_args(named(&docs, "DaemonSet", "palisade-agent")?);
+    ensure!(
+        args.iter().any(|a| a.starts_with("--operator=http://")),
+        "{args:?}"
+    );
+    ensure!(!docs
+        .iter()
+        .any(|d| kind_of(d) == "Secret" || kind_of(d) == "Certificate"));
+    Ok(())
+}
+
+/// A client certificate from a CA the chart never saw.
+fn server_cert_of_another_ca() -> Result<rustls_pki_types::CertificateDer<'static>> {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate()?;
+    params.self_signed(&ca_key)?;
+    let issuer = rcgen::Issuer::new(params, ca_key);
+    let mut leaf = rcgen::CertificateParams::new(vec!["palisade-agent".to_string()])?;
+    leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let key = rcgen::KeyPair::generate()?;
+    Ok(leaf.signed_by(&key, &issuer)?.der().clone())
 }
 
 #[test]

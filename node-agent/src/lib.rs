@@ -12,4 +12,5 @@ pub mod redact;
 pub mod response;
 pub mod runtime;
 pub mod template;
+pub mod tls_client;
 pub mod workloads;

@@ -10,11 +10,12 @@ use palisade_node_agent::capture::tls::TlsProbes;
 use palisade_node_agent::capture::{AllowPrefix, CaptureProbes, CaptureRing};
 use palisade_node_agent::features::probe_node_features;
 use palisade_node_agent::runtime::{CaptureBackend, Runtime};
+use palisade_node_agent::tls_client::{operator_channel, TlsFlags};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Palisade node agent")]
@@ -22,9 +23,22 @@ struct Args {
     /// Name of the Kubernetes node this agent runs on.
     #[arg(long, env = "NODE_NAME")]
     node_name: String,
-    /// The operator's agent gRPC endpoint.
+    /// The operator's agent gRPC endpoint: `https://...` with the --tls-* flags (mutual TLS),
+    /// `http://...` without (plaintext, for local demos).
     #[arg(long, env = "PALISADE_OPERATOR", default_value = "http://127.0.0.1:9443")]
     operator: String,
+    /// PEM client certificate (chain) presented to the operator; re-read on every reconnect.
+    #[arg(long, env = "PALISADE_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "PALISADE_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA (bundle) the operator's certificate must be signed by.
+    #[arg(long, env = "PALISADE_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Name to verify the operator's certificate for (default: the host in --operator).
+    #[arg(long, env = "PALISADE_TLS_SERVER_NAME")]
+    tls_server_name: Option<String>,
     /// Where the BPF file system is (or is to be mounted).
     #[arg(long, default_value = "/sys/fs/bpf")]
     bpffs: PathBuf,
@@ -307,10 +321,13 @@ async fn main() -> anyhow::Result<()> {
         });
     }
 
-    let channel = Endpoint::from_shared(args.operator.clone())
-        .context("--operator must be a URL such as http://operator:9443")?
-        .connect_timeout(Duration::from_secs(5))
-        .connect_lazy();
+    let tls = TlsFlags {
+        cert: args.tls_cert.clone(),
+        key: args.tls_key.clone(),
+        ca: args.tls_ca.clone(),
+        server_name: args.tls_server_name.clone(),
+    };
+    let channel = operator_channel(&args.operator, &tls).context("the channel to the operator")?;
     let (cfg_tx, mut cfg_rx) = watch::channel(None);
     tokio::spawn(follow_config(channel.clone(), args.node_name.clone(), cfg_tx));
     let mut client = AgentControlClient::new(channel);

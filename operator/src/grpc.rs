@@ -1,8 +1,10 @@
 //! The AgentControl gRPC service: agents follow their node's configuration and report back.
 
+use crate::metrics::OperatorMetrics;
 use crate::state::Hub;
 use palisade_api::agent::agent_control_server::AgentControl;
 use palisade_api::agent::{AgentReport, NodeConfig, ReportAck, WatchConfigRequest};
+use palisade_tls::server::PeerInfo;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::wrappers::WatchStream;
@@ -11,11 +13,39 @@ use tonic::{Request, Response, Status};
 
 pub struct AgentControlService {
     pub hub: Arc<Hub>,
+    /// With mutual TLS: an agent's client certificate must name (subjectAltName DNS) the node
+    /// it speaks for, so one node's credentials cannot read or report for another.
+    pub require_node_identity: bool,
+    pub metrics: OperatorMetrics,
+}
+
+impl AgentControlService {
+    /// Refuses a request for `node` whose client certificate does not name that node (when
+    /// [`Self::require_node_identity`] is on).
+    fn check_identity<T>(&self, request: &Request<T>, node: &str) -> Result<(), Status> {
+        if !self.require_node_identity {
+            return Ok(());
+        }
+        let peer = request.extensions().get::<PeerInfo>();
+        match peer.and_then(|p| p.certificates.first()) {
+            Some(leaf) if palisade_tls::identity::certificate_names(leaf, node) => Ok(()),
+            Some(_) => {
+                tracing::warn!(%node, "client certificate does not name the node; refused");
+                Err(Status::permission_denied(format!(
+                    "the client certificate does not name node {node}"
+                )))
+            }
+            None => Err(Status::permission_denied(
+                "node identity is required but the connection has no client certificate",
+            )),
+        }
+    }
 }
 
 /// Marks the node's agent disconnected when its config stream is dropped.
 struct ConnectionGuard {
     hub: Arc<Hub>,
+    metrics: OperatorMetrics,
     node: String,
 }
 
@@ -23,6 +53,7 @@ impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         tracing::info!(node = %self.node, "agent disconnected");
         self.hub.set_connected(&self.node, false);
+        self.metrics.set_connected_agents(self.hub.connected_agents());
     }
 }
 
@@ -45,16 +76,19 @@ impl AgentControl for AgentControlService {
         &self,
         request: Request<WatchConfigRequest>,
     ) -> Result<Response<ConfigStream>, Status> {
-        let req = request.into_inner();
-        if !valid_node_name(&req.node_name) {
+        if !valid_node_name(&request.get_ref().node_name) {
             return Err(Status::invalid_argument(
                 "node_name must be a valid Kubernetes node name",
             ));
         }
+        self.check_identity(&request, &request.get_ref().node_name)?;
+        let req = request.into_inner();
         tracing::info!(agent_version = %req.agent_version, "agent connected");
         self.hub.set_connected(&req.node_name, true);
+        self.metrics.set_connected_agents(self.hub.connected_agents());
         let guard = ConnectionGuard {
             hub: self.hub.clone(),
+            metrics: self.metrics.clone(),
             node: req.node_name.clone(),
         };
         let rx = self.hub.subscribe(&req.node_name);
@@ -65,7 +99,7 @@ impl AgentControl for AgentControlService {
         let stream = WatchStream::new(rx)
             .filter(|cfg| cfg.version > 0)
             .map(move |cfg| {
-                let _keep = &guard;
+                guard.metrics.config_pushed(&guard.node, cfg.version);
                 Ok(NodeConfig::clone(&cfg))
             });
         Ok(Response::new(Box::pin(stream)))
@@ -73,12 +107,13 @@ impl AgentControl for AgentControlService {
 
     #[tracing::instrument(skip_all, fields(node = %request.get_ref().node_name, applied = request.get_ref().applied_version))]
     async fn report(&self, request: Request<AgentReport>) -> Result<Response<ReportAck>, Status> {
-        let report = request.into_inner();
-        if !valid_node_name(&report.node_name) {
+        if !valid_node_name(&request.get_ref().node_name) {
             return Err(Status::invalid_argument(
                 "node_name must be a valid Kubernetes node name",
             ));
         }
+        self.check_identity(&request, &request.get_ref().node_name)?;
+        let report = request.into_inner();
         let node = report.node_name.clone();
         tracing::debug!(
             monitors = report.monitors.len(),

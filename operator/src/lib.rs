@@ -5,12 +5,14 @@
 pub mod compile;
 pub mod grpc;
 pub mod isolation;
+pub mod metrics;
 pub mod monitor_controller;
 pub mod openapi_source;
 pub mod policy_controller;
 pub mod state;
 pub mod status;
 pub mod throttle;
+pub mod tls;
 
 /// Errors of the operator's reconcilers.
 #[derive(Debug, thiserror::Error)]

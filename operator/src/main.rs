@@ -12,12 +12,16 @@ use palisade_api::agent::agent_control_server::AgentControlServer;
 use palisade_api::v1alpha1::{ApiIsolation, ApiMonitor, ApiPolicy};
 use palisade_operator::grpc::AgentControlService;
 use palisade_operator::isolation::{self, IsolationContext};
+use palisade_operator::metrics::{instrumented, status_write_resource, OperatorMetrics};
 use palisade_operator::monitor_controller::{self, MonitorContext};
 use palisade_operator::openapi_source::{referenced_config_maps, ConfigMapWatches};
 use palisade_operator::policy_controller::{self, PolicyContext};
 use palisade_operator::state::{ClusterView, Hub};
 use palisade_operator::throttle::{EventBudget, WriteThrottle};
+use palisade_operator::tls::GrpcTls;
+use palisade_tls::server::ServerFiles;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +43,27 @@ struct Args {
     /// Log as JSON lines.
     #[arg(long, env = "PALISADE_LOG_JSON")]
     log_json: bool,
+    /// Where to serve Prometheus metrics (`/metrics`), `/healthz` and `/readyz`.
+    #[arg(long, env = "PALISADE_METRICS_LISTEN", default_value = "0.0.0.0:9465")]
+    metrics_listen: SocketAddr,
+    /// PEM certificate (chain) of the gRPC service. With --tls-key and --tls-client-ca, agents
+    /// must connect with mutual TLS; the files are re-read when they change (no restart).
+    /// Without them the service is plaintext (a local demo only).
+    #[arg(long, env = "PALISADE_TLS_CERT", requires_all = ["tls_key", "tls_client_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "PALISADE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA (bundle) that agents' client certificates must be signed by.
+    #[arg(long, env = "PALISADE_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// How often to check the TLS files for a change, in milliseconds.
+    #[arg(long, default_value = "5000")]
+    tls_reload_interval_ms: u64,
+    /// Refuse an agent whose client certificate does not name (subjectAltName DNS) the node it
+    /// claims: needs one certificate per node.
+    #[arg(long, requires = "tls_cert")]
+    tls_require_node_identity: bool,
 }
 
 type Signal = Pin<Box<dyn Stream<Item = ()> + Send>>;
@@ -109,9 +134,26 @@ async fn main() -> anyhow::Result<()> {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
 
-    let client = kube::Client::try_default()
+    let metrics = OperatorMetrics::new();
+    // Bind before anything else: a port taken is a configuration error to see at once.
+    let metrics_listener = tokio::net::TcpListener::bind(args.metrics_listen)
         .await
-        .context("connecting to the Kubernetes API")?;
+        .with_context(|| format!("serving metrics on {}", args.metrics_listen))?;
+    let kube_config = kube::Config::infer()
+        .await
+        .context("finding the Kubernetes API (in-cluster or KUBECONFIG)")?;
+    let status_metrics = metrics.clone();
+    let client = kube::client::ClientBuilder::try_from(kube_config)
+        .context("connecting to the Kubernetes API")?
+        .with_layer(&tower::util::MapRequestLayer::new(
+            move |request: http::Request<kube::client::Body>| {
+                if let Some(resource) = status_write_resource(&request) {
+                    status_metrics.status_written(&resource);
+                }
+                request
+            },
+        ))
+        .build();
     let (pods, pod_changes) = reflect(Api::<Pod>::all(client.clone()));
     let (monitors, monitor_changes) = reflect(Api::<ApiMonitor>::all(client.clone()));
     let (policies, policy_changes) = reflect(Api::<ApiPolicy>::all(client.clone()));
@@ -132,6 +174,15 @@ async fn main() -> anyhow::Result<()> {
     if let Some((ns, name)) = operator_pod.clone() {
         hub.set_operator_pod(ns, name);
     }
+    let served_metrics = metrics.clone();
+    let metrics_hub = hub.clone();
+    tokio::spawn(async move {
+        if let Err(error) =
+            palisade_operator::metrics::serve(metrics_listener, served_metrics, metrics_hub).await
+        {
+            tracing::error!(%error, "metrics endpoint stopped");
+        }
+    });
 
     // ConfigMaps that monitors reference for their OpenAPI documents: one watch each, kept in
     // step with the monitors by the compile loop (see `openapi_source` for why not a reflector).
@@ -197,7 +248,7 @@ async fn main() -> anyhow::Result<()> {
             .reconcile_on(UnboundedReceiverStream::new(triggers.monitors))
             .shutdown_on_signal()
             .run(
-                monitor_controller::reconcile,
+                instrumented(metrics.clone(), "ApiMonitor", monitor_controller::reconcile),
                 monitor_controller::error_policy,
                 monitor_ctx,
             )
@@ -218,7 +269,7 @@ async fn main() -> anyhow::Result<()> {
             .reconcile_on(UnboundedReceiverStream::new(triggers.policies))
             .shutdown_on_signal()
             .run(
-                policy_controller::reconcile,
+                instrumented(metrics.clone(), "ApiPolicy", policy_controller::reconcile),
                 policy_controller::error_policy,
                 policy_ctx,
             )
@@ -239,15 +290,36 @@ async fn main() -> anyhow::Result<()> {
     )
     .reconcile_on(UnboundedReceiverStream::new(triggers.isolations))
     .shutdown_on_signal()
-    .run(isolation::reconcile, isolation::error_policy, isolation_ctx)
+    .run(
+        instrumented(metrics.clone(), "ApiIsolation", isolation::reconcile),
+        isolation::error_policy,
+        isolation_ctx,
+    )
     .for_each(|_| futures::future::ready(()));
 
-    let grpc = tonic::transport::Server::builder()
-        .add_service(AgentControlServer::new(AgentControlService { hub: hub.clone() }))
-        .serve_with_shutdown(args.grpc_listen, async {
+    let grpc_tls = match (args.tls_cert, args.tls_key, args.tls_client_ca) {
+        (Some(cert), Some(key), Some(client_ca)) => Some(GrpcTls {
+            files: ServerFiles { cert, key, client_ca },
+            reload_interval: Duration::from_millis(args.tls_reload_interval_ms.max(100)),
+        }),
+        _ => None,
+    };
+    let router =
+        tonic::transport::Server::builder().add_service(AgentControlServer::new(AgentControlService {
+            hub: hub.clone(),
+            require_node_identity: args.tls_require_node_identity,
+            metrics: metrics.clone(),
+        }));
+    let grpc = palisade_operator::tls::serve(
+        router,
+        args.grpc_listen,
+        grpc_tls,
+        Arc::new(metrics.clone()),
+        async {
             let _ = tokio::signal::ctrl_c().await;
-        });
-    tracing::info!(listen = %args.grpc_listen, "operator started");
+        },
+    );
+    tracing::info!(listen = %args.grpc_listen, metrics = %args.metrics_listen, "operator started");
 
     tokio::select! {
         _ = monitor_controller => tracing::info!("ApiMonitor controller stopped"),

@@ -348,6 +348,11 @@ impl Hub {
         self.trigger_all();
     }
 
+    /// How many nodes' agents are connected now.
+    pub fn connected_agents(&self) -> usize {
+        self.lock().agents.values().filter(|a| a.connected).count()
+    }
+
     pub fn current_version(&self, node: &str) -> u64 {
         self.lock().configs.get(node).map(|c| c.version).unwrap_or(0)
     }

@@ -44,3 +44,18 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "palisade.image" -}}
 {{- printf "%s:%s" .image.repository (default .root.Chart.AppVersion .image.tag) }}
 {{- end }}
+
+{{/* Secrets with the operator's serving certificate and the agents' client certificate. */}}
+{{- define "palisade.operatorTlsSecret" -}}
+{{- printf "%s-tls" (include "palisade.operatorName" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "palisade.agentTlsSecret" -}}
+{{- printf "%s-tls" (include "palisade.agentName" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The DNS names agents reach the operator by (its Service). */}}
+{{- define "palisade.operatorDnsNames" -}}
+{{- $svc := include "palisade.operatorName" . -}}
+{{- list $svc (printf "%s.%s" $svc .Release.Namespace) (printf "%s.%s.svc" $svc .Release.Namespace) (printf "%s.%s.svc.cluster.local" $svc .Release.Namespace) | toJson }}
+{{- end }}
