@@ -7,6 +7,7 @@
 //! safe) and CPU per request in each state. Prints markdown and writes docs/benchmarks.md.
 
 mod bpf;
+mod enforcement;
 mod loadgen;
 mod measure;
 mod nginx;
@@ -28,7 +29,7 @@ use palisade_e2e::{ControlPlane, PodLaunch, RunningPod};
 use crate::measure::{CpuSample, WrkResult};
 use crate::report::{Completeness, Environment, Latency, Round, StateRun};
 
-const NAMESPACE: &str = "demo";
+pub(crate) const NAMESPACE: &str = "demo";
 const MONITOR: &str = "bench";
 const STATUS_WAIT: Duration = Duration::from_secs(60);
 /// Rounds run beyond `--rounds` at most, to replace rounds that other work on the machine disturbed.
@@ -39,7 +40,7 @@ const BUSY_THRESHOLD: f64 = 25.0;
 
 #[derive(Parser, Debug)]
 #[command(about = "Palisade's overhead benchmark: agent ON vs OFF, side by side in one run (needs root)")]
-struct Args {
+pub(crate) struct Args {
     /// Rounds of (agent OFF, agent ON).
     #[arg(long, default_value_t = 5)]
     rounds: u32,
@@ -60,6 +61,10 @@ struct Args {
     /// agent and everything else float.
     #[arg(long)]
     no_pin: bool,
+    /// Measure the enforcement programs instead of capture: allowed traffic to a pod isolated by
+    /// an ApiIsolation vs not isolated (writes docs/benchmarks-enforcement.md).
+    #[arg(long)]
+    enforcement: bool,
     /// Node name for the stand-in kubelet.
     #[arg(long, default_value = "bench-node")]
     node: String,
@@ -72,15 +77,15 @@ struct Args {
 }
 
 impl Args {
-    fn pinned(&self) -> bool {
+    pub(crate) fn pinned(&self) -> bool {
         !self.no_pin && std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2
     }
     /// The CPU of the nginx workers.
-    fn server_cpu(&self) -> Option<usize> {
+    pub(crate) fn server_cpu(&self) -> Option<usize> {
         self.pinned().then_some(0)
     }
     /// The CPU of wrk and the open-loop generator.
-    fn client_cpu(&self) -> Option<usize> {
+    pub(crate) fn client_cpu(&self) -> Option<usize> {
         self.pinned().then_some(1)
     }
 }
@@ -119,7 +124,7 @@ macro_rules! step {
 }
 
 /// A running benchmark pod and its nginx worker.
-struct BenchPod {
+pub(crate) struct BenchPod {
     pod: RunningPod,
     worker: u32,
 }
@@ -128,7 +133,7 @@ impl BenchPod {
     fn addr(&self) -> SocketAddr {
         self.pod.addr(nginx::PORT)
     }
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}/", self.addr())
     }
 }
@@ -160,6 +165,9 @@ async fn run(args: Args) -> Result<()> {
         if !on_path(tool) {
             bail!("`{tool}` is not installed (Debian package {package}; bash hack/bench-overhead.sh installs it)");
         }
+    }
+    if args.enforcement {
+        return enforcement::run(&args).await;
     }
     let started = Instant::now();
     let load_before = loadavg();
@@ -349,7 +357,12 @@ fn on_path(tool: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(tool).is_file()))
 }
 
-async fn start_nginx_pod(stack: &Stack, name: &str, app: &str, cpu: Option<usize>) -> Result<BenchPod> {
+pub(crate) async fn start_nginx_pod(
+    stack: &Stack,
+    name: &str,
+    app: &str,
+    cpu: Option<usize>,
+) -> Result<BenchPod> {
     let command = nginx::prepare(&stack.cp.dir().join(format!("nginx-{name}")))?;
     let pod = stack
         .kubelet

@@ -24,6 +24,19 @@ pub async fn wrk(
     duration: Duration,
     cpu: Option<usize>,
 ) -> Result<WrkResult> {
+    wrk_with_headers(url, threads, connections, duration, cpu, &[]).await
+}
+
+/// [`wrk`] with extra request headers (`-H`), e.g. `Connection: close` for one TCP connection
+/// per request.
+pub async fn wrk_with_headers(
+    url: &str,
+    threads: u32,
+    connections: u32,
+    duration: Duration,
+    cpu: Option<usize>,
+    headers: &[&str],
+) -> Result<WrkResult> {
     let secs = duration.as_secs().max(1);
     let mut cmd = match cpu {
         Some(cpu) => {
@@ -39,8 +52,9 @@ pub async fn wrk(
         &format!("-d{secs}s"),
         "--timeout",
         "2s",
-        url,
     ])
+    .args(headers.iter().flat_map(|h| ["-H", h]))
+    .arg(url)
     .stdin(std::process::Stdio::null())
     .kill_on_drop(true);
     let limit = Duration::from_secs(secs + 20);

@@ -434,3 +434,42 @@ pub async fn wait_policy_ready(cp: &ControlPlane, namespace: &str, name: &str) -
     )
     .await
 }
+
+/// The Events of `namespace` about objects of `kind` with `reason`: their notes, one per line.
+pub fn events(cp: &ControlPlane, namespace: &str, kind: &str, reason: &str) -> Result<String> {
+    cp.kubectl_ok(&[
+        "get",
+        "events",
+        "-n",
+        namespace,
+        "--field-selector",
+        &format!("involvedObject.kind={kind},reason={reason}"),
+        "-o",
+        "jsonpath={range .items[*]}{.note}{.message}{\"\\n\"}{end}",
+    ])
+}
+
+/// One SQL injection sent from inside `attacker` (its cgroup and network namespace) to
+/// `target:8080`: the HTTP status, or "refused" when no connection could be made (SYN dropped:
+/// connect times out after 1 s; or reset).
+pub fn send_injection(stack: &Stack, attacker: &crate::RunningPod, target: &crate::RunningPod) -> String {
+    let script = format!(
+        "import socket\n\
+         try:\n    s = socket.create_connection(('{}', 8080), timeout=1)\n    \
+         s.sendall(b'GET /search?q=1%27%20UNION%20SELECT%20password%20FROM%20users-- HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n')\n    \
+         print(s.recv(64).split()[1].decode())\n\
+         except OSError:\n    print('refused')\n",
+        target.ip
+    );
+    let out = stack
+        .kubelet
+        .exec_in_pod(attacker, &["timeout", "10", "python3", "-c", &script]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The value of an unlabelled sample (`name value`) in Prometheus text.
+pub fn metric_sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+}

@@ -6,8 +6,10 @@
 //! the block enforced; the restarted agent adopts it (no second program), and it still expires.
 
 use anyhow::{ensure, Context, Result};
-use palisade_e2e::palisade::{http_request, start_agent, wait_for, wait_for_object, Stack};
-use palisade_e2e::{PodLaunch, RunningPod};
+use palisade_e2e::palisade::{
+    events, http_request, metric_sample, send_injection, start_agent, wait_for, wait_for_object, Stack,
+};
+use palisade_e2e::PodLaunch;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -36,23 +38,6 @@ spec:
     )
 }
 
-/// One injection from inside the attacker pod: the HTTP status, or "blocked" when the
-/// connection cannot be made (SYN dropped: connect times out).
-fn attack_from(stack: &Stack, attacker: &RunningPod, target: &RunningPod) -> String {
-    let script = format!(
-        "import socket\n\
-         try:\n    s = socket.create_connection(('{}', 8080), timeout=2)\n    \
-         s.sendall(b'GET /search?q=1%27%20UNION%20SELECT%20password%20FROM%20users-- HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n')\n    \
-         print(s.recv(64).split()[1].decode())\n\
-         except OSError:\n    print('blocked')\n",
-        target.ip
-    );
-    let out = stack
-        .kubelet
-        .exec_in_pod_netns(attacker, &["timeout", "10", "python3", "-c", &script]);
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 async fn action_items(
     stack: &Stack,
     what: &str,
@@ -63,19 +48,6 @@ async fn action_items(
         check(&items).then_some(items)
     })
     .await
-}
-
-fn events(stack: &Stack, kind: &str, reason: &str) -> Result<String> {
-    stack.cp.kubectl_ok(&[
-        "get",
-        "events",
-        "-n",
-        "demo",
-        "--field-selector",
-        &format!("involvedObject.kind={kind},reason={reason}"),
-        "-o",
-        "jsonpath={range .items[*]}{.note}{.message}{\"\\n\"}{end}",
-    ])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,7 +73,7 @@ async fn audit_then_enforce_block_expire_and_survive_kill_9() -> Result<()> {
     palisade_e2e::palisade::wait_policy_ready(&stack.cp, "demo", "guard").await?;
 
     // Audit: recorded as "would have blocked", and the attacker goes on.
-    assert_eq!(attack_from(&stack, &attacker, &pod), "200");
+    assert_eq!(send_injection(&stack, &attacker, &pod), "200");
     let items = action_items(&stack, "a would-block record", |items| {
         items
             .iter()
@@ -110,7 +82,7 @@ async fn audit_then_enforce_block_expire_and_survive_kill_9() -> Result<()> {
     .await?;
     assert_eq!(items[0]["source"], attacker.ip.to_string(), "{items:?}");
     assert_eq!(
-        attack_from(&stack, &attacker, &pod),
+        send_injection(&stack, &attacker, &pod),
         "200",
         "audit mode never blocks"
     );
@@ -138,12 +110,12 @@ async fn audit_then_enforce_block_expire_and_survive_kill_9() -> Result<()> {
         },
     )
     .await?;
-    let first = attack_from(&stack, &attacker, &pod);
-    ensure!(first == "200" || first == "blocked", "unexpected answer {first}");
+    let first = send_injection(&stack, &attacker, &pod);
+    ensure!(first == "200" || first == "refused", "unexpected answer {first}");
     let blocked_at = std::time::Instant::now();
     assert_eq!(
-        attack_from(&stack, &attacker, &pod),
-        "blocked",
+        send_injection(&stack, &attacker, &pod),
+        "refused",
         "the attacker's next connection is dropped"
     );
     assert_eq!(
@@ -167,12 +139,7 @@ async fn audit_then_enforce_block_expire_and_survive_kill_9() -> Result<()> {
     // How long from the kernel's capture of the attack to the block in its map (measured, printed:
     // this machine is too noisy for a timing assertion).
     let metrics = palisade_e2e::palisade::http_get_body(stack.agent_metrics, "/metrics")?;
-    let sample = |name: &str| {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-    };
+    let sample = |name: &str| metric_sample(&metrics, name);
     let (sum, count) = (
         sample("palisade_agent_block_latency_seconds_sum").context("latency sum")?,
         sample("palisade_agent_block_latency_seconds_count").context("latency count")?,
@@ -183,15 +150,15 @@ async fn audit_then_enforce_block_expire_and_survive_kill_9() -> Result<()> {
         sum * 1e3
     );
     let on_pod = wait_for(WAIT, || {
-        Ok(Some(events(&stack, "Pod", "SourceBlocked")?).filter(|e| !e.is_empty()))
+        Ok(Some(events(&stack.cp, "demo", "Pod", "SourceBlocked")?).filter(|e| !e.is_empty()))
     })
     .await?;
     assert!(on_pod.contains(&format!("blocked {}", attacker.ip)), "{on_pod}");
-    assert!(!events(&stack, "ApiPolicy", "SourceBlocked")?.is_empty());
+    assert!(!events(&stack.cp, "demo", "ApiPolicy", "SourceBlocked")?.is_empty());
 
     // After the TTL (12 s) the kernel lets the attacker in again, and the status says why.
     let back = wait_for(Duration::from_secs(30), || {
-        Ok((attack_from(&stack, &attacker, &pod) != "blocked").then_some(blocked_at.elapsed()))
+        Ok((send_injection(&stack, &attacker, &pod) != "refused").then_some(blocked_at.elapsed()))
     })
     .await?;
     println!("attacker blocked for {back:?} (ttl 12s)");
@@ -200,7 +167,7 @@ async fn audit_then_enforce_block_expire_and_survive_kill_9() -> Result<()> {
     // pinned program, not a second one) and it still expires. (The attack that got through after
     // the expiry above was itself detected: the attacker is blocked again.)
     wait_for(WAIT, || {
-        Ok((attack_from(&stack, &attacker, &pod) == "blocked").then_some(()))
+        Ok((send_injection(&stack, &attacker, &pod) == "refused").then_some(()))
     })
     .await?;
     let reblocked_at = std::time::Instant::now();
@@ -214,8 +181,8 @@ async fn audit_then_enforce_block_expire_and_survive_kill_9() -> Result<()> {
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        attack_from(&stack, &attacker, &pod),
-        "blocked",
+        send_injection(&stack, &attacker, &pod),
+        "refused",
         "the block outlives the agent"
     );
     let agent = start_agent(&stack.cp, &stack.operator, "enforce-node", "agent-2", &[], &[])?;
@@ -231,8 +198,8 @@ async fn audit_then_enforce_block_expire_and_survive_kill_9() -> Result<()> {
         reblocked_at.elapsed()
     );
     assert_eq!(
-        attack_from(&stack, &attacker, &pod),
-        "blocked",
+        send_injection(&stack, &attacker, &pod),
+        "refused",
         "still blocked after the restart"
     );
     // The first block's end, as status and Events tell it.
@@ -248,7 +215,7 @@ async fn audit_then_enforce_block_expire_and_survive_kill_9() -> Result<()> {
         .context("expired item")?;
     assert!(ended["droppedPackets"].as_u64().unwrap_or(0) >= 1, "{ended}");
     wait_for(WAIT, || {
-        Ok(Some(events(&stack, "Pod", "BlockExpired")?).filter(|e| !e.is_empty()))
+        Ok(Some(events(&stack.cp, "demo", "Pod", "BlockExpired")?).filter(|e| !e.is_empty()))
     })
     .await?;
 
@@ -258,7 +225,7 @@ async fn audit_then_enforce_block_expire_and_survive_kill_9() -> Result<()> {
         "one ingress and one egress enforcement link for the pod, not a second pair"
     );
     wait_for(Duration::from_secs(30), || {
-        Ok((attack_from(&stack, &attacker, &pod) != "blocked").then_some(()))
+        Ok((send_injection(&stack, &attacker, &pod) != "refused").then_some(()))
     })
     .await?;
     action_items(&stack, "the adopted block's expiry", |items| {

@@ -8,7 +8,10 @@
 
 use anyhow::{ensure, Context, Result};
 use palisade_e2e::argocd::assert_health;
-use palisade_e2e::palisade::{get_json, http_request, start_agent, wait_for, wait_for_object, Stack};
+use palisade_e2e::palisade::{
+    events, get_json, http_request, metric_sample, send_injection, start_agent, wait_for, wait_for_object,
+    Stack,
+};
 use palisade_e2e::{PodLaunch, RunningPod};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime};
@@ -68,24 +71,24 @@ fn pod(namespace: &str, name: &str, labels: &[(&str, &str)]) -> PodLaunch {
     }
 }
 
+/// The stack, namespaces `demo` and `outside`, the demo API and a neighbour pod in `demo`.
+async fn demo_stack(node: &str) -> Result<(Stack, RunningPod, RunningPod)> {
+    let stack = Stack::start(node).await?;
+    stack.cp.kubectl_ok(&["create", "namespace", "demo"])?;
+    stack.cp.kubectl_ok(&["create", "namespace", "outside"])?;
+    let api = stack.start_demo_pod("demo-api-0").await?;
+    let neighbour = stack
+        .kubelet
+        .start_pod(pod("demo", "neighbour-0", &[("app", "neighbour")]))
+        .await?;
+    Ok((stack, api, neighbour))
+}
+
 fn isolation(name: &str, app: &str, extra: &str) -> String {
     format!(
         "apiVersion: palisade.dev/v1alpha1\nkind: ApiIsolation\nmetadata: {{name: {name}, namespace: demo}}\n\
          spec:\n  workloadSelector: {{matchLabels: {{app: {app}}}}}\n{extra}"
     )
-}
-
-fn events(stack: &Stack, kind: &str, reason: &str) -> Result<String> {
-    stack.cp.kubectl_ok(&[
-        "get",
-        "events",
-        "-n",
-        "demo",
-        "--field-selector",
-        &format!("involvedObject.kind={kind},reason={reason}"),
-        "-o",
-        "jsonpath={range .items[*]}{.note}{.message}{\"\\n\"}{end}",
-    ])
 }
 
 async fn phase(stack: &Stack, name: &str, want: &str) -> Result<serde_json::Value> {
@@ -120,14 +123,7 @@ async fn isolate_release_expire_survive_kill_9_and_refuse() -> Result<()> {
     if !palisade_e2e::require_root() {
         return Ok(());
     }
-    let mut stack = Stack::start("isolate-node").await?;
-    stack.cp.kubectl_ok(&["create", "namespace", "demo"])?;
-    stack.cp.kubectl_ok(&["create", "namespace", "outside"])?;
-    let api = stack.start_demo_pod("demo-api-0").await?;
-    let neighbour = stack
-        .kubelet
-        .start_pod(pod("demo", "neighbour-0", &[("app", "neighbour")]))
-        .await?;
+    let (mut stack, api, neighbour) = demo_stack("isolate-node").await?;
     let outsider = stack
         .kubelet
         .start_pod(pod("outside", "outsider-0", &[("app", "outsider")]))
@@ -224,10 +220,10 @@ async fn isolate_release_expire_survive_kill_9_and_refuse() -> Result<()> {
     assert_eq!((ready.0.as_str(), ready.1.as_str()), ("True", "Isolated"));
     assert_health("ApiIsolation", &obj, "Healthy")?;
     wait_for(WAIT, || {
-        Ok(Some(events(&stack, "Pod", "Isolated")?).filter(|e| e.contains("isolated 1 pods")))
+        Ok(Some(events(&stack.cp, "demo", "Pod", "Isolated")?).filter(|e| e.contains("isolated 1 pods")))
     })
     .await?;
-    assert!(!events(&stack, "ApiIsolation", "Isolated")?.is_empty());
+    assert!(!events(&stack.cp, "demo", "ApiIsolation", "Isolated")?.is_empty());
     let drops = wait_for_object(
         &stack.cp,
         "dropped packets counted",
@@ -278,7 +274,7 @@ async fn isolate_release_expire_survive_kill_9_and_refuse() -> Result<()> {
     )
     .await?;
     wait_for(WAIT, || {
-        Ok(Some(events(&stack, "ApiIsolation", "IsolationAdopted")?).filter(|e| !e.is_empty()))
+        Ok(Some(events(&stack.cp, "demo", "ApiIsolation", "IsolationAdopted")?).filter(|e| !e.is_empty()))
     })
     .await?;
     assert_eq!(connect(&stack, &outsider, &api, 8080), "refused");
@@ -296,7 +292,7 @@ async fn isolate_release_expire_survive_kill_9_and_refuse() -> Result<()> {
     let released = phase(&stack, "quarantine", "Released").await?;
     assert_health("ApiIsolation", &released, "Healthy")?;
     wait_for(WAIT, || {
-        Ok(Some(events(&stack, "Pod", "IsolationReleased")?).filter(|e| !e.is_empty()))
+        Ok(Some(events(&stack.cp, "demo", "Pod", "IsolationReleased")?).filter(|e| !e.is_empty()))
     })
     .await?;
     // Isolated again, then released by delete.
@@ -325,7 +321,7 @@ async fn isolate_release_expire_survive_kill_9_and_refuse() -> Result<()> {
     ensure!(started.elapsed() >= Duration::from_secs(7), "ended too early");
     ensure!(expired.pointer("/status/expires").is_some(), "{expired:#}");
     wait_for(WAIT, || {
-        Ok(Some(events(&stack, "ApiIsolation", "IsolationExpired")?).filter(|e| !e.is_empty()))
+        Ok(Some(events(&stack.cp, "demo", "ApiIsolation", "IsolationExpired")?).filter(|e| !e.is_empty()))
     })
     .await?;
 
@@ -356,7 +352,7 @@ async fn isolate_release_expire_survive_kill_9_and_refuse() -> Result<()> {
     );
     assert_eq!(connect(&stack, &outsider, &own, 9090), "open", "nothing enforced");
     wait_for(WAIT, || {
-        Ok(Some(events(&stack, "ApiIsolation", "IsolationRefused")?).filter(|e| !e.is_empty()))
+        Ok(Some(events(&stack.cp, "demo", "ApiIsolation", "IsolationRefused")?).filter(|e| !e.is_empty()))
     })
     .await?;
     let obj = get_json(&stack.cp, "apiisolation", "demo", "cut-agents")?;
@@ -365,22 +361,6 @@ async fn isolate_release_expire_survive_kill_9_and_refuse() -> Result<()> {
         "{obj:#}"
     );
     Ok(())
-}
-
-/// One injection from inside the attacker pod: the HTTP status, or "refused".
-fn attack(stack: &Stack, attacker: &RunningPod, target: &RunningPod) -> String {
-    let script = format!(
-        "import socket\n\
-         try:\n    s = socket.create_connection(('{}', 8080), timeout=1)\n    \
-         s.sendall(b'GET /search?q=1%27%20UNION%20SELECT%20password%20FROM%20users-- HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n')\n    \
-         print(s.recv(64).split()[1].decode())\n\
-         except OSError:\n    print('refused')\n",
-        target.ip
-    );
-    let out = stack
-        .kubelet
-        .exec_in_pod(attacker, &["timeout", "10", "python3", "-c", &script]);
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 async fn policy_actions(
@@ -410,14 +390,7 @@ async fn an_attack_isolates_the_pod_for_the_rules_ttl() -> Result<()> {
     if !palisade_e2e::require_root() {
         return Ok(());
     }
-    let mut stack = Stack::start("isolate-rule-node").await?;
-    stack.cp.kubectl_ok(&["create", "namespace", "demo"])?;
-    stack.cp.kubectl_ok(&["create", "namespace", "outside"])?;
-    let api = stack.start_demo_pod("demo-api-0").await?;
-    let neighbour = stack
-        .kubelet
-        .start_pod(pod("demo", "neighbour-0", &[("app", "neighbour")]))
-        .await?;
+    let (mut stack, api, neighbour) = demo_stack("isolate-rule-node").await?;
     let attacker = stack
         .kubelet
         .start_pod(pod("outside", "attacker-0", &[("app", "attacker")]))
@@ -451,19 +424,14 @@ spec:
         .with_context(|| stack.operator.process.log_tail(30))?;
     assert_eq!(connect(&stack, &bystander, &api, 8080), "open", "baseline");
 
-    let first = attack(&stack, &attacker, &api);
+    let first = send_injection(&stack, &attacker, &api);
     ensure!(first == "200" || first == "refused", "unexpected answer {first}");
     let started = Instant::now();
     wait_connect(&stack, &bystander, &api, 8080, "refused").await?;
     // How long from the kernel's capture of the attack to the isolation in its maps (measured,
     // printed: this machine is too noisy for a timing assertion).
     let metrics = palisade_e2e::palisade::http_get_body(stack.agent_metrics, "/metrics")?;
-    let sample = |name: &str| {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-    };
+    let sample = |name: &str| metric_sample(&metrics, name);
     let sum = sample("palisade_agent_isolate_latency_seconds_sum").context("latency sum")?;
     assert_eq!(
         sample("palisade_agent_isolate_latency_seconds_count"),
@@ -476,7 +444,7 @@ spec:
         sum * 1e3
     );
     assert_eq!(
-        attack(&stack, &attacker, &api),
+        send_injection(&stack, &attacker, &api),
         "refused",
         "the attacker is cut off too"
     );
@@ -504,7 +472,8 @@ spec:
         Some(&serde_json::json!(1))
     );
     wait_for(WAIT, || {
-        Ok(Some(events(&stack, "Pod", "WorkloadIsolated")?).filter(|e| e.contains("after an attack from")))
+        Ok(Some(events(&stack.cp, "demo", "Pod", "WorkloadIsolated")?)
+            .filter(|e| e.contains("after an attack from")))
     })
     .await?;
 
@@ -550,7 +519,7 @@ spec:
     })
     .await?;
     wait_for(WAIT, || {
-        Ok(Some(events(&stack, "ApiPolicy", "IsolationExpired")?).filter(|e| !e.is_empty()))
+        Ok(Some(events(&stack.cp, "demo", "ApiPolicy", "IsolationExpired")?).filter(|e| !e.is_empty()))
     })
     .await?;
     Ok(())

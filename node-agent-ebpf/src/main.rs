@@ -200,6 +200,13 @@ fn enforce(ctx: &SkBuffContext, inbound: bool) -> bool {
     let Some(peer) = peer(ctx, inbound) else {
         return false;
     };
+    // Isolation only judges packets that open a connection or flow; blocks judge every inbound
+    // packet. Everything else (established traffic of an isolated pod) passes without the walk.
+    let check_blocks = inbound && active & ENFORCE_BLOCKS != 0;
+    let check_isolation = active & ENFORCE_ISOLATION != 0 && peer.opens;
+    if !check_blocks && !check_isolation {
+        return false;
+    }
     // SAFETY: helper call on the program's own skb.
     let now = unsafe { bpf_ktime_get_ns() };
     let skb = ctx.skb.skb;
@@ -209,7 +216,7 @@ fn enforce(ctx: &SkBuffContext, inbound: bool) -> bool {
         if id == 0 {
             break;
         }
-        if inbound && active & ENFORCE_BLOCKS != 0 {
+        if check_blocks {
             let key = BlockKey {
                 cgroup_id: id,
                 addr: peer.addr,
@@ -226,14 +233,11 @@ fn enforce(ctx: &SkBuffContext, inbound: bool) -> bool {
                 }
             }
         }
-        if active & ENFORCE_ISOLATION != 0 {
+        if check_isolation {
             if let Some(iso) = ISOLATED_WORKLOADS.get_ptr_mut(&id) {
                 // SAFETY: pointer from a successful lookup; counters are lower bounds as above.
                 unsafe {
-                    if now >= (*iso).expires_ns
-                        || !peer.opens
-                        || (!inbound && (*iso).flags & ISOLATION_DENY_EGRESS == 0)
-                    {
+                    if now >= (*iso).expires_ns || (!inbound && (*iso).flags & ISOLATION_DENY_EGRESS == 0) {
                         return false;
                     }
                     let key = LpmKey::new(

@@ -534,7 +534,13 @@ mod tests {
         let created = 1_767_225_600_000i64; // 2026-01-01T00:00:00Z
         assert_eq!(expires_unix_ms(&iso), Some(created + 600_000));
         let mut nodes = BTreeMap::new();
-        compile_isolations(std::slice::from_ref(&iso), &pods, created + 1000, None, &mut nodes);
+        compile_isolations(
+            std::slice::from_ref(&iso),
+            &pods,
+            created + 1000,
+            None,
+            &mut nodes,
+        );
         let cfg = &nodes["n1"].isolations[0];
         assert_eq!(cfg.targets.len(), 1, "only the namespace's matching pods");
         assert_eq!(cfg.targets[0].pod_name, "api-0");
@@ -585,7 +591,11 @@ mod tests {
         );
         let me = ("demo".to_string(), "palisade-operator-0".to_string());
         assert!(matches!(
-            select(&isolation(sel.clone()), std::slice::from_ref(&operator), Some(&me)),
+            select(
+                &isolation(sel.clone()),
+                std::slice::from_ref(&operator),
+                Some(&me)
+            ),
             Selection::Refused(_)
         ));
         assert!(matches!(select(&isolation(sel), &[operator], None), Selection::Pods(p) if p.len() == 1));

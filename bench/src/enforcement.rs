@@ -1,0 +1,210 @@
+//! `palisade-bench --enforcement`: what the enforcement programs cost the traffic they let
+//! through, and how long `kubectl apply` of an ApiIsolation takes to reach the node.
+//!
+//! One nginx pod, no ApiMonitor (so capture costs nothing here). Rounds alternate OFF (no
+//! enforcement program on the pod's cgroup) and ON (an ApiIsolation isolates the pod; the
+//! load generator runs on the node, whose addresses the isolation allows, so every request is
+//! allowed traffic that pays the programs' lookups). Each state is measured with keep-alive
+//! connections (the per-packet path) and with one connection per request (`Connection: close`:
+//! every SYN is looked up in the allow-list trie). Ratios are ON / OFF within a round.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use palisade_e2e::palisade::{wait_for_object, Stack};
+
+use crate::measure::{self, WrkResult};
+use crate::{bpf, start_nginx_pod, Args, BenchPod, NAMESPACE};
+
+const ISOLATION: &str = "bench-quarantine";
+
+/// Throughput of one state, keep-alive and one connection per request.
+struct StateFigures {
+    keep_alive: WrkResult,
+    new_connections: WrkResult,
+}
+
+struct RoundFigures {
+    off: StateFigures,
+    on: StateFigures,
+    /// `kubectl apply` of the isolation -> both programs attached to the pod's cgroup.
+    apply_to_attached: Duration,
+}
+
+fn isolation_yaml() -> String {
+    format!(
+        "apiVersion: palisade.dev/v1alpha1\nkind: ApiIsolation\nmetadata: {{name: {ISOLATION}, namespace: {NAMESPACE}}}\n\
+         spec:\n  workloadSelector: {{matchLabels: {{app: bench-protected}}}}\n  denyEgress: true\n"
+    )
+}
+
+/// Polls the kernel (BPF_PROG_QUERY) until the pod's cgroup has `want` (ingress, egress)
+/// programs; returns how long it took.
+async fn wait_programs(pod: &BenchPod, want: (u32, u32)) -> Result<Duration> {
+    let start = Instant::now();
+    loop {
+        let got = bpf::cgroup_skb_programs(&pod.pod.cgroup_dir)?;
+        if got == want {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!("the pod's cgroup has {got:?} (ingress, egress) programs, want {want:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn measure_state(args: &Args, pod: &BenchPod) -> Result<StateFigures> {
+    let busy = crate::quiet_gate().await?;
+    if busy >= 25.0 {
+        eprintln!("[bench] the machine was {busy:.0} % busy before this measurement: figures disturbed");
+    }
+    let duration = Duration::from_secs(args.seconds);
+    let keep_alive = measure::wrk(&pod.url(), 1, args.connections, duration, args.client_cpu()).await?;
+    let new_connections = measure::wrk_with_headers(
+        &pod.url(),
+        1,
+        args.connections,
+        duration,
+        args.client_cpu(),
+        &["Connection: close"],
+    )
+    .await?;
+    for (what, r) in [
+        ("keep-alive", &keep_alive),
+        ("one connection per request", &new_connections),
+    ] {
+        if r.errors > 0 {
+            bail!(
+                "{what}: {} errors: allowed traffic must all get through",
+                r.errors
+            );
+        }
+    }
+    Ok(StateFigures {
+        keep_alive,
+        new_connections,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+pub async fn run(args: &Args) -> Result<()> {
+    let started = Instant::now();
+    eprintln!("[bench] enforcement: starting the stack (etcd, kube-apiserver, operator, agent, kubelet)");
+    let stack = Stack::start(&args.node).await?;
+    stack.cp.kubectl_ok(&["create", "namespace", NAMESPACE])?;
+    let pod = start_nginx_pod(&stack, "protected", "bench-protected", args.server_cpu()).await?;
+    measure::wrk(
+        &pod.url(),
+        1,
+        args.connections,
+        Duration::from_secs(2),
+        args.client_cpu(),
+    )
+    .await?;
+    let file = stack.cp.dir().join("bench-isolation.yaml");
+    std::fs::write(&file, isolation_yaml()).with_context(|| format!("writing {}", file.display()))?;
+    let file = file.display().to_string();
+
+    let mut rounds = vec![];
+    for index in 1..=args.rounds {
+        wait_programs(&pod, (0, 0)).await?;
+        let off = measure_state(args, &pod).await?;
+        let applied = Instant::now();
+        stack.cp.kubectl_ok(&["apply", "-f", &file])?;
+        wait_programs(&pod, (1, 1)).await?;
+        let apply_to_attached = applied.elapsed();
+        wait_for_object(
+            &stack.cp,
+            "the isolation Active",
+            ("apiisolation", NAMESPACE, ISOLATION),
+            Duration::from_secs(60),
+            |o| (o.pointer("/status/phase")?.as_str()? == "Active").then_some(()),
+        )
+        .await?;
+        let on = measure_state(args, &pod).await?;
+        stack
+            .cp
+            .kubectl_ok(&["delete", "apiisolation", "-n", NAMESPACE, ISOLATION])?;
+        eprintln!(
+            "[bench] round {index}: keep-alive {:.0} -> {:.0} req/s ({:.3}); one connection per request {:.0} -> {:.0} req/s ({:.3}); apply -> attached {:.0} ms",
+            off.keep_alive.rps,
+            on.keep_alive.rps,
+            on.keep_alive.rps / off.keep_alive.rps,
+            off.new_connections.rps,
+            on.new_connections.rps,
+            on.new_connections.rps / off.new_connections.rps,
+            apply_to_attached.as_secs_f64() * 1e3
+        );
+        rounds.push(RoundFigures {
+            off,
+            on,
+            apply_to_attached,
+        });
+    }
+    let report = markdown(args, &rounds, started.elapsed());
+    println!("{report}");
+    if !args.no_write {
+        let out = args
+            .out
+            .clone()
+            .unwrap_or_else(|| palisade_e2e::workspace_root().join("docs/benchmarks-enforcement.md"));
+        std::fs::write(&out, &report).with_context(|| format!("writing {}", out.display()))?;
+        eprintln!("[bench] wrote {}", out.display());
+    }
+    drop(pod);
+    drop(stack);
+    Ok(())
+}
+
+fn markdown(args: &Args, rounds: &[RoundFigures], elapsed: Duration) -> String {
+    let ratio = |f: &dyn Fn(&RoundFigures) -> f64| median(rounds.iter().map(f).collect());
+    let keep = ratio(&|r| r.on.keep_alive.rps / r.off.keep_alive.rps);
+    let fresh = ratio(&|r| r.on.new_connections.rps / r.off.new_connections.rps);
+    let apply_ms = ratio(&|r| r.apply_to_attached.as_secs_f64() * 1e3);
+    let mut out = format!(
+        "# Enforcement benchmark: the cost of the enforcement programs on allowed traffic\n\n\
+         Generated by `bash hack/bench-overhead.sh --enforcement` (palisade-bench, release build) on \
+         {} vCPU, kernel {}, in {:.0} s: {} rounds of OFF (no enforcement program on the pod) then ON \
+         (an ApiIsolation with `denyEgress` isolates the nginx pod; the load generator runs on the node, \
+         which the isolation allows), wrk with {} connections for {} s per measurement, server and \
+         client pinned to separate CPUs. Ratios are ON / OFF within a round; the summary is their \
+         median. No ApiMonitor: capture is not part of these figures.\n\n\
+         | | median ratio ON/OFF | goal |\n|---|---|---|\n\
+         | keep-alive requests (per-packet path) | {keep:.3} | ≥ 0.99 |\n\
+         | one TCP connection per request (every SYN checked in the allow-list trie) | {fresh:.3} | ≥ 0.99 |\n\
+         | `kubectl apply` of an ApiIsolation → both programs attached on the node (median) | {apply_ms:.0} ms | ≤ 1000 ms |\n\n\
+         | round | keep-alive OFF req/s | ON req/s | ratio | per-request connections OFF req/s | ON req/s | ratio | apply → attached |\n\
+         |---|---|---|---|---|---|---|---|\n",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim(),
+        elapsed.as_secs_f64(),
+        rounds.len(),
+        args.connections,
+        args.seconds,
+    );
+    for (i, r) in rounds.iter().enumerate() {
+        out.push_str(&format!(
+            "| {} | {:.0} | {:.0} | {:.3} | {:.0} | {:.0} | {:.3} | {:.0} ms |\n",
+            i + 1,
+            r.off.keep_alive.rps,
+            r.on.keep_alive.rps,
+            r.on.keep_alive.rps / r.off.keep_alive.rps,
+            r.off.new_connections.rps,
+            r.on.new_connections.rps,
+            r.on.new_connections.rps / r.off.new_connections.rps,
+            r.apply_to_attached.as_secs_f64() * 1e3
+        ));
+    }
+    out
+}
