@@ -360,6 +360,38 @@ async fn isolate_release_expire_survive_kill_9_and_refuse() -> Result<()> {
         obj.pointer("/status/isolatedPods") == Some(&serde_json::json!(0)),
         "{obj:#}"
     );
+    // The same for a policy whose isolate action would reach that pod: refused, detection goes on.
+    stack.cp.apply_yaml(
+        r#"
+apiVersion: palisade.dev/v1alpha1
+kind: ApiMonitor
+metadata: {name: agents, namespace: demo}
+spec:
+  selector: {matchLabels: {app: palisade-agent}}
+---
+apiVersion: palisade.dev/v1alpha1
+kind: ApiPolicy
+metadata: {name: isolate-agents, namespace: demo}
+spec:
+  mode: enforce
+  rules:
+    - name: sqli
+      detector: sqlInjection
+      actions: [{type: isolate, ttl: 1m}]
+"#,
+    )?;
+    let degraded = wait_for_object(
+        &stack.cp,
+        "the policy's isolate actions refused",
+        ("apipolicy", "demo", "isolate-agents"),
+        WAIT,
+        |p| {
+            let d = palisade_e2e::palisade::condition(p, "Degraded")?;
+            (d.0 == "True" && d.1 == "IsolateRefused").then_some(d.2)
+        },
+    )
+    .await?;
+    assert!(degraded.contains("demo/palisade-agent-x"), "{degraded}");
     Ok(())
 }
 

@@ -58,6 +58,69 @@ pub fn protected_reason(pod: &Pod, operator_pod: Option<&(String, String)>) -> O
     None
 }
 
+/// Why a policy's `isolate` actions are refused, if they are: one of the pods the policy
+/// protects must never be isolated (see [`protected_reason`]). The policy keeps detecting and
+/// its other actions; its isolate actions are not sent to the agents, and `Degraded` says why.
+pub fn policy_isolate_refusal(
+    policy: &palisade_api::v1alpha1::ApiPolicy,
+    selected: &[&Pod],
+    operator_pod: Option<&(String, String)>,
+) -> Option<String> {
+    let isolates = policy
+        .spec
+        .rules
+        .iter()
+        .flat_map(|r| {
+            if r.actions.is_empty() {
+                &policy.spec.default_actions
+            } else {
+                &r.actions
+            }
+        })
+        .any(|a| a.type_ == palisade_api::v1alpha1::ActionType::Isolate);
+    if !isolates {
+        return None;
+    }
+    selected.iter().find_map(|pod| {
+        protected_reason(pod, operator_pod).map(|why| {
+            format!(
+                "isolate actions refused: pod {}/{} {why}; the policy's isolate actions are not applied",
+                pod.namespace().unwrap_or_default(),
+                pod.name_any()
+            )
+        })
+    })
+}
+
+/// Removes the `isolate` actions of refused policies (see [`policy_isolate_refusal`]) from the
+/// compiled node configurations.
+pub fn strip_refused_isolate_actions(
+    policies: &[Arc<palisade_api::v1alpha1::ApiPolicy>],
+    monitors: &[Arc<palisade_api::v1alpha1::ApiMonitor>],
+    pods: &[Arc<Pod>],
+    operator_pod: Option<&(String, String)>,
+    nodes: &mut BTreeMap<String, NodeConfig>,
+) {
+    for policy in policies {
+        let selected = crate::compile::policy_pods(policy, monitors, pods);
+        if policy_isolate_refusal(policy, &selected, operator_pod).is_none() {
+            continue;
+        }
+        let key = obj_key(policy.as_ref());
+        for cfg in nodes.values_mut() {
+            for p in cfg.policies.iter_mut().filter(|p| {
+                p.policy.as_ref().is_some_and(|r| {
+                    (r.namespace.as_str(), r.name.as_str()) == (key.0.as_str(), key.1.as_str())
+                })
+            }) {
+                for rule in &mut p.rules {
+                    rule.actions.retain(|a| a.r#type != "isolate");
+                }
+            }
+        }
+    }
+}
+
 /// What an isolation selects now.
 pub enum Selection<'a> {
     Pods(Vec<&'a Pod>),
@@ -607,5 +670,56 @@ mod tests {
             false,
         );
         assert!(protected_reason(&apiserver, None).is_some_and(|r| r.contains("API server")));
+    }
+
+    #[test]
+    fn a_policy_that_would_isolate_a_protected_pod_loses_its_isolate_actions() {
+        let pods = vec![pod(
+            "demo",
+            "agent-0",
+            "10.1.0.4",
+            serde_json::json!({"app": "x", "app.kubernetes.io/part-of": "palisade"}),
+            false,
+        )];
+        let monitor: Arc<palisade_api::v1alpha1::ApiMonitor> = Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "palisade.dev/v1alpha1", "kind": "ApiMonitor",
+                "metadata": {"namespace": "demo", "name": "m"},
+                "spec": {"selector": {"matchLabels": {"app": "x"}}}
+            }))
+            .unwrap(),
+        );
+        let policy: Arc<palisade_api::v1alpha1::ApiPolicy> = Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "palisade.dev/v1alpha1", "kind": "ApiPolicy",
+                "metadata": {"namespace": "demo", "name": "p"},
+                "spec": {"mode": "enforce", "rules": [{"name": "sqli", "detector": "sqlInjection",
+                         "actions": [{"type": "isolate", "ttl": "1m"}, {"type": "blockSource", "ttl": "1m"}]}]}
+            }))
+            .unwrap(),
+        );
+        let selected = crate::compile::policy_pods(&policy, std::slice::from_ref(&monitor), &pods);
+        let why = policy_isolate_refusal(&policy, &selected, None).expect("refused");
+        assert!(why.contains("demo/agent-0"), "{why}");
+        let mut nodes = crate::compile::compile(
+            std::slice::from_ref(&monitor),
+            std::slice::from_ref(&policy),
+            &pods,
+            [],
+            &Default::default(),
+        );
+        strip_refused_isolate_actions(
+            std::slice::from_ref(&policy),
+            std::slice::from_ref(&monitor),
+            &pods,
+            None,
+            &mut nodes,
+        );
+        let actions: Vec<&str> = nodes["n1"].policies[0].rules[0]
+            .actions
+            .iter()
+            .map(|a| a.r#type.as_str())
+            .collect();
+        assert_eq!(actions, vec!["blockSource"], "isolate removed, the rest kept");
     }
 }

@@ -71,7 +71,7 @@ pub fn desired_status(policy: &ApiPolicy, hub: &Hub) -> ApiPolicyStatus {
         nodes.total,
         policy.spec.mode.as_str()
     );
-    let conditions = conditions_from_nodes(
+    let mut conditions = conditions_from_nodes(
         &previous,
         generation,
         selected.len() as u32,
@@ -79,6 +79,9 @@ pub fn desired_status(policy: &ApiPolicy, hub: &Hub) -> ApiPolicyStatus {
         extra_problem,
         ready_msg,
     );
+    if let Some(msg) = crate::isolation::policy_isolate_refusal(policy, &selected, hub.operator_pod()) {
+        crate::status::add_degraded_problem(&mut conditions, &previous, "IsolateRefused", msg, generation);
+    }
 
     hub.seed_policy(&key, policy.status.as_ref());
     let t = hub.policy_telemetry(&key);

@@ -280,6 +280,13 @@ impl Hub {
             .chain(inner.agents.keys().cloned())
             .collect();
         let mut compiled = compile::compile(&monitors, &policies, &pods, known, &documents);
+        crate::isolation::strip_refused_isolate_actions(
+            &policies,
+            &monitors,
+            &pods,
+            self.operator_pod(),
+            &mut compiled,
+        );
         crate::isolation::compile_isolations(
             &self.view.isolations.state(),
             &pods,
