@@ -18,3 +18,114 @@ pub fn render_all() -> Result<Vec<(String, String)>, serde_yaml::Error> {
         })
         .collect()
 }
+
+/// The CRD reference (`docs/crd-reference.md`): every field of every kind with its type, its
+/// documentation and its validation, rendered from the same schemas as the CRDs.
+pub fn render_reference() -> Result<String, serde_json::Error> {
+    let mut out = String::from(
+        "# CRD reference\n\nGenerated from the Rust types by `cargo run -p palisade-api --bin crdgen -- crds docs`; \
+         do not edit (a test fails when it is out of date). `kubectl explain <kind>.spec` shows the same \
+         documentation on a cluster.\n",
+    );
+    for crd in [ApiMonitor::crd(), ApiPolicy::crd(), ApiIsolation::crd()] {
+        let version = &crd.spec.versions[0];
+        out.push_str(&format!(
+            "\n## {} (`{}/{}`)\n\n",
+            crd.spec.names.kind, crd.spec.group, version.name
+        ));
+        let schema = version
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .map(serde_json::to_value)
+            .transpose()?
+            .unwrap_or_default();
+        out.push_str("| Field | Type | Description | Validation |\n|---|---|---|---|\n");
+        for part in ["spec", "status"] {
+            if let Some(s) = schema.pointer(&format!("/properties/{part}")) {
+                fields(&mut out, part, s, 0);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace('|', "\\|")
+}
+
+fn type_of(s: &serde_json::Value) -> String {
+    let t = s.get("type").and_then(|t| t.as_str()).unwrap_or("object");
+    match t {
+        "array" => format!("[]{}", s.get("items").map(type_of).unwrap_or_default()),
+        _ if s.get("x-kubernetes-int-or-string").is_some() => "int or string".into(),
+        _ => t.to_string(),
+    }
+}
+
+fn validation(s: &serde_json::Value) -> String {
+    let mut v = vec![];
+    if let Some(e) = s.get("enum").and_then(|e| e.as_array()) {
+        let names: Vec<String> = e.iter().filter_map(|x| x.as_str()).map(|x| format!("`{x}`")).collect();
+        v.push(format!("one of {}", names.join(", ")));
+    }
+    for (key, label) in [
+        ("minimum", "≥"),
+        ("maximum", "≤"),
+        ("minLength", "length ≥"),
+        ("maxLength", "length ≤"),
+        ("minItems", "items ≥"),
+        ("maxItems", "items ≤"),
+        ("maxProperties", "keys ≤"),
+    ] {
+        if let Some(n) = s.get(key).and_then(|n| n.as_f64()) {
+            if n.fract() == 0.0 {
+                v.push(format!("{label} {}", n as i64));
+            } else {
+                v.push(format!("{label} {n}"));
+            }
+        }
+    }
+    if let Some(p) = s.get("pattern").and_then(|p| p.as_str()) {
+        v.push(format!("pattern `{}`", p.replace('|', "\\|")));
+    }
+    for rule in s
+        .get("x-kubernetes-validations")
+        .and_then(|r| r.as_array())
+        .into_iter()
+        .flatten()
+    {
+        if let Some(m) = rule.get("message").and_then(|m| m.as_str()) {
+            v.push(one_line(m));
+        }
+    }
+    v.join("; ")
+}
+
+fn fields(out: &mut String, path: &str, s: &serde_json::Value, depth: usize) {
+    let description = s
+        .get("description")
+        .and_then(|d| d.as_str())
+        .map(one_line)
+        .unwrap_or_default();
+    out.push_str(&format!(
+        "| `{path}` | {} | {description} | {} |\n",
+        type_of(s),
+        validation(s)
+    ));
+    if depth > 8 {
+        return;
+    }
+    let (props, prefix) = match s.get("items") {
+        Some(items) => (items.get("properties"), format!("{path}[]")),
+        None => (s.get("properties"), path.to_string()),
+    };
+    if let Some(props) = props.and_then(|p| p.as_object()) {
+        for (name, sub) in props {
+            fields(out, &format!("{prefix}.{name}"), sub, depth + 1);
+        }
+    }
+}

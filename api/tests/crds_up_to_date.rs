@@ -14,3 +14,15 @@ fn committed_crds_match_the_types() {
         );
     }
 }
+
+#[test]
+fn the_crd_reference_matches_the_types() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/crd-reference.md");
+    let rendered = palisade_api::crdgen::render_reference().expect("render the reference");
+    assert!(rendered.contains("| `spec.workloadSelector` |"), "{rendered}");
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == rendered,
+        "docs/crd-reference.md is out of date: run `cargo run -p palisade-api --bin crdgen -- crds docs` and commit the result"
+    );
+}

@@ -1,4 +1,5 @@
-//! Writes Palisade's CRDs as YAML into the directory given as the first argument (default `crds`).
+//! Writes Palisade's CRDs as YAML into the directory given as the first argument (default `crds`)
+//! and, when a second argument names a directory, the CRD reference `crd-reference.md` there.
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -7,6 +8,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (name, yaml) in palisade_api::crdgen::render_all()? {
         let path = dir.join(name);
         std::fs::write(&path, yaml)?;
+        println!("wrote {}", path.display());
+    }
+    if let Some(docs) = std::env::args().nth(2) {
+        let path = PathBuf::from(docs).join("crd-reference.md");
+        std::fs::write(&path, palisade_api::crdgen::render_reference()?)?;
         println!("wrote {}", path.display());
     }
     Ok(())
