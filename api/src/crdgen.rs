@@ -69,7 +69,11 @@ fn type_of(s: &serde_json::Value) -> String {
 fn validation(s: &serde_json::Value) -> String {
     let mut v = vec![];
     if let Some(e) = s.get("enum").and_then(|e| e.as_array()) {
-        let names: Vec<String> = e.iter().filter_map(|x| x.as_str()).map(|x| format!("`{x}`")).collect();
+        let names: Vec<String> = e
+            .iter()
+            .filter_map(|x| x.as_str())
+            .map(|x| format!("`{x}`"))
+            .collect();
         v.push(format!("one of {}", names.join(", ")));
     }
     for (key, label) in [

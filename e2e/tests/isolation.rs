@@ -238,6 +238,14 @@ async fn isolate_release_expire_survive_kill_9_and_refuse() -> Result<()> {
     .await?;
     println!("inbound packets dropped so far: {drops}");
 
+    let links = || -> Result<usize> {
+        Ok(std::fs::read_dir(stack.cp.bpf_pin_dir("isolate-node").join("links"))?.count())
+    };
+    assert_eq!(
+        links()?,
+        1,
+        "ingress only: no egress program unless egress is denied"
+    );
     // Deny egress too: the pod's new connections outside the allow-list fail; inside, they work.
     stack
         .cp
@@ -278,8 +286,11 @@ async fn isolate_release_expire_survive_kill_9_and_refuse() -> Result<()> {
     })
     .await?;
     assert_eq!(connect(&stack, &outsider, &api, 8080), "refused");
-    let links = std::fs::read_dir(stack.cp.bpf_pin_dir("isolate-node").join("links"))?.count();
-    assert_eq!(links, 2, "one ingress and one egress link for the pod, not more");
+    assert_eq!(
+        links()?,
+        2,
+        "one ingress and one egress link for the pod, not more"
+    );
 
     // Release, kept in git: `released: true`.
     stack.cp.apply_yaml(&isolation(
@@ -302,12 +313,9 @@ async fn isolate_release_expire_survive_kill_9_and_refuse() -> Result<()> {
         .cp
         .kubectl_ok(&["delete", "apiisolation", "-n", "demo", "quarantine"])?;
     wait_connect(&stack, &outsider, &api, 8080, "open").await?;
-    wait_for(WAIT, || {
-        let links = std::fs::read_dir(stack.cp.bpf_pin_dir("isolate-node").join("links"))?.count();
-        Ok((links == 0).then_some(()))
-    })
-    .await
-    .context("enforcement links removed after the release")?;
+    wait_for(WAIT, || Ok((links()? == 0).then_some(())))
+        .await
+        .context("enforcement links removed after the release")?;
 
     // A ttl: enforced, then over by itself.
     let started = Instant::now();

@@ -102,9 +102,9 @@ impl CaptureBackend for KernelCapture {
     fn detach(&mut self, cgroup_dir: &Path) -> Result<(), String> {
         self.probes.detach_cgroup(cgroup_dir).map_err(|e| e.to_string())
     }
-    fn enforce_pod(&mut self, pod_uid: &str, cgroup_dir: &Path) -> Result<bool, String> {
+    fn enforce_pod(&mut self, pod_uid: &str, cgroup_dir: &Path, egress: bool) -> Result<bool, String> {
         self.probes
-            .enforce_cgroup(pod_uid, cgroup_dir)
+            .enforce_cgroup(pod_uid, cgroup_dir, egress)
             .map(|a| a == palisade_node_agent::capture::EnforcementAttach::Adopted)
             .map_err(|e| e.to_string())
     }

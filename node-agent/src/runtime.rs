@@ -37,9 +37,9 @@ pub trait CaptureBackend {
         Err("TLS capture is not available on this agent".into())
     }
     fn detach_tls(&mut self, _pid: u32) {}
-    /// Attaches (or adopts, after a restart) the enforcement program on a protected pod's cgroup;
-    /// `Ok(true)` when it was adopted.
-    fn enforce_pod(&mut self, _pod_uid: &str, _cgroup_dir: &Path) -> Result<bool, String> {
+    /// Attaches (or adopts, after a restart) the enforcement programs on a protected pod's
+    /// cgroup: ingress always, egress exactly when `egress`; `Ok(true)` when adopted.
+    fn enforce_pod(&mut self, _pod_uid: &str, _cgroup_dir: &Path, _egress: bool) -> Result<bool, String> {
         Err("enforcement is not available on this agent".into())
     }
     /// Detaches the enforcement program from a pod (also one pinned by an earlier agent).
@@ -306,7 +306,8 @@ pub struct Runtime<B: CaptureBackend> {
     record_is_tls: bool,
     responder: Responder,
     /// Pods (UIDs) with the enforcement program attached.
-    enforced_pods: HashSet<String>,
+    /// Pods (UIDs) with the enforcement programs attached, and whether the egress one is.
+    enforced_pods: HashMap<String, bool>,
     /// The kernel's blocks left by an earlier agent were reconciled (on the first config).
     adopted: bool,
     isolator: crate::isolation::Isolator,
@@ -371,7 +372,7 @@ impl<B: CaptureBackend> Runtime<B> {
             find_libssl: crate::capture::tls::find_libssl,
             record_is_tls: false,
             responder: Responder::new(clock_offset_ns),
-            enforced_pods: HashSet::new(),
+            enforced_pods: HashMap::new(),
             adopted: false,
             isolator: crate::isolation::Isolator::new(clock_offset_ns),
             node_addresses: vec![],
@@ -729,53 +730,58 @@ impl<B: CaptureBackend> Runtime<B> {
         }
         self.node_addresses = crate::isolation::host_addresses();
         let (isolations, mut isolation_failures) = self.desired_isolations();
-        let mut isolation_dirs: BTreeMap<String, PathBuf> = BTreeMap::new();
-        for (uid, dir, _) in &isolations {
-            isolation_dirs.insert(uid.clone(), dir.clone());
+        // Every pod to protect: its cgroup, whether it needs the egress program (an isolation
+        // that may deny egress) and the policy to blame for errors.
+        let mut targets: BTreeMap<String, (PathBuf, bool, Option<usize>)> = BTreeMap::new();
+        for (uid, policy) in &wanted {
+            let Some(att) = self.attachments.get(uid) else {
+                continue;
+            };
+            let egress = self.policies.iter().any(|p| {
+                p.enforce
+                    && p.pod_uids.contains(uid)
+                    && p.rules
+                        .iter()
+                        .any(|(cfg, _)| cfg.actions.iter().any(|a| a.r#type == "isolate" && a.deny_egress))
+            });
+            targets.insert(uid.clone(), (att.cgroup_dir.clone(), egress, Some(*policy)));
+        }
+        for (uid, dir, d) in &isolations {
+            let egress = d.flags & palisade_common::ISOLATION_DENY_EGRESS != 0;
+            let entry = targets
+                .entry(uid.clone())
+                .or_insert_with(|| (dir.clone(), false, None));
+            entry.1 |= egress;
         }
         if let Some(backend) = self.backend.as_mut() {
-            for (uid, policy) in &wanted {
-                if self.enforced_pods.contains(uid) {
+            for (uid, (dir, egress, policy)) in &targets {
+                if self.enforced_pods.get(uid) == Some(egress) {
                     continue;
                 }
-                let Some(att) = self.attachments.get(uid) else {
-                    continue;
-                };
-                match backend.enforce_pod(uid, &att.cgroup_dir) {
+                match backend.enforce_pod(uid, dir, *egress) {
                     Ok(adopted) => {
-                        tracing::info!(pod_uid = %uid, adopted, "enforcement attached");
-                        self.enforced_pods.insert(uid.clone());
+                        tracing::info!(pod_uid = %uid, adopted, egress, "enforcement attached");
+                        self.enforced_pods.insert(uid.clone(), *egress);
                     }
                     Err(e) => {
-                        if let Some(p) = self.policies.get_mut(*policy) {
+                        tracing::warn!(pod_uid = %uid, error = %e, "enforcement not attached");
+                        if let Some(p) = policy.and_then(|i| self.policies.get_mut(i)) {
                             p.errors
                                 .push(format!("enforcement not attached to pod {uid}: {e}"));
                         }
                     }
                 }
             }
-            for (uid, dir) in &isolation_dirs {
-                if self.enforced_pods.contains(uid) {
-                    continue;
-                }
-                match backend.enforce_pod(uid, dir) {
-                    Ok(adopted) => {
-                        tracing::info!(pod_uid = %uid, adopted, "enforcement attached (isolation)");
-                        self.enforced_pods.insert(uid.clone());
-                    }
-                    Err(e) => tracing::warn!(pod_uid = %uid, error = %e, "enforcement not attached"),
-                }
-            }
             let stale: Vec<String> = self
                 .enforced_pods
-                .iter()
-                .filter(|u| !wanted.contains_key(*u) && !isolation_dirs.contains_key(*u))
+                .keys()
+                .filter(|u| !targets.contains_key(*u))
                 .cloned()
                 .chain(
                     backend
                         .pinned_enforcement_pods()
                         .into_iter()
-                        .filter(|u| !wanted.contains_key(u) && !isolation_dirs.contains_key(u)),
+                        .filter(|u| !targets.contains_key(u)),
                 )
                 .collect();
             for uid in stale {
@@ -833,7 +839,7 @@ impl<B: CaptureBackend> Runtime<B> {
         // Isolations, once their pods carry the enforcement programs.
         let mut desired = vec![];
         for (uid, _, d) in isolations {
-            if self.enforced_pods.contains(&uid) {
+            if self.enforced_pods.contains_key(&uid) {
                 desired.push(d);
             } else {
                 isolation_failures.push(crate::isolation::FailedIsolation {
@@ -1640,6 +1646,8 @@ mod tests {
         /// The kernel's blocked-sources map, as the fake holds it.
         blocked: std::rc::Rc<std::cell::RefCell<HashMap<BlockKey, u64>>>,
         enforced: Vec<String>,
+        /// Whether each enforced pod carries the egress program.
+        egress: HashMap<String, bool>,
         /// The kernel's isolations: cgroup id -> (expiry, flags, allow-list).
         isolated: HashMap<u64, (u64, u64, std::collections::BTreeSet<crate::capture::AllowPrefix>)>,
     }
@@ -1673,8 +1681,10 @@ mod tests {
                 ..Default::default()
             }
         }
-        fn enforce_pod(&mut self, pod_uid: &str, _dir: &Path) -> Result<bool, String> {
+        fn enforce_pod(&mut self, pod_uid: &str, _dir: &Path, egress: bool) -> Result<bool, String> {
+            self.enforced.retain(|u| u != pod_uid);
             self.enforced.push(pod_uid.to_string());
+            self.egress.insert(pod_uid.to_string(), egress);
             Ok(false)
         }
         fn release_pod(&mut self, pod_uid: &str) {
@@ -1775,6 +1785,11 @@ mod tests {
         rt.apply(c);
         let backend = rt.backend_mut().expect("backend");
         assert_eq!(backend.enforced, vec!["uid-b".to_string()]);
+        assert_eq!(
+            backend.egress.get("uid-b"),
+            Some(&true),
+            "egress denied: egress program too"
+        );
         let (expires, flags, allow) = backend.isolated.get(&cgroup_id).cloned().expect("isolated");
         assert_eq!(
             (expires, flags),

@@ -30,29 +30,39 @@ use palisade_common::{
     PROG_ENFORCE_EGRESS, PROG_ENFORCE_INGRESS,
 };
 
-/// The enforcement programs attached to each protected pod, with their link pin names.
-const PROGRAMS: [(&str, CgroupSkbAttachType, &str, &str); 2] = [
-    (
-        PROG_ENFORCE_INGRESS,
-        CgroupSkbAttachType::Ingress,
-        "ingress",
-        "enforce-ingress-",
-    ),
-    (
-        PROG_ENFORCE_EGRESS,
-        CgroupSkbAttachType::Egress,
-        "egress",
-        "enforce-egress-",
-    ),
-];
+/// An enforcement program and the pin name prefix of its links.
+type Program = (&'static str, CgroupSkbAttachType, &'static str, &'static str);
+
+/// On every protected pod: blocks and inbound isolation.
+const INGRESS: Program = (
+    PROG_ENFORCE_INGRESS,
+    CgroupSkbAttachType::Ingress,
+    "ingress",
+    "enforce-ingress-",
+);
+/// Only on pods whose isolation may deny egress: every outbound packet pays for it.
+const EGRESS: Program = (
+    PROG_ENFORCE_EGRESS,
+    CgroupSkbAttachType::Egress,
+    "egress",
+    "enforce-egress-",
+);
+const PROGRAMS: [Program; 2] = [INGRESS, EGRESS];
+
+/// A protected pod's pinned links.
+#[derive(Debug)]
+struct PodLinks {
+    ingress: PinnedLink,
+    egress: Option<PinnedLink>,
+}
 
 use super::{error_chain, CaptureError};
 
-/// The pinned enforcement links of this agent, by pod UID (ingress, egress).
+/// The pinned enforcement links of this agent, by pod UID.
 #[derive(Debug)]
 pub struct Enforcement {
     pin_dir: PathBuf,
-    links: BTreeMap<String, Vec<PinnedLink>>,
+    links: BTreeMap<String, PodLinks>,
 }
 
 /// Whether a pod's enforcement program was attached now or found attached by an earlier agent.
@@ -74,42 +84,60 @@ impl Enforcement {
         self.pin_dir.join("links").join(format!("{prefix}{pod_uid}"))
     }
 
-    /// Makes sure both enforcement programs are attached to the pod's cgroup: adopts the links
-    /// pinned by an earlier agent, or attaches and pins new ones. `Adopted` when the ingress link
-    /// (the one every agent version pinned) was found pinned.
+    /// Makes sure the ingress enforcement program is attached to the pod's cgroup, and the
+    /// egress one exactly when `egress` (an isolation that may deny egress): adopts the links
+    /// pinned by an earlier agent, or attaches and pins new ones, and unpins an egress link no
+    /// longer needed. `Adopted` when the ingress link was found pinned.
     pub fn attach(
         &mut self,
         ebpf: &mut Ebpf,
         pod_uid: &str,
         cgroup_dir: &Path,
+        egress: bool,
     ) -> Result<EnforcementAttach, CaptureError> {
-        if self.links.contains_key(pod_uid) {
-            return Ok(EnforcementAttach::Attached);
-        }
-        let mut links = Vec::with_capacity(PROGRAMS.len());
         let mut how = EnforcementAttach::Attached;
-        for (i, (program, attach_type, direction, prefix)) in PROGRAMS.into_iter().enumerate() {
-            let path = self.link_path(prefix, pod_uid);
-            match self.attach_one(ebpf, program, attach_type, direction, &path, cgroup_dir) {
-                Ok((link, adopted)) => {
-                    if adopted && i == 0 {
-                        how = EnforcementAttach::Adopted;
-                    }
-                    links.push(link);
-                }
-                Err(e) => {
-                    // All or nothing: a pod half enforced would look protected.
-                    for link in links {
-                        if let Ok(fd_link) = link.unpin() {
-                            drop(fd_link);
-                        }
-                    }
-                    return Err(e);
-                }
+        if !self.links.contains_key(pod_uid) {
+            let (link, adopted) = self.attach_program(ebpf, INGRESS, pod_uid, cgroup_dir)?;
+            if adopted {
+                how = EnforcementAttach::Adopted;
+            }
+            self.links.insert(
+                pod_uid.to_string(),
+                PodLinks {
+                    ingress: link,
+                    egress: None,
+                },
+            );
+        }
+        let has_egress = self.links.get(pod_uid).is_some_and(|l| l.egress.is_some());
+        if egress && !has_egress {
+            let (link, _) = self.attach_program(ebpf, EGRESS, pod_uid, cgroup_dir)?;
+            if let Some(links) = self.links.get_mut(pod_uid) {
+                links.egress = Some(link);
+            }
+        } else if !egress {
+            // Ours, or one an earlier agent pinned.
+            let link = self
+                .links
+                .get_mut(pod_uid)
+                .and_then(|l| l.egress.take())
+                .or_else(|| PinnedLink::from_pin(self.link_path(EGRESS.3, pod_uid)).ok());
+            if let Some(link) = link {
+                unpin(pod_uid, link);
             }
         }
-        self.links.insert(pod_uid.to_string(), links);
         Ok(how)
+    }
+
+    fn attach_program(
+        &self,
+        ebpf: &mut Ebpf,
+        (program, attach_type, direction, prefix): Program,
+        pod_uid: &str,
+        cgroup_dir: &Path,
+    ) -> Result<(PinnedLink, bool), CaptureError> {
+        let path = self.link_path(prefix, pod_uid);
+        self.attach_one(ebpf, program, attach_type, direction, &path, cgroup_dir)
     }
 
     /// Adopts the link pinned at `path`, or attaches `program` and pins its link there.
@@ -175,17 +203,15 @@ impl Enforcement {
     /// Detaches the pod's enforcement programs (unpins their links), also ones pinned by an
     /// earlier agent and not adopted.
     pub fn detach(&mut self, pod_uid: &str) {
-        let links = self.links.remove(pod_uid).unwrap_or_else(|| {
-            PROGRAMS
+        let links: Vec<PinnedLink> = match self.links.remove(pod_uid) {
+            Some(l) => std::iter::once(l.ingress).chain(l.egress).collect(),
+            None => PROGRAMS
                 .iter()
                 .filter_map(|(_, _, _, prefix)| PinnedLink::from_pin(self.link_path(prefix, pod_uid)).ok())
-                .collect()
-        });
+                .collect(),
+        };
         for link in links {
-            match link.unpin() {
-                Ok(fd_link) => drop(fd_link), // the last reference: the kernel detaches
-                Err(e) => tracing::warn!(pod_uid, error = %error_chain(&e), "unpinning an enforcement link"),
-            }
+            unpin(pod_uid, link);
         }
     }
 
@@ -210,6 +236,14 @@ impl Enforcement {
             .collect::<std::collections::BTreeSet<String>>()
             .into_iter()
             .collect()
+    }
+}
+
+/// Unpins a link; when it was the last reference, the kernel detaches the program.
+fn unpin(pod_uid: &str, link: PinnedLink) {
+    match link.unpin() {
+        Ok(fd_link) => drop(fd_link),
+        Err(e) => tracing::warn!(pod_uid, error = %error_chain(&e), "unpinning an enforcement link"),
     }
 }
 

@@ -115,11 +115,12 @@ impl CaptureProbes {
         &mut self,
         pod_uid: &str,
         cgroup_dir: &Path,
+        egress: bool,
     ) -> Result<EnforcementAttach, CaptureError> {
         let enforcement = self.enforcement.as_mut().ok_or(CaptureError::Object {
             reason: "enforcement needs a bpffs pin directory (the agent's --bpf-pin-dir)".into(),
         })?;
-        enforcement.attach(&mut self.ebpf, pod_uid, cgroup_dir)
+        enforcement.attach(&mut self.ebpf, pod_uid, cgroup_dir, egress)
     }
 
     /// Detaches the enforcement program from a pod.
