@@ -473,3 +473,26 @@ pub fn metric_sample(text: &str, name: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(name))
         .and_then(|v| v.trim().parse::<f64>().ok())
 }
+
+/// A TCP connection from inside `from` (its cgroup and network namespace) to `to:port`: "open", or "refused"
+/// when the SYN is dropped (connect times out after 1 s) or reset.
+pub fn connect_from(stack: &Stack, from: &crate::RunningPod, to: &crate::RunningPod, port: u16) -> String {
+    let script = format!(
+        "import socket\n\
+         try:\n    socket.create_connection(('{}', {port}), timeout=1).close()\n    print('open')\n\
+         except OSError:\n    print('refused')\n",
+        to.ip
+    );
+    // In the pod's cgroup too: its egress enforcement sees only the pod's own sockets.
+    let out = stack
+        .kubelet
+        .exec_in_pod(from, &["timeout", "10", "python3", "-c", &script]);
+    if out.stdout.is_empty() {
+        eprintln!(
+            "exec in {} failed: {}",
+            from.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

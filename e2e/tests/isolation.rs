@@ -9,37 +9,14 @@
 use anyhow::{ensure, Context, Result};
 use palisade_e2e::argocd::assert_health;
 use palisade_e2e::palisade::{
-    events, get_json, http_request, metric_sample, send_injection, start_agent, wait_for, wait_for_object,
-    Stack,
+    connect_from, events, get_json, http_request, metric_sample, send_injection, start_agent, wait_for,
+    wait_for_object, Stack,
 };
 use palisade_e2e::{PodLaunch, RunningPod};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime};
 
 const WAIT: Duration = Duration::from_secs(45);
-
-/// A TCP connection from inside `from`'s network namespace to `to:port`: "open", or "refused"
-/// when the SYN is dropped (connect times out after 1 s) or reset.
-fn connect(stack: &Stack, from: &RunningPod, to: &RunningPod, port: u16) -> String {
-    let script = format!(
-        "import socket\n\
-         try:\n    socket.create_connection(('{}', {port}), timeout=1).close()\n    print('open')\n\
-         except OSError:\n    print('refused')\n",
-        to.ip
-    );
-    // In the pod's cgroup too: its egress enforcement sees only the pod's own sockets.
-    let out = stack
-        .kubelet
-        .exec_in_pod(from, &["timeout", "10", "python3", "-c", &script]);
-    if out.stdout.is_empty() {
-        eprintln!(
-            "exec in {} failed: {}",
-            from.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 /// Seconds from `since` (Unix seconds) until a connection from `from` to `to:8080` first fails,
 /// probing every 10 ms with 100 ms connect timeouts (bounded: 30 s).
@@ -109,10 +86,9 @@ async fn wait_connect(
     port: u16,
     want: &str,
 ) -> Result<()> {
-    wait_for(
-        WAIT,
-        || Ok((connect(stack, from, to, port) == want).then_some(())),
-    )
+    wait_for(WAIT, || {
+        Ok((connect_from(stack, from, to, port) == want).then_some(()))
+    })
     .await
     .with_context(|| format!("{} -> {}:{port} to be {want}", from.name, to.name))
 }
@@ -128,7 +104,7 @@ async fn isolate_release_expire_survive_kill_9_and_refuse() -> Result<()> {
         .kubelet
         .start_pod(pod("outside", "outsider-0", &[("app", "outsider")]))
         .await?;
-    assert_eq!(connect(&stack, &outsider, &api, 8080), "open", "baseline");
+    assert_eq!(connect_from(&stack, &outsider, &api, 8080), "open", "baseline");
 
     // Bad input is rejected at admission, naming the field.
     for (extra, field, words) in [
@@ -183,12 +159,12 @@ async fn isolate_release_expire_survive_kill_9_and_refuse() -> Result<()> {
         took * 1e3
     );
     assert_eq!(
-        connect(&stack, &outsider, &api, 8080),
+        connect_from(&stack, &outsider, &api, 8080),
         "refused",
         "outsider cut off"
     );
     assert_eq!(
-        connect(&stack, &neighbour, &api, 8080),
+        connect_from(&stack, &neighbour, &api, 8080),
         "open",
         "same namespace allowed"
     );
@@ -198,7 +174,7 @@ async fn isolate_release_expire_survive_kill_9_and_refuse() -> Result<()> {
         "the node (health probes) still gets through"
     );
     assert_eq!(
-        connect(&stack, &api, &outsider, 9090),
+        connect_from(&stack, &api, &outsider, 9090),
         "open",
         "egress is not denied unless asked"
     );
@@ -252,7 +228,7 @@ async fn isolate_release_expire_survive_kill_9_and_refuse() -> Result<()> {
         .apply_yaml(&isolation("quarantine", "demo-api", "  denyEgress: true\n"))?;
     wait_connect(&stack, &api, &outsider, 9090, "refused").await?;
     assert_eq!(
-        connect(&stack, &api, &neighbour, 9090),
+        connect_from(&stack, &api, &neighbour, 9090),
         "open",
         "same namespace still reachable"
     );
@@ -268,7 +244,7 @@ async fn isolate_release_expire_survive_kill_9_and_refuse() -> Result<()> {
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        connect(&stack, &outsider, &api, 8080),
+        connect_from(&stack, &outsider, &api, 8080),
         "refused",
         "isolation outlives the agent"
     );
@@ -285,7 +261,7 @@ async fn isolate_release_expire_survive_kill_9_and_refuse() -> Result<()> {
         Ok(Some(events(&stack.cp, "demo", "ApiIsolation", "IsolationAdopted")?).filter(|e| !e.is_empty()))
     })
     .await?;
-    assert_eq!(connect(&stack, &outsider, &api, 8080), "refused");
+    assert_eq!(connect_from(&stack, &outsider, &api, 8080), "refused");
     assert_eq!(
         links()?,
         2,
@@ -299,7 +275,11 @@ async fn isolate_release_expire_survive_kill_9_and_refuse() -> Result<()> {
         "  denyEgress: true\n  released: true\n",
     ))?;
     wait_connect(&stack, &outsider, &api, 8080, "open").await?;
-    assert_eq!(connect(&stack, &api, &outsider, 9090), "open", "egress restored");
+    assert_eq!(
+        connect_from(&stack, &api, &outsider, 9090),
+        "open",
+        "egress restored"
+    );
     let released = phase(&stack, "quarantine", "Released").await?;
     assert_health("ApiIsolation", &released, "Healthy")?;
     wait_for(WAIT, || {
@@ -358,7 +338,11 @@ async fn isolate_release_expire_survive_kill_9_and_refuse() -> Result<()> {
             && degraded.2.contains("cut the agents off from the operator"),
         "{degraded:?}"
     );
-    assert_eq!(connect(&stack, &outsider, &own, 9090), "open", "nothing enforced");
+    assert_eq!(
+        connect_from(&stack, &outsider, &own, 9090),
+        "open",
+        "nothing enforced"
+    );
     wait_for(WAIT, || {
         Ok(Some(events(&stack.cp, "demo", "ApiIsolation", "IsolationRefused")?).filter(|e| !e.is_empty()))
     })
@@ -462,7 +446,7 @@ spec:
     palisade_e2e::palisade::wait_policy_ready(&stack.cp, "demo", "quarantine-on-attack")
         .await
         .with_context(|| stack.operator.process.log_tail(30))?;
-    assert_eq!(connect(&stack, &bystander, &api, 8080), "open", "baseline");
+    assert_eq!(connect_from(&stack, &bystander, &api, 8080), "open", "baseline");
 
     let first = send_injection(&stack, &attacker, &api);
     ensure!(first == "200" || first == "refused", "unexpected answer {first}");
@@ -489,7 +473,7 @@ spec:
         "the attacker is cut off too"
     );
     assert_eq!(
-        connect(&stack, &neighbour, &api, 8080),
+        connect_from(&stack, &neighbour, &api, 8080),
         "open",
         "the namespace is still served"
     );
@@ -527,7 +511,7 @@ spec:
         "kill -9 {pid}"
     );
     assert_eq!(
-        connect(&stack, &bystander, &api, 8080),
+        connect_from(&stack, &bystander, &api, 8080),
         "refused",
         "outlives the agent"
     );

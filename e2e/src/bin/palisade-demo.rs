@@ -1,10 +1,12 @@
 //! `palisade-demo`: a local control plane, the operator, a node agent, the demo API as a pod,
-//! the sample ApiMonitor and ApiPolicy, benign and attack traffic, and what `kubectl` then shows.
+//! the sample ApiMonitor and ApiPolicy, benign and attack traffic, and what `kubectl` then shows;
+//! then an ApiIsolation quarantines the demo API (an outsider pod is refused, the node's probes
+//! still get through) and `kubectl delete` releases it.
 //! Run it through `bash hack/demo.sh` (as root). `--keep` leaves everything running until Ctrl-C.
 
 use anyhow::{Context, Result};
-use palisade_e2e::palisade::{http_request, Stack};
-use palisade_e2e::workspace_root;
+use palisade_e2e::palisade::{connect_from, demo_api_command, http_request, wait_for, Stack};
+use palisade_e2e::{workspace_root, PodLaunch};
 use std::time::Duration;
 
 fn show(stack: &Stack, args: &[&str]) -> Result<()> {
@@ -104,6 +106,8 @@ async fn main() -> Result<()> {
         ],
     )?;
 
+    isolation(&stack, &pod).await?;
+
     if keep {
         println!(
             "\nKUBECONFIG={} — everything keeps running until Ctrl-C",
@@ -112,5 +116,65 @@ async fn main() -> Result<()> {
         tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
     }
     pod.stop(stack.client.clone()).await?;
+    Ok(())
+}
+
+/// Quarantine the demo API with the sample ApiIsolation, show what it does, release it.
+async fn isolation(stack: &Stack, api: &palisade_e2e::RunningPod) -> Result<()> {
+    println!(
+        "\nisolation: a pod in another namespace reaches the demo API, then an ApiIsolation quarantines it"
+    );
+    stack.cp.kubectl_ok(&["create", "namespace", "outside"])?;
+    let outsider = stack
+        .kubelet
+        .start_pod(PodLaunch {
+            namespace: "outside".into(),
+            name: "outsider-0".into(),
+            labels: [("app".to_string(), "outsider".to_string())].into(),
+            command: demo_api_command(9090),
+            port: 9090,
+        })
+        .await?;
+    println!(
+        "outside/outsider-0 -> demo-api:8080: {}",
+        connect_from(stack, &outsider, api, 8080)
+    );
+    let sample = workspace_root().join("config/samples/response/apiisolation.yaml");
+    let sample = sample.display().to_string();
+    show(stack, &["apply", "-f", &sample])?;
+    wait_for(Duration::from_secs(30), || {
+        let phase = stack.cp.kubectl_ok(&[
+            "get",
+            "apiisolation",
+            "quarantine-demo-api",
+            "-n",
+            "demo",
+            "-o",
+            "jsonpath={.status.phase}",
+        ])?;
+        Ok((phase.trim() == "Active").then_some(()))
+    })
+    .await
+    .context("waiting for the isolation to be Active")?;
+    println!(
+        "outside/outsider-0 -> demo-api:8080: {}",
+        connect_from(stack, &outsider, api, 8080)
+    );
+    println!(
+        "the node (kubelet probes) -> demo-api:8080/healthz: HTTP {}",
+        http_request(api.addr(8080), "GET", "/healthz", &[], "")?
+    );
+    show(
+        stack,
+        &["describe", "apiisolation", "quarantine-demo-api", "-n", "demo"],
+    )?;
+    show(stack, &["delete", "-f", &sample])?;
+    wait_for(Duration::from_secs(30), || {
+        Ok((connect_from(stack, &outsider, api, 8080) == "open").then_some(()))
+    })
+    .await
+    .context("waiting for the release")?;
+    println!("after kubectl delete: outside/outsider-0 -> demo-api:8080: open");
+    outsider.stop(stack.client.clone()).await?;
     Ok(())
 }
