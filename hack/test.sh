@@ -8,6 +8,8 @@ export PALISADE_CACHE=${PALISADE_CACHE:-$HOME/.cache/palisade}
 # One target dir across clones, so a warm CI run rebuilds only what changed.
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PALISADE_CACHE/target}
 export CARGO_TERM_COLOR=never RUST_BACKTRACE=1
+# Incremental caches are keyed by the clone's path and CI clones afresh: they would only fill the disk.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 
 phase_start=$(date +%s); suite_start=$phase_start
 phase() { # $1 = name of the phase that just ended

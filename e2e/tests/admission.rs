@@ -61,7 +61,22 @@ async fn invalid_resources_are_rejected_with_the_field_named() -> Result<()> {
         (
             "blockSource without ttl",
             policy("  - name: r\n    detector: pathTraversal\n    actions: [{type: blockSource}]\n"),
-            vec!["spec.rules[0].actions[0].ttl", "blockSource needs a ttl"],
+            vec!["spec.rules[0].actions[0].ttl", "blockSource and isolate need a ttl"],
+        ),
+        (
+            "isolate without ttl",
+            policy("  - name: r\n    detector: pathTraversal\n    actions: [{type: isolate}]\n"),
+            vec!["spec.rules[0].actions[0].ttl", "blockSource and isolate need a ttl"],
+        ),
+        (
+            "allow on a blockSource",
+            policy("  - name: r\n    detector: pathTraversal\n    actions: [{type: blockSource, ttl: 1m, allow: {cidrs: ['10.0.0.0/8']}}]\n"),
+            vec!["spec.rules[0].actions[0]", "allow and denyEgress are for isolate only"],
+        ),
+        (
+            "isolate allowing the whole internet",
+            policy("  - name: r\n    detector: pathTraversal\n    actions: [{type: isolate, ttl: 1m, allow: {cidrs: ['0.0.0.0/0']}}]\n"),
+            vec!["spec.rules[0].actions[0].allow.cidrs", "no wider than /8"],
         ),
         (
             "detector and match both set",
