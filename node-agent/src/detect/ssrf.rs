@@ -260,6 +260,11 @@ impl Ssrf {
                 return Some(r);
             }
         }
+        // `http://1.1.1.1&@2.2.2.2#@3.3.3.3/`: a delimiter right before `@` makes parsers disagree
+        // on which host is meant.
+        if authority.contains("&@") || authority.contains("#@") || authority.contains("\\@") {
+            return Some("URL parser confusion");
+        }
         authority
             .split(['@', '\\', ' ', '&', '#'])
             .filter(|p| !p.is_empty())
@@ -288,7 +293,18 @@ impl Ssrf {
             return host.parse::<Ipv6Addr>().ok().and_then(|a| self.ipv6(a));
         }
         if let Some(addr) = parse_ipv4(host, numeric_ok) {
-            return self.ipv4(addr, numeric_ok);
+            // `http://3232235521/`, `http://0xc0a80014/`, `0300.0250.0.1`: a private address in a
+            // spelling no one uses except to get past a filter (URLs, or with `0x`).
+            let canonical = host.split('.').count() == 4
+                && host.split('.').all(|p| {
+                    !p.is_empty()
+                        && p.bytes().all(|b| b.is_ascii_digit())
+                        && (p == "0" || !p.starts_with('0'))
+                });
+            let evasive = !canonical && (numeric_ok || host.contains("0x"));
+            return self.ipv4(addr, numeric_ok).or_else(|| {
+                (evasive && is_private_v4(addr)).then_some("private address in an evasive spelling")
+            });
         }
         match host {
             "localhost"
@@ -350,6 +366,11 @@ impl Ssrf {
                 if let Some(addr) = parse_ipv4(&dotted, false) {
                     return self.ipv4(addr, false).or(Some("wildcard DNS to an address"));
                 }
+                // These services exist to turn a name into an address (xip.io also reads base-36
+                // labels: `1ynrnhl.xip.io`); a name under them is a pointer to some address.
+                if !label.is_empty() && !prefix.contains(' ') {
+                    return Some("wildcard DNS to an address");
+                }
             }
         }
         if self.paranoia >= 2
@@ -373,9 +394,7 @@ impl Ssrf {
             [169, 254, ..] => Some("link-local address"),
             [0, 0, 0, 0] => Some("unspecified address"),
             [0, ..] if numeric_ok => Some("unspecified address"),
-            _ if self.paranoia >= 2 && (a.is_private() || (o[0] == 100 && (64..128).contains(&o[1]))) => {
-                Some("private address")
-            }
+            _ if self.paranoia >= 2 && is_private_v4(a) => Some("private address"),
             _ => None,
         }
     }
@@ -409,6 +428,12 @@ impl Ssrf {
         }
         None
     }
+}
+
+/// RFC 1918 and shared (CGNAT, 100.64.0.0/10) addresses.
+fn is_private_v4(a: Ipv4Addr) -> bool {
+    let o = a.octets();
+    a.is_private() || (o[0] == 100 && (64..128).contains(&o[1]))
 }
 
 /// `host:port` without the port (not for bracketed or bare IPv6).
@@ -583,6 +608,38 @@ mod tests {
         assert!(d2
             .detect("http://svc.ns.svc.cluster.local/", false, true)
             .is_some());
+    }
+
+    #[test]
+    fn evasive_private_addresses_wildcard_dns_and_parser_confusion() {
+        let s = Ssrf::new(1, vec![]);
+        for attack in [
+            "http://3232235521/",
+            "http://0xc0a80014/",
+            "http://0300.0250.0.1/",
+            "http://10.1/",
+            "http://1ynrnhl.xip.io/",
+            "anything.nip.io",
+            "http://1.1.1.1&@2.2.2.2#@3.3.3.3/",
+        ] {
+            assert!(s.detect(attack, false, true).is_some(), "missed {attack:?}");
+        }
+        for ok in [
+            "http://192.168.1.1/",
+            "192.168.0.20",
+            "10.01.02.03",
+            "http://8.8.8.8/",
+            "http://134744072/",
+            "nip.io",
+            "https://user:p&ss@example.com/",
+            "http://example.com/#@top",
+        ] {
+            assert!(
+                s.detect(ok, false, true).is_none(),
+                "false positive on {ok:?}: {:?}",
+                s.detect(ok, false, true)
+            );
+        }
     }
 
     #[test]
