@@ -201,6 +201,9 @@ fn markdown(args: &Args, rounds: &[RoundFigures], elapsed: Duration) -> String {
          | one TCP connection per request (every SYN checked in the allow-list trie) | {new_in:.3} | {new_both:.3} | ≥ 0.99 |\n\n\
          `kubectl apply` of an ApiIsolation → the enforcement program attached on the node: median {apply_ms:.0} ms \
          (goal ≤ 1000 ms; the maps are written right after).\n\n\
+         Reading these figures: on a shared VM the ratio of one round swings by ±10–15 % either way, \
+         more than the programs cost; only the medians over many rounds say something, and more \
+         `--rounds` tighten them.\n\n\
          | round | keep-alive OFF req/s | INGRESS | BOTH | per-request connections OFF req/s | INGRESS | BOTH | apply → attached |\n\
          |---|---|---|---|---|---|---|---|\n",
         args.rounds,
