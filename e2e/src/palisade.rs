@@ -496,3 +496,23 @@ pub fn connect_from(stack: &Stack, from: &crate::RunningPod, to: &crate::Running
     }
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// Waits until the ApiPolicy `namespace/name`'s `status.actions.items` satisfy `check`.
+pub async fn wait_policy_actions(
+    cp: &ControlPlane,
+    (namespace, name): (&str, &str),
+    what: &str,
+    check: impl Fn(&[serde_json::Value]) -> bool,
+) -> Result<Vec<serde_json::Value>> {
+    wait_for_object(
+        cp,
+        what,
+        ("apipolicy", namespace, name),
+        Duration::from_secs(45),
+        |p| {
+            let items = p.pointer("/status/actions/items")?.as_array()?.clone();
+            check(&items).then_some(items)
+        },
+    )
+    .await
+}

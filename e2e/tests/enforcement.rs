@@ -7,7 +7,8 @@
 
 use anyhow::{ensure, Context, Result};
 use palisade_e2e::palisade::{
-    events, http_request, metric_sample, send_injection, start_agent, wait_for, wait_for_object, Stack,
+    events, http_request, metric_sample, send_injection, start_agent, wait_for, wait_for_object,
+    wait_policy_actions, Stack,
 };
 use palisade_e2e::PodLaunch;
 use std::collections::BTreeMap;
@@ -38,18 +39,6 @@ spec:
     )
 }
 
-async fn action_items(
-    stack: &Stack,
-    what: &str,
-    check: impl Fn(&[serde_json::Value]) -> bool,
-) -> Result<Vec<serde_json::Value>> {
-    wait_for_object(&stack.cp, what, ("apipolicy", "demo", "guard"), WAIT, |p| {
-        let items = p.pointer("/status/actions/items")?.as_array()?.clone();
-        check(&items).then_some(items)
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_then_enforce_block_expire_and_survive_kill_9() -> Result<()> {
     palisade_e2e::init_tracing();
@@ -74,7 +63,7 @@ async fn audit_then_enforce_block_expire_and_survive_kill_9() -> Result<()> {
 
     // Audit: recorded as "would have blocked", and the attacker goes on.
     assert_eq!(send_injection(&stack, &attacker, &pod), "200");
-    let items = action_items(&stack, "a would-block record", |items| {
+    let items = wait_policy_actions(&stack.cp, ("demo", "guard"), "a would-block record", |items| {
         items
             .iter()
             .any(|a| a["mode"] == "Audit" && a["state"] == "Active")
@@ -123,7 +112,7 @@ async fn audit_then_enforce_block_expire_and_survive_kill_9() -> Result<()> {
         200,
         "other clients still get through"
     );
-    let items = action_items(&stack, "an enforced block", |items| {
+    let items = wait_policy_actions(&stack.cp, ("demo", "guard"), "an enforced block", |items| {
         items
             .iter()
             .any(|a| a["mode"] == "Enforced" && a["state"] == "Active")
@@ -187,11 +176,16 @@ async fn audit_then_enforce_block_expire_and_survive_kill_9() -> Result<()> {
     );
     let agent = start_agent(&stack.cp, &stack.operator, "enforce-node", "agent-2", &[], &[])?;
     stack.agent = agent;
-    let items = action_items(&stack, "the block adopted by the new agent", |items| {
-        items
-            .iter()
-            .any(|a| a["lastChange"] == "adopted" && a["state"] == "Active")
-    })
+    let items = wait_policy_actions(
+        &stack.cp,
+        ("demo", "guard"),
+        "the block adopted by the new agent",
+        |items| {
+            items
+                .iter()
+                .any(|a| a["lastChange"] == "adopted" && a["state"] == "Active")
+        },
+    )
     .await?;
     println!(
         "after restart ({:?} into the new block): {items:#?}",
@@ -203,7 +197,7 @@ async fn audit_then_enforce_block_expire_and_survive_kill_9() -> Result<()> {
         "still blocked after the restart"
     );
     // The first block's end, as status and Events tell it.
-    let items = action_items(&stack, "the block's expiry", |items| {
+    let items = wait_policy_actions(&stack.cp, ("demo", "guard"), "the block's expiry", |items| {
         items
             .iter()
             .any(|a| a["mode"] == "Enforced" && a["lastChange"] == "expired")
@@ -228,12 +222,17 @@ async fn audit_then_enforce_block_expire_and_survive_kill_9() -> Result<()> {
         Ok((send_injection(&stack, &attacker, &pod) != "refused").then_some(()))
     })
     .await?;
-    action_items(&stack, "the adopted block's expiry", |items| {
-        items.iter().any(|a| a["lastChange"] == "expired")
-            && !items
-                .iter()
-                .any(|a| a["state"] == "Active" && a["mode"] == "Enforced")
-    })
+    wait_policy_actions(
+        &stack.cp,
+        ("demo", "guard"),
+        "the adopted block's expiry",
+        |items| {
+            items.iter().any(|a| a["lastChange"] == "expired")
+                && !items
+                    .iter()
+                    .any(|a| a["state"] == "Active" && a["mode"] == "Enforced")
+        },
+    )
     .await?;
     Ok(())
 }

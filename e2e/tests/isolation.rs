@@ -10,7 +10,7 @@ use anyhow::{ensure, Context, Result};
 use palisade_e2e::argocd::assert_health;
 use palisade_e2e::palisade::{
     connect_from, events, get_json, http_request, metric_sample, send_injection, start_agent, wait_for,
-    wait_for_object, Stack,
+    wait_for_object, wait_policy_actions, Stack,
 };
 use palisade_e2e::{PodLaunch, RunningPod};
 use std::collections::BTreeMap;
@@ -387,24 +387,6 @@ spec:
     Ok(())
 }
 
-async fn policy_actions(
-    stack: &Stack,
-    what: &str,
-    check: impl Fn(&[serde_json::Value]) -> bool,
-) -> Result<Vec<serde_json::Value>> {
-    wait_for_object(
-        &stack.cp,
-        what,
-        ("apipolicy", "demo", "quarantine-on-attack"),
-        WAIT,
-        |p| {
-            let items = p.pointer("/status/actions/items")?.as_array()?.clone();
-            check(&items).then_some(items)
-        },
-    )
-    .await
-}
-
 /// A policy rule's `isolate` action: the attack isolates the attacked pod in the kernel at once
 /// (outsiders refused, the namespace still served), for the action's ttl, across a `kill -9` of
 /// the agent, recorded in the policy's status and Events.
@@ -482,11 +464,16 @@ spec:
         200,
         "the node's probes still get through"
     );
-    let items = policy_actions(&stack, "an enforced isolation", |items| {
-        items
-            .iter()
-            .any(|a| a["action"] == "isolate" && a["mode"] == "Enforced" && a["state"] == "Active")
-    })
+    let items = wait_policy_actions(
+        &stack.cp,
+        ("demo", "quarantine-on-attack"),
+        "an enforced isolation",
+        |items| {
+            items
+                .iter()
+                .any(|a| a["action"] == "isolate" && a["mode"] == "Enforced" && a["state"] == "Active")
+        },
+    )
     .await?;
     assert_eq!(items[0]["pod"], "demo/demo-api-0", "{items:#?}");
     assert_eq!(items[0]["source"], attacker.ip.to_string());
@@ -523,11 +510,16 @@ spec:
         &[],
         &[],
     )?;
-    policy_actions(&stack, "the isolation adopted", |items| {
-        items
-            .iter()
-            .any(|a| a["action"] == "isolate" && a["lastChange"] == "adopted" && a["state"] == "Active")
-    })
+    wait_policy_actions(
+        &stack.cp,
+        ("demo", "quarantine-on-attack"),
+        "the isolation adopted",
+        |items| {
+            items
+                .iter()
+                .any(|a| a["action"] == "isolate" && a["lastChange"] == "adopted" && a["state"] == "Active")
+        },
+    )
     .await?;
     wait_connect(&stack, &bystander, &api, 8080, "open").await?;
     println!("isolation over after {:?} (ttl 15s)", started.elapsed());
@@ -536,11 +528,16 @@ spec:
         "ended too early: {:?}",
         started.elapsed()
     );
-    policy_actions(&stack, "the isolation's expiry", |items| {
-        items
-            .iter()
-            .any(|a| a["action"] == "isolate" && a["lastChange"] == "expired")
-    })
+    wait_policy_actions(
+        &stack.cp,
+        ("demo", "quarantine-on-attack"),
+        "the isolation's expiry",
+        |items| {
+            items
+                .iter()
+                .any(|a| a["action"] == "isolate" && a["lastChange"] == "expired")
+        },
+    )
     .await?;
     wait_for(WAIT, || {
         Ok(Some(events(&stack.cp, "demo", "ApiPolicy", "IsolationExpired")?).filter(|e| !e.is_empty()))
