@@ -961,6 +961,18 @@ impl<B: CaptureBackend> Runtime<B> {
                     pod_name: t.pod_name.clone(),
                     detail,
                 };
+                // One isolation per pod in the kernel: the first (the operator sends them by
+                // namespace/name) wins; the others say so instead of waiting for ever.
+                if let Some((_, _, first)) = desired
+                    .iter()
+                    .find(|(uid, _, _): &&(String, PathBuf, DesiredIsolation)| *uid == t.pod_uid)
+                {
+                    failed.push(fail(format!(
+                        "the pod is already isolated by ApiIsolation {}/{}: a pod is isolated by one ApiIsolation at a time (the first by namespace/name)",
+                        first.owner.namespace, first.owner.name
+                    )));
+                    continue;
+                }
                 let located = match self.attachments.get(&t.pod_uid) {
                     Some(att) => Ok((att.cgroup_dir.clone(), att.cgroup_id)),
                     None => match &self.cgroup_root {
@@ -1780,8 +1792,13 @@ mod tests {
         let mut b = target("uid-b", "b");
         b.pod_ips = vec!["10.0.0.9".into()];
         let mut c = config(1, vec![target("uid-a", "a")]);
-        // uid-b is not monitored: isolation finds its cgroup by itself; uid-gone has none.
-        c.isolations = vec![isolation(vec![b.clone(), target("uid-gone", "gone")])];
+        // uid-b is not monitored: isolation finds its cgroup by itself; uid-gone has none. A
+        // second isolation of uid-b does not take it over: it says why it does not apply.
+        let mut second = isolation(vec![b.clone()]);
+        if let Some(r) = second.isolation.as_mut() {
+            r.name = "zz-second".into();
+        }
+        c.isolations = vec![isolation(vec![b.clone(), target("uid-gone", "gone")]), second];
         rt.apply(c);
         let backend = rt.backend_mut().expect("backend");
         assert_eq!(backend.enforced, vec!["uid-b".to_string()]);
@@ -1802,7 +1819,17 @@ mod tests {
             );
         }
         let report = rt.take_report();
-        assert_eq!(report.isolations.len(), 1);
+        assert_eq!(report.isolations.len(), 2);
+        let second = &report.isolations[1].pods;
+        assert_eq!(second.len(), 1);
+        assert_eq!(second[0].state, "failed");
+        assert!(
+            second[0]
+                .detail
+                .contains("already isolated by ApiIsolation demo/quarantine"),
+            "{}",
+            second[0].detail
+        );
         let pods = &report.isolations[0].pods;
         assert_eq!(pods.len(), 2, "{pods:?}");
         assert_eq!(
