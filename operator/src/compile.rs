@@ -270,6 +270,7 @@ pub fn compile(
     pods: &[std::sync::Arc<Pod>],
     known_nodes: impl IntoIterator<Item = String>,
     openapi: &OpenApiDocuments,
+    operator_pod: Option<&(String, String)>,
 ) -> BTreeMap<String, NodeConfig> {
     let mut nodes: BTreeMap<String, NodeConfig> = known_nodes
         .into_iter()
@@ -325,8 +326,13 @@ pub fn compile(
             .iter()
             .map(|m| m.name_any())
             .collect();
+        let selected = policy_pods(policy, monitors, pods);
+        // A policy whose isolate actions could reach a protected pod keeps its other actions
+        // (its status says why, see `isolation::policy_isolate_refusal`).
+        let isolate_refused =
+            crate::isolation::policy_isolate_refusal(policy, &selected, operator_pod).is_some();
         let mut by_node: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-        for pod in policy_pods(policy, monitors, pods) {
+        for pod in selected {
             if let Some(node) = pod_node(pod) {
                 by_node
                     .entry(node)
@@ -345,16 +351,22 @@ pub fn compile(
                         .spec
                         .rules
                         .iter()
-                        .map(|rule| RuleConfig {
-                            actions: action_configs(
+                        .map(|rule| {
+                            let mut actions = action_configs(
                                 if rule.actions.is_empty() {
                                     &policy.spec.default_actions
                                 } else {
                                     &rule.actions
                                 },
                                 same_namespace,
-                            ),
-                            ..rule_config(rule)
+                            );
+                            if isolate_refused {
+                                actions.retain(|a| a.r#type != "isolate");
+                            }
+                            RuleConfig {
+                                actions,
+                                ..rule_config(rule)
+                            }
                         })
                         .collect(),
                 });
@@ -415,6 +427,7 @@ mod tests {
             &pods,
             ["n3".to_string()],
             &OpenApiDocuments::new(),
+            None,
         );
         assert_eq!(cfg.keys().collect::<Vec<_>>(), vec!["n1", "n2", "n3"]);
         let n1 = &cfg["n1"];
@@ -482,7 +495,7 @@ mod tests {
             ),
             (source("pending"), OpenApiDocument::Pending),
         ]);
-        let cfg = compile(&monitors, &[], &pods, [], &docs);
+        let cfg = compile(&monitors, &[], &pods, [], &docs, None);
         let by_name: BTreeMap<&str, &MonitorConfig> = cfg["n1"]
             .monitors
             .iter()

@@ -92,35 +92,6 @@ pub fn policy_isolate_refusal(
     })
 }
 
-/// Removes the `isolate` actions of refused policies (see [`policy_isolate_refusal`]) from the
-/// compiled node configurations.
-pub fn strip_refused_isolate_actions(
-    policies: &[Arc<palisade_api::v1alpha1::ApiPolicy>],
-    monitors: &[Arc<palisade_api::v1alpha1::ApiMonitor>],
-    pods: &[Arc<Pod>],
-    operator_pod: Option<&(String, String)>,
-    nodes: &mut BTreeMap<String, NodeConfig>,
-) {
-    for policy in policies {
-        let selected = crate::compile::policy_pods(policy, monitors, pods);
-        if policy_isolate_refusal(policy, &selected, operator_pod).is_none() {
-            continue;
-        }
-        let key = obj_key(policy.as_ref());
-        for cfg in nodes.values_mut() {
-            for p in cfg.policies.iter_mut().filter(|p| {
-                p.policy.as_ref().is_some_and(|r| {
-                    (r.namespace.as_str(), r.name.as_str()) == (key.0.as_str(), key.1.as_str())
-                })
-            }) {
-                for rule in &mut p.rules {
-                    rule.actions.retain(|a| a.r#type != "isolate");
-                }
-            }
-        }
-    }
-}
-
 /// What an isolation selects now.
 pub enum Selection<'a> {
     Pods(Vec<&'a Pod>),
@@ -269,11 +240,16 @@ pub fn desired_status(
             }
             Selection::Pods(selected) => {
                 let mut pods = vec![];
+                // Each node's agent state, read once (pods of one node share it).
+                let mut agents: BTreeMap<String, Option<crate::state::AgentState>> = BTreeMap::new();
                 for pod in &selected {
                     let node = pod_node(pod).unwrap_or_default().to_string();
                     let name = pod.name_any();
-                    let agent = hub.agent(&node);
-                    let reported = agent.as_ref().and_then(|a| {
+                    let agent = agents
+                        .entry(node.clone())
+                        .or_insert_with(|| hub.agent(&node))
+                        .as_ref();
+                    let reported = agent.and_then(|a| {
                         a.isolations
                             .get(&key)
                             .and_then(|r| r.pods.iter().find(|p| p.pod_name == name).cloned())
@@ -673,7 +649,7 @@ mod tests {
     }
 
     #[test]
-    fn a_policy_that_would_isolate_a_protected_pod_loses_its_isolate_actions() {
+    fn a_policy_that_would_isolate_a_protected_pod_is_compiled_without_its_isolate_actions() {
         let pods = vec![pod(
             "demo",
             "agent-0",
@@ -701,19 +677,13 @@ mod tests {
         let selected = crate::compile::policy_pods(&policy, std::slice::from_ref(&monitor), &pods);
         let why = policy_isolate_refusal(&policy, &selected, None).expect("refused");
         assert!(why.contains("demo/agent-0"), "{why}");
-        let mut nodes = crate::compile::compile(
+        let nodes = crate::compile::compile(
             std::slice::from_ref(&monitor),
             std::slice::from_ref(&policy),
             &pods,
             [],
             &Default::default(),
-        );
-        strip_refused_isolate_actions(
-            std::slice::from_ref(&policy),
-            std::slice::from_ref(&monitor),
-            &pods,
             None,
-            &mut nodes,
         );
         let actions: Vec<&str> = nodes["n1"].policies[0].rules[0]
             .actions

@@ -279,13 +279,13 @@ impl Hub {
             .cloned()
             .chain(inner.agents.keys().cloned())
             .collect();
-        let mut compiled = compile::compile(&monitors, &policies, &pods, known, &documents);
-        crate::isolation::strip_refused_isolate_actions(
-            &policies,
+        let mut compiled = compile::compile(
             &monitors,
+            &policies,
             &pods,
+            known,
+            &documents,
             self.operator_pod(),
-            &mut compiled,
         );
         crate::isolation::compile_isolations(
             &self.view.isolations.state(),
