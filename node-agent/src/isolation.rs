@@ -352,17 +352,25 @@ impl Isolator {
             .filter(|(_, a)| ending(a))
             .map(|(id, _)| *id)
             .collect();
+        if ended.is_empty() {
+            return;
+        }
+        // Final drop counts, one read of the map for all of them.
+        let counters: HashMap<u64, palisade_common::IsolationValue> = match backend.as_mut() {
+            Some(b) => b.isolations().into_iter().collect(),
+            None => HashMap::new(),
+        };
         for id in ended {
             let Some(mut a) = self.triggered.remove(&id) else {
                 continue;
             };
             if self.active.get(&id).is_some_and(|x| x.trigger.is_some()) {
                 self.active.remove(&id);
+                if let Some(v) = counters.get(&id) {
+                    a.dropped_ingress = v.dropped_ingress;
+                    a.dropped_egress = v.dropped_egress;
+                }
                 if let Some(b) = backend.as_mut() {
-                    if let Some((_, v)) = b.isolations().into_iter().find(|(k, _)| *k == id) {
-                        a.dropped_ingress = v.dropped_ingress;
-                        a.dropped_egress = v.dropped_egress;
-                    }
                     let allow: Vec<AllowPrefix> = a.desired.allow.iter().copied().collect();
                     if let Err(e) = b.unisolate(id, &allow) {
                         tracing::warn!(cgroup_id = id, error = %e, "ending an isolation");
@@ -430,6 +438,13 @@ impl Isolator {
                     continue;
                 };
                 d.expires_ns = value.expires_ns;
+                // The kernel entry stands; its allow-list is brought to what the policy asks now.
+                if let Some(b) = backend.as_mut() {
+                    let allow: Vec<AllowPrefix> = d.allow.iter().copied().collect();
+                    if let Err(e) = b.isolate(*id, d.expires_ns, d.flags, value.cause, &allow, &[]) {
+                        tracing::warn!(cgroup_id = id, error = %e, "refreshing an adopted isolation");
+                    }
+                }
                 let a = Active {
                     desired: d.clone(),
                     state: "adopted",
@@ -476,14 +491,6 @@ impl Isolator {
         for (id, d) in wanted {
             let previous = self.active.get(&id);
             if previous.is_some_and(|a| a.desired == d && a.state != "failed") {
-                if first && in_kernel.contains_key(&id) && previous.is_some_and(|a| a.trigger.is_some()) {
-                    // Adopted above: the kernel entry stands; refresh its allow-list.
-                    let allow: Vec<AllowPrefix> = d.allow.iter().copied().collect();
-                    let cause = in_kernel.get(&id).map(|v| v.cause).unwrap_or_default();
-                    if let Some(b) = backend.as_mut() {
-                        let _ = b.isolate(id, d.expires_ns, d.flags, cause, &allow, &[]);
-                    }
-                }
                 continue;
             }
             let remove: Vec<AllowPrefix> = previous
