@@ -29,7 +29,7 @@ use palisade_e2e::{ControlPlane, PodLaunch, RunningPod};
 use crate::measure::{CpuSample, WrkResult};
 use crate::report::{Completeness, Environment, Latency, Round, StateRun};
 
-pub(crate) const NAMESPACE: &str = "demo";
+const NAMESPACE: &str = "demo";
 const MONITOR: &str = "bench";
 const STATUS_WAIT: Duration = Duration::from_secs(60);
 /// Rounds run beyond `--rounds` at most, to replace rounds that other work on the machine disturbed.
@@ -40,7 +40,7 @@ const BUSY_THRESHOLD: f64 = 25.0;
 
 #[derive(Parser, Debug)]
 #[command(about = "Palisade's overhead benchmark: agent ON vs OFF, side by side in one run (needs root)")]
-pub(crate) struct Args {
+struct Args {
     /// Rounds of (agent OFF, agent ON).
     #[arg(long, default_value_t = 5)]
     rounds: u32,
@@ -77,15 +77,15 @@ pub(crate) struct Args {
 }
 
 impl Args {
-    pub(crate) fn pinned(&self) -> bool {
+    fn pinned(&self) -> bool {
         !self.no_pin && std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2
     }
     /// The CPU of the nginx workers.
-    pub(crate) fn server_cpu(&self) -> Option<usize> {
+    fn server_cpu(&self) -> Option<usize> {
         self.pinned().then_some(0)
     }
     /// The CPU of wrk and the open-loop generator.
-    pub(crate) fn client_cpu(&self) -> Option<usize> {
+    fn client_cpu(&self) -> Option<usize> {
         self.pinned().then_some(1)
     }
 }
@@ -124,7 +124,7 @@ macro_rules! step {
 }
 
 /// A running benchmark pod and its nginx worker.
-pub(crate) struct BenchPod {
+struct BenchPod {
     pod: RunningPod,
     worker: u32,
 }
@@ -133,7 +133,7 @@ impl BenchPod {
     fn addr(&self) -> SocketAddr {
         self.pod.addr(nginx::PORT)
     }
-    pub(crate) fn url(&self) -> String {
+    fn url(&self) -> String {
         format!("http://{}/", self.addr())
     }
 }
@@ -357,12 +357,7 @@ fn on_path(tool: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(tool).is_file()))
 }
 
-pub(crate) async fn start_nginx_pod(
-    stack: &Stack,
-    name: &str,
-    app: &str,
-    cpu: Option<usize>,
-) -> Result<BenchPod> {
+async fn start_nginx_pod(stack: &Stack, name: &str, app: &str, cpu: Option<usize>) -> Result<BenchPod> {
     let command = nginx::prepare(&stack.cp.dir().join(format!("nginx-{name}")))?;
     let pod = stack
         .kubelet

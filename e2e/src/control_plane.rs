@@ -281,7 +281,6 @@ current-context: palisade-e2e
         self.kubectl_os(args)
     }
 
-    /// Like [`ControlPlane::kubectl`], but fails (with stderr) on a non-zero exit and returns stdout.
     /// `kubectl apply` of YAML text (kept as a numbered file in the control plane's directory).
     pub fn apply_yaml(&self, yaml: &str) -> Result<String> {
         static APPLIED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -291,6 +290,14 @@ current-context: palisade-e2e
         self.kubectl_ok(&["apply", "-f", &file.display().to_string()])
     }
 
+    /// `kubectl apply -f config/samples`: the demo namespace, OpenAPI ConfigMap, ApiMonitor and
+    /// ApiPolicy, as the README applies them. Returns kubectl's output.
+    pub fn apply_samples(&self) -> Result<String> {
+        let samples = crate::workspace_root().join("config/samples");
+        self.kubectl_ok(&["apply", "-f", &samples.display().to_string()])
+    }
+
+    /// Like [`ControlPlane::kubectl`], but fails (with stderr) on a non-zero exit and returns stdout.
     pub fn kubectl_ok(&self, args: &[&str]) -> Result<String> {
         let out = self.kubectl(args)?;
         check_output(&format!("kubectl {}", args.join(" ")), &out)?;

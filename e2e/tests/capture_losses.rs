@@ -36,14 +36,7 @@ async fn losses_under_forced_overload_are_counted_exactly() -> Result<()> {
         &[],
         &["--drain-interval-ms", "4000"],
     )?;
-    cp.kubectl_ok(&[
-        "apply",
-        "-f",
-        &palisade_e2e::workspace_root()
-            .join("config/samples")
-            .display()
-            .to_string(),
-    ])?;
+    cp.apply_samples()?;
     let pod = kubelet
         .start_pod(PodLaunch {
             namespace: "demo".into(),

@@ -160,14 +160,7 @@ async fn audit_then_enforce_block_expire_and_survive_kill_9() -> Result<()> {
     })
     .await?;
     let reblocked_at = std::time::Instant::now();
-    let pid = stack.agent.pid().to_string();
-    ensure!(
-        std::process::Command::new("kill")
-            .args(["-9", &pid])
-            .status()?
-            .success(),
-        "kill -9 {pid}"
-    );
+    stack.agent.kill(); // SIGKILL, like kill -9
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         send_injection(&stack, &attacker, &pod),

@@ -234,14 +234,7 @@ async fn isolate_release_expire_survive_kill_9_and_refuse() -> Result<()> {
     );
 
     // kill -9 the agent: still isolated; the restarted agent adopts it without a second program.
-    let pid = stack.agent.pid().to_string();
-    ensure!(
-        std::process::Command::new("kill")
-            .args(["-9", &pid])
-            .status()?
-            .success(),
-        "kill -9 {pid}"
-    );
+    stack.agent.kill(); // SIGKILL, like kill -9
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         connect_from(&stack, &outsider, &api, 8080),
@@ -489,14 +482,7 @@ spec:
     .await?;
 
     // kill -9: still isolated; the restarted agent adopts it, and it still ends at its ttl.
-    let pid = stack.agent.pid().to_string();
-    ensure!(
-        std::process::Command::new("kill")
-            .args(["-9", &pid])
-            .status()?
-            .success(),
-        "kill -9 {pid}"
-    );
+    stack.agent.kill(); // SIGKILL, like kill -9
     assert_eq!(
         connect_from(&stack, &bystander, &api, 8080),
         "refused",

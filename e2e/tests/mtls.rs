@@ -251,14 +251,7 @@ async fn agents_need_a_certificate_from_the_client_ca() -> Result<()> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut agent = start_agent(&cp, &operator, NODE, "agent", &[], &args)?;
 
-    cp.kubectl_ok(&[
-        "apply",
-        "-f",
-        &palisade_e2e::workspace_root()
-            .join("config/samples")
-            .display()
-            .to_string(),
-    ])?;
+    cp.apply_samples()?;
     let _pod = palisade_e2e::palisade::start_demo_pod(&kubelet, "demo-api-0").await?;
     monitor_ready(&cp, NODE).await?;
     agent.ensure_running()?;
@@ -393,14 +386,7 @@ async fn rotated_certificates_are_used_without_restart() -> Result<()> {
     let args = tls_agent_args(&agent_tls, grpc);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut agent = start_agent(&cp, &operator, NODE, "agent", &[], &args)?;
-    cp.kubectl_ok(&[
-        "apply",
-        "-f",
-        &palisade_e2e::workspace_root()
-            .join("config/samples")
-            .display()
-            .to_string(),
-    ])?;
+    cp.apply_samples()?;
     let _pod = palisade_e2e::palisade::start_demo_pod(&kubelet, "demo-api-0").await?;
     monitor_ready(&cp, NODE).await?;
 

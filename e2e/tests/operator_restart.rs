@@ -23,10 +23,7 @@ async fn counts_survive_an_operator_restart() -> Result<()> {
         return Ok(());
     }
     let mut stack = Stack::start("restart-node").await?;
-    let samples = palisade_e2e::workspace_root().join("config/samples");
-    stack
-        .cp
-        .kubectl_ok(&["apply", "-f", &samples.display().to_string()])?;
+    stack.cp.apply_samples()?;
     let pod = stack.start_demo_pod("demo-api-0").await?;
     let cp = &stack.cp;
     wait_for_object(

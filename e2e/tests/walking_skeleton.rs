@@ -48,14 +48,7 @@ async fn apply_capture_detect_describe_detach() -> Result<()> {
     let grpc_wire = &stack.grpc_wire;
 
     // The samples create the demo namespace, the ApiMonitor and the ApiPolicy.
-    let applied = cp.kubectl_ok(&[
-        "apply",
-        "-f",
-        &palisade_e2e::workspace_root()
-            .join("config/samples")
-            .display()
-            .to_string(),
-    ])?;
+    let applied = cp.apply_samples()?;
     ensure!(
         applied.contains("apimonitor.palisade.dev/demo-api created"),
         "{applied}"
