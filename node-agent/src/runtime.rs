@@ -159,6 +159,19 @@ struct CompiledPolicy {
 }
 
 impl CompiledPolicy {
+    /// Whether the policy judges a record of `pod` that the monitors `watched_by` (indexes into
+    /// the config, whose keys are `monitor_keys`) watch.
+    fn applies(&self, pod: &WatchedPod, watched_by: &[usize], monitor_keys: &[Key]) -> bool {
+        self.pod_uids.contains(&pod.uid) && watched_by.iter().any(|i| self.watched_by(monitor_keys, *i))
+    }
+
+    /// Whether the monitor at `index` of the config is one of the policy's.
+    fn watched_by(&self, monitor_keys: &[Key], index: usize) -> bool {
+        monitor_keys
+            .get(index)
+            .is_some_and(|(_, name)| self.monitors.contains(name))
+    }
+
     /// Whether some rule acts in the kernel, blocking sources or isolating pods (its pods need
     /// the enforcement programs in enforce mode).
     fn acts_in_kernel(&self) -> bool {
@@ -239,30 +252,75 @@ struct EndpointCounter {
 }
 
 impl MonitorPending {
-    /// Takes the endpoint counts and overflow accumulated since the last report.
+    /// The counter of one endpoint and status, made when missing unless `cap` endpoints are
+    /// known already (`None`). Looked up by borrowed strings: nothing is allocated for an
+    /// endpoint seen before.
+    fn counter(&mut self, method: &str, path: &str, status: u32, cap: usize) -> Option<&mut EndpointCounter> {
+        if !self
+            .endpoints
+            .get(method)
+            .is_some_and(|paths| paths.contains_key(path))
+        {
+            if self.known >= cap {
+                return None;
+            }
+            self.known += 1;
+            self.endpoints
+                .entry(method.to_string())
+                .or_default()
+                .insert(path.to_string(), Vec::new());
+        }
+        let statuses = self.endpoints.get_mut(method)?.get_mut(path)?;
+        let i = match statuses.iter().position(|(s, _)| *s == status) {
+            Some(i) => i,
+            None => {
+                statuses.push((status, EndpointCounter::default()));
+                statuses.len() - 1
+            }
+        };
+        Some(&mut statuses[i].1)
+    }
+
+    /// Whether anything was counted since the last report.
+    fn has_deltas(&self) -> bool {
+        self.overflow_requests > 0
+            || self
+                .endpoints
+                .values()
+                .any(|paths| paths.values().any(|statuses| !statuses.is_empty()))
+    }
+
+    /// Takes the endpoint counts and overflow accumulated since the last report (sorted by
+    /// method, path and status); the endpoints stay known.
     fn take_deltas(&mut self) -> (Vec<EndpointDelta>, u64) {
-        let endpoints = std::mem::take(&mut self.endpoints)
-            .into_iter()
-            .map(|((method, path, status), c)| EndpointDelta {
-                method,
-                path,
-                status,
-                count: c.count,
-                last_seen_unix_ms: c.last_seen_unix_ms,
-                east_west: c.east_west,
-                exceptions: c.exceptions,
-            })
-            .collect();
+        let mut endpoints = vec![];
+        for (method, paths) in &mut self.endpoints {
+            for (path, statuses) in paths {
+                endpoints.extend(statuses.drain(..).map(|(status, c)| EndpointDelta {
+                    method: method.clone(),
+                    path: path.clone(),
+                    status,
+                    count: c.count,
+                    last_seen_unix_ms: c.last_seen_unix_ms,
+                    east_west: c.east_west,
+                    exceptions: c.exceptions,
+                }));
+            }
+        }
+        endpoints.sort_by(|a, b| (&a.method, &a.path, a.status).cmp(&(&b.method, &b.path, b.status)));
         (endpoints, std::mem::take(&mut self.overflow_requests))
     }
 }
 
 #[derive(Default)]
 struct MonitorPending {
-    endpoints: BTreeMap<(String, String, u32), EndpointCounter>,
+    /// Method → path template → counts per status since the last report. Endpoints stay when
+    /// their counts are taken: the keys are every endpoint seen since start (bounded by the
+    /// monitor's cap).
+    endpoints: HashMap<String, HashMap<String, Vec<(u32, EndpointCounter)>>>,
+    /// Endpoints in `endpoints`.
+    known: usize,
     overflow_requests: u64,
-    /// Distinct endpoints seen since start (for the per-node cap).
-    known: HashSet<(String, String)>,
 }
 
 pub struct Runtime<B: CaptureBackend> {
@@ -288,6 +346,13 @@ pub struct Runtime<B: CaptureBackend> {
     metrics: AgentMetrics,
     /// One per monitor of the current config, same order.
     redactors: Vec<Redactor>,
+    /// One per monitor of the current config, same order: its (namespace, name), so the hot
+    /// path borrows them instead of cloning.
+    monitor_keys: Vec<Key>,
+    /// What the parser keeps of each message, from the current config ([`Self::capture_limits`]).
+    limits: CaptureLimits,
+    /// Events of the record being processed (kept to reuse its allocation).
+    events: Vec<HttpEvent>,
     /// One per monitor of the current config, same order: its OpenAPI document, when loaded.
     openapi: Vec<Option<OpenApiIndex>>,
     /// Kernel `records_lost` at the previous report.
@@ -362,6 +427,9 @@ impl<B: CaptureBackend> Runtime<B> {
             clock_offset_ns,
             metrics: AgentMetrics::new(),
             redactors: vec![],
+            monitor_keys: vec![],
+            limits: CaptureLimits::default(),
+            events: Vec::new(),
             openapi: vec![],
             last_records_lost: 0,
             last_untracked: 0,
@@ -596,6 +664,7 @@ impl<B: CaptureBackend> Runtime<B> {
         self.monitor_errors.clear();
         self.monitor_probes.clear();
         self.redactors.clear();
+        self.monitor_keys = config.monitors.iter().map(|m| key(&m.monitor)).collect();
         self.openapi = config.monitors.iter().map(OpenApiIndex::from_config).collect();
         for monitor in &config.monitors {
             let k = key(&monitor.monitor);
@@ -708,6 +777,7 @@ impl<B: CaptureBackend> Runtime<B> {
             .collect();
         self.applied_version = config.version;
         self.config = config;
+        self.limits = self.capture_limits();
         self.sync_enforcement();
         self.sync_tls();
     }
@@ -1126,17 +1196,17 @@ impl<B: CaptureBackend> Runtime<B> {
         if self.resolve_pod(header.cgroup_id, header.timestamp_ns).is_none() {
             return; // a pod detached a moment ago
         }
-        let limits = self.capture_limits();
-        let mut events = Vec::new();
-        self.tracker.feed(header, data, &limits, &mut events);
-        self.handle_events(events);
+        let mut events = std::mem::take(&mut self.events);
+        self.tracker.feed(header, data, &self.limits, &mut events);
+        self.handle_events(&mut events);
+        self.events = events;
     }
 
     /// Detection on requests, endpoint counts on exchanges. An event may belong to another
     /// connection than the record that completed it (one closed to make room, or by
     /// housekeeping), so the pod and the TLS flag come from the event.
-    fn handle_events(&mut self, events: Vec<HttpEvent>) {
-        for event in events {
+    fn handle_events(&mut self, events: &mut Vec<HttpEvent>) {
+        for event in events.drain(..) {
             let request = match &event {
                 HttpEvent::Request(r) => r,
                 HttpEvent::Exchange(x) => &x.request,
@@ -1189,7 +1259,12 @@ impl<B: CaptureBackend> Runtime<B> {
     }
 
     fn detect(&mut self, pod: &WatchedPod, req: &Request) {
-        let (watched_by, Some(first)) = self.watching(pod, req.local.1) else {
+        // Most monitored traffic has no policy: decide that before any work.
+        if !self.policies.iter().any(|p| p.pod_uids.contains(&pod.uid)) {
+            return;
+        }
+        let watched_by = self.watching(pod, req.local.1);
+        let Some(first) = self.redactor_index(&watched_by) else {
             return;
         };
         let redactor = &self.redactors[first];
@@ -1214,9 +1289,7 @@ impl<B: CaptureBackend> Runtime<B> {
         };
         let mut triggered = vec![];
         for (pi, policy) in self.policies.iter().enumerate() {
-            if !policy.pod_uids.contains(&pod.uid)
-                || !watched_by.iter().any(|(m, _)| policy.monitors.contains(m))
-            {
+            if !policy.applies(pod, &watched_by, &self.monitor_keys) {
                 continue;
             }
             for (ri, (_, rule)) in policy.rules.iter().enumerate() {
@@ -1234,23 +1307,18 @@ impl<B: CaptureBackend> Runtime<B> {
         }
     }
 
-    /// The monitors of `pod` that watch the current record's port (name and index in the
-    /// config), and the index of the first (its redactor applies).
-    fn watching(&self, pod: &WatchedPod, local_port: u16) -> (Vec<(String, usize)>, Option<usize>) {
-        let watching: Vec<(String, usize)> = pod
-            .monitors
+    /// The monitors of `pod` (indexes into the config) that watch the current record's port.
+    fn watching(&self, pod: &WatchedPod, local_port: u16) -> Vec<usize> {
+        pod.monitors
             .iter()
             .copied()
-            .filter_map(|i| {
-                let m = self.monitor(i)?;
-                self.port_watched(m, local_port).then(|| (key(&m.monitor).1, i))
-            })
-            .collect();
-        let first = watching
-            .first()
-            .map(|(_, i)| *i)
-            .filter(|i| *i < self.redactors.len());
-        (watching, first)
+            .filter(|i| self.monitor(*i).is_some_and(|m| self.port_watched(m, local_port)))
+            .collect()
+    }
+
+    /// The monitor whose redactor applies to a record its monitors watch: the first.
+    fn redactor_index(&self, watched_by: &[usize]) -> Option<usize> {
+        watched_by.first().copied().filter(|i| *i < self.redactors.len())
     }
 
     /// The client of a request as findings name it, and its traffic class.
@@ -1271,12 +1339,13 @@ impl<B: CaptureBackend> Runtime<B> {
         if !self
             .policies
             .iter()
-            .any(|p| p.rules.iter().any(|(_, r)| r.is_behavioural()))
+            .any(|p| p.pod_uids.contains(&pod.uid) && p.rules.iter().any(|(_, r)| r.is_behavioural()))
         {
             return;
         }
         let req = &ex.request;
-        let (watched_by, Some(first)) = self.watching(pod, req.local.1) else {
+        let watched_by = self.watching(pod, req.local.1);
+        let Some(first) = self.redactor_index(&watched_by) else {
             return;
         };
         let redactor = &self.redactors[first];
@@ -1306,16 +1375,14 @@ impl<B: CaptureBackend> Runtime<B> {
         };
         let mut triggered = vec![];
         for (pi, policy) in self.policies.iter_mut().enumerate() {
-            if !policy.pod_uids.contains(&pod.uid)
-                || !watched_by.iter().any(|(m, _)| policy.monitors.contains(m))
-            {
+            if !policy.applies(pod, &watched_by, &self.monitor_keys) {
                 continue;
             }
             // The document of the first monitor of this policy that watched the exchange.
             let openapi = watched_by
                 .iter()
-                .filter(|(m, _)| policy.monitors.contains(m))
-                .find_map(|(_, i)| self.openapi.get(*i).and_then(Option::as_ref));
+                .filter(|i| policy.watched_by(&self.monitor_keys, **i))
+                .find_map(|i| self.openapi.get(*i).and_then(Option::as_ref));
             for (ri, (_, rule)) in policy.rules.iter_mut().enumerate() {
                 let Some(detection) = rule.evaluate_exchange(&view, openapi) else {
                     continue;
@@ -1331,58 +1398,57 @@ impl<B: CaptureBackend> Runtime<B> {
         }
     }
 
+    /// RED metrics and the endpoint inventory. Runs for every captured exchange: borrows the
+    /// monitor's name, the method and (when it is its own template) the path.
     fn count_endpoint(&mut self, pod: &WatchedPod, ex: &Exchange) {
         let now_ms = self.unix_ms(ex.request.timestamp_ns + ex.latency_ns);
         let template = template_path(&ex.request.target);
-        let method = ex.request.method.clone();
+        let method = ex.request.method.as_str();
         // Server errors that show a stack trace or a debug page (APM), when bodies are captured.
         let exception = ex.status >= 500 && crate::detect::exposure::shows_exception(&ex.response.body);
-        for index in &pod.monitors {
-            let Some(monitor) = self.monitor(*index) else {
+        let east_west =
+            !self.record_is_tls && traffic_class(&self.cluster_cidrs, ex.request.remote.0) == "east-west";
+        for &index in &pod.monitors {
+            let (Some(monitor), Some(monitor_key)) = (self.monitor(index), self.monitor_keys.get(index))
+            else {
                 continue;
             };
             if !monitor.discovery || !self.port_watched(monitor, ex.request.local.1) {
                 continue;
             }
-            let (namespace, name) = key(&monitor.monitor);
+            let cap = monitor.max_endpoints.max(1) as usize;
             self.metrics.exchange(&crate::metrics::ExchangeSample {
-                namespace: &namespace,
-                monitor: &name,
-                method: &method,
+                namespace: &monitor_key.0,
+                monitor: &monitor_key.1,
+                method,
                 path: &template,
                 status: ex.status,
                 seconds: ex.latency_ns as f64 / 1e9,
                 exception,
             });
-            let cap = monitor.max_endpoints.max(1) as usize;
-            let pending = self.monitors_pending.entry(key(&monitor.monitor)).or_default();
-            let id = (method.clone(), template.clone());
-            if !pending.known.contains(&id) {
-                if pending.known.len() >= cap {
-                    pending.overflow_requests += 1;
-                    continue;
-                }
-                pending.known.insert(id);
+            if !self.monitors_pending.contains_key(monitor_key) {
+                self.monitors_pending
+                    .insert(monitor_key.clone(), MonitorPending::default());
             }
-            let counter = pending
-                .endpoints
-                .entry((method.clone(), template.clone(), ex.status as u32))
-                .or_default();
+            let Some(pending) = self.monitors_pending.get_mut(monitor_key) else {
+                continue;
+            };
+            let Some(counter) = pending.counter(method, &template, u32::from(ex.status), cap) else {
+                pending.overflow_requests += 1;
+                continue;
+            };
             counter.count += 1;
             counter.exceptions += u64::from(exception);
-            if !self.record_is_tls && traffic_class(&self.cluster_cidrs, ex.request.remote.0) == "east-west" {
-                counter.east_west += 1;
-            }
+            counter.east_west += u64::from(east_west);
             counter.last_seen_unix_ms = now_ms;
         }
     }
 
     /// Forgets idle connections.
     pub fn housekeeping(&mut self, now_ns: u64) {
-        let limits = self.capture_limits();
         let mut events = Vec::new();
-        self.tracker.evict_idle_into(now_ns, &limits, &mut events);
-        self.handle_events(events);
+        self.tracker.evict_idle_into(now_ns, &self.limits, &mut events);
+        self.handle_events(&mut events);
         self.sync_tls();
     }
 
@@ -1494,7 +1560,7 @@ impl<B: CaptureBackend> Runtime<B> {
             .iter_mut()
             .filter(|(k, _)| !configured.contains(*k))
         {
-            if pending.endpoints.is_empty() && pending.overflow_requests == 0 {
+            if !pending.has_deltas() {
                 continue;
             }
             let (endpoints, overflow_requests) = pending.take_deltas();
@@ -1617,7 +1683,10 @@ impl<B: CaptureBackend> Runtime<B> {
             let pending = self.monitors_pending.entry(key(&m.monitor)).or_default();
             pending.overflow_requests += m.overflow_requests;
             for e in m.endpoints {
-                let c = pending.endpoints.entry((e.method, e.path, e.status)).or_default();
+                // Endpoints of an undelivered report were counted under the cap already.
+                let Some(c) = pending.counter(&e.method, &e.path, e.status, usize::MAX) else {
+                    continue;
+                };
                 c.count += e.count;
                 c.east_west += e.east_west;
                 c.exceptions += e.exceptions;

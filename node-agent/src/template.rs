@@ -1,6 +1,8 @@
 //! Path templating: identifiers in paths become `{id}`, so an endpoint inventory stays small
 //! however many objects (or random paths) clients touch.
 
+use std::borrow::Cow;
+
 /// Whether a path segment looks like an identifier rather than a fixed name.
 pub fn is_identifier(segment: &str) -> bool {
     if segment.is_empty() {
@@ -24,12 +26,26 @@ pub fn is_identifier(segment: &str) -> bool {
     all_digits || is_uuid || hex_with_digit || long_random
 }
 
+const MAX_SEGMENTS: usize = 16;
+const MAX_LEN: usize = 256;
+
 /// `/users/42/orders/9f8e...?x=1` -> `/users/{id}/orders/{id}`. Query and fragment are dropped;
 /// the result is cut at `max_segments` segments and 256 bytes so that it stays bounded.
-pub fn template_path(target: &str) -> String {
-    const MAX_SEGMENTS: usize = 16;
-    const MAX_LEN: usize = 256;
+///
+/// Borrows the path when it is its own template (no identifier, within the bounds), as most
+/// requests' paths are: this runs for every captured exchange.
+pub fn template_path(target: &str) -> Cow<'_, str> {
     let path = target.split(['?', '#']).next().unwrap_or("");
+    if path.is_empty() {
+        return Cow::Borrowed("/");
+    }
+    let own_template = path.starts_with('/')
+        && path.len() <= MAX_LEN
+        && path.bytes().filter(|b| *b == b'/').count() <= MAX_SEGMENTS
+        && !path.split('/').skip(1).any(is_identifier);
+    if own_template {
+        return Cow::Borrowed(path);
+    }
     let mut out = String::with_capacity(path.len().min(MAX_LEN));
     for (i, segment) in path.split('/').skip(1).enumerate() {
         if i >= MAX_SEGMENTS {
@@ -53,7 +69,7 @@ pub fn template_path(target: &str) -> String {
         }
         out.truncate(cut);
     }
-    out
+    Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -85,5 +101,26 @@ mod tests {
         assert!(template_path(&deep).ends_with("/{...}"));
         let long = format!("/{}", "x".repeat(1000));
         assert!(template_path(&long).len() <= 256);
+    }
+
+    #[test]
+    fn paths_that_are_their_own_template_are_borrowed_unchanged() {
+        for (target, template, borrowed) in [
+            ("/api/v1/health?verbose=1", "/api/v1/health", true),
+            ("//double//slash", "//double//slash", true),
+            ("/", "/", true),
+            ("/users/42", "/users/{id}", false),
+            ("users/42", "/{id}", false),
+            ("*", "/", false),
+            ("http://example.com/a", "//example.com/a", false),
+        ] {
+            let t = template_path(target);
+            assert_eq!(t, template, "{target}");
+            assert_eq!(matches!(t, Cow::Borrowed(_)), borrowed, "{target}");
+        }
+        let sixteen = "/a".repeat(16);
+        assert_eq!(template_path(&sixteen), sixteen);
+        let seventeen = "/a".repeat(17);
+        assert_eq!(template_path(&seventeen), format!("{sixteen}/{{...}}"));
     }
 }

@@ -269,8 +269,11 @@ impl Conn {
         for p in self.pending.drain(..) {
             drops.unanswered_requests += 1;
             if !p.emitted {
+                let done = p.done;
                 let mut request = p.request;
-                request.body_truncated |= !p.done;
+                if let Some(r) = std::sync::Arc::get_mut(&mut request) {
+                    r.body_truncated |= !done;
+                }
                 out.push(HttpEvent::Request(request));
             }
         }
@@ -302,10 +305,15 @@ impl Conn {
             }
         };
         for p in &mut self.pending {
-            strip(&mut p.request.body, &mut p.request.body_truncated);
-            if p.emitted {
-                p.request.headers = Vec::new();
-                p.head_bytes = p.request.method.len() + p.request.target.len();
+            let emitted = p.emitted;
+            // A request whose event is still held elsewhere keeps its memory until the
+            // exchange takes it back (events are handled right after the record that made them).
+            let Some(r) = p.request_mut() else { continue };
+            strip(&mut r.body, &mut r.body_truncated);
+            if emitted {
+                r.headers = Vec::new();
+                let bytes = r.method.len() + r.target.len();
+                p.head_bytes = bytes;
             }
         }
         if let Some(b) = self.response.as_mut() {

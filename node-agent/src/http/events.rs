@@ -81,8 +81,9 @@ pub struct Exchange {
 /// What the parser produced.
 #[derive(Clone, Debug)]
 pub enum HttpEvent {
-    /// A request, once its head and body were read (or it was cut short).
-    Request(Request),
+    /// A request, once its head and body were read (or it was cut short). Shared with the
+    /// connection, which keeps it until its response comes.
+    Request(std::sync::Arc<Request>),
     /// A request and its response, once the response was read.
     Exchange(Exchange),
 }

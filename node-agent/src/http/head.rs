@@ -87,10 +87,12 @@ pub(crate) fn parse(buf: &[u8], kind: Kind) -> Parsed {
             None => return Parsed::Partial,
         },
     };
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    // Uninitialised: writing 100 empty headers first cost more than parsing a small head.
+    let mut headers = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let config = httparse::ParserConfig::default();
     if response {
-        let mut resp = httparse::Response::new(&mut headers);
-        match resp.parse(buf) {
+        let mut resp = httparse::Response::new(&mut []);
+        match config.parse_response_with_uninit_headers(&mut resp, buf, &mut headers) {
             Ok(httparse::Status::Complete(len)) => Parsed::Complete(Head {
                 start: Start::Response {
                     status: resp.code.unwrap_or(0),
@@ -102,8 +104,8 @@ pub(crate) fn parse(buf: &[u8], kind: Kind) -> Parsed {
             Err(e) => invalid(e),
         }
     } else {
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(buf) {
+        let mut req = httparse::Request::new(&mut []);
+        match config.parse_request_with_uninit_headers(&mut req, buf, &mut headers) {
             Ok(httparse::Status::Complete(len)) => Parsed::Complete(Head {
                 start: Start::Request {
                     method: req.method.unwrap_or("").to_string(),

@@ -8,6 +8,7 @@ use super::{
     Exchange, FlowKey, HttpEvent, ParserDrops, PodRole, Request, Response, MAX_PENDING_PER_CONNECTION,
 };
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 /// Which message a direction's body bytes belong to.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -21,13 +22,24 @@ pub(super) enum Current {
 #[derive(Debug)]
 pub(super) struct Pending {
     pub(super) id: u64,
-    pub(super) request: Request,
+    /// Shared with the `Request` event once emitted (no copy of the head per request); the
+    /// event's holder drops its share before the response ends, so the exchange takes it back.
+    /// Changed only while not shared ([`Pending::request_mut`]).
+    pub(super) request: Arc<Request>,
     /// The request's body was read to its end.
     pub(super) done: bool,
     /// A `Request` event was sent.
     pub(super) emitted: bool,
     /// Bytes of its head fields, for memory accounting.
     pub(super) head_bytes: usize,
+}
+
+impl Pending {
+    /// The request, to change while nobody else holds it: before its event, or after the
+    /// event's holder let go of it (`None` otherwise).
+    pub(super) fn request_mut(&mut self) -> Option<&mut Request> {
+        Arc::get_mut(&mut self.request)
+    }
 }
 
 #[derive(Debug)]
@@ -102,10 +114,10 @@ impl ConnSink<'_> {
             return; // unmatched (counted) or its request was dropped by the pending cap
         }
         let Some(p) = self.pending.pop_front() else { return };
-        let mut request = p.request;
+        let mut request = Arc::unwrap_or_clone(p.request);
         request.body_truncated |= !p.done;
         if !p.emitted {
-            self.out.push(HttpEvent::Request(request.clone()));
+            self.out.push(HttpEvent::Request(Arc::new(request.clone())));
         }
         let latency_ns = ts.saturating_sub(request.timestamp_ns);
         self.out.push(HttpEvent::Exchange(Exchange {
@@ -149,7 +161,7 @@ impl Sink for ConnSink<'_> {
         let head_bytes = method.len() + target.len() + fields_bytes(&head.headers);
         self.pending.push_back(Pending {
             id,
-            request: Request {
+            request: Arc::new(Request {
                 cgroup_id: self.key.cgroup_id,
                 tls: self.key.tls,
                 role: if self.ingress {
@@ -166,7 +178,7 @@ impl Sink for ConnSink<'_> {
                 body: Vec::new(),
                 body_len: 0,
                 body_truncated: false,
-            },
+            }),
             done: false,
             emitted: false,
             head_bytes,
@@ -208,8 +220,8 @@ impl Sink for ConnSink<'_> {
         match *self.current {
             Current::Request(id) => {
                 let drops = &mut *self.drops;
-                if let Some(p) = self.pending.iter_mut().rev().find(|p| p.id == id) {
-                    let r = &mut p.request;
+                let pending = self.pending.iter_mut().rev().find(|p| p.id == id);
+                if let Some(r) = pending.and_then(Pending::request_mut) {
                     keep(
                         &mut r.body,
                         &mut r.body_len,
@@ -241,7 +253,8 @@ impl Sink for ConnSink<'_> {
         let target = match *self.current {
             Current::Request(id) => self
                 .pending_mut(id)
-                .map(|p| (&mut p.request.body_len, &mut p.request.body_truncated)),
+                .and_then(Pending::request_mut)
+                .map(|r| (&mut r.body_len, &mut r.body_truncated)),
             Current::Response => self
                 .response
                 .as_mut()
@@ -259,7 +272,9 @@ impl Sink for ConnSink<'_> {
             Current::Request(id) => {
                 if let Some(p) = self.pending_mut(id) {
                     p.head_bytes += fields_bytes(&fields);
-                    p.request.headers.extend(fields);
+                    if let Some(r) = p.request_mut() {
+                        r.headers.extend(fields);
+                    }
                 }
             }
             Current::Response => {
@@ -276,10 +291,12 @@ impl Sink for ConnSink<'_> {
             Current::Request(id) => {
                 let Some(p) = self.pending_mut(id) else { return };
                 p.done = true;
-                p.request.body_truncated |= cut;
+                if let Some(r) = p.request_mut() {
+                    r.body_truncated |= cut;
+                }
                 if !p.emitted {
                     p.emitted = true;
-                    let event = HttpEvent::Request(p.request.clone());
+                    let event = HttpEvent::Request(Arc::clone(&p.request));
                     self.out.push(event);
                 }
             }

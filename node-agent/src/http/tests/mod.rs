@@ -167,7 +167,7 @@ pub(super) fn requests(events: &[HttpEvent]) -> Vec<&Request> {
     events
         .iter()
         .filter_map(|e| match e {
-            HttpEvent::Request(r) => Some(r),
+            HttpEvent::Request(r) => Some(&**r),
             _ => None,
         })
         .collect()
