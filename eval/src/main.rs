@@ -18,6 +18,7 @@ mod scenario;
 mod waf;
 
 use palisade_node_agent::detect::{CompiledRule, Inputs, RequestView, INJECTION_DETECTORS};
+use palisade_node_agent::http::HeaderFields;
 use record::Record;
 use scenario::Scenario;
 use std::collections::BTreeMap;
@@ -240,10 +241,11 @@ fn main() -> ExitCode {
                 *response_side.entry(record.category.clone()).or_default() += 1;
                 continue;
             }
+            let headers: HeaderFields = record.headers.iter().map(|(k, v)| (k, v)).collect();
             let view = RequestView {
                 method: &record.method,
                 target: &record.target,
-                headers: &record.headers,
+                headers: &headers,
                 body: record.body.as_deref(),
             };
             let start = Instant::now();

@@ -6,6 +6,7 @@
 use crate::record::Record;
 use palisade_node_agent::detect::behaviour::{Behaviour, ExchangeView};
 use palisade_node_agent::detect::{CompiledRule, Inputs, RequestView, INJECTION_DETECTORS};
+use palisade_node_agent::http::HeaderFields;
 use palisade_node_agent::template::template_path;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -133,11 +134,12 @@ pub fn replay(scenario: &Scenario) -> Result<Replayed, String> {
     for (i, step) in scenario.steps.iter().enumerate() {
         let r = &step.request;
         let template = template_path(&r.target);
+        let headers: HeaderFields = r.headers.iter().map(|(k, v)| (k, v)).collect();
         let exchange = ExchangeView {
             request: RequestView {
                 method: &r.method,
                 target: &r.target,
-                headers: &r.headers,
+                headers: &headers,
                 body: r.body.as_deref(),
             },
             source: SOURCE,

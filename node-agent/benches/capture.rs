@@ -18,6 +18,8 @@
 //! Every measured iteration is one exchange (request and response records) on one keep-alive
 //! connection, so criterion's time is per exchange.
 
+#![allow(clippy::expect_used, clippy::print_stdout)]
+
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use palisade_api::agent::{
     CaptureConfig, MonitorConfig, NodeConfig, ObjectRef, PolicyConfig, RedactionConfig, RuleConfig,
@@ -32,6 +34,10 @@ use palisade_node_agent::runtime::{CaptureBackend, Runtime};
 use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};
+
+/// The agent binary's allocator, so the figures are the shipped agent's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const POD_CGROUP: u64 = 1001;
 const POD_PORT: u16 = 8080;

@@ -11,6 +11,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use palisade_node_agent::detect::{CompiledRule, Inputs, RequestView, INJECTION_DETECTORS};
+use palisade_node_agent::http::HeaderFields;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -18,15 +19,12 @@ struct Request {
     name: &'static str,
     method: &'static str,
     target: &'static str,
-    headers: Vec<(String, String)>,
+    headers: HeaderFields,
     body: Option<&'static str>,
 }
 
-fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+fn headers(pairs: &[(&str, &str)]) -> HeaderFields {
+    pairs.iter().copied().collect()
 }
 
 fn requests() -> Vec<Request> {

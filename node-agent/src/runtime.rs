@@ -317,7 +317,7 @@ struct MonitorPending {
     /// Method → path template → counts per status since the last report. Endpoints stay when
     /// their counts are taken: the keys are every endpoint seen since start (bounded by the
     /// monitor's cap).
-    endpoints: HashMap<String, HashMap<String, Vec<(u32, EndpointCounter)>>>,
+    endpoints: rustc_hash::FxHashMap<String, rustc_hash::FxHashMap<String, Vec<(u32, EndpointCounter)>>>,
     /// Endpoints in `endpoints`.
     known: usize,
     overflow_requests: u64,
@@ -339,7 +339,8 @@ pub struct Runtime<B: CaptureBackend> {
     monitor_probes: HashMap<Key, u32>,
     policies: Vec<CompiledPolicy>,
     tracker: HttpTracker,
-    monitors_pending: HashMap<Key, MonitorPending>,
+    /// Looked up for every exchange: Fx hashing.
+    monitors_pending: rustc_hash::FxHashMap<Key, MonitorPending>,
     findings: HashMap<Key, BTreeMap<FindingKey, Finding>>,
     /// Offset from the capture clock (CLOCK_MONOTONIC) to Unix time, in ns.
     clock_offset_ns: i64,
@@ -422,7 +423,7 @@ impl<B: CaptureBackend> Runtime<B> {
             monitor_probes: HashMap::new(),
             policies: vec![],
             tracker: HttpTracker::new(),
-            monitors_pending: HashMap::new(),
+            monitors_pending: rustc_hash::FxHashMap::default(),
             findings: HashMap::new(),
             clock_offset_ns,
             metrics: AgentMetrics::new(),

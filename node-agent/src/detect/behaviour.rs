@@ -726,7 +726,7 @@ mod tests {
     struct Ex {
         method: &'static str,
         target: String,
-        headers: Vec<(String, String)>,
+        headers: crate::http::HeaderFields,
         source: &'static str,
         status: u16,
         body: Option<Vec<u8>>,
@@ -737,7 +737,7 @@ mod tests {
         Ex {
             method,
             target: target.into(),
-            headers: vec![],
+            headers: crate::http::HeaderFields::new(),
             source,
             status,
             body: None,
@@ -747,7 +747,7 @@ mod tests {
 
     impl Ex {
         fn header(mut self, n: &str, v: &str) -> Self {
-            self.headers.push((n.into(), v.into()));
+            self.headers.push(n, v);
             self
         }
         fn body(mut self, b: &str) -> Self {

@@ -223,8 +223,8 @@ impl<'a> Inputs<'a> {
             let query = query.split_once('#').map_or(query, |(q, _)| q);
             inputs.form_pairs(query, Source::QueryName, Source::QueryValue);
         }
-        let headers: &'a [(String, String)] = req.headers;
-        for (name, value) in headers {
+        let headers: &'a crate::http::HeaderFields = req.headers;
+        for (name, value) in headers.iter() {
             if skipped_header(name) {
                 inputs.all_headers.push((name, value));
                 continue;
@@ -242,15 +242,11 @@ impl<'a> Inputs<'a> {
                 }
                 continue;
             }
-            inputs.push(Source::Header, name.as_str(), decode_layers_cow(value));
+            inputs.push(Source::Header, name, decode_layers_cow(value));
         }
         if let Some(body) = req.body {
             let body = &body[..body.len().min(MAX_BODY_INSPECTED)];
-            let content_type = headers
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case("content-type"))
-                .map(|(_, v)| v.as_str())
-                .unwrap_or("");
+            let content_type = headers.get("content-type").unwrap_or("");
             match String::from_utf8_lossy(body) {
                 Cow::Borrowed(text) => inputs.body(text, content_type),
                 Cow::Owned(text) => {
@@ -471,10 +467,7 @@ mod tests {
 
     /// The values of a request (owned: the request is built here).
     fn collect(target: &str, headers: &[(&str, &str)], body: Option<&str>) -> Vec<Input<'static>> {
-        let headers: Vec<(String, String)> = headers
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let headers: crate::http::HeaderFields = headers.iter().copied().collect();
         Inputs::collect(&RequestView {
             method: "POST",
             target,

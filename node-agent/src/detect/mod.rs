@@ -35,7 +35,7 @@ pub struct RequestView<'a> {
     pub method: &'a str,
     /// The request target as sent (path and query, not decoded).
     pub target: &'a str,
-    pub headers: &'a [(String, String)],
+    pub headers: &'a crate::http::HeaderFields,
     /// The request body (de-chunked, possibly truncated), when it was captured. The body's
     /// Content-Type is taken from `headers`.
     pub body: Option<&'a [u8]>,
@@ -59,14 +59,13 @@ pub(crate) struct Hit {
 /// injection detector over a few requests, so that the first attack after start-up is judged
 /// (and answered: a block, an isolation) as fast as the next ones. Takes milliseconds.
 pub fn warm_up() {
-    let headers = vec![
-        ("Host".to_string(), "warm-up".to_string()),
-        (
-            "User-Agent".to_string(),
-            "Mozilla/5.0 (${jndi:ldap://x/a})".to_string(),
-        ),
-        ("Content-Type".to_string(), "application/json".to_string()),
-    ];
+    let headers: crate::http::HeaderFields = [
+        ("Host", "warm-up"),
+        ("User-Agent", "Mozilla/5.0 (${jndi:ldap://x/a})"),
+        ("Content-Type", "application/json"),
+    ]
+    .into_iter()
+    .collect();
     let requests = [
         "/a?id=1%27%20union%20select%20a,b%20from%20users--&q=%3Cscript%3Ealert(1)%3C/script%3E",
         "/b/..%2f..%2fetc%2fpasswd?cmd=;cat%20/etc/passwd&url=http://169.254.169.254/latest",
@@ -430,6 +429,7 @@ impl CustomMatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::HeaderFields;
     use palisade_api::agent::RequestMatchConfig;
 
     #[test]
@@ -466,7 +466,7 @@ mod tests {
         }
     }
 
-    fn view<'a>(target: &'a str, headers: &'a [(String, String)], body: Option<&'a str>) -> RequestView<'a> {
+    fn view<'a>(target: &'a str, headers: &'a HeaderFields, body: Option<&'a str>) -> RequestView<'a> {
         RequestView {
             method: "POST",
             target,
@@ -475,8 +475,8 @@ mod tests {
         }
     }
 
-    fn headers(h: &[(&str, &str)]) -> Vec<(String, String)> {
-        h.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    fn headers(h: &[(&str, &str)]) -> HeaderFields {
+        h.iter().copied().collect()
     }
 
     #[test]
@@ -487,7 +487,11 @@ mod tests {
         let cases: Vec<(&str, RequestView, &str)> = vec![
             (
                 "sqlInjection",
-                view("/items?id=1%27%20or%20%271%27%3D%271", &[], None),
+                view(
+                    "/items?id=1%27%20or%20%271%27%3D%271",
+                    HeaderFields::empty(),
+                    None,
+                ),
                 "query id",
             ),
             (
@@ -506,7 +510,11 @@ mod tests {
             ),
             (
                 "commandInjection",
-                view("/ping?host=127.0.0.1%3Bcat%20/etc/passwd", &[], None),
+                view(
+                    "/ping?host=127.0.0.1%3Bcat%20/etc/passwd",
+                    HeaderFields::empty(),
+                    None,
+                ),
                 "query host",
             ),
             (
@@ -590,7 +598,9 @@ mod tests {
             .unwrap();
         assert!(err.contains("unknown parameter"), "{err}");
         let ssrf = CompiledRule::builtin("ssrf", &[("allowHosts", "localhost, metadata")]).unwrap();
-        assert!(ssrf.evaluate(&view("/?u=http://localhost/", &[], None)).is_none());
+        assert!(ssrf
+            .evaluate(&view("/?u=http://localhost/", HeaderFields::empty(), None))
+            .is_none());
     }
 
     #[test]
@@ -672,7 +682,7 @@ mod tests {
         let view = |m, t| RequestView {
             method: m,
             target: t,
-            headers: &[],
+            headers: HeaderFields::empty(),
             body: None,
         };
         assert!(rule.evaluate(&view("DELETE", "/admin/users/1")).is_some());

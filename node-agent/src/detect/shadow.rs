@@ -115,14 +115,13 @@ mod tests {
     }
 
     fn judge(rule: &ShadowEndpoint, method: &str, target: &str, status: u16) -> Option<String> {
-        let headers = vec![];
         let template = crate::template::template_path(target);
         rule.evaluate(
             &ExchangeView {
                 request: RequestView {
                     method,
                     target,
-                    headers: &headers,
+                    headers: crate::http::HeaderFields::empty(),
                     body: None,
                 },
                 source: "10.0.0.9",

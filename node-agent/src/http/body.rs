@@ -19,7 +19,7 @@ pub(crate) enum Step {
     /// The body ended after `used` bytes, with these trailer fields.
     End {
         used: usize,
-        trailers: Vec<(String, String)>,
+        trailers: super::HeaderFields,
     },
     /// The chunked framing is broken.
     Broken,
@@ -68,7 +68,7 @@ impl Body {
                 if *rest == 0 {
                     Step::End {
                         used: n,
-                        trailers: vec![],
+                        trailers: super::HeaderFields::new(),
                     }
                 } else {
                     Step::Used(n)

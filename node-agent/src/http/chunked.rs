@@ -53,7 +53,7 @@ pub(crate) enum Progress {
     /// The body ended after `used` bytes of the input, with these trailer fields.
     Done {
         used: usize,
-        trailers: Vec<(String, String)>,
+        trailers: super::HeaderFields,
     },
 }
 
@@ -145,7 +145,7 @@ impl ChunkedDecoder {
                 State::Done => {
                     return Ok(Progress::Done {
                         used: i,
-                        trailers: vec![],
+                        trailers: super::HeaderFields::new(),
                     })
                 }
                 _ => {
@@ -205,7 +205,7 @@ impl ChunkedDecoder {
     }
 
     /// After a line feed in the trailer section: the parsed fields once it ended (empty line).
-    fn trailers_complete(&mut self) -> Result<Option<Vec<(String, String)>>, ChunkError> {
+    fn trailers_complete(&mut self) -> Result<Option<super::HeaderFields>, ChunkError> {
         let t = &self.trailer;
         let ended = t == b"\r\n" || t == b"\n" || t.ends_with(b"\n\r\n") || t.ends_with(b"\n\n");
         if !ended {
@@ -213,10 +213,7 @@ impl ChunkedDecoder {
         }
         let mut headers = [httparse::EMPTY_HEADER; MAX_TRAILERS];
         let fields = match httparse::parse_headers(t, &mut headers) {
-            Ok(httparse::Status::Complete((_, fields))) => fields
-                .iter()
-                .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
-                .collect(),
+            Ok(httparse::Status::Complete((_, fields))) => super::HeaderFields::from_httparse(fields),
             _ => return Err(ChunkError::BadTrailers),
         };
         self.trailer = Vec::new();

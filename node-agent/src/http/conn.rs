@@ -311,14 +311,14 @@ impl Conn {
             let Some(r) = p.request_mut() else { continue };
             strip(&mut r.body, &mut r.body_truncated);
             if emitted {
-                r.headers = Vec::new();
+                r.headers = super::HeaderFields::new();
                 let bytes = r.method.len() + r.target.len();
                 p.head_bytes = bytes;
             }
         }
         if let Some(b) = self.response.as_mut() {
             strip(&mut b.response.body, &mut b.response.body_truncated);
-            b.response.headers = Vec::new();
+            b.response.headers = super::HeaderFields::new();
         }
     }
 }

@@ -43,7 +43,7 @@ pub struct Request {
     pub method: String,
     pub target: String,
     /// Header fields in order (values as lossy UTF-8), then any chunked trailer fields.
-    pub headers: Vec<(String, String)>,
+    pub headers: super::HeaderFields,
     /// Capture time of the head's first byte.
     pub timestamp_ns: u64,
     /// The body (de-chunked) from its first byte, at most `max_body_bytes`, contiguous: nothing
@@ -59,7 +59,7 @@ pub struct Request {
 #[derive(Clone, Debug)]
 pub struct Response {
     pub status: u16,
-    pub headers: Vec<(String, String)>,
+    pub headers: super::HeaderFields,
     pub body: Vec<u8>,
     pub body_len: u64,
     pub body_truncated: bool,
@@ -84,8 +84,9 @@ pub enum HttpEvent {
     /// A request, once its head and body were read (or it was cut short). Shared with the
     /// connection, which keeps it until its response comes.
     Request(std::sync::Arc<Request>),
-    /// A request and its response, once the response was read.
-    Exchange(Exchange),
+    /// A request and its response, once the response was read (boxed: events are moved
+    /// around in vectors, and an exchange is large).
+    Exchange(Box<Exchange>),
 }
 
 /// Counters of what the parser dropped, skipped or could not make sense of.

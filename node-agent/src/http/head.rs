@@ -1,6 +1,8 @@
 //! Message heads (parsed with `httparse`), body framing rules (RFC 9112 §6) and the test for a
 //! plausible message start used to resynchronise.
 
+use super::HeaderFields;
+
 /// Most header fields in a head; more is treated like an oversized head.
 pub(crate) const MAX_HEADERS: usize = 100;
 /// Longest method token accepted when looking for a request start.
@@ -35,7 +37,7 @@ pub(crate) enum Start {
 #[derive(Debug)]
 pub(crate) struct Head {
     pub(crate) start: Start,
-    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) headers: HeaderFields,
     /// Bytes of the head, blank line included.
     pub(crate) len: usize,
 }
@@ -64,13 +66,6 @@ fn is_response(buf: &[u8]) -> Option<bool> {
     }
 }
 
-fn fields(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
-    headers
-        .iter()
-        .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
-        .collect()
-}
-
 fn invalid(e: httparse::Error) -> Parsed {
     Parsed::Invalid {
         too_many_headers: e == httparse::Error::TooManyHeaders,
@@ -97,7 +92,7 @@ pub(crate) fn parse(buf: &[u8], kind: Kind) -> Parsed {
                 start: Start::Response {
                     status: resp.code.unwrap_or(0),
                 },
-                headers: fields(resp.headers),
+                headers: HeaderFields::from_httparse(resp.headers),
                 len,
             }),
             Ok(httparse::Status::Partial) => Parsed::Partial,
@@ -111,7 +106,7 @@ pub(crate) fn parse(buf: &[u8], kind: Kind) -> Parsed {
                     method: req.method.unwrap_or("").to_string(),
                     target: req.path.unwrap_or("").to_string(),
                 },
-                headers: fields(req.headers),
+                headers: HeaderFields::from_httparse(req.headers),
                 len,
             }),
             Ok(httparse::Status::Partial) => Parsed::Partial,
@@ -145,17 +140,14 @@ pub(crate) enum Violation {
     UnsupportedTransferEncoding,
 }
 
-fn values<'a>(headers: &'a [(String, String)], name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-    headers
-        .iter()
-        .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-        .flat_map(|(_, v)| v.split(','))
-        .map(str::trim)
+/// Every element of the comma-separated lists in the fields named `name`.
+fn values<'a>(headers: &'a HeaderFields, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    headers.get_all(name).flat_map(|v| v.split(',')).map(str::trim)
 }
 
 /// The Content-Length, if present: every value (repeated fields, comma lists) must be the same
 /// plain decimal number.
-fn content_length(headers: &[(String, String)]) -> Result<Option<u64>, Violation> {
+fn content_length(headers: &HeaderFields) -> Result<Option<u64>, Violation> {
     let mut length = None;
     for v in values(headers, "content-length") {
         if v.is_empty() || v.len() > 19 || !v.bytes().all(|b| b.is_ascii_digit()) {
@@ -171,20 +163,15 @@ fn content_length(headers: &[(String, String)]) -> Result<Option<u64>, Violation
 }
 
 /// `Some(chunked_is_final)` when Transfer-Encoding is present.
-fn transfer_encoding(headers: &[(String, String)]) -> Option<bool> {
-    if !headers
-        .iter()
-        .any(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding"))
-    {
-        return None;
-    }
+fn transfer_encoding(headers: &HeaderFields) -> Option<bool> {
+    headers.get("transfer-encoding")?;
     let last = values(headers, "transfer-encoding")
         .filter(|c| !c.is_empty())
         .last();
     Some(last.is_some_and(|c| c.eq_ignore_ascii_case("chunked")))
 }
 
-pub(crate) fn request_framing(method: &str, headers: &[(String, String)]) -> Result<Framing, Violation> {
+pub(crate) fn request_framing(method: &str, headers: &HeaderFields) -> Result<Framing, Violation> {
     if method == "CONNECT" {
         return Ok(Framing::NoBody);
     }
@@ -204,7 +191,7 @@ pub(crate) fn request_framing(method: &str, headers: &[(String, String)]) -> Res
 pub(crate) fn response_framing(
     status: u16,
     method: Option<&str>,
-    headers: &[(String, String)],
+    headers: &HeaderFields,
 ) -> Result<Framing, Violation> {
     if status == 101 || (method == Some("CONNECT") && (200..300).contains(&status)) {
         return Ok(Framing::Upgrade);

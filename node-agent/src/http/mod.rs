@@ -19,6 +19,7 @@ mod body;
 mod chunked;
 mod conn;
 mod events;
+mod fields;
 mod head;
 mod pairing;
 mod parser;
@@ -27,6 +28,7 @@ mod reassembly;
 mod tests;
 
 pub use events::{CaptureLimits, Exchange, HttpEvent, ParserDrops, PodRole, Request, Response};
+pub use fields::HeaderFields;
 pub use parser::NON_HTTP_GIVE_UP_BYTES;
 pub use reassembly::{MAX_HELD_BYTES, REORDER_TIMEOUT_NS};
 

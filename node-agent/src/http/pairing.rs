@@ -49,8 +49,8 @@ pub(super) struct ResponseBuild {
 }
 
 /// Bytes of header fields, for memory accounting.
-pub(super) fn fields_bytes(fields: &[(String, String)]) -> usize {
-    fields.iter().map(|(n, v)| n.len() + v.len() + 4).sum()
+pub(super) fn fields_bytes(fields: &super::HeaderFields) -> usize {
+    fields.heap_bytes()
 }
 
 /// Everything the parser of one direction may touch, for the duration of one call.
@@ -120,12 +120,12 @@ impl ConnSink<'_> {
             self.out.push(HttpEvent::Request(Arc::new(request.clone())));
         }
         let latency_ns = ts.saturating_sub(request.timestamp_ns);
-        self.out.push(HttpEvent::Exchange(Exchange {
+        self.out.push(HttpEvent::Exchange(Box::new(Exchange {
             status: response.status,
             request,
             response,
             latency_ns,
-        }));
+        })));
     }
 }
 
@@ -267,19 +267,19 @@ impl Sink for ConnSink<'_> {
         }
     }
 
-    fn trailers(&mut self, fields: Vec<(String, String)>) {
+    fn trailers(&mut self, fields: super::HeaderFields) {
         match *self.current {
             Current::Request(id) => {
                 if let Some(p) = self.pending_mut(id) {
                     p.head_bytes += fields_bytes(&fields);
                     if let Some(r) = p.request_mut() {
-                        r.headers.extend(fields);
+                        r.headers.extend(&fields);
                     }
                 }
             }
             Current::Response => {
                 if let Some(b) = self.response.as_mut() {
-                    b.response.headers.extend(fields);
+                    b.response.headers.extend(&fields);
                 }
             }
             Current::None => {}

@@ -31,7 +31,7 @@ pub(crate) trait Sink {
     fn response_head(&mut self, head: Head, first_ts: u64);
     fn body(&mut self, data: &[u8]);
     fn body_missing(&mut self, n: u64);
-    fn trailers(&mut self, fields: Vec<(String, String)>);
+    fn trailers(&mut self, fields: super::HeaderFields);
     /// The current message ended; `cut` when it ended before its framing said (gap, error, EOF).
     fn message_end(&mut self, ts: u64, cut: bool);
     /// The connection switched protocols: stop parsing both directions.

@@ -26,10 +26,9 @@ fn decodes_chunks_with_extensions_and_trailers_in_one_piece() {
     assert_eq!(&wire[used..], b"NEXT");
     assert_eq!(
         trailers,
-        vec![
-            ("Expires".to_string(), "never".to_string()),
-            ("X-Sum".to_string(), "9".to_string())
-        ]
+        [("Expires", "never"), ("X-Sum", "9")]
+            .into_iter()
+            .collect::<crate::http::HeaderFields>()
     );
 }
 
@@ -43,7 +42,7 @@ fn decodes_byte_by_byte_and_accepts_bare_lf() {
         r,
         Ok(Progress::Done {
             used: 1,
-            trailers: vec![]
+            trailers: crate::http::HeaderFields::new()
         }),
         "the last piece is the final LF"
     );
@@ -92,7 +91,7 @@ fn gaps_inside_data_are_skipped_and_elsewhere_lose_sync() {
         d.feed(b"\r\n0\r\n\r\n", 64, &mut sink),
         Ok(Progress::Done {
             used: 7,
-            trailers: vec![]
+            trailers: crate::http::HeaderFields::new()
         })
     );
     assert_eq!(body, b"01");

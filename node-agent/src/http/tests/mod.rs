@@ -177,7 +177,7 @@ pub(super) fn exchanges(events: &[HttpEvent]) -> Vec<&Exchange> {
     events
         .iter()
         .filter_map(|e| match e {
-            HttpEvent::Exchange(x) => Some(x),
+            HttpEvent::Exchange(x) => Some(&**x),
             _ => None,
         })
         .collect()

@@ -1,0 +1,159 @@
+//! Header fields of one message, stored compactly: every name and value in one string, and
+//! where each ends. Two allocations per message however many fields it has, instead of two
+//! per field: the agent parses every captured message, and most of its per-request cost was
+//! copying field names and values into strings of their own.
+
+/// Header fields in order, names and values as text (values as lossy UTF-8).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct HeaderFields {
+    /// `name0 value0 name1 value1 ...`, concatenated without separators.
+    text: String,
+    /// Per field, where its name ends and where its value ends in `text` (each field starts
+    /// where the previous one ended).
+    ends: Vec<(u32, u32)>,
+}
+
+impl HeaderFields {
+    /// No fields.
+    pub const fn new() -> Self {
+        HeaderFields {
+            text: String::new(),
+            ends: Vec::new(),
+        }
+    }
+
+    /// No fields, borrowed for as long as needed.
+    pub fn empty() -> &'static HeaderFields {
+        static EMPTY: HeaderFields = HeaderFields::new();
+        &EMPTY
+    }
+
+    /// The fields `httparse` found in a head.
+    pub(crate) fn from_httparse(headers: &[httparse::Header<'_>]) -> Self {
+        let len = headers.iter().map(|h| h.name.len() + h.value.len()).sum();
+        let mut fields = HeaderFields {
+            text: String::with_capacity(len),
+            ends: Vec::with_capacity(headers.len()),
+        };
+        for h in headers {
+            // Values are almost always valid UTF-8: checked at once, copied once.
+            match std::str::from_utf8(h.value) {
+                Ok(value) => fields.push(h.name, value),
+                Err(_) => fields.push(h.name, &String::from_utf8_lossy(h.value)),
+            }
+        }
+        fields
+    }
+
+    /// Appends a field.
+    pub fn push(&mut self, name: &str, value: &str) {
+        // Heads are bounded far below 4 GiB (max_head_bytes ≤ 64 KiB), trailers likewise.
+        let fits = self.text.len() + name.len() + value.len() <= u32::MAX as usize;
+        if !fits {
+            return;
+        }
+        self.text.push_str(name);
+        let name_end = self.text.len() as u32;
+        self.text.push_str(value);
+        self.ends.push((name_end, self.text.len() as u32));
+    }
+
+    /// The fields in order, as (name, value).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        let mut start = 0usize;
+        self.ends.iter().map(move |&(name_end, value_end)| {
+            let (name_end, value_end) = (name_end as usize, value_end as usize);
+            let field = (&self.text[start..name_end], &self.text[name_end..value_end]);
+            start = value_end;
+            field
+        })
+    }
+
+    /// The value of the first field named `name` (any case).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    /// Every value of the fields named `name` (any case), in order.
+    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Bytes held, for memory accounting.
+    pub fn heap_bytes(&self) -> usize {
+        self.text.capacity() + self.ends.capacity() * std::mem::size_of::<(u32, u32)>()
+    }
+
+    /// Appends every field of `other` (chunked trailers).
+    pub fn extend(&mut self, other: &HeaderFields) {
+        for (name, value) in other.iter() {
+            self.push(name, value);
+        }
+    }
+}
+
+impl<N: AsRef<str>, V: AsRef<str>> FromIterator<(N, V)> for HeaderFields {
+    fn from_iter<I: IntoIterator<Item = (N, V)>>(pairs: I) -> Self {
+        let mut fields = HeaderFields::new();
+        for (name, value) in pairs {
+            fields.push(name.as_ref(), value.as_ref());
+        }
+        fields
+    }
+}
+
+impl std::fmt::Debug for HeaderFields {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_keep_their_order_names_values_and_empty_values() {
+        let f: HeaderFields = [("Host", "a"), ("X-Empty", ""), ("host", "b"), ("", "odd")]
+            .into_iter()
+            .collect();
+        assert_eq!(
+            f.iter().collect::<Vec<_>>(),
+            vec![("Host", "a"), ("X-Empty", ""), ("host", "b"), ("", "odd")]
+        );
+        assert_eq!(f.len(), 4);
+        assert_eq!(f.get("HOST"), Some("a"));
+        assert_eq!(f.get_all("host").collect::<Vec<_>>(), vec!["a", "b"]);
+        assert_eq!(f.get("missing"), None);
+        let mut g = HeaderFields::new();
+        assert!(g.is_empty());
+        g.extend(&f);
+        assert_eq!(g, f);
+        assert_eq!(
+            format!("{f:?}"),
+            r#"[("Host", "a"), ("X-Empty", ""), ("host", "b"), ("", "odd")]"#
+        );
+    }
+
+    #[test]
+    fn values_that_are_not_utf8_are_kept_lossily() {
+        let headers = [httparse::Header {
+            name: "X-Bin",
+            value: b"ok\xffok",
+        }];
+        let f = HeaderFields::from_httparse(&headers);
+        assert_eq!(f.get("x-bin"), Some("ok\u{fffd}ok"));
+    }
+}
