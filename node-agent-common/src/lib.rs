@@ -7,6 +7,10 @@
 /// Bytes of TCP payload carried by one ring-buffer record. A larger skb is split into several
 /// records (chunks), each with its own `chunk_offset`.
 pub const CHUNK_BYTES: usize = 4096;
+/// Payload of a small record: packets this short (most requests and responses of an API) get a
+/// record of 512 bytes instead of one of `CHUNK_BYTES`, so the ring buffer holds eight times as
+/// many of them before it overflows and its reader touches fewer pages.
+pub const SMALL_CHUNK_BYTES: usize = 512 - core::mem::size_of::<CaptureHeader>();
 /// Most chunks one skb is split into; payload past `CHUNK_BYTES * MAX_CHUNKS_PER_SKB` is counted
 /// as truncated.
 pub const MAX_CHUNKS_PER_SKB: usize = 16;
@@ -67,13 +71,20 @@ pub struct CaptureHeader {
     pub _padding: [u8; 1],
 }
 
-/// One ring-buffer record: a header and up to `CHUNK_BYTES` of payload.
+/// One ring-buffer record: a header and up to `N` bytes of payload. Records come in two sizes,
+/// [`CaptureRecord`] and [`SmallCaptureRecord`]; a reader takes `header.captured_len` bytes after
+/// the header of either.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct CaptureRecord {
+pub struct CaptureRecordOf<const N: usize> {
     pub header: CaptureHeader,
-    pub data: [u8; CHUNK_BYTES],
+    pub data: [u8; N],
 }
+
+/// A record with up to `CHUNK_BYTES` of payload.
+pub type CaptureRecord = CaptureRecordOf<CHUNK_BYTES>;
+/// A record with up to `SMALL_CHUNK_BYTES` of payload (512 bytes in all).
+pub type SmallCaptureRecord = CaptureRecordOf<SMALL_CHUNK_BYTES>;
 
 // ---------------------------------------------------------------------------------------------
 // TLS plaintext capture: uprobes on OpenSSL's libssl (SSL_read, SSL_read_ex, SSL_write,

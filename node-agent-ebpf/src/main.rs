@@ -30,11 +30,12 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext, SkBuffContext},
 };
 use palisade_common::{
-    BlockKey, BlockValue, CaptureCounters, CaptureHeader, CaptureRecord, IsolationAllowKey, IsolationValue,
-    TlsCallArgs, TlsStreamKey, BLOCKED_SOURCES_MAX_ENTRIES, CAPTURE_RING_BYTES, CHUNK_BYTES,
+    BlockKey, BlockValue, CaptureCounters, CaptureHeader, CaptureRecord, CaptureRecordOf, IsolationAllowKey,
+    IsolationValue, TlsCallArgs, TlsStreamKey, BLOCKED_SOURCES_MAX_ENTRIES, CAPTURE_RING_BYTES, CHUNK_BYTES,
     DIRECTION_EGRESS, DIRECTION_INGRESS, ENFORCE_BLOCKS, ENFORCE_ISOLATION, ENFORCE_MAX_CGROUP_LEVEL,
     FAMILY_IPV4, FAMILY_IPV6, FAMILY_TLS, ISOLATED_WORKLOADS_MAX_ENTRIES, ISOLATION_ALLOW_CGROUP_BITS,
-    ISOLATION_ALLOW_MAX_ENTRIES, ISOLATION_DENY_EGRESS, MAX_CHUNKS_PER_SKB, TCP_FIN, TCP_RST,
+    ISOLATION_ALLOW_MAX_ENTRIES, ISOLATION_DENY_EGRESS, MAX_CHUNKS_PER_SKB, SMALL_CHUNK_BYTES, TCP_FIN,
+    TCP_RST,
 };
 
 /// Records of TCP payload, see [`CaptureRecord`].
@@ -440,6 +441,12 @@ fn capture(ctx: &SkBuffContext, direction: u8) -> Result<(), Skip> {
     hdr.timestamp_ns = unsafe { bpf_ktime_get_ns() };
     hdr.cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
 
+    // A packet that fits a small record (most API messages, and FIN/RST without payload) gets
+    // one; larger ones are cut into full chunks. (Only one of the two per packet: choosing per
+    // chunk would double the paths the verifier walks at every chunk.)
+    if payload_len <= SMALL_CHUNK_BYTES as u64 {
+        return emit_chunk::<SMALL_CHUNK_BYTES>(ctx, &mut hdr, payload_off, 0, payload_len);
+    }
     let mut chunk_off: u64 = 0;
     for _ in 0..MAX_CHUNKS {
         if chunk_off > 0 && chunk_off >= payload_len {
@@ -447,7 +454,7 @@ fn capture(ctx: &SkBuffContext, direction: u8) -> Result<(), Skip> {
         }
         let remaining = payload_len - chunk_off;
         let n = if remaining > CHUNK { CHUNK } else { remaining };
-        emit_chunk(ctx, &mut hdr, payload_off, chunk_off, n)?;
+        emit_chunk::<CHUNK_BYTES>(ctx, &mut hdr, payload_off, chunk_off, n)?;
         chunk_off += CHUNK;
     }
     if payload_len > CHUNK * MAX_CHUNKS {
@@ -456,23 +463,24 @@ fn capture(ctx: &SkBuffContext, direction: u8) -> Result<(), Skip> {
     Ok(())
 }
 
-/// Copies `n` payload bytes starting at `chunk_off` into one ring-buffer record.
+/// Copies `n` payload bytes starting at `chunk_off` into one ring-buffer record with room for
+/// `N` payload bytes (`n <= N`).
 #[inline(always)]
-fn emit_chunk(
+fn emit_chunk<const N: usize>(
     ctx: &SkBuffContext,
     hdr: &mut CaptureHeader,
     payload_off: u64,
     chunk_off: u64,
     n: u64,
 ) -> Result<(), Skip> {
-    let Some(mut entry) = CAPTURE_RING.reserve::<CaptureRecord>(0) else {
+    let Some(mut entry) = CAPTURE_RING.reserve::<CaptureRecordOf<N>>(0) else {
         count(Counter::RecordsLost, 1);
         return Ok(());
     };
-    let rec: *mut CaptureRecord = entry.as_mut_ptr();
+    let rec: *mut CaptureRecordOf<N> = entry.as_mut_ptr();
     hdr.chunk_offset = chunk_off as u32;
     hdr.captured_len = n as u32;
-    // SAFETY: `rec` points to a live reservation of size_of::<CaptureRecord>() bytes.
+    // SAFETY: `rec` points to a live reservation of size_of::<CaptureRecordOf<N>>() bytes.
     unsafe { addr_of_mut!((*rec).header).write(*hdr) };
     if n > 0 {
         // The verifier needs an explicit bound on the very register passed as the length. LLVM
@@ -480,11 +488,11 @@ fn emit_chunk(
         // through a volatile stack slot (the verifier keeps the bounds of spilled scalars).
         // SAFETY: reading a local variable.
         let n = unsafe { core::ptr::read_volatile(&n) };
-        if n == 0 || n > CHUNK {
+        if n == 0 || n > N as u64 {
             entry.discard(0);
             return Err(Skip::Malformed);
         }
-        // SAFETY: the destination is the record's data array, `n <= CHUNK_BYTES` bytes long.
+        // SAFETY: the destination is the record's data array, `n <= N` bytes long.
         let ret = unsafe {
             bpf_skb_load_bytes(
                 ctx.skb.skb as *const c_void,

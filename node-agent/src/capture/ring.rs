@@ -1,4 +1,6 @@
-//! Reading [`palisade_common::CaptureRecord`]s from the capture ring buffer.
+//! Reading [`palisade_common::CaptureRecordOf`]s from the capture ring buffer: full records
+//! (`CaptureRecord`) and small ones (`SmallCaptureRecord`, for packets of at most
+//! `SMALL_CHUNK_BYTES`); both are a header followed by `captured_len` payload bytes.
 
 use std::{
     mem::size_of,
@@ -125,6 +127,23 @@ mod tests {
         assert_eq!(parse_record(&v).unwrap().1.len(), CHUNK_BYTES);
         let v = record(0);
         assert_eq!(parse_record(&v).unwrap().1.len(), 0);
+    }
+
+    #[test]
+    fn parses_small_records() {
+        let small = size_of::<palisade_common::SmallCaptureRecord>();
+        assert_eq!(small, 512);
+        let v = record(40);
+        let (h, p) = parse_record(&v[..small]).unwrap();
+        assert_eq!((h.captured_len, p.len(), p[39]), (40, 40, 39));
+        let full = record(palisade_common::SMALL_CHUNK_BYTES as u32);
+        assert_eq!(
+            parse_record(&full[..small]).unwrap().1.len(),
+            palisade_common::SMALL_CHUNK_BYTES
+        );
+        // A small record cannot claim more than it holds.
+        let v = record(palisade_common::SMALL_CHUNK_BYTES as u32 + 1);
+        assert!(parse_record(&v[..small]).is_none());
     }
 
     #[test]
