@@ -49,36 +49,51 @@ pub fn luhn_valid(digits: &[u8]) -> bool {
 }
 
 /// Cloud and service credentials recognisable by their shape, each with the name shown instead.
-static CREDENTIAL_PATTERNS: std::sync::LazyLock<Vec<(&'static str, regex::Regex)>> =
-    std::sync::LazyLock::new(|| {
-        [
-            (
-                "aws-access-key",
-                r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA)[0-9A-Z]{16}\b",
-            ),
-            (
-                "aws-secret-key",
-                r"(?i)aws_secret_access_key\s*[=:]\s*[A-Za-z0-9/+=]{40}",
-            ),
-            (
-                "private-key",
-                r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)",
-            ),
-            ("github-token", r"\bgh[pousr]_[A-Za-z0-9]{36,}\b"),
-            ("slack-token", r"\bxox[abpors]-[A-Za-z0-9-]{10,}\b"),
-            ("stripe-key", r"\b[sr]k_(?:live|test)_[A-Za-z0-9]{16,}\b"),
-            ("google-api-key", r"\bAIza[0-9A-Za-z_-]{35}\b"),
-        ]
-        .into_iter()
-        .filter_map(|(name, re)| regex::Regex::new(re).ok().map(|r| (name, r)))
-        .collect()
-    });
+const CREDENTIAL_SOURCES: &[(&str, &str)] = &[
+    (
+        "aws-access-key",
+        r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA)[0-9A-Z]{16}\b",
+    ),
+    (
+        "aws-secret-key",
+        r"(?i)aws_secret_access_key\s*[=:]\s*[A-Za-z0-9/+=]{40}",
+    ),
+    (
+        "private-key",
+        r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)",
+    ),
+    ("github-token", r"\bgh[pousr]_[A-Za-z0-9]{36,}\b"),
+    ("slack-token", r"\bxox[abpors]-[A-Za-z0-9-]{10,}\b"),
+    ("stripe-key", r"\b[sr]k_(?:live|test)_[A-Za-z0-9]{16,}\b"),
+    ("google-api-key", r"\bAIza[0-9A-Za-z_-]{35}\b"),
+];
 
 /// Values of secret-named keys in JSON-like (`"password": "x"`) or form-like (`password=x`)
 /// fragments of free text, such as evidence cut from a request body.
-static SECRET_KEY_VALUE: std::sync::LazyLock<Option<regex::Regex>> = std::sync::LazyLock::new(|| {
-    regex::Regex::new(
-        r#"(?i)("?[a-z0-9_-]*(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|authorization|cookie|session|cvv|ssn)[a-z0-9_-]*"?\s*[:=]\s*)("[^"]*"|[^&\r\n,;}"]+)"#,
+const SECRET_KEY_VALUE_SOURCE: &str = r#"(?i)("?[a-z0-9_-]*(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|authorization|cookie|session|cvv|ssn)[a-z0-9_-]*"?\s*[:=]\s*)("[^"]*"|[^&\r\n,;}"]+)"#;
+
+/// Each credential pattern with its index in [`CREDENTIAL_SOURCES`] and its name.
+static CREDENTIAL_PATTERNS: std::sync::LazyLock<Vec<(usize, &'static str, regex::Regex)>> =
+    std::sync::LazyLock::new(|| {
+        CREDENTIAL_SOURCES
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (name, re))| regex::Regex::new(re).ok().map(|r| (i, *name, r)))
+            .collect()
+    });
+
+static SECRET_KEY_VALUE: std::sync::LazyLock<Option<regex::Regex>> =
+    std::sync::LazyLock::new(|| regex::Regex::new(SECRET_KEY_VALUE_SOURCE).ok());
+
+/// Every pattern above in one automaton, index for index (the key-value pattern last): one pass
+/// says which of them can match, so text without any credential is read once, not once per
+/// pattern.
+static ANY_SECRET_PATTERN: std::sync::LazyLock<Option<regex::RegexSet>> = std::sync::LazyLock::new(|| {
+    regex::RegexSet::new(
+        CREDENTIAL_SOURCES
+            .iter()
+            .map(|(_, re)| *re)
+            .chain([SECRET_KEY_VALUE_SOURCE]),
     )
     .ok()
 });
@@ -87,9 +102,12 @@ static SECRET_KEY_VALUE: std::sync::LazyLock<Option<regex::Regex>> = std::sync::
 /// bearer tokens, JWT-shaped strings, cloud credentials and values of secret-named keys in free
 /// text.
 pub fn redact_text(text: &str) -> Cow<'_, str> {
+    let hits = ANY_SECRET_PATTERN.as_ref().map(|set| set.matches(text));
+    // Without the set (it always compiles), every pattern is tried.
+    let may_match = |i: usize| hits.as_ref().is_none_or(|h| h.matched(i));
     let mut text = Cow::Borrowed(text);
-    for (name, re) in CREDENTIAL_PATTERNS.iter() {
-        if re.is_match(&text) {
+    for (i, name, re) in CREDENTIAL_PATTERNS.iter() {
+        if may_match(*i) && re.is_match(&text) {
             text = Cow::Owned(
                 re.replace_all(&text, format!("[REDACTED:{name}]").as_str())
                     .into_owned(),
@@ -97,7 +115,7 @@ pub fn redact_text(text: &str) -> Cow<'_, str> {
         }
     }
     if let Some(re) = SECRET_KEY_VALUE.as_ref() {
-        if re.is_match(&text) {
+        if may_match(CREDENTIAL_SOURCES.len()) && re.is_match(&text) {
             text = Cow::Owned(re.replace_all(&text, "${1}[REDACTED]").into_owned());
         }
     }
@@ -220,6 +238,25 @@ pub fn truncate(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_secret_pattern_compiles_alone_and_in_the_set() {
+        assert_eq!(CREDENTIAL_PATTERNS.len(), CREDENTIAL_SOURCES.len());
+        assert!(SECRET_KEY_VALUE.is_some());
+        let set = ANY_SECRET_PATTERN.as_ref().expect("the set compiles");
+        assert_eq!(set.len(), CREDENTIAL_SOURCES.len() + 1);
+        // The set's verdicts line up with the patterns, index for index.
+        let text = "ghp_0123456789abcdefghijABCDEFGHIJ012345 and password=hunter2";
+        let hits = set.matches(text);
+        let github = CREDENTIAL_SOURCES
+            .iter()
+            .position(|(n, _)| *n == "github-token")
+            .expect("named");
+        assert!(hits.matched(github) && hits.matched(CREDENTIAL_SOURCES.len()));
+        assert_eq!(hits.iter().count(), 2);
+        let out = redact_text(text);
+        assert!(!out.contains("ghp_0123") && !out.contains("hunter2"), "{out}");
+    }
 
     #[test]
     fn secret_headers_are_recognised() {
