@@ -382,6 +382,11 @@ fn document(env: &report::Environment, all: &[TlsRound], return_path: &ReturnPat
         rounds.len(),
         if left_out > 0 {
             format!("; {left_out} round(s) disturbed by other work on the machine are in the table below but left out")
+        } else if clean.len() < all.len() {
+            format!(
+                "; {} of them disturbed by other work on the machine (at least {BUSY_THRESHOLD:.0} % busy before a state): with fewer than 3 undisturbed rounds the medians take them all, so read the spread",
+                all.len() - clean.len()
+            )
         } else {
             String::new()
         }
