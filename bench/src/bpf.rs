@@ -68,12 +68,15 @@ pub fn cgroup_skb_programs(dir: &Path) -> Result<(u32, u32)> {
     Ok((query(BPF_CGROUP_INET_INGRESS)?, query(BPF_CGROUP_INET_EGRESS)?))
 }
 
-/// The capture counters of the agent with process id `pid`, summed over CPUs. `None` when the
-/// process holds no counters map (capture not loaded).
+/// The capture counters of the agent with process id `pid`, summed over CPUs and over every
+/// counters map it holds (the cgroup capture's and, once TLS capture is loaded, the TLS
+/// programs' own copy). `None` when the process holds no counters map (capture not loaded).
 pub fn agent_counters(pid: u32) -> Result<Option<CaptureCounters>> {
     let wanted: String = MAP_CAPTURE_COUNTERS.chars().take(KERNEL_NAME_LEN).collect();
     let fds = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
         .with_context(|| format!("listing /proc/{pid}/fdinfo"))?;
+    let mut seen: Vec<u32> = Vec::new();
+    let mut sum: Option<CaptureCounters> = None;
     for fd in fds.flatten() {
         let Ok(info) = std::fs::read_to_string(fd.path()) else {
             continue;
@@ -86,7 +89,7 @@ pub fn agent_counters(pid: u32) -> Result<Option<CaptureCounters>> {
         let (Some(map_type), Some(id)) = (field("map_type:"), field("map_id:")) else {
             continue;
         };
-        if map_type != BPF_MAP_TYPE_PERCPU_ARRAY {
+        if map_type != BPF_MAP_TYPE_PERCPU_ARRAY || seen.contains(&id) {
             continue;
         }
         let Ok(map_info) = aya::maps::MapInfo::from_id(id) else {
@@ -103,17 +106,13 @@ pub fn agent_counters(pid: u32) -> Result<Option<CaptureCounters>> {
         let per_cpu = array
             .get(&0, 0)
             .with_context(|| format!("reading map {MAP_CAPTURE_COUNTERS} (id {id})"))?;
-        let mut sum = CaptureCounters::default();
+        seen.push(id);
+        let total = sum.get_or_insert_with(CaptureCounters::default);
         for c in per_cpu.iter() {
-            sum.packets_seen += c.packets_seen;
-            sum.records_emitted += c.records_emitted;
-            sum.records_lost += c.records_lost;
-            sum.bytes_truncated += c.bytes_truncated;
-            sum.parse_errors += c.parse_errors;
+            total.add(c);
         }
-        return Ok(Some(sum));
     }
-    Ok(None)
+    Ok(sum)
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use palisade_e2e::palisade::{wait_for_object, Stack};
 
 use crate::measure::{self, WrkResult};
-use crate::{bpf, start_nginx_pod, Args, BenchPod, NAMESPACE};
+use crate::{bpf, Args, BenchPod, NAMESPACE};
 
 const ISOLATION: &str = "bench-quarantine";
 
@@ -124,18 +124,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 pub async fn run(args: &Args) -> Result<()> {
     let started = Instant::now();
-    eprintln!("[bench] enforcement: starting the stack (etcd, kube-apiserver, operator, agent, kubelet)");
-    let stack = Stack::start(&args.node).await?;
-    stack.cp.kubectl_ok(&["create", "namespace", NAMESPACE])?;
-    let pod = start_nginx_pod(&stack, "protected", "bench-protected", args.server_cpu()).await?;
-    measure::wrk(
-        &pod.url(),
-        1,
-        args.connections,
-        Duration::from_secs(2),
-        args.client_cpu(),
-    )
-    .await?;
+    let (stack, pod) =
+        crate::start_with_one_pod(args, "protected", "bench-protected", crate::nginx::Scheme::Http).await?;
+    pod.unmeasured_load(args, Duration::from_secs(2)).await?;
     let mut rounds = vec![];
     for index in 1..=args.rounds {
         wait_programs(&pod, (0, 0)).await?;
@@ -166,15 +157,7 @@ pub async fn run(args: &Args) -> Result<()> {
         rounds.push(r);
     }
     let report = markdown(args, &rounds, started.elapsed());
-    println!("{report}");
-    if !args.no_write {
-        let out = args
-            .out
-            .clone()
-            .unwrap_or_else(|| palisade_e2e::workspace_root().join("docs/benchmarks-enforcement.md"));
-        std::fs::write(&out, &report).with_context(|| format!("writing {}", out.display()))?;
-        eprintln!("[bench] wrote {}", out.display());
-    }
+    crate::publish_report(args, "docs/benchmarks-enforcement.md", &report)?;
     drop(pod);
     drop(stack);
     Ok(())

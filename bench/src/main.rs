@@ -6,12 +6,19 @@
 //! throughput (wrk), latency at a fixed half load (an open-loop generator, coordinated-omission
 //! safe) and CPU per request in each state. Prints markdown and writes docs/benchmarks.md.
 
+/// Progress on stderr (stdout carries the markdown).
+macro_rules! step {
+    ($($arg:tt)*) => { eprintln!("[bench] {}", format!($($arg)*)) };
+}
+
 mod bpf;
 mod enforcement;
 mod loadgen;
 mod measure;
 mod nginx;
 mod report;
+mod tls;
+mod uprobes;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -65,6 +72,10 @@ struct Args {
     /// an ApiIsolation vs not isolated (writes docs/benchmarks-enforcement.md).
     #[arg(long)]
     enforcement: bool,
+    /// Measure TLS capture instead: one nginx pod serving HTTPS, an ApiMonitor with TLS capture
+    /// enabled vs disabled, the agent running in both (writes docs/benchmarks-tls.md).
+    #[arg(long, conflicts_with = "enforcement")]
+    tls: bool,
     /// Node name for the stand-in kubelet.
     #[arg(long, default_value = "bench-node")]
     node: String,
@@ -118,24 +129,53 @@ fn main() -> ExitCode {
     }
 }
 
-/// Progress on stderr (stdout carries the markdown).
-macro_rules! step {
-    ($($arg:tt)*) => { eprintln!("[bench] {}", format!($($arg)*)) };
-}
-
 /// A running benchmark pod and its nginx worker.
 struct BenchPod {
     pod: RunningPod,
     worker: u32,
+    scheme: nginx::Scheme,
 }
 
 impl BenchPod {
     fn addr(&self) -> SocketAddr {
-        self.pod.addr(nginx::PORT)
+        self.pod.addr(self.scheme.port())
     }
     fn url(&self) -> String {
-        format!("http://{}/", self.addr())
+        format!("{}://{}/", self.scheme.as_str(), self.addr())
     }
+    /// A wrk run of `duration` whose figures are not kept (warm-up, or traffic to check on).
+    async fn unmeasured_load(&self, args: &Args, duration: Duration) -> Result<WrkResult> {
+        measure::wrk(&self.url(), 1, args.connections, duration, args.client_cpu()).await
+    }
+}
+
+/// The stack, the namespace and one nginx pod `name` labelled `app=<app>` (the single-pod modes).
+async fn start_with_one_pod(
+    args: &Args,
+    name: &str,
+    app: &str,
+    scheme: nginx::Scheme,
+) -> Result<(Stack, BenchPod)> {
+    step!("starting the stack (etcd, kube-apiserver, operator, agent, kubelet)");
+    let stack = Stack::start(&args.node).await?;
+    stack.cp.kubectl_ok(&["create", "namespace", NAMESPACE])?;
+    let pod = start_nginx_pod(&stack, name, app, args.server_cpu(), scheme).await?;
+    Ok((stack, pod))
+}
+
+/// Prints a mode's report and, unless `--no-write`, writes it to `--out` or to `default` (a
+/// path in the workspace).
+fn publish_report(args: &Args, default: &str, report: &str) -> Result<()> {
+    println!("{report}");
+    if !args.no_write {
+        let out = args
+            .out
+            .clone()
+            .unwrap_or_else(|| palisade_e2e::workspace_root().join(default));
+        std::fs::write(&out, report).with_context(|| format!("writing {}", out.display()))?;
+        step!("wrote {}", out.display());
+    }
+    Ok(())
 }
 
 async fn run(args: Args) -> Result<()> {
@@ -169,6 +209,9 @@ async fn run(args: Args) -> Result<()> {
     if args.enforcement {
         return enforcement::run(&args).await;
     }
+    if args.tls {
+        return tls::run(&args).await;
+    }
     let started = Instant::now();
     let load_before = loadavg();
     let agent_binary = binaries()?.join("palisade-node-agent");
@@ -181,8 +224,9 @@ async fn run(args: Args) -> Result<()> {
     let mut stack = Stack::start(&args.node).await?;
     stack.cp.kubectl_ok(&["create", "namespace", NAMESPACE])?;
 
-    let monitored = start_nginx_pod(&stack, "monitored", "bench-monitored", args.server_cpu()).await?;
-    let unmonitored = start_nginx_pod(&stack, "unmonitored", "bench-other", args.server_cpu()).await?;
+    let http = nginx::Scheme::Http;
+    let monitored = start_nginx_pod(&stack, "monitored", "bench-monitored", args.server_cpu(), http).await?;
+    let unmonitored = start_nginx_pod(&stack, "unmonitored", "bench-other", args.server_cpu(), http).await?;
     step!(
         "pods: monitored {} (nginx worker {}), unmonitored {} (nginx worker {})",
         monitored.pod.ip,
@@ -191,19 +235,12 @@ async fn run(args: Args) -> Result<()> {
         unmonitored.worker
     );
 
-    apply_monitor(&stack.cp)?;
+    apply_monitor(&stack.cp, nginx::PORT, None)?;
     wait_probes(&stack.cp, &args.node, 2).await?;
     check_kernel_attach(&monitored, &unmonitored, true).await?;
     step!("ApiMonitor {NAMESPACE}/{MONITOR}: 2 probes attached; warming up both servers");
     for pod in [&monitored, &unmonitored] {
-        measure::wrk(
-            &pod.url(),
-            1,
-            args.connections,
-            Duration::from_secs(2),
-            args.client_cpu(),
-        )
-        .await?;
+        pod.unmeasured_load(&args, Duration::from_secs(2)).await?;
     }
     // Let the warm-up's requests reach the status before the first ON state counts from it.
     let mut counted_before = settled_count(&stack.cp, 0, Duration::from_secs(20)).await?;
@@ -357,8 +394,14 @@ fn on_path(tool: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(tool).is_file()))
 }
 
-async fn start_nginx_pod(stack: &Stack, name: &str, app: &str, cpu: Option<usize>) -> Result<BenchPod> {
-    let command = nginx::prepare(&stack.cp.dir().join(format!("nginx-{name}")))?;
+async fn start_nginx_pod(
+    stack: &Stack,
+    name: &str,
+    app: &str,
+    cpu: Option<usize>,
+    scheme: nginx::Scheme,
+) -> Result<BenchPod> {
+    let command = nginx::prepare(&stack.cp.dir().join(format!("nginx-{name}")), scheme)?;
     let pod = stack
         .kubelet
         .start_pod(PodLaunch {
@@ -366,7 +409,7 @@ async fn start_nginx_pod(stack: &Stack, name: &str, app: &str, cpu: Option<usize
             name: name.into(),
             labels: BTreeMap::from([("app".to_string(), app.to_string())]),
             command,
-            port: nginx::PORT,
+            port: scheme.port(),
         })
         .await?;
     let worker = measure::nginx_worker(pod.pid)
@@ -375,11 +418,13 @@ async fn start_nginx_pod(stack: &Stack, name: &str, app: &str, cpu: Option<usize
     if let Some(cpu) = cpu {
         measure::pin_to_cpu(worker, cpu)?;
     }
-    Ok(BenchPod { pod, worker })
+    Ok(BenchPod { pod, worker, scheme })
 }
 
-fn apply_monitor(cp: &ControlPlane) -> Result<()> {
-    let yaml = format!(
+/// Applies the ApiMonitor `demo/bench` selecting `app=bench-monitored` on `port`; `tls` adds
+/// `tls: {enabled: ..}` (the TLS benchmark toggles it, the capture benchmark leaves it out).
+fn apply_monitor(cp: &ControlPlane, port: u16, tls: Option<bool>) -> Result<()> {
+    let mut yaml = format!(
         r#"apiVersion: palisade.dev/v1alpha1
 kind: ApiMonitor
 metadata:
@@ -395,9 +440,11 @@ spec:
     maxHeaderBytes: 8192
   discovery:
     enabled: true
-"#,
-        port = nginx::PORT
+"#
     );
+    if let Some(enabled) = tls {
+        yaml.push_str(&format!("  tls:\n    enabled: {enabled}\n"));
+    }
     let path = cp.dir().join("bench-apimonitor.yaml");
     std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
     cp.kubectl_ok(&["apply", "-f", &path.display().to_string()])?;

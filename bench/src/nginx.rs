@@ -1,22 +1,51 @@
-//! The benchmark's server: Debian's nginx, one worker, hello world on 8080, with every path it
-//! writes (pid, error log, temp dirs) inside a directory of its own.
+//! The benchmark's server: Debian's nginx, one worker, hello world on 8080 (or HTTPS on 8443 with
+//! a self-signed certificate), with every path it writes (pid, error log, temp dirs, key and
+//! certificate) inside a directory of its own.
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
-/// The port the benchmark's nginx listens on.
+/// The port the benchmark's nginx listens on for plain HTTP.
 pub const PORT: u16 = 8080;
+/// The port it listens on for HTTPS (`--tls`).
+pub const TLS_PORT: u16 = 8443;
 
-/// Writes `<dir>/nginx.conf` and returns the pod command that runs nginx with it.
-pub fn prepare(dir: &Path) -> Result<Vec<String>> {
+/// Plain HTTP on [`PORT`] or HTTPS on [`TLS_PORT`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn port(self) -> u16 {
+        match self {
+            Scheme::Http => PORT,
+            Scheme::Https => TLS_PORT,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+/// Writes `<dir>/nginx.conf` (and for HTTPS a fresh self-signed certificate) and returns the pod
+/// command that runs nginx with it.
+pub fn prepare(dir: &Path, scheme: Scheme) -> Result<Vec<String>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    if scheme == Scheme::Https {
+        self_signed_certificate(dir)?;
+    }
     let compiled = std::process::Command::new("nginx")
         .arg("-V")
         .output()
         .context("running `nginx -V` (install Debian's nginx-light: bash hack/bench-overhead.sh does)")?;
     let options = String::from_utf8_lossy(&compiled.stderr).into_owned();
-    let conf = config(dir, &options);
+    let conf = config(dir, &options, scheme);
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf).with_context(|| format!("writing {}", path.display()))?;
     Ok(vec![
@@ -30,10 +59,43 @@ pub fn prepare(dir: &Path) -> Result<Vec<String>> {
     ])
 }
 
+/// `<dir>/tls.crt` and `<dir>/tls.key`: an ECDSA P-256 key (handshakes cost less CPU than with
+/// RSA, so the few per wrk run weigh nothing next to the requests) and a one-day certificate.
+fn self_signed_certificate(dir: &Path) -> Result<()> {
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=palisade-bench",
+        ])
+        .args(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
+        .arg("-keyout")
+        .arg(dir.join("tls.key"))
+        .arg("-out")
+        .arg(dir.join("tls.crt"))
+        .output()
+        .context("running `openssl req` (Debian package openssl)")?;
+    if !out.status.success() {
+        bail!("openssl req failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
 /// The configuration. `compiled` is `nginx -V`'s output: temp paths are set only for the
 /// modules this nginx has.
-fn config(dir: &Path, compiled: &str) -> String {
+fn config(dir: &Path, compiled: &str, scheme: Scheme) -> String {
     let d = dir.display();
+    let listen = match scheme {
+        Scheme::Http => format!("listen {PORT};"),
+        Scheme::Https => format!(
+            "listen {TLS_PORT} ssl;\n            ssl_certificate {d}/tls.crt;\n            \
+             ssl_certificate_key {d}/tls.key;\n            ssl_protocols TLSv1.3;"
+        ),
+    };
     let mut temp = format!("        client_body_temp_path {d}/client_body;\n");
     for module in ["proxy", "fastcgi", "uwsgi", "scgi"] {
         if !compiled.contains(&format!("--without-http_{module}_module")) {
@@ -59,7 +121,7 @@ http {{
         keepalive_timeout 65s;
         keepalive_requests 10000000;
         server {{
-            listen {PORT};
+            {listen}
             location / {{
                 return 200 "hello\n";
             }}
@@ -78,6 +140,7 @@ mod tests {
         let conf = config(
             Path::new("/tmp/x"),
             "configure arguments: --without-http_uwsgi_module",
+            Scheme::Http,
         );
         assert!(conf.contains("pid /tmp/x/nginx.pid;"));
         assert!(conf.contains("proxy_temp_path /tmp/x/proxy;"));
@@ -86,5 +149,15 @@ mod tests {
         assert!(conf.contains("worker_processes 1;"));
         assert!(conf.contains("access_log off;"));
         assert!(conf.contains(r#"return 200 "hello\n";"#));
+        assert!(conf.contains("listen 8080;"));
+        assert!(!conf.contains("ssl"));
+    }
+
+    #[test]
+    fn https_listens_with_the_certificate_in_the_dir() {
+        let conf = config(Path::new("/tmp/x"), "", Scheme::Https);
+        assert!(conf.contains("listen 8443 ssl;"));
+        assert!(conf.contains("ssl_certificate /tmp/x/tls.crt;"));
+        assert!(conf.contains("ssl_certificate_key /tmp/x/tls.key;"));
     }
 }

@@ -649,8 +649,9 @@ fn tls_exit(ctx: &RetProbeContext, args: &LruHashMap<u64, TlsCallArgs>, directio
     // Both SSL_read/SSL_write and the _ex variants return an int.
     let ret: i32 = ctx.ret::<i32>();
     let len: u64 = if call.len_ptr != 0 {
-        // _ex: 1 on success, the length is in *readbytes / *written.
-        if ret != 1 {
+        // _ex (1 on success) and the internal functions they share with SSL_read/SSL_write
+        // (positive on success): the length is in *readbytes / *written.
+        if ret <= 0 {
             return;
         }
         // SAFETY: reads a size_t from the caller's memory; failures are handled.

@@ -6,7 +6,7 @@ use clap::Parser;
 use palisade_api::agent::agent_control_client::AgentControlClient;
 use palisade_api::agent::{FeatureProbe, NodeConfig, WatchConfigRequest};
 use palisade_common::CaptureCounters;
-use palisade_node_agent::capture::tls::TlsProbes;
+use palisade_node_agent::capture::tls::{ProbePlacement, TlsProbes};
 use palisade_node_agent::capture::{AllowPrefix, CaptureProbes, CaptureRing};
 use palisade_node_agent::features::probe_node_features;
 use palisade_node_agent::runtime::{CaptureBackend, Runtime};
@@ -70,6 +70,12 @@ struct Args {
     /// Log as JSON lines.
     #[arg(long, env = "PALISADE_LOG_JSON")]
     log_json: bool,
+    /// Where TLS reads and writes are probed: `auto` (OpenSSL's internal read and write
+    /// functions when they are found in the library's code: fewer, cheaper traps; else the
+    /// exported ones) or `exported` (always `SSL_read`, `SSL_read_ex`, `SSL_write`,
+    /// `SSL_write_ex`: the escape hatch, and the benchmark's reference).
+    #[arg(long, env = "PALISADE_TLS_PROBES", default_value = "auto", value_parser = ["auto", "exported"])]
+    tls_probes: String,
 }
 
 /// The kernel side: cgroup_skb capture, and TLS uprobes once a monitor asks for them.
@@ -77,6 +83,7 @@ struct KernelCapture {
     probes: CaptureProbes,
     /// `None` until a monitor enables TLS; then the loaded probes or why they did not load.
     tls: Option<Result<TlsProbes, String>>,
+    tls_placement: ProbePlacement,
 }
 
 impl KernelCapture {
@@ -92,8 +99,12 @@ impl KernelCapture {
                 Err("TLS capture needs bpffs to share the capture ring (see node errors)".to_string())
             }
         };
+        let loaded = loaded.map(|mut tls| {
+            tls.set_placement(self.tls_placement);
+            tls
+        });
         match &loaded {
-            Ok(_) => tracing::info!("TLS probes loaded"),
+            Ok(_) => tracing::info!(placement = ?self.tls_placement, "TLS probes loaded"),
             Err(reason) => tracing::warn!(%reason, "TLS probes not loaded"),
         }
         self.tls = Some(loaded);
@@ -173,7 +184,17 @@ impl CaptureBackend for KernelCapture {
     }
     fn attach_tls(&mut self, pid: u32, libssl: &Path) -> Result<(), String> {
         match &mut self.tls {
-            Some(Ok(tls)) => tls.attach_tls(pid, libssl).map(|_| ()).map_err(|e| e.to_string()),
+            Some(Ok(tls)) => tls
+                .attach_tls(pid, libssl)
+                .map(|att| {
+                    tracing::info!(
+                        pid,
+                        functions = ?att.functions,
+                        internal_not_used = att.internal_not_used.as_deref().unwrap_or(""),
+                        "TLS probes placed"
+                    );
+                })
+                .map_err(|e| e.to_string()),
             _ => self.tls_ready(),
         }
     }
@@ -281,7 +302,15 @@ async fn main() -> anyhow::Result<()> {
         Ok(mut probes) => match probes.take_ring() {
             Ok(r) => {
                 ring = Some(r);
-                Ok(KernelCapture { probes, tls: None })
+                Ok(KernelCapture {
+                    probes,
+                    tls: None,
+                    tls_placement: if args.tls_probes == "exported" {
+                        ProbePlacement::Exported
+                    } else {
+                        ProbePlacement::Auto
+                    },
+                })
             }
             Err(e) => Err(e.to_string()),
         },

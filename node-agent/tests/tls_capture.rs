@@ -8,7 +8,9 @@
 //! for a second, unattached TLS server, and silence after detaching.
 //!
 //! `tls_capture_plain_read_write`: `openssl s_server` in its echo mode calls plain `SSL_read` /
-//! `SSL_write`; the TLS programs run with their own ring (`load_standalone`).
+//! `SSL_write`; the TLS programs run with their own ring (`load_standalone`) and are placed on
+//! the exported functions (`ProbePlacement::Exported`); the per-process test uses the default
+//! placement (OpenSSL's internal functions where found).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::{
@@ -29,7 +31,7 @@ use palisade_common::{
 };
 use palisade_node_agent::{
     capture::{
-        tls::{find_libssl, tls_endpoints, TlsError, TlsProbes},
+        tls::{find_libssl, tls_endpoints, ProbePlacement, TlsError, TlsProbes},
         CaptureProbes, CaptureRing,
     },
     features::cgroup2_root_from_mountinfo,
@@ -409,10 +411,22 @@ fn tls_capture_per_process() {
         att.missing,
         att.links
     );
-    for f in ["SSL_read", "SSL_write", "SSL_read_ex", "SSL_write_ex", "SSL_free"] {
-        assert!(att.functions.contains(&f), "{f} not hooked: {att:?}");
+    // The default placement: OpenSSL's internal read and write functions (one probe pair for
+    // both SSL_read and SSL_read_ex) where they are found, else the four exported functions.
+    let expected: (&[&str], usize) = match &att.internal_not_used {
+        None => (&["ssl_read_internal", "ssl_write_internal", "SSL_free"], 5),
+        Some(why) => {
+            println!("[{name}] internal functions not used: {why}");
+            (
+                &["SSL_read", "SSL_write", "SSL_read_ex", "SSL_write_ex", "SSL_free"],
+                9,
+            )
+        }
+    };
+    for f in expected.0 {
+        assert!(att.functions.contains(f), "{f} not hooked: {att:?}");
     }
-    assert_eq!(att.links, 9);
+    assert_eq!(att.links, expected.1);
     assert_eq!(
         tls.attach_tls(server_pid, &lib).unwrap(),
         att,
@@ -667,6 +681,8 @@ fn tls_capture_plain_read_write() {
     };
     let (cert, key) = make_cert(&dir);
     let mut tls = TlsProbes::load_standalone().unwrap_or_else(|e| panic!("TLS programs refused: {e}"));
+    // The exported functions here (the per-process test covers the default placement).
+    tls.set_placement(ProbePlacement::Exported);
     assert!(!tls.shares_capture_ring());
     let mut ring = tls.take_ring().unwrap();
     assert!(matches!(tls.take_ring(), Err(TlsError::RingTaken)));

@@ -6,6 +6,7 @@
 //! the verifier log).
 
 mod enforce;
+pub mod openssl_entry;
 mod probes;
 mod ring;
 pub mod tls;

@@ -1,9 +1,12 @@
 //! TLS plaintext capture with uprobes on OpenSSL's libssl, attached per process.
 //!
-//! [`TlsProbes`] loads the TLS programs of the embedded eBPF object (`SSL_read`, `SSL_read_ex`,
-//! `SSL_write`, `SSL_write_ex` at entry and return, `SSL_free` at entry) and attaches them to one
-//! process at a time ([`TlsProbes::attach_tls`]): the kernel places the breakpoints only in that
-//! process's address space, so other OpenSSL users on the node do not trap. Plaintext goes into
+//! [`TlsProbes`] loads the TLS programs of the embedded eBPF object (reads and writes at entry and
+//! return, `SSL_free` at entry) and attaches them to one process at a time
+//! ([`TlsProbes::attach_tls`]): the kernel places the breakpoints only in that process's address
+//! space, so other OpenSSL users on the node do not trap. Reads and writes are probed in the
+//! internal functions that `SSL_read`/`SSL_read_ex` and `SSL_write`/`SSL_write_ex` call when
+//! [`openssl_entry::find`] finds them (fewer and cheaper traps), else in the four exported
+//! functions ([`ProbePlacement`]). Plaintext goes into
 //! the capture ring buffer as [`palisade_common::CaptureRecord`]s with `family == FAMILY_TLS`;
 //! the field meanings are documented next to [`palisade_common::FAMILY_TLS`] and decoded by
 //! [`tls_endpoints`].
@@ -27,7 +30,7 @@ use std::{
 use aya::{
     maps::{Map, MapData, PerCpuArray, RingBuf},
     programs::{
-        uprobe::{UProbeLinkId, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
         ProgramError, UProbe, UProbeError,
     },
     Ebpf, EbpfError, EbpfLoader,
@@ -39,6 +42,7 @@ use palisade_common::{
     PROG_TLS_WRITE_EX_ENTER, TLS_ARGS_MAX_ENTRIES, TLS_STREAM_MAX_ENTRIES,
 };
 
+use super::openssl_entry::{self, InternalEntries};
 use super::{error_chain, verifier_excerpt, with_permission_hint, CaptureRing};
 
 /// The eBPF object built by `build.rs` (the same object `CaptureProbes` loads).
@@ -55,21 +59,77 @@ const TLS_PROGRAMS: [&str; 7] = [
     PROG_TLS_FREE,
 ];
 
-/// One probe of an attachment: (library function, program, required).
-///
-/// `SSL_read`/`SSL_write` exist in every OpenSSL (and LibreSSL/BoringSSL); the `_ex` variants
-/// since OpenSSL 1.1.1. A missing optional symbol is reported, not an error.
-const HOOKS: [(&str, &str, bool); 9] = [
-    ("SSL_read", PROG_TLS_READ_ENTER, true),
-    ("SSL_read", PROG_TLS_READ_EXIT, true),
-    ("SSL_write", PROG_TLS_WRITE_ENTER, true),
-    ("SSL_write", PROG_TLS_WRITE_EXIT, true),
-    ("SSL_read_ex", PROG_TLS_READ_EX_ENTER, false),
-    ("SSL_read_ex", PROG_TLS_READ_EXIT, false),
-    ("SSL_write_ex", PROG_TLS_WRITE_EX_ENTER, false),
-    ("SSL_write_ex", PROG_TLS_WRITE_EXIT, false),
-    ("SSL_free", PROG_TLS_FREE, false),
+/// Where a probe goes in the library.
+#[derive(Clone, Copy, Debug)]
+enum At {
+    /// An exported function.
+    Symbol(&'static str),
+    /// A file offset (an internal function found by [`openssl_entry::find`]).
+    Offset(u64),
+}
+
+/// One probe of an attachment.
+#[derive(Clone, Copy, Debug)]
+struct Hook {
+    /// The library function, as reported in [`TlsAttachment::functions`].
+    function: &'static str,
+    at: At,
+    program: &'static str,
+    /// A missing optional exported symbol is reported, not an error.
+    required: bool,
+}
+
+const fn exported(function: &'static str, program: &'static str, required: bool) -> Hook {
+    Hook {
+        function,
+        at: At::Symbol(function),
+        program,
+        required,
+    }
+}
+
+/// The exported functions: `SSL_read`/`SSL_write` exist in every OpenSSL (and
+/// LibreSSL/BoringSSL); the `_ex` variants since OpenSSL 1.1.1.
+const EXPORTED_HOOKS: [Hook; 9] = [
+    exported("SSL_read", PROG_TLS_READ_ENTER, true),
+    exported("SSL_read", PROG_TLS_READ_EXIT, true),
+    exported("SSL_write", PROG_TLS_WRITE_ENTER, true),
+    exported("SSL_write", PROG_TLS_WRITE_EXIT, true),
+    exported("SSL_read_ex", PROG_TLS_READ_EX_ENTER, false),
+    exported("SSL_read_ex", PROG_TLS_READ_EXIT, false),
+    exported("SSL_write_ex", PROG_TLS_WRITE_EX_ENTER, false),
+    exported("SSL_write_ex", PROG_TLS_WRITE_EXIT, false),
+    exported("SSL_free", PROG_TLS_FREE, false),
 ];
+
+/// The internal functions the four exported ones call, with the `_ex` calling convention
+/// (`(ssl, buf, num, &bytes)`, positive on success): one probe pair for both variants, and
+/// cheaper traps (see [`openssl_entry`]).
+fn internal_hooks(entries: InternalEntries) -> [Hook; 5] {
+    let internal = |function, offset, program| Hook {
+        function,
+        at: At::Offset(offset),
+        program,
+        required: true,
+    };
+    [
+        internal("ssl_read_internal", entries.read, PROG_TLS_READ_EX_ENTER),
+        internal("ssl_read_internal", entries.read, PROG_TLS_READ_EXIT),
+        internal("ssl_write_internal", entries.write, PROG_TLS_WRITE_EX_ENTER),
+        internal("ssl_write_internal", entries.write, PROG_TLS_WRITE_EXIT),
+        exported("SSL_free", PROG_TLS_FREE, false),
+    ]
+}
+
+/// Where [`TlsProbes::attach_tls`] places the read and write probes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProbePlacement {
+    /// The internal functions when they are found in the library's code, else the exported ones.
+    #[default]
+    Auto,
+    /// Always the exported functions (`SSL_read`, `SSL_read_ex`, `SSL_write`, `SSL_write_ex`).
+    Exported,
+}
 
 /// Why loading, attaching or detaching TLS capture failed. Every variant carries the kernel's
 /// reason (errno text, verifier log tail) where there is one.
@@ -159,6 +219,9 @@ pub struct TlsAttachment {
     pub missing: Vec<&'static str>,
     /// Number of uprobe links held for this process.
     pub links: usize,
+    /// Why the internal functions were not probed (`None` when they were, or when the exported
+    /// functions were asked for).
+    pub internal_not_used: Option<String>,
 }
 
 struct PidLinks {
@@ -174,6 +237,7 @@ pub struct TlsProbes {
     attached: BTreeMap<u32, PidLinks>,
     /// The TLS programs write into the ring `CaptureProbes` drains.
     shared_ring: bool,
+    placement: ProbePlacement,
 }
 
 impl std::fmt::Debug for TlsProbes {
@@ -282,7 +346,13 @@ impl TlsProbes {
             ebpf,
             attached: BTreeMap::new(),
             shared_ring,
+            placement: ProbePlacement::default(),
         })
+    }
+
+    /// Where later [`TlsProbes::attach_tls`] calls place the probes.
+    pub fn set_placement(&mut self, placement: ProbePlacement) {
+        self.placement = placement;
     }
 
     /// Attaches TLS capture to process `pid` (a pid of the node's pid namespace) in `libssl`
@@ -299,21 +369,38 @@ impl TlsProbes {
             }
             self.detach_tls(pid)?;
         }
-        let mut links: Vec<(&'static str, UProbeLinkId)> = Vec::with_capacity(HOOKS.len());
+        let (hooks, internal_not_used): (Vec<Hook>, _) = match self.placement {
+            ProbePlacement::Exported => (EXPORTED_HOOKS.to_vec(), None),
+            ProbePlacement::Auto => match openssl_entry::find(libssl) {
+                Ok(entries) => (internal_hooks(entries).to_vec(), None),
+                Err(reason) => (EXPORTED_HOOKS.to_vec(), Some(reason.to_string())),
+            },
+        };
+        let mut links: Vec<(&'static str, UProbeLinkId)> = Vec::with_capacity(hooks.len());
         let mut functions: Vec<&'static str> = Vec::new();
         let mut missing: Vec<&'static str> = Vec::new();
-        for (symbol, program, required) in HOOKS {
-            if missing.contains(&symbol) {
+        for Hook {
+            function,
+            at,
+            program,
+            required,
+        } in hooks
+        {
+            if missing.contains(&function) {
                 continue;
             }
+            let location = match at {
+                At::Symbol(symbol) => UProbeAttachLocation::Symbol(symbol),
+                At::Offset(offset) => UProbeAttachLocation::AbsoluteOffset(offset),
+            };
             let attached = program_mut(&mut self.ebpf, program).and_then(|prog| {
-                match prog.attach(symbol, libssl, UProbeScope::OneProcess(scope)) {
+                match prog.attach(location, libssl, UProbeScope::OneProcess(scope)) {
                     Ok(link) => Ok(Some(link)),
                     Err(e) if !required && is_missing_symbol(&e) => Ok(None),
                     Err(e) => Err(TlsError::Attach {
                         pid,
                         program,
-                        symbol,
+                        symbol: function,
                         library: libssl.to_path_buf(),
                         reason: program_error_reason(&e),
                     }),
@@ -322,11 +409,11 @@ impl TlsProbes {
             match attached {
                 Ok(Some(link)) => {
                     links.push((program, link));
-                    if !functions.contains(&symbol) {
-                        functions.push(symbol);
+                    if !functions.contains(&function) {
+                        functions.push(function);
                     }
                 }
-                Ok(None) => missing.push(symbol),
+                Ok(None) => missing.push(function),
                 Err(e) => {
                     // Roll back: the process is either fully hooked or not at all.
                     let _ = detach_links(&mut self.ebpf, pid, links);
@@ -340,6 +427,7 @@ impl TlsProbes {
             functions,
             missing,
             links: links.len(),
+            internal_not_used,
         };
         self.attached.insert(
             pid,
