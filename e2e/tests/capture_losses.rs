@@ -56,8 +56,12 @@ async fn losses_under_forced_overload_are_counted_exactly() -> Result<()> {
     .await?;
     palisade_e2e::palisade::wait_policy_ready(&cp, "demo", "demo-api-guard").await?;
 
-    // A bounded burst from 4 threads: at most 4 x 3000 requests or 8 s.
+    // A bounded burst from 4 threads: at most 4 x 3000 requests or 8 s. Each request carries a
+    // 1 KiB header so that its packet takes a full 4 KiB ring record (packets of up to 440 bytes
+    // take 512-byte ones, and 12,000 small exchanges would fit in the ring).
     let addr = pod.addr(8080);
+    let pad = "p".repeat(1024);
+    let pad = pad.as_str();
     let deadline = Instant::now() + Duration::from_secs(8);
     let sent: u64 = std::thread::scope(|s| {
         let workers: Vec<_> = (0..4)
@@ -65,7 +69,15 @@ async fn losses_under_forced_overload_are_counted_exactly() -> Result<()> {
                 s.spawn(move || {
                     let mut n = 0u64;
                     while n < 3000 && Instant::now() < deadline {
-                        if palisade_e2e::palisade::http_request(addr, "GET", "/users/1", &[], "").is_ok() {
+                        if palisade_e2e::palisade::http_request(
+                            addr,
+                            "GET",
+                            "/users/1",
+                            &[("X-Pad", pad)],
+                            "",
+                        )
+                        .is_ok()
+                        {
                             n += 1;
                         }
                     }

@@ -16,7 +16,6 @@
 use core::ptr::addr_of_mut;
 
 use aya_ebpf::{
-    bindings::BPF_RB_NO_WAKEUP,
     cty::c_void,
     helpers::{
         bpf_get_current_pid_tgid, bpf_probe_read_user,
@@ -70,6 +69,10 @@ const TCP_MIN_HDR_LEN: u64 = 20;
 /// IPv6 extension headers skipped before giving up (hop-by-hop, routing, destination options).
 const MAX_IPV6_EXT_HEADERS: usize = 4;
 const CHUNK: u64 = CHUNK_BYTES as u64;
+/// Ring-buffer submit flags: none, i.e. the kernel's adaptive wake-up. It notifies the reader only
+/// when the record lands in a ring the reader had emptied (an idle agent wakes at once); while
+/// the reader is behind (an agent under load draining in batches) nothing is signalled.
+const ADAPTIVE_WAKEUP: u64 = 0;
 const MAX_CHUNKS: u64 = MAX_CHUNKS_PER_SKB as u64;
 
 /// Pass verdict for cgroup_skb programs.
@@ -506,7 +509,7 @@ fn emit_chunk<const N: usize>(
             return Err(Skip::Malformed);
         }
     }
-    entry.submit(BPF_RB_NO_WAKEUP as u64);
+    entry.submit(ADAPTIVE_WAKEUP);
     count(Counter::RecordsEmitted, 1);
     Ok(())
 }
@@ -600,7 +603,7 @@ fn emit_close(ssl: u64, tgid: u32, direction: u8, end: u64) {
     let rec: *mut CaptureRecord = entry.as_mut_ptr();
     // SAFETY: `rec` points to a live reservation of size_of::<CaptureRecord>() bytes.
     unsafe { addr_of_mut!((*rec).header).write(hdr) };
-    entry.submit(BPF_RB_NO_WAKEUP as u64);
+    entry.submit(ADAPTIVE_WAKEUP);
     count(Counter::RecordsEmitted, 1);
     count(Counter::TlsRecordsEmitted, 1);
 }
@@ -778,7 +781,7 @@ fn emit_tls_chunk(hdr: &mut CaptureHeader, buf: u64, chunk_off: u64, n: u64) -> 
         count(Counter::TlsReadErrors, 1);
         return false;
     }
-    entry.submit(BPF_RB_NO_WAKEUP as u64);
+    entry.submit(ADAPTIVE_WAKEUP);
     count(Counter::RecordsEmitted, 1);
     count(Counter::TlsRecordsEmitted, 1);
     count(Counter::TlsBytesCaptured, n);

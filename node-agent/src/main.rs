@@ -13,6 +13,7 @@ use palisade_node_agent::runtime::{CaptureBackend, Runtime};
 use palisade_node_agent::tls_client::{operator_channel, TlsFlags};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 use tonic::transport::Channel;
@@ -57,8 +58,10 @@ struct Args {
     /// cgroup v2 root to find pods under (default: found in /proc/self/mountinfo).
     #[arg(long)]
     cgroup_root: Option<PathBuf>,
-    /// How often to drain the capture ring buffer, in milliseconds. Raising it only makes sense
-    /// to test loss accounting: records the full ring cannot take are counted as lost.
+    /// Least time between two drains of the capture ring buffer, in milliseconds: an idle agent
+    /// sleeps until the kernel says a record arrived; under load it reads records in batches at
+    /// most this often. Raising it only makes sense to test loss accounting: records the full
+    /// ring cannot take are counted as lost.
     #[arg(long, default_value = "2")]
     drain_interval_ms: u64,
     /// How often to report to the operator, in milliseconds.
@@ -218,6 +221,41 @@ fn clock_ns(clock: libc::clockid_t) -> i64 {
 }
 
 /// Follows the node's configuration stream, reconnecting with backoff; publishes each version.
+/// Records read per drain at most (then the loop serves its other work and drains again).
+const DRAIN_BATCH: usize = 16_384;
+/// A drain at least this often (or every drain interval, if longer) whatever the ring's
+/// notifications say.
+const DRAIN_FALLBACK_MS: u64 = 100;
+
+/// Resolves when the ring should be drained: not before `not_before`, then at once if the last
+/// drain left records behind, else when the kernel says records arrived. Never without a ring.
+async fn ring_ready(ring: Option<&AsyncFd<CaptureRing>>, not_before: tokio::time::Instant, backlog: bool) {
+    tokio::time::sleep_until(not_before).await;
+    let Some(ring) = ring else {
+        return std::future::pending().await;
+    };
+    if backlog {
+        return;
+    }
+    match ring.readable().await {
+        // Cleared before the drain: a record that arrives during it notifies again.
+        Ok(mut guard) => guard.clear_ready(),
+        Err(e) => {
+            tracing::warn!(error = %e, "polling the capture ring failed; draining on the fallback tick");
+            std::future::pending().await
+        }
+    }
+}
+
+/// Drains the ring into the runtime; true when it stopped at [`DRAIN_BATCH`] with records left.
+fn drain_ring<B: CaptureBackend>(ring: Option<&mut AsyncFd<CaptureRing>>, runtime: &mut Runtime<B>) -> bool {
+    let Some(ring) = ring else { return false };
+    let ring = ring.get_mut();
+    let delivered = ring.drain(DRAIN_BATCH, |h, d| runtime.on_record(h, d));
+    runtime.metrics().dropped("malformed_record", ring.bad_records());
+    delivered >= DRAIN_BATCH
+}
+
 async fn follow_config(channel: Channel, node: String, tx: watch::Sender<Option<NodeConfig>>) {
     let mut backoff = Duration::from_millis(200);
     loop {
@@ -366,8 +404,20 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(follow_config(channel.clone(), args.node_name.clone(), cfg_tx));
     let mut client = AgentControlClient::new(channel);
 
-    let mut drain = tokio::time::interval(Duration::from_millis(args.drain_interval_ms.max(1)));
-    drain.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // The capture programs submit with adaptive wake-ups: the kernel notifies only when a record
+    // arrives while the reader has read everything. So an idle agent sleeps on the ring's file
+    // descriptor (no timer wake-ups), and under load, where the agent waits at least the drain
+    // interval between drains, the kernel does not notify at all and records are read in
+    // batches. A slow tick guards against a missed notification.
+    let mut ring = match ring.map(CaptureRing::into_async).transpose() {
+        Ok(ring) => ring,
+        Err(e) => anyhow::bail!("the capture ring buffer cannot be polled: {e}"),
+    };
+    let drain_gap = Duration::from_millis(args.drain_interval_ms.max(1));
+    let mut next_drain = tokio::time::Instant::now();
+    let mut ring_backlog = false;
+    let mut drain_fallback = tokio::time::interval(drain_gap.max(Duration::from_millis(DRAIN_FALLBACK_MS)));
+    drain_fallback.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut report = tokio::time::interval(Duration::from_millis(args.report_interval_ms.max(100)));
     report.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut housekeeping = tokio::time::interval(Duration::from_secs(10));
@@ -384,17 +434,21 @@ async fn main() -> anyhow::Result<()> {
                     if cfg.monitors.iter().any(|m| m.tls) {
                         let bpffs = features.bpffs.as_deref();
                         if let Some(backend) = runtime.backend_mut() {
-                            backend.ensure_tls(ring.as_ref(), bpffs);
+                            backend.ensure_tls(ring.as_ref().map(AsyncFd::get_ref), bpffs);
                         }
                     }
                     runtime.apply(cfg);
                     send_report = true;
                 }
             }
-            _ = drain.tick() => {
-                if let Some(ring) = ring.as_mut() {
-                    ring.drain(16_384, |h, d| runtime.on_record(h, d));
-                    runtime.metrics().dropped("malformed_record", ring.bad_records());
+            () = ring_ready(ring.as_ref(), next_drain, ring_backlog) => {
+                ring_backlog = drain_ring(ring.as_mut(), &mut runtime);
+                next_drain = tokio::time::Instant::now() + drain_gap;
+            }
+            _ = drain_fallback.tick() => {
+                if tokio::time::Instant::now() >= next_drain {
+                    ring_backlog = drain_ring(ring.as_mut(), &mut runtime);
+                    next_drain = tokio::time::Instant::now() + drain_gap;
                 }
             }
             _ = report.tick() => {

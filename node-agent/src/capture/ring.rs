@@ -4,7 +4,7 @@
 
 use std::{
     mem::size_of,
-    os::fd::{AsFd, BorrowedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd},
 };
 
 use aya::maps::{MapData, RingBuf};
@@ -12,8 +12,9 @@ use palisade_common::{CaptureHeader, CHUNK_BYTES};
 
 /// The consumer side of the capture ring buffer.
 ///
-/// The programs submit with `BPF_RB_NO_WAKEUP`, so poll it on a timer (every 1–2 ms) rather
-/// than waiting for readiness on [`AsFd`].
+/// The programs submit with adaptive wake-ups (the kernel notifies only when a record arrives
+/// while the reader is caught up): wait for readiness on its file descriptor, then drain, and
+/// leave some time between drains so that records are read in batches under load.
 pub struct CaptureRing {
     ring: RingBuf<MapData>,
     bad_records: u64,
@@ -55,6 +56,15 @@ impl CaptureRing {
         delivered
     }
 
+    /// The ring, registered with tokio's reactor to wait for records (readable when it holds
+    /// any). Must be called inside a tokio runtime.
+    pub fn into_async(self) -> std::io::Result<tokio::io::unix::AsyncFd<CaptureRing>> {
+        // SAFETY: the file descriptor is the ring map's, owned by `self.ring`: it stays open and
+        // the same for as long as the AsyncFd owns this CaptureRing (nothing replaces the map).
+        unsafe { tokio::io::unix::AsyncFd::register_with_interest(self, tokio::io::Interest::READABLE) }
+            .map_err(std::io::Error::from)
+    }
+
     /// Records skipped so far because their length did not match their header.
     pub fn bad_records(&self) -> u64 {
         self.bad_records
@@ -64,6 +74,12 @@ impl CaptureRing {
 impl AsFd for CaptureRing {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.ring.as_fd()
+    }
+}
+
+impl AsRawFd for CaptureRing {
+    fn as_raw_fd(&self) -> RawFd {
+        self.ring.as_fd().as_raw_fd()
     }
 }
 
