@@ -1064,6 +1064,18 @@ fn detect_lower(s: &str, paranoia: u8) -> Option<(&'static str, usize)> {
         if comment_follows(&toks.raw, 0) {
             return Some(("comment after quote", q));
         }
+        if let Some(r) = after_breakout(toks.sig(), 0, false) {
+            return Some((r, q));
+        }
+        if let Some(r) = anywhere(toks.sig(), paranoia) {
+            return Some((r, q));
+        }
+        if sql_then_trailing_comment(&toks, 0) {
+            return Some(("comment truncation after break-out", q));
+        }
+        if expression_to_open_string(&toks) || operator_to_open_string(toks.sig(), quote) {
+            return Some(("expression after break-out", q));
+        }
         if shapes::log_hiding_comment(&toks.raw) {
             return Some(("log-hiding comment", q));
         }
@@ -1078,18 +1090,6 @@ fn detect_lower(s: &str, paranoia: u8) -> Option<(&'static str, usize)> {
         }
         if shapes::operator_then_comment(&toks) {
             return Some(("comment truncation after break-out", q));
-        }
-        if let Some(r) = after_breakout(toks.sig(), 0, false) {
-            return Some((r, q));
-        }
-        if let Some(r) = anywhere(toks.sig(), paranoia) {
-            return Some((r, q));
-        }
-        if sql_then_trailing_comment(&toks, 0) {
-            return Some(("comment truncation after break-out", q));
-        }
-        if expression_to_open_string(&toks) || operator_to_open_string(toks.sig(), quote) {
-            return Some(("expression after break-out", q));
         }
     }
     if paranoia >= 2 {
