@@ -818,8 +818,9 @@ fn detect_depth(value: &str, scan: Scan, paranoia: u8, header: bool, depth: u8) 
         value.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("alias "))
             || value.get(..3).is_some_and(|p| p.eq_ignore_ascii_case("if/"))
     };
-    if !needles.may(LOUD_GROUPS) && !bytes.any(QUIET) && (header || !(starts_with_command(value) || alias()))
-    {
+    // (A header is read further only for a command line as its whole value, see below.)
+    let may_start_with_command = starts_with_command(value) || (!header && alias());
+    if !(needles.may(LOUD_GROUPS) || bytes.any(QUIET) || may_start_with_command) {
         return None;
     }
     let lower = lower_folded_cow(value, bytes);
@@ -883,6 +884,8 @@ fn detect_depth(value: &str, scan: Scan, paranoia: u8, header: bool, depth: u8) 
         if let Some(r) = command_at(&s, 0, Sep::Start, paranoia) {
             return hit(r, 0);
         }
+    } else if let Some(r) = header_command_line(&s, paranoia) {
+        return hit(r, 0);
     }
     // Separators (a `\n` typed as text becomes one in `normalize`).
     let mut i = if set.any(ByteSet::of_bytes(b";\n\r|&`$<>\\")) {
@@ -951,6 +954,26 @@ fn detect_depth(value: &str, scan: Scan, paranoia: u8, header: bool, depth: u8) 
         }
     }
     None
+}
+
+/// A header whose whole value is a command line: `ansible all -m ping`, `env --version`,
+/// `cscli alerts list`, `time ifconfig`. Clients name themselves `product/version (comment)`,
+/// so a command word followed by a blank is no client's User-Agent (and `curl/8.5.0` is not
+/// read as `curl`). Commands that are also words (`chef`, `time`) need what [`command_at`]
+/// asks of them at the start of a parameter: an option, a path, a command after a prefix.
+fn header_command_line(s: &str, paranoia: u8) -> Option<&'static str> {
+    let b = s.as_bytes();
+    let (start, end) = word_span(b, 0);
+    let word = s.get(start..end)?;
+    if start > 1 || word.contains('/') || !matches!(b.get(end), Some(b' ' | b'\t')) {
+        return None;
+    }
+    let cmd = command_of(split_word(word)?.1)?;
+    if command_at(s, start, Sep::Start, paranoia).is_some() {
+        return Some("command line in a header");
+    }
+    let args = s[end..].split_whitespace().count();
+    (!is_wordy(cmd) && (1..=6).contains(&args)).then_some("command line in a header")
 }
 
 /// Shapes that are commands whatever their separators: calls of the language functions that run
@@ -1934,6 +1957,39 @@ mod tests {
         // The root of the path ends after `é` (two bytes): this used to slice inside it.
         assert!(detect("é/bin/cat", 1, false).is_some());
         assert!(detect("é/bin/x", 1, false).is_none());
+    }
+
+    #[test]
+    fn command_lines_in_headers() {
+        for attack in [
+            "ansible all -m ping",
+            "env --version",
+            "cscli alerts list",
+            "'cscli' alerts list",
+            "time ifconfig",
+            "invoke-expression -command file.ps1",
+            "chef-client -t 1.1.1.1",
+        ] {
+            assert!(detect(attack, 1, true).is_some(), "missed {attack:?}");
+        }
+        for ok in [
+            "curl/8.5.0",
+            "Wget/1.21.4 (linux-gnu)",
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36",
+            "python-requests/2.31.0",
+            "kube-probe/1.29",
+            "Chef Client/18.2.7 (ruby-3.1.2p20; ohai-18.1.3; x86_64-linux; +https://chef.io)",
+            "top 10 songs",
+            "find me",
+            "https://example.com/?q=env",
+            "PostmanRuntime/7.36.0",
+        ] {
+            assert!(
+                detect(ok, 1, true).is_none(),
+                "false positive on {ok:?}: {:?}",
+                detect(ok, 1, true)
+            );
+        }
     }
 
     #[test]
