@@ -956,11 +956,11 @@ fn detect_depth(value: &str, scan: Scan, paranoia: u8, header: bool, depth: u8) 
     None
 }
 
-/// A header whose whole value is a command line: `ansible all -m ping`, `env --version`,
-/// `cscli alerts list`, `time ifconfig`. Clients name themselves `product/version (comment)`,
-/// so a command word followed by a blank is no client's User-Agent (and `curl/8.5.0` is not
-/// read as `curl`). Commands that are also words (`chef`, `time`) need what [`command_at`]
-/// asks of them at the start of a parameter: an option, a path, a command after a prefix.
+/// A header whose whole value is a command line with shell-shaped arguments: `ansible all -m
+/// ping`, `env --version`, `time ifconfig`. Clients name themselves `product/version (comment)`,
+/// so `curl/8.5.0` is a product token, not `curl`. The arguments must be what [`command_at`]
+/// asks of a command at the start of a parameter (an option, a path, a command after a prefix):
+/// plain words are not enough, because kubectl itself sends `Kubectl-Command: kubectl get`.
 fn header_command_line(s: &str, paranoia: u8) -> Option<&'static str> {
     let b = s.as_bytes();
     let (start, end) = word_span(b, 0);
@@ -968,12 +968,8 @@ fn header_command_line(s: &str, paranoia: u8) -> Option<&'static str> {
     if start > 1 || word.contains('/') || !matches!(b.get(end), Some(b' ' | b'\t')) {
         return None;
     }
-    let cmd = command_of(split_word(word)?.1)?;
-    if command_at(s, start, Sep::Start, paranoia).is_some() {
-        return Some("command line in a header");
-    }
-    let args = s[end..].split_whitespace().count();
-    (!is_wordy(cmd) && (1..=6).contains(&args)).then_some("command line in a header")
+    command_of(split_word(word)?.1)?;
+    command_at(s, start, Sep::Start, paranoia).map(|_| "command line in a header")
 }
 
 /// Shapes that are commands whatever their separators: calls of the language functions that run
@@ -1964,8 +1960,6 @@ mod tests {
         for attack in [
             "ansible all -m ping",
             "env --version",
-            "cscli alerts list",
-            "'cscli' alerts list",
             "time ifconfig",
             "invoke-expression -command file.ps1",
             "chef-client -t 1.1.1.1",
@@ -1983,6 +1977,10 @@ mod tests {
             "find me",
             "https://example.com/?q=env",
             "PostmanRuntime/7.36.0",
+            // kubectl's own headers (Kubectl-Command), and plain words after a tool's name.
+            "kubectl get",
+            "kubectl create secret generic",
+            "cscli alerts list",
         ] {
             assert!(
                 detect(ok, 1, true).is_none(),
