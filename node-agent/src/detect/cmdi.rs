@@ -617,6 +617,14 @@ fn starts_with_command(value: &str) -> bool {
         .is_some_and(|(_, base)| command_of(base).is_some())
 }
 
+/// Whether the first word of a value is one of [`PREFIX`] (any ASCII case).
+fn starts_with_prefix(value: &str) -> bool {
+    let (start, end) = word_span(value.as_bytes(), 0);
+    value
+        .get(start..end)
+        .is_some_and(|w| PREFIX.iter().any(|p| p.eq_ignore_ascii_case(w)))
+}
+
 /// Looks at the word at `i` (after a separator of kind `sep`).
 fn command_at(s: &str, i: usize, sep: Sep, paranoia: u8) -> Option<&'static str> {
     command_at_depth(s, i, sep, paranoia, 0)
@@ -818,8 +826,14 @@ fn detect_depth(value: &str, scan: Scan, paranoia: u8, header: bool, depth: u8) 
         value.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("alias "))
             || value.get(..3).is_some_and(|p| p.eq_ignore_ascii_case("if/"))
     };
-    // (A header is read further only for a command line as its whole value, see below.)
-    let may_start_with_command = starts_with_command(value) || (!header && alias());
+    // A header is read further only for a command line as its whole value ([`header_command_line`]),
+    // which needs a shell-shaped argument or a prefix command (`time x`): `Kubectl-Command:
+    // kubectl get`, sent with every kubectl request, stops here.
+    let may_start_with_command = if header {
+        (bytes.any(ByteSet::of_bytes(b"-/~.%<>")) || starts_with_prefix(value)) && starts_with_command(value)
+    } else {
+        starts_with_command(value) || alias()
+    };
     if !(needles.may(LOUD_GROUPS) || bytes.any(QUIET) || may_start_with_command) {
         return None;
     }
