@@ -617,6 +617,14 @@ fn starts_with_command(value: &str) -> bool {
         .is_some_and(|(_, base)| command_of(base).is_some())
 }
 
+/// Whether the first word of a value is one of [`PREFIX`] (any ASCII case).
+fn starts_with_prefix(value: &str) -> bool {
+    let (start, end) = word_span(value.as_bytes(), 0);
+    value
+        .get(start..end)
+        .is_some_and(|w| PREFIX.iter().any(|p| p.eq_ignore_ascii_case(w)))
+}
+
 /// Looks at the word at `i` (after a separator of kind `sep`).
 fn command_at(s: &str, i: usize, sep: Sep, paranoia: u8) -> Option<&'static str> {
     command_at_depth(s, i, sep, paranoia, 0)
@@ -818,8 +826,15 @@ fn detect_depth(value: &str, scan: Scan, paranoia: u8, header: bool, depth: u8) 
         value.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("alias "))
             || value.get(..3).is_some_and(|p| p.eq_ignore_ascii_case("if/"))
     };
-    if !needles.may(LOUD_GROUPS) && !bytes.any(QUIET) && (header || !(starts_with_command(value) || alias()))
-    {
+    // A header is read further only for a command line as its whole value ([`header_command_line`]),
+    // which needs a shell-shaped argument or a prefix command (`time x`): `Kubectl-Command:
+    // kubectl get`, sent with every kubectl request, stops here.
+    let may_start_with_command = if header {
+        (bytes.any(ByteSet::of_bytes(b"-/~.%<>")) || starts_with_prefix(value)) && starts_with_command(value)
+    } else {
+        starts_with_command(value) || alias()
+    };
+    if !(needles.may(LOUD_GROUPS) || bytes.any(QUIET) || may_start_with_command) {
         return None;
     }
     let lower = lower_folded_cow(value, bytes);
@@ -883,6 +898,8 @@ fn detect_depth(value: &str, scan: Scan, paranoia: u8, header: bool, depth: u8) 
         if let Some(r) = command_at(&s, 0, Sep::Start, paranoia) {
             return hit(r, 0);
         }
+    } else if let Some(r) = header_command_line(&s, paranoia) {
+        return hit(r, 0);
     }
     // Separators (a `\n` typed as text becomes one in `normalize`).
     let mut i = if set.any(ByteSet::of_bytes(b";\n\r|&`$<>\\")) {
@@ -951,6 +968,22 @@ fn detect_depth(value: &str, scan: Scan, paranoia: u8, header: bool, depth: u8) 
         }
     }
     None
+}
+
+/// A header whose whole value is a command line with shell-shaped arguments: `ansible all -m
+/// ping`, `env --version`, `time ifconfig`. Clients name themselves `product/version (comment)`,
+/// so `curl/8.5.0` is a product token, not `curl`. The arguments must be what [`command_at`]
+/// asks of a command at the start of a parameter (an option, a path, a command after a prefix):
+/// plain words are not enough, because kubectl itself sends `Kubectl-Command: kubectl get`.
+fn header_command_line(s: &str, paranoia: u8) -> Option<&'static str> {
+    let b = s.as_bytes();
+    let (start, end) = word_span(b, 0);
+    let word = s.get(start..end)?;
+    if start > 1 || word.contains('/') || !matches!(b.get(end), Some(b' ' | b'\t')) {
+        return None;
+    }
+    command_of(split_word(word)?.1)?;
+    command_at(s, start, Sep::Start, paranoia).map(|_| "command line in a header")
 }
 
 /// Shapes that are commands whatever their separators: calls of the language functions that run
@@ -1934,6 +1967,41 @@ mod tests {
         // The root of the path ends after `é` (two bytes): this used to slice inside it.
         assert!(detect("é/bin/cat", 1, false).is_some());
         assert!(detect("é/bin/x", 1, false).is_none());
+    }
+
+    #[test]
+    fn command_lines_in_headers() {
+        for attack in [
+            "ansible all -m ping",
+            "env --version",
+            "time ifconfig",
+            "invoke-expression -command file.ps1",
+            "chef-client -t 1.1.1.1",
+        ] {
+            assert!(detect(attack, 1, true).is_some(), "missed {attack:?}");
+        }
+        for ok in [
+            "curl/8.5.0",
+            "Wget/1.21.4 (linux-gnu)",
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36",
+            "python-requests/2.31.0",
+            "kube-probe/1.29",
+            "Chef Client/18.2.7 (ruby-3.1.2p20; ohai-18.1.3; x86_64-linux; +https://chef.io)",
+            "top 10 songs",
+            "find me",
+            "https://example.com/?q=env",
+            "PostmanRuntime/7.36.0",
+            // kubectl's own headers (Kubectl-Command), and plain words after a tool's name.
+            "kubectl get",
+            "kubectl create secret generic",
+            "cscli alerts list",
+        ] {
+            assert!(
+                detect(ok, 1, true).is_none(),
+                "false positive on {ok:?}: {:?}",
+                detect(ok, 1, true)
+            );
+        }
     }
 
     #[test]

@@ -550,6 +550,11 @@ mod tests {
             ("Referer", "https://shop.example.com/cart?step=2&coupon=SAVE10"),
             ("Cookie", "session=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.abc; theme=dark"),
         ]);
+        let kubectl = headers(&[
+            ("User-Agent", "kubectl/v1.30.0 (linux/amd64) kubernetes/7c48c2b"),
+            ("Kubectl-Command", "kubectl get"),
+            ("Kubectl-Session", "5f0c4b7e-2a1d-4c3e-9f5a-8b7c6d5e4f3a"),
+        ]);
         let reqs = [
             view(
                 "/api/v1/users/42/orders?sort=-created_at&limit=20&fields=id,total",
@@ -564,6 +569,12 @@ mod tests {
                 ),
             ),
             view("/search?q=Rock+%27n%27+roll+%26+more", &json, None),
+            // What kubectl 1.30+ sends with every request.
+            view(
+                "/api/v1/namespaces/default/pods?labelSelector=app%3Dweb",
+                &kubectl,
+                None,
+            ),
             view(
                 "/profile",
                 &json,

@@ -12,6 +12,8 @@ use super::scan::{group, Scan};
 use super::Hit;
 use std::sync::LazyLock;
 
+mod shapes;
+
 /// Tokens read from one value (a longer value is read up to here).
 const MAX_TOKENS: usize = 8192;
 
@@ -417,13 +419,16 @@ fn logic_tail(v: &[Tok], i: usize, strict: bool) -> bool {
             break;
         }
         let is_null_test = t.is("is") && get(v, k + 1).is_some_and(|n| n.is("null") || n.is("not"));
-        if t.is_cmp() && k > j && (!strict || t.kind == Kind::Op || is_null_test) {
+        // `or name like '%'`: a pattern match against a string literal.
+        let pattern_test = t.is_any(&["like", "rlike", "regexp", "glob"])
+            && get(v, k + 1).is_some_and(|n| n.kind == Kind::Str && n.closed);
+        if t.is_cmp() && k > j && (!strict || t.kind == Kind::Op || is_null_test || pattern_test) {
             let lhs = &v[k - 1];
             let rhs = get(v, k + 1);
             let literal_side = lhs.is_literal()
                 || lhs.kind == Kind::RParen
                 || rhs.is_some_and(|r| r.is_literal() || r.kind == Kind::LParen || call_at(v, k + 1));
-            if !strict || literal_side || is_null_test {
+            if !strict || literal_side || is_null_test || pattern_test {
                 return true;
             }
         }
@@ -545,11 +550,33 @@ fn expression_to_open_string(toks: &Tokens) -> bool {
         return false;
     }
     let tail = &v[i..];
+    // An operator right before the open string: `or '1`, `&&'1`, `^ -'1`, `like '0`
+    // (`cats' toys` and `or admins' rights` end with a word before it).
+    // The open string is a short operand (`'1`, `'-1 `), not the rest of a text (`36" x 48" frame`,
+    // `href="/apps/">…`).
+    let short_open = v.last().is_some_and(|t| {
+        let content = t.text.get(1..).unwrap_or("").trim();
+        content.len() <= 8
+            && content
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    });
+    let operator_before_open = short_open
+        && tail.len() >= 3
+        && tail.len() <= 16
+        && get(v, v.len() - 2).is_some_and(|t| {
+            (t.kind == Kind::Op && !matches!(t.text, "<" | ">"))
+                || t.is_logic()
+                || t.is_any(&["like", "rlike", "regexp"])
+        });
     if first.kind == Kind::Op && !matches!(first.text, "<" | ">") {
         // `">` and `"<` are markup, not SQL.
-        return tail.iter().any(|t| t.is_logic() || cmp_op(t));
+        return operator_before_open
+            || tail
+                .iter()
+                .any(|t| t.is_logic() || cmp_op(t) || t.is_op("<") || t.is_op(">"));
     }
-    first.is_any(SQL_WORDS) && tail.iter().any(cmp_op)
+    first.is_any(SQL_WORDS) && (operator_before_open || tail.iter().any(cmp_op))
 }
 
 /// Does a SELECT at `j` have the shape of a query rather than of English? `strict`: only shapes
@@ -607,7 +634,11 @@ fn select_shape(v: &[Tok], j: usize, strict: bool) -> bool {
     if table.kind == Kind::LParen || CATALOGS.contains(&table.text) {
         return true;
     }
-    if strict && !sql_list {
+    // `select id from users where id=…`: a WHERE clause comparing a column, as only SQL writes it.
+    let where_compares = get(v, m + 2).is_some_and(|t| t.is("where"))
+        && get(v, m + 3).is_some_and(|t| t.kind == Kind::Word)
+        && get(v, m + 4).is_some_and(|t| t.kind == Kind::Op && t.is_cmp());
+    if strict && !sql_list && !where_compares {
         return false;
     }
     let table_end = get(v, m + 2).is_none_or(|t| {
@@ -631,7 +662,11 @@ fn statement_at(v: &[Tok], j: usize) -> bool {
         "select" => select_shape(v, j, false),
         "insert" | "replace" => next_is(&["into"]),
         "update" => get(v, j + 2).is_some_and(|s| s.is("set")),
-        "delete" => next_is(&["from"]),
+        "delete" => {
+            next_is(&["from"])
+                || (next_is(&["low_priority", "quick", "ignore"])
+                    && get(v, j + 2).is_some_and(|n| n.is("from") || n.is_any(&["quick", "ignore"])))
+        }
         "drop" | "create" | "alter" | "truncate" | "rename" => next_is(&[
             "table",
             "database",
@@ -658,13 +693,15 @@ fn statement_at(v: &[Tok], j: usize) -> bool {
         "shutdown" => next.is_none_or(|n| n.is("with")),
         "if" | "while" => {
             next.is_some_and(|n| n.kind == Kind::LParen)
+                || (next_is(&["exists", "not"])
+                    && get(v, j + 2).is_some_and(|n| n.kind == Kind::LParen || n.is("exists")))
                 || (next.is_some_and(Tok::is_literal)
                     && get(v, j + 2).is_some_and(Tok::is_cmp)
                     && get(v, j + 3).is_some_and(Tok::is_literal))
         }
         "copy" => next.is_some_and(|n| n.kind == Kind::LParen || n.kind == Kind::Word),
         "grant" | "revoke" => next_is(&["all", "select", "insert", "update", "delete", "execute"]),
-        "load" => next_is(&["data"]),
+        "load" => next_is(&["data", "xml"]),
         "call" => next.is_some_and(|n| n.kind == Kind::Word) && call_at(v, j + 1),
         _ => false,
     }
@@ -849,7 +886,7 @@ fn anywhere(v: &[Tok], paranoia: u8) -> Option<&'static str> {
             _ => {}
         }
     }
-    None
+    shapes::anywhere(v)
 }
 
 /// What follows a quote that closed the application's string (or a leading number in a numeric
@@ -936,17 +973,39 @@ pub(crate) fn detect_in(value: &str, scan: Scan, paranoia: u8) -> Option<Hit> {
         return None;
     }
     let lower = super::decode::lower_folded_cow(value, scan.bytes);
-    let (reason, at) = detect_lower(&lower, paranoia)?;
+    if let Some((reason, at)) = detect_lower(&lower, paranoia) {
+        return Some(Hit {
+            reason,
+            excerpt: excerpt(&lower, at, 96),
+        });
+    }
+    // Quote look-alikes: a database converting text to a narrower character set turns them into
+    // `'` (MySQL's "best fit"), so `’ or ’1’=’1` is the classic injection once stored.
+    let quoted = (!scan.bytes.is_ascii())
+        .then(|| {
+            lower
+                .contains(QUOTE_LOOKALIKES)
+                .then(|| lower.replace(QUOTE_LOOKALIKES, "'"))
+        })
+        .flatten()?;
+    let (reason, at) = detect_lower(&quoted, paranoia)?;
     Some(Hit {
         reason,
-        excerpt: excerpt(&lower, at, 96),
+        excerpt: excerpt(&quoted, at, 96),
     })
 }
+
+/// Characters that character-set conversions map to `'`: curly quotes, the acute accent, the
+/// modifier-letter apostrophe.
+const QUOTE_LOOKALIKES: [char; 5] = ['\u{2018}', '\u{2019}', '\u{00b4}', '\u{02bc}', '\u{2032}'];
 
 /// The reason and the byte offset where the injection starts.
 fn detect_lower(s: &str, paranoia: u8) -> Option<(&'static str, usize)> {
     // Numeric context: the value as it is.
     let bare = Tokens::new(s);
+    if shapes::log_hiding_comment(&bare.raw) {
+        return Some(("log-hiding comment", 0));
+    }
     if let Some(r) = anywhere(bare.sig(), paranoia) {
         return Some((r, 0));
     }
@@ -973,11 +1032,14 @@ fn detect_lower(s: &str, paranoia: u8) -> Option<(&'static str, usize)> {
         if v[i].is_logic() && sql_then_trailing_comment(&bare, v[i].start) {
             return Some(("comment truncation after a number", 0));
         }
+        if shapes::hidden_union(&bare, i) {
+            return Some(("union hidden by comments", 0));
+        }
     }
     if get(v, 0).is_some_and(|t| t.is_any(&["and", "or", "xor"])) && logic_tail(v, 0, true) {
         return Some(("boolean condition", 0));
     }
-    if let Some(p) = literal_condition(v) {
+    if let Some(p) = literal_condition(v).or_else(|| shapes::keyword_condition(v)) {
         return Some(("constant condition", p));
     }
     if expression_then_comment(&bare) {
@@ -1013,6 +1075,21 @@ fn detect_lower(s: &str, paranoia: u8) -> Option<(&'static str, usize)> {
         }
         if expression_to_open_string(&toks) || operator_to_open_string(toks.sig(), quote) {
             return Some(("expression after break-out", q));
+        }
+        if shapes::log_hiding_comment(&toks.raw) {
+            return Some(("log-hiding comment", q));
+        }
+        if let Some(p) = literal_condition(toks.sig()) {
+            return Some(("constant condition after quote", q + 1 + p));
+        }
+        if shapes::statement_end(&s[..q], rest) {
+            return Some(("statement end after quote", q));
+        }
+        if shapes::operator_between_quotes(toks.sig(), &s[..q], quote) {
+            return Some(("operator between quotes", q));
+        }
+        if shapes::operator_then_comment(&toks) {
+            return Some(("comment truncation after break-out", q));
         }
     }
     if paranoia >= 2 {
@@ -1082,12 +1159,17 @@ fn literal_condition(v: &[Tok]) -> Option<usize> {
         let Some(cmp) = get(v, after_lhs) else {
             continue;
         };
+        // `or '1'='1`: the application's own closing quote completes the last string.
+        let open_string_last = after_lhs + 2 == v.len()
+            && v[after_lhs + 1].kind == Kind::Str
+            && !v[after_lhs + 1].closed
+            && v[after_lhs + 1].text.len() <= 16;
         if cmp.kind == Kind::Op
             && matches!(
                 cmp.text,
                 "=" | "!=" | "<>" | "<" | ">" | "<=" | ">=" | "<=>" | "=="
             )
-            && operand(after_lhs + 1).is_some()
+            && (operand(after_lhs + 1).is_some() || open_string_last)
         {
             return Some(v[i].start);
         }
@@ -1112,11 +1194,13 @@ fn operator_to_open_string(v: &[Tok], quote: char) -> bool {
     let op_words = [
         "and", "or", "xor", "div", "mod", "like", "rlike", "regexp", "not", "sounds",
     ];
+    // `<` and `>` count with blanks around them (`a' > 'b`); `'>` and `'<` are markup.
+    let spaced = |t: &Tok| t.start > 0 && last.start > t.end();
     let ops_ok = !ops.is_empty()
         && ops.len() <= 2
-        && ops
-            .iter()
-            .all(|t| (t.kind == Kind::Op && !matches!(t.text, "<" | ">")) || t.is_any(&op_words));
+        && ops.iter().all(|t| {
+            (t.kind == Kind::Op && (!matches!(t.text, "<" | ">") || spaced(t))) || t.is_any(&op_words)
+        });
     short_open && ops_ok
 }
 
@@ -1195,6 +1279,7 @@ fn prefilter(value: &str, scan: Scan) -> bool {
     // `bytes` is exact for an ASCII value.
     let comment = needles.may(group::SQL_COMMENT);
     if bytes.any(ByteSet::of_bytes(b"'\";(=#@<>|&"))
+        || (bytes.has(b':') && contains_str(value, "::"))
         || (comment && bytes.has(b'-') && contains_str(value, "--"))
         || (comment && bytes.has(b'/') && contains_str(value, "/*"))
     {
@@ -1231,6 +1316,7 @@ pub(super) const KEYWORDS: &[&str] = &[
     "insert",
     "delete",
     "update",
+    "case ",
 ];
 
 #[cfg(test)]

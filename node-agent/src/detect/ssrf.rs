@@ -253,11 +253,17 @@ impl Ssrf {
         // Backslashes between letters (`\l\o\c\a\l\h\o\s\t`) are dropped by some clients.
         if authority.matches('\\').count() > 2 {
             let joined: String = authority.chars().filter(|c| *c != '\\').collect();
-            if let Some(r) = self.host(
-                strip_port(joined.split(['@', '#', ' ']).next().unwrap_or("")),
-                numeric_ok,
-            ) {
+            let host = strip_port(joined.split(['@', '#', ' ']).next().unwrap_or(""));
+            if let Some(r) = self.host(host, numeric_ok) {
                 return Some(r);
+            }
+            // Whatever it names, a host spelled this way is there to get past a filter.
+            if host.contains('.')
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'))
+            {
+                return Some("host name obfuscated with backslashes");
             }
         }
         // `http://1.1.1.1&@2.2.2.2#@3.3.3.3/`: a delimiter right before `@` makes parsers disagree
@@ -287,7 +293,10 @@ impl Ssrf {
         }
         if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
             let v6 = v6.split('%').next().unwrap_or(v6);
-            return v6.parse::<Ipv6Addr>().ok().and_then(|a| self.ipv6(a));
+            let addr = v6.parse::<Ipv6Addr>().ok()?;
+            return self
+                .ipv6(addr)
+                .or_else(|| unassigned_v6(addr).then_some("unassigned IPv6 address"));
         }
         if host.contains(':') {
             return host.parse::<Ipv6Addr>().ok().and_then(|a| self.ipv6(a));
@@ -302,8 +311,20 @@ impl Ssrf {
                         && (p == "0" || !p.starts_with('0'))
                 });
             let evasive = !canonical && (numeric_ok || host.contains("0x"));
+            // Any address as one large number or with hex or octal parts (`http:123456789`,
+            // `http://0x5db8d822/`): browsers and people write dotted quads; this spelling is
+            // there to get past a filter, whatever it points to.
+            let obfuscated = numeric_ok
+                && ((!host.contains('.') && u32::from(addr) >= 1 << 24)
+                    || host
+                        .split('.')
+                        .any(|p| p.starts_with("0x") || (p.len() > 1 && p.starts_with('0'))));
             return self.ipv4(addr, numeric_ok).or_else(|| {
-                (evasive && is_private_v4(addr)).then_some("private address in an evasive spelling")
+                if evasive && is_private_v4(addr) {
+                    Some("private address in an evasive spelling")
+                } else {
+                    obfuscated.then_some("address in an evasive spelling")
+                }
             });
         }
         match host {
@@ -428,6 +449,21 @@ impl Ssrf {
         }
         None
     }
+}
+
+/// An IPv6 address outside every range in use: global unicast (2000::/3), unique local
+/// (fc00::/7), link-local (fe80::/10), multicast (ff00::/8), and the special forms at `::/8`
+/// that [`Ssrf::ipv6`] reads (loopback, IPv4-mapped and -compatible). No server has such an
+/// address (`http://[a::b]/`); a URL to one probes how the application parses and filters hosts.
+fn unassigned_v6(a: Ipv6Addr) -> bool {
+    let s0 = a.segments()[0];
+    let in_use = (s0 & 0xe000) == 0x2000
+        || (s0 & 0xfe00) == 0xfc00
+        || (s0 & 0xffc0) == 0xfe80
+        || (s0 & 0xff00) == 0xff00
+        || (s0 == 0 && a.segments()[1..5] == [0, 0, 0, 0])
+        || s0 == 0x64;
+    !in_use
 }
 
 /// RFC 1918 and shared (CGNAT, 100.64.0.0/10) addresses.
@@ -575,6 +611,39 @@ mod tests {
     }
 
     #[test]
+    fn filter_evasions_whatever_the_target() {
+        let d = Ssrf::new(1, vec![]);
+        for attack in [
+            "http:123456789",
+            "http://1572395042/",
+            // A public address too: only filter evasion spells it so.
+            "http://134744072/",
+            "http://0x5db8d822/",
+            "http://0135.0270.0330.042/",
+            "http://\\g\\o\\o\\g\\l\\e.\\c\\o\\m/",
+            "http://[a::]/",
+            "http://[a::b]/",
+            "http://[dead:beef:dead::beef:dead:beef:dead]/",
+        ] {
+            assert!(d.detect(attack, false, true).is_some(), "missed {attack:?}");
+        }
+        for ok in [
+            "http://93.184.215.14/",
+            "http://example.com:8080/",
+            "http://[2001:db8::1]/",
+            "http://[2606:4700::1111]/",
+            "a::b",
+            "dead::beef",
+            "http://example.com/a\\b\\c\\d",
+            "http://1.5/",
+            "order 123456789",
+            "file:\\\\server\\share",
+        ] {
+            assert!(d.detect(ok, false, true).is_none(), "false positive on {ok:?}");
+        }
+    }
+
+    #[test]
     fn public_and_benign_values() {
         let d = Ssrf::new(1, vec!["localhost".into()]);
         assert!(d.detect("http://localhost/", false, true).is_none(), "allowHosts");
@@ -629,7 +698,6 @@ mod tests {
             "192.168.0.20",
             "10.01.02.03",
             "http://8.8.8.8/",
-            "http://134744072/",
             "nip.io",
             "https://user:p&ss@example.com/",
             "http://example.com/#@top",
