@@ -439,7 +439,7 @@ pub fn results_markdown(env: &Environment, all_rounds: &[Round]) -> String {
 }
 
 /// The other generated reports, linked from this one's intro.
-const RELATED: &str = "The other modes: [benchmarks-tls.md](benchmarks-tls.md) (TLS capture: `--tls`) and [benchmarks-enforcement.md](benchmarks-enforcement.md) (enforcement programs: `--enforcement`).";
+const RELATED: &str = "The other modes: [benchmarks-tls.md](benchmarks-tls.md) (TLS capture: `--tls`) and [benchmarks-enforcement.md](benchmarks-enforcement.md) (enforcement programs: `--enforcement`). The agent's user-space cost per request, without the kernel or the noise of a whole machine: [benchmarks-agent.md](benchmarks-agent.md) (`cargo bench -p palisade-node-agent --bench capture`).";
 
 /// The table of the machine and the run that opens each generated report.
 pub fn environment_table(out: &mut String, env: &Environment, server: &str, clients: &str, run: &str) {
