@@ -2,7 +2,7 @@
 //! share (see [`super::pairing`]).
 
 use super::head::Kind;
-use super::pairing::{fields_bytes, ConnSink, Current, Pending, ResponseBuild};
+use super::pairing::{ConnSink, Current, Pending, ResponseBuild};
 use super::parser::StreamParser;
 use super::reassembly::{Piece, Reassembler};
 use super::{CaptureLimits, FlowKey, HttpEvent, ParserDrops};
@@ -85,7 +85,7 @@ impl Conn {
             .map(|p| p.head_bytes + p.request.body.capacity())
             .sum();
         let response = self.response.as_ref().map_or(0, |b| {
-            fields_bytes(&b.response.headers) + b.response.body.capacity()
+            b.response.headers.heap_bytes() + b.response.body.capacity()
         });
         dirs + pending + response
     }
@@ -266,15 +266,14 @@ impl Conn {
                 self.finished[dir] = true;
             }
         }
-        for p in self.pending.drain(..) {
+        for mut p in self.pending.drain(..) {
             drops.unanswered_requests += 1;
             if !p.emitted {
                 let done = p.done;
-                let mut request = p.request;
-                if let Some(r) = std::sync::Arc::get_mut(&mut request) {
+                if let Some(r) = p.request_mut() {
                     r.body_truncated |= !done;
                 }
-                out.push(HttpEvent::Request(request));
+                out.push(HttpEvent::Request(p.request));
             }
         }
         self.response = None;

@@ -48,11 +48,6 @@ pub(super) struct ResponseBuild {
     pub(super) response: Response,
 }
 
-/// Bytes of header fields, for memory accounting.
-pub(super) fn fields_bytes(fields: &super::HeaderFields) -> usize {
-    fields.heap_bytes()
-}
-
 /// Everything the parser of one direction may touch, for the duration of one call.
 pub(super) struct ConnSink<'a> {
     pub(super) ingress: bool,
@@ -158,7 +153,7 @@ impl Sink for ConnSink<'_> {
         let id = *self.next_id;
         *self.next_id += 1;
         let (local, remote) = (self.key.local, self.key.remote);
-        let head_bytes = method.len() + target.len() + fields_bytes(&head.headers);
+        let head_bytes = method.len() + target.len() + head.headers.heap_bytes();
         self.pending.push_back(Pending {
             id,
             request: Arc::new(Request {
@@ -271,7 +266,7 @@ impl Sink for ConnSink<'_> {
         match *self.current {
             Current::Request(id) => {
                 if let Some(p) = self.pending_mut(id) {
-                    p.head_bytes += fields_bytes(&fields);
+                    p.head_bytes += fields.heap_bytes();
                     if let Some(r) = p.request_mut() {
                         r.headers.extend(&fields);
                     }
