@@ -34,6 +34,23 @@ struct RoundFigures {
     apply_to_attached: Duration,
 }
 
+impl RoundFigures {
+    /// The round as logged and tabled: keep-alive OFF req/s, ingress and both ratios; the same
+    /// with one connection per request; apply -> attached in ms.
+    fn row(&self) -> [f64; 7] {
+        let (off, ingress, both) = (&self.off, &self.ingress, &self.both);
+        [
+            off.keep_alive.rps,
+            ingress.keep_alive.rps / off.keep_alive.rps,
+            both.keep_alive.rps / off.keep_alive.rps,
+            off.new_connections.rps,
+            ingress.new_connections.rps / off.new_connections.rps,
+            both.new_connections.rps / off.new_connections.rps,
+            self.apply_to_attached.as_secs_f64() * 1e3,
+        ]
+    }
+}
+
 fn isolation_yaml(deny_egress: bool) -> String {
     format!(
         "apiVersion: palisade.dev/v1alpha1\nkind: ApiIsolation\nmetadata: {{name: {ISOLATION}, namespace: {NAMESPACE}}}\n\
@@ -144,15 +161,9 @@ pub async fn run(args: &Args) -> Result<()> {
             both,
             apply_to_attached,
         };
+        let [off_rps, ingress, both, off_conn_rps, ingress_conn, both_conn, attach_ms] = r.row();
         eprintln!(
-            "[bench] round {index}: keep-alive OFF {:.0} req/s, ingress {:.3}, both {:.3}; one connection per request OFF {:.0} req/s, ingress {:.3}, both {:.3}; apply -> attached {:.0} ms",
-            r.off.keep_alive.rps,
-            r.ingress.keep_alive.rps / r.off.keep_alive.rps,
-            r.both.keep_alive.rps / r.off.keep_alive.rps,
-            r.off.new_connections.rps,
-            r.ingress.new_connections.rps / r.off.new_connections.rps,
-            r.both.new_connections.rps / r.off.new_connections.rps,
-            r.apply_to_attached.as_secs_f64() * 1e3
+            "[bench] round {index}: keep-alive OFF {off_rps:.0} req/s, ingress {ingress:.3}, both {both:.3}; one connection per request OFF {off_conn_rps:.0} req/s, ingress {ingress_conn:.3}, both {both_conn:.3}; apply -> attached {attach_ms:.0} ms"
         );
         rounds.push(r);
     }
@@ -199,16 +210,10 @@ fn markdown(args: &Args, rounds: &[RoundFigures], elapsed: Duration) -> String {
         args.connections,
     );
     for (i, r) in rounds.iter().enumerate() {
+        let [off_rps, ingress, both, off_conn_rps, ingress_conn, both_conn, attach_ms] = r.row();
         out.push_str(&format!(
-            "| {} | {:.0} | {:.3} | {:.3} | {:.0} | {:.3} | {:.3} | {:.0} ms |\n",
+            "| {} | {off_rps:.0} | {ingress:.3} | {both:.3} | {off_conn_rps:.0} | {ingress_conn:.3} | {both_conn:.3} | {attach_ms:.0} ms |\n",
             i + 1,
-            r.off.keep_alive.rps,
-            r.ingress.keep_alive.rps / r.off.keep_alive.rps,
-            r.both.keep_alive.rps / r.off.keep_alive.rps,
-            r.off.new_connections.rps,
-            r.ingress.new_connections.rps / r.off.new_connections.rps,
-            r.both.new_connections.rps / r.off.new_connections.rps,
-            r.apply_to_attached.as_secs_f64() * 1e3
         ));
     }
     out

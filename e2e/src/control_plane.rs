@@ -39,6 +39,14 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
+    /// [`ControlPlane::start`], then Palisade's CRDs (the workspace's `crds/`) applied and
+    /// Established.
+    pub async fn start_with_palisade_crds() -> Result<ControlPlane> {
+        let cp = ControlPlane::start().await?;
+        cp.apply_crds(&crate::workspace_root().join("crds")).await?;
+        Ok(cp)
+    }
+
     /// Finds (or builds) the binaries, makes the PKI, starts etcd and kube-apiserver and waits
     /// until `/readyz` answers `ok`.
     pub async fn start() -> Result<ControlPlane> {

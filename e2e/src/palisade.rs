@@ -377,8 +377,7 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start(node: &str) -> Result<Stack> {
-        let cp = ControlPlane::start().await?;
-        cp.apply_crds(&workspace_root().join("crds")).await?;
+        let cp = ControlPlane::start_with_palisade_crds().await?;
         let client = cp.client().await?;
         let kubelet = crate::FakeKubelet::start(client.clone(), node).await?;
         let operator = Operator::start(&cp, "operator").await?;

@@ -38,9 +38,7 @@ async fn invalid_resources_are_rejected_with_the_field_named() -> Result<()> {
     if !palisade_e2e::require_root() {
         return Ok(());
     }
-    let cp = ControlPlane::start().await?;
-    cp.apply_crds(&palisade_e2e::workspace_root().join("crds"))
-        .await?;
+    let cp = ControlPlane::start_with_palisade_crds().await?;
 
     let cases: Vec<(&str, String, Vec<&str>)> = vec![
         (

@@ -21,9 +21,7 @@ async fn losses_under_forced_overload_are_counted_exactly() -> Result<()> {
     if !palisade_e2e::require_root() {
         return Ok(());
     }
-    let cp = ControlPlane::start().await?;
-    cp.apply_crds(&palisade_e2e::workspace_root().join("crds"))
-        .await?;
+    let cp = ControlPlane::start_with_palisade_crds().await?;
     let client = cp.client().await?;
     let node = "overload-node";
     let kubelet = FakeKubelet::start(client.clone(), node).await?;

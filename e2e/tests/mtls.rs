@@ -221,9 +221,7 @@ async fn agents_need_a_certificate_from_the_client_ca() -> Result<()> {
         return Ok(());
     }
     const NODE: &str = "mtls-node";
-    let cp = ControlPlane::start().await?;
-    cp.apply_crds(&palisade_e2e::workspace_root().join("crds"))
-        .await?;
+    let cp = ControlPlane::start_with_palisade_crds().await?;
     let kubelet = FakeKubelet::start(cp.client().await?, NODE).await?;
 
     let ca = Ca::new("palisade-test-ca")?;
@@ -364,9 +362,7 @@ async fn rotated_certificates_are_used_without_restart() -> Result<()> {
         return Ok(());
     }
     const NODE: &str = "rotation-node";
-    let cp = ControlPlane::start().await?;
-    cp.apply_crds(&palisade_e2e::workspace_root().join("crds"))
-        .await?;
+    let cp = ControlPlane::start_with_palisade_crds().await?;
     let kubelet = FakeKubelet::start(cp.client().await?, NODE).await?;
 
     let old = Ca::new("palisade-ca-1")?;
