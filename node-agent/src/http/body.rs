@@ -64,7 +64,7 @@ impl Body {
             Body::Length(rest) => {
                 let n = usize::try_from(*rest).unwrap_or(usize::MAX).min(data.len());
                 *rest -= n as u64;
-                sink.body(&data[..n]);
+                sink.body(&data[..n], *rest);
                 if *rest == 0 {
                     Step::End {
                         used: n,
@@ -74,13 +74,15 @@ impl Body {
                     Step::Used(n)
                 }
             }
-            Body::Chunked(decoder) => match decoder.feed(data, max_trailer, &mut |b: &[u8]| sink.body(b)) {
-                Ok(Progress::NeedMore) => Step::Used(data.len()),
-                Ok(Progress::Done { used, trailers }) => Step::End { used, trailers },
-                Err(_) => Step::Broken,
-            },
+            Body::Chunked(decoder) => {
+                match decoder.feed(data, max_trailer, &mut |b: &[u8]| sink.body(b, 0)) {
+                    Ok(Progress::NeedMore) => Step::Used(data.len()),
+                    Ok(Progress::Done { used, trailers }) => Step::End { used, trailers },
+                    Err(_) => Step::Broken,
+                }
+            }
             Body::UntilClose => {
-                sink.body(data);
+                sink.body(data, 0);
                 Step::Used(data.len())
             }
         }

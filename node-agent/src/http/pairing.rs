@@ -66,12 +66,15 @@ pub(super) struct ConnSink<'a> {
     pub(super) max_body: usize,
 }
 
-/// Appends body bytes to what is kept: a contiguous prefix of at most `max` bytes.
+/// Appends body bytes to what is kept: a contiguous prefix of at most `max` bytes. When the kept
+/// body must grow, it grows at once to what the framing announces (at most `max`), instead of
+/// doubling and copying what it holds several times over a large body. Memory is reserved only
+/// as bytes arrive, and never past `max`, so an announced length alone holds nothing.
 fn keep(
     body: &mut Vec<u8>,
     len: &mut u64,
     truncated: &mut bool,
-    data: &[u8],
+    (data, announced): (&[u8], u64),
     max: usize,
     drops: &mut ParserDrops,
 ) {
@@ -82,6 +85,15 @@ fn keep(
         max.saturating_sub(body.len())
     };
     let n = room.min(data.len());
+    if body.capacity() - body.len() < n {
+        if announced == 0 {
+            body.reserve(n); // chunked or until close: amortised doubling
+        } else {
+            let announced = usize::try_from(announced).unwrap_or(usize::MAX);
+            let whole = body.len().saturating_add(n).saturating_add(announced).min(max);
+            body.reserve_exact(whole - body.len());
+        }
+    }
     body.extend_from_slice(&data[..n]);
     if n < data.len() {
         *truncated = true;
@@ -210,7 +222,7 @@ impl Sink for ConnSink<'_> {
         *self.current = Current::Response;
     }
 
-    fn body(&mut self, data: &[u8]) {
+    fn body(&mut self, data: &[u8], announced: u64) {
         let max = self.max_body;
         match *self.current {
             Current::Request(id) => {
@@ -221,7 +233,7 @@ impl Sink for ConnSink<'_> {
                         &mut r.body,
                         &mut r.body_len,
                         &mut r.body_truncated,
-                        data,
+                        (data, announced),
                         max,
                         drops,
                     );
@@ -234,7 +246,7 @@ impl Sink for ConnSink<'_> {
                         &mut r.body,
                         &mut r.body_len,
                         &mut r.body_truncated,
-                        data,
+                        (data, announced),
                         max,
                         self.drops,
                     );

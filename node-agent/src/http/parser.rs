@@ -29,7 +29,9 @@ pub(crate) trait Sink {
     fn kind_decided(&mut self, kind: Kind);
     fn request_head(&mut self, head: Head, first_ts: u64);
     fn response_head(&mut self, head: Head, first_ts: u64);
-    fn body(&mut self, data: &[u8]);
+    /// Body bytes; `announced` is how many more the framing says follow them (0 when it does not
+    /// say: chunked, or until close).
+    fn body(&mut self, data: &[u8], announced: u64);
     fn body_missing(&mut self, n: u64);
     fn trailers(&mut self, fields: super::HeaderFields);
     /// The current message ended; `cut` when it ended before its framing said (gap, error, EOF).

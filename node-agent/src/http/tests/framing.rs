@@ -55,6 +55,30 @@ fn bodies_are_kept_up_to_the_limit_and_counted_in_full() {
 }
 
 #[test]
+fn a_kept_body_is_allocated_once_for_its_announced_length_and_never_past_the_limit() {
+    let body = vec![b'x'; 3000];
+    for (limit, capacity) in [(4096, 3000), (1000, 1000)] {
+        let mut w = Wire::bodies(limit);
+        let events = w.send(true, &post("/a", &body), 100);
+        let r = requests(&events)[0];
+        assert_eq!((r.body.len(), r.body.capacity()), (capacity, capacity), "limit {limit}");
+    }
+    // Chunked bodies announce nothing: the kept body grows as bytes arrive.
+    let mut w = Wire::bodies(1 << 20);
+    let mut wire = b"POST /up HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..30 {
+        wire.extend_from_slice(b"64\r\n");
+        wire.extend_from_slice(&body[..100]);
+        wire.extend_from_slice(b"\r\n");
+    }
+    wire.extend_from_slice(b"0\r\n\r\n");
+    let events = w.send(true, &wire, 200);
+    let r = requests(&events)[0];
+    assert_eq!(r.body.len(), 3000);
+    assert!(r.body.capacity() < 8192, "{}", r.body.capacity());
+}
+
+#[test]
 fn chunked_bodies_with_extensions_and_trailers() {
     let mut w = Wire::bodies(1024);
     let mut wire = b"POST /up HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
