@@ -13,6 +13,7 @@ use palisade_e2e::palisade::{
     wait_for_object, wait_policy_actions, Stack,
 };
 use palisade_e2e::{PodLaunch, RunningPod};
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -191,6 +192,26 @@ async fn isolate_release_expire_survive_kill_9_and_refuse() -> Result<()> {
     assert_eq!(
         obj.pointer("/status/pods/0/state"),
         Some(&serde_json::json!("Isolated"))
+    );
+    assert_eq!(
+        obj.pointer("/status/nodes").map(|n| {
+            let details = &n["details"][0];
+            (
+                &n["total"],
+                &n["ready"],
+                &n["degraded"],
+                &details["node"],
+                &details["inSync"],
+            )
+        }),
+        Some((
+            &json!(1),
+            &json!(1),
+            &json!(0),
+            &json!("isolate-node"),
+            &json!(true)
+        )),
+        "the node that enforces it: {obj:#}"
     );
     let ready = palisade_e2e::palisade::condition(&obj, "Ready").context("Ready")?;
     assert_eq!((ready.0.as_str(), ready.1.as_str()), ("True", "Isolated"));

@@ -9,7 +9,7 @@
 use crate::compile::{pod_is_live, pod_node, workload_target};
 use crate::monitor_controller::FIELD_MANAGER;
 use crate::state::{obj_key, unix_ms_to_time, Hub};
-use crate::status::condition;
+use crate::status::{condition, node_states, pods_per_node, summarize, Reported};
 use crate::Error;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::api::{Api, Patch, PatchParams};
@@ -19,7 +19,7 @@ use kube::{Resource, ResourceExt};
 use palisade_api::agent::{IsolationConfig, NodeConfig, ObjectRef};
 use palisade_api::v1alpha1::{
     condition as cond, selector_matches, ApiIsolation, ApiIsolationStatus, CommonStatus, IsolatedPodStatus,
-    MAX_ISOLATED_PODS_IN_STATUS,
+    NodeSummary, MAX_ISOLATED_PODS_IN_STATUS,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -224,6 +224,7 @@ pub fn desired_status(
         expires: expires_unix_ms(iso).map(unix_ms_to_time),
         ..Default::default()
     };
+    let mut nodes = NodeSummary::default();
     let (ready, reason, message) = if let Some(how) = ended(iso, now_ms) {
         status.phase = how.into();
         let why = if how == "Released" {
@@ -239,6 +240,14 @@ pub fn desired_status(
                 (false, "Refused", format!("isolation refused: {msg}"))
             }
             Selection::Pods(selected) => {
+                nodes = summarize(
+                    node_states(
+                        hub,
+                        &pods_per_node(&selected),
+                        &Reported::Isolation(&key, generation.unwrap_or_default()),
+                    ),
+                    false,
+                );
                 let mut pods = vec![];
                 // Each node's agent state, read once (pods of one node share it).
                 let mut agents: BTreeMap<String, Option<crate::state::AgentState>> = BTreeMap::new();
@@ -347,7 +356,7 @@ pub fn desired_status(
                 generation,
             ),
         ],
-        ..Default::default()
+        nodes,
     };
     status
 }

@@ -16,6 +16,9 @@ pub struct NodeExpectation<'a> {
 pub enum Reported<'a> {
     Monitor(&'a ObjectKey, i64),
     Policy(&'a ObjectKey, i64),
+    /// An isolation: in sync when the agent enforces its current generation; each pod the agent
+    /// failed to isolate is an error of the node.
+    Isolation(&'a ObjectKey, i64),
 }
 
 /// Selected pods counted per node.
@@ -90,6 +93,17 @@ pub fn node_state(exp: &NodeExpectation, reported: &Reported) -> NodeState {
                 state.in_sync = p.policy.as_ref().map(|r| r.generation) == Some(*generation);
             }
             state.probes_attached = agent.monitors.values().map(|m| m.probes_attached).sum();
+        }
+        Reported::Isolation(key, generation) => {
+            if let Some(r) = agent.isolations.get(*key) {
+                state.in_sync = r.isolation.as_ref().map(|o| o.generation) == Some(*generation);
+                state.errors.extend(
+                    r.pods
+                        .iter()
+                        .filter(|p| p.state == "failed")
+                        .map(|p| format!("pod {}/{}: {}", p.pod_namespace, p.pod_name, p.detail)),
+                );
+            }
         }
     }
     state.errors.truncate(MAX_ERRORS_PER_NODE);

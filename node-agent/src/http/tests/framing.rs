@@ -61,7 +61,11 @@ fn a_kept_body_is_allocated_once_for_its_announced_length_and_never_past_the_lim
         let mut w = Wire::bodies(limit);
         let events = w.send(true, &post("/a", &body), 100);
         let r = requests(&events)[0];
-        assert_eq!((r.body.len(), r.body.capacity()), (capacity, capacity), "limit {limit}");
+        assert_eq!(
+            (r.body.len(), r.body.capacity()),
+            (capacity, capacity),
+            "limit {limit}"
+        );
     }
     // Chunked bodies announce nothing: the kept body grows as bytes arrive.
     let mut w = Wire::bodies(1 << 20);
