@@ -424,7 +424,7 @@ impl PolicyReports {
         }
         let mut crd = self.crd.lock().await;
         if code == 403 {
-            tracing::warn!(%error, "not allowed to write PolicyReports (RBAC: patch and get on wgpolicyk8s.io policyreports); trying again in {}s", self.probe_interval.as_secs());
+            tracing::warn!(%error, "not allowed to write PolicyReports (RBAC: get, create and patch on wgpolicyk8s.io policyreports); trying again in {}s", self.probe_interval.as_secs());
         } else if *crd == Crd::Served {
             tracing::warn!(%error, "the PolicyReport CRD ({API_VERSION}) went away: no PolicyReports are written until it is back");
         }
