@@ -348,6 +348,8 @@ fn fingerprint(report: &PolicyReport) -> u64 {
 enum Crd {
     Unknown,
     Served,
+    /// Served until a write answered 404: ask discovery again before the next write.
+    Recheck,
     /// Not served (or not writable) when last checked.
     Absent {
         checked: Instant,
@@ -372,11 +374,12 @@ impl PolicyReports {
         }
     }
 
-    /// Whether PolicyReports can be written: asks discovery the first time, and again every
-    /// `probe_interval` while the CRD is absent. Says so in the log when that changes.
+    /// Whether PolicyReports can be written: asks discovery the first time, after a write
+    /// answered 404, and every `probe_interval` while the CRD is absent. Logs only changes.
     pub async fn served(&self) -> bool {
         let mut crd = self.crd.lock().await;
-        match *crd {
+        let was = *crd;
+        match was {
             Crd::Served => return true,
             Crd::Absent { checked } if checked.elapsed() < self.probe_interval => return false,
             _ => {}
@@ -392,46 +395,57 @@ impl PolicyReports {
                 return false;
             }
         };
-        if served {
-            tracing::info!(
+        let every = self.probe_interval.as_secs();
+        match (was, served) {
+            (Crd::Recheck, true) => {}
+            (_, true) => tracing::info!(
                 "the PolicyReport CRD ({API_VERSION}) is installed: writing a PolicyReport per ApiPolicy"
-            );
-            *crd = Crd::Served;
-        } else {
-            if !matches!(*crd, Crd::Absent { .. }) {
-                tracing::info!(
-                    "the PolicyReport CRD ({API_VERSION}) is not installed: no PolicyReports are written \
-                     (install it with the chart's policyReport.installCRD=true, or Kyverno's); checking again every {}s",
-                    self.probe_interval.as_secs()
-                );
-            }
-            *crd = Crd::Absent {
-                checked: Instant::now(),
-            };
+            ),
+            (Crd::Recheck, false) => tracing::warn!(
+                "the PolicyReport CRD ({API_VERSION}) went away: no PolicyReports are written until it is back; checking every {every}s"
+            ),
+            (Crd::Absent { .. }, false) => {}
+            (_, false) => tracing::info!(
+                "the PolicyReport CRD ({API_VERSION}) is not installed: no PolicyReports are written \
+                 (install it with the chart's policyReport.installCRD=true, or Kyverno's); checking again every {every}s"
+            ),
         }
+        *crd = if served {
+            Crd::Served
+        } else {
+            Crd::Absent {
+                checked: Instant::now(),
+            }
+        };
         served
     }
 
-    /// A write failed: a 404 means the CRD went away, a 403 that the operator may not write
-    /// reports; both stop writes until the next probe. Other errors are returned.
+    /// A write failed. A 404 may mean the CRD went away (or the namespace did): discovery tells
+    /// before the next write. A 403 that is not a terminating namespace means RBAC does not
+    /// allow reports: no writes until the next probe. Other errors are returned.
     async fn failed(&self, error: kube::Error) -> Result<(), Error> {
-        let code = match &error {
-            kube::Error::Api(status) => status.code,
-            _ => 0,
+        let (code, message) = match &error {
+            kube::Error::Api(status) => (status.code, status.message.clone()),
+            _ => (0, String::new()),
         };
-        if code != 404 && code != 403 {
-            return Err(Error::Kube(error));
+        match code {
+            404 => {
+                let mut crd = self.crd.lock().await;
+                if *crd == Crd::Served {
+                    *crd = Crd::Recheck;
+                }
+                Ok(())
+            }
+            403 if message.contains("being terminated") => Ok(()),
+            403 => {
+                tracing::warn!(%error, "not allowed to write PolicyReports (RBAC: get, create and patch on wgpolicyk8s.io policyreports); trying again in {}s", self.probe_interval.as_secs());
+                *self.crd.lock().await = Crd::Absent {
+                    checked: Instant::now(),
+                };
+                Ok(())
+            }
+            _ => Err(Error::Kube(error)),
         }
-        let mut crd = self.crd.lock().await;
-        if code == 403 {
-            tracing::warn!(%error, "not allowed to write PolicyReports (RBAC: get, create and patch on wgpolicyk8s.io policyreports); trying again in {}s", self.probe_interval.as_secs());
-        } else if *crd == Crd::Served {
-            tracing::warn!(%error, "the PolicyReport CRD ({API_VERSION}) went away: no PolicyReports are written until it is back");
-        }
-        *crd = Crd::Absent {
-            checked: Instant::now(),
-        };
-        Ok(())
     }
 
     /// Brings the policy's report up to date. `Ok(Some(wait))`: the report changed but was
@@ -450,14 +464,14 @@ impl PolicyReports {
                 .get(&kube::runtime::reflector::ObjectRef::new(pod).within(ns))
                 .and_then(|p| p.metadata.uid.clone())
         };
-        if !hub.policy_telemetry(&key).report.seeded {
+        if !hub.report_tally(&key).seeded {
             let existing = match api.get_opt(&name).await {
                 Ok(existing) => existing,
                 Err(error) => return self.failed(error).await.map(|()| None),
             };
             hub.seed_report(&key, existing.as_ref());
             // Found as it should be: nothing to write.
-            let desired = desired_report(policy, &hub.policy_telemetry(&key).report, pod_uid);
+            let desired = desired_report(policy, &hub.report_tally(&key), pod_uid);
             if existing.is_some_and(|e| {
                 e.spec == desired.spec
                     && e.annotations().get(EVICTED_ANNOTATION)
@@ -467,7 +481,7 @@ impl PolicyReports {
                 hub.set_report_written(&key, fingerprint(&desired));
             }
         }
-        let tally = hub.policy_telemetry(&key).report;
+        let tally = hub.report_tally(&key);
         let desired = desired_report(policy, &tally, pod_uid);
         let print = fingerprint(&desired);
         if tally.written == Some(print) {

@@ -608,6 +608,15 @@ impl Hub {
         }
     }
 
+    /// What a policy's PolicyReport is made of (without copying the rest of its telemetry).
+    pub fn report_tally(&self, key: &ObjectKey) -> crate::policy_report::ReportTally {
+        self.lock()
+            .policies
+            .get(key)
+            .map(|t| t.report.clone())
+            .unwrap_or_default()
+    }
+
     /// Records the fingerprint of the PolicyReport just written for a policy.
     pub fn set_report_written(&self, key: &ObjectKey, fingerprint: u64) {
         self.lock()
