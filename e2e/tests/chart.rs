@@ -1,6 +1,7 @@
 //! The Helm chart (charts/palisade) against a real kube-apiserver, and the Argo CD health checks
 //! (config/samples/argocd/argocd-cm.yaml) against real objects:
-//! - the chart's CRDs are the generated ones, byte for byte;
+//! - the chart's CRDs are the generated ones, byte for byte, and so is the optional PolicyReport
+//!   CRD in its files/, rendered only with `policyReport.installCRD`;
 //! - `helm lint` passes, and what `helm template` renders is accepted by the API server
 //!   (`kubectl apply --dry-run=server`);
 //! - the values schema refuses bad values with the field named;
@@ -10,7 +11,9 @@
 //!   resources replace them;
 //! - the operator, run with nothing but a token of the chart's ServiceAccount, reconciles an
 //!   ApiMonitor and an ApiPolicy, watches their OpenAPI ConfigMap and records Events, and is
-//!   refused what the chart does not grant;
+//!   refused what the chart does not grant; with the PolicyReport CRD installed it writes a
+//!   PolicyReport for the policy (get, create and patch on policyreports, granted unless
+//!   `policyReport.enabled=false`);
 //! - the Lua health checks say Healthy, Progressing and Degraded for objects in those states, and
 //!   the operator never writes spec (Argo CD sees no drift).
 
@@ -260,6 +263,91 @@ fn chart_crds_are_the_generated_ones_byte_for_byte() -> Result<()> {
             "charts/palisade/crds/{name} differs from crds/{name}: run hack/sync-chart-crds.sh"
         );
     }
+    // The optional CRDs (kinds Palisade writes but does not own), in files/ for a template.
+    let optional = generated.join("optional");
+    let in_files = chart_dir().join("files");
+    let names = file_names(&optional)?;
+    ensure!(!names.is_empty(), "no CRDs in {}", optional.display());
+    assert_eq!(
+        file_names(&in_files)?,
+        names,
+        "charts/palisade/files/ holds other files than crds/optional/: run hack/sync-chart-crds.sh"
+    );
+    for name in &names {
+        let a = std::fs::read(optional.join(name))?;
+        let b = std::fs::read(in_files.join(name))?;
+        assert!(
+            a == b,
+            "charts/palisade/files/{name} differs from crds/optional/{name}: run hack/sync-chart-crds.sh"
+        );
+    }
+    Ok(())
+}
+
+/// The rules of the operator's ClusterRole that name `group`.
+fn operator_rules_for(docs: &[serde_yaml::Value], group: &str) -> Result<Vec<serde_yaml::Value>> {
+    let role = named(docs, "ClusterRole", OPERATOR_SA)?;
+    Ok(role["rules"]
+        .as_sequence()
+        .context("ClusterRole rules")?
+        .iter()
+        .filter(|r| {
+            r["apiGroups"]
+                .as_sequence()
+                .is_some_and(|g| g.iter().any(|g| g.as_str() == Some(group)))
+        })
+        .cloned()
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_reports_follow_the_values() -> Result<()> {
+    palisade_e2e::init_tracing();
+    let crd_of = |docs: &[serde_yaml::Value]| {
+        docs.iter()
+            .filter(|d| kind_of(d) == "CustomResourceDefinition")
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let operator_args = |docs: &[serde_yaml::Value]| -> Result<String> {
+        let deployment = named(docs, "Deployment", OPERATOR_SA)?;
+        Ok(serde_yaml::to_string(
+            &deployment["spec"]["template"]["spec"]["containers"][0]["args"],
+        )?)
+    };
+
+    // Defaults: reports on (when the CRD exists), RBAC for them, no CRD installed.
+    let docs = documents(&render(&[]).await?)?;
+    assert!(crd_of(&docs).is_empty(), "a CRD rendered by default");
+    assert!(operator_args(&docs)?.contains("--policy-reports=true"));
+    let rules = operator_rules_for(&docs, "wgpolicyk8s.io")?;
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert_eq!(
+        serde_yaml::to_string(&rules[0]["resources"])?.trim(),
+        "- policyreports"
+    );
+    assert_eq!(
+        serde_yaml::to_string(&rules[0]["verbs"])?.trim(),
+        "- get\n- create\n- patch"
+    );
+
+    // installCRD: the generated CRD, as is, kept on uninstall.
+    let docs = documents(&render(&["--set", "policyReport.installCRD=true"]).await?)?;
+    let crds = crd_of(&docs);
+    assert_eq!(crds.len(), 1);
+    let generated: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(
+        workspace_root().join("crds/optional/policyreports.wgpolicyk8s.io.yaml"),
+    )?)?;
+    assert_eq!(crds[0], generated);
+    assert_eq!(
+        crds[0]["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
+
+    // Off: no reports, no RBAC on them.
+    let docs = documents(&render(&["--set", "policyReport.enabled=false"]).await?)?;
+    assert!(operator_args(&docs)?.contains("--policy-reports=false"));
+    assert!(operator_rules_for(&docs, "wgpolicyk8s.io")?.is_empty());
     Ok(())
 }
 
@@ -306,7 +394,12 @@ async fn lint_and_server_side_dry_run_of_the_rendered_chart() -> Result<()> {
     cp.apply_crds(&chart_dir().join("crds")).await?;
     cp.kubectl_ok(&["create", "namespace", NAMESPACE])?;
 
-    for (what, extra) in [("defaults", &[][..]), ("network policies on", &all_on[2..])] {
+    let policy_report_crd = ["--set", "policyReport.installCRD=true"];
+    for (what, extra) in [
+        ("defaults", &[][..]),
+        ("network policies on", &all_on[2..]),
+        ("PolicyReport CRD installed", &policy_report_crd[..]),
+    ] {
         let rendered = render(extra).await?;
         let file = cp.dir().join(format!("rendered-{}.yaml", what.replace(' ', "-")));
         std::fs::write(&file, &rendered)?;
@@ -337,8 +430,13 @@ async fn lint_and_server_side_dry_run_of_the_rendered_chart() -> Result<()> {
         );
         assert_eq!(
             kinds.iter().any(|k| k == "NetworkPolicy"),
-            what != "defaults",
+            what == "network policies on",
             "NetworkPolicies only when enabled"
+        );
+        assert_eq!(
+            kinds.iter().any(|k| k == "CustomResourceDefinition"),
+            what == "PolicyReport CRD installed",
+            "the PolicyReport CRD only when asked for"
         );
     }
     // A ServiceMonitor needs the Prometheus Operator's CRDs, which this API server lacks: check
@@ -466,6 +564,8 @@ async fn the_operator_works_with_the_charts_privileges_and_no_more() -> Result<(
     }
     let cp = ControlPlane::start().await?;
     cp.apply_crds(&chart_dir().join("crds")).await?;
+    // As `policyReport.installCRD=true` (or Kyverno) would have.
+    cp.apply_crds(&chart_dir().join("files")).await?;
     let client = cp.client().await?;
     let kubelet = FakeKubelet::start(client.clone(), NODE).await?;
     cp.kubectl_ok(&["create", "namespace", NAMESPACE])?;
@@ -531,6 +631,11 @@ async fn the_operator_works_with_the_charts_privileges_and_no_more() -> Result<(
         ("patch", "palisade.dev", "apiisolations", "status", true),
         ("watch", "palisade.dev", "apiisolations", "", true),
         ("create", "events.k8s.io", "events", "", true),
+        ("get", "wgpolicyk8s.io", "policyreports", "", true),
+        ("create", "wgpolicyk8s.io", "policyreports", "", true),
+        ("patch", "wgpolicyk8s.io", "policyreports", "", true),
+        ("list", "wgpolicyk8s.io", "policyreports", "", false),
+        ("delete", "wgpolicyk8s.io", "policyreports", "", false),
         ("update", "palisade.dev", "apipolicies", "", false),
         ("patch", "palisade.dev", "apimonitors", "", false),
         ("update", "palisade.dev", "apimonitors", "status", false),
@@ -633,6 +738,21 @@ async fn the_operator_works_with_the_charts_privileges_and_no_more() -> Result<(
     })
     .await
     .context("waiting for the AttackDetected Event")?;
+    // And a PolicyReport (the chart's get, create and patch on policyreports suffice).
+    wait_for_object(
+        &cp,
+        "a fail result in the PolicyReport",
+        ("policyreport", "demo", "palisade-demo-api-guard"),
+        WAIT,
+        |r| {
+            let result = &r.pointer("/results")?.as_array()?.first()?.clone();
+            (r.pointer("/summary/fail")?.as_u64()? == 1
+                && result["rule"] == "path-traversal"
+                && result["resources"][0]["name"] == "demo-api-0")
+                .then_some(())
+        },
+    )
+    .await?;
     let log = std::fs::read_to_string(operator.process.log_path())?;
     for refused in ["forbidden", "Forbidden"] {
         ensure!(

@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod monitor_controller;
 pub mod openapi_source;
 pub mod policy_controller;
+pub mod policy_report;
 pub mod state;
 pub mod status;
 pub mod throttle;

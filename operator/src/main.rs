@@ -16,6 +16,7 @@ use palisade_operator::metrics::{instrumented, status_write_resource, OperatorMe
 use palisade_operator::monitor_controller::{self, MonitorContext};
 use palisade_operator::openapi_source::{referenced_config_maps, ConfigMapWatches};
 use palisade_operator::policy_controller::{self, PolicyContext};
+use palisade_operator::policy_report::PolicyReports;
 use palisade_operator::state::{ClusterView, Hub};
 use palisade_operator::throttle::{EventBudget, WriteThrottle};
 use palisade_operator::tls::GrpcTls;
@@ -64,6 +65,14 @@ struct Args {
     /// claims: needs one certificate per node.
     #[arg(long, requires = "tls_cert")]
     tls_require_node_identity: bool,
+    /// Write a wgpolicyk8s.io/v1alpha2 PolicyReport per ApiPolicy (for Kyverno's and Falco's
+    /// policy-reporter and other readers of the Policy WG format) when the cluster has the
+    /// PolicyReport CRD; without it the operator logs so once and writes none.
+    #[arg(long, env = "PALISADE_POLICY_REPORTS", default_value_t = true, action = clap::ArgAction::Set)]
+    policy_reports: bool,
+    /// While the PolicyReport CRD is missing, how often to check whether it was installed, in seconds.
+    #[arg(long, default_value = "60")]
+    policy_report_probe_interval_s: u64,
 }
 
 type Signal = Pin<Box<dyn Stream<Item = ()> + Send>>;
@@ -254,6 +263,20 @@ async fn main() -> anyhow::Result<()> {
             )
             .for_each(|_| futures::future::ready(()));
 
+    let policy_reports = args.policy_reports.then(|| {
+        PolicyReports::new(
+            client.clone(),
+            status_interval,
+            Duration::from_secs(args.policy_report_probe_interval_s.max(1)),
+        )
+    });
+    match &policy_reports {
+        // Asked now so that the log says at start whether reports are written.
+        Some(reports) => {
+            reports.served().await;
+        }
+        None => tracing::info!("PolicyReports are turned off (--policy-reports=false)"),
+    }
     let policy_ctx = Arc::new(PolicyContext {
         client: client.clone(),
         hub: hub.clone(),
@@ -263,6 +286,7 @@ async fn main() -> anyhow::Result<()> {
         },
         status_throttle: WriteThrottle::new(status_interval),
         event_budget: EventBudget::default(),
+        policy_reports,
     });
     let policy_controller =
         Controller::new(Api::<ApiPolicy>::all(client.clone()), watcher::Config::default())

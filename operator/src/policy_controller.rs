@@ -26,6 +26,8 @@ pub struct PolicyContext {
     pub reporter: Reporter,
     pub status_throttle: WriteThrottle,
     pub event_budget: EventBudget,
+    /// Writes a PolicyReport per policy when the CRD is installed; `None` when turned off.
+    pub policy_reports: Option<crate::policy_report::PolicyReports>,
 }
 
 /// The status a policy should have now.
@@ -396,6 +398,7 @@ async fn announce(ctx: &PolicyContext, policy: &ApiPolicy) -> Result<(), Error> 
 pub async fn reconcile(policy: Arc<ApiPolicy>, ctx: Arc<PolicyContext>) -> Result<Action, Error> {
     announce(&ctx, &policy).await?;
     announce_actions(&ctx, &policy).await?;
+    let mut next = Duration::from_secs(60);
     let status = desired_status(&policy, &ctx.hub);
     // Compared as JSON, as in the monitor controller (timestamps are stored to the second).
     if serde_json::to_value(&policy.status).ok() != serde_json::to_value(Some(&status)).ok() {
@@ -403,24 +406,46 @@ pub async fn reconcile(policy: Arc<ApiPolicy>, ctx: Arc<PolicyContext>) -> Resul
             .status_throttle
             .try_acquire(&obj_key(policy.as_ref()), Instant::now())
         {
-            return Ok(Action::requeue(wait));
+            next = next.min(wait);
+        } else {
+            write_status(&ctx, &policy, &status).await?;
         }
-        let ns = policy.namespace().ok_or(Error::MissingNamespace)?;
-        let api: Api<ApiPolicy> = Api::namespaced(ctx.client.clone(), &ns);
-        let patch = serde_json::json!({
-            "apiVersion": "palisade.dev/v1alpha1",
-            "kind": "ApiPolicy",
-            "status": status,
-        });
-        api.patch_status(
-            &policy.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(Error::Kube)?;
     }
-    Ok(Action::requeue(Duration::from_secs(60)))
+    // The report is an extra: its failures are logged and retried, never fail the status.
+    if let Some(reports) = &ctx.policy_reports {
+        match reports.sync(&policy, &ctx.hub).await {
+            Ok(Some(wait)) => next = next.min(wait),
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(%error, "PolicyReport not written; retrying");
+                next = next.min(Duration::from_secs(5));
+            }
+        }
+    }
+    Ok(Action::requeue(next))
+}
+
+/// Writes the policy's status by server-side apply.
+async fn write_status(
+    ctx: &PolicyContext,
+    policy: &ApiPolicy,
+    status: &ApiPolicyStatus,
+) -> Result<(), Error> {
+    let ns = policy.namespace().ok_or(Error::MissingNamespace)?;
+    let api: Api<ApiPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+    let patch = serde_json::json!({
+        "apiVersion": "palisade.dev/v1alpha1",
+        "kind": "ApiPolicy",
+        "status": status,
+    });
+    api.patch_status(
+        &policy.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::Kube)?;
+    Ok(())
 }
 
 pub fn error_policy(_policy: Arc<ApiPolicy>, error: &Error, _ctx: Arc<PolicyContext>) -> Action {

@@ -85,6 +85,8 @@ pub struct PolicyTelemetry {
     pub actions: BTreeMap<(String, String, String, String), (agent::ActionRecord, i64)>,
     /// Action changes not yet announced by an Event: (node, record).
     pub actions_unannounced: Vec<(String, agent::ActionRecord)>,
+    /// Findings per (rule, pod), for the policy's PolicyReport.
+    pub report: crate::policy_report::ReportTally,
 }
 
 /// Ended actions kept per policy (the ones in force are all kept).
@@ -415,6 +417,7 @@ impl Hub {
                         finding: f.clone(),
                     });
                     tele.recent.truncate(MAX_FINDINGS_IN_STATUS);
+                    tele.report.add(&node, f);
                     let pending = tele
                         .unannounced
                         .entry((f.rule.clone(), f.pod_name.clone()))
@@ -589,6 +592,39 @@ impl Hub {
             let id = (a.node.clone(), a.pod.clone(), a.source.clone(), a.rule.clone());
             tele.actions.entry(id).or_insert((record, since));
         }
+    }
+
+    /// Takes over the results of a policy's PolicyReport as a previous operator wrote it (or
+    /// notes that there is none), once per object and process; see [`Hub::seed_policy`].
+    pub fn seed_report(&self, key: &ObjectKey, report: Option<&palisade_api::policy_report::PolicyReport>) {
+        let mut inner = self.lock();
+        let tally = &mut inner.policies.entry(key.clone()).or_default().report;
+        if tally.seeded {
+            return;
+        }
+        match report {
+            Some(report) => tally.seed(report),
+            None => tally.seeded = true,
+        }
+    }
+
+    /// What a policy's PolicyReport is made of (without copying the rest of its telemetry).
+    pub fn report_tally(&self, key: &ObjectKey) -> crate::policy_report::ReportTally {
+        self.lock()
+            .policies
+            .get(key)
+            .map(|t| t.report.clone())
+            .unwrap_or_default()
+    }
+
+    /// Records the fingerprint of the PolicyReport just written for a policy.
+    pub fn set_report_written(&self, key: &ObjectKey, fingerprint: u64) {
+        self.lock()
+            .policies
+            .entry(key.clone())
+            .or_default()
+            .report
+            .written = Some(fingerprint);
     }
 
     pub fn monitor_telemetry(&self, key: &ObjectKey) -> MonitorTelemetry {
