@@ -411,7 +411,12 @@ async fn refused_programs_become_a_node_error_not_a_crash() -> Result<()> {
         |m| {
             let degraded = condition(m, "Degraded")?;
             let errors = m.pointer("/status/nodes/details/0/errors")?.as_array()?.clone();
-            (degraded.0 == "True" && !errors.is_empty()).then_some((errors, degraded))
+            // Until the agent connects, the node's error is that no agent is connected: wait
+            // for the agent's own report, not for the first error.
+            let reported = serde_json::to_string(&errors)
+                .ok()?
+                .contains("capture programs not loaded");
+            (degraded.0 == "True" && reported).then_some((errors, degraded))
         },
     )
     .await?;
