@@ -206,7 +206,7 @@ mod tests {
         assert!(conf.contains("location = / {"));
         assert!(conf.contains("root /tmp/x;"));
         assert!(conf.contains("try_files /body.json =404;"));
-        assert!(!conf.contains("hello"));
+        assert!(!conf.contains("return 200"));
         for size in [2, 50, 1024, 65536] {
             let body = json_body(size);
             assert_eq!(body.len() as u64, size);

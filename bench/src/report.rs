@@ -363,7 +363,7 @@ pub fn results_markdown(env: &Environment, all_rounds: &[Round]) -> String {
     );
 
     if let Some(size) = env.body_bytes {
-        bodies_markdown(&mut out, size, all_rounds);
+        bodies_markdown(&mut out, size, env.connections, all_rounds);
     }
 
     let _ = writeln!(out, "### Paired: agent ON / agent OFF in the same round\n");
@@ -534,7 +534,7 @@ pub fn document(env: &Environment, rounds: &[Round]) -> String {
 
 /// `1 KiB (1024 bytes)`, `64 KiB (65536 bytes)`, `1000 bytes`.
 fn size_label(bytes: u64) -> String {
-    if bytes % 1024 == 0 {
+    if bytes.is_multiple_of(1024) {
         format!("{} KiB ({bytes} bytes)", bytes / 1024)
     } else {
         format!("{bytes} bytes")
@@ -542,7 +542,7 @@ fn size_label(bytes: u64) -> String {
 }
 
 /// Per round: what the agent kept of the response bodies, and the ring records a response took.
-fn bodies_markdown(out: &mut String, size: u64, rounds: &[Round]) {
+fn bodies_markdown(out: &mut String, size: u64, connections: u32, rounds: &[Round]) {
     let kept = |r: &Round| r.completeness.agent.map(|a| a.response_bodies);
     let total = rounds
         .iter()
@@ -564,7 +564,7 @@ fn bodies_markdown(out: &mut String, size: u64, rounds: &[Round]) {
             b.bytes as f64 / (b.complete + b.truncated) as f64
         }
     };
-    let _ = writeln!(out, "**Bodies** (the agent's `palisade_agent_http_bodies_total` and `palisade_agent_http_body_bytes_total`, over all ON states): of {sent} responses the clients received from the monitored pod, the agent kept {} response bodies whole ({:.2} %) and cut {}; it kept {:.0} bytes per body on average (each body is {size} bytes on the wire; the ApiMonitor's `maxBodyBytes` is {size}); payload bytes the kernel program did not copy (more than {} KiB in one skb): {kernel_truncated}.\n",
+    let _ = writeln!(out, "**Bodies** (the agent's `palisade_agent_http_bodies_total` and `palisade_agent_http_body_bytes_total`, over all ON states): of {sent} responses the clients received from the monitored pod, the agent kept {} response bodies whole ({:.2} %; like the request count, this may exceed what the clients received by up to {connections} per wrk run) and cut {}; it kept {:.0} bytes per body on average (each body is {size} bytes on the wire; the ApiMonitor's `maxBodyBytes` is {size}); payload bytes the kernel program did not copy (more than {} KiB in one skb): {kernel_truncated}.\n",
         total.complete,
         if sent > 0 { 100.0 * total.complete as f64 / sent as f64 } else { f64::NAN },
         total.truncated,
@@ -669,7 +669,7 @@ pub fn bodies_document(runs: &[BodyRun]) -> String {
 
     let _ = writeln!(out, "## What is measured\n");
     let _ = writeln!(out, "The capture benchmark of [benchmarks.md](benchmarks.md), with the same method and the same figures (read its *What is measured* and *How to read*), except for what the pods return and what the agent keeps: both nginx pods answer `GET /` with a static JSON array of exactly the body size (an API's list response, padded with spaces; sent with `sendfile`), and the ApiMonitor captures bodies (`capture.bodies: true`, `maxBodyBytes` equal to the body size, so each body is kept whole, not cut). The agent reassembles each response's TCP payload, de-frames it by Content-Length and keeps the body; whether it kept each body whole is not assumed but read from its `/metrics` after each ON state: `palisade_agent_http_bodies_total{{direction=\"response\"}}` counts bodies kept whole (`outcome=\"complete\"`) and cut (`outcome=\"truncated\"`: over the limit, bytes missing from the capture, or memory pressure), `palisade_agent_http_body_bytes_total` the bytes kept.\n");
-    let _ = writeln!(out, "In the kernel, the egress program copies each skb's TCP payload into ring-buffer records: one of 512 bytes for a payload that fits, otherwise 4 KiB chunks, at most {} per skb (payload beyond is counted as *bytes not copied*). nginx hands a response to TCP as segmentation-offload skbs of up to 64 KiB, so a 64 KiB body takes about 16 records of 4 KiB, and a 1 KiB one a single 4 KiB record (the head and body together exceed 512 bytes). The column *kernel ring records per response* shows what each size took.\n", palisade_common::MAX_CHUNKS_PER_SKB);
+    let _ = writeln!(out, "In the kernel, the egress program copies each skb's TCP payload into ring-buffer records: one of 512 bytes for a payload that fits, otherwise 4 KiB chunks, at most {} per skb (payload beyond is counted as *bytes not copied*). The request takes one small record; with `sendfile`, nginx writes a response's head and body separately, so the head takes a small record and the body records of its own: a 1 KiB body one 4 KiB record, a 64 KiB body, which TCP hands over as segmentation-offload skbs of up to 64 KiB including headers, at least 16. The column *kernel ring records per response* in each section shows what each size took.\n", palisade_common::MAX_CHUNKS_PER_SKB);
 
     let _ = writeln!(out, "## Summary\n");
     let _ = writeln!(out, "Medians over the undisturbed rounds (over all rounds when fewer than 3 were undisturbed), with min … max; counts over all ON states. Goals as in benchmarks.md: monitored throughput ON / OFF ≥ {GOAL_MONITORED_RATIO:.2}, the unmonitored pod being the noise control.\n");
@@ -679,6 +679,24 @@ pub fn bodies_document(runs: &[BodyRun]) -> String {
         let _ = writeln!(out, "{}", body_summary_row(run));
     }
     let _ = writeln!(out);
+    if let (Some(small), Some(large)) = (
+        runs.iter().min_by_key(|r| r.size),
+        runs.iter().max_by_key(|r| r.size),
+    ) {
+        if large.size > small.size {
+            let (s, l) = (
+                summarize(&judged(&small.rounds)),
+                summarize(&judged(&large.rounds)),
+            );
+            let kib = (large.size - small.size) as f64 / 1024.0;
+            let _ = writeln!(out, "Per KiB of body, from {} to {} (medians): the agent's CPU per request grows by {:.2} µs per KiB, and nginx's CPU per request with the agent ON minus OFF (the egress program copying the payload into the ring, in nginx's `sendfile`) by {:.2} µs per KiB.\n",
+                size_label(small.size),
+                size_label(large.size),
+                (l.agent_us - s.agent_us) / kib,
+                ((l.nginx_on_us - l.nginx_off_us) - (s.nginx_on_us - s.nginx_off_us)) / kib,
+            );
+        }
+    }
     for run in runs {
         let _ = writeln!(out, "## {} response bodies\n", size_label(run.size));
         let _ = writeln!(
@@ -804,7 +822,8 @@ mod tests {
         assert!(doc.contains("| 300 / 300 (100.00 %) |"));
         assert!(doc.contains("| 270 / 300 (90.00 %) |"));
         assert!(doc.contains("## 64 KiB (65536 bytes) response bodies"));
-        assert!(doc.contains("the agent kept 270 response bodies whole (90.00 %) and cut 30"));
+        assert!(doc.contains("the agent kept 270 response bodies whole (90.00 %; like"));
         assert!(doc.contains("| 1 | 100 | 90 | 10 | 65536 | 17.0 | 0 |"));
+        assert!(doc.contains("Per KiB of body, from 1 KiB (1024 bytes) to 64 KiB (65536 bytes)"));
     }
 }
