@@ -3,7 +3,8 @@
 # stand-in kubelet makes cgroups and network namespaces). Installs what it needs (the toolchain,
 # Debian's nginx-light and wrk), builds release binaries, then runs bench/ (palisade-bench): agent
 # OFF vs agent ON in alternating rounds, side by side in one run. Prints markdown and rewrites
-# docs/benchmarks.md. Extra arguments go to palisade-bench (e.g. --rounds 7, --no-write).
+# docs/benchmarks.md. Extra arguments go to palisade-bench (e.g. --rounds 7, --no-write; --tls,
+# --enforcement or --body-bytes 1024,65536 for the other reports in docs/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PALISADE_CACHE=${PALISADE_CACHE:-$HOME/.cache/palisade}

@@ -23,8 +23,8 @@ use tokio::sync::{mpsc, Mutex};
 
 /// Longest a single request may take before it counts as an error and its connection is replaced.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
-/// Most response bytes accepted (the benchmark's responses are a few hundred bytes).
-const MAX_RESPONSE: usize = 64 * 1024;
+/// Most response bytes accepted (hello world, or a static body of up to 1 MiB with `--body-bytes`).
+const MAX_RESPONSE: usize = 2 * 1024 * 1024;
 
 /// What to send.
 #[derive(Debug, Clone)]
@@ -360,14 +360,25 @@ async fn worker(
 async fn exchange(stream: &mut TcpStream, request: &[u8], buf: &mut Vec<u8>) -> Result<u16> {
     stream.write_all(request).await?;
     buf.clear();
+    // The status and the whole response's length, once the head is in.
+    let mut framed: Option<(u16, usize)> = None;
     loop {
+        if let Some((code, total)) = framed {
+            if buf.len() >= total {
+                return Ok(code);
+            }
+        }
         if buf.len() >= MAX_RESPONSE {
             bail!("response larger than {MAX_RESPONSE} bytes");
         }
-        buf.reserve(4096);
+        let want = framed.map_or(4096, |(_, total)| total - buf.len());
+        buf.reserve(want.clamp(4096, MAX_RESPONSE));
         let n = stream.read_buf(buf).await?;
         if n == 0 {
             bail!("connection closed by the server");
+        }
+        if framed.is_some() {
+            continue;
         }
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut response = httparse::Response::new(&mut headers);
@@ -380,9 +391,7 @@ async fn exchange(stream: &mut TcpStream, request: &[u8], buf: &mut Vec<u8>) -> 
                 .and_then(|h| std::str::from_utf8(h.value).ok())
                 .and_then(|v| v.trim().parse::<usize>().ok())
                 .unwrap_or(0);
-            if buf.len() >= head_len + body_len {
-                return Ok(code);
-            }
+            framed = Some((code, head_len + body_len));
         }
     }
 }

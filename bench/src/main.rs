@@ -44,6 +44,8 @@ const EXTRA_ROUNDS: u32 = 2;
 /// A state is disturbed when the machine was at least this busy (all CPUs, %) in the second
 /// before its measurements (after waiting up to 10 s for quiet) or in the second after them.
 const BUSY_THRESHOLD: f64 = 25.0;
+/// The largest `--body-bytes`: the ApiMonitor's `maxBodyBytes` maximum.
+const MAX_BODY_BYTES: u64 = 1 << 20;
 
 #[derive(Parser, Debug)]
 #[command(about = "Palisade's overhead benchmark: agent ON vs OFF, side by side in one run (needs root)")]
@@ -76,6 +78,11 @@ struct Args {
     /// enabled vs disabled, the agent running in both (writes docs/benchmarks-tls.md).
     #[arg(long, conflicts_with = "enforcement")]
     tls: bool,
+    /// Measure capture with response bodies: nginx returns a static JSON body of this many bytes
+    /// (sendfile) and the ApiMonitor captures bodies up to that size; one full run per size, e.g.
+    /// `--body-bytes 1024,65536` (writes docs/benchmarks-bodies.md).
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["enforcement", "tls"])]
+    body_bytes: Vec<u64>,
     /// Node name for the stand-in kubelet.
     #[arg(long, default_value = "bench-node")]
     node: String,
@@ -159,7 +166,7 @@ async fn start_with_one_pod(
     step!("starting the stack (etcd, kube-apiserver, operator, agent, kubelet)");
     let stack = Stack::start(&args.node).await?;
     stack.cp.kubectl_ok(&["create", "namespace", NAMESPACE])?;
-    let pod = start_nginx_pod(&stack, name, app, args.server_cpu(), scheme).await?;
+    let pod = start_nginx_pod(&stack, name, app, args.server_cpu(), scheme, None).await?;
     Ok((stack, pod))
 }
 
@@ -212,6 +219,29 @@ async fn run(args: Args) -> Result<()> {
     if args.tls {
         return tls::run(&args).await;
     }
+    if args.body_bytes.is_empty() {
+        let (env, rounds) = capture_run(&args, None).await?;
+        return publish_report(&args, "docs/benchmarks.md", &report::document(&env, &rounds));
+    }
+    if let Some(bad) = args.body_bytes.iter().find(|&&b| b == 0 || b > MAX_BODY_BYTES) {
+        bail!("--body-bytes {bad}: each size must be 1 to {MAX_BODY_BYTES} (the ApiMonitor's maxBodyBytes limit)");
+    }
+    let mut runs = Vec::new();
+    for &size in &args.body_bytes {
+        step!("body size {size} bytes: a full run");
+        let (env, rounds) = capture_run(&args, Some(size)).await?;
+        runs.push(report::BodyRun { size, env, rounds });
+    }
+    publish_report(
+        &args,
+        "docs/benchmarks-bodies.md",
+        &report::bodies_document(&runs),
+    )
+}
+
+/// One capture benchmark run on a stack of its own: rounds of agent OFF / agent ON against the
+/// two pods, serving hello world, or a static body of `body_bytes` that the ApiMonitor captures.
+async fn capture_run(args: &Args, body_bytes: Option<u64>) -> Result<(Environment, Vec<Round>)> {
     let started = Instant::now();
     let load_before = loadavg();
     let agent_binary = binaries()?.join("palisade-node-agent");
@@ -225,8 +255,9 @@ async fn run(args: Args) -> Result<()> {
     stack.cp.kubectl_ok(&["create", "namespace", NAMESPACE])?;
 
     let http = nginx::Scheme::Http;
-    let monitored = start_nginx_pod(&stack, "monitored", "bench-monitored", args.server_cpu(), http).await?;
-    let unmonitored = start_nginx_pod(&stack, "unmonitored", "bench-other", args.server_cpu(), http).await?;
+    let cpu = args.server_cpu();
+    let monitored = start_nginx_pod(&stack, "monitored", "bench-monitored", cpu, http, body_bytes).await?;
+    let unmonitored = start_nginx_pod(&stack, "unmonitored", "bench-other", cpu, http, body_bytes).await?;
     step!(
         "pods: monitored {} (nginx worker {}), unmonitored {} (nginx worker {})",
         monitored.pod.ip,
@@ -235,12 +266,12 @@ async fn run(args: Args) -> Result<()> {
         unmonitored.worker
     );
 
-    apply_monitor(&stack.cp, nginx::PORT, None)?;
+    apply_monitor(&stack.cp, nginx::PORT, None, body_bytes)?;
     wait_probes(&stack.cp, &args.node, 2).await?;
     check_kernel_attach(&monitored, &unmonitored, true).await?;
     step!("ApiMonitor {NAMESPACE}/{MONITOR}: 2 probes attached; warming up both servers");
     for pod in [&monitored, &unmonitored] {
-        pod.unmeasured_load(&args, Duration::from_secs(2)).await?;
+        pod.unmeasured_load(args, Duration::from_secs(2)).await?;
     }
     // Let the warm-up's requests reach the status before the first ON state counts from it.
     let mut counted_before = settled_count(&stack.cp, 0, Duration::from_secs(20)).await?;
@@ -260,7 +291,7 @@ async fn run(args: Args) -> Result<()> {
         check_kernel_attach(&monitored, &unmonitored, false).await?;
         wait_probes(&stack.cp, &args.node, 0).await?;
         step!("round {index}: agent OFF (nothing attached)");
-        let off = measure_state(&args, &monitored, &unmonitored, None, None, &control).await?;
+        let off = measure_state(args, &monitored, &unmonitored, None, None, &control).await?;
         let rate = off.latency_monitored.rate;
         step!(
             "round {index}: OFF monitored {:.0} req/s, unmonitored {:.0} req/s, p50/p99 at {rate:.0} req/s: {:.0}/{:.0} µs",
@@ -285,7 +316,7 @@ async fn run(args: Args) -> Result<()> {
         step!("round {index}: agent ON (2 probes attached)");
         let agent_pid = stack.agent.pid();
         let on = measure_state(
-            &args,
+            args,
             &monitored,
             &unmonitored,
             Some(rate),
@@ -351,25 +382,11 @@ async fn run(args: Args) -> Result<()> {
         }
     }
 
-    let mut env = environment(&args, &agent_binary, started.elapsed());
+    let mut env = environment(args, &agent_binary, started.elapsed());
     env.load_before = load_before;
     env.load_after = loadavg();
     env.rounds_run = rounds.len() as u32;
-    let results = report::results_markdown(&env, &rounds);
-    println!(
-        "## Palisade overhead benchmark ({}, {} vCPU, kernel {})\n",
-        env.date, env.nproc, env.kernel
-    );
-    println!("{results}");
-    if !args.no_write {
-        let out = args
-            .out
-            .clone()
-            .unwrap_or_else(|| palisade_e2e::workspace_root().join("docs/benchmarks.md"));
-        std::fs::write(&out, report::document(&env, &rounds))
-            .with_context(|| format!("writing {}", out.display()))?;
-        step!("wrote {}", out.display());
-    }
+    env.body_bytes = body_bytes;
 
     // Pods first (their veths hang off the kubelet's bridge), then the stack.
     drop(monitored);
@@ -379,7 +396,7 @@ async fn run(args: Args) -> Result<()> {
         "done in {:.0} s; everything stopped",
         started.elapsed().as_secs_f64()
     );
-    Ok(())
+    Ok((env, rounds))
 }
 
 /// The 1, 5 and 15 minute load averages.
@@ -400,8 +417,9 @@ async fn start_nginx_pod(
     app: &str,
     cpu: Option<usize>,
     scheme: nginx::Scheme,
+    body_bytes: Option<u64>,
 ) -> Result<BenchPod> {
-    let command = nginx::prepare(&stack.cp.dir().join(format!("nginx-{name}")), scheme)?;
+    let command = nginx::prepare(&stack.cp.dir().join(format!("nginx-{name}")), scheme, body_bytes)?;
     let pod = stack
         .kubelet
         .start_pod(PodLaunch {
@@ -422,8 +440,12 @@ async fn start_nginx_pod(
 }
 
 /// Applies the ApiMonitor `demo/bench` selecting `app=bench-monitored` on `port`; `tls` adds
-/// `tls: {enabled: ..}` (the TLS benchmark toggles it, the capture benchmark leaves it out).
-fn apply_monitor(cp: &ControlPlane, port: u16, tls: Option<bool>) -> Result<()> {
+/// `tls: {enabled: ..}` (the TLS benchmark toggles it, the capture benchmark leaves it out);
+/// `body_bytes` captures bodies with that `maxBodyBytes` (the size nginx serves: kept whole).
+fn apply_monitor(cp: &ControlPlane, port: u16, tls: Option<bool>, body_bytes: Option<u64>) -> Result<()> {
+    let bodies = body_bytes.map_or_else(String::new, |max| {
+        format!("    bodies: true\n    maxBodyBytes: {max}\n")
+    });
     let mut yaml = format!(
         r#"apiVersion: palisade.dev/v1alpha1
 kind: ApiMonitor
@@ -438,7 +460,7 @@ spec:
   capture:
     headers: true
     maxHeaderBytes: 8192
-  discovery:
+{bodies}  discovery:
     enabled: true
 "#
     );

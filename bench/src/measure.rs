@@ -251,6 +251,23 @@ pub struct AgentLosses {
     pub dropped: u64,
     /// `palisade_agent_capture_kernel_total{reason="records_lost"}`: ring buffer full.
     pub kernel_lost: u64,
+    /// `palisade_agent_capture_kernel_total{reason="bytes_truncated"}`: payload past the chunks
+    /// one skb may fill.
+    pub kernel_bytes_truncated: u64,
+    /// Response bodies the agent kept (`palisade_agent_http_bodies_total`,
+    /// `palisade_agent_http_body_bytes_total`, direction `response`).
+    pub response_bodies: BodyCounts,
+}
+
+/// What the agent kept of the bodies of one direction.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct BodyCounts {
+    /// Bodies kept whole.
+    pub complete: u64,
+    /// Bodies cut (limit, missing bytes, memory pressure).
+    pub truncated: u64,
+    /// Body bytes kept.
+    pub bytes: u64,
 }
 
 /// Parses the agent's /metrics text (Prometheus exposition format).
@@ -272,6 +289,14 @@ pub fn parse_agent_metrics(text: &str) -> Result<AgentLosses> {
             losses.dropped += value;
         } else if name == r#"palisade_agent_capture_kernel_total{reason="records_lost"}"# {
             losses.kernel_lost = value;
+        } else if name == r#"palisade_agent_capture_kernel_total{reason="bytes_truncated"}"# {
+            losses.kernel_bytes_truncated = value;
+        } else if name == r#"palisade_agent_http_bodies_total{direction="response",outcome="complete"}"# {
+            losses.response_bodies.complete = value;
+        } else if name == r#"palisade_agent_http_bodies_total{direction="response",outcome="truncated"}"# {
+            losses.response_bodies.truncated = value;
+        } else if name == r#"palisade_agent_http_body_bytes_total{direction="response"}"# {
+            losses.response_bodies.bytes = value;
         }
     }
     if !seen_drained {
@@ -347,13 +372,24 @@ palisade_agent_messages_dropped_total{reason="connections"} 2
 palisade_agent_messages_dropped_total{reason="oversized_heads"} 1
 palisade_agent_capture_kernel_total{reason="records_emitted"} 1051546
 palisade_agent_capture_kernel_total{reason="records_lost"} 0
+palisade_agent_capture_kernel_total{reason="bytes_truncated"} 12
+palisade_agent_http_bodies_total{direction="response",outcome="complete"} 40
+palisade_agent_http_bodies_total{direction="response",outcome="truncated"} 2
+palisade_agent_http_bodies_total{direction="request",outcome="complete"} 7
+palisade_agent_http_body_bytes_total{direction="response"} 42000
 "#;
         assert_eq!(
             parse_agent_metrics(text)?,
             AgentLosses {
                 drained: 1_051_546,
                 dropped: 3,
-                kernel_lost: 0
+                kernel_lost: 0,
+                kernel_bytes_truncated: 12,
+                response_bodies: BodyCounts {
+                    complete: 40,
+                    truncated: 2,
+                    bytes: 42_000
+                },
             }
         );
         assert!(parse_agent_metrics("").is_err());

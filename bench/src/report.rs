@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use palisade_common::CaptureCounters;
 
-use crate::measure::WrkResult;
+use crate::measure::{BodyCounts, WrkResult};
 
 /// Goals from the benchmark issue.
 pub const GOAL_MONITORED_RATIO: f64 = 0.95;
@@ -136,6 +136,16 @@ pub struct Environment {
     /// /proc/loadavg (1, 5, 15 min) when the run started and when it ended.
     pub load_before: String,
     pub load_after: String,
+    /// `--body-bytes`: the size of the body nginx returned and the ApiMonitor captured; `None`
+    /// for hello world without body capture.
+    pub body_bytes: Option<u64>,
+}
+
+/// One run of `--body-bytes`: the body size and the run's rounds.
+pub struct BodyRun {
+    pub size: u64,
+    pub env: Environment,
+    pub rounds: Vec<Round>,
 }
 
 fn ratio(on: f64, off: f64) -> f64 {
@@ -352,6 +362,10 @@ pub fn results_markdown(env: &Environment, all_rounds: &[Round]) -> String {
         "Where the cost goes (medians): at saturation the agent used {agent_cpu_share:.0} % of one CPU; nginx's own CPU per request grew by {nginx_added:+.2} µs (the egress program runs in its `sendmsg`). During the monitored pod's half-load run all CPUs together were {busy_off:.0} % busy with the agent OFF and {busy_on:.0} % with it ON, the open-loop client itself using {client_us:.1} µs of CPU per request: when that nears 100 %, latency there is mostly waiting for a CPU. While only the unmonitored pod was loaded, the agent used {agent_idle:.1} % of one CPU, and etcd + kube-apiserver + the operator {cp_off:.1} % with the agent OFF and {cp_on:.1} % with it ON (on this one-node setup the control plane shares the node's CPUs).\n"
     );
 
+    if let Some(size) = env.body_bytes {
+        bodies_markdown(&mut out, size, env.connections, all_rounds);
+    }
+
     let _ = writeln!(out, "### Paired: agent ON / agent OFF in the same round\n");
     let _ = writeln!(out, "| round | monitored throughput ON/OFF | unmonitored throughput ON/OFF | added p50 (µs) | added p99 (µs) | unmonitored added p50 / p99 (µs) | nginx CPU µs/req OFF → ON | agent CPU µs/req | agent counted / sent | kernel: records emitted, lost | agent: records drained, messages dropped |");
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|");
@@ -439,7 +453,7 @@ pub fn results_markdown(env: &Environment, all_rounds: &[Round]) -> String {
 }
 
 /// The other generated reports, linked from this one's intro.
-const RELATED: &str = "The other modes: [benchmarks-tls.md](benchmarks-tls.md) (TLS capture: `--tls`) and [benchmarks-enforcement.md](benchmarks-enforcement.md) (enforcement programs: `--enforcement`). The agent's user-space cost per request, without the kernel or the noise of a whole machine: [benchmarks-agent.md](benchmarks-agent.md) (`cargo bench -p palisade-node-agent --bench capture`).";
+const RELATED: &str = "The other modes: [benchmarks-bodies.md](benchmarks-bodies.md) (the same with 1 KiB and 64 KiB response bodies, captured in full: `--body-bytes 1024,65536`), [benchmarks-tls.md](benchmarks-tls.md) (TLS capture: `--tls`) and [benchmarks-enforcement.md](benchmarks-enforcement.md) (enforcement programs: `--enforcement`). The agent's user-space cost per request, without the kernel or the noise of a whole machine: [benchmarks-agent.md](benchmarks-agent.md) (`cargo bench -p palisade-node-agent --bench capture`).";
 
 /// The table of the machine and the run that opens each generated report.
 pub fn environment_table(out: &mut String, env: &Environment, server: &str, clients: &str, run: &str) {
@@ -518,6 +532,183 @@ pub fn document(env: &Environment, rounds: &[Round]) -> String {
     out
 }
 
+/// `1 KiB (1024 bytes)`, `64 KiB (65536 bytes)`, `1000 bytes`.
+fn size_label(bytes: u64) -> String {
+    if bytes.is_multiple_of(1024) {
+        format!("{} KiB ({bytes} bytes)", bytes / 1024)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
+/// Per round: what the agent kept of the response bodies, and the ring records a response took.
+fn bodies_markdown(out: &mut String, size: u64, connections: u32, rounds: &[Round]) {
+    let kept = |r: &Round| r.completeness.agent.map(|a| a.response_bodies);
+    let total = rounds
+        .iter()
+        .filter_map(kept)
+        .fold(BodyCounts::default(), |t, b| BodyCounts {
+            complete: t.complete + b.complete,
+            truncated: t.truncated + b.truncated,
+            bytes: t.bytes + b.bytes,
+        });
+    let sent: u64 = rounds.iter().map(|r| r.completeness.sent).sum();
+    let kernel_truncated: u64 = rounds
+        .iter()
+        .filter_map(|r| r.completeness.kernel.map(|k| k.bytes_truncated))
+        .sum();
+    let per_body = |b: &BodyCounts| {
+        if b.complete + b.truncated == 0 {
+            f64::NAN
+        } else {
+            b.bytes as f64 / (b.complete + b.truncated) as f64
+        }
+    };
+    let _ = writeln!(out, "**Bodies** (the agent's `palisade_agent_http_bodies_total` and `palisade_agent_http_body_bytes_total`, over all ON states): of {sent} responses the clients received from the monitored pod, the agent kept {} response bodies whole ({:.2} %; like the request count, this may exceed what the clients received by up to {connections} per wrk run) and cut {}; it kept {:.0} bytes per body on average (each body is {size} bytes on the wire; the ApiMonitor's `maxBodyBytes` is {size}); payload bytes the kernel program did not copy (more than {} KiB in one skb): {kernel_truncated}.\n",
+        total.complete,
+        if sent > 0 { 100.0 * total.complete as f64 / sent as f64 } else { f64::NAN },
+        total.truncated,
+        per_body(&total),
+        palisade_common::CHUNK_BYTES * palisade_common::MAX_CHUNKS_PER_SKB / 1024,
+    );
+    let _ = writeln!(out, "| round | responses received | bodies kept whole | bodies cut | bytes kept per body | kernel ring records per response (request + response) | kernel bytes not copied |");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+    for r in rounds {
+        let c = &r.completeness;
+        let bodies = kept(r).map_or_else(
+            || "not readable | not readable | not readable".to_string(),
+            |b| format!("{} | {} | {:.0}", b.complete, b.truncated, per_body(&b)),
+        );
+        let kernel = c.kernel.map_or_else(
+            || "not readable | not readable".to_string(),
+            |k| {
+                format!(
+                    "{:.1} | {}",
+                    k.records_emitted as f64 / c.counted.max(1) as f64,
+                    k.bytes_truncated
+                )
+            },
+        );
+        let _ = writeln!(out, "| {} | {} | {bodies} | {kernel} |", r.label(), c.sent);
+    }
+    let _ = writeln!(out);
+}
+
+/// The medians and totals of one body size, as a row of the summary table.
+fn body_summary_row(run: &BodyRun) -> String {
+    let rounds = judged(&run.rounds);
+    let s = summarize(&rounds);
+    let all = summarize(&run.rounds);
+    let spread = |f: fn(&Round) -> f64| min_max(&rounds.iter().map(f).collect::<Vec<_>>());
+    let (mlo, mhi) = spread(Round::monitored_ratio);
+    let (ulo, uhi) = spread(Round::unmonitored_ratio);
+    let whole: u64 = run
+        .rounds
+        .iter()
+        .filter_map(|r| r.completeness.agent.map(|a| a.response_bodies.complete))
+        .sum();
+    let disturbed = run.rounds.iter().filter(|r| r.disturbed()).count();
+    format!(
+        "| {} | {:.3} ({mlo:.3} … {mhi:.3}) | {:.3} ({ulo:.3} … {uhi:.3}) | {:.2} | {:.2} → {:.2} | {whole} / {} ({:.2} %) | {} of {} ({:.2} %) | {} | {} of {} |",
+        size_label(run.size),
+        s.monitored_ratio,
+        s.unmonitored_ratio,
+        s.agent_us,
+        s.nginx_off_us,
+        s.nginx_on_us,
+        all.sent,
+        if all.sent > 0 { 100.0 * whole as f64 / all.sent as f64 } else { f64::NAN },
+        all.counted,
+        all.sent,
+        if all.sent > 0 { 100.0 * all.counted as f64 / all.sent as f64 } else { f64::NAN },
+        all.kernel_lost,
+        disturbed,
+        run.rounds.len(),
+    )
+}
+
+/// The whole docs/benchmarks-bodies.md: one section per body size, each with the figures of
+/// docs/benchmarks.md.
+pub fn bodies_document(runs: &[BodyRun]) -> String {
+    let mut out = String::new();
+    let sizes: Vec<String> = runs.iter().map(|r| r.size.to_string()).collect();
+    let _ = writeln!(out, "# Benchmarks: what capture costs with response bodies\n");
+    let _ = writeln!(
+        out,
+        "<!-- Generated by `bash hack/bench-overhead.sh --body-bytes {}` (bench/src/report.rs); re-run it to refresh. -->\n",
+        sizes.join(",")
+    );
+    let _ = writeln!(
+        out,
+        "```sh\nbash hack/bench-overhead.sh --body-bytes {}\n```\n",
+        sizes.join(",")
+    );
+    let Some(first) = runs.first() else {
+        return out;
+    };
+    let mut env = first.env.clone();
+    env.load_after = runs.last().map_or(String::new(), |r| r.env.load_after.clone());
+    env.runtime_secs = runs.iter().map(|r| r.env.runtime_secs).sum();
+    let server = format!(
+        "{} (one worker, keep-alive, `access_log off`, `sendfile on`) in each of two pods, `GET /` returning a static JSON file (`application/json`, Content-Length) of each size in turn",
+        env.nginx
+    );
+    let clients = format!(
+        "{} (saturation), palisade-bench's open-loop generator (latency)",
+        env.wrk
+    );
+    let run = format!(
+        "one run per body size ({}), each on a fresh stack: {} rounds × (agent OFF, agent ON) (up to 2 more to replace disturbed ones), {} s per measurement, {} connections; {} s in total",
+        sizes.join(", "),
+        env.rounds,
+        env.seconds,
+        env.connections,
+        env.runtime_secs
+    );
+    environment_table(&mut out, &env, &server, &clients, &run);
+
+    let _ = writeln!(out, "## What is measured\n");
+    let _ = writeln!(out, "The capture benchmark of [benchmarks.md](benchmarks.md), with the same method and the same figures (read its *What is measured* and *How to read*), except for what the pods return and what the agent keeps: both nginx pods answer `GET /` with a static JSON array of exactly the body size (an API's list response, padded with spaces; sent with `sendfile`), and the ApiMonitor captures bodies (`capture.bodies: true`, `maxBodyBytes` equal to the body size, so each body is kept whole, not cut). The agent reassembles each response's TCP payload, de-frames it by Content-Length and keeps the body; whether it kept each body whole is not assumed but read from its `/metrics` after each ON state: `palisade_agent_http_bodies_total{{direction=\"response\"}}` counts bodies kept whole (`outcome=\"complete\"`) and cut (`outcome=\"truncated\"`: over the limit, bytes missing from the capture, or memory pressure), `palisade_agent_http_body_bytes_total` the bytes kept.\n");
+    let _ = writeln!(out, "In the kernel, the egress program copies each skb's TCP payload into ring-buffer records: one of 512 bytes for a payload that fits, otherwise 4 KiB chunks, at most {} per skb (payload beyond is counted as *bytes not copied*). The request takes one small record; with `sendfile`, nginx writes a response's head and body separately, so the head takes a small record and the body records of its own: a 1 KiB body one 4 KiB record, a 64 KiB body, which TCP hands over as segmentation-offload skbs of up to 64 KiB including headers, at least 16. The column *kernel ring records per response* in each section shows what each size took.\n", palisade_common::MAX_CHUNKS_PER_SKB);
+
+    let _ = writeln!(out, "## Summary\n");
+    let _ = writeln!(out, "Medians over the undisturbed rounds (over all rounds when fewer than 3 were undisturbed), with min … max; counts over all ON states. Goals as in benchmarks.md: monitored throughput ON / OFF ≥ {GOAL_MONITORED_RATIO:.2}, the unmonitored pod being the noise control.\n");
+    let _ = writeln!(out, "| response body | monitored throughput ON / OFF | unmonitored throughput ON / OFF (control) | agent CPU µs/req | nginx CPU µs/req OFF → ON | response bodies kept whole / received | requests counted / received | ring records lost | rounds disturbed |");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
+    for run in runs {
+        let _ = writeln!(out, "{}", body_summary_row(run));
+    }
+    let _ = writeln!(out);
+    if let (Some(small), Some(large)) = (
+        runs.iter().min_by_key(|r| r.size),
+        runs.iter().max_by_key(|r| r.size),
+    ) {
+        if large.size > small.size {
+            let (s, l) = (
+                summarize(&judged(&small.rounds)),
+                summarize(&judged(&large.rounds)),
+            );
+            let kib = (large.size - small.size) as f64 / 1024.0;
+            let _ = writeln!(out, "Per KiB of body, from {} to {} (medians): the agent's CPU per request grows by {:.2} µs per KiB, and nginx's CPU per request with the agent ON minus OFF (the egress program copying the payload into the ring, in nginx's `sendfile`) by {:.2} µs per KiB.\n",
+                size_label(small.size),
+                size_label(large.size),
+                (l.agent_us - s.agent_us) / kib,
+                ((l.nginx_on_us - l.nginx_off_us) - (s.nginx_on_us - s.nginx_off_us)) / kib,
+            );
+        }
+    }
+    for run in runs {
+        let _ = writeln!(out, "## {} response bodies\n", size_label(run.size));
+        let _ = writeln!(
+            out,
+            "Run {}: {} rounds, {} s.\n",
+            run.env.date, run.env.rounds_run, run.env.runtime_secs
+        );
+        out.push_str(&results_markdown(&run.env, &run.rounds));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -588,5 +779,51 @@ mod tests {
         assert!(doc.contains("| 4 (disturbed) |"));
         assert!(doc.contains("1 round(s) disturbed"));
         assert!(doc.contains("| monitored pod throughput, ON / OFF | ≥ 0.95 | 0.960"));
+        assert!(!doc.contains("**Bodies**"));
+    }
+
+    #[test]
+    fn bodies_document_has_a_summary_row_and_a_section_per_size() {
+        let round = |index: u32, complete: u64| Round {
+            index,
+            off: state(20_000.0, 200.0),
+            on: state(18_000.0, 220.0),
+            completeness: Completeness {
+                sent: 100,
+                counted: 100,
+                kernel: Some(CaptureCounters {
+                    records_emitted: 1_700,
+                    ..CaptureCounters::default()
+                }),
+                agent: Some(crate::measure::AgentLosses {
+                    response_bodies: BodyCounts {
+                        complete,
+                        truncated: 100 - complete,
+                        bytes: 100 * 65_536,
+                    },
+                    ..Default::default()
+                }),
+            },
+        };
+        let runs: Vec<BodyRun> = [(1024, 100), (65_536, 90)]
+            .into_iter()
+            .map(|(size, complete)| BodyRun {
+                size,
+                env: Environment {
+                    body_bytes: Some(size),
+                    ..Environment::default()
+                },
+                rounds: (1..=3).map(|i| round(i, complete)).collect(),
+            })
+            .collect();
+        let doc = bodies_document(&runs);
+        assert!(doc.contains("bash hack/bench-overhead.sh --body-bytes 1024,65536"));
+        assert!(doc.contains("| 1 KiB (1024 bytes) | 0.900 (0.900 … 0.900) |"));
+        assert!(doc.contains("| 300 / 300 (100.00 %) |"));
+        assert!(doc.contains("| 270 / 300 (90.00 %) |"));
+        assert!(doc.contains("## 64 KiB (65536 bytes) response bodies"));
+        assert!(doc.contains("the agent kept 270 response bodies whole (90.00 %; like"));
+        assert!(doc.contains("| 1 | 100 | 90 | 10 | 65536 | 17.0 | 0 |"));
+        assert!(doc.contains("Per KiB of body, from 1 KiB (1024 bytes) to 64 KiB (65536 bytes)"));
     }
 }

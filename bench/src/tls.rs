@@ -138,7 +138,7 @@ impl TlsRound {
 /// Applies the monitor with `tls.enabled` = `tls` and waits until the node runs its current
 /// generation and, with TLS capture on, until the status reports the pod covered.
 async fn set_tls(stack: &Stack, args: &Args, tls: bool) -> Result<()> {
-    apply_monitor(&stack.cp, TLS_PORT, Some(tls))?;
+    apply_monitor(&stack.cp, TLS_PORT, Some(tls), None)?;
     let generation = get_json(&stack.cp, "apimonitor", NAMESPACE, MONITOR)?
         .pointer("/metadata/generation")
         .and_then(|g| g.as_u64())

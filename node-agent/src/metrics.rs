@@ -48,6 +48,32 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BodyLabels {
+    pub direction: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    pub direction: String,
+}
+
+/// Which message of an exchange a body belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyDirection {
+    Request = 0,
+    Response = 1,
+}
+
+/// Counter handles for the bodies of one direction, made once (no label lookup per exchange).
+#[derive(Clone)]
+struct BodyCounters {
+    complete: Counter,
+    truncated: Counter,
+    bytes: Counter,
+}
+
 /// All of the agent's metrics. Cloning shares them.
 #[derive(Clone)]
 pub struct AgentMetrics {
@@ -65,6 +91,8 @@ pub struct AgentMetrics {
     isolated_pods: Gauge,
     connections: Gauge,
     drained: Counter,
+    /// Request and response bodies, indexed by [`BodyDirection`].
+    bodies: [BodyCounters; 2],
     /// Endpoint label sets seen so far, by an Fx hash of their parts, with their metric handles:
     /// one lookup per request and no label allocation once an endpoint is known.
     series: Arc<Mutex<rustc_hash::FxHashMap<u64, Vec<EndpointSeries>>>>,
@@ -179,6 +207,37 @@ impl AgentMetrics {
             "TCP connections the parser tracks",
             connections.clone(),
         );
+        let body_messages = Family::<BodyLabels, Counter>::default();
+        registry.register(
+            "http_bodies",
+            "Bodies of server exchanges while bodies are captured, by direction and outcome: complete (kept whole) or truncated (cut at maxBodyBytes, bytes missing, or memory pressure)",
+            body_messages.clone(),
+        );
+        let body_bytes = Family::<DirectionLabels, Counter>::default();
+        registry.register(
+            "http_body_bytes",
+            "Body bytes kept from server exchanges, by direction",
+            body_bytes.clone(),
+        );
+        let bodies = ["request", "response"].map(|direction| {
+            let outcome = |outcome: &str| {
+                body_messages
+                    .get_or_create(&BodyLabels {
+                        direction: direction.into(),
+                        outcome: outcome.into(),
+                    })
+                    .clone()
+            };
+            BodyCounters {
+                complete: outcome("complete"),
+                truncated: outcome("truncated"),
+                bytes: body_bytes
+                    .get_or_create(&DirectionLabels {
+                        direction: direction.into(),
+                    })
+                    .clone(),
+            }
+        });
         AgentMetrics {
             registry: Arc::new(registry),
             requests,
@@ -194,6 +253,7 @@ impl AgentMetrics {
             isolated_pods,
             connections,
             drained,
+            bodies,
             series: Arc::new(Mutex::new(rustc_hash::FxHashMap::default())),
             series_count: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         }
@@ -312,6 +372,21 @@ impl AgentMetrics {
             .inc_by(n);
     }
 
+    /// Counts one message body of `len` bytes on the wire, of which `kept` were kept; `truncated`:
+    /// the parser marked it cut. Bodies of length 0 are not counted.
+    pub fn body(&self, direction: BodyDirection, kept: usize, len: u64, truncated: bool) {
+        if len == 0 {
+            return;
+        }
+        let c = &self.bodies[direction as usize];
+        if truncated || (kept as u64) < len {
+            c.truncated.inc();
+        } else {
+            c.complete.inc();
+        }
+        c.bytes.inc_by(kept as u64);
+    }
+
     /// Counts records read from the ring buffer.
     pub fn drained(&self, n: u64) {
         self.drained.inc_by(n);
@@ -409,6 +484,24 @@ mod tests {
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse::<u64>().ok());
         assert_eq!(overflow, Some(500), "requests past the cap are still counted");
+    }
+
+    #[test]
+    fn bodies_are_counted_complete_or_truncated() {
+        let m = AgentMetrics::new();
+        m.body(BodyDirection::Response, 1024, 1024, false);
+        m.body(BodyDirection::Response, 100, 1024, true);
+        m.body(BodyDirection::Response, 100, 1024, false);
+        m.body(BodyDirection::Request, 0, 0, false);
+        let text = m.encode();
+        for line in [
+            r#"palisade_agent_http_bodies_total{direction="response",outcome="complete"} 1"#,
+            r#"palisade_agent_http_bodies_total{direction="response",outcome="truncated"} 2"#,
+            r#"palisade_agent_http_bodies_total{direction="request",outcome="complete"} 0"#,
+            r#"palisade_agent_http_body_bytes_total{direction="response"} 1224"#,
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
     }
 
     #[test]

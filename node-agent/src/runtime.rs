@@ -1219,6 +1219,9 @@ impl<B: CaptureBackend> Runtime<B> {
             match event {
                 HttpEvent::Request(req) if req.role == PodRole::Server => self.detect(&pod, &req),
                 HttpEvent::Exchange(ex) if ex.request.role == PodRole::Server => {
+                    if self.limits.max_body_bytes > 0 {
+                        self.count_bodies(&ex);
+                    }
                     self.count_endpoint(&pod, &ex);
                     self.detect_exchange(&pod, &ex);
                 }
@@ -1397,6 +1400,24 @@ impl<B: CaptureBackend> Runtime<B> {
         for (pi, ri) in triggered {
             self.respond(pi, ri, pod, req);
         }
+    }
+
+    /// How much of the exchange's bodies the parser kept (metrics), while bodies are captured.
+    fn count_bodies(&self, ex: &Exchange) {
+        use crate::metrics::BodyDirection;
+        let (req, resp) = (&ex.request, &ex.response);
+        self.metrics.body(
+            BodyDirection::Request,
+            req.body.len(),
+            req.body_len,
+            req.body_truncated,
+        );
+        self.metrics.body(
+            BodyDirection::Response,
+            resp.body.len(),
+            resp.body_len,
+            resp.body_truncated,
+        );
     }
 
     /// RED metrics and the endpoint inventory. Runs for every captured exchange: borrows the
