@@ -567,8 +567,7 @@ async fn measure_state(
     let (mon, nginx_mon, agent_cpu) = (mon_run.result, mon_run.nginx, mon_run.agent);
     let (unmon, nginx_unmon, agent_cpu_unmon) = (unmon_run.result, unmon_run.nginx, unmon_run.agent);
     let rate = rate.unwrap_or(mon.rps / 2.0);
-    let cpu_before = measure::MachineCpu::read()?;
-    let mut latency_monitored = open_loop(
+    let latency_monitored = open_loop(
         args.client_cpu(),
         monitored.addr(),
         rate,
@@ -576,7 +575,6 @@ async fn measure_state(
         duration,
     )
     .await?;
-    latency_monitored.machine_busy_percent = measure::MachineCpu::read()?.busy_percent_since(&cpu_before);
     let latency_unmonitored = open_loop(
         args.client_cpu(),
         unmonitored.addr(),
@@ -713,6 +711,7 @@ async fn open_loop(
         duration,
         cpu,
     };
+    let machine_before = measure::MachineCpu::read()?;
     let thread = std::thread::Builder::new()
         .name("loadgen".into())
         .spawn(move || loadgen::run(&spec))
@@ -721,6 +720,7 @@ async fn open_loop(
         .await
         .context("joining the load generator")?
         .map_err(|_| anyhow::anyhow!("the load generator panicked"))??;
+    let machine = measure::MachineCpu::read()?;
     if result.latencies_ns.is_empty() {
         bail!("the open-loop run against {addr} recorded no latency ({result:?})");
     }
@@ -730,7 +730,8 @@ async fn open_loop(
         p99_us: result.quantile_us(0.99).unwrap_or(f64::NAN),
         completed: result.completed,
         client_cpu_us: per_request_us(result.cpu_ns, result.completed),
-        machine_busy_percent: f64::NAN,
+        machine_busy_percent: machine.busy_percent_since(&machine_before),
+        machine_cpu_us: per_request_us(machine.busy_ns_since(&machine_before), result.completed),
         errors: result.errors
             + result.non_200
             + result.scheduled.saturating_sub(result.completed + result.errors),

@@ -197,6 +197,15 @@ impl MachineCpu {
         })
     }
 
+    /// CPU time all CPUs together were busy since `earlier` (user, system, interrupts), in
+    /// nanoseconds; the kernel counts it in clock ticks (`USER_HZ`, 10 ms).
+    pub fn busy_ns_since(&self, earlier: &MachineCpu) -> u64 {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        let hz = u64::try_from(hz).ok().filter(|&h| h > 0).unwrap_or(100);
+        self.busy.saturating_sub(earlier.busy) * 1_000_000_000 / hz
+    }
+
     /// Busy share of all CPUs since `earlier`, in percent.
     pub fn busy_percent_since(&self, earlier: &MachineCpu) -> f64 {
         let total = self.total.saturating_sub(earlier.total);

@@ -11,6 +11,8 @@ use crate::measure::{BodyCounts, WrkResult};
 pub const GOAL_MONITORED_RATIO: f64 = 0.95;
 pub const GOAL_UNMONITORED_RATIO: f64 = 0.99;
 pub const GOAL_ADDED_P99_US: f64 = 50.0;
+pub const GOAL_ADDED_CPU_US: f64 = 2.5;
+pub const GOAL_AGENT_CPU_US: f64 = 0.5;
 
 /// Latency at a fixed rate.
 #[derive(Debug, Clone, Default)]
@@ -22,8 +24,11 @@ pub struct Latency {
     pub errors: u64,
     /// The open-loop generator's own CPU per completed request, µs.
     pub client_cpu_us: f64,
-    /// Busy share of all CPUs during the run (monitored pod's run only; NaN otherwise).
+    /// Busy share of all CPUs during the run.
     pub machine_busy_percent: f64,
+    /// CPU time of all CPUs together (every process, kernel and user, interrupts) per response
+    /// received during the run, warm-up included, µs.
+    pub machine_cpu_us: f64,
 }
 
 /// Everything measured in one state (agent ON or OFF) of one round.
@@ -112,6 +117,13 @@ impl Round {
     pub fn unmonitored_added_p99(&self) -> f64 {
         self.on.latency_unmonitored.p99_us - self.off.latency_unmonitored.p99_us
     }
+    /// Machine CPU per request at half load, ON minus OFF: what the agent adds in total.
+    pub fn added_cpu(&self) -> f64 {
+        self.on.latency_monitored.machine_cpu_us - self.off.latency_monitored.machine_cpu_us
+    }
+    pub fn unmonitored_added_cpu(&self) -> f64 {
+        self.on.latency_unmonitored.machine_cpu_us - self.off.latency_unmonitored.machine_cpu_us
+    }
 }
 
 /// The machine and the run.
@@ -187,6 +199,15 @@ fn signed(v: f64) -> String {
     }
 }
 
+/// Like [`signed`], with two decimals (CPU µs per request).
+fn signed_f(v: f64) -> String {
+    if v.is_nan() {
+        "n/a".into()
+    } else {
+        format!("{v:+.2}")
+    }
+}
+
 fn opt_us(v: Option<f64>) -> String {
     v.map_or_else(|| "—".into(), |v| format!("{v:.2}"))
 }
@@ -199,6 +220,8 @@ pub struct Summary {
     pub added_p99: f64,
     pub unmonitored_added_p50: f64,
     pub unmonitored_added_p99: f64,
+    pub added_cpu: f64,
+    pub unmonitored_added_cpu: f64,
     pub nginx_off_us: f64,
     pub nginx_on_us: f64,
     pub agent_us: f64,
@@ -217,6 +240,8 @@ pub fn summarize(rounds: &[Round]) -> Summary {
         added_p99: col(&Round::added_p99),
         unmonitored_added_p50: col(&Round::unmonitored_added_p50),
         unmonitored_added_p99: col(&Round::unmonitored_added_p99),
+        added_cpu: col(&Round::added_cpu),
+        unmonitored_added_cpu: col(&Round::unmonitored_added_cpu),
         nginx_off_us: col(&|r| r.off.nginx_monitored_us),
         nginx_on_us: col(&|r| r.on.nginx_monitored_us),
         agent_us: col(&|r| r.on.agent_us.unwrap_or(f64::NAN)),
@@ -329,6 +354,38 @@ pub fn results_markdown(env: &Environment, all_rounds: &[Round]) -> String {
         signed(s.unmonitored_added_p99),
         signed(uplo),
         signed(uphi),
+    );
+    let cpus: Vec<f64> = rounds.iter().map(Round::added_cpu).collect();
+    let (clo, chi) = min_max(&cpus);
+    let ucpus: Vec<f64> = rounds.iter().map(Round::unmonitored_added_cpu).collect();
+    let (uclo, uchi) = min_max(&ucpus);
+    let _ = writeln!(
+        out,
+        "| added CPU per request at half load (all CPUs, every process, kernel + user) | ≤ {GOAL_ADDED_CPU_US} µs | {} µs ({} … {} µs) | {} | {} µs ({} … {} µs) |",
+        signed_f(s.added_cpu),
+        signed_f(clo),
+        signed_f(chi),
+        resolved(
+            met(s.added_cpu <= GOAL_ADDED_CPU_US),
+            uclo.abs().max(uchi.abs()) > GOAL_ADDED_CPU_US
+        ),
+        signed_f(s.unmonitored_added_cpu),
+        signed_f(uclo),
+        signed_f(uchi),
+    );
+    let agents: Vec<f64> = rounds.iter().filter_map(|r| r.on.agent_us).collect();
+    let (alo, ahi) = min_max(&agents);
+    let agent_idle_us = median(
+        &rounds
+            .iter()
+            .filter_map(|r| r.on.agent_unmonitored_us)
+            .collect::<Vec<_>>(),
+    );
+    let _ = writeln!(
+        out,
+        "| agent CPU per request at saturation | ≤ {GOAL_AGENT_CPU_US} µs | {:.2} µs ({alo:.2} … {ahi:.2} µs) | {} | {agent_idle_us:.2} µs (per request to the unmonitored pod) |",
+        s.agent_us,
+        met(s.agent_us <= GOAL_AGENT_CPU_US),
     );
     let _ = writeln!(out);
     let _ = writeln!(out, "Other medians: added p50 at half load {} µs; the unmonitored pod at the same rate (nothing attached to it, so this is the noise floor): added p50 {} µs, p99 {} µs ({} … {} µs); nginx worker CPU per request OFF {:.2} µs → ON {:.2} µs; agent CPU per request {} µs. Completeness over all ON states: the agent counted {} of {} requests the clients completed ({:.2} %), kernel ring-buffer records lost: {}, messages the agent's parser dropped: {}.\n",
@@ -521,7 +578,7 @@ pub fn document(env: &Environment, rounds: &[Round]) -> String {
     let _ = writeln!(out, "Each round measures the agent **OFF** (process killed: its cgroup links close with it; the benchmark checks with BPF_PROG_QUERY that nothing is attached to either pod's cgroup, and waits for the ApiMonitor status to show 0 probes) and then **ON** (agent started again; the benchmark waits for `probesAttached == 2` in the status and checks that the kernel shows one ingress and one egress program on the monitored pod's cgroup and none on the other). In each state:\n");
     let _ = writeln!(out, "1. **Throughput**: `wrk -t1 -c{c} -d{d}s` against the monitored pod, then the same against the unmonitored pod.", c = env.connections, d = env.seconds);
     let _ = writeln!(out, "2. **Latency at half load**: the fixed rate is half the monitored pod's agent-OFF throughput of the same round. The open-loop generator (bench/src/loadgen.rs; one thread per 60 000 req/s; its timer wakes at most every 200 µs and releases all requests due) sends on a fixed schedule over {} keep-alive connections and measures each latency from the request's *scheduled* send time (coordinated-omission safe); 0.5 s warm-up, then {} s recorded; p50 and p99. Both pods, both states, same rate.", env.connections, env.seconds);
-    let _ = writeln!(out, "3. **CPU per request**: the nginx worker's `utime + stime` (`/proc/<pid>/stat`) over the wrk run divided by the requests wrk completed; the agent's CPU over the monitored wrk run divided by those requests (summed `schedstat` run time of its threads: `utime + stime` counts 10 ms ticks, too coarse for a fraction of a microsecond per request).");
+    let _ = writeln!(out, "3. **CPU per request**: the nginx worker's `utime + stime` (`/proc/<pid>/stat`) over the wrk run divided by the requests wrk completed; the agent's CPU over the monitored wrk run divided by those requests (summed `schedstat` run time of its threads: `utime + stime` counts 10 ms ticks, too coarse for a fraction of a microsecond per request). The **total** the agent adds: during each half-load run (a fixed rate, so ON and OFF do the same work), the busy time of all CPUs together (`/proc/stat`: every process, kernel and user, interrupts and softirqs, so the ingress program too) divided by the responses received; ON minus OFF of the same round. The unmonitored pod's run gives the same figure for the control.");
     let _ = writeln!(out, "4. **Completeness** (ON only): how much the ApiMonitor's `GET /` request count grew during the ON state, against the responses the clients received from the monitored pod; and the agent's kernel counters (records emitted / lost to a full ring buffer), read from its per-CPU counters map; and the agent's own /metrics (records drained from the ring buffer, messages its parser dropped). The count may exceed what the clients completed by up to {} per wrk run: requests in flight when wrk stops were answered by nginx and seen by the agent, but wrk does not count them.\n", env.connections);
 
     let _ = writeln!(out, "## How to read\n");
@@ -744,7 +801,10 @@ mod tests {
             .map(|i| Round {
                 index: i,
                 off: state(20_000.0, 200.0),
-                on: state(19_000.0 + f64::from(i) * 100.0, 220.0),
+                on: StateRun {
+                    agent_us: Some(1.2),
+                    ..state(19_000.0 + f64::from(i) * 100.0, 220.0)
+                },
                 completeness: Completeness {
                     sent: 10,
                     counted: 10,
@@ -753,6 +813,11 @@ mod tests {
                 },
             })
             .collect();
+        let mut rounds = rounds;
+        for r in &mut rounds {
+            r.off.latency_monitored.machine_cpu_us = 30.0;
+            r.on.latency_monitored.machine_cpu_us = 31.5;
+        }
         let s = summarize(&rounds);
         assert!((s.monitored_ratio - 0.96).abs() < 1e-9);
         assert!((s.unmonitored_ratio - 1.0).abs() < 1e-9);
@@ -762,6 +827,16 @@ mod tests {
         assert!(doc.contains("bash hack/bench-overhead.sh"));
         assert!(doc.contains("| monitored pod throughput, ON / OFF | ≥ 0.95 | 0.960"));
         assert!(doc.contains("**met**"));
+        assert!(
+            doc.contains("| ≤ 2.5 µs | +1.50 µs (+1.50 … +1.50 µs) | **met** | +0.00 µs"),
+            "the added CPU goal: {doc}"
+        );
+        assert!(
+            doc.contains(
+                "| agent CPU per request at saturation | ≤ 0.5 µs | 1.20 µs (1.20 … 1.20 µs) | **not met**"
+            ),
+            "the agent CPU goal: {doc}"
+        );
 
         // A disturbed round is listed but left out of the medians (3 undisturbed remain).
         let mut more = rounds.clone();
