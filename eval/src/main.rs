@@ -9,12 +9,13 @@
 //! ```text
 //! cargo run --release -p palisade-eval -- ../shared/corpora/attacks.jsonl ../shared/corpora/benign.jsonl
 //!     [../shared/corpora/api_abuse_scenarios.jsonl] [more.jsonl ...] [--level 1|2]
-//!     [--waf auto|modsecurity|none] [--list-misses CATEGORY] [--list-fp]
+//!     [--waf auto|modsecurity|none] [--list-misses CATEGORY] [--list-fp] [--verdicts FILE]
 //! ```
 
 mod record;
 mod report;
 mod scenario;
+mod verdicts;
 mod waf;
 
 use palisade_node_agent::detect::{CompiledRule, Inputs, RequestView, INJECTION_DETECTORS};
@@ -28,7 +29,7 @@ use waf::{Installation, Verdict, Waf};
 
 const USAGE: &str = "\
 usage: palisade-eval FILE.jsonl... [--level 1|2] [--waf auto|modsecurity|none]
-                     [--list-misses CATEGORY] [--list-fp]
+                     [--list-misses CATEGORY] [--list-fp] [--verdicts FILE]
 
   FILE.jsonl     corpus records, one a line; a line with a `steps` array is a scenario, replayed
                  step by step through all detectors, behavioural ones included
@@ -43,7 +44,10 @@ usage: palisade-eval FILE.jsonl... [--level 1|2] [--waf auto|modsecurity|none]
                    modsecurity  required: exit 1 when it cannot run
                    none         skip it
   --list-misses CATEGORY   attack records of CATEGORY that no detector caught (and the WAF's verdict)
-  --list-fp      benign records on which a detector fired";
+  --list-fp      benign records on which a detector fired
+  --verdicts FILE  write every detector's verdict and evidence at both levels, on every record
+                 and on 300,000 generated values, to FILE: diff two of them to show that a change
+                 to the detectors' speed found exactly the same";
 
 /// Whether to measure the reference WAF.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -57,6 +61,7 @@ struct Options {
     files: Vec<String>,
     list_misses: Vec<String>,
     list_fp: bool,
+    verdicts: Option<String>,
     level: usize,
     waf: WafMode,
 }
@@ -66,6 +71,7 @@ fn parse_args() -> Result<Options, String> {
         files: vec![],
         list_misses: vec![],
         list_fp: false,
+        verdicts: None,
         level: 1,
         waf: WafMode::Auto,
     };
@@ -76,6 +82,7 @@ fn parse_args() -> Result<Options, String> {
                 .list_misses
                 .push(args.next().ok_or("--list-misses needs a category")?),
             "--list-fp" => o.list_fp = true,
+            "--verdicts" => o.verdicts = Some(args.next().ok_or("--verdicts needs a file")?),
             "--level" => {
                 o.level = match args.next().as_deref() {
                     Some("1") => 1,
@@ -263,6 +270,14 @@ fn main() -> ExitCode {
                 evidence: [e1, e2],
                 waf: None,
             });
+        }
+    }
+
+    if let Some(path) = &opts.verdicts {
+        let records: Vec<&Record> = outcomes.iter().map(|o| &o.record).collect();
+        if let Err(e) = verdicts::write(path, &records, [&engines[0].rules, &engines[1].rules]) {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
         }
     }
 

@@ -768,6 +768,12 @@ fn anywhere(v: &[Tok], paranoia: u8) -> Option<&'static str> {
             Kind::Var if t.text.starts_with("@@") && t.text.len() > 3 => return Some("server variable"),
             _ => continue,
         }
+        // Every arm below but the last two needs one of the words of [`ANYWHERE_WORDS`], and the
+        // one before last a call: other words (most of them) are passed over without comparing
+        // them with each arm and list.
+        if !may_be_anywhere_word(t.text) && !call_at(v, i) {
+            continue;
+        }
         match t.text {
             "union" => {
                 let mut j = i + 1;
@@ -887,6 +893,63 @@ fn anywhere(v: &[Tok], paranoia: u8) -> Option<&'static str> {
         }
     }
     shapes::anywhere(v)
+}
+
+/// The words the arms of [`anywhere`] compare a word with, and the prefixes they look for.
+const ANYWHERE_WORDS: &[&[&str]] = &[
+    &[
+        "union", "waitfor", "declare", "exec", "execute", "case", "into", "select", "sys",
+    ],
+    CATALOGS,
+    DELAY_FUNCS,
+    DANGER_FUNCS,
+    &["ascii", "ord", "unicode", "hex", "length", "len", "bin"],
+    &[
+        "version",
+        "database",
+        "user",
+        "current_user",
+        "session_user",
+        "system_user",
+        "schema",
+        "connection_id",
+        "db_name",
+        "last_insert_id",
+    ],
+    &["char", "chr", "nchar"],
+];
+const ANYWHERE_PREFIXES: &[&str] = &["xp_", "dbms_", "utl_"];
+
+/// By first byte: the lengths of the words of [`ANYWHERE_WORDS`] (bit 63 for 63 or more), and
+/// every length from a prefix's on for [`ANYWHERE_PREFIXES`].
+const ANYWHERE_LENGTHS: [u64; 256] = {
+    let mut table = [0u64; 256];
+    let mut l = 0;
+    while l < ANYWHERE_WORDS.len() {
+        let mut w = 0;
+        while w < ANYWHERE_WORDS[l].len() {
+            let word = ANYWHERE_WORDS[l][w].as_bytes();
+            let len = if word.len() < 63 { word.len() } else { 63 };
+            table[word[0] as usize] |= 1u64 << len;
+            w += 1;
+        }
+        l += 1;
+    }
+    let mut p = 0;
+    while p < ANYWHERE_PREFIXES.len() {
+        let prefix = ANYWHERE_PREFIXES[p].as_bytes();
+        table[prefix[0] as usize] |= u64::MAX << prefix.len();
+        p += 1;
+    }
+    table
+};
+
+/// Whether `word` may be one of [`ANYWHERE_WORDS`] or start with one of [`ANYWHERE_PREFIXES`]
+/// (false only when it is none).
+fn may_be_anywhere_word(word: &str) -> bool {
+    word.as_bytes()
+        .first()
+        .is_some_and(|&b| ANYWHERE_LENGTHS[usize::from(b)] & (1u64 << word.len().min(63)) != 0)
 }
 
 /// What follows a quote that closed the application's string (or a leading number in a numeric

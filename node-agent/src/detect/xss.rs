@@ -209,6 +209,12 @@ impl Xss {
         if !bytes.contains_any_of(value, ByteSet::of_bytes(b"<:=(`&\\+.")) {
             return None;
         }
+        if bytes.is_ascii()
+            && !bytes.any(ByteSet::of_bytes(b"\\&"))
+            && self.nothing_to_read(bytes, scan.needles)
+        {
+            return None;
+        }
         // `s`, what the patterns read, and what is known of its bytes and substrings.
         let (s, set, needles): (Cow<str>, ByteSet, Needles) = if bytes.any(ByteSet::of_bytes(b"\\&")) {
             let unescaped = unescape_backslash(value);
@@ -272,6 +278,27 @@ impl Xss {
             }
         }
         None
+    }
+}
+
+impl Xss {
+    /// For an ASCII value without `\` and `&` (`s` below is then the value lower-cased, and
+    /// `bytes` exact): whether the three steps of [`Xss::detect_in`] would all be skipped, which
+    /// is known without the lower-cased copy. Text patterns need what `text_may` needs; the
+    /// compacted value is the value itself without control bytes and `/*`, and then compact
+    /// patterns need a `:`, an `@` or a compact word; short tags need a `<`.
+    fn nothing_to_read(&self, bytes: ByteSet, needles: Needles) -> bool {
+        const CONTROL: ByteSet = ByteSet::of_bytes(&[
+            0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26,
+            27, 28, 29, 30, 31, 127,
+        ]);
+        let set = bytes.lower_folded();
+        let text_may = self.paranoia >= 2
+            || set.any(ByteSet::of_bytes(b"<=`[+"))
+            || (set.has(b'(') && needles.may(group::SCRIPT_CALL));
+        let compact_is_value = !set.any(CONTROL) && !set.may_contain("/*");
+        let compact_may = set.any(ByteSet::of_bytes(b":@")) || needles.may(group::COMPACT_WORD);
+        !text_may && compact_is_value && !compact_may && !set.has(b'<')
     }
 }
 
