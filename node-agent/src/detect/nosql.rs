@@ -21,7 +21,7 @@
 //! `$sort`). `$comment` (also JSON Schema) and `$type` (also Json.NET) count only after a
 //! break-out.
 
-use super::decode::excerpt;
+use super::decode::{excerpt, ByteSet};
 use super::inputs::Source;
 use super::scan::Scan;
 use super::Hit;
@@ -89,6 +89,10 @@ fn before_spaces(b: &[u8], at: usize) -> Option<u8> {
 /// [`detect`] of a value whose scan is `scan` ([`Scan::of`] the value), from `source`.
 pub(crate) fn detect_in(value: &str, scan: Scan, paranoia: u8, source: Source) -> Option<Hit> {
     let bytes = scan.bytes;
+    // Every shape needs one of these: most values stop here, on one test of the scan.
+    if !bytes.any(ByteSet::of_bytes(b"$;&|(")) {
+        return None;
+    }
     let dollar = bytes.has(b'$');
     let name = matches!(source, Source::QueryName | Source::BodyName);
     if name {
@@ -106,9 +110,8 @@ pub(crate) fn detect_in(value: &str, scan: Scan, paranoia: u8, source: Source) -
     }
     // JavaScript needs a separator, a call or a property.
     let js_break = bytes.has(b';') || bytes.has(b'&') || bytes.has(b'|');
-    let call = bytes.has(b'(') && bytes.has(b'.');
     if js_break || bytes.has(b'(') {
-        return javascript(value, js_break, call);
+        return javascript(value, js_break);
     }
     None
 }
@@ -301,7 +304,7 @@ const DATABASE_METHODS: &[&[u8]] = &[
 ];
 
 /// JavaScript for `$where` and the shell: after a break-out, a busy-wait, a shell call.
-fn javascript(value: &str, js_break: bool, call: bool) -> Option<Hit> {
+fn javascript(value: &str, js_break: bool) -> Option<Hit> {
     let b = value.as_bytes();
     if js_break {
         if let Some(p) = javascript_after_break_out(b) {
@@ -311,24 +314,37 @@ fn javascript(value: &str, js_break: bool, call: bool) -> Option<Hit> {
             });
         }
     }
-    if call {
-        if let Some(p) = shell_call(value) {
-            return Some(Hit {
-                reason: "MongoDB shell call",
-                excerpt: excerpt(value, p, 120),
-            });
-        }
-    }
-    // `do { t = new Date(); } while (t - start < 5000)`: a time delay in `$where`.
-    if let (Some(_), Some(w)) = (value.find("new Date"), value.find("while")) {
-        if b.get(skip_spaces(b, w + 5)) == Some(&b'(') {
-            return Some(Hit {
-                reason: "JavaScript busy-wait",
-                excerpt: excerpt(value, w, 120),
-            });
+    // One pass over the calls: what is called decides.
+    let mut from = 0;
+    while let Some(open) = value[from..].find('(').map(|p| from + p) {
+        from = open + 1;
+        let name_end = b[..open].trim_ascii_end().len();
+        let name = ident_before(b, name_end);
+        let name_start = name_end - name.len();
+        if name == b"while" {
+            // `do { t = new Date(); } while (t - start < 5000)`: a time delay in `$where`.
+            if value.contains("new Date") {
+                return Some(Hit {
+                    reason: "JavaScript busy-wait",
+                    excerpt: excerpt(value, name_start, 120),
+                });
+            }
+        } else if name_end == open {
+            if let Some(p) = shell_call(b, name, name_start) {
+                return Some(Hit {
+                    reason: "MongoDB shell call",
+                    excerpt: excerpt(value, p, 120),
+                });
+            }
         }
     }
     None
+}
+
+/// The identifier that ends at `end` (possibly empty).
+fn ident_before(b: &[u8], end: usize) -> &[u8] {
+    let start = b[..end].iter().rposition(|&c| !is_ident(c)).map_or(0, |i| i + 1);
+    &b[start..end]
 }
 
 /// A `;`, `&&` or `||` after a break-out (nothing, a quote or a number before it), followed by
@@ -415,27 +431,22 @@ fn constant_end(b: &[u8], at: usize) -> Option<usize> {
     }
 }
 
-/// `db.<collection>.<method>(` or `db.<method>(`, with `db` not part of a longer name.
-fn shell_call(value: &str) -> Option<usize> {
-    let b = value.as_bytes();
-    let mut from = 0;
-    while let Some(p) = value[from..].find("db.").map(|p| from + p) {
-        from = p + 3;
-        if p > 0 && (is_ident(b[p - 1]) || b[p - 1] == b'.') {
-            continue;
-        }
-        let first = ident_at(b, p + 3);
-        let after = p + 3 + first.len();
-        let method = match b.get(after) {
-            Some(b'(') if DATABASE_METHODS.contains(&first) => return Some(p),
-            Some(b'.') if !first.is_empty() => ident_at(b, after + 1),
-            _ => continue,
-        };
-        if COLLECTION_METHODS.contains(&method) && b.get(after + 1 + method.len()) == Some(&b'(') {
-            return Some(p);
-        }
-    }
-    None
+/// `db.<collection>.<method>(` or `db.<method>(`, with `db` not part of a longer name: where
+/// it starts, for the call of `method`, which starts at `at`.
+fn shell_call(b: &[u8], method: &[u8], at: usize) -> Option<usize> {
+    let dot = at.checked_sub(1).filter(|&d| b[d] == b'.')?;
+    let receiver = ident_before(b, dot);
+    let db_end = if receiver == b"db" && DATABASE_METHODS.contains(&method) {
+        dot
+    } else if COLLECTION_METHODS.contains(&method) && !receiver.is_empty() {
+        let dot = (dot - receiver.len()).checked_sub(1).filter(|&d| b[d] == b'.')?;
+        (ident_before(b, dot) == b"db").then_some(dot)?
+    } else {
+        return None;
+    };
+    let db = db_end - 2;
+    let bounded = db == 0 || !(is_ident(b[db - 1]) || b[db - 1] == b'.');
+    bounded.then_some(db)
 }
 
 #[cfg(test)]
