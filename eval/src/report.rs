@@ -14,6 +14,7 @@ const CATEGORY_DETECTOR: &[(&str, &str)] = &[
     ("command_injection", "commandInjection"),
     ("ssrf", "ssrf"),
     ("jndi_log4shell", "jndiInjection"),
+    ("nosql_injection", "nosqlInjection"),
 ];
 
 fn detector_bit(name: &str) -> u8 {
@@ -489,7 +490,10 @@ fn print_not_replayable(outcomes: &[Outcome], run: &WafRun) {
 
 fn print_cost(benign_ns: &[u64], attack_ns: &[u64]) {
     println!("\n## Cost\n");
-    println!("Input extraction plus all six detectors at paranoia 1, one request at a time, this build:\n");
+    println!(
+        "Input extraction plus all {} injection detectors at paranoia 1, one request at a time, this build:\n",
+        INJECTION_DETECTORS.len()
+    );
     println!("| requests | n | mean µs/request | p50 µs | p99 µs | max µs | requests/s per core |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for (name, ns) in [("benign", benign_ns), ("attack and unverified", attack_ns)] {

@@ -117,7 +117,7 @@ pub struct Replayed {
     pub steps: Vec<StepResult>,
 }
 
-/// Every detector with its default parameters and empty state: the six injection detectors
+/// Every detector with its default parameters and empty state: the injection detectors
 /// and the behavioural ones (`shadowEndpoint` needs an OpenAPI document, which scenarios lack).
 fn fresh_detectors() -> Result<Vec<CompiledRule>, String> {
     INJECTION_DETECTORS
@@ -218,7 +218,7 @@ pub fn print(replayed: &[Replayed], files: &[String]) {
     println!("\n## Scenario sequences: all detectors, step by step\n");
     println!(
         "Scenarios from {}. Each scenario's steps are replayed in order through all detectors with \
-         their default parameters: the six injection detectors on each request (paranoia 1), and \
+         their default parameters: the injection detectors on each request (paranoia 1), and \
          {} on each step as an exchange (shadowEndpoint is skipped: the scenarios have no OpenAPI \
          document). Detector state is fresh for each scenario. Every step comes from one client, \
          {SOURCE}; the clock advances by 1 s per step (the scenarios carry no timing); the status is \

@@ -136,6 +136,9 @@ pub enum Detector {
     Ssrf,
     /// JNDI lookups (log4shell) anywhere in the request.
     JndiInjection,
+    /// MongoDB query operators where a value belongs (`user[$ne]=x`, `{"code": {"$ne": 1}}`) and
+    /// `$where` JavaScript.
+    NosqlInjection,
     /// Bursts of 401/403 per source on a login endpoint.
     BruteForce,
     /// Requests without credentials to endpoints that normally carry them.
@@ -159,6 +162,7 @@ impl Detector {
             Detector::CommandInjection => "commandInjection",
             Detector::Ssrf => "ssrf",
             Detector::JndiInjection => "jndiInjection",
+            Detector::NosqlInjection => "nosqlInjection",
             Detector::BruteForce => "bruteForce",
             Detector::MissingAuth => "missingAuth",
             Detector::Bola => "bola",
@@ -175,6 +179,7 @@ impl Detector {
             | Detector::SqlInjection
             | Detector::CommandInjection
             | Detector::JndiInjection
+            | Detector::NosqlInjection
             | Detector::Ssrf => Severity::High,
             Detector::Xss | Detector::Bola | Detector::BruteForce | Detector::DataExposure => {
                 Severity::Medium

@@ -2,12 +2,13 @@
 //! the policy configuration the operator sends.
 //!
 //! The injection detectors (`sqlInjection`, `xss`, `commandInjection`, `ssrf`, `jndiInjection`,
-//! `pathTraversal`) inspect every decoded value of a request ([`Inputs`]): the path, query
+//! `pathTraversal`, `nosqlInjection`) inspect every decoded value of a request ([`Inputs`]): the path, query
 //! parameter names and values, header values (not the protocol headers), cookie values, and
 //! body fields (URL-encoded and multipart forms, JSON strings and keys, XML text and attributes,
 //! other text whole) when the view carries a body. Each detector has a cheap prefilter, then a
 //! real analysis: SQL is tokenised, shell commands are parsed after their separators, URLs'
-//! hosts are resolved to addresses, Log4j lookups are evaluated. See docs/detection.md.
+//! hosts are resolved to addresses, Log4j lookups are evaluated, MongoDB operators are told from
+//! other `$` keys by where they stand. See docs/detection.md.
 
 pub mod behaviour;
 mod cmdi;
@@ -16,6 +17,7 @@ pub mod exposure;
 pub mod inputs;
 mod jndi;
 mod json;
+mod nosql;
 pub mod scan;
 mod shadow;
 mod sqli;
@@ -96,6 +98,7 @@ pub const INJECTION_DETECTORS: &[&str] = &[
     "ssrf",
     "jndiInjection",
     "pathTraversal",
+    "nosqlInjection",
 ];
 
 /// A built-in detector with its parameters applied.
@@ -106,6 +109,7 @@ enum Injection {
     Ssrf(ssrf::Ssrf),
     Jndi { paranoia: u8 },
     Traversal { paranoia: u8 },
+    NoSql { paranoia: u8 },
 }
 
 impl Injection {
@@ -114,7 +118,8 @@ impl Injection {
         params: &std::collections::BTreeMap<String, String>,
     ) -> Result<Option<Injection>, String> {
         let allowed: &[&str] = match detector {
-            "sqlInjection" | "xss" | "commandInjection" | "jndiInjection" | "pathTraversal" => &["paranoia"],
+            "sqlInjection" | "xss" | "commandInjection" | "jndiInjection" | "pathTraversal"
+            | "nosqlInjection" => &["paranoia"],
             "ssrf" => &["paranoia", "allowHosts"],
             _ => return Ok(None),
         };
@@ -137,6 +142,7 @@ impl Injection {
             "commandInjection" => Injection::Command { paranoia },
             "jndiInjection" => Injection::Jndi { paranoia },
             "pathTraversal" => Injection::Traversal { paranoia },
+            "nosqlInjection" => Injection::NoSql { paranoia },
             _ => Injection::Ssrf(ssrf::Ssrf::new(
                 paranoia,
                 params
@@ -168,6 +174,7 @@ impl Injection {
             Injection::Ssrf(s) => s.detect_in(value, scan, input.source == Source::Header, input.is_value()),
             Injection::Jndi { paranoia } => jndi::detect_in(value, scan, *paranoia),
             Injection::Traversal { paranoia } => traversal::detect_in(value, scan, *paranoia),
+            Injection::NoSql { paranoia } => nosql::detect_in(value, scan, *paranoia, input.source),
         }
     }
 
@@ -532,6 +539,25 @@ mod tests {
                 view("/upload", &json, Some(r#"{"name": "../../etc/passwd"}"#)),
                 "body name",
             ),
+            // crAPI's coupon: an operator object where the code's string belongs.
+            (
+                "nosqlInjection",
+                view(
+                    "/workshop/api/shop/apply_coupon",
+                    &json,
+                    Some(r#"{"coupon_code": {"$ne": 1}, "amount": 75}"#),
+                ),
+                "body name",
+            ),
+            (
+                "nosqlInjection",
+                view(
+                    "/login?user=admin&password%5B%24ne%5D=x",
+                    HeaderFields::empty(),
+                    None,
+                ),
+                "query name",
+            ),
         ];
         for (detector, req, location) in cases {
             let rule = CompiledRule::builtin(detector, &[]).unwrap();
@@ -579,6 +605,26 @@ mod tests {
                 "/profile",
                 &json,
                 Some(r#"{"name": "O'Brien", "bio": "I like <b>bold</b> text and C# (and F#)"}"#),
+            ),
+            // `$` keys and parameters that are not MongoDB's: OData, GraphQL, JSON Schema.
+            view(
+                "/odata/Products?$filter=Price%20gt%205&$top=10&$orderby=Name",
+                &json,
+                None,
+            ),
+            view(
+                "/graphql",
+                &json,
+                Some(
+                    r#"{"query": "query Users($where: UserWhereInput, $first: Int) { users(where: $where, first: $first) { id } }", "variables": {"where": {"name": "x"}, "first": 10}}"#,
+                ),
+            ),
+            view(
+                "/schemas",
+                &json,
+                Some(
+                    r##"{"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": "order", "$comment": "v2", "type": "object", "properties": {"item": {"$ref": "#/$defs/item"}}}"##,
+                ),
             ),
         ];
         for detector in INJECTION_DETECTORS {
