@@ -276,6 +276,29 @@ fn resolved(verdict: &str, noisy: bool) -> String {
     }
 }
 
+/// A goals-table row for an added figure (ON minus OFF, µs) with an upper limit: the median with
+/// its spread, the verdict, and the same figure for the control. `[median, min, max]` each.
+fn added_goal_row(
+    out: &mut String,
+    goal: &str,
+    limit: f64,
+    fmt: fn(f64) -> String,
+    [median, lo, hi]: [f64; 3],
+    [control, clo, chi]: [f64; 3],
+) {
+    let _ = writeln!(
+        out,
+        "| {goal} | ≤ {limit} µs | {} µs ({} … {} µs) | {} | {} µs ({} … {} µs) |",
+        fmt(median),
+        fmt(lo),
+        fmt(hi),
+        resolved(met(median <= limit), clo.abs().max(chi.abs()) > limit),
+        fmt(control),
+        fmt(clo),
+        fmt(chi),
+    );
+}
+
 /// The rounds the medians are taken over: the undisturbed ones when there are at least 3 of them,
 /// otherwise all.
 pub fn judged(rounds: &[Round]) -> Vec<Round> {
@@ -341,37 +364,25 @@ pub fn results_markdown(env: &Environment, all_rounds: &[Round]) -> String {
             ulo.min(1.0 / uhi) < GOAL_UNMONITORED_RATIO
         )
     );
-    let _ = writeln!(
-        out,
-        "| added p99 latency at half load (monitored pod) | ≤ {GOAL_ADDED_P99_US:.0} µs | {} µs ({} … {} µs) | {} | {} µs ({} … {} µs) |",
-        signed(s.added_p99),
-        signed(plo),
-        signed(phi),
-        resolved(
-            met(s.added_p99 <= GOAL_ADDED_P99_US),
-            uplo.abs().max(uphi.abs()) > GOAL_ADDED_P99_US
-        ),
-        signed(s.unmonitored_added_p99),
-        signed(uplo),
-        signed(uphi),
+    added_goal_row(
+        &mut out,
+        "added p99 latency at half load (monitored pod)",
+        GOAL_ADDED_P99_US,
+        signed,
+        [s.added_p99, plo, phi],
+        [s.unmonitored_added_p99, uplo, uphi],
     );
     let cpus: Vec<f64> = rounds.iter().map(Round::added_cpu).collect();
     let (clo, chi) = min_max(&cpus);
     let ucpus: Vec<f64> = rounds.iter().map(Round::unmonitored_added_cpu).collect();
     let (uclo, uchi) = min_max(&ucpus);
-    let _ = writeln!(
-        out,
-        "| added CPU per request at half load (all CPUs, every process, kernel + user) | ≤ {GOAL_ADDED_CPU_US} µs | {} µs ({} … {} µs) | {} | {} µs ({} … {} µs) |",
-        signed_f(s.added_cpu),
-        signed_f(clo),
-        signed_f(chi),
-        resolved(
-            met(s.added_cpu <= GOAL_ADDED_CPU_US),
-            uclo.abs().max(uchi.abs()) > GOAL_ADDED_CPU_US
-        ),
-        signed_f(s.unmonitored_added_cpu),
-        signed_f(uclo),
-        signed_f(uchi),
+    added_goal_row(
+        &mut out,
+        "added CPU per request at half load (all CPUs, every process, kernel + user)",
+        GOAL_ADDED_CPU_US,
+        signed_f,
+        [s.added_cpu, clo, chi],
+        [s.unmonitored_added_cpu, uclo, uchi],
     );
     let agents: Vec<f64> = rounds.iter().filter_map(|r| r.on.agent_us).collect();
     let (alo, ahi) = min_max(&agents);

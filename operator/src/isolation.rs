@@ -7,12 +7,10 @@
 //! part.
 
 use crate::compile::{pod_is_live, pod_node, workload_target};
-use crate::monitor_controller::FIELD_MANAGER;
 use crate::state::{obj_key, unix_ms_to_time, Hub};
 use crate::status::{condition, node_states, pods_per_node, summarize, Reported};
 use crate::Error;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
-use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Resource, ResourceExt};
@@ -479,20 +477,7 @@ pub async fn reconcile(iso: Arc<ApiIsolation>, ctx: Arc<IsolationContext>) -> Re
     }
     let status = desired_status(&iso, &ctx.hub, ctx.operator_pod.as_ref(), now_ms);
     if serde_json::to_value(&iso.status).ok() != serde_json::to_value(Some(&status)).ok() {
-        let ns = iso.namespace().ok_or(Error::MissingNamespace)?;
-        let api: Api<ApiIsolation> = Api::namespaced(ctx.client.clone(), &ns);
-        let patch = serde_json::json!({
-            "apiVersion": "palisade.dev/v1alpha1",
-            "kind": "ApiIsolation",
-            "status": status,
-        });
-        api.patch_status(
-            &iso.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(Error::Kube)?;
+        crate::status::apply_status(&ctx.client, iso.as_ref(), &status).await?;
         let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
         let iso_ref = iso.object_ref(&());
         for (event, pods) in changes(iso.status.as_ref(), &status) {

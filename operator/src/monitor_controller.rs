@@ -12,7 +12,6 @@ use crate::status::{
 };
 use crate::throttle::WriteThrottle;
 use crate::Error;
-use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::ResourceExt;
 use palisade_api::v1alpha1::{
@@ -160,20 +159,7 @@ pub async fn reconcile(monitor: Arc<ApiMonitor>, ctx: Arc<MonitorContext>) -> Re
         {
             return Ok(Action::requeue(wait));
         }
-        let ns = monitor.namespace().ok_or(Error::MissingNamespace)?;
-        let api: Api<ApiMonitor> = Api::namespaced(ctx.client.clone(), &ns);
-        let patch = serde_json::json!({
-            "apiVersion": "palisade.dev/v1alpha1",
-            "kind": "ApiMonitor",
-            "status": status,
-        });
-        api.patch_status(
-            &monitor.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(Error::Kube)?;
+        crate::status::apply_status(&ctx.client, monitor.as_ref(), &status).await?;
         tracing::debug!("status written");
     }
     Ok(Action::requeue(Duration::from_secs(60)))

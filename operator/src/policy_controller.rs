@@ -2,13 +2,11 @@
 //! aggregated, rate-limited Warning Events on the policy and on the pod under attack.
 
 use crate::compile::{policy_monitors, policy_pods};
-use crate::monitor_controller::FIELD_MANAGER;
 use crate::state::{obj_key, unix_ms_to_time, Hub, PendingEvent};
 use crate::status::{conditions_from_nodes, node_states, pods_per_node, summarize, Reported};
 use crate::throttle::{EventBudget, WriteThrottle};
 use crate::Error;
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Resource, ResourceExt};
@@ -408,7 +406,7 @@ pub async fn reconcile(policy: Arc<ApiPolicy>, ctx: Arc<PolicyContext>) -> Resul
         {
             next = next.min(wait);
         } else {
-            write_status(&ctx, &policy, &status).await?;
+            crate::status::apply_status(&ctx.client, policy.as_ref(), &status).await?;
         }
     }
     // The report is an extra: its failures are logged and retried, never fail the status.
@@ -423,29 +421,6 @@ pub async fn reconcile(policy: Arc<ApiPolicy>, ctx: Arc<PolicyContext>) -> Resul
         }
     }
     Ok(Action::requeue(next))
-}
-
-/// Writes the policy's status by server-side apply.
-async fn write_status(
-    ctx: &PolicyContext,
-    policy: &ApiPolicy,
-    status: &ApiPolicyStatus,
-) -> Result<(), Error> {
-    let ns = policy.namespace().ok_or(Error::MissingNamespace)?;
-    let api: Api<ApiPolicy> = Api::namespaced(ctx.client.clone(), &ns);
-    let patch = serde_json::json!({
-        "apiVersion": "palisade.dev/v1alpha1",
-        "kind": "ApiPolicy",
-        "status": status,
-    });
-    api.patch_status(
-        &policy.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(Error::Kube)?;
-    Ok(())
 }
 
 pub fn error_policy(_policy: Arc<ApiPolicy>, error: &Error, _ctx: Arc<PolicyContext>) -> Action {

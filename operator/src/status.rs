@@ -4,6 +4,37 @@ use crate::state::{AgentState, ObjectKey};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use palisade_api::v1alpha1::{condition, NodeState, NodeSummary, MAX_ERRORS_PER_NODE, MAX_NODE_DETAILS};
 
+/// Writes `status` to a namespaced object by server-side apply (the operator owns the status).
+pub async fn apply_status<K>(
+    client: &kube::Client,
+    obj: &K,
+    status: &impl serde::Serialize,
+) -> Result<(), crate::Error>
+where
+    K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
+{
+    use kube::api::{Api, Patch, PatchParams};
+    use kube::ResourceExt;
+    let ns = obj.namespace().ok_or(crate::Error::MissingNamespace)?;
+    let api: Api<K> = Api::namespaced(client.clone(), &ns);
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::apply(crate::monitor_controller::FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(crate::Error::Kube)?;
+    Ok(())
+}
+
 /// What the operator expects of one node for one object.
 pub struct NodeExpectation<'a> {
     pub node: &'a str,
