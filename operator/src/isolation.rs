@@ -8,7 +8,7 @@
 
 use crate::compile::{pod_is_live, pod_node, workload_target};
 use crate::state::{obj_key, unix_ms_to_time, Hub};
-use crate::status::{condition, node_states, pods_per_node, summarize, Reported};
+use crate::status::{condition, node_state, pods_per_node, summarize, NodeExpectation, Reported};
 use crate::Error;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::runtime::controller::Action;
@@ -238,24 +238,29 @@ pub fn desired_status(
                 (false, "Refused", format!("isolation refused: {msg}"))
             }
             Selection::Pods(selected) => {
-                nodes = summarize(
-                    node_states(
-                        hub,
-                        &pods_per_node(&selected),
-                        &Reported::Isolation(&key, generation.unwrap_or_default()),
-                    ),
-                    false,
-                );
+                let per_node = pods_per_node(&selected);
+                // Each node's agent state, read once: for the node's account and for its pods.
+                let agents: BTreeMap<&str, Option<crate::state::AgentState>> =
+                    per_node.keys().map(|node| (*node, hub.agent(node))).collect();
+                let reported_by = Reported::Isolation(&key, generation.unwrap_or_default());
+                let states = per_node
+                    .iter()
+                    .map(|(node, workloads)| {
+                        let agent = agents.get(node).and_then(Option::as_ref);
+                        let exp = NodeExpectation {
+                            node,
+                            workloads: *workloads,
+                            agent,
+                        };
+                        node_state(&exp, &reported_by)
+                    })
+                    .collect();
+                nodes = summarize(states, false);
                 let mut pods = vec![];
-                // Each node's agent state, read once (pods of one node share it).
-                let mut agents: BTreeMap<String, Option<crate::state::AgentState>> = BTreeMap::new();
                 for pod in &selected {
                     let node = pod_node(pod).unwrap_or_default().to_string();
                     let name = pod.name_any();
-                    let agent = agents
-                        .entry(node.clone())
-                        .or_insert_with(|| hub.agent(&node))
-                        .as_ref();
+                    let agent = agents.get(node.as_str()).and_then(Option::as_ref);
                     let reported = agent.and_then(|a| {
                         a.isolations
                             .get(&key)

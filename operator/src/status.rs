@@ -40,7 +40,7 @@ pub struct NodeExpectation<'a> {
     pub node: &'a str,
     /// Selected pods on the node.
     pub workloads: u32,
-    pub agent: Option<AgentState>,
+    pub agent: Option<&'a AgentState>,
 }
 
 /// Which part of an agent report speaks for the object.
@@ -76,7 +76,7 @@ pub fn node_states(
                 &NodeExpectation {
                     node,
                     workloads: *workloads,
-                    agent: hub.agent(node),
+                    agent: hub.agent(node).as_ref(),
                 },
                 reported,
             )
@@ -91,7 +91,7 @@ pub fn node_state(exp: &NodeExpectation, reported: &Reported) -> NodeState {
         workloads: exp.workloads,
         ..Default::default()
     };
-    let Some(agent) = exp.agent.as_ref().filter(|a| a.connected) else {
+    let Some(agent) = exp.agent.filter(|a| a.connected) else {
         state
             .errors
             .push("no Palisade agent is connected for this node".into());
@@ -329,7 +329,7 @@ mod tests {
             &NodeExpectation {
                 node: "n1",
                 workloads: 1,
-                agent: Some(agent(4, 2, &[])),
+                agent: Some(&agent(4, 2, &[])),
             },
             &reported,
         );
@@ -339,7 +339,7 @@ mod tests {
                 node: "n2",
                 workloads: 1,
                 // Still runs generation 1 of the monitor.
-                agent: Some(agent_at(4, 1, 2, &[])),
+                agent: Some(&agent_at(4, 1, 2, &[])),
             },
             &reported,
         );
@@ -348,7 +348,7 @@ mod tests {
             &NodeExpectation {
                 node: "n3",
                 workloads: 1,
-                agent: Some(agent(4, 0, &["attach cgroup_skb: EPERM"])),
+                agent: Some(&agent(4, 0, &["attach cgroup_skb: EPERM"])),
             },
             &reported,
         );
