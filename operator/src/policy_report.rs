@@ -464,26 +464,27 @@ impl PolicyReports {
                 .get(&kube::runtime::reflector::ObjectRef::new(pod).within(ns))
                 .and_then(|p| p.metadata.uid.clone())
         };
+        // The first sync of a policy reads back what an earlier operator wrote.
+        let mut existing = None;
         if !hub.report_tally(&key).seeded {
-            let existing = match api.get_opt(&name).await {
+            existing = match api.get_opt(&name).await {
                 Ok(existing) => existing,
                 Err(error) => return self.failed(error).await.map(|()| None),
             };
             hub.seed_report(&key, existing.as_ref());
-            // Found as it should be: nothing to write.
-            let desired = desired_report(policy, &hub.report_tally(&key), pod_uid);
-            if existing.is_some_and(|e| {
-                e.spec == desired.spec
-                    && e.annotations().get(EVICTED_ANNOTATION)
-                        == desired.annotations().get(EVICTED_ANNOTATION)
-                    && e.owner_references() == desired.owner_references()
-            }) {
-                hub.set_report_written(&key, fingerprint(&desired));
-            }
         }
         let tally = hub.report_tally(&key);
         let desired = desired_report(policy, &tally, pod_uid);
         let print = fingerprint(&desired);
+        // Found as it should be: nothing to write.
+        if existing.is_some_and(|e| {
+            e.spec == desired.spec
+                && e.annotations().get(EVICTED_ANNOTATION) == desired.annotations().get(EVICTED_ANNOTATION)
+                && e.owner_references() == desired.owner_references()
+        }) {
+            hub.set_report_written(&key, print);
+            return Ok(None);
+        }
         if tally.written == Some(print) {
             return Ok(None);
         }
