@@ -1448,12 +1448,10 @@ impl<B: CaptureBackend> Runtime<B> {
                 seconds: ex.latency_ns as f64 / 1e9,
                 exception,
             });
-            if !self.monitors_pending.contains_key(monitor_key) {
-                self.monitors_pending
-                    .insert(monitor_key.clone(), MonitorPending::default());
-            }
-            let Some(pending) = self.monitors_pending.get_mut(monitor_key) else {
-                continue;
+            // Looked up once per exchange; the key is cloned only for a monitor's first one.
+            let pending = match self.monitors_pending.get_mut(monitor_key) {
+                Some(pending) => pending,
+                None => self.monitors_pending.entry(monitor_key.clone()).or_default(),
             };
             let Some(counter) = pending.counter(method, &template, u32::from(ex.status), cap) else {
                 pending.overflow_requests += 1;

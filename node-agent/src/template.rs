@@ -35,7 +35,8 @@ const MAX_LEN: usize = 256;
 /// Borrows the path when it is its own template (no identifier, within the bounds), as most
 /// requests' paths are: this runs for every captured exchange.
 pub fn template_path(target: &str) -> Cow<'_, str> {
-    let path = target.split(['?', '#']).next().unwrap_or("");
+    let path_end = target.bytes().position(|b| b == b'?' || b == b'#');
+    let path = path_end.map_or(target, |end| &target[..end]);
     if path.is_empty() {
         return Cow::Borrowed("/");
     }

@@ -140,43 +140,60 @@ pub(crate) enum Violation {
     UnsupportedTransferEncoding,
 }
 
-/// Every element of the comma-separated lists in the fields named `name`.
-fn values<'a>(headers: &'a HeaderFields, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-    headers.get_all(name).flat_map(|v| v.split(',')).map(str::trim)
+/// What a head says about its body's framing, read in one pass over its fields (this runs for
+/// every captured message).
+struct FramingFields {
+    /// The Content-Length: every value (repeated fields, comma lists) must be the same plain
+    /// decimal number.
+    length: Result<Option<u64>, Violation>,
+    /// `Some(chunked_is_final)` when Transfer-Encoding is present.
+    transfer_encoding: Option<bool>,
 }
 
-/// The Content-Length, if present: every value (repeated fields, comma lists) must be the same
-/// plain decimal number.
-fn content_length(headers: &HeaderFields) -> Result<Option<u64>, Violation> {
-    let mut length = None;
-    for v in values(headers, "content-length") {
-        if v.is_empty() || v.len() > 19 || !v.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(Violation::InvalidContentLength);
+fn framing_fields(headers: &HeaderFields) -> FramingFields {
+    let mut length = Ok(None);
+    let mut transfer_encoding = None;
+    for (name, value) in headers.iter() {
+        if name.eq_ignore_ascii_case("content-length") {
+            if length.is_ok() {
+                length = value
+                    .split(',')
+                    .map(str::trim)
+                    .try_fold(length.unwrap_or(None), |seen, v| {
+                        if v.is_empty() || v.len() > 19 || !v.bytes().all(|b| b.is_ascii_digit()) {
+                            return Err(Violation::InvalidContentLength);
+                        }
+                        let n: u64 = v.parse().map_err(|_| Violation::InvalidContentLength)?;
+                        match seen {
+                            Some(l) if l != n => Err(Violation::InvalidContentLength),
+                            _ => Ok(Some(n)),
+                        }
+                    });
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            let last = value.rsplit(',').map(str::trim).find(|c| !c.is_empty());
+            // A field with no coding leaves the last one of an earlier field in force.
+            transfer_encoding = match (last, transfer_encoding) {
+                (Some(c), _) => Some(c.eq_ignore_ascii_case("chunked")),
+                (None, seen) => Some(seen.unwrap_or(false)),
+            };
         }
-        let n: u64 = v.parse().map_err(|_| Violation::InvalidContentLength)?;
-        if length.is_some_and(|l| l != n) {
-            return Err(Violation::InvalidContentLength);
-        }
-        length = Some(n);
     }
-    Ok(length)
-}
-
-/// `Some(chunked_is_final)` when Transfer-Encoding is present.
-fn transfer_encoding(headers: &HeaderFields) -> Option<bool> {
-    headers.get("transfer-encoding")?;
-    let last = values(headers, "transfer-encoding")
-        .filter(|c| !c.is_empty())
-        .last();
-    Some(last.is_some_and(|c| c.eq_ignore_ascii_case("chunked")))
+    FramingFields {
+        length,
+        transfer_encoding,
+    }
 }
 
 pub(crate) fn request_framing(method: &str, headers: &HeaderFields) -> Result<Framing, Violation> {
     if method == "CONNECT" {
         return Ok(Framing::NoBody);
     }
-    let length = content_length(headers);
-    match transfer_encoding(headers) {
+    let FramingFields {
+        length,
+        transfer_encoding,
+    } = framing_fields(headers);
+    match transfer_encoding {
         Some(_) if !matches!(length, Ok(None)) => Err(Violation::ContentLengthWithTransferEncoding),
         Some(true) => Ok(Framing::Chunked),
         Some(false) => Err(Violation::UnsupportedTransferEncoding),
@@ -199,8 +216,11 @@ pub(crate) fn response_framing(
     if method == Some("HEAD") || (100..200).contains(&status) || status == 204 || status == 304 {
         return Ok(Framing::NoBody);
     }
-    let length = content_length(headers);
-    match transfer_encoding(headers) {
+    let FramingFields {
+        length,
+        transfer_encoding,
+    } = framing_fields(headers);
+    match transfer_encoding {
         Some(_) if !matches!(length, Ok(None)) => Err(Violation::ContentLengthWithTransferEncoding),
         Some(true) => Ok(Framing::Chunked),
         Some(false) => Ok(Framing::UntilClose),

@@ -55,6 +55,53 @@ fn request_framing_follows_rfc_9112() {
 }
 
 #[test]
+fn framing_reads_repeated_fields_as_one_list() {
+    // The codings of all Transfer-Encoding fields form one list; the last one decides, and a
+    // field with no coding changes nothing.
+    for (fields, framing) in [
+        (
+            &[("Transfer-Encoding", "gzip"), ("transfer-encoding", "chunked")][..],
+            Ok(Framing::Chunked),
+        ),
+        (
+            &[("Transfer-Encoding", "chunked"), ("Transfer-Encoding", "gzip")][..],
+            Err(Violation::UnsupportedTransferEncoding),
+        ),
+        (
+            &[("Transfer-Encoding", "chunked"), ("Transfer-Encoding", " , ")][..],
+            Ok(Framing::Chunked),
+        ),
+        (
+            &[("Transfer-Encoding", "")][..],
+            Err(Violation::UnsupportedTransferEncoding),
+        ),
+        // A bad Content-Length beside Transfer-Encoding is still the smuggling shape.
+        (
+            &[("Content-Length", "x"), ("Transfer-Encoding", "chunked")][..],
+            Err(Violation::ContentLengthWithTransferEncoding),
+        ),
+        (
+            &[("Content-Length", "4"), ("Content-Length", "5")][..],
+            Err(Violation::InvalidContentLength),
+        ),
+        (
+            &[("Content-Length", "x"), ("Content-Length", "5")][..],
+            Err(Violation::InvalidContentLength),
+        ),
+    ] {
+        assert_eq!(request_framing("POST", &h(fields)), framing, "{fields:?}");
+    }
+    assert_eq!(
+        response_framing(
+            200,
+            Some("GET"),
+            &h(&[("Transfer-Encoding", "gzip"), ("Transfer-Encoding", "chunked")])
+        ),
+        Ok(Framing::Chunked)
+    );
+}
+
+#[test]
 fn response_framing_follows_rfc_9112() {
     let cl = h(&[("Content-Length", "7")]);
     assert_eq!(response_framing(200, Some("GET"), &cl), Ok(Framing::Length(7)));
