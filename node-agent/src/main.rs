@@ -255,6 +255,7 @@ fn drain_ring<B: CaptureBackend>(ring: Option<&mut AsyncFd<CaptureRing>>, runtim
     let Some(ring) = ring else { return false };
     let ring = ring.get_mut();
     let delivered = ring.drain(DRAIN_BATCH, |h, d| runtime.on_record(h, d));
+    runtime.metrics().drained(delivered as u64);
     runtime.metrics().dropped("malformed_record", ring.bad_records());
     delivered >= DRAIN_BATCH
 }

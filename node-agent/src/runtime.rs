@@ -1192,8 +1192,8 @@ impl<B: CaptureBackend> Runtime<B> {
     }
 
     /// Processes one captured record.
+    /// The caller counts the records it drains ([`AgentMetrics::drained`], once per batch).
     pub fn on_record(&mut self, header: &CaptureHeader, data: &[u8]) {
-        self.metrics.drained(1);
         if self.resolve_pod(header.cgroup_id, header.timestamp_ns).is_none() {
             return; // a pod detached a moment ago
         }
