@@ -502,6 +502,20 @@ fn normalize(s: &str) -> String {
                 i += 3;
                 continue;
             }
+            b'$' => {
+                let glued = out.as_bytes().last().is_some_and(u8::is_ascii_alphanumeric);
+                match expansion_at(&t, i, glued) {
+                    Some((end, text)) => {
+                        out.push_str(text);
+                        i = end;
+                    }
+                    None => {
+                        out.push('$');
+                        i += 1;
+                    }
+                }
+                continue;
+            }
             _ => {
                 let len = match c {
                     0xc0..=0xdf => 2,
@@ -539,6 +553,83 @@ fn normalize(s: &str) -> String {
     result
 }
 
+/// The end of a shell variable's name starting at `k` (`[a-z_][a-z0-9_]*`, lower case), or
+/// `k` when there is none.
+fn name_end(b: &[u8], k: usize) -> usize {
+    if !b.get(k).is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_') {
+        return k;
+    }
+    let mut e = k + 1;
+    while e < b.len() && (b[e].is_ascii_alphanumeric() || b[e] == b'_') {
+        e += 1;
+    }
+    e
+}
+
+/// What Bash makes of the expansion at `t[i]` (a `$`) when it is one [`normalize`] undoes: its
+/// end and the text it stands for. `glued`: a letter or digit comes right before the `$`.
+///
+/// * `$((7))`, `$[7]`: arithmetic on a number is the number (`$((7))z` is `7z`).
+/// * `cat$u`, `/etc$u/`, `cat${u}`, `${u}cat`: a variable inside a word. Only an unset one
+///   splits a word in an attack, and it expands to nothing; a set one (`$HOME`) could not be
+///   known anyway, and dropping it only shortens the word.
+///
+/// A variable that is a word of its own stays: `cat $HOME/x` is a shell-shaped argument.
+fn expansion_at(t: &str, i: usize, glued: bool) -> Option<(usize, &str)> {
+    let b = t.as_bytes();
+    // At most 12 digits, and no more are read.
+    let digits_from = |k: usize| {
+        let limit = b.len().min(k + 13);
+        let e = (k..limit).find(|&e| !b[e].is_ascii_digit()).unwrap_or(limit);
+        (e > k && e - k <= 12).then_some(e)
+    };
+    match b.get(i + 1) {
+        Some(b'(') if b.get(i + 2) == Some(&b'(') => {
+            let e = digits_from(i + 3)?;
+            (t.get(e..e + 2) == Some("))")).then(|| (e + 2, &t[i + 3..e]))
+        }
+        Some(b'[') => {
+            let e = digits_from(i + 2)?;
+            (b.get(e) == Some(&b']')).then(|| (e + 1, &t[i + 2..e]))
+        }
+        Some(b'{') => {
+            let e = name_end(b, i + 2);
+            if e == i + 2 || b.get(e) != Some(&b'}') {
+                return None;
+            }
+            let right_glued = b.get(e + 1).is_some_and(u8::is_ascii_alphanumeric);
+            (glued || right_glued).then_some((e + 1, ""))
+        }
+        _ => {
+            let e = name_end(b, i + 1);
+            (glued && e > i + 1).then_some((e, ""))
+        }
+    }
+}
+
+/// `$SHELL`, `${BASH}` as the command word at `i` (after blanks, `(`, `{`): set in every login
+/// shell, to the shell. Its span and the shell.
+fn login_shell_at(b: &[u8], i: usize) -> Option<(usize, usize, &'static str)> {
+    let start = (i..b.len()).find(|&k| !matches!(b[k], b' ' | b'\t' | b'(' | b'{'))?;
+    let braced = b.get(start + 1) == Some(&b'{');
+    let name = start + 1 + usize::from(braced);
+    if b.get(start) != Some(&b'$') {
+        return None;
+    }
+    let e = name_end(b, name);
+    let end = if braced {
+        (b.get(e) == Some(&b'}')).then_some(e + 1)?
+    } else {
+        e
+    };
+    let shell = match &b[name..e] {
+        b"shell" => "sh",
+        b"bash" => "bash",
+        _ => return None,
+    };
+    Some((start, end, shell))
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Sep {
     Start,
@@ -565,13 +656,18 @@ fn word_span(b: &[u8], i: usize) -> (usize, usize) {
     while j < b.len() && (b[j] == b' ' || b[j] == b'\t' || b[j] == b'(' || b[j] == b'{') {
         j += 1;
     }
-    // `;$u cat x`: an unset variable expands to nothing.
+    // `;$u cat x`, `;${u} cat x`: an unset variable expands to nothing.
     if b.get(j) == Some(&b'$') {
-        let mut k = j + 1;
+        let braced = b.get(j + 1) == Some(&b'{');
+        let name = j + 1 + usize::from(braced);
+        let mut k = name;
         while k < b.len() && (b[k].is_ascii_alphanumeric() || b[k] == b'_') {
             k += 1;
         }
-        if k > j + 1 && b.get(k) == Some(&b' ') {
+        if braced && k > name && b.get(k) == Some(&b'}') {
+            k += 1;
+        }
+        if k > name && (!braced || b[k - 1] == b'}') && b.get(k) == Some(&b' ') {
             j = k + 1;
         }
     }
@@ -634,9 +730,19 @@ fn command_at(s: &str, i: usize, sep: Sep, paranoia: u8) -> Option<&'static str>
 /// prefixes cannot recurse deeply.
 fn command_at_depth(s: &str, i: usize, sep: Sep, paranoia: u8, depth: u8) -> Option<&'static str> {
     let b = s.as_bytes();
-    let (start, j) = word_span(b, i);
-    let (dir, base) = split_word(s.get(start..j)?)?;
-    let cmd = command_of(base).or_else(|| command_of(strip_version(base)))?;
+    // `$SHELL -c x`: the variable that names the shell, as the command.
+    let (start, j, dir, cmd) = if let Some((start, j, shell)) = login_shell_at(b, i) {
+        (start, j, "", shell)
+    } else {
+        let (start, j) = word_span(b, i);
+        let (dir, base) = split_word(s.get(start..j)?)?;
+        (
+            start,
+            j,
+            dir,
+            command_of(base).or_else(|| command_of(strip_version(base)))?,
+        )
+    };
     // `;$u cat x`: an unset variable put before the command to break up the pattern.
     if sep != Sep::Start && b[i.min(start)..start].contains(&b'$') && !s[j..].starts_with(['=', ':', ',']) {
         return Some("command after separator");
@@ -965,6 +1071,13 @@ fn detect_depth(value: &str, scan: Scan, paranoia: u8, header: bool, depth: u8) 
     if paranoia >= 2 && s_needles.may(group::ARITHMETIC) && set.has(b'$') {
         if let Some(p) = find_str(&s, "$((") {
             return hit("shell arithmetic", p);
+        }
+        // Normalising made `7` of `$((7))`.
+        if let Some(p) = find_str(raw, "$((") {
+            return Some(Hit {
+                reason: "shell arithmetic",
+                excerpt: excerpt(raw, p, 96),
+            });
         }
     }
     None
@@ -1995,6 +2108,61 @@ mod tests {
             "kubectl get",
             "kubectl create secret generic",
             "cscli alerts list",
+        ] {
+            assert!(
+                detect(ok, 1, true).is_none(),
+                "false positive on {ok:?}: {:?}",
+                detect(ok, 1, true)
+            );
+        }
+    }
+
+    /// What Bash makes of a word before it runs it: a variable inside a word (unset in an
+    /// attack, so nothing), arithmetic on a number, `$SHELL` as the command.
+    #[test]
+    fn expansions_inside_words() {
+        shape_cases(
+            &[
+                ";cat$u /etc$u/passwd",
+                "x;cat${u} /etc/passwd",
+                "|${u}cat /etc/hosts",
+                ";${u} cat /etc/hosts",
+                "www.example.com;cat /etc/${a}passwd",
+                "$((7))z a -psecret x.7z",
+                "$[7]z x -so",
+                "$SHELL -c id",
+                "${SHELL} -c 'echo hi'",
+                ";$BASH -i",
+            ],
+            &[
+                "costs $5",
+                "US$u",
+                "It costs US$5, about 5$ each",
+                "In PHP, $name is a variable and $total$tax a sum",
+                "jQuery's $ and $el are objects",
+                "Dear ${name}, your order ${id} ships today",
+                "Hello ${user}!",
+                "/users/${id}/orders",
+                "price${currency}",
+                "The $SHELL variable names your login shell",
+                "${SHELL}",
+                "$HOME/bin and ${HOME}/lib are on the path",
+                "$((total)) items",
+            ],
+        );
+        // Arithmetic stays paranoia 2's shape after it is worked out.
+        assert!(detect("$((7))", 2, false).is_some());
+        // Headers: the Referer's fragment, a cookie written as a command line.
+        for attack in [
+            "https://www.example.com/?param=something#x=foo;cat$u+/etc$u/passwd",
+            "uname$u -a",
+        ] {
+            assert!(detect(attack, 1, true).is_some(), "missed {attack:?}");
+        }
+        for ok in [
+            "Mozilla/5.0 (X11; Linux x86_64) Firefox/120.0",
+            "price=US$u",
+            "theme=${name}",
         ] {
             assert!(
                 detect(ok, 1, true).is_none(),
