@@ -1028,8 +1028,9 @@ fn detect_depth(value: &str, scan: Scan, paranoia: u8, header: bool, depth: u8) 
                 continue;
             }
         };
-        // A User-Agent's `; ` and `(...)` are not commands unless strongly shaped.
-        let sep = if header && sep == Sep::Strong && c == b';' {
+        // A User-Agent's `; ` and `(...)` are not commands unless strongly shaped. A value that
+        // starts with `;` is no product list.
+        let sep = if header && sep == Sep::Strong && c == b';' && !s[..i].trim().is_empty() {
             Sep::Amp
         } else {
             sep
@@ -2164,6 +2165,20 @@ mod tests {
             "price=US$u",
             "theme=${name}",
         ] {
+            assert!(
+                detect(ok, 1, true).is_none(),
+                "false positive on {ok:?}: {:?}",
+                detect(ok, 1, true)
+            );
+        }
+    }
+
+    #[test]
+    fn header_value_that_starts_with_a_separator() {
+        for attack in [";set", ";netstat -an", " ;id"] {
+            assert!(detect(attack, 1, true).is_some(), "missed {attack:?}");
+        }
+        for ok in ["gzip;q=1.0", "; q=0.5", "text/html; charset=utf-8", "foo; set=1"] {
             assert!(
                 detect(ok, 1, true).is_none(),
                 "false positive on {ok:?}: {:?}",
