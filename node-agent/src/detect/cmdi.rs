@@ -1452,7 +1452,9 @@ fn brace_expansion(s: &str) -> Option<usize> {
             break;
         };
         let inner = &s[open + 1..close];
-        if !inner.contains(',') || inner.contains([' ', '\t', '{', '"', ':']) || inner.len() > 60 {
+        // `"` only in Bash's locale quoting `$"…"` (`{,$"whoami",}`), not in JSON-like text.
+        let quotes_ok = || !inner.contains('"') || inner.contains("$\"");
+        if inner.len() > 60 || !inner.contains(',') || inner.contains([' ', '\t', '{', ':']) || !quotes_ok() {
             continue;
         }
         let word_start = s[..open]
@@ -2185,6 +2187,14 @@ mod tests {
                 detect(ok, 1, true)
             );
         }
+    }
+
+    #[test]
+    fn brace_expansion_with_locale_quoting() {
+        shape_cases(
+            &["{,$\"whoami\",}", "{$\"id\",}"],
+            &["{\"id\",\"name\"}", "{\"a\",\"\"}", "{,\"x\",}"],
+        );
     }
 
     #[test]
