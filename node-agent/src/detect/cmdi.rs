@@ -751,8 +751,8 @@ fn command_at(s: &str, i: usize, sep: Sep, paranoia: u8) -> Option<&'static str>
 fn command_at_depth(s: &str, i: usize, sep: Sep, paranoia: u8, depth: u8) -> Option<&'static str> {
     let b = s.as_bytes();
     // `$SHELL -c x`: the variable that names the shell, as the command.
-    let (start, j, dir, cmd) = if let Some((start, j, shell)) = login_shell_at(b, i) {
-        (start, j, "", shell)
+    let (start, j, dir, cmd, switch) = if let Some((start, j, shell)) = login_shell_at(b, i) {
+        (start, j, "", shell, false)
     } else {
         let (start, j) = word_span(b, i);
         if sep == Sep::Strong {
@@ -761,12 +761,12 @@ fn command_at_depth(s: &str, i: usize, sep: Sep, paranoia: u8, depth: u8) -> Opt
             }
         }
         let (dir, base) = split_word(s.get(start..j)?)?;
-        (
-            start,
-            j,
-            dir,
-            command_of(base).or_else(|| command_of(strip_version(base)))?,
-        )
+        // `&bcdboot/r x`: cmd.exe ends a program's name where a switch starts.
+        match command_of(base).or_else(|| command_of(strip_version(base))) {
+            Some(cmd) => (start, j, dir, cmd, false),
+            None if sep != Sep::Start => (start, j, dir, windows_switch(dir, base)?, true),
+            None => return None,
+        }
     };
     // `;$u cat x`: an unset variable put before the command to break up the pattern.
     if sep != Sep::Start && b[i.min(start)..start].contains(&b'$') && !s[j..].starts_with(['=', ':', ',']) {
@@ -800,7 +800,8 @@ fn command_at_depth(s: &str, i: usize, sep: Sep, paranoia: u8, depth: u8) -> Opt
         && (next.is_some_and(|n| matches!(n, b'-' | b'/' | b'~' | b'$' | b'.' | b'\\' | b'%'))
             || arg.contains("://")
             || arg.starts_with("c:")))
-        || next.is_some_and(|n| n == b'>' || n == b'<');
+        || next.is_some_and(|n| n == b'>' || n == b'<')
+        || switch;
     // `;column passwd`: a system file read from its own directory.
     let secret_file = had_space && arg.rsplit('/').next().is_some_and(|f| SECRET_FILES.contains(&f));
     // A host or address argument: `ping 10.0.0.1`, `nslookup x.example.com`.
@@ -948,6 +949,48 @@ fn sqlite_dot_command(s: &str, start: usize) -> Option<&'static str> {
     let (ws, we) = word_span(s.as_bytes(), s.len() - after.len() + name_len);
     let (_, base) = split_word(s.get(ws..we)?)?;
     command_of(base).map(|_| "sqlite3 shell command")
+}
+
+/// Windows programs that take `/x` switches, which cmd.exe also reads glued to the name.
+const WINDOWS_SWITCHED: &[&str] = &[
+    "cmd",
+    "whoami",
+    "ipconfig",
+    "systeminfo",
+    "tasklist",
+    "taskkill",
+    "netstat",
+    "nslookup",
+    "tracert",
+    "certutil",
+    "bitsadmin",
+    "regsvr32",
+    "rundll32",
+    "wmic",
+    "cscript",
+    "wscript",
+    "schtasks",
+    "bcdboot",
+    "bcdedit",
+    "vssadmin",
+    "icacls",
+    "msiexec",
+    "forfiles",
+    "regedit",
+];
+
+/// `bcdboot/r`, `cmd/c`: cmd.exe ends a program's name where a switch starts. Only Windows
+/// programs, and switches of one or two letters or `?` (`openssl/3` is a product version,
+/// `base64/x` and `kubectl/apply` are paths).
+fn windows_switch(dir: &str, base: &str) -> Option<&'static str> {
+    let name = dir.strip_suffix('/')?;
+    let switch =
+        base == "?" || (matches!(base.len(), 1 | 2) && base.bytes().all(|c| c.is_ascii_alphabetic()));
+    if !switch {
+        return None;
+    }
+    let name = name.strip_suffix(".exe").unwrap_or(name);
+    WINDOWS_SWITCHED.iter().find(|c| **c == name).copied()
 }
 
 /// Looks for an OS command in one decoded value. `header` holds values written by clients (User-Agent
@@ -2307,6 +2350,27 @@ mod tests {
                 "end.\n. Shell out",
             ],
         );
+    }
+
+    #[test]
+    fn windows_switches_glued_to_the_name() {
+        shape_cases(
+            &[
+                "view=x&bcdboot/r file.txt",
+                "|cmd/c whoami",
+                "&ipconfig/?",
+                ";tasklist/v",
+            ],
+            &[
+                "a;kubectl/apply",
+                "x & kubectl/v",
+                "tools: cmd/ctrl",
+                "x;base64/x",
+                "R&D/QA",
+                "ipconfig/all",
+            ],
+        );
+        assert!(detect("Foo; OpenSSL/3", 1, true).is_none());
     }
 
     #[test]
