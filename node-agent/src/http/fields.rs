@@ -28,16 +28,22 @@ impl HeaderFields {
         &EMPTY
     }
 
-    /// The fields `httparse` found in a head.
-    pub(crate) fn from_httparse(headers: &[httparse::Header<'_>]) -> Self {
+    /// The fields `httparse` found in `head` (the bytes it parsed, up to the blank line).
+    pub(crate) fn from_httparse(headers: &[httparse::Header<'_>], head: &[u8]) -> Self {
         let len = headers.iter().map(|h| h.name.len() + h.value.len()).sum();
         let mut fields = HeaderFields {
             text: String::with_capacity(len),
             ends: Vec::with_capacity(headers.len()),
         };
+        // Heads are almost always valid UTF-8: checked once as a whole, each value is then a
+        // range of it (values start and end at ASCII bytes, so on character boundaries).
+        let head_text = std::str::from_utf8(head).ok();
         for h in headers {
-            // Values are almost always valid UTF-8: checked at once, copied once.
-            match std::str::from_utf8(h.value) {
+            let checked = head_text.and_then(|t| {
+                let start = (h.value.as_ptr() as usize).checked_sub(head.as_ptr() as usize)?;
+                t.get(start..start.checked_add(h.value.len())?)
+            });
+            match checked.map_or_else(|| std::str::from_utf8(h.value), Ok) {
                 Ok(value) => fields.push(h.name, value),
                 Err(_) => fields.push(h.name, &String::from_utf8_lossy(h.value)),
             }
@@ -153,7 +159,33 @@ mod tests {
             name: "X-Bin",
             value: b"ok\xffok",
         }];
-        let f = HeaderFields::from_httparse(&headers);
+        let f = HeaderFields::from_httparse(&headers, b"");
         assert_eq!(f.get("x-bin"), Some("ok\u{fffd}ok"));
+    }
+
+    #[test]
+    fn values_are_read_from_the_head_they_were_parsed_from() {
+        for (head, other) in [
+            (
+                &b"GET / HTTP/1.1\r\nHost: a\r\nX-Name: J\xc3\xbcrgen\r\nX-Empty:\r\n\r\n"[..],
+                ("x-empty", ""),
+            ),
+            // Not UTF-8 as a whole: each value on its own, the bad one lossily.
+            (
+                &b"GET / HTTP/1.1\r\nHost: a\r\nX-Bin: ok\xffok\r\nX-Name: J\xc3\xbcrgen\r\n\r\n"[..],
+                ("x-bin", "ok\u{fffd}ok"),
+            ),
+        ] {
+            let mut slots = [httparse::EMPTY_HEADER; 8];
+            let mut req = httparse::Request::new(&mut slots);
+            let Ok(httparse::Status::Complete(len)) = req.parse(head) else {
+                panic!("the test head parses");
+            };
+            let f = HeaderFields::from_httparse(req.headers, &head[..len]);
+            assert_eq!(f.len(), 3);
+            assert_eq!(f.get("host"), Some("a"));
+            assert_eq!(f.get("x-name"), Some("Jürgen"));
+            assert_eq!(f.get(other.0), Some(other.1));
+        }
     }
 }

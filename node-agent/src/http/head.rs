@@ -92,7 +92,7 @@ pub(crate) fn parse(buf: &[u8], kind: Kind) -> Parsed {
                 start: Start::Response {
                     status: resp.code.unwrap_or(0),
                 },
-                headers: HeaderFields::from_httparse(resp.headers),
+                headers: HeaderFields::from_httparse(resp.headers, &buf[..len]),
                 len,
             }),
             Ok(httparse::Status::Partial) => Parsed::Partial,
@@ -106,7 +106,7 @@ pub(crate) fn parse(buf: &[u8], kind: Kind) -> Parsed {
                     method: req.method.unwrap_or("").to_string(),
                     target: req.path.unwrap_or("").to_string(),
                 },
-                headers: HeaderFields::from_httparse(req.headers),
+                headers: HeaderFields::from_httparse(req.headers, &buf[..len]),
                 len,
             }),
             Ok(httparse::Status::Partial) => Parsed::Partial,
