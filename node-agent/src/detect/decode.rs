@@ -384,23 +384,11 @@ impl ByteSet {
     const UPPER_OR_NUL: ByteSet = ByteSet::of_bytes(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ\0");
 
     pub fn of(s: &str) -> ByteSet {
-        // Two 64-bit halves in registers (cheaper to update than one 128-bit word, and than an
-        // array indexed by the byte, which goes through memory on every byte): each byte's bit
-        // goes to the half its bit 6 selects, through masks, without a branch. The high bits of
-        // all bytes OR-ed together say whether one was not ASCII.
-        let (mut low, mut high) = (0u64, 0u64);
-        let mut all = 0u8;
+        let mut set = ByteSetBuilder::default();
         for &b in s.as_bytes() {
-            let bit = 1u64 << (b & 63);
-            let upper_half = u64::from((b >> 6) & 1).wrapping_neg();
-            low |= bit & !upper_half;
-            high |= bit & upper_half;
-            all |= b;
+            set.add(b);
         }
-        ByteSet {
-            ascii: u128::from(low) | (u128::from(high) << 64),
-            non_ascii: all >= 0x80,
-        }
+        set.finish()
     }
 
     /// The set of the given bytes (for constants: `ByteSet::of_bytes(b"<>\"'")`).
@@ -453,6 +441,36 @@ impl ByteSet {
         ByteSet {
             ascii: (self.ascii & !upper) | ((self.ascii & upper) << 32),
             non_ascii: false,
+        }
+    }
+}
+
+/// A [`ByteSet`] being built one byte at a time (for loops that read a value's bytes anyway).
+#[derive(Clone, Copy, Default)]
+pub struct ByteSetBuilder {
+    low: u64,
+    high: u64,
+    all: u8,
+}
+
+impl ByteSetBuilder {
+    /// Two 64-bit halves in registers (cheaper to update than one 128-bit word, and than an
+    /// array indexed by the byte, which goes through memory on every byte): each byte's bit goes
+    /// to the half its bit 6 selects, through masks, without a branch. The high bits of all bytes
+    /// OR-ed together say whether one was not ASCII.
+    #[inline(always)]
+    pub fn add(&mut self, b: u8) {
+        let bit = 1u64 << (b & 63);
+        let upper_half = u64::from((b >> 6) & 1).wrapping_neg();
+        self.low |= bit & !upper_half;
+        self.high |= bit & upper_half;
+        self.all |= b;
+    }
+
+    pub fn finish(self) -> ByteSet {
+        ByteSet {
+            ascii: u128::from(self.low) | (u128::from(self.high) << 64),
+            non_ascii: self.all >= 0x80,
         }
     }
 }
