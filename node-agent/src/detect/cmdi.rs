@@ -426,41 +426,50 @@ fn glob(pattern: &[u8], word: &[u8]) -> bool {
 /// hundreds of comparisons.
 static DISTINCT_SET: LazyLock<FxHashSet<&'static str>> = LazyLock::new(|| DISTINCT.iter().copied().collect());
 
-/// The first two bytes of the entries of [`DISTINCT`], one bit per pair.
-static DISTINCT_STARTS: LazyLock<Box<[u64; 1024]>> = LazyLock::new(|| {
-    let mut bits = Box::new([0u64; 1024]);
-    for c in DISTINCT {
-        if let [a, b, ..] = c.as_bytes() {
-            let i = usize::from(*a) << 8 | usize::from(*b);
-            bits[i >> 6] |= 1 << (i & 63);
-        }
+/// Where a word of `len` bytes starting with `a`, `b` (0 for a one-byte word) has its bit in
+/// [`COMMAND_SHAPES`]. Only the low five bits of `a` and `b` count, so the ASCII case of letters
+/// does not matter.
+const fn command_shape(a: u8, b: u8, len: usize) -> usize {
+    (a as usize & 31) << 9 | (b as usize & 31) << 4 | (len & 15)
+}
+
+/// One bit per [`command_shape`] of the entries of [`DISTINCT`].
+const COMMAND_SHAPES: [u64; 256] = {
+    let mut bits = [0u64; 256];
+    let mut i = 0;
+    while i < DISTINCT.len() {
+        let w = DISTINCT[i].as_bytes();
+        let shape = command_shape(w[0], if w.len() > 1 { w[1] } else { 0 }, w.len());
+        bits[shape >> 6] |= 1 << (shape & 63);
+        i += 1;
     }
     bits
-});
+};
 
-/// Whether an entry of [`DISTINCT`] starts with `a`, `b`.
-fn starts_like_command(a: u8, b: u8) -> bool {
-    let i = usize::from(a) << 8 | usize::from(b);
-    DISTINCT_STARTS[i >> 6] & (1 << (i & 63)) != 0
+/// Whether [`command_of`] the word (lower-cased) may find a command: false only when it cannot.
+/// The same in any ASCII case, and without looking past the first two bytes but for a glob.
+fn may_be_command(word: &[u8]) -> bool {
+    if word.is_empty() || word.len() > 40 {
+        return false;
+    }
+    if word.iter().any(|b| matches!(b, b'?' | b'*' | b'[')) {
+        return true;
+    }
+    let shape = command_shape(word[0], word.get(1).copied().unwrap_or(0), word.len());
+    COMMAND_SHAPES[shape >> 6] & (1 << (shape & 63)) != 0
 }
 
 /// The command a (possibly globbed) word stands for.
 fn command_of(word: &str) -> Option<&'static str> {
-    if word.is_empty() || word.len() > 40 {
+    // Most words do not even have the first bytes and the length of a command.
+    if !may_be_command(word.as_bytes()) {
         return None;
-    }
-    let globbed = word.bytes().any(|b| matches!(b, b'?' | b'*' | b'['));
-    if let [a, b, ..] = word.as_bytes() {
-        // Most words do not even start like a command.
-        if !globbed && !starts_like_command(*a, *b) {
-            return None;
-        }
     }
     if let Some(c) = DISTINCT_SET.get(word) {
         return Some(c);
     }
     // Globs with more than a few `*` could make matching exponential; real ones have one or two.
-    if globbed
+    if word.bytes().any(|b| matches!(b, b'?' | b'*' | b'['))
         && word.bytes().any(|b| b.is_ascii_alphanumeric())
         && word.bytes().filter(|b| *b == b'*').count() <= 3
     {
@@ -698,7 +707,8 @@ fn word_span(b: &[u8], i: usize) -> (usize, usize) {
     (start, j)
 }
 
-/// A (lower-case) word's directory part and its base name without `.exe`; none when empty.
+/// A (lower-case) word's directory part and its base name without `.exe` (in any ASCII case);
+/// none when empty.
 fn split_word(word: &str) -> Option<(&str, &str)> {
     let end = word
         .bytes()
@@ -713,7 +723,12 @@ fn split_word(word: &str) -> Option<(&str, &str)> {
         Some(p) => (&word[..p + 1], &word[p + 1..]),
         None => ("", word),
     };
-    Some((dir, base.strip_suffix(".exe").unwrap_or(base)))
+    let exe = base
+        .len()
+        .checked_sub(4)
+        .filter(|&k| base.as_bytes()[k..].eq_ignore_ascii_case(b".exe"));
+    // Before four ASCII bytes: a character boundary.
+    Some((dir, exe.map_or(base, |k| &base[..k])))
 }
 
 /// Whether the first word of a value, lower-cased, is a command (the first thing
@@ -724,6 +739,11 @@ fn starts_with_command(value: &str) -> bool {
     let Some(word) = value.get(start..end).filter(|w| w.len() <= buf.len()) else {
         return true; // Long: let the full analysis decide.
     };
+    // What the filter says of the base name does not depend on its case: most words stop here,
+    // without a lower-cased copy.
+    if !split_word(word).is_some_and(|(_, base)| may_be_command(base.as_bytes())) {
+        return false;
+    }
     let lower = &mut buf[..word.len()];
     lower.copy_from_slice(word.as_bytes());
     lower.make_ascii_lowercase();
