@@ -247,7 +247,10 @@ impl<'a> Inputs<'a> {
         if let Some(body) = req.body {
             let body = &body[..body.len().min(MAX_BODY_INSPECTED)];
             let content_type = headers.get("content-type").unwrap_or("");
-            match String::from_utf8_lossy(body) {
+            // `from_utf8` first: it reads ASCII a word at a time, `from_utf8_lossy` a byte at a time.
+            let text =
+                std::str::from_utf8(body).map_or_else(|_| String::from_utf8_lossy(body), Cow::Borrowed);
+            match text {
                 Cow::Borrowed(text) => inputs.body(text, content_type),
                 Cow::Owned(text) => {
                     // The values point into the repaired text: split it apart, then keep copies.
