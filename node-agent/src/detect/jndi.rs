@@ -4,7 +4,8 @@
 //! `${date:'i'}`, `$${...}`.
 
 use super::decode::{
-    contains_str, excerpt, html_decode, lower_folded, percent_decode_once, unescape_backslash, AnyOf,
+    contains_str, decode_layers_cow, excerpt, html_decode, lower_folded, percent_decode_once,
+    unescape_backslash, AnyOf,
 };
 use super::scan::{group, Scan};
 use super::Hit;
@@ -181,6 +182,17 @@ pub(crate) fn detect_in(value: &str, scan: Scan, paranoia: u8) -> Option<Hit> {
         }
     }
     None
+}
+
+/// [`detect_in`] of a protocol header's value, not yet decoded.
+pub(crate) fn detect_in_raw(raw: &str, paranoia: u8) -> Option<Hit> {
+    // Without a `%` the value decodes to itself, and at paranoia 1 every quick test of
+    // [`detect_in`] needs a `$`, `%`, `&` or `\`: most headers stop at this one pass.
+    if paranoia < 2 && !raw.bytes().any(|b| matches!(b, b'$' | b'%' | b'&' | b'\\')) {
+        return None;
+    }
+    let value = decode_layers_cow(raw);
+    detect_in(&value, Scan::bytes_of(&value), paranoia)
 }
 
 #[cfg(test)]
