@@ -242,9 +242,10 @@ fn tokenize<'a>(s: &'a str) -> Vec<Tok<'a>> {
                 const MULTI: &[&str] = &[
                     "<=>", "->>", "<>", "!=", "<=", ">=", "==", "||", "&&", "::", ":=", "<<", ">>", "->",
                 ];
+                // Most operator bytes (`/` in a path) start none of them: compare the first byte first.
                 let len = MULTI
                     .iter()
-                    .find(|m| s[i..].starts_with(**m))
+                    .find(|m| m.as_bytes()[0] == c && b[i..].starts_with(m.as_bytes()))
                     .map_or(1, |m| m.len());
                 push(&mut out, Kind::Op, i + len);
                 i += len;
