@@ -139,14 +139,26 @@ impl Finder {
         for &b in value.as_bytes() {
             bytes.add(b);
             sid = self.dfa.next_state(Anchored::No, sid, b.to_ascii_lowercase());
-            if self.dfa.is_special(sid) && self.dfa.is_match(sid) {
-                for i in 0..self.dfa.match_len(sid) {
-                    let pattern = self.dfa.match_pattern(sid, i).as_usize();
-                    found |= self.group_of.get(pattern).copied().unwrap_or(u32::MAX);
-                }
+            if self.dfa.is_special(sid) {
+                found |= self.groups_ending_at(sid);
             }
         }
         (bytes.finish(), found)
+    }
+
+    /// The groups of the substrings that end at state `sid`. Out of the loop above, which then
+    /// keeps all it needs in registers.
+    #[cold]
+    #[inline(never)]
+    fn groups_ending_at(&self, sid: StateID) -> u32 {
+        let mut found = 0;
+        if self.dfa.is_match(sid) {
+            for i in 0..self.dfa.match_len(sid) {
+                let pattern = self.dfa.match_pattern(sid, i).as_usize();
+                found |= self.group_of.get(pattern).copied().unwrap_or(u32::MAX);
+            }
+        }
+        found
     }
 }
 
