@@ -83,6 +83,8 @@ pub mod group {
     pub const SCRIPT_CALL: u32 = 1 << 26;
     /// `expression`, `script`, `document`… (see xss.rs).
     pub const COMPACT_WORD: u32 = 1 << 27;
+    /// `data:`, `binding`, `behavio` (see xss.rs).
+    pub const COLON_WORD: u32 = 1 << 28;
 }
 
 /// The substrings of each group (lower case).
@@ -117,6 +119,7 @@ fn groups() -> Vec<(u32, &'static [&'static str])> {
         (JNDI, &["jndi"]),
         (SCRIPT_CALL, xss::SCRIPT_CALLS),
         (COMPACT_WORD, xss::COMPACT_WORDS),
+        (COLON_WORD, xss::COLON_WORDS),
     ]
 }
 
