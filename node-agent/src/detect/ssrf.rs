@@ -4,7 +4,7 @@
 //! IPv4, IPv4-mapped IPv6, wildcard-DNS names, Unicode look-alikes), non-HTTP schemes that
 //! clients follow (`gopher://`, `dict://`, `file://`...), and out-of-band callback domains.
 
-use super::decode::{excerpt, find_str, fold_unicode, AnyOf, ByteSet};
+use super::decode::{contains_str, excerpt, find_str, fold_unicode, AnyOf, ByteSet};
 use super::scan::{group, Scan};
 use super::Hit;
 use std::borrow::Cow;
@@ -219,13 +219,25 @@ impl Ssrf {
         }
         // A bare host, with an optional port and path: `localhost/`, `169.254.169.254/latest`.
         let trimmed = s.trim();
-        let token = trimmed.split(char::is_whitespace).next().unwrap_or("");
+        // Up to the first blank; in ASCII text blanks are single bytes, found without decoding.
+        let token_end = if bytes.is_ascii() {
+            trimmed
+                .bytes()
+                .position(|b| matches!(b, b'\t' | b'\n' | b'\x0b' | b'\x0c' | b'\r' | b' '))
+        } else {
+            trimmed.find(char::is_whitespace)
+        };
+        let token = &trimmed[..token_end.unwrap_or(trimmed.len())];
         if is_value
             && !token.is_empty()
-            && !token.contains("://")
+            && !contains_str(token, "://")
             && (token.len() == trimmed.len() || token.ends_with(':'))
         {
-            let host_end = token.find(['/', '?', '#', '\\']).unwrap_or(token.len());
+            // ASCII bytes, found byte by byte in any text.
+            let host_end = token
+                .bytes()
+                .position(|b| matches!(b, b'/' | b'?' | b'#' | b'\\'))
+                .unwrap_or(token.len());
             let host = strip_port(&token[..host_end]);
             // A single word ("metadata") is a word, not a host.
             let qualified = host.contains('.')
