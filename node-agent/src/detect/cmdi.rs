@@ -1130,6 +1130,14 @@ fn detect_depth(value: &str, scan: Scan, paranoia: u8, header: bool, depth: u8) 
         b.len()
     };
     while i < b.len() {
+        // Most bytes start no separator: on to the next one that may.
+        match b[i..]
+            .iter()
+            .position(|c| matches!(c, b';' | b'\n' | b'\r' | b'|' | b'&' | b'`' | b'$' | b'<' | b'>'))
+        {
+            Some(p) => i += p,
+            None => break,
+        }
         let c = b[i];
         let (sep, len) = match c {
             b';' | b'\n' | b'\r' => (Sep::Strong, 1),
