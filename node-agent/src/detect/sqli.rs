@@ -48,7 +48,12 @@ impl<'a> Tok<'a> {
     }
 
     fn is_any(&self, words: &[&str]) -> bool {
-        self.kind == Kind::Word && words.contains(&self.text)
+        // The length and the first byte first: most words differ there, without a call to memcmp.
+        let text = self.text.as_bytes();
+        self.kind == Kind::Word
+            && words.iter().any(|w| {
+                w.len() == text.len() && w.as_bytes().first() == text.first() && w.as_bytes() == text
+            })
     }
 
     fn is_op(&self, op: &str) -> bool {
@@ -56,7 +61,11 @@ impl<'a> Tok<'a> {
     }
 
     fn is_logic(&self) -> bool {
-        self.is_any(&["and", "or", "xor"]) || self.is_op("||") || self.is_op("&&")
+        match self.kind {
+            Kind::Word => matches!(self.text.as_bytes(), b"and" | b"or" | b"xor"),
+            Kind::Op => matches!(self.text.as_bytes(), b"||" | b"&&"),
+            _ => false,
+        }
     }
 
     fn is_cmp(&self) -> bool {
@@ -78,8 +87,20 @@ impl<'a> Tok<'a> {
 }
 
 fn is_word_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
+    WORD_BYTES[usize::from(b)]
 }
+
+/// [`is_word_byte`] as a table: the tokeniser asks it of most bytes.
+const WORD_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+        b += 1;
+    }
+    table
+};
 
 fn is_op_byte(b: u8) -> bool {
     matches!(
