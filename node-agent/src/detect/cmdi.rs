@@ -3,7 +3,7 @@
 //! evasions undone first: quotes inside words (`c'a't`), backslashes (`c\at`), `$IFS`, empty
 //! expansions (`$@`), brace expansion (`{cat,/etc/passwd}`), globs (`/???/c?t`).
 
-use super::decode::{contains_str, excerpt, find_str, lower_folded_cow, AnyOf, ByteSet};
+use super::decode::{contains_str, excerpt, find_str, lower_folded_cow, position_of, AnyOf, ByteSet};
 use super::scan::{group, Needles, Scan};
 use super::Hit;
 use rustc_hash::FxHashSet;
@@ -1131,10 +1131,9 @@ fn detect_depth(value: &str, scan: Scan, paranoia: u8, header: bool, depth: u8) 
     };
     while i < b.len() {
         // Most bytes start no separator: on to the next one that may.
-        match b[i..]
-            .iter()
-            .position(|c| matches!(c, b';' | b'\n' | b'\r' | b'|' | b'&' | b'`' | b'$' | b'<' | b'>'))
-        {
+        match position_of(&b[i..], |c| {
+            matches!(c, b';' | b'\n' | b'\r' | b'|' | b'&' | b'`' | b'$' | b'<' | b'>')
+        }) {
             Some(p) => i += p,
             None => break,
         }

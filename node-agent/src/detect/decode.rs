@@ -501,6 +501,22 @@ pub fn find_str(haystack: &str, needle: &str) -> Option<usize> {
     None
 }
 
+/// The position of the first byte of `s` that `is` holds for. Each block of 16 bytes is first
+/// tested whole, without an early exit, which the compiler turns into a few vector compares;
+/// only the block with such a byte is then read byte by byte. For a rare byte in a long value
+/// (a separator in a User-Agent) this is several times cheaper than `position`.
+#[inline]
+pub fn position_of(s: &[u8], is: impl Fn(u8) -> bool) -> Option<usize> {
+    let mut offset = 0;
+    for block in s.chunks(16) {
+        if block.iter().fold(false, |any, &b| any | is(b)) {
+            return block.iter().position(|&b| is(b)).map(|p| offset + p);
+        }
+        offset += block.len();
+    }
+    None
+}
+
 /// Whether any of a list of needles is in a value, in one pass (instead of one search per needle),
 /// e.g. as a gate in front of the loops that look for each needle in turn.
 pub struct AnyOf {

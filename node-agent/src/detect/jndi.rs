@@ -4,7 +4,7 @@
 //! `${date:'i'}`, `$${...}`.
 
 use super::decode::{
-    contains_str, decode_layers_cow, excerpt, html_decode, lower_folded, percent_decode_once,
+    contains_str, decode_layers_cow, excerpt, html_decode, lower_folded, percent_decode_once, position_of,
     unescape_backslash, AnyOf,
 };
 use super::scan::{group, Scan};
@@ -188,15 +188,7 @@ pub(crate) fn detect_in(value: &str, scan: Scan, paranoia: u8) -> Option<Hit> {
 pub(crate) fn detect_in_raw(raw: &str, paranoia: u8) -> Option<Hit> {
     // Without a `%` the value decodes to itself, and at paranoia 1 every quick test of
     // [`detect_in`] needs a `$`, `%`, `&` or `\`: most headers stop at this one pass.
-    // In blocks without an early exit, which the compiler turns into vector compares.
-    let may = || {
-        raw.as_bytes().chunks(16).any(|block| {
-            block
-                .iter()
-                .fold(false, |any, b| any | matches!(b, b'$' | b'%' | b'&' | b'\\'))
-        })
-    };
-    if paranoia < 2 && !may() {
+    if paranoia < 2 && position_of(raw.as_bytes(), |b| matches!(b, b'$' | b'%' | b'&' | b'\\')).is_none() {
         return None;
     }
     let value = decode_layers_cow(raw);

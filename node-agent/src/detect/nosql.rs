@@ -21,7 +21,7 @@
 //! `$sort`). `$comment` (also JSON Schema) and `$type` (also Json.NET) count only after a
 //! break-out.
 
-use super::decode::{excerpt, ByteSet};
+use super::decode::{excerpt, position_of, ByteSet};
 use super::inputs::Source;
 use super::scan::Scan;
 use super::Hit;
@@ -352,11 +352,7 @@ fn ident_before(b: &[u8], end: usize) -> &[u8] {
 /// comparison of constants (`1==1`, `'a'=='a`).
 fn javascript_after_break_out(b: &[u8]) -> Option<usize> {
     let mut from = 0;
-    while let Some(p) = b[from..]
-        .iter()
-        .position(|c| matches!(c, b';' | b'&' | b'|'))
-        .map(|p| from + p)
-    {
+    while let Some(p) = position_of(&b[from..], |c| matches!(c, b';' | b'&' | b'|')).map(|p| from + p) {
         let len = match b[p] {
             b';' => 1,
             c if b.get(p + 1) == Some(&c) => 2,
