@@ -1,7 +1,7 @@
 //! What the injection detectors inspect: the request split into decoded values, each with where
 //! it came from (path, query parameter, header, cookie, body field).
 
-use super::decode::{decode_layers_cow, form_decode_cow, html_decode};
+use super::decode::{decode_layers_cow, find_str, form_decode_cow, html_decode};
 use super::json::Json;
 use super::scan::Scan;
 use super::RequestView;
@@ -113,8 +113,11 @@ fn skipped_header(name: &str) -> bool {
         let b = name.as_bytes();
         return b[..4].eq_ignore_ascii_case(b"sec-") || b[..5].eq_ignore_ascii_case(b"x-b3-");
     };
-    lower.copy_from_slice(name.as_bytes());
-    lower.make_ascii_lowercase();
+    // Lower-cased as it is copied: a copy, then a lower-casing pass reading what the copy has
+    // just written in other widths, waited on the stores.
+    for (l, b) in lower.iter_mut().zip(name.bytes()) {
+        *l = b.to_ascii_lowercase();
+    }
     let lower: &[u8] = lower;
     matches!(
         lower,
@@ -206,7 +209,7 @@ impl<'a> Inputs<'a> {
             None => (target, None),
         };
         // An absolute-form target: inspect the path part only.
-        let path = match path.find("://") {
+        let path = match find_str(path, "://") {
             Some(i) => path[i + 3..].find('/').map_or("/", |j| &path[i + 3 + j..]),
             None => path,
         };
