@@ -942,17 +942,23 @@ const ANYWHERE_WORDS: &[&[&str]] = &[
 ];
 const ANYWHERE_PREFIXES: &[&str] = &["xp_", "dbms_", "utl_"];
 
-/// By first byte: the lengths of the words of [`ANYWHERE_WORDS`] (bit 63 for 63 or more), and
-/// every length from a prefix's on for [`ANYWHERE_PREFIXES`].
-const ANYWHERE_LENGTHS: [u64; 256] = {
-    let mut table = [0u64; 256];
+/// Where the lengths of words starting with `a`, `b` (0 for a one-byte word) are in
+/// [`ANYWHERE_LENGTHS`]: the low five bits of each (so digits share a row with some letters).
+const fn anywhere_row(a: u8, b: u8) -> usize {
+    (a as usize & 31) << 5 | (b as usize & 31)
+}
+
+/// By first two bytes ([`anywhere_row`]): the lengths of the words of [`ANYWHERE_WORDS`] (bit 63
+/// for 63 or more), and every length from a prefix's on for [`ANYWHERE_PREFIXES`].
+const ANYWHERE_LENGTHS: [u64; 1024] = {
+    let mut table = [0u64; 1024];
     let mut l = 0;
     while l < ANYWHERE_WORDS.len() {
         let mut w = 0;
         while w < ANYWHERE_WORDS[l].len() {
             let word = ANYWHERE_WORDS[l][w].as_bytes();
             let len = if word.len() < 63 { word.len() } else { 63 };
-            table[word[0] as usize] |= 1u64 << len;
+            table[anywhere_row(word[0], if word.len() > 1 { word[1] } else { 0 })] |= 1u64 << len;
             w += 1;
         }
         l += 1;
@@ -960,7 +966,7 @@ const ANYWHERE_LENGTHS: [u64; 256] = {
     let mut p = 0;
     while p < ANYWHERE_PREFIXES.len() {
         let prefix = ANYWHERE_PREFIXES[p].as_bytes();
-        table[prefix[0] as usize] |= u64::MAX << prefix.len();
+        table[anywhere_row(prefix[0], prefix[1])] |= u64::MAX << prefix.len();
         p += 1;
     }
     table
@@ -969,9 +975,11 @@ const ANYWHERE_LENGTHS: [u64; 256] = {
 /// Whether `word` may be one of [`ANYWHERE_WORDS`] or start with one of [`ANYWHERE_PREFIXES`]
 /// (false only when it is none).
 fn may_be_anywhere_word(word: &str) -> bool {
-    word.as_bytes()
-        .first()
-        .is_some_and(|&b| ANYWHERE_LENGTHS[usize::from(b)] & (1u64 << word.len().min(63)) != 0)
+    let w = word.as_bytes();
+    w.first().is_some_and(|&a| {
+        let row = anywhere_row(a, w.get(1).copied().unwrap_or(0));
+        ANYWHERE_LENGTHS[row] & (1u64 << w.len().min(63)) != 0
+    })
 }
 
 /// What follows a quote that closed the application's string (or a leading number in a numeric
