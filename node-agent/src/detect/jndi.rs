@@ -123,7 +123,9 @@ pub fn detect(value: &str, paranoia: u8) -> Option<Hit> {
 /// "jndi" in any ASCII case.
 static JNDI_WORD: LazyLock<AnyOf> = LazyLock::new(|| AnyOf::ignoring_ascii_case(&["jndi"]));
 
-/// [`detect`] of a value whose scan is `scan` ([`Scan::of`] the value).
+/// [`detect`] of a value whose scan is `scan` ([`Scan::of`] the value). The quick tests are
+/// inlined into the caller's loop over the values: most stop there, without a call.
+#[inline]
 pub(crate) fn detect_in(value: &str, scan: Scan, paranoia: u8) -> Option<Hit> {
     // Each test is skipped when the scan says the character or substring it needs is absent.
     let (bytes, needles) = (scan.bytes, scan.needles);
@@ -139,6 +141,12 @@ pub(crate) fn detect_in(value: &str, scan: Scan, paranoia: u8) -> Option<Hit> {
     if !quick {
         return None;
     }
+    evaluate_lookups(value, paranoia)
+}
+
+/// [`detect_in`] past its quick tests.
+#[inline(never)]
+fn evaluate_lookups(value: &str, paranoia: u8) -> Option<Hit> {
     let decoded = decode_all(value);
     let folded = lower_folded(&decoded);
     let chars: Vec<char> = folded.chars().collect();

@@ -1060,11 +1060,19 @@ pub fn detect(value: &str, paranoia: u8) -> Option<Hit> {
     detect_in(value, Scan::of(value), paranoia)
 }
 
-/// [`detect`] of a value whose scan is `scan` ([`Scan::of`] the value).
+/// [`detect`] of a value whose scan is `scan` ([`Scan::of`] the value). The prefilter is inlined
+/// into the caller's loop over the values: most stop there, without a call.
+#[inline]
 pub(crate) fn detect_in(value: &str, scan: Scan, paranoia: u8) -> Option<Hit> {
     if scan.bytes.is_ascii() && !prefilter(value, scan) {
         return None;
     }
+    analyse(value, scan, paranoia)
+}
+
+/// [`detect_in`] past the prefilter.
+#[inline(never)]
+fn analyse(value: &str, scan: Scan, paranoia: u8) -> Option<Hit> {
     let lower = super::decode::lower_folded_cow(value, scan.bytes);
     if let Some((reason, at)) = detect_lower(&lower, paranoia) {
         return Some(Hit {

@@ -207,7 +207,9 @@ impl Xss {
         self.detect_in(value, Scan::of(value))
     }
 
-    /// [`Xss::detect`] of a value whose scan is `scan` ([`Scan::of`] the value).
+    /// [`Xss::detect`] of a value whose scan is `scan` ([`Scan::of`] the value). The first tests
+    /// are inlined into the caller's loop over the values: most stop there, without a call.
+    #[inline]
     pub(crate) fn detect_in(&self, value: &str, scan: Scan) -> Option<Hit> {
         let bytes = scan.bytes;
         if !bytes.contains_any_of(value, ByteSet::of_bytes(b"<:=(`&\\+.")) {
@@ -219,6 +221,13 @@ impl Xss {
         {
             return None;
         }
+        self.read(value, scan)
+    }
+
+    /// [`Xss::detect_in`] past its first tests.
+    #[inline(never)]
+    fn read(&self, value: &str, scan: Scan) -> Option<Hit> {
+        let bytes = scan.bytes;
         // `s`, what the patterns read, and what is known of its bytes and substrings.
         let (s, set, needles): (Cow<str>, ByteSet, Needles) = if bytes.any(ByteSet::of_bytes(b"\\&")) {
             let unescaped = unescape_backslash(value);
