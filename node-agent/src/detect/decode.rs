@@ -367,16 +367,15 @@ pub fn lower_folded_cow(input: &str, bytes: ByteSet) -> Cow<'_, str> {
 /// lacks, never the reverse. It answers "could it be there", never "it is there".
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ByteSet {
-    ascii: u128,
+    /// Bytes 0-63 and 64-127, a bit each: two words rather than a `u128`, whose 16-byte
+    /// alignment pads the set, and each value's [`super::scan::Scan`], to half again its size.
+    ascii: [u64; 2],
     non_ascii: bool,
 }
 
 impl ByteSet {
     /// Every ASCII byte: what a value may hold once Unicode look-alikes are folded to ASCII.
-    pub const ALL: ByteSet = ByteSet {
-        ascii: u128::MAX,
-        non_ascii: true,
-    };
+    pub const ALL: ByteSet = ByteSet::from_bits(u128::MAX, true);
     /// ASCII letters.
     pub const LETTERS: ByteSet = ByteSet::of_bytes(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz");
     /// ASCII upper-case letters.
@@ -399,20 +398,28 @@ impl ByteSet {
             ascii |= 1u128 << (bytes[i] & 0x7f);
             i += 1;
         }
+        ByteSet::from_bits(ascii, false)
+    }
+
+    const fn from_bits(ascii: u128, non_ascii: bool) -> ByteSet {
         ByteSet {
-            ascii,
-            non_ascii: false,
+            ascii: [ascii as u64, (ascii >> 64) as u64],
+            non_ascii,
         }
+    }
+
+    const fn bits(self) -> u128 {
+        self.ascii[0] as u128 | (self.ascii[1] as u128) << 64
     }
 
     /// Whether the value may contain `b` (an ASCII byte).
     pub fn has(self, b: u8) -> bool {
-        self.ascii & (1u128 << (b & 0x7f)) != 0
+        self.bits() & (1u128 << (b & 0x7f)) != 0
     }
 
     /// Whether the value may contain any byte of `set`.
     pub fn any(self, set: ByteSet) -> bool {
-        self.ascii & set.ascii != 0
+        self.bits() & set.bits() != 0
     }
 
     /// Whether `s`, the value this set was made of, contains a byte of `set` (exact, and without
@@ -437,11 +444,8 @@ impl ByteSet {
         if self.non_ascii {
             return ByteSet::ALL;
         }
-        let upper = ByteSet::UPPER.ascii;
-        ByteSet {
-            ascii: (self.ascii & !upper) | ((self.ascii & upper) << 32),
-            non_ascii: false,
-        }
+        let (bits, upper) = (self.bits(), ByteSet::UPPER.bits());
+        ByteSet::from_bits((bits & !upper) | ((bits & upper) << 32), false)
     }
 }
 
@@ -469,7 +473,7 @@ impl ByteSetBuilder {
 
     pub fn finish(self) -> ByteSet {
         ByteSet {
-            ascii: u128::from(self.low) | (u128::from(self.high) << 64),
+            ascii: [self.low, self.high],
             non_ascii: self.all >= 0x80,
         }
     }
