@@ -1051,12 +1051,15 @@ fn detect_depth(value: &str, scan: Scan, paranoia: u8, header: bool, depth: u8) 
     // A header is read further only for a command line as its whole value ([`header_command_line`]),
     // which needs a shell-shaped argument or a prefix command (`time x`): `Kubectl-Command:
     // kubectl get`, sent with every kubectl request, stops here.
-    let may_start_with_command = if header {
-        (bytes.any(ByteSet::of_bytes(b"-/~.%<>")) || starts_with_prefix(value)) && starts_with_command(value)
-    } else {
-        starts_with_command(value) || alias()
+    let may_start_with_command = || {
+        if header {
+            (bytes.any(ByteSet::of_bytes(b"-/~.%<>")) || starts_with_prefix(value))
+                && starts_with_command(value)
+        } else {
+            starts_with_command(value) || alias()
+        }
     };
-    if !(needles.may(LOUD_GROUPS) || bytes.any(QUIET) || may_start_with_command) {
+    if !(needles.may(LOUD_GROUPS) || bytes.any(QUIET) || may_start_with_command()) {
         return None;
     }
     let lower = lower_folded_cow(value, bytes);
