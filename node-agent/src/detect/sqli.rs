@@ -127,6 +127,17 @@ fn tokenize<'a>(s: &'a str) -> Vec<Tok<'a>> {
                 closed: true,
             })
         };
+        // Words first, the most common tokens: no other token starts with a word byte but a
+        // number, and no blank or comment does.
+        if is_word_byte(c) && !c.is_ascii_digit() {
+            let mut j = i + 1;
+            while j < b.len() && is_word_byte(b[j]) {
+                j += 1;
+            }
+            push(&mut out, Kind::Word, j);
+            i = j;
+            continue;
+        }
         if c.is_ascii_whitespace() || c == 0x0b || c == 0 {
             i += 1;
             continue;
