@@ -201,6 +201,8 @@ impl<'a> Inputs<'a> {
         let mut inputs = Inputs {
             // Enough for most requests: growing the vector costs more than the guess.
             items: Vec::with_capacity(16),
+            // At most one entry a header: one allocation, not one for each doubling.
+            all_headers: Vec::with_capacity(req.headers.len()),
             ..Inputs::default()
         };
         let target: &'a str = req.target;
