@@ -1977,6 +1977,23 @@ fn mail_line(line: &str) -> bool {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_command_filter_lets_every_command_through_in_any_case() {
+        // The table may say yes to words that are no command, never no to one that is.
+        for c in DISTINCT {
+            assert!(may_be_command(c.as_bytes()), "{c}");
+            assert!(may_be_command(c.to_ascii_uppercase().as_bytes()), "{c}");
+            assert_eq!(command_of(c), Some(*c));
+            let upper = format!("/usr/bin/{}.EXE", c.to_ascii_uppercase());
+            assert!(
+                split_word(&upper).is_some_and(|(_, base)| may_be_command(base.as_bytes())),
+                "{c}"
+            );
+        }
+        assert!(starts_with_command("CURL.EXE -s x") && starts_with_command("/bin/Cat x"));
+        assert!(!starts_with_command("shipped") && !starts_with_command("Mozilla/5.0 (X11)"));
+    }
+
     fn hit(s: &str) -> bool {
         detect(s, 1, false).is_some()
     }

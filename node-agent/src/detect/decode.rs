@@ -609,6 +609,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn position_of_finds_the_first_byte_in_any_block() {
+        let is = |b: u8| matches!(b, b';' | b'|');
+        for len in [0, 1, 15, 16, 17, 31, 32, 33, 100] {
+            for at in (0..len).chain([len]) {
+                let mut s = vec![b'a'; len];
+                if at < len {
+                    s[at] = b';';
+                }
+                assert_eq!(position_of(&s, is), s.iter().position(|&b| is(b)), "{len} {at}");
+                if at + 1 < len {
+                    s[at + 1] = b'|';
+                    assert_eq!(position_of(&s, is), s.iter().position(|&b| is(b)), "{len} {at}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn byte_sets_from_the_builder_and_constants_agree() {
+        let s = "Az09;\u{7f}\0~";
+        let set = ByteSet::of(s);
+        assert_eq!(set, ByteSet::of_bytes(s.as_bytes()));
+        assert!(set.has(b'z') && set.has(0) && set.has(0x7f) && !set.has(b'y'));
+        assert!(!ByteSet::of("é").is_ascii() && ByteSet::of("e").is_ascii());
+        assert!(ByteSet::of("AB").lower_folded().has(b'a') && !ByteSet::of("AB").lower_folded().has(b'A'));
+    }
+
+    #[test]
     fn percent_layers_and_plus() {
         assert_eq!(decode_layers("%252e%252e%252f"), "../");
         assert_eq!(decode_layers("%25252e"), ".");

@@ -1435,6 +1435,18 @@ pub(super) const KEYWORDS: &[&str] = &[
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_anywhere_filter_lets_every_word_and_prefix_through() {
+        for word in ANYWHERE_WORDS.iter().copied().flatten() {
+            assert!(may_be_anywhere_word(word), "{word}");
+        }
+        for prefix in ANYWHERE_PREFIXES {
+            assert!(may_be_anywhere_word(prefix), "{prefix}");
+            assert!(may_be_anywhere_word(&format!("{prefix}cmdshell")), "{prefix}");
+        }
+        assert!(!may_be_anywhere_word("com") && !may_be_anywhere_word("x"));
+    }
+
     fn hit(s: &str) -> bool {
         detect(s, 1).is_some()
     }
