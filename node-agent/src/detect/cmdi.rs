@@ -426,20 +426,22 @@ fn glob(pattern: &[u8], word: &[u8]) -> bool {
 /// hundreds of comparisons.
 static DISTINCT_SET: LazyLock<FxHashSet<&'static str>> = LazyLock::new(|| DISTINCT.iter().copied().collect());
 
-/// Where a word of `len` bytes starting with `a`, `b` (0 for a one-byte word) has its bit in
-/// [`COMMAND_SHAPES`]. Only the low five bits of `a` and `b` count, so the ASCII case of letters
-/// does not matter.
-const fn command_shape(a: u8, b: u8, len: usize) -> usize {
-    (a as usize & 31) << 9 | (b as usize & 31) << 4 | (len & 15)
+/// Where a word has its bit in [`COMMAND_SHAPES`]: a hash of its length and of the low five bits
+/// of its first, second and last bytes (so the ASCII case of letters does not matter).
+const fn command_shape(word: &[u8]) -> usize {
+    let (first, last) = (word[0] as u32 & 31, word[word.len() - 1] as u32 & 31);
+    let second = if word.len() > 1 { word[1] as u32 & 31 } else { 0 };
+    let key = ((first << 5 | second) << 5 | last) << 6 | (word.len() as u32 & 63);
+    (key.wrapping_mul(0x9e37_79b1) >> 18) as usize
 }
 
-/// One bit per [`command_shape`] of the entries of [`DISTINCT`].
+/// One bit per [`command_shape`] of the entries of [`DISTINCT`], of 16,384: a few in a hundred are
+/// set, and a word that is no command gets through as often.
 const COMMAND_SHAPES: [u64; 256] = {
     let mut bits = [0u64; 256];
     let mut i = 0;
     while i < DISTINCT.len() {
-        let w = DISTINCT[i].as_bytes();
-        let shape = command_shape(w[0], if w.len() > 1 { w[1] } else { 0 }, w.len());
+        let shape = command_shape(DISTINCT[i].as_bytes());
         bits[shape >> 6] |= 1 << (shape & 63);
         i += 1;
     }
@@ -447,7 +449,7 @@ const COMMAND_SHAPES: [u64; 256] = {
 };
 
 /// Whether [`command_of`] the word (lower-cased) may find a command: false only when it cannot.
-/// The same in any ASCII case, and without looking past the first two bytes but for a glob.
+/// The same in any ASCII case, and without reading the word but for a glob.
 fn may_be_command(word: &[u8]) -> bool {
     if word.is_empty() || word.len() > 40 {
         return false;
@@ -455,13 +457,13 @@ fn may_be_command(word: &[u8]) -> bool {
     if word.iter().any(|b| matches!(b, b'?' | b'*' | b'[')) {
         return true;
     }
-    let shape = command_shape(word[0], word.get(1).copied().unwrap_or(0), word.len());
+    let shape = command_shape(word);
     COMMAND_SHAPES[shape >> 6] & (1 << (shape & 63)) != 0
 }
 
 /// The command a (possibly globbed) word stands for.
 fn command_of(word: &str) -> Option<&'static str> {
-    // Most words do not even have the first bytes and the length of a command.
+    // Most words do not even have the first and last bytes and the length of a command.
     if !may_be_command(word.as_bytes()) {
         return None;
     }
@@ -671,12 +673,24 @@ enum Sep {
 }
 
 fn word_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'_' | b'.' | b'/' | b'?' | b'*' | b'-' | b'~' | b'+' | b'[' | b']'
-        )
+    WORD_BYTES[usize::from(b)]
 }
+
+/// [`word_byte`] as a table: asked of every byte of the first word of most values.
+const WORD_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'_' | b'.' | b'/' | b'?' | b'*' | b'-' | b'~' | b'+' | b'[' | b']'
+            );
+        b += 1;
+    }
+    table
+};
 
 /// Where the word at `i` is (after blanks, `(`, `{`, and an unset variable: `;$u cat x`). The
 /// same in any ASCII case.
