@@ -352,8 +352,13 @@ pub fn lower_folded(input: &str) -> String {
 /// [`lower_folded`] of a value whose bytes are `bytes`, borrowing it when it is already folded
 /// (ASCII, no upper case, no NUL): the common case, without an allocation.
 pub fn lower_folded_cow(input: &str, bytes: ByteSet) -> Cow<'_, str> {
-    if bytes.is_ascii() && !bytes.any(ByteSet::UPPER_OR_NUL) {
+    if !bytes.is_ascii() {
+        Cow::Owned(lower_folded(input))
+    } else if !bytes.any(ByteSet::UPPER_OR_NUL) {
         Cow::Borrowed(input)
+    } else if !bytes.has(0) {
+        // ASCII without NUL: nothing to fold or remove, one pass that copies and lower-cases.
+        Cow::Owned(input.to_ascii_lowercase())
     } else {
         Cow::Owned(lower_folded(input))
     }
