@@ -3,7 +3,7 @@
 //! evasions undone first: quotes inside words (`c'a't`), backslashes (`c\at`), `$IFS`, empty
 //! expansions (`$@`), brace expansion (`{cat,/etc/passwd}`), globs (`/???/c?t`).
 
-use super::decode::{contains_str, excerpt, find_str, lower_folded_cow, AnyOf, ByteSet};
+use super::decode::{contains_str, excerpt, find_str, lower_folded_cow, position_of, AnyOf, ByteSet};
 use super::scan::{group, Needles, Scan};
 use super::Hit;
 use rustc_hash::FxHashSet;
@@ -426,41 +426,52 @@ fn glob(pattern: &[u8], word: &[u8]) -> bool {
 /// hundreds of comparisons.
 static DISTINCT_SET: LazyLock<FxHashSet<&'static str>> = LazyLock::new(|| DISTINCT.iter().copied().collect());
 
-/// The first two bytes of the entries of [`DISTINCT`], one bit per pair.
-static DISTINCT_STARTS: LazyLock<Box<[u64; 1024]>> = LazyLock::new(|| {
-    let mut bits = Box::new([0u64; 1024]);
-    for c in DISTINCT {
-        if let [a, b, ..] = c.as_bytes() {
-            let i = usize::from(*a) << 8 | usize::from(*b);
-            bits[i >> 6] |= 1 << (i & 63);
-        }
+/// Where a word has its bit in [`COMMAND_SHAPES`]: a hash of its length and of the low five bits
+/// of its first, second and last bytes (so the ASCII case of letters does not matter).
+const fn command_shape(word: &[u8]) -> usize {
+    let (first, last) = (word[0] as u32 & 31, word[word.len() - 1] as u32 & 31);
+    let second = if word.len() > 1 { word[1] as u32 & 31 } else { 0 };
+    let key = ((first << 5 | second) << 5 | last) << 6 | (word.len() as u32 & 63);
+    (key.wrapping_mul(0x9e37_79b1) >> 18) as usize
+}
+
+/// One bit per [`command_shape`] of the entries of [`DISTINCT`], of 16,384: a few in a hundred are
+/// set, and a word that is no command gets through as often.
+const COMMAND_SHAPES: [u64; 256] = {
+    let mut bits = [0u64; 256];
+    let mut i = 0;
+    while i < DISTINCT.len() {
+        let shape = command_shape(DISTINCT[i].as_bytes());
+        bits[shape >> 6] |= 1 << (shape & 63);
+        i += 1;
     }
     bits
-});
+};
 
-/// Whether an entry of [`DISTINCT`] starts with `a`, `b`.
-fn starts_like_command(a: u8, b: u8) -> bool {
-    let i = usize::from(a) << 8 | usize::from(b);
-    DISTINCT_STARTS[i >> 6] & (1 << (i & 63)) != 0
+/// Whether [`command_of`] the word (lower-cased) may find a command: false only when it cannot.
+/// The same in any ASCII case, and without reading the word but for a glob.
+fn may_be_command(word: &[u8]) -> bool {
+    if word.is_empty() || word.len() > 40 {
+        return false;
+    }
+    if word.iter().any(|b| matches!(b, b'?' | b'*' | b'[')) {
+        return true;
+    }
+    let shape = command_shape(word);
+    COMMAND_SHAPES[shape >> 6] & (1 << (shape & 63)) != 0
 }
 
 /// The command a (possibly globbed) word stands for.
 fn command_of(word: &str) -> Option<&'static str> {
-    if word.is_empty() || word.len() > 40 {
+    // Most words do not even have the first and last bytes and the length of a command.
+    if !may_be_command(word.as_bytes()) {
         return None;
-    }
-    let globbed = word.bytes().any(|b| matches!(b, b'?' | b'*' | b'['));
-    if let [a, b, ..] = word.as_bytes() {
-        // Most words do not even start like a command.
-        if !globbed && !starts_like_command(*a, *b) {
-            return None;
-        }
     }
     if let Some(c) = DISTINCT_SET.get(word) {
         return Some(c);
     }
     // Globs with more than a few `*` could make matching exponential; real ones have one or two.
-    if globbed
+    if word.bytes().any(|b| matches!(b, b'?' | b'*' | b'['))
         && word.bytes().any(|b| b.is_ascii_alphanumeric())
         && word.bytes().filter(|b| *b == b'*').count() <= 3
     {
@@ -662,12 +673,24 @@ enum Sep {
 }
 
 fn word_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'_' | b'.' | b'/' | b'?' | b'*' | b'-' | b'~' | b'+' | b'[' | b']'
-        )
+    WORD_BYTES[usize::from(b)]
 }
+
+/// [`word_byte`] as a table: asked of every byte of the first word of most values.
+const WORD_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'_' | b'.' | b'/' | b'?' | b'*' | b'-' | b'~' | b'+' | b'[' | b']'
+            );
+        b += 1;
+    }
+    table
+};
 
 /// Where the word at `i` is (after blanks, `(`, `{`, and an unset variable: `;$u cat x`). The
 /// same in any ASCII case.
@@ -698,7 +721,8 @@ fn word_span(b: &[u8], i: usize) -> (usize, usize) {
     (start, j)
 }
 
-/// A (lower-case) word's directory part and its base name without `.exe`; none when empty.
+/// A (lower-case) word's directory part and its base name without `.exe` (in any ASCII case);
+/// none when empty.
 fn split_word(word: &str) -> Option<(&str, &str)> {
     let end = word
         .bytes()
@@ -713,7 +737,12 @@ fn split_word(word: &str) -> Option<(&str, &str)> {
         Some(p) => (&word[..p + 1], &word[p + 1..]),
         None => ("", word),
     };
-    Some((dir, base.strip_suffix(".exe").unwrap_or(base)))
+    let exe = base
+        .len()
+        .checked_sub(4)
+        .filter(|&k| base.as_bytes()[k..].eq_ignore_ascii_case(b".exe"));
+    // Before four ASCII bytes: a character boundary.
+    Some((dir, exe.map_or(base, |k| &base[..k])))
 }
 
 /// Whether the first word of a value, lower-cased, is a command (the first thing
@@ -724,6 +753,11 @@ fn starts_with_command(value: &str) -> bool {
     let Some(word) = value.get(start..end).filter(|w| w.len() <= buf.len()) else {
         return true; // Long: let the full analysis decide.
     };
+    // What the filter says of the base name does not depend on its case: most words stop here,
+    // without a lower-cased copy.
+    if !split_word(word).is_some_and(|(_, base)| may_be_command(base.as_bytes())) {
+        return false;
+    }
     let lower = &mut buf[..word.len()];
     lower.copy_from_slice(word.as_bytes());
     lower.make_ascii_lowercase();
@@ -1031,12 +1065,15 @@ fn detect_depth(value: &str, scan: Scan, paranoia: u8, header: bool, depth: u8) 
     // A header is read further only for a command line as its whole value ([`header_command_line`]),
     // which needs a shell-shaped argument or a prefix command (`time x`): `Kubectl-Command:
     // kubectl get`, sent with every kubectl request, stops here.
-    let may_start_with_command = if header {
-        (bytes.any(ByteSet::of_bytes(b"-/~.%<>")) || starts_with_prefix(value)) && starts_with_command(value)
-    } else {
-        starts_with_command(value) || alias()
+    let may_start_with_command = || {
+        if header {
+            (bytes.any(ByteSet::of_bytes(b"-/~.%<>")) || starts_with_prefix(value))
+                && starts_with_command(value)
+        } else {
+            starts_with_command(value) || alias()
+        }
     };
-    if !(needles.may(LOUD_GROUPS) || bytes.any(QUIET) || may_start_with_command) {
+    if !(needles.may(LOUD_GROUPS) || bytes.any(QUIET) || may_start_with_command()) {
         return None;
     }
     let lower = lower_folded_cow(value, bytes);
@@ -1110,6 +1147,13 @@ fn detect_depth(value: &str, scan: Scan, paranoia: u8, header: bool, depth: u8) 
         b.len()
     };
     while i < b.len() {
+        // Most bytes start no separator: on to the next one that may.
+        match position_of(&b[i..], |c| {
+            matches!(c, b';' | b'\n' | b'\r' | b'|' | b'&' | b'`' | b'$' | b'<' | b'>')
+        }) {
+            Some(p) => i += p,
+            None => break,
+        }
         let c = b[i];
         let (sep, len) = match c {
             b';' | b'\n' | b'\r' => (Sep::Strong, 1),
@@ -1946,6 +1990,23 @@ fn mail_line(line: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_command_filter_lets_every_command_through_in_any_case() {
+        // The table may say yes to words that are no command, never no to one that is.
+        for c in DISTINCT {
+            assert!(may_be_command(c.as_bytes()), "{c}");
+            assert!(may_be_command(c.to_ascii_uppercase().as_bytes()), "{c}");
+            assert_eq!(command_of(c), Some(*c));
+            let upper = format!("/usr/bin/{}.EXE", c.to_ascii_uppercase());
+            assert!(
+                split_word(&upper).is_some_and(|(_, base)| may_be_command(base.as_bytes())),
+                "{c}"
+            );
+        }
+        assert!(starts_with_command("CURL.EXE -s x") && starts_with_command("/bin/Cat x"));
+        assert!(!starts_with_command("shipped") && !starts_with_command("Mozilla/5.0 (X11)"));
+    }
 
     fn hit(s: &str) -> bool {
         detect(s, 1, false).is_some()

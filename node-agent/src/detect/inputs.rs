@@ -1,7 +1,7 @@
 //! What the injection detectors inspect: the request split into decoded values, each with where
 //! it came from (path, query parameter, header, cookie, body field).
 
-use super::decode::{decode_layers_cow, form_decode_cow, html_decode};
+use super::decode::{decode_layers_cow, find_str, form_decode_cow, html_decode};
 use super::json::Json;
 use super::scan::Scan;
 use super::RequestView;
@@ -113,8 +113,11 @@ fn skipped_header(name: &str) -> bool {
         let b = name.as_bytes();
         return b[..4].eq_ignore_ascii_case(b"sec-") || b[..5].eq_ignore_ascii_case(b"x-b3-");
     };
-    lower.copy_from_slice(name.as_bytes());
-    lower.make_ascii_lowercase();
+    // Lower-cased as it is copied: a copy, then a lower-casing pass reading what the copy has
+    // just written in other widths, waited on the stores.
+    for (l, b) in lower.iter_mut().zip(name.bytes()) {
+        *l = b.to_ascii_lowercase();
+    }
     let lower: &[u8] = lower;
     matches!(
         lower,
@@ -198,6 +201,8 @@ impl<'a> Inputs<'a> {
         let mut inputs = Inputs {
             // Enough for most requests: growing the vector costs more than the guess.
             items: Vec::with_capacity(16),
+            // At most one entry a header: one allocation, not one for each doubling.
+            all_headers: Vec::with_capacity(req.headers.len()),
             ..Inputs::default()
         };
         let target: &'a str = req.target;
@@ -206,7 +211,7 @@ impl<'a> Inputs<'a> {
             None => (target, None),
         };
         // An absolute-form target: inspect the path part only.
-        let path = match path.find("://") {
+        let path = match find_str(path, "://") {
             Some(i) => path[i + 3..].find('/').map_or("/", |j| &path[i + 3 + j..]),
             None => path,
         };
@@ -247,7 +252,10 @@ impl<'a> Inputs<'a> {
         if let Some(body) = req.body {
             let body = &body[..body.len().min(MAX_BODY_INSPECTED)];
             let content_type = headers.get("content-type").unwrap_or("");
-            match String::from_utf8_lossy(body) {
+            // `from_utf8` first: it reads ASCII a word at a time, `from_utf8_lossy` a byte at a time.
+            let text =
+                std::str::from_utf8(body).map_or_else(|_| String::from_utf8_lossy(body), Cow::Borrowed);
+            match text {
                 Cow::Borrowed(text) => inputs.body(text, content_type),
                 Cow::Owned(text) => {
                     // The values point into the repaired text: split it apart, then keep copies.

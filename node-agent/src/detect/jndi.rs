@@ -4,7 +4,8 @@
 //! `${date:'i'}`, `$${...}`.
 
 use super::decode::{
-    contains_str, excerpt, html_decode, lower_folded, percent_decode_once, unescape_backslash, AnyOf,
+    contains_str, decode_layers_cow, excerpt, html_decode, lower_folded, percent_decode_once, position_of,
+    unescape_backslash, AnyOf,
 };
 use super::scan::{group, Scan};
 use super::Hit;
@@ -122,7 +123,9 @@ pub fn detect(value: &str, paranoia: u8) -> Option<Hit> {
 /// "jndi" in any ASCII case.
 static JNDI_WORD: LazyLock<AnyOf> = LazyLock::new(|| AnyOf::ignoring_ascii_case(&["jndi"]));
 
-/// [`detect`] of a value whose scan is `scan` ([`Scan::of`] the value).
+/// [`detect`] of a value whose scan is `scan` ([`Scan::of`] the value). The quick tests are
+/// inlined into the caller's loop over the values: most stop there, without a call.
+#[inline]
 pub(crate) fn detect_in(value: &str, scan: Scan, paranoia: u8) -> Option<Hit> {
     // Each test is skipped when the scan says the character or substring it needs is absent.
     let (bytes, needles) = (scan.bytes, scan.needles);
@@ -138,6 +141,12 @@ pub(crate) fn detect_in(value: &str, scan: Scan, paranoia: u8) -> Option<Hit> {
     if !quick {
         return None;
     }
+    evaluate_lookups(value, paranoia)
+}
+
+/// [`detect_in`] past its quick tests.
+#[inline(never)]
+fn evaluate_lookups(value: &str, paranoia: u8) -> Option<Hit> {
     let decoded = decode_all(value);
     let folded = lower_folded(&decoded);
     let chars: Vec<char> = folded.chars().collect();
@@ -181,6 +190,17 @@ pub(crate) fn detect_in(value: &str, scan: Scan, paranoia: u8) -> Option<Hit> {
         }
     }
     None
+}
+
+/// [`detect_in`] of a protocol header's value, not yet decoded.
+pub(crate) fn detect_in_raw(raw: &str, paranoia: u8) -> Option<Hit> {
+    // Without a `%` the value decodes to itself, and at paranoia 1 every quick test of
+    // [`detect_in`] needs a `$`, `%`, `&` or `\`: most headers stop at this one pass.
+    if paranoia < 2 && position_of(raw.as_bytes(), |b| matches!(b, b'$' | b'%' | b'&' | b'\\')).is_none() {
+        return None;
+    }
+    let value = decode_layers_cow(raw);
+    detect_in(&value, Scan::bytes_of(&value), paranoia)
 }
 
 #[cfg(test)]

@@ -5,13 +5,13 @@
 
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::fmt;
 
 pub enum Json<'a> {
     String(Cow<'a, str>),
     Array(Vec<Json<'a>>),
-    Object(BTreeMap<Cow<'a, str>, Json<'a>>),
+    /// Sorted by key, the last of duplicate keys kept.
+    Object(Vec<(Cow<'a, str>, Json<'a>)>),
     /// A number, a boolean or null.
     Other,
 }
@@ -78,10 +78,21 @@ impl<'de> Visitor<'de> for JsonVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json<'de>, A::Error> {
-        let mut object = BTreeMap::new();
+        let mut object = Vec::new();
         while let Some((Key(k), v)) = map.next_entry()? {
-            object.insert(k, v);
+            object.push((k, v));
         }
+        // What a `BTreeMap` would hold, without its nodes: a stable sort keeps duplicate keys in
+        // document order, and each later one is moved into the place of the earlier one it
+        // replaces.
+        object.sort_by(|a, b| a.0.cmp(&b.0));
+        object.dedup_by(|later, earlier| {
+            let duplicate = later.0 == earlier.0;
+            if duplicate {
+                std::mem::swap(later, earlier);
+            }
+            duplicate
+        });
         Ok(Json::Object(object))
     }
 }

@@ -205,8 +205,7 @@ impl Injection {
         if let Injection::Jndi { paranoia } = self {
             // Lookups are logged from any header, including the protocol ones.
             for (name, value) in &inputs.all_headers {
-                let value = decode::decode_layers_cow(value);
-                if let Some(hit) = jndi::detect_in(&value, scan::Scan::bytes_of(&value), *paranoia) {
+                if let Some(hit) = jndi::detect_in_raw(value, *paranoia) {
                     return Some(Detection {
                         evidence: format!("{} in header {name}", hit.reason),
                     });

@@ -21,7 +21,7 @@
 //! `$sort`). `$comment` (also JSON Schema) and `$type` (also Json.NET) count only after a
 //! break-out.
 
-use super::decode::{excerpt, ByteSet};
+use super::decode::{excerpt, position_of, ByteSet};
 use super::inputs::Source;
 use super::scan::Scan;
 use super::Hit;
@@ -86,13 +86,20 @@ fn before_spaces(b: &[u8], at: usize) -> Option<u8> {
     b[..at].iter().rev().find(|c| !c.is_ascii_whitespace()).copied()
 }
 
-/// [`detect`] of a value whose scan is `scan` ([`Scan::of`] the value), from `source`.
+/// [`detect`] of a value whose scan is `scan` ([`Scan::of`] the value), from `source`. The first
+/// test is inlined into the caller's loop over the values: most stop there, without a call.
+#[inline]
 pub(crate) fn detect_in(value: &str, scan: Scan, paranoia: u8, source: Source) -> Option<Hit> {
-    let bytes = scan.bytes;
     // Every shape needs one of these: most values stop here, on one test of the scan.
-    if !bytes.any(ByteSet::of_bytes(b"$;&|(")) {
+    if !scan.bytes.any(ByteSet::of_bytes(b"$;&|(")) {
         return None;
     }
+    analyse(value, scan.bytes, paranoia, source)
+}
+
+/// [`detect_in`] past its first test.
+#[inline(never)]
+fn analyse(value: &str, bytes: ByteSet, paranoia: u8, source: Source) -> Option<Hit> {
     let dollar = bytes.has(b'$');
     let name = matches!(source, Source::QueryName | Source::BodyName);
     if name {
@@ -352,11 +359,7 @@ fn ident_before(b: &[u8], end: usize) -> &[u8] {
 /// comparison of constants (`1==1`, `'a'=='a`).
 fn javascript_after_break_out(b: &[u8]) -> Option<usize> {
     let mut from = 0;
-    while let Some(p) = b[from..]
-        .iter()
-        .position(|c| matches!(c, b';' | b'&' | b'|'))
-        .map(|p| from + p)
-    {
+    while let Some(p) = position_of(&b[from..], |c| matches!(c, b';' | b'&' | b'|')).map(|p| from + p) {
         let len = match b[p] {
             b';' => 1,
             c if b.get(p + 1) == Some(&c) => 2,

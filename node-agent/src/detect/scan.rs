@@ -4,7 +4,7 @@
 //! pass says it may be, the detector searches as it always did. So the scan decides how much
 //! work is done, never what is found.
 
-use super::decode::ByteSet;
+use super::decode::{ByteSet, ByteSetBuilder};
 use super::{cmdi, sqli, ssrf, traversal, xss};
 use aho_corasick::automaton::{Automaton, StateID};
 use aho_corasick::{dfa::DFA, Anchored};
@@ -19,11 +19,17 @@ pub struct Scan {
 
 impl Scan {
     pub fn of(value: &str) -> Scan {
-        let bytes = ByteSet::of(value);
-        Scan {
-            bytes,
-            needles: Needles::of(value, bytes),
-        }
+        let Some(finder) = FINDER.as_ref() else {
+            return Scan::bytes_of(value);
+        };
+        let (bytes, groups) = finder.bytes_and_groups_in(value);
+        // Known only for ASCII values without NUL bytes (see [`Needles`]).
+        let needles = if bytes.is_ascii() && !bytes.has(0) {
+            Needles(Some(groups))
+        } else {
+            Needles::UNKNOWN
+        };
+        Scan { bytes, needles }
     }
 
     /// The bytes only (cheaper; every substring "may" be there).
@@ -77,6 +83,8 @@ pub mod group {
     pub const SCRIPT_CALL: u32 = 1 << 26;
     /// `expression`, `script`, `document`… (see xss.rs).
     pub const COMPACT_WORD: u32 = 1 << 27;
+    /// `data:`, `binding`, `behavio` (see xss.rs).
+    pub const COLON_WORD: u32 = 1 << 28;
 }
 
 /// The substrings of each group (lower case).
@@ -111,6 +119,7 @@ fn groups() -> Vec<(u32, &'static [&'static str])> {
         (JNDI, &["jndi"]),
         (SCRIPT_CALL, xss::SCRIPT_CALLS),
         (COMPACT_WORD, xss::COMPACT_WORDS),
+        (COLON_WORD, xss::COLON_WORDS),
     ]
 }
 
@@ -122,19 +131,34 @@ struct Finder {
 }
 
 impl Finder {
-    /// The groups found in `value`: one DFA transition per byte. Every state where substrings
-    /// end lists all of them (those ending inside longer ones too), as an overlapping search
-    /// reports them.
-    fn groups_in(&self, value: &str) -> u32 {
+    /// The bytes of `value`, and the groups found in it: one DFA transition per byte. Every state
+    /// where substrings end lists all of them (those ending inside longer ones too), as an
+    /// overlapping search reports them. The byte set is built in the same loop: its work fits
+    /// in the time each transition waits for the one before.
+    fn bytes_and_groups_in(&self, value: &str) -> (ByteSet, u32) {
+        let mut bytes = ByteSetBuilder::default();
         let mut found = 0;
         let mut sid = self.start;
         for &b in value.as_bytes() {
+            bytes.add(b);
             sid = self.dfa.next_state(Anchored::No, sid, b.to_ascii_lowercase());
-            if self.dfa.is_special(sid) && self.dfa.is_match(sid) {
-                for i in 0..self.dfa.match_len(sid) {
-                    let pattern = self.dfa.match_pattern(sid, i).as_usize();
-                    found |= self.group_of.get(pattern).copied().unwrap_or(u32::MAX);
-                }
+            if self.dfa.is_special(sid) {
+                found |= self.groups_ending_at(sid);
+            }
+        }
+        (bytes.finish(), found)
+    }
+
+    /// The groups of the substrings that end at state `sid`. Out of the loop above, which then
+    /// keeps all it needs in registers.
+    #[cold]
+    #[inline(never)]
+    fn groups_ending_at(&self, sid: StateID) -> u32 {
+        let mut found = 0;
+        if self.dfa.is_match(sid) {
+            for i in 0..self.dfa.match_len(sid) {
+                let pattern = self.dfa.match_pattern(sid, i).as_usize();
+                found |= self.group_of.get(pattern).copied().unwrap_or(u32::MAX);
             }
         }
         found
@@ -167,16 +191,6 @@ pub struct Needles(Option<u32>);
 impl Needles {
     /// Nothing known: every group may be there.
     pub const UNKNOWN: Needles = Needles(None);
-
-    pub fn of(value: &str, bytes: ByteSet) -> Needles {
-        if !bytes.is_ascii() || bytes.has(0) {
-            return Needles::UNKNOWN;
-        }
-        let Some(finder) = FINDER.as_ref() else {
-            return Needles::UNKNOWN;
-        };
-        Needles(Some(finder.groups_in(value)))
-    }
 
     /// Whether a substring of one of `groups` may be in the value (in any ASCII case): false only
     /// when none is.

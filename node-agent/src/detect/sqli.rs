@@ -48,7 +48,12 @@ impl<'a> Tok<'a> {
     }
 
     fn is_any(&self, words: &[&str]) -> bool {
-        self.kind == Kind::Word && words.contains(&self.text)
+        // The length and the first byte first: most words differ there, without a call to memcmp.
+        let text = self.text.as_bytes();
+        self.kind == Kind::Word
+            && words.iter().any(|w| {
+                w.len() == text.len() && w.as_bytes().first() == text.first() && w.as_bytes() == text
+            })
     }
 
     fn is_op(&self, op: &str) -> bool {
@@ -56,7 +61,11 @@ impl<'a> Tok<'a> {
     }
 
     fn is_logic(&self) -> bool {
-        self.is_any(&["and", "or", "xor"]) || self.is_op("||") || self.is_op("&&")
+        match self.kind {
+            Kind::Word => matches!(self.text.as_bytes(), b"and" | b"or" | b"xor"),
+            Kind::Op => matches!(self.text.as_bytes(), b"||" | b"&&"),
+            _ => false,
+        }
     }
 
     fn is_cmp(&self) -> bool {
@@ -78,8 +87,20 @@ impl<'a> Tok<'a> {
 }
 
 fn is_word_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
+    WORD_BYTES[usize::from(b)]
 }
+
+/// [`is_word_byte`] as a table: the tokeniser asks it of most bytes.
+const WORD_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+        b += 1;
+    }
+    table
+};
 
 fn is_op_byte(b: u8) -> bool {
     matches!(
@@ -106,6 +127,17 @@ fn tokenize<'a>(s: &'a str) -> Vec<Tok<'a>> {
                 closed: true,
             })
         };
+        // Words first, the most common tokens: no other token starts with a word byte but a
+        // number, and no blank or comment does.
+        if is_word_byte(c) && !c.is_ascii_digit() {
+            let mut j = i + 1;
+            while j < b.len() && is_word_byte(b[j]) {
+                j += 1;
+            }
+            push(&mut out, Kind::Word, j);
+            i = j;
+            continue;
+        }
         if c.is_ascii_whitespace() || c == 0x0b || c == 0 {
             i += 1;
             continue;
@@ -242,9 +274,10 @@ fn tokenize<'a>(s: &'a str) -> Vec<Tok<'a>> {
                 const MULTI: &[&str] = &[
                     "<=>", "->>", "<>", "!=", "<=", ">=", "==", "||", "&&", "::", ":=", "<<", ">>", "->",
                 ];
+                // Most operator bytes (`/` in a path) start none of them: compare the first byte first.
                 let len = MULTI
                     .iter()
-                    .find(|m| s[i..].starts_with(**m))
+                    .find(|m| m.as_bytes()[0] == c && b[i..].starts_with(m.as_bytes()))
                     .map_or(1, |m| m.len());
                 push(&mut out, Kind::Op, i + len);
                 i += len;
@@ -920,17 +953,23 @@ const ANYWHERE_WORDS: &[&[&str]] = &[
 ];
 const ANYWHERE_PREFIXES: &[&str] = &["xp_", "dbms_", "utl_"];
 
-/// By first byte: the lengths of the words of [`ANYWHERE_WORDS`] (bit 63 for 63 or more), and
-/// every length from a prefix's on for [`ANYWHERE_PREFIXES`].
-const ANYWHERE_LENGTHS: [u64; 256] = {
-    let mut table = [0u64; 256];
+/// Where the lengths of words starting with `a`, `b` (0 for a one-byte word) are in
+/// [`ANYWHERE_LENGTHS`]: the low five bits of each (so digits share a row with some letters).
+const fn anywhere_row(a: u8, b: u8) -> usize {
+    (a as usize & 31) << 5 | (b as usize & 31)
+}
+
+/// By first two bytes ([`anywhere_row`]): the lengths of the words of [`ANYWHERE_WORDS`] (bit 63
+/// for 63 or more), and every length from a prefix's on for [`ANYWHERE_PREFIXES`].
+const ANYWHERE_LENGTHS: [u64; 1024] = {
+    let mut table = [0u64; 1024];
     let mut l = 0;
     while l < ANYWHERE_WORDS.len() {
         let mut w = 0;
         while w < ANYWHERE_WORDS[l].len() {
             let word = ANYWHERE_WORDS[l][w].as_bytes();
             let len = if word.len() < 63 { word.len() } else { 63 };
-            table[word[0] as usize] |= 1u64 << len;
+            table[anywhere_row(word[0], if word.len() > 1 { word[1] } else { 0 })] |= 1u64 << len;
             w += 1;
         }
         l += 1;
@@ -938,7 +977,7 @@ const ANYWHERE_LENGTHS: [u64; 256] = {
     let mut p = 0;
     while p < ANYWHERE_PREFIXES.len() {
         let prefix = ANYWHERE_PREFIXES[p].as_bytes();
-        table[prefix[0] as usize] |= u64::MAX << prefix.len();
+        table[anywhere_row(prefix[0], prefix[1])] |= u64::MAX << prefix.len();
         p += 1;
     }
     table
@@ -947,9 +986,11 @@ const ANYWHERE_LENGTHS: [u64; 256] = {
 /// Whether `word` may be one of [`ANYWHERE_WORDS`] or start with one of [`ANYWHERE_PREFIXES`]
 /// (false only when it is none).
 fn may_be_anywhere_word(word: &str) -> bool {
-    word.as_bytes()
-        .first()
-        .is_some_and(|&b| ANYWHERE_LENGTHS[usize::from(b)] & (1u64 << word.len().min(63)) != 0)
+    let w = word.as_bytes();
+    w.first().is_some_and(|&a| {
+        let row = anywhere_row(a, w.get(1).copied().unwrap_or(0));
+        ANYWHERE_LENGTHS[row] & (1u64 << w.len().min(63)) != 0
+    })
 }
 
 /// What follows a quote that closed the application's string (or a leading number in a numeric
@@ -1030,11 +1071,19 @@ pub fn detect(value: &str, paranoia: u8) -> Option<Hit> {
     detect_in(value, Scan::of(value), paranoia)
 }
 
-/// [`detect`] of a value whose scan is `scan` ([`Scan::of`] the value).
+/// [`detect`] of a value whose scan is `scan` ([`Scan::of`] the value). The prefilter is inlined
+/// into the caller's loop over the values: most stop there, without a call.
+#[inline]
 pub(crate) fn detect_in(value: &str, scan: Scan, paranoia: u8) -> Option<Hit> {
     if scan.bytes.is_ascii() && !prefilter(value, scan) {
         return None;
     }
+    analyse(value, scan, paranoia)
+}
+
+/// [`detect_in`] past the prefilter.
+#[inline(never)]
+fn analyse(value: &str, scan: Scan, paranoia: u8) -> Option<Hit> {
     let lower = super::decode::lower_folded_cow(value, scan.bytes);
     if let Some((reason, at)) = detect_lower(&lower, paranoia) {
         return Some(Hit {
@@ -1385,6 +1434,18 @@ pub(super) const KEYWORDS: &[&str] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_anywhere_filter_lets_every_word_and_prefix_through() {
+        for word in ANYWHERE_WORDS.iter().copied().flatten() {
+            assert!(may_be_anywhere_word(word), "{word}");
+        }
+        for prefix in ANYWHERE_PREFIXES {
+            assert!(may_be_anywhere_word(prefix), "{prefix}");
+            assert!(may_be_anywhere_word(&format!("{prefix}cmdshell")), "{prefix}");
+        }
+        assert!(!may_be_anywhere_word("com") && !may_be_anywhere_word("x"));
+    }
 
     fn hit(s: &str) -> bool {
         detect(s, 1).is_some()

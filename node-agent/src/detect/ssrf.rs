@@ -4,7 +4,7 @@
 //! IPv4, IPv4-mapped IPv6, wildcard-DNS names, Unicode look-alikes), non-HTTP schemes that
 //! clients follow (`gopher://`, `dict://`, `file://`...), and out-of-band callback domains.
 
-use super::decode::{excerpt, find_str, fold_unicode, AnyOf, ByteSet};
+use super::decode::{contains_str, excerpt, find_str, fold_unicode, position_of, AnyOf, ByteSet};
 use super::scan::{group, Scan};
 use super::Hit;
 use std::borrow::Cow;
@@ -219,13 +219,23 @@ impl Ssrf {
         }
         // A bare host, with an optional port and path: `localhost/`, `169.254.169.254/latest`.
         let trimmed = s.trim();
-        let token = trimmed.split(char::is_whitespace).next().unwrap_or("");
+        // Up to the first blank; in ASCII text blanks are single bytes, found without decoding.
+        let token_end = if bytes.is_ascii() {
+            trimmed
+                .bytes()
+                .position(|b| matches!(b, b'\t' | b'\n' | b'\x0b' | b'\x0c' | b'\r' | b' '))
+        } else {
+            trimmed.find(char::is_whitespace)
+        };
+        let token = &trimmed[..token_end.unwrap_or(trimmed.len())];
         if is_value
             && !token.is_empty()
-            && !token.contains("://")
+            && !contains_str(token, "://")
             && (token.len() == trimmed.len() || token.ends_with(':'))
         {
-            let host_end = token.find(['/', '?', '#', '\\']).unwrap_or(token.len());
+            // ASCII bytes, found byte by byte in any text.
+            let host_end = position_of(token.as_bytes(), |b| matches!(b, b'/' | b'?' | b'#' | b'\\'))
+                .unwrap_or(token.len());
             let host = strip_port(&token[..host_end]);
             // A single word ("metadata") is a word, not a host.
             let qualified = host.contains('.')
@@ -361,7 +371,9 @@ impl Ssrf {
         }
         // `example.com.127.0.0.1`: a name whose last labels are an address (more than four labels:
         // the text after the fourth dot from the end).
-        if let Some((dot, _)) = host.rmatch_indices('.').nth(3) {
+        // (Byte by byte: a search for each dot costs more on a host name's few dozen bytes.)
+        let fourth_dot_from_end = host.bytes().enumerate().rev().filter(|&(_, b)| b == b'.').nth(3);
+        if let Some((dot, _)) = fourth_dot_from_end {
             if let Some(addr) = parse_ipv4(&host[dot + 1..], false) {
                 if let Some(r) = self.ipv4(addr, false) {
                     return Some(r);
@@ -487,6 +499,15 @@ fn strip_port(host: &str) -> &str {
 /// last one filling the remaining bytes (`127.1`, `2130706433`, `0x7f.0.0.1`, `0177.0.0.01`).
 /// Without `numeric_ok` only the four-part form is accepted (a bare `10.5` is a number).
 fn parse_ipv4(host: &str, numeric_ok: bool) -> Option<Ipv4Addr> {
+    // Each part is decimal, octal or `0x` hex (`from_str_radix` also takes a leading `+`): a byte
+    // outside these fails its part, and the whole. Most host names stop at their first letter
+    // after `f`, before being split.
+    if !host
+        .bytes()
+        .all(|b| b.is_ascii_hexdigit() || matches!(b, b'.' | b'x' | b'+'))
+    {
+        return None;
+    }
     let mut parts = [""; 4];
     let mut count = 0;
     for part in host.split('.') {

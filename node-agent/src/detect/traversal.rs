@@ -139,7 +139,9 @@ pub fn detect(value: &str, paranoia: u8) -> Option<Hit> {
     detect_in(value, Scan::of(value), paranoia)
 }
 
-/// [`detect`] of a value whose scan is `scan` ([`Scan::of`] the value).
+/// [`detect`] of a value whose scan is `scan` ([`Scan::of`] the value). The quick tests are
+/// inlined into the caller's loop over the values: most stop there, without a call.
+#[inline]
 pub(crate) fn detect_in(value: &str, scan: Scan, paranoia: u8) -> Option<Hit> {
     let (bytes, needles) = (scan.bytes, scan.needles);
     let quick = (bytes.has(b'.') && value.as_bytes().contains(&b'.'))
@@ -150,6 +152,13 @@ pub(crate) fn detect_in(value: &str, scan: Scan, paranoia: u8) -> Option<Hit> {
     if !quick {
         return None;
     }
+    analyse(value, scan, paranoia)
+}
+
+/// [`detect_in`] past its quick tests.
+#[inline(never)]
+fn analyse(value: &str, scan: Scan, paranoia: u8) -> Option<Hit> {
+    let (bytes, needles) = (scan.bytes, scan.needles);
     // An ASCII value without NUL, `\\` or `0x` normalises to its lower-case form: when it has no
     // `..`, no sensitive file in any case (and, at paranoia 2, no `~` and no `c:/`), nothing below
     // can match, and the copy is not needed.

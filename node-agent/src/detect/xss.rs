@@ -24,8 +24,12 @@ pub(super) const SCRIPT_CALLS: &[&str] = &[
     "msgbox",
 ];
 
-/// Words of which each compact pattern without a `:` or an `@` needs one.
+/// Words of which each compact pattern without an `@` needs one, or one of [`COLON_WORDS`] and a `:`.
 pub(super) const COMPACT_WORDS: &[&str] = &["expression", "script", "fromcharcode", "document", "innerhtml"];
+
+/// The words of the compact patterns that need a `:` and none of [`COMPACT_WORDS`]: `data:` URLs,
+/// `-moz-binding:`, `behavior: url` and `binding: url`.
+pub(super) const COLON_WORDS: &[&str] = &["data:", "binding", "behavio"];
 
 /// Compiled patterns for one paranoia level.
 pub struct Xss {
@@ -203,7 +207,9 @@ impl Xss {
         self.detect_in(value, Scan::of(value))
     }
 
-    /// [`Xss::detect`] of a value whose scan is `scan` ([`Scan::of`] the value).
+    /// [`Xss::detect`] of a value whose scan is `scan` ([`Scan::of`] the value). The first tests
+    /// are inlined into the caller's loop over the values: most stop there, without a call.
+    #[inline]
     pub(crate) fn detect_in(&self, value: &str, scan: Scan) -> Option<Hit> {
         let bytes = scan.bytes;
         if !bytes.contains_any_of(value, ByteSet::of_bytes(b"<:=(`&\\+.")) {
@@ -215,6 +221,13 @@ impl Xss {
         {
             return None;
         }
+        self.read(value, scan)
+    }
+
+    /// [`Xss::detect_in`] past its first tests.
+    #[inline(never)]
+    fn read(&self, value: &str, scan: Scan) -> Option<Hit> {
+        let bytes = scan.bytes;
         // `s`, what the patterns read, and what is known of its bytes and substrings.
         let (s, set, needles): (Cow<str>, ByteSet, Needles) = if bytes.any(ByteSet::of_bytes(b"\\&")) {
             let unescaped = unescape_backslash(value);
@@ -257,9 +270,9 @@ impl Xss {
             }
         }
         let compact = compact(&s);
-        // Every compact pattern needs a `:`, an `@` or one of the compact words.
+        // When nothing was taken out, the compact patterns need what [`compact_may`] says.
         let compact_may = match &compact {
-            Cow::Borrowed(_) => set.any(ByteSet::of_bytes(b":@")) || needles.may(group::COMPACT_WORD),
+            Cow::Borrowed(_) => compact_may(set, needles),
             Cow::Owned(_) => true,
         };
         if compact_may
@@ -286,7 +299,7 @@ impl Xss {
     /// `bytes` exact): whether the three steps of [`Xss::detect_in`] would all be skipped, which
     /// is known without the lower-cased copy. Text patterns need what `text_may` needs; the
     /// compacted value is the value itself without control bytes and `/*`, and then compact
-    /// patterns need a `:`, an `@` or a compact word; short tags need a `<`.
+    /// patterns need what [`compact_may`] says; short tags need a `<`.
     fn nothing_to_read(&self, bytes: ByteSet, needles: Needles) -> bool {
         const CONTROL: ByteSet = ByteSet::of_bytes(&[
             0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26,
@@ -297,9 +310,14 @@ impl Xss {
             || set.any(ByteSet::of_bytes(b"<=`[+"))
             || (set.has(b'(') && needles.may(group::SCRIPT_CALL));
         let compact_is_value = !set.any(CONTROL) && !set.may_contain("/*");
-        let compact_may = set.any(ByteSet::of_bytes(b":@")) || needles.may(group::COMPACT_WORD);
-        !text_may && compact_is_value && !compact_may && !set.has(b'<')
+        !text_may && compact_is_value && !compact_may(set, needles) && !set.has(b'<')
     }
+}
+
+/// Whether a compact pattern may match text whose bytes are `set` and whose substrings are
+/// `needles`: each needs an `@`, a compact word, or a `:` and a colon word.
+fn compact_may(set: ByteSet, needles: Needles) -> bool {
+    set.has(b'@') || needles.may(group::COMPACT_WORD) || (set.has(b':') && needles.may(group::COLON_WORD))
 }
 
 /// Removes `<x>`-like tags of at most 8 characters.
