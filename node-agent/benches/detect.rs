@@ -1,4 +1,4 @@
-//! Cost of request inspection: `Inputs::collect` plus the six injection detectors at paranoia 1,
+//! Cost of request inspection: `Inputs::collect` plus the seven injection detectors at paranoia 1,
 //! one request at a time, on typical API requests (and one attack for comparison).
 //!
 //! ```text
@@ -123,7 +123,7 @@ fn detect(c: &mut Criterion) {
             black_box(inspect(&rules, black_box(&view)));
         });
     }
-    let mut group = c.benchmark_group("collect + six detectors, paranoia 1");
+    let mut group = c.benchmark_group("collect + seven injection detectors, paranoia 1");
     group.throughput(Throughput::Elements(1));
     group.measurement_time(Duration::from_secs(3));
     for req in requests {

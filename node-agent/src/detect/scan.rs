@@ -1,4 +1,4 @@
-//! One pass over a value, shared by the six detectors: which ASCII bytes it has ([`ByteSet`]) and
+//! One pass over a value, shared by the injection detectors: which ASCII bytes it has ([`ByteSet`]) and
 //! which of the substrings the detectors search for are in it ([`Needles`]). A detector skips a
 //! search (or a whole analysis) when the pass says that what it looks for is not there; when the
 //! pass says it may be, the detector searches as it always did. So the scan decides how much
