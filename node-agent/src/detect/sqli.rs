@@ -1151,7 +1151,9 @@ fn detect_lower(s: &str, paranoia: u8) -> Option<(&'static str, usize)> {
     if get(v, 0).is_some_and(|t| t.is_any(&["and", "or", "xor"])) && logic_tail(v, 0, true) {
         return Some(("boolean condition", 0));
     }
-    if let Some(p) = literal_condition(v).or_else(|| shapes::keyword_condition(v)) {
+    // Both look only at what follows a boolean operator: one pass says whether there is one.
+    let condition = || literal_condition(v).or_else(|| shapes::keyword_condition(v));
+    if let Some(p) = v.iter().any(Tok::is_logic).then(condition).flatten() {
         return Some(("constant condition", p));
     }
     if expression_then_comment(&bare) {
