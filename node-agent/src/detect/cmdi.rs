@@ -677,20 +677,7 @@ fn word_byte(b: u8) -> bool {
 }
 
 /// [`word_byte`] as a table: asked of every byte of the first word of most values.
-const WORD_BYTES: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        table[b] = c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'_' | b'.' | b'/' | b'?' | b'*' | b'-' | b'~' | b'+' | b'[' | b']'
-            );
-        b += 1;
-    }
-    table
-};
+const WORD_BYTES: [bool; 256] = super::decode::word_byte_table(b"_./?*-~+[]", false);
 
 /// Where the word at `i` is (after blanks, `(`, `{`, and an unset variable: `;$u cat x`). The
 /// same in any ASCII case.

@@ -510,6 +510,24 @@ pub fn find_str(haystack: &str, needle: &str) -> Option<usize> {
     None
 }
 
+/// A table indexed by byte, true for ASCII letters and digits, for the bytes of `extra`, and for
+/// every byte from 0x80 when `non_ascii`: a word-byte test that hot loops ask of most bytes.
+pub(crate) const fn word_byte_table(extra: &[u8], non_ascii: bool) -> [bool; 256] {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || (non_ascii && c >= 0x80);
+        b += 1;
+    }
+    let mut i = 0;
+    while i < extra.len() {
+        table[extra[i] as usize] = true;
+        i += 1;
+    }
+    table
+}
+
 /// The position of the first byte of `s` that `is` holds for. Each block of 16 bytes is first
 /// tested whole, without an early exit, which the compiler turns into a few vector compares;
 /// only the block with such a byte is then read byte by byte. For a rare byte in a long value
@@ -612,6 +630,21 @@ pub fn excerpt(s: &str, at: usize, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn word_byte_tables_hold_letters_digits_and_the_extra_bytes() {
+        let cmdi = word_byte_table(b"_./?*-~+[]", false);
+        let sqli = word_byte_table(b"_$", true);
+        for b in 0..=255u8 {
+            let word = b.is_ascii_alphanumeric();
+            assert_eq!(cmdi[usize::from(b)], word || b"_./?*-~+[]".contains(&b), "{b:#x}");
+            assert_eq!(
+                sqli[usize::from(b)],
+                word || b == b'_' || b == b'$' || b >= 0x80,
+                "{b:#x}"
+            );
+        }
+    }
 
     #[test]
     fn position_of_finds_the_first_byte_in_any_block() {

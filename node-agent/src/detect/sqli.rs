@@ -91,16 +91,7 @@ fn is_word_byte(b: u8) -> bool {
 }
 
 /// [`is_word_byte`] as a table: the tokeniser asks it of most bytes.
-const WORD_BYTES: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        table[b] = c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
-        b += 1;
-    }
-    table
-};
+const WORD_BYTES: [bool; 256] = super::decode::word_byte_table(b"_$", true);
 
 fn is_op_byte(b: u8) -> bool {
     matches!(
