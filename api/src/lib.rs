@@ -1,6 +1,7 @@
 //! Palisade's public API: the `ApiMonitor` and `ApiPolicy` custom resources
 //! (`palisade.dev/v1alpha1`), the operator–agent gRPC protocol, and OpenAPI documents read from
-//! `spec.openApi` or written from a monitor's discovered endpoints ([`openapi`]), and typed
+//! `spec.openApi` or written from a monitor's discovered endpoints ([`openapi`]), the vocabulary
+//! of that endpoint inventory ([`inventory`]), and typed
 //! `wgpolicyk8s.io` PolicyReports, which the operator writes when their CRD is installed
 //! ([`policy_report`]).
 //!
@@ -11,6 +12,7 @@
 
 pub mod crdgen;
 pub mod duration;
+pub mod inventory;
 pub mod openapi;
 pub mod policy_report;
 pub mod v1alpha1;

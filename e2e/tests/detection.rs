@@ -227,6 +227,72 @@ async fn benign_traffic_is_quiet_and_each_scripted_attack_is_found_and_announced
         },
     )
     .await?;
+    // The inventory says how each endpoint is used: credentials, media types, personal data in
+    // responses, latency; never a credential or a value.
+    let monitor = wait_for_object(
+        cp,
+        "the inventory's observations",
+        ("apimonitor", "demo", "demo-api"),
+        WAIT,
+        |m| {
+            let items = m.pointer("/status/endpoints/items")?.as_array()?.clone();
+            let find = |method: &str, path: &str| {
+                items
+                    .iter()
+                    .find(|e| e["method"] == method && e["path"] == path)
+                    .cloned()
+            };
+            let names = |e: &serde_json::Value, field: &str| -> Vec<String> {
+                e[field]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            };
+            let card = find("GET", "/users/{id}/card")?;
+            let users = find("GET", "/users/{id}")?;
+            let login = find("POST", "/login")?;
+            let ready = names(&card, "piiTypes").contains(&"card".to_string())
+                && names(&users, "authSchemes") == ["none", "bearer"]
+                && names(&login, "requestContentTypes") == ["application/json"]
+                && names(&login, "responseContentTypes") == ["application/json"];
+            ready.then(|| m.clone())
+        },
+    )
+    .await?;
+    for item in monitor
+        .pointer("/status/endpoints/items")
+        .and_then(|i| i.as_array())
+        .into_iter()
+        .flatten()
+    {
+        let latency = &item["latency"];
+        let buckets: u64 = latency["buckets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|b| b["count"].as_u64())
+            .sum();
+        assert_eq!(
+            Some(buckets),
+            item["requests"].as_u64(),
+            "every exchange has a latency: {item:#}"
+        );
+        let (p50, p99, max) = (
+            latency["p50Micros"].as_u64().unwrap_or(0),
+            latency["p99Micros"].as_u64().unwrap_or(0),
+            latency["maxMicros"].as_u64().unwrap_or(0),
+        );
+        assert!(0 < p50 && p50 <= p99 && p99 <= max, "{item:#}");
+    }
+    let described = cp.kubectl_ok(&["describe", "apimonitor", "demo-api", "-n", "demo"])?;
+    println!("{described}");
+    assert!(described.contains("Auth Schemes:"), "{described}");
+    assert!(
+        !described.contains(TOKEN.trim_start_matches("Bearer ")),
+        "{described}"
+    );
     assert!(evidence("id-enumeration", "/users/{id}").contains("distinct object IDs of GET /users/{id}"));
     assert!(evidence("credential-stuffing", "/login").contains("failed attempts (401/403)"));
     assert!(evidence("missing-auth", "/users/{id}").contains("without credentials"));

@@ -5,6 +5,7 @@ pub mod cidr;
 pub mod detect;
 pub mod features;
 pub mod http;
+pub mod inventory;
 pub mod isolation;
 pub mod metrics;
 pub mod openapi;

@@ -8,6 +8,7 @@ use crate::cidr::{traffic_class, Cidr};
 use crate::detect::behaviour::ExchangeView;
 use crate::detect::{CompiledRule, Inputs, RequestView};
 use crate::http::{CaptureLimits, Exchange, HttpEvent, HttpTracker, PodRole, Request};
+use crate::inventory::{media_type, ExchangeFacts, MonitorPending};
 use crate::metrics::AgentMetrics;
 use crate::openapi::OpenApiIndex;
 use crate::redact::{self, Redactor};
@@ -15,8 +16,8 @@ use crate::response::{BlockRequest, Responder};
 use crate::template::template_path;
 use crate::workloads::find_pod_cgroup;
 use palisade_api::agent::{
-    AgentReport, CaptureStats, EndpointDelta, FeatureProbe, Finding, MonitorConfig, MonitorReport,
-    NodeConfig, ObjectRef, PolicyReport, RuleConfig, TlsCoverage,
+    AgentReport, CaptureStats, FeatureProbe, Finding, MonitorConfig, MonitorReport, NodeConfig, ObjectRef,
+    PolicyReport, RuleConfig, TlsCoverage,
 };
 use palisade_common::{BlockKey, BlockValue, CaptureCounters, CaptureHeader};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -241,86 +242,6 @@ fn record_finding(
         .or_insert(fresh);
     entry.count += 1;
     entry.last_seen_unix_ms = now_ms;
-}
-
-#[derive(Default)]
-struct EndpointCounter {
-    count: u64,
-    east_west: u64,
-    exceptions: u64,
-    last_seen_unix_ms: i64,
-}
-
-impl MonitorPending {
-    /// The counter of one endpoint and status, made when missing unless `cap` endpoints are
-    /// known already (`None`). Looked up by borrowed strings: nothing is allocated for an
-    /// endpoint seen before.
-    fn counter(&mut self, method: &str, path: &str, status: u32, cap: usize) -> Option<&mut EndpointCounter> {
-        if !self
-            .endpoints
-            .get(method)
-            .is_some_and(|paths| paths.contains_key(path))
-        {
-            if self.known >= cap {
-                return None;
-            }
-            self.known += 1;
-            self.endpoints
-                .entry(method.to_string())
-                .or_default()
-                .insert(path.to_string(), Vec::new());
-        }
-        let statuses = self.endpoints.get_mut(method)?.get_mut(path)?;
-        let i = match statuses.iter().position(|(s, _)| *s == status) {
-            Some(i) => i,
-            None => {
-                statuses.push((status, EndpointCounter::default()));
-                statuses.len() - 1
-            }
-        };
-        Some(&mut statuses[i].1)
-    }
-
-    /// Whether anything was counted since the last report.
-    fn has_deltas(&self) -> bool {
-        self.overflow_requests > 0
-            || self
-                .endpoints
-                .values()
-                .any(|paths| paths.values().any(|statuses| !statuses.is_empty()))
-    }
-
-    /// Takes the endpoint counts and overflow accumulated since the last report (sorted by
-    /// method, path and status); the endpoints stay known.
-    fn take_deltas(&mut self) -> (Vec<EndpointDelta>, u64) {
-        let mut endpoints = vec![];
-        for (method, paths) in &mut self.endpoints {
-            for (path, statuses) in paths {
-                endpoints.extend(statuses.drain(..).map(|(status, c)| EndpointDelta {
-                    method: method.clone(),
-                    path: path.clone(),
-                    status,
-                    count: c.count,
-                    last_seen_unix_ms: c.last_seen_unix_ms,
-                    east_west: c.east_west,
-                    exceptions: c.exceptions,
-                }));
-            }
-        }
-        endpoints.sort_by(|a, b| (&a.method, &a.path, a.status).cmp(&(&b.method, &b.path, b.status)));
-        (endpoints, std::mem::take(&mut self.overflow_requests))
-    }
-}
-
-#[derive(Default)]
-struct MonitorPending {
-    /// Method → path template → counts per status since the last report. Endpoints stay when
-    /// their counts are taken: the keys are every endpoint seen since start (bounded by the
-    /// monitor's cap).
-    endpoints: rustc_hash::FxHashMap<String, rustc_hash::FxHashMap<String, Vec<(u32, EndpointCounter)>>>,
-    /// Endpoints in `endpoints`.
-    known: usize,
-    overflow_requests: u64,
 }
 
 pub struct Runtime<B: CaptureBackend> {
@@ -1423,13 +1344,19 @@ impl<B: CaptureBackend> Runtime<B> {
     /// RED metrics and the endpoint inventory. Runs for every captured exchange: borrows the
     /// monitor's name, the method and (when it is its own template) the path.
     fn count_endpoint(&mut self, pod: &WatchedPod, ex: &Exchange) {
-        let now_ms = self.unix_ms(ex.request.timestamp_ns + ex.latency_ns);
         let template = template_path(&ex.request.target);
         let method = ex.request.method.as_str();
-        // Server errors that show a stack trace or a debug page (APM), when bodies are captured.
-        let exception = ex.status >= 500 && crate::detect::exposure::shows_exception(&ex.response.body);
-        let east_west =
-            !self.record_is_tls && traffic_class(&self.cluster_cidrs, ex.request.remote.0) == "east-west";
+        let mut facts = ExchangeFacts {
+            now_ms: self.unix_ms(ex.request.timestamp_ns + ex.latency_ns),
+            // Server errors that show a stack trace or a debug page (APM), when bodies are captured.
+            exception: ex.status >= 500 && crate::detect::exposure::shows_exception(&ex.response.body),
+            east_west: !self.record_is_tls
+                && traffic_class(&self.cluster_cidrs, ex.request.remote.0) == "east-west",
+            response_type: ex.response.headers.get("content-type").and_then(media_type),
+            latency_micros: ex.latency_ns / 1_000,
+            ..Default::default()
+        };
+        facts.read_request(&ex.request.headers);
         for &index in &pod.monitors {
             let (Some(monitor), Some(monitor_key)) = (self.monitor(index), self.monitor_keys.get(index))
             else {
@@ -1446,8 +1373,9 @@ impl<B: CaptureBackend> Runtime<B> {
                 path: &template,
                 status: ex.status,
                 seconds: ex.latency_ns as f64 / 1e9,
-                exception,
+                exception: facts.exception,
             });
+            let bodies = monitor.capture.as_ref().is_some_and(|c| c.bodies);
             // Looked up once per exchange; the key is cloned only for a monitor's first one.
             let pending = match self.monitors_pending.get_mut(monitor_key) {
                 Some(pending) => pending,
@@ -1457,10 +1385,10 @@ impl<B: CaptureBackend> Runtime<B> {
                 pending.overflow_requests += 1;
                 continue;
             };
-            counter.count += 1;
-            counter.exceptions += u64::from(exception);
-            counter.east_west += u64::from(east_west);
-            counter.last_seen_unix_ms = now_ms;
+            counter.add(&facts);
+            if bodies {
+                counter.sample_body(&ex.response.body);
+            }
         }
     }
 
@@ -1480,11 +1408,14 @@ impl<B: CaptureBackend> Runtime<B> {
         self.record_loss_metrics(&counters);
         self.raise_capture_loss(&counters);
         let mut monitors = vec![];
-        for m in &self.config.monitors {
+        for (i, m) in self.config.monitors.iter().enumerate() {
             let k = key(&m.monitor);
-            let pending = self.monitors_pending.get_mut(&k);
-            let (endpoints, overflow_requests) = match pending {
-                Some(p) => p.take_deltas(),
+            let redactor = self.redactors.get(i);
+            let redact = |text: &str| {
+                redactor.map_or_else(|| redact::redact_text(text).into_owned(), |r| r.text(text))
+            };
+            let (endpoints, overflow_requests) = match self.monitors_pending.get_mut(&k) {
+                Some(p) => p.take_deltas(&redact),
                 None => (vec![], 0),
             };
             monitors.push(MonitorReport {
@@ -1583,7 +1514,8 @@ impl<B: CaptureBackend> Runtime<B> {
             if !pending.has_deltas() {
                 continue;
             }
-            let (endpoints, overflow_requests) = pending.take_deltas();
+            let (endpoints, overflow_requests) =
+                pending.take_deltas(&|text| redact::redact_text(text).into_owned());
             monitors.push(MonitorReport {
                 monitor: Some(ObjectRef {
                     namespace: k.0.clone(),
@@ -1700,18 +1632,10 @@ impl<B: CaptureBackend> Runtime<B> {
     /// Puts back the deltas of a report that was not delivered, so nothing is lost.
     pub fn restore(&mut self, report: AgentReport) {
         for m in report.monitors {
-            let pending = self.monitors_pending.entry(key(&m.monitor)).or_default();
-            pending.overflow_requests += m.overflow_requests;
-            for e in m.endpoints {
-                // Endpoints of an undelivered report were counted under the cap already.
-                let Some(c) = pending.counter(&e.method, &e.path, e.status, usize::MAX) else {
-                    continue;
-                };
-                c.count += e.count;
-                c.east_west += e.east_west;
-                c.exceptions += e.exceptions;
-                c.last_seen_unix_ms = c.last_seen_unix_ms.max(e.last_seen_unix_ms);
-            }
+            self.monitors_pending
+                .entry(key(&m.monitor))
+                .or_default()
+                .restore(&m.endpoints, m.overflow_requests);
         }
         for p in report.policies {
             if let Some(policy) = &p.policy {
@@ -2338,6 +2262,60 @@ mod tests {
         assert_eq!(rt.attached_pods(), 0);
         exchange(&mut rt, 70, "/users/3", 200, 8080);
         assert!(rt.take_report().monitors[0].endpoints.is_empty());
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn the_inventory_keeps_credentials_media_types_personal_data_and_latency_but_no_secret() {
+        let root = std::env::temp_dir().join(format!("palisade-runtime-inventory-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("kubepods/besteffort/poduid-a")).expect("mkdir");
+        for bodies in [true, false] {
+            let mut rt = runtime(&root);
+            let mut cfg = config(1, vec![target("uid-a", "a")]);
+            cfg.policies.clear();
+            cfg.monitors[0].capture = Some(CaptureConfig {
+                max_header_bytes: 8192,
+                bodies,
+                max_body_bytes: 4096,
+                ..Default::default()
+            });
+            rt.apply(cfg);
+            let exchange = |rt: &mut Runtime<FakeBackend>, seq: u32, credentials: &str| {
+                let body = r#"{"user":"ann"}"#;
+                rt.on_record(
+                    &record(DIRECTION_INGRESS, seq, 1001, 8080),
+                    format!(
+                        "POST /users HTTP/1.1\r\nHost: x\r\n{credentials}Content-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                );
+                let answer = r#"{"id":7,"email":"ann@example.com"}"#;
+                rt.on_record(
+                    &record(DIRECTION_EGRESS, seq + 1, 1001, 8080),
+                    format!(
+                        "HTTP/1.1 201 Created\r\nContent-Type: Application/JSON\r\nContent-Length: {}\r\n\r\n{answer}",
+                        answer.len()
+                    )
+                    .as_bytes(),
+                );
+            };
+            exchange(&mut rt, 10, "Authorization: Bearer hunter2-token\r\n");
+            exchange(&mut rt, 20, "");
+            let report = rt.take_report();
+            let [e] = &report.monitors[0].endpoints[..] else {
+                panic!("one endpoint and status: {:?}", report.monitors[0].endpoints)
+            };
+            assert_eq!((e.path.as_str(), e.status, e.count), ("/users", 201, 2));
+            assert_eq!(e.auth_schemes, ["none", "bearer"]);
+            assert_eq!(e.request_content_types, ["application/json"]);
+            assert_eq!(e.response_content_types, ["application/json"]);
+            let pii: &[&str] = if bodies { &["email"] } else { &[] };
+            assert_eq!(e.pii_types, pii, "bodies captured: {bodies}");
+            assert_eq!(e.latency_buckets.iter().sum::<u64>(), 2);
+            let text = format!("{report:?}");
+            assert!(!text.contains("hunter2") && !text.contains("ann@"), "{text}");
+        }
         let _ = std::fs::remove_dir_all(&root);
     }
 

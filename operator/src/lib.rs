@@ -4,6 +4,7 @@
 
 pub mod compile;
 pub mod grpc;
+pub mod inventory;
 pub mod isolation;
 pub mod metrics;
 pub mod monitor_controller;

@@ -15,8 +15,8 @@ use crate::Error;
 use kube::runtime::controller::Action;
 use kube::ResourceExt;
 use palisade_api::v1alpha1::{
-    ApiMonitor, ApiMonitorStatus, CommonStatus, EndpointInventory, EndpointStatus, StatusCount,
-    TlsCoverageStatus, TlsPodCoverage, MAX_ENDPOINTS_IN_STATUS,
+    ApiMonitor, ApiMonitorStatus, CommonStatus, EndpointInventory, EndpointStatus, TlsCoverageStatus,
+    TlsPodCoverage, MAX_ENDPOINTS_IN_STATUS,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,20 +84,8 @@ pub fn desired_status(monitor: &ApiMonitor, hub: &Hub) -> ApiMonitorStatus {
         .endpoints
         .iter()
         .map(|((method, path), t)| EndpointStatus {
-            method: method.clone(),
-            path: path.clone(),
-            requests: t.requests,
-            east_west_requests: t.east_west,
-            exceptions: t.exceptions,
-            statuses: t
-                .statuses
-                .iter()
-                .map(|(code, count)| StatusCount {
-                    code: *code,
-                    count: *count,
-                })
-                .collect(),
             last_seen: (t.last_seen_unix_ms > 0).then(|| unix_ms_to_time(t.last_seen_unix_ms)),
+            ..t.status(method, path)
         })
         .collect();
     items.sort_by(|a, b| {

@@ -5,6 +5,7 @@
 //! documents parsed (see [`crate::openapi_source`]).
 
 use crate::compile;
+use crate::inventory::EndpointTotals;
 use crate::openapi_source::{load_document, ConfigMapKey, ConfigMapState, OpenApiDocument, OpenApiSource};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -46,16 +47,6 @@ pub struct AgentState {
     pub capture: agent::CaptureStats,
     /// The agent's last account of each isolation (a full state).
     pub isolations: HashMap<ObjectKey, agent::IsolationReport>,
-}
-
-/// Accumulated counts for one endpoint of one monitor.
-#[derive(Default, Clone, Debug)]
-pub struct EndpointTotals {
-    pub requests: u64,
-    pub east_west: u64,
-    pub exceptions: u64,
-    pub statuses: BTreeMap<u16, u64>,
-    pub last_seen_unix_ms: i64,
 }
 
 #[derive(Default, Clone, Debug)]
@@ -392,12 +383,7 @@ impl Hub {
                         tele.overflow_requests += e.count;
                         continue;
                     }
-                    let totals = tele.endpoints.entry(id).or_default();
-                    totals.requests += e.count;
-                    totals.east_west += e.east_west;
-                    totals.exceptions += e.exceptions;
-                    *totals.statuses.entry(e.status.min(999) as u16).or_default() += e.count;
-                    totals.last_seen_unix_ms = totals.last_seen_unix_ms.max(e.last_seen_unix_ms);
+                    tele.endpoints.entry(id).or_default().add(e);
                 }
                 touched_monitors.push(key);
             }
@@ -509,18 +495,10 @@ impl Hub {
         let tele = inner.monitors.entry(key.clone()).or_default();
         tele.overflow_requests += status.endpoints.overflow_requests;
         for item in &status.endpoints.items {
-            let t = tele
-                .endpoints
+            tele.endpoints
                 .entry((item.method.clone(), item.path.clone()))
-                .or_default();
-            t.requests += item.requests;
-            t.east_west += item.east_west_requests;
-            t.exceptions += item.exceptions;
-            for s in &item.statuses {
-                *t.statuses.entry(s.code).or_default() += s.count;
-            }
-            let seen = item.last_seen.as_ref().map(|t| t.0.as_millisecond()).unwrap_or(0);
-            t.last_seen_unix_ms = t.last_seen_unix_ms.max(seen);
+                .or_default()
+                .seed(item);
         }
     }
 
@@ -842,6 +820,7 @@ mod tests {
                     last_seen_unix_ms: 5,
                     east_west: 1,
                     exceptions: 0,
+                    ..Default::default()
                 }],
                 ..Default::default()
             }],

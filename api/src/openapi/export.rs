@@ -1,6 +1,7 @@
 //! An OpenAPI 3.0.3 document from a monitor's discovered endpoints.
 
 use super::OPERATION_METHODS;
+use crate::inventory::AuthScheme;
 use crate::v1alpha1::{ApiMonitorStatus, EndpointStatus};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeSet;
@@ -15,6 +16,12 @@ use std::collections::BTreeSet;
 ///   `{id2}`, `{id3}` (`/users/{id}/orders/{id}` is written `/users/{id}/orders/{id2}`);
 /// - `responses` keyed by the status codes seen, each with `x-palisade-count`, or `default`
 ///   when no response was seen;
+/// - `requestBody` with the request media types seen; the response media types, kinds of
+///   personal data and latency percentiles as `x-palisade-…` extensions;
+/// - `security` from the credentials requests presented, with their schemes under
+///   `components.securitySchemes` (an empty requirement when some requests had none: auth is
+///   optional there); every scheme seen is also listed in `x-palisade-auth-schemes`, since a
+///   cookie's name, which OpenAPI needs, is not recorded;
 /// - methods OpenAPI has no operation field for (WebDAV's `PROPFIND`, ...) under the path item's
 ///   `x-palisade-other-operations`, so the document stays valid.
 ///
@@ -23,6 +30,7 @@ use std::collections::BTreeSet;
 pub fn inventory_to_openapi(monitor_name: &str, status: &ApiMonitorStatus) -> Value {
     let inventory = &status.endpoints;
     let mut paths = Map::new();
+    let mut security_schemes = Map::new();
     let mut operation_ids = BTreeSet::new();
     let mut items: Vec<&EndpointStatus> = inventory.items.iter().collect();
     items.sort_by(|a, b| (&a.path, &a.method).cmp(&(&b.path, &b.method)));
@@ -37,7 +45,8 @@ pub fn inventory_to_openapi(monitor_name: &str, status: &ApiMonitorStatus) -> Va
             }
             id = format!("{id}_{n}");
         }
-        let operation = operation(item, id, &params);
+        let mut operation = operation(item, id, &params);
+        add_security(&mut operation, &item.auth_schemes, &mut security_schemes);
         let Value::Object(path_item) = paths.entry(path).or_insert_with(|| json!({})) else {
             continue;
         };
@@ -67,7 +76,7 @@ pub fn inventory_to_openapi(monitor_name: &str, status: &ApiMonitorStatus) -> Va
         ));
     }
     description.push_str(". Identifiers in paths are templated as path parameters.");
-    json!({
+    let mut document = json!({
         "openapi": "3.0.3",
         "info": {
             "title": format!("{monitor_name} (discovered by Palisade)"),
@@ -78,7 +87,55 @@ pub fn inventory_to_openapi(monitor_name: &str, status: &ApiMonitorStatus) -> Va
         "x-palisade-monitor": monitor_name,
         "x-palisade-endpoints-total": total,
         "x-palisade-overflow-requests": inventory.overflow_requests,
-    })
+    });
+    if !security_schemes.is_empty() {
+        document["components"] = json!({"securitySchemes": security_schemes});
+    }
+    document
+}
+
+/// The OpenAPI security scheme for credentials presented as `scheme`, under a component name;
+/// `None` for no credentials and for cookies (their name is not recorded).
+fn security_scheme(scheme: AuthScheme) -> Option<(&'static str, Value)> {
+    let http = |name, scheme| Some((name, json!({"type": "http", "scheme": scheme})));
+    let header = |name, header| Some((name, json!({"type": "apiKey", "in": "header", "name": header})));
+    match scheme {
+        AuthScheme::None | AuthScheme::Cookie => None,
+        AuthScheme::Bearer => http("bearerAuth", "bearer"),
+        AuthScheme::Basic => http("basicAuth", "basic"),
+        AuthScheme::Digest => http("digestAuth", "digest"),
+        AuthScheme::Negotiate => http("negotiateAuth", "negotiate"),
+        AuthScheme::OtherAuthorization => header("authorizationHeader", "Authorization"),
+        AuthScheme::XApiKey => header("xApiKey", "X-Api-Key"),
+        AuthScheme::ApiKey => header("apiKey", "Api-Key"),
+        AuthScheme::XAuthToken => header("xAuthToken", "X-Auth-Token"),
+        AuthScheme::XAccessToken => header("xAccessToken", "X-Access-Token"),
+    }
+}
+
+/// An operation's `security` and `x-palisade-auth-schemes` from the schemes its requests
+/// presented; the schemes used go to `components`.
+fn add_security(operation: &mut Value, seen: &[String], components: &mut Map<String, Value>) {
+    let schemes: Vec<AuthScheme> = seen.iter().filter_map(|s| AuthScheme::parse(s)).collect();
+    if schemes.is_empty() {
+        return;
+    }
+    let mut requirements: Vec<Value> = vec![];
+    for scheme in &schemes {
+        if let Some((name, definition)) = security_scheme(*scheme) {
+            components.insert(name.to_string(), definition);
+            requirements.push(json!({ name: [] }));
+        }
+    }
+    if !requirements.is_empty() && schemes.contains(&AuthScheme::None) {
+        requirements.push(json!({}));
+    }
+    if let Value::Object(map) = operation {
+        if !requirements.is_empty() {
+            map.insert("security".into(), Value::Array(requirements));
+        }
+        map.insert("x-palisade-auth-schemes".into(), json!(seen));
+    }
 }
 
 fn operation(item: &EndpointStatus, operation_id: String, params: &[String]) -> Value {
@@ -124,6 +181,29 @@ fn operation(item: &EndpointStatus, operation_id: String, params: &[String]) -> 
     if let Value::Object(map) = &mut op {
         if !parameters.is_empty() {
             map.insert("parameters".into(), Value::Array(parameters));
+        }
+        if !item.request_content_types.is_empty() {
+            let content: Map<String, Value> = item
+                .request_content_types
+                .iter()
+                .map(|t| (t.clone(), json!({})))
+                .collect();
+            map.insert("requestBody".into(), json!({ "content": content }));
+        }
+        if !item.response_content_types.is_empty() {
+            map.insert(
+                "x-palisade-response-content-types".into(),
+                json!(item.response_content_types),
+            );
+        }
+        if !item.pii_types.is_empty() {
+            map.insert("x-palisade-pii-types".into(), json!(item.pii_types));
+        }
+        if let Some(l) = &item.latency {
+            map.insert(
+                "x-palisade-latency".into(),
+                json!({"p50Micros": l.p50_micros, "p99Micros": l.p99_micros, "maxMicros": l.max_micros}),
+            );
         }
         if let Some(seen) = &item.last_seen {
             map.insert("x-palisade-last-seen".into(), json!(seen.0.to_string()));
@@ -244,7 +324,7 @@ mod tests {
                     count: *count,
                 })
                 .collect(),
-            last_seen: None,
+            ..Default::default()
         }
     }
 
@@ -334,6 +414,61 @@ mod tests {
         );
         let yaml = serde_yaml::to_string(&doc).unwrap_or_default();
         assert_eq!(parse_operations(&yaml).map(|o| o.len()), Ok(3), "{yaml}");
+    }
+
+    #[test]
+    fn observed_credentials_media_types_and_latency_are_written_as_openapi() {
+        let mut login = endpoint("POST", "/login", 3, &[(200, 2), (401, 1)]);
+        login.request_content_types = vec!["application/json".into()];
+        login.response_content_types = vec!["application/json".into()];
+        login.auth_schemes = vec!["none".into()];
+        let mut user = endpoint("GET", "/users/{id}", 9, &[(200, 9)]);
+        user.auth_schemes = vec![
+            "none".into(),
+            "bearer".into(),
+            "x-api-key".into(),
+            "cookie".into(),
+        ];
+        user.pii_types = vec!["email".into()];
+        user.latency = Some(crate::v1alpha1::EndpointLatency {
+            p50_micros: 250,
+            p99_micros: 1_000,
+            max_micros: 900,
+            buckets: vec![],
+        });
+        let doc = inventory_to_openapi("m", &status(vec![login, user], 2));
+        let post = &doc["paths"]["/login"]["post"];
+        assert_eq!(post["requestBody"], json!({"content": {"application/json": {}}}));
+        assert_eq!(
+            post["x-palisade-response-content-types"],
+            json!(["application/json"])
+        );
+        assert!(post.get("security").is_none(), "no credentials: no requirement");
+        let get = &doc["paths"]["/users/{id}"]["get"];
+        assert_eq!(
+            get["security"],
+            json!([{"bearerAuth": []}, {"xApiKey": []}, {}]),
+            "anonymous requests too: the empty requirement makes auth optional"
+        );
+        assert_eq!(
+            get["x-palisade-auth-schemes"],
+            json!(["none", "bearer", "x-api-key", "cookie"])
+        );
+        assert_eq!(get["x-palisade-pii-types"], json!(["email"]));
+        assert_eq!(get["x-palisade-latency"]["p99Micros"], 1_000);
+        assert_eq!(
+            doc["components"]["securitySchemes"],
+            json!({
+                "bearerAuth": {"type": "http", "scheme": "bearer"},
+                "xApiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key"},
+            })
+        );
+        let text = serde_json::to_string(&doc).unwrap_or_default();
+        assert_eq!(
+            parse_operations(&text).map(|o| o.len()),
+            Ok(2),
+            "still a document we read"
+        );
     }
 
     #[test]

@@ -290,8 +290,58 @@ pub struct EndpointStatus {
     /// Responses by status code.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub statuses: Vec<StatusCount>,
+    /// How requests presented credentials: `none` (no credentials), an Authorization scheme
+    /// (`bearer`, `basic`, `digest`, `negotiate`, `authorization` for any other), an API-key
+    /// header (`x-api-key`, `api-key`, `x-auth-token`, `x-access-token`) or `cookie`. Only the
+    /// scheme is kept, never the credential.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub auth_schemes: Vec<String>,
+    /// Media types of the requests' bodies (Content-Type without parameters), at most 4.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_content_types: Vec<String>,
+    /// Media types of the responses' bodies, at most 4.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub response_content_types: Vec<String>,
+    /// Kinds of personal data and secrets seen in response bodies (`card`, `nationalId`,
+    /// `email`, `jwt`, `cloudKey`, `privateKey`), when the monitor captures bodies. Each node
+    /// scans the first few responses per endpoint and status in every report interval (1 s),
+    /// not all of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pii_types: Vec<String>,
+    /// Time from the request's first byte to the response's end, as the node saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<EndpointLatency>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen: Option<Time>,
+}
+
+/// An endpoint's latency: percentiles read from counts per bucket.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointLatency {
+    /// Half of the exchanges took at most this long, in microseconds: the upper bound of the
+    /// bucket that holds the median, so at most one bucket high.
+    pub p50_micros: u64,
+    /// 99 % of the exchanges took at most this long, in microseconds (a bucket bound, as above).
+    pub p99_micros: u64,
+    /// The slowest exchange, in microseconds.
+    pub max_micros: u64,
+    /// Exchanges per latency bucket, fastest first; empty buckets are left out. The buckets end
+    /// at 100, 250 and 500 µs, 1, 2.5, 5, 10, 25, 50, 100, 250 and 500 ms, 1, 2.5, 5 and 10 s,
+    /// and a last one counts everything slower.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 17))]
+    pub buckets: Vec<LatencyBucket>,
+}
+
+/// Exchanges that took at most `upToMicros` (and more than the bucket before).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LatencyBucket {
+    /// The bucket's upper bound in microseconds; absent for the last bucket (slower than 10 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub up_to_micros: Option<u64>,
+    pub count: u64,
 }
 
 /// Responses with one status code.
