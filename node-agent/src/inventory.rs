@@ -38,7 +38,8 @@ pub struct ExchangeFacts<'a> {
     pub now_ms: i64,
     /// Set of [`AuthScheme::bit`]s.
     pub auth: u16,
-    /// The request's and the response's media types (see [`media_type`]).
+    /// The request's and the response's Content-Type values, as sent: only a media type not
+    /// listed yet is checked ([`media_type`]), so the common case is one comparison.
     pub request_type: Option<&'a str>,
     pub response_type: Option<&'a str>,
     pub latency_micros: u64,
@@ -52,7 +53,7 @@ impl<'a> ExchangeFacts<'a> {
             if let Some(scheme) = AuthScheme::of_header(name, value) {
                 auth |= scheme.bit();
             } else if self.request_type.is_none() && name.eq_ignore_ascii_case("content-type") {
-                self.request_type = media_type(value);
+                self.request_type = Some(value);
             }
         }
         self.auth = if auth == 0 { AuthScheme::None.bit() } else { auth };
@@ -72,10 +73,36 @@ pub fn media_type(value: &str) -> Option<&str> {
     (media.len() <= 100 && token(kind) && token(subtype)).then_some(media)
 }
 
-/// Adds `media` (any case) to `types` unless it is there or the list is full.
-fn add_media_type(types: &mut Vec<String>, media: &str) {
-    if types.len() < MAX_CONTENT_TYPES_PER_ENDPOINT && !types.iter().any(|t| t.eq_ignore_ascii_case(media)) {
-        types.push(media.to_ascii_lowercase());
+/// Adds the media type of a Content-Type value to `types` (in lower case) unless it is there,
+/// the list is full, or it is not a media type.
+fn add_media_type(types: &mut Vec<String>, content_type: &str) {
+    // The common case, a type listed already, without splitting the value.
+    let listed = |t: &String| {
+        content_type.len() >= t.len()
+            && content_type.as_bytes()[..t.len()].eq_ignore_ascii_case(t.as_bytes())
+            && matches!(
+                content_type.as_bytes().get(t.len()),
+                None | Some(b';' | b' ' | b'\t')
+            )
+    };
+    if types.iter().any(listed) || types.len() >= MAX_CONTENT_TYPES_PER_ENDPOINT {
+        return;
+    }
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    if let Some(media) = media_type(media) {
+        if !types.iter().any(|t| t.eq_ignore_ascii_case(media)) {
+            types.push(media.to_ascii_lowercase());
+        }
+    }
+}
+
+/// Puts back media types of an undelivered report as they were reported (already checked and
+/// redacted, which may have made them something other than a media type).
+fn restore_media_types(types: &mut Vec<String>, reported: &[String]) {
+    for media in reported {
+        if !types.contains(media) && types.len() < MAX_CONTENT_TYPES_PER_ENDPOINT {
+            types.push(media.clone());
+        }
     }
 }
 
@@ -136,12 +163,8 @@ impl EndpointCounter {
         for name in &e.auth_schemes {
             self.auth |= AuthScheme::parse(name).map_or(0, AuthScheme::bit);
         }
-        for media in &e.request_content_types {
-            add_media_type(&mut self.request_types, media);
-        }
-        for media in &e.response_content_types {
-            add_media_type(&mut self.response_types, media);
-        }
+        restore_media_types(&mut self.request_types, &e.request_content_types);
+        restore_media_types(&mut self.response_types, &e.response_content_types);
         for name in &e.pii_types {
             if let Some(i) = PII_KINDS.iter().position(|k| k.as_str() == name) {
                 self.pii |= 1 << i;
@@ -295,7 +318,11 @@ mod tests {
         let (_, auth, media) =
             facts_of(&[("Host", "a"), ("Content-Type", "application/json; charset=utf-8")]);
         assert_eq!(auth, AuthScheme::None.bit());
-        assert_eq!(media.as_deref(), Some("application/json"));
+        assert_eq!(
+            media.as_deref(),
+            Some("application/json; charset=utf-8"),
+            "as sent"
+        );
         let (_, auth, media) = facts_of(&[
             ("Authorization", "Bearer t"),
             ("Cookie", "s=1"),
@@ -337,7 +364,16 @@ mod tests {
     #[test]
     fn content_types_are_kept_once_in_lower_case_and_at_most_four() {
         let mut c = EndpointCounter::default();
-        for media in ["application/JSON", "application/json", "a/1", "a/2", "a/3", "a/4"] {
+        let sent = [
+            "application/JSON",
+            "application/json; charset=utf-8",
+            "not a media type",
+            "a/1",
+            "a/2",
+            "a/3",
+            "a/4",
+        ];
+        for media in sent {
             c.add(&ExchangeFacts {
                 response_type: Some(media),
                 ..Default::default()
@@ -349,7 +385,7 @@ mod tests {
             ["application/json", "a/1", "a/2", "a/3"]
         );
         assert!(d.request_content_types.is_empty());
-        assert_eq!(d.count, 6);
+        assert_eq!(d.count, 7);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use crate::cidr::{traffic_class, Cidr};
 use crate::detect::behaviour::ExchangeView;
 use crate::detect::{CompiledRule, Inputs, RequestView};
 use crate::http::{CaptureLimits, Exchange, HttpEvent, HttpTracker, PodRole, Request};
-use crate::inventory::{media_type, ExchangeFacts, MonitorPending};
+use crate::inventory::{ExchangeFacts, MonitorPending};
 use crate::metrics::AgentMetrics;
 use crate::openapi::OpenApiIndex;
 use crate::redact::{self, Redactor};
@@ -1352,7 +1352,7 @@ impl<B: CaptureBackend> Runtime<B> {
             exception: ex.status >= 500 && crate::detect::exposure::shows_exception(&ex.response.body),
             east_west: !self.record_is_tls
                 && traffic_class(&self.cluster_cidrs, ex.request.remote.0) == "east-west",
-            response_type: ex.response.headers.get("content-type").and_then(media_type),
+            response_type: ex.response.headers.get("content-type"),
             latency_micros: ex.latency_ns / 1_000,
             ..Default::default()
         };
