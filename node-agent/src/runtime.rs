@@ -194,6 +194,19 @@ impl CompiledPolicy {
     }
 }
 
+/// Where a request came from, and whether from inside the cluster.
+fn source_of(tls: bool, cluster_cidrs: &[Cidr], req: &Request) -> (String, &'static str) {
+    // Uprobes on the TLS library see the process, not the peer's address.
+    if tls {
+        (TLS_PEER_UNKNOWN.to_string(), "")
+    } else {
+        (
+            req.remote.0.to_string(),
+            traffic_class(cluster_cidrs, req.remote.0),
+        )
+    }
+}
+
 /// Where and when a rule fired: what every finding of one request carries.
 struct Seen<'a> {
     pod: &'a WatchedPod,
@@ -1201,17 +1214,9 @@ impl<B: CaptureBackend> Runtime<B> {
         };
         // The request is split into decoded inputs once, for every rule of every policy.
         let inputs = Inputs::collect(&view);
-        let now_ms = self.unix_ms(req.timestamp_ns);
-        let template = template_path(&req.target);
-        let (source, traffic) = self.source_of(req);
-        let seen = Seen {
-            pod,
-            req,
-            source: &source,
-            traffic,
-            template: &template,
-            now_ms,
-        };
+        // Where the request came from and its endpoint, made only if a rule fires (formatting
+        // the address cost more than most rules' verdicts).
+        let mut context = None;
         let mut triggered = vec![];
         for (pi, policy) in self.policies.iter().enumerate() {
             if !policy.applies(pod, &watched_by, &self.monitor_keys) {
@@ -1220,6 +1225,18 @@ impl<B: CaptureBackend> Runtime<B> {
             for (ri, (_, rule)) in policy.rules.iter().enumerate() {
                 let Some(detection) = rule.evaluate_with(&view, &inputs) else {
                     continue;
+                };
+                let (source, traffic, template) = context.get_or_insert_with(|| {
+                    let (source, traffic) = source_of(self.record_is_tls, &self.cluster_cidrs, req);
+                    (source, traffic, template_path(&req.target))
+                });
+                let seen = Seen {
+                    pod,
+                    req,
+                    source,
+                    traffic,
+                    template,
+                    now_ms: self.unix_ms(req.timestamp_ns),
                 };
                 let evidence = redact::truncate(&redactor.target(&detection.evidence), 256);
                 let fresh = seen.finding(&policy.reference, rule, evidence);
@@ -1246,19 +1263,6 @@ impl<B: CaptureBackend> Runtime<B> {
         watched_by.first().copied().filter(|i| *i < self.redactors.len())
     }
 
-    /// The client of a request as findings name it, and its traffic class.
-    fn source_of(&self, req: &Request) -> (String, &'static str) {
-        // Uprobes on the TLS library see the process, not the peer's address.
-        if self.record_is_tls {
-            (TLS_PEER_UNKNOWN.to_string(), "")
-        } else {
-            (
-                req.remote.0.to_string(),
-                traffic_class(&self.cluster_cidrs, req.remote.0),
-            )
-        }
-    }
-
     /// Behavioural rules judge the request together with its response.
     fn detect_exchange(&mut self, pod: &WatchedPod, ex: &Exchange) {
         if !self
@@ -1274,7 +1278,7 @@ impl<B: CaptureBackend> Runtime<B> {
             return;
         };
         let redactor = &self.redactors[first];
-        let (source, traffic) = self.source_of(req);
+        let (source, traffic) = source_of(self.record_is_tls, &self.cluster_cidrs, req);
         let template = template_path(&req.target);
         let now_ms = self.unix_ms(req.timestamp_ns);
         let seen = Seen {
