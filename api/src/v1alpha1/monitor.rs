@@ -304,8 +304,8 @@ pub struct EndpointStatus {
     pub response_content_types: Vec<String>,
     /// Kinds of personal data and secrets seen in response bodies (`card`, `nationalId`,
     /// `email`, `jwt`, `cloudKey`, `privateKey`), when the monitor captures bodies. Each node
-    /// scans the first few responses per endpoint and status in every report interval (1 s),
-    /// not all of them.
+    /// scans the first few responses per endpoint and status in every report interval (1 s by
+    /// default), not all of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pii_types: Vec<String>,
     /// Time from the request's first byte to the response's end, as the node saw it.
