@@ -167,18 +167,21 @@ impl HttpTracker {
         if data.is_empty() && !rst && !fin {
             return;
         }
-        if !self.conns.contains_key(&key) {
-            if data.is_empty() {
-                return; // the end of a connection never seen
+        // One lookup for a known connection (nearly every record); a new one is hashed again.
+        let conn = match self.conns.get_mut(&key) {
+            Some(conn) => conn,
+            None => {
+                if data.is_empty() {
+                    return; // the end of a connection never seen
+                }
+                if !self.make_room(ts, limits, out) {
+                    self.drops.connections += 1;
+                    return;
+                }
+                self.conns
+                    .entry(key.clone())
+                    .or_insert_with(|| Conn::new(key.clone(), ts))
             }
-            if !self.make_room(ts, limits, out) {
-                self.drops.connections += 1;
-                return;
-            }
-            self.conns.insert(key.clone(), Conn::new(key.clone(), ts));
-        }
-        let Some(conn) = self.conns.get_mut(&key) else {
-            return;
         };
         let before = conn.buffered();
         conn.last_ns = conn.last_ns.max(ts);
