@@ -230,7 +230,7 @@ impl Seen<'_> {
             traffic: self.traffic.to_string(),
             pod_namespace: self.pod.namespace.clone(),
             pod_name: self.pod.name.clone(),
-            method: self.req.method.clone(),
+            method: self.req.method.to_string(),
             path: self.template.to_string(),
             evidence,
             first_seen_unix_ms: self.now_ms,

@@ -492,8 +492,8 @@ fn clean_traffic_segmented_reordered_and_retransmitted_is_reported_exactly() {
         for e in &events {
             match e {
                 HttpEvent::Exchange(x) => seen.entry(x.request.remote.1).or_default().push(Expected {
-                    method: x.request.method.clone(),
-                    target: x.request.target.clone(),
+                    method: x.request.method.to_string(),
+                    target: x.request.target.to_string(),
                     request_body: x.request.body.clone(),
                     status: x.status,
                     response_body: x.response.body.clone(),

@@ -28,6 +28,9 @@ pub(crate) struct Conn {
     owed_responses: u64,
     upgraded: bool,
     finished: [bool; 2],
+    /// [`Conn::buffered`] when the tracker last counted it into its total: the bytes to take
+    /// back out before the next count, without recomputing them.
+    counted: usize,
 }
 
 /// What to do with one direction's reassembler.
@@ -69,7 +72,20 @@ impl Conn {
             owed_responses: 0,
             upgraded: false,
             finished: [false; 2],
+            counted: 0,
         }
+    }
+
+    /// What the tracker counted of this connection so far.
+    pub(crate) fn counted(&self) -> usize {
+        self.counted
+    }
+
+    /// Counts the buffered bytes again after a change: (what was counted, what is now).
+    pub(crate) fn recount(&mut self) -> (usize, usize) {
+        let before = self.counted;
+        self.counted = self.buffered();
+        (before, self.counted)
     }
 
     /// Bytes buffered by this connection (held segments, partial heads, kept heads and bodies).

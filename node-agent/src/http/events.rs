@@ -1,5 +1,6 @@
 //! What the tracker is given (limits) and gives back (events, drop counters).
 
+use compact_str::CompactString;
 use std::net::IpAddr;
 
 /// What the caller wants kept of each message (the monitor's capture settings).
@@ -40,8 +41,10 @@ pub struct Request {
     pub tls: bool,
     pub local: (IpAddr, u16),
     pub remote: (IpAddr, u16),
-    pub method: String,
-    pub target: String,
+    /// Inline when at most 24 bytes (every common method, most targets): the agent builds a
+    /// request per captured exchange, and these were two of its few allocations.
+    pub method: CompactString,
+    pub target: CompactString,
     /// Header fields in order (values as lossy UTF-8), then any chunked trailer fields.
     pub headers: super::HeaderFields,
     /// Capture time of the head's first byte.

@@ -2,6 +2,7 @@
 //! plausible message start used to resynchronise.
 
 use super::HeaderFields;
+use compact_str::CompactString;
 
 /// Most header fields in a head; more is treated like an oversized head.
 pub(crate) const MAX_HEADERS: usize = 100;
@@ -29,8 +30,13 @@ impl Kind {
 
 #[derive(Debug)]
 pub(crate) enum Start {
-    Request { method: String, target: String },
-    Response { status: u16 },
+    Request {
+        method: CompactString,
+        target: CompactString,
+    },
+    Response {
+        status: u16,
+    },
 }
 
 /// A complete message head.
@@ -103,8 +109,8 @@ pub(crate) fn parse(buf: &[u8], kind: Kind) -> Parsed {
         match config.parse_request_with_uninit_headers(&mut req, buf, &mut headers) {
             Ok(httparse::Status::Complete(len)) => Parsed::Complete(Head {
                 start: Start::Request {
-                    method: req.method.unwrap_or("").to_string(),
-                    target: req.path.unwrap_or("").to_string(),
+                    method: CompactString::new(req.method.unwrap_or("")),
+                    target: CompactString::new(req.path.unwrap_or("")),
                 },
                 headers: HeaderFields::from_httparse(req.headers, &buf[..len]),
                 len,

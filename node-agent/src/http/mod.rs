@@ -167,20 +167,22 @@ impl HttpTracker {
         if data.is_empty() && !rst && !fin {
             return;
         }
-        if !self.conns.contains_key(&key) {
-            if data.is_empty() {
-                return; // the end of a connection never seen
+        // One lookup for a known connection (nearly every record); a new one is hashed again.
+        let conn = match self.conns.get_mut(&key) {
+            Some(conn) => conn,
+            None => {
+                if data.is_empty() {
+                    return; // the end of a connection never seen
+                }
+                if !self.make_room(ts, limits, out) {
+                    self.drops.connections += 1;
+                    return;
+                }
+                self.conns
+                    .entry(key.clone())
+                    .or_insert_with(|| Conn::new(key.clone(), ts))
             }
-            if !self.make_room(ts, limits, out) {
-                self.drops.connections += 1;
-                return;
-            }
-            self.conns.insert(key.clone(), Conn::new(key.clone(), ts));
-        }
-        let Some(conn) = self.conns.get_mut(&key) else {
-            return;
         };
-        let before = conn.buffered();
         conn.last_ns = conn.last_ns.max(ts);
         if !data.is_empty() {
             let seq = h.tcp_seq.wrapping_add(h.chunk_offset);
@@ -191,14 +193,13 @@ impl HttpTracker {
             let fin_seq = h.tcp_seq.wrapping_add(h.payload_len);
             conn.finish(dir, fin_seq, ts, limits, &mut self.drops, out);
         }
-        let gone = rst || conn.both_finished();
-        if gone {
+        if rst || conn.both_finished() {
             conn.close(ts, limits, &mut self.drops, out);
-        }
-        let after = if gone { 0 } else { conn.buffered() };
-        self.buffered = (self.buffered + after).saturating_sub(before);
-        if gone {
+            self.buffered = self.buffered.saturating_sub(conn.counted());
             self.conns.remove(&key);
+        } else {
+            let (before, after) = conn.recount();
+            self.buffered = (self.buffered + after).saturating_sub(before);
         }
         if self.buffered > self.budget {
             self.shed();
@@ -236,7 +237,7 @@ impl HttpTracker {
     /// Closes (emitting what completes) and forgets a connection.
     fn remove(&mut self, key: &FlowKey, now_ns: u64, limits: &CaptureLimits, out: &mut Vec<HttpEvent>) {
         if let Some(mut c) = self.conns.remove(key) {
-            self.buffered = self.buffered.saturating_sub(c.buffered());
+            self.buffered = self.buffered.saturating_sub(c.counted());
             c.close(now_ns, limits, &mut self.drops, out);
         }
     }
@@ -247,7 +248,7 @@ impl HttpTracker {
         let mut sizes: Vec<(usize, FlowKey)> = self
             .conns
             .iter()
-            .map(|(k, c)| (c.buffered(), k.clone()))
+            .map(|(k, c)| (c.counted(), k.clone()))
             .filter(|(size, _)| *size > 0)
             .collect();
         sizes.sort_unstable_by_key(|(size, _)| std::cmp::Reverse(*size));
@@ -256,9 +257,9 @@ impl HttpTracker {
                 break;
             }
             if let Some(c) = self.conns.get_mut(&key) {
-                let before = c.buffered();
                 c.shed(&mut self.drops);
-                self.buffered = (self.buffered + c.buffered()).saturating_sub(before);
+                let (before, after) = c.recount();
+                self.buffered = (self.buffered + after).saturating_sub(before);
                 self.drops.budget_evictions += 1;
             }
         }
@@ -285,10 +286,10 @@ impl HttpTracker {
             self.remove(key, now_ns, limits, out);
         }
         for c in self.conns.values_mut() {
-            let before = c.buffered();
-            if before > 0 {
+            if c.counted() > 0 {
                 c.expire(now_ns, limits, &mut self.drops, out);
-                self.buffered = (self.buffered + c.buffered()).saturating_sub(before);
+                let (before, after) = c.recount();
+                self.buffered = (self.buffered + after).saturating_sub(before);
             }
         }
     }
@@ -299,7 +300,7 @@ impl HttpTracker {
         self.conns.retain(|k, c| {
             let keep = k.cgroup_id != cgroup_id;
             if !keep {
-                freed += c.buffered();
+                freed += c.counted();
             }
             keep
         });

@@ -187,7 +187,7 @@ pub(super) fn exchanges(events: &[HttpEvent]) -> Vec<&Exchange> {
 pub(super) fn targets(events: &[HttpEvent]) -> Vec<(String, String)> {
     requests(events)
         .iter()
-        .map(|r| (r.method.clone(), r.target.clone()))
+        .map(|r| (r.method.to_string(), r.target.to_string()))
         .collect()
 }
 
@@ -195,7 +195,7 @@ pub(super) fn targets(events: &[HttpEvent]) -> Vec<(String, String)> {
 pub(super) fn statuses(events: &[HttpEvent]) -> Vec<(String, u16)> {
     exchanges(events)
         .iter()
-        .map(|x| (x.request.target.clone(), x.status))
+        .map(|x| (x.request.target.to_string(), x.status))
         .collect()
 }
 
