@@ -1,6 +1,7 @@
-//! Losses are counted exactly: with the agent draining its ring buffer only every 4 s, a burst of
-//! requests overflows the 32 MiB ring. Every record the kernel emitted is drained, every record it
-//! could not deliver is counted as lost, and the loss shows in status and as a finding.
+//! Losses are counted exactly: with the agent draining its ring buffer only every 4 s (however
+//! much each drain finds), a burst of requests overflows the 32 MiB ring. Every record the
+//! kernel emitted is drained, every record it could not deliver is counted as lost, and the loss
+//! shows in status and as a finding.
 
 use anyhow::{Context, Result};
 use palisade_e2e::palisade::{get_json, http_get_body, start_agent_with_metrics, wait_for_object, Operator};
@@ -32,7 +33,7 @@ async fn losses_under_forced_overload_are_counted_exactly() -> Result<()> {
         node,
         "agent",
         &[],
-        &["--drain-interval-ms", "4000"],
+        &["--drain-interval-ms", "4000", "--busy-drain-interval-ms", "4000"],
     )?;
     cp.apply_samples()?;
     let pod = kubelet

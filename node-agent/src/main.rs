@@ -67,6 +67,11 @@ struct Args {
     /// take are counted as lost). Findings leave the node once per report interval anyway.
     #[arg(long, env = "PALISADE_DRAIN_INTERVAL_MS", default_value = "10")]
     drain_interval_ms: u64,
+    /// The gap between drains, in milliseconds, while each drain finds at least 1/16 of the ring
+    /// (2 MiB): large bodies fill the ring fast, and draining it sooner keeps its room for the
+    /// moments the agent is not scheduled. At most `--drain-interval-ms`.
+    #[arg(long, env = "PALISADE_BUSY_DRAIN_INTERVAL_MS", default_value = "1")]
+    busy_drain_interval_ms: u64,
     /// How often to report to the operator, in milliseconds.
     #[arg(long, default_value = "1000")]
     report_interval_ms: u64,
@@ -250,14 +255,53 @@ async fn ring_ready(ring: Option<&AsyncFd<CaptureRing>>, not_before: tokio::time
     }
 }
 
-/// Drains the ring into the runtime; true when it stopped at [`DRAIN_BATCH`] with records left.
-fn drain_ring<B: CaptureBackend>(ring: Option<&mut AsyncFd<CaptureRing>>, runtime: &mut Runtime<B>) -> bool {
-    let Some(ring) = ring else { return false };
+/// Payload bytes per drain from which the next drain comes after the busy gap
+/// (`--busy-drain-interval-ms`): 1/16 of the ring.
+const BUSY_DRAIN_BYTES: usize = palisade_common::CAPTURE_RING_BYTES as usize / 16;
+
+/// What one drain read.
+struct Drained {
+    /// It stopped at [`DRAIN_BATCH`] with records left.
+    backlog: bool,
+    /// Payload bytes read.
+    bytes: usize,
+}
+
+impl Drained {
+    /// When to drain next: after `gap`, or `busy_gap` while the ring fills fast.
+    fn next_drain(&self, gap: Duration, busy_gap: Duration) -> tokio::time::Instant {
+        let gap = if self.bytes >= BUSY_DRAIN_BYTES {
+            gap.min(busy_gap)
+        } else {
+            gap
+        };
+        tokio::time::Instant::now() + gap
+    }
+}
+
+/// Drains the ring into the runtime.
+fn drain_ring<B: CaptureBackend>(
+    ring: Option<&mut AsyncFd<CaptureRing>>,
+    runtime: &mut Runtime<B>,
+) -> Drained {
+    let Some(ring) = ring else {
+        return Drained {
+            backlog: false,
+            bytes: 0,
+        };
+    };
     let ring = ring.get_mut();
-    let delivered = ring.drain(DRAIN_BATCH, |h, d| runtime.on_record(h, d));
+    let mut bytes = 0;
+    let delivered = ring.drain(DRAIN_BATCH, |h, d| {
+        bytes += d.len();
+        runtime.on_record(h, d)
+    });
     runtime.metrics().drained(delivered as u64);
     runtime.metrics().dropped("malformed_record", ring.bad_records());
-    delivered >= DRAIN_BATCH
+    Drained {
+        backlog: delivered >= DRAIN_BATCH,
+        bytes,
+    }
 }
 
 async fn follow_config(channel: Channel, node: String, tx: watch::Sender<Option<NodeConfig>>) {
@@ -418,6 +462,7 @@ async fn main() -> anyhow::Result<()> {
         Err(e) => anyhow::bail!("the capture ring buffer cannot be polled: {e}"),
     };
     let drain_gap = Duration::from_millis(args.drain_interval_ms.max(1));
+    let busy_drain_gap = Duration::from_millis(args.busy_drain_interval_ms.max(1));
     let mut next_drain = tokio::time::Instant::now();
     let mut ring_backlog = false;
     let mut drain_fallback = tokio::time::interval(drain_gap.max(Duration::from_millis(DRAIN_FALLBACK_MS)));
@@ -446,13 +491,15 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
             () = ring_ready(ring.as_ref(), next_drain, ring_backlog) => {
-                ring_backlog = drain_ring(ring.as_mut(), &mut runtime);
-                next_drain = tokio::time::Instant::now() + drain_gap;
+                let drained = drain_ring(ring.as_mut(), &mut runtime);
+                ring_backlog = drained.backlog;
+                next_drain = drained.next_drain(drain_gap, busy_drain_gap);
             }
             _ = drain_fallback.tick() => {
                 if tokio::time::Instant::now() >= next_drain {
-                    ring_backlog = drain_ring(ring.as_mut(), &mut runtime);
-                    next_drain = tokio::time::Instant::now() + drain_gap;
+                    let drained = drain_ring(ring.as_mut(), &mut runtime);
+                    ring_backlog = drained.backlog;
+                    next_drain = drained.next_drain(drain_gap, busy_drain_gap);
                 }
             }
             _ = report.tick() => {
