@@ -16,19 +16,9 @@ use std::sync::LazyLock;
 /// detector's job), so a sample bounds the cost of bodies however busy the endpoint.
 pub const PII_SCANS_PER_REPORT: u8 = 4;
 
-/// The kinds of data the inventory lists (stack traces and debug pages are counted as
-/// exceptions instead).
-const PII_KINDS: [Exposure; 6] = [
-    Exposure::Card,
-    Exposure::NationalId,
-    Exposure::Email,
-    Exposure::Jwt,
-    Exposure::CloudKey,
-    Exposure::PrivateKey,
-];
-
 /// One address is personal data already (the `dataExposure` detector waits for bulk).
-static PII_SCANNER: LazyLock<ExposureScanner> = LazyLock::new(|| ExposureScanner::new(PII_KINDS.to_vec(), 1));
+static PII_SCANNER: LazyLock<ExposureScanner> =
+    LazyLock::new(|| ExposureScanner::new(Exposure::ALL.into_iter().filter(|k| k.is_data()).collect(), 1));
 
 /// What one exchange showed, as the inventory counts it.
 #[derive(Clone, Copy, Debug, Default)]
@@ -116,7 +106,8 @@ pub struct EndpointCounter {
     auth: u16,
     request_types: Vec<String>,
     response_types: Vec<String>,
-    /// Set of bits, one per [`PII_KINDS`] index.
+    /// Set of bits, one per index in [`Exposure::ALL`] (the data kinds; stack traces and debug
+    /// pages are counted as exceptions instead).
     pii: u8,
     pii_scans: u8,
     latency: [u64; LATENCY_BUCKETS],
@@ -148,7 +139,7 @@ impl EndpointCounter {
         }
         self.pii_scans += 1;
         for (kind, _) in PII_SCANNER.scan(body).found {
-            if let Some(i) = PII_KINDS.iter().position(|k| *k == kind) {
+            if let Some(i) = Exposure::ALL.iter().position(|k| *k == kind) {
                 self.pii |= 1 << i;
             }
         }
@@ -166,7 +157,10 @@ impl EndpointCounter {
         restore_media_types(&mut self.request_types, &e.request_content_types);
         restore_media_types(&mut self.response_types, &e.response_content_types);
         for name in &e.pii_types {
-            if let Some(i) = PII_KINDS.iter().position(|k| k.as_str() == name) {
+            if let Some(i) = Exposure::ALL
+                .iter()
+                .position(|k| k.is_data() && k.as_str() == name)
+            {
                 self.pii |= 1 << i;
             }
         }
@@ -197,7 +191,7 @@ impl EndpointCounter {
                 .collect(),
             request_content_types: self.request_types.iter().map(|t| redact(t)).collect(),
             response_content_types: self.response_types.iter().map(|t| redact(t)).collect(),
-            pii_types: PII_KINDS
+            pii_types: Exposure::ALL
                 .iter()
                 .enumerate()
                 .filter(|(i, _)| self.pii & (1 << i) != 0)

@@ -34,6 +34,11 @@ impl Exposure {
         Exposure::DebugPage,
     ];
 
+    /// Personal data or a secret, as opposed to a sign of an error (stack traces, debug pages).
+    pub fn is_data(self) -> bool {
+        !matches!(self, Exposure::StackTrace | Exposure::DebugPage)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Exposure::Card => "card",
