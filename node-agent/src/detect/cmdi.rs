@@ -2056,14 +2056,23 @@ mod tests {
 
     /// Each shape: attacks it catches, and benign look-alikes it must leave alone.
     fn shape_cases(attacks: &[&str], benign: &[&str]) {
+        cases_at(false, attacks, benign);
+    }
+
+    /// Like [`shape_cases`], as header values.
+    fn header_cases(attacks: &[&str], benign: &[&str]) {
+        cases_at(true, attacks, benign);
+    }
+
+    fn cases_at(header: bool, attacks: &[&str], benign: &[&str]) {
         for a in attacks {
-            assert!(hit(a), "missed {a:?}");
+            assert!(detect(a, 1, header).is_some(), "missed {a:?}");
         }
         for ok in benign {
             assert!(
-                detect(ok, 1, false).is_none(),
+                detect(ok, 1, header).is_none(),
                 "false positive on {ok:?}: {:?}",
-                detect(ok, 1, false)
+                detect(ok, 1, header)
             );
         }
     }
@@ -2231,37 +2240,31 @@ mod tests {
 
     #[test]
     fn command_lines_in_headers() {
-        for attack in [
-            "ansible all -m ping",
-            "env --version",
-            "time ifconfig",
-            "invoke-expression -command file.ps1",
-            "chef-client -t 1.1.1.1",
-        ] {
-            assert!(detect(attack, 1, true).is_some(), "missed {attack:?}");
-        }
-        for ok in [
-            "curl/8.5.0",
-            "Wget/1.21.4 (linux-gnu)",
-            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36",
-            "python-requests/2.31.0",
-            "kube-probe/1.29",
-            "Chef Client/18.2.7 (ruby-3.1.2p20; ohai-18.1.3; x86_64-linux; +https://chef.io)",
-            "top 10 songs",
-            "find me",
-            "https://example.com/?q=env",
-            "PostmanRuntime/7.36.0",
-            // kubectl's own headers (Kubectl-Command), and plain words after a tool's name.
-            "kubectl get",
-            "kubectl create secret generic",
-            "cscli alerts list",
-        ] {
-            assert!(
-                detect(ok, 1, true).is_none(),
-                "false positive on {ok:?}: {:?}",
-                detect(ok, 1, true)
-            );
-        }
+        header_cases(
+            &[
+                "ansible all -m ping",
+                "env --version",
+                "time ifconfig",
+                "invoke-expression -command file.ps1",
+                "chef-client -t 1.1.1.1",
+            ],
+            &[
+                "curl/8.5.0",
+                "Wget/1.21.4 (linux-gnu)",
+                "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36",
+                "python-requests/2.31.0",
+                "kube-probe/1.29",
+                "Chef Client/18.2.7 (ruby-3.1.2p20; ohai-18.1.3; x86_64-linux; +https://chef.io)",
+                "top 10 songs",
+                "find me",
+                "https://example.com/?q=env",
+                "PostmanRuntime/7.36.0",
+                // kubectl's own headers (Kubectl-Command), and plain words after a tool's name.
+                "kubectl get",
+                "kubectl create secret generic",
+                "cscli alerts list",
+            ],
+        );
     }
 
     /// What Bash makes of a word before it runs it: a variable inside a word (unset in an
@@ -2300,37 +2303,25 @@ mod tests {
         // Arithmetic stays paranoia 2's shape after it is worked out.
         assert!(detect("$((7))", 2, false).is_some());
         // Headers: the Referer's fragment, a cookie written as a command line.
-        for attack in [
-            "https://www.example.com/?param=something#x=foo;cat$u+/etc$u/passwd",
-            "uname$u -a",
-        ] {
-            assert!(detect(attack, 1, true).is_some(), "missed {attack:?}");
-        }
-        for ok in [
-            "Mozilla/5.0 (X11; Linux x86_64) Firefox/120.0",
-            "price=US$u",
-            "theme=${name}",
-        ] {
-            assert!(
-                detect(ok, 1, true).is_none(),
-                "false positive on {ok:?}: {:?}",
-                detect(ok, 1, true)
-            );
-        }
+        header_cases(
+            &[
+                "https://www.example.com/?param=something#x=foo;cat$u+/etc$u/passwd",
+                "uname$u -a",
+            ],
+            &[
+                "Mozilla/5.0 (X11; Linux x86_64) Firefox/120.0",
+                "price=US$u",
+                "theme=${name}",
+            ],
+        );
     }
 
     #[test]
     fn header_value_that_starts_with_a_separator() {
-        for attack in [";set", ";netstat -an", " ;id"] {
-            assert!(detect(attack, 1, true).is_some(), "missed {attack:?}");
-        }
-        for ok in ["gzip;q=1.0", "; q=0.5", "text/html; charset=utf-8", "foo; set=1"] {
-            assert!(
-                detect(ok, 1, true).is_none(),
-                "false positive on {ok:?}: {:?}",
-                detect(ok, 1, true)
-            );
-        }
+        header_cases(
+            &[";set", ";netstat -an", " ;id"],
+            &["gzip;q=1.0", "; q=0.5", "text/html; charset=utf-8", "foo; set=1"],
+        );
     }
 
     #[test]
