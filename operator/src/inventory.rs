@@ -114,7 +114,7 @@ impl EndpointTotals {
         self.latency_max_micros = self.latency_max_micros.max(max_micros);
     }
 
-    /// This endpoint as `ApiMonitor` status shows it; `last_seen` is converted by the caller.
+    /// This endpoint as `ApiMonitor` status shows it.
     pub fn status(&self, method: &str, path: &str) -> EndpointStatus {
         let latency =
             latency_quantile(&self.latency, 0.5, self.latency_max_micros).map(|p50| EndpointLatency {
@@ -153,7 +153,8 @@ impl EndpointTotals {
             response_content_types: self.response_types.clone(),
             pii_types: self.pii_types.clone(),
             latency,
-            last_seen: None,
+            last_seen: (self.last_seen_unix_ms > 0)
+                .then(|| crate::state::unix_ms_to_time(self.last_seen_unix_ms)),
         }
     }
 }
@@ -226,8 +227,8 @@ mod tests {
     fn an_operator_restart_takes_everything_back_from_status() {
         let mut before = EndpointTotals::default();
         before.add(&delta(200, 4, &["basic"], &[200, 300, 7_000_000, 60_000_000]));
-        let mut status = before.status("GET", "/users/{id}");
-        status.last_seen = Some(crate::state::unix_ms_to_time(before.last_seen_unix_ms));
+        let status = before.status("GET", "/users/{id}");
+        assert!(status.last_seen.is_some());
         let mut after = EndpointTotals::default();
         after.seed(&status);
         assert_eq!(after, before);

@@ -6,7 +6,7 @@
 
 use crate::compile::monitor_pods;
 use crate::openapi_source::{OpenApiDocument, OpenApiSource};
-use crate::state::{obj_key, unix_ms_to_time, Hub};
+use crate::state::{obj_key, Hub};
 use crate::status::{
     add_degraded_problem, conditions_from_nodes, node_states, pods_per_node, summarize, Reported,
 };
@@ -83,10 +83,7 @@ pub fn desired_status(monitor: &ApiMonitor, hub: &Hub) -> ApiMonitorStatus {
     let mut items: Vec<EndpointStatus> = telemetry
         .endpoints
         .iter()
-        .map(|((method, path), t)| EndpointStatus {
-            last_seen: (t.last_seen_unix_ms > 0).then(|| unix_ms_to_time(t.last_seen_unix_ms)),
-            ..t.status(method, path)
-        })
+        .map(|((method, path), t)| t.status(method, path))
         .collect();
     items.sort_by(|a, b| {
         b.requests
