@@ -45,6 +45,30 @@ static CAPTURE_RING: RingBuf = RingBuf::with_byte_size(CAPTURE_RING_BYTES, 0);
 #[map]
 static CAPTURE_COUNTERS: PerCpuArray<CaptureCounters> = PerCpuArray::with_max_entries(1, 0);
 
+/// One scratch word per CPU, see [`forget_bounds`].
+#[map]
+static CAPTURE_SCRATCH: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// `value`, with everything the verifier knows about it forgotten but `value <= max`.
+///
+/// Each way through the IP and TCP headers (IPv4 with or without options, IPv6 with 0 to 4
+/// extension headers) reaches the payload with its own range for the payload offset, and the
+/// length of every chunk copied is computed from it. The verifier then walks the chunk loop once
+/// per way: close to its limit of 1,000,000 instructions. A value
+/// read back from a map is one the verifier cannot know, so from here on all ways share one
+/// state and the loop is walked once. `None` (never, in practice) if the map is unreadable.
+#[inline(always)]
+fn forget_bounds(value: u64, max: u64) -> Option<u64> {
+    let slot = CAPTURE_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot of a per-CPU array, from a successful lookup; programs do not
+    // migrate between CPUs while they run, so nothing else uses it meanwhile.
+    let value = unsafe {
+        *slot = value;
+        core::ptr::read_volatile(slot)
+    };
+    (value <= max).then_some(value)
+}
+
 // The TLS maps are declared with a placeholder size of 1 entry (the kernel rounds an LRU map up
 // to one entry per CPU): loading this object for cgroup capture alone then allocates next to
 // nothing for them. The agent's TLS loader sets the real sizes (TLS_ARGS_MAX_ENTRIES,
@@ -74,6 +98,9 @@ const CHUNK: u64 = CHUNK_BYTES as u64;
 /// the reader is behind (an agent under load draining in batches) nothing is signalled.
 const ADAPTIVE_WAKEUP: u64 = 0;
 const MAX_CHUNKS: u64 = MAX_CHUNKS_PER_SKB as u64;
+/// Furthest the TCP payload can start: IPv6 and 4 extension headers of up to 2 KiB each, or
+/// IPv4 with options, then TCP with options.
+const MAX_PAYLOAD_OFFSET: u64 = IPV6_HDR_LEN + MAX_IPV6_EXT_HEADERS as u64 * 2048 + 60;
 
 /// Pass verdict for cgroup_skb programs.
 const PASS: i32 = 1;
@@ -421,7 +448,7 @@ fn capture(ctx: &SkBuffContext, direction: u8) -> Result<(), Skip> {
         return Err(Skip::Malformed);
     }
     let flags = tcp[13];
-    let payload_off = tcp_off + doff;
+    let payload_off = forget_bounds(tcp_off + doff, MAX_PAYLOAD_OFFSET).ok_or(Skip::Malformed)?;
     // skb->len, not the IP total length: with BIG TCP the latter is 0.
     let skb_len = ctx.len() as u64;
     if payload_off > skb_len {

@@ -555,3 +555,46 @@ fn which(name: &str) -> Result<PathBuf, ()> {
         .find(|p| p.is_file())
         .ok_or(())
 }
+
+/// The kernel's verifier walks every path of a program, up to 1,000,000 instructions; a program
+/// over that is refused at load, which would leave a node without capture. The capture programs
+/// must stay far enough below the limit that a different compiler or kernel does not push them
+/// over: at most half of it.
+#[test]
+fn capture_programs_verify_well_under_the_kernel_limit() {
+    if !is_root() {
+        println!("SKIPPED: capture_programs_verify_well_under_the_kernel_limit: loading programs needs root");
+        return;
+    }
+    const VERIFIER_LIMIT: u32 = 1_000_000;
+    let newest_before = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|p| p.id())
+        .max()
+        .unwrap_or(0);
+    let _probes = CaptureProbes::load().expect("loading the capture programs");
+    let mut checked = 0;
+    for info in aya::programs::loaded_programs().filter_map(Result::ok) {
+        let name = info.name_as_str().unwrap_or_default().to_string();
+        // The kernel keeps 15 bytes of a name: "palisade_captur" and "palisade_enforc".
+        if info.id() <= newest_before || !name.starts_with("palisade_") {
+            continue;
+        }
+        let verified = info
+            .verified_instruction_count()
+            .expect("the kernel reports verified instructions (5.16+)");
+        println!(
+            "{name} (id {}): the verifier processed {verified} instructions",
+            info.id()
+        );
+        assert!(
+            verified <= VERIFIER_LIMIT / 2,
+            "{name}: {verified} instructions verified, more than half the kernel's limit"
+        );
+        checked += 1;
+    }
+    assert!(
+        checked >= 4,
+        "found {checked} of the 4 cgroup_skb programs just loaded"
+    );
+}
