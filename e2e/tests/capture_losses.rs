@@ -56,10 +56,11 @@ async fn losses_under_forced_overload_are_counted_exactly() -> Result<()> {
     palisade_e2e::palisade::wait_policy_ready(&cp, "demo", "demo-api-guard").await?;
 
     // A bounded burst from 4 threads: at most 4 x 3000 requests or 8 s. Each request carries a
-    // 24 KiB header, so it takes at least six full 4 KiB ring records (packets of up to 440 bytes
-    // take 512-byte ones, and 12,000 small exchanges would fit in the ring). The 32 MiB ring holds
-    // 8,192 full records; between two drains (4 s) even a loaded CI machine, which managed 1,100
-    // such requests a second with a 1 KiB header, writes several times that.
+    // 24 KiB header, so it takes at least six full 4 KiB ring records (packets of up to 432
+    // bytes take records of 512 bytes or less, and 12,000 small exchanges would fit in the
+    // ring). The 32 MiB ring holds 8,192 full records; between two drains (4 s) even a loaded
+    // CI machine, which managed 1,100 such requests a second with a 1 KiB header, writes several
+    // times that.
     let addr = pod.addr(8080);
     let pad = "p".repeat(24 * 1024);
     let pad = pad.as_str();

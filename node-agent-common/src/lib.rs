@@ -7,10 +7,20 @@
 /// Bytes of TCP payload carried by one ring-buffer record. A larger skb is split into several
 /// records (chunks), each with its own `chunk_offset`.
 pub const CHUNK_BYTES: usize = 4096;
-/// Payload of a small record: packets this short (most requests and responses of an API) get a
-/// record of 512 bytes instead of one of `CHUNK_BYTES`, so the ring buffer holds eight times as
-/// many of them before it overflows and its reader touches fewer pages.
-pub const SMALL_CHUNK_BYTES: usize = 512 - core::mem::size_of::<CaptureHeader>();
+/// The ring buffer's own header before each record (`BPF_RINGBUF_HDR_SZ`).
+pub const RINGBUF_RECORD_HEADER_BYTES: usize = 8;
+/// Payload of the record that fits a ring-buffer slot of `slot` bytes (the ring's own header
+/// and ours included).
+const fn payload_in_slot(slot: usize) -> usize {
+    slot - RINGBUF_RECORD_HEADER_BYTES - core::mem::size_of::<CaptureHeader>()
+}
+/// Payload of the small records. A packet gets the smallest record it fits in, so short
+/// messages (most requests and responses of an API) sit next to each other in the ring: the
+/// kernel writes and the agent reads fewer cache lines per record, and the ring holds more of
+/// them before it overflows. Bigger packets get chunks of `CHUNK_BYTES`.
+pub const TINY_CHUNK_BYTES: usize = payload_in_slot(128);
+pub const MEDIUM_CHUNK_BYTES: usize = payload_in_slot(256);
+pub const SMALL_CHUNK_BYTES: usize = payload_in_slot(512);
 /// Most chunks one skb is split into; payload past `CHUNK_BYTES * MAX_CHUNKS_PER_SKB` is counted
 /// as truncated.
 pub const MAX_CHUNKS_PER_SKB: usize = 16;
@@ -71,9 +81,9 @@ pub struct CaptureHeader {
     pub _padding: [u8; 1],
 }
 
-/// One ring-buffer record: a header and up to `N` bytes of payload. Records come in two sizes,
-/// [`CaptureRecord`] and [`SmallCaptureRecord`]; a reader takes `header.captured_len` bytes after
-/// the header of either.
+/// One ring-buffer record: a header and up to `N` bytes of payload. Records come in four sizes
+/// (`TINY_CHUNK_BYTES`, `MEDIUM_CHUNK_BYTES`, `SMALL_CHUNK_BYTES` and `CHUNK_BYTES` of payload);
+/// a reader takes `header.captured_len` bytes after the header of any of them.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct CaptureRecordOf<const N: usize> {
@@ -83,7 +93,7 @@ pub struct CaptureRecordOf<const N: usize> {
 
 /// A record with up to `CHUNK_BYTES` of payload.
 pub type CaptureRecord = CaptureRecordOf<CHUNK_BYTES>;
-/// A record with up to `SMALL_CHUNK_BYTES` of payload (512 bytes in all).
+/// A record with up to `SMALL_CHUNK_BYTES` of payload (a 512-byte slot of the ring).
 pub type SmallCaptureRecord = CaptureRecordOf<SMALL_CHUNK_BYTES>;
 
 // ---------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 //! Reading [`palisade_common::CaptureRecordOf`]s from the capture ring buffer: full records
-//! (`CaptureRecord`) and small ones (`SmallCaptureRecord`, for packets of at most
-//! `SMALL_CHUNK_BYTES`); both are a header followed by `captured_len` payload bytes.
+//! (`CaptureRecord`) and small ones (of `TINY_CHUNK_BYTES`, `MEDIUM_CHUNK_BYTES` or
+//! `SMALL_CHUNK_BYTES` of payload); all are a header followed by `captured_len` payload bytes.
 
 use std::{
     mem::size_of,
@@ -146,20 +146,40 @@ mod tests {
     }
 
     #[test]
-    fn parses_small_records() {
-        let small = size_of::<palisade_common::SmallCaptureRecord>();
-        assert_eq!(small, 512);
-        let v = record(40);
-        let (h, p) = parse_record(&v[..small]).unwrap();
-        assert_eq!((h.captured_len, p.len(), p[39]), (40, 40, 39));
-        let full = record(palisade_common::SMALL_CHUNK_BYTES as u32);
-        assert_eq!(
-            parse_record(&full[..small]).unwrap().1.len(),
-            palisade_common::SMALL_CHUNK_BYTES
-        );
-        // A small record cannot claim more than it holds.
-        let v = record(palisade_common::SMALL_CHUNK_BYTES as u32 + 1);
-        assert!(parse_record(&v[..small]).is_none());
+    fn parses_small_records_of_every_size() {
+        use palisade_common::{
+            CaptureRecordOf, MEDIUM_CHUNK_BYTES, RINGBUF_RECORD_HEADER_BYTES, SMALL_CHUNK_BYTES,
+            TINY_CHUNK_BYTES,
+        };
+        // Each small record fills a ring slot of 128, 256 or 512 bytes with the ring's header.
+        let sizes = [
+            (
+                size_of::<CaptureRecordOf<TINY_CHUNK_BYTES>>(),
+                TINY_CHUNK_BYTES,
+                128,
+            ),
+            (
+                size_of::<CaptureRecordOf<MEDIUM_CHUNK_BYTES>>(),
+                MEDIUM_CHUNK_BYTES,
+                256,
+            ),
+            (
+                size_of::<palisade_common::SmallCaptureRecord>(),
+                SMALL_CHUNK_BYTES,
+                512,
+            ),
+        ];
+        for (record_bytes, payload, slot) in sizes {
+            assert_eq!(record_bytes + RINGBUF_RECORD_HEADER_BYTES, slot);
+            let v = record(40);
+            let (h, p) = parse_record(&v[..record_bytes]).unwrap();
+            assert_eq!((h.captured_len, p.len(), p[39]), (40, 40, 39));
+            let full = record(payload as u32);
+            assert_eq!(parse_record(&full[..record_bytes]).unwrap().1.len(), payload);
+            // A small record cannot claim more than it holds.
+            let v = record(payload as u32 + 1);
+            assert!(parse_record(&v[..record_bytes]).is_none());
+        }
     }
 
     #[test]
