@@ -40,17 +40,30 @@ const BPF_F_QUERY_EFFECTIVE: u32 = 1;
 /// Programs that run for the cgroup `dir`'s packets at ingress and at egress (`cgroup_skb`; the
 /// effective set, so programs attached to an ancestor count too).
 pub fn cgroup_skb_programs(dir: &Path) -> Result<(u32, u32)> {
+    let (ingress, egress) = cgroup_skb_program_ids(dir)?;
+    Ok((ingress.len() as u32, egress.len() as u32))
+}
+
+/// Most programs listed per attach point; a cgroup has a handful.
+const MAX_QUERIED_PROGRAMS: usize = 64;
+
+/// The ids of the programs that run for the cgroup `dir`'s packets, at ingress and at egress
+/// (the effective set, as [`cgroup_skb_programs`]).
+pub fn cgroup_skb_program_ids(dir: &Path) -> Result<(Vec<u32>, Vec<u32>)> {
     let cgroup = File::open(dir).with_context(|| format!("opening cgroup {}", dir.display()))?;
-    let query = |attach_type: u32| -> Result<u32> {
+    let query = |attach_type: u32| -> Result<Vec<u32>> {
+        let mut ids = [0u32; MAX_QUERIED_PROGRAMS];
         let mut attr = ProgQueryAttr {
             target_fd: cgroup.as_raw_fd() as u32,
             attach_type,
             query_flags: BPF_F_QUERY_EFFECTIVE,
+            prog_ids: ids.as_mut_ptr() as u64,
+            prog_cnt: MAX_QUERIED_PROGRAMS as u32,
             ..ProgQueryAttr::default()
         };
         // SAFETY: `attr` is a properly laid out, zero-initialised prefix of `union bpf_attr` that
-        // lives across the call; the kernel reads it and writes back `prog_cnt` only (prog_ids is
-        // NULL, so no ids are copied out).
+        // lives across the call; the kernel writes at most `prog_cnt` ids into `ids`, which
+        // outlives the call, and writes back `prog_cnt`.
         let rc = unsafe {
             libc::syscall(
                 libc::SYS_bpf,
@@ -63,9 +76,53 @@ pub fn cgroup_skb_programs(dir: &Path) -> Result<(u32, u32)> {
             let err = std::io::Error::last_os_error();
             bail!("BPF_PROG_QUERY on {} failed: {err}", dir.display());
         }
-        Ok(attr.prog_cnt)
+        let n = (attr.prog_cnt as usize).min(MAX_QUERIED_PROGRAMS);
+        Ok(ids[..n].to_vec())
     };
     Ok((query(BPF_CGROUP_INET_INGRESS)?, query(BPF_CGROUP_INET_EGRESS)?))
+}
+
+/// What the kernel's BPF statistics say about a set of programs, summed: time spent running them
+/// and how many times they ran. Only counted while statistics are on ([`RunTimeStats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProgramRuns {
+    pub run_time_ns: u64,
+    pub runs: u64,
+}
+
+impl ProgramRuns {
+    /// The programs with these ids, summed (a program that is gone counts nothing).
+    pub fn read(ids: &[u32]) -> Result<ProgramRuns> {
+        let mut sum = ProgramRuns::default();
+        for info in aya::programs::loaded_programs() {
+            let info = info.context("listing the loaded BPF programs")?;
+            if ids.contains(&info.id()) {
+                sum.run_time_ns += info.run_time().as_nanos() as u64;
+                sum.runs += info.run_count();
+            }
+        }
+        Ok(sum)
+    }
+
+    pub fn since(&self, before: &ProgramRuns) -> ProgramRuns {
+        ProgramRuns {
+            run_time_ns: self.run_time_ns.saturating_sub(before.run_time_ns),
+            runs: self.runs.saturating_sub(before.runs),
+        }
+    }
+}
+
+/// The kernel's BPF run-time statistics, on while this lives (`BPF_ENABLE_STATS`; the kernel
+/// turns them off when the last such file descriptor closes). They cost two clock reads per
+/// program run, so the benchmark turns them on only for the run that reads them.
+pub struct RunTimeStats(#[allow(dead_code)] std::os::fd::OwnedFd);
+
+impl RunTimeStats {
+    pub fn enable() -> Result<RunTimeStats> {
+        aya::sys::enable_stats(aya::sys::Stats::RunTime)
+            .map(RunTimeStats)
+            .context("turning on the kernel's BPF run-time statistics (BPF_ENABLE_STATS)")
+    }
 }
 
 /// The capture counters of the agent with process id `pid`, summed over CPUs and over every

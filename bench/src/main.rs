@@ -34,7 +34,7 @@ use palisade_e2e::palisade::{
 use palisade_e2e::{ControlPlane, PodLaunch, RunningPod};
 
 use crate::measure::{CpuSample, WrkResult};
-use crate::report::{Completeness, Environment, Latency, Round, StateRun};
+use crate::report::{per_request_us, Completeness, DirectCost, Environment, Latency, Round, StateRun};
 
 const NAMESPACE: &str = "demo";
 const MONITOR: &str = "bench";
@@ -328,6 +328,22 @@ async fn capture_run(args: &Args, body_bytes: Option<u64>) -> Result<(Environmen
             .agent
             .ensure_running()
             .context("the agent died under load")?;
+        let direct = match direct_cost(args, &monitored, rate, agent_pid).await {
+            Ok(d) => {
+                step!(
+                    "round {index}: direct, at {rate:.0} req/s: capture programs {:.2} µs/req ({:.2} runs of {:.0} ns), agent {:.2} µs/req",
+                    d.programs_us(),
+                    d.runs_per_request(),
+                    d.ns_per_run(),
+                    d.agent_us()
+                );
+                Some(d)
+            }
+            Err(e) => {
+                step!("round {index}: no direct measurement of the programs' run time: {e:#}");
+                None
+            }
+        };
         let kernel = match bpf::agent_counters(agent_pid) {
             Ok(k) => k,
             Err(e) => {
@@ -342,7 +358,7 @@ async fn capture_run(args: &Args, body_bytes: Option<u64>) -> Result<(Environmen
                 None
             }
         };
-        let sent = on.monitored.requests + on.latency_monitored.completed;
+        let sent = on.monitored.requests + on.latency_monitored.completed + direct.map_or(0, |d| d.requests);
         let after = settled_count(&stack.cp, counted_before + sent, Duration::from_secs(20)).await?;
         let completeness = Completeness {
             sent,
@@ -375,6 +391,7 @@ async fn capture_run(args: &Args, body_bytes: Option<u64>) -> Result<(Environmen
             off,
             on,
             completeness,
+            direct,
         });
         let clean = rounds.iter().filter(|r| !r.disturbed()).count() as u32;
         if index >= args.rounds && (clean >= args.rounds || index >= args.rounds + EXTRA_ROUNDS) {
@@ -604,6 +621,38 @@ async fn measure_state(
     })
 }
 
+/// One more open-loop run against the monitored pod at `rate`, with the kernel's BPF run-time
+/// statistics on for it alone: the capture programs' run time and the agent's CPU per request.
+async fn direct_cost(args: &Args, pod: &BenchPod, rate: f64, agent: u32) -> Result<DirectCost> {
+    let (ingress_ids, egress_ids) = bpf::cgroup_skb_program_ids(&pod.pod.cgroup_dir)?;
+    let stats = bpf::RunTimeStats::enable()?;
+    let in0 = bpf::ProgramRuns::read(&ingress_ids)?;
+    let eg0 = bpf::ProgramRuns::read(&egress_ids)?;
+    let a0 = CpuSample::read(agent)?;
+    let run = open_loop(
+        args.client_cpu(),
+        pod.addr(),
+        rate,
+        args.connections as usize,
+        Duration::from_secs(args.seconds),
+    )
+    .await?;
+    let a1 = CpuSample::read(agent)?;
+    let in1 = bpf::ProgramRuns::read(&ingress_ids)?;
+    let eg1 = bpf::ProgramRuns::read(&egress_ids)?;
+    drop(stats);
+    let direct = DirectCost {
+        requests: run.completed,
+        ingress: in1.since(&in0),
+        egress: eg1.since(&eg0),
+        agent_ns: a1.since(&a0).sched_ns,
+    };
+    if direct.ingress.runs == 0 || direct.egress.runs == 0 {
+        bail!("the kernel counted no run of the capture programs with statistics on ({direct:?})");
+    }
+    Ok(direct)
+}
+
 /// Before measuring, waits (at most 10 s) for a second in which the machine is less than 25 %
 /// busy (it is shared; other work skews both states alike but widens the spread). Returns the
 /// busy share of the last second, recorded with the figures.
@@ -619,13 +668,6 @@ async fn quiet_gate() -> Result<f64> {
         step!("note: the machine was {busy:.0} % busy before this measurement (other work on it)");
     }
     Ok(busy)
-}
-
-fn per_request_us(ns: u64, requests: u64) -> f64 {
-    if requests == 0 {
-        return f64::NAN;
-    }
-    ns as f64 / requests as f64 / 1_000.0
 }
 
 /// wrk against `pod`, with the CPU its nginx worker (and the agent, if given) used meanwhile.
