@@ -112,6 +112,8 @@ pub struct EndpointCounter {
     pii_scans: u8,
     latency: [u64; LATENCY_BUCKETS],
     latency_max_micros: u64,
+    /// The endpoint's RED metrics series, looked up on its first exchange of the interval.
+    pub(crate) metrics: Option<std::sync::Arc<crate::metrics::EndpointSeries>>,
 }
 
 impl EndpointCounter {

@@ -26,11 +26,24 @@ pub struct EndpointLabels {
     pub code_class: String,
 }
 
-/// One cached endpoint series: its labels and metric handles.
+/// One endpoint series: its labels and metric handles. [`AgentMetrics::series`] hands it out
+/// shared, so a caller that counts the same endpoint again can keep it and skip the lookup.
+#[derive(Debug)]
 pub struct EndpointSeries {
     labels: EndpointLabels,
     requests: Counter,
     duration: Histogram,
+}
+
+impl EndpointSeries {
+    /// Counts one exchange of this endpoint and status class.
+    pub fn record(&self, metrics: &AgentMetrics, seconds: f64, exception: bool) {
+        self.requests.inc();
+        self.duration.observe(seconds);
+        if exception {
+            metrics.exceptions.get_or_create(&self.labels).inc();
+        }
+    }
 }
 
 const CODE_CLASSES: [&str; 6] = ["0xx", "1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -95,7 +108,7 @@ pub struct AgentMetrics {
     bodies: [BodyCounters; 2],
     /// Endpoint label sets seen so far, by an Fx hash of their parts, with their metric handles:
     /// one lookup per request and no label allocation once an endpoint is known.
-    series: Arc<Mutex<rustc_hash::FxHashMap<u64, Vec<EndpointSeries>>>>,
+    series: Arc<Mutex<rustc_hash::FxHashMap<u64, Vec<Arc<EndpointSeries>>>>>,
     series_count: Arc<std::sync::atomic::AtomicUsize>,
 }
 
@@ -261,6 +274,13 @@ impl AgentMetrics {
 
     /// Records one request/response exchange, capping the number of label sets.
     pub fn exchange(&self, e: &ExchangeSample) {
+        self.series(e).record(self, e.seconds, e.exception);
+    }
+
+    /// The series an exchange counts in, made on first use; past [`MAX_ENDPOINT_SERIES`], the
+    /// shared overflow series. The caller may keep it for more exchanges of the same endpoint
+    /// and status class (the agent does, per endpoint and report interval).
+    pub fn series(&self, e: &ExchangeSample) -> Arc<EndpointSeries> {
         use std::hash::{Hash, Hasher};
         let ExchangeSample {
             namespace,
@@ -268,8 +288,7 @@ impl AgentMetrics {
             method,
             path,
             status,
-            seconds,
-            exception,
+            ..
         } = *e;
         let class = CODE_CLASSES
             .get((status / 100) as usize)
@@ -288,46 +307,35 @@ impl AgentMetrics {
                 && l.path == path
                 && l.code_class == class
         });
-        let handles = match found {
-            Some(s) => s,
-            None => {
-                let mut labels = EndpointLabels {
-                    namespace: namespace.to_string(),
-                    monitor: monitor.to_string(),
-                    method: method.to_string(),
-                    path: path.to_string(),
-                    code_class: class.to_string(),
-                };
-                // Past the cap, new endpoints share one overflow series (which is not cached
-                // under their own key, so they stay there).
-                let counted = self.series_count.load(std::sync::atomic::Ordering::Relaxed);
-                if counted >= MAX_ENDPOINT_SERIES {
-                    labels.method = "*".into();
-                    labels.path = OVERFLOW_PATH.into();
-                    self.requests.get_or_create(&labels).inc();
-                    self.duration.get_or_create(&labels).observe(seconds);
-                    if exception {
-                        self.exceptions.get_or_create(&labels).inc();
-                    }
-                    return;
-                }
-                self.series_count
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let requests = self.requests.get_or_create(&labels).clone();
-                let duration = self.duration.get_or_create(&labels).clone();
-                bucket.push(EndpointSeries {
-                    labels,
-                    requests,
-                    duration,
-                });
-                &bucket[bucket.len() - 1]
-            }
-        };
-        handles.requests.inc();
-        handles.duration.observe(seconds);
-        if exception {
-            self.exceptions.get_or_create(&handles.labels).inc();
+        if let Some(s) = found {
+            return Arc::clone(s);
         }
+        let mut labels = EndpointLabels {
+            namespace: namespace.to_string(),
+            monitor: monitor.to_string(),
+            method: method.to_string(),
+            path: path.to_string(),
+            code_class: class.to_string(),
+        };
+        // Past the cap, new endpoints share one overflow series (which is not cached under their
+        // own key, so they stay there).
+        let counted = self.series_count.load(std::sync::atomic::Ordering::Relaxed);
+        let overflow = counted >= MAX_ENDPOINT_SERIES;
+        if overflow {
+            labels.method = "*".into();
+            labels.path = OVERFLOW_PATH.into();
+        }
+        let made = Arc::new(EndpointSeries {
+            requests: self.requests.get_or_create(&labels).clone(),
+            duration: self.duration.get_or_create(&labels).clone(),
+            labels,
+        });
+        if !overflow {
+            self.series_count
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            bucket.push(Arc::clone(&made));
+        }
+        made
     }
 
     pub fn finding(&self, namespace: &str, policy: &str, rule: &str, severity: &str) {
@@ -484,6 +492,46 @@ mod tests {
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse::<u64>().ok());
         assert_eq!(overflow, Some(500), "requests past the cap are still counted");
+    }
+
+    #[test]
+    fn a_kept_series_counts_like_a_lookup() {
+        let m = AgentMetrics::new();
+        let sample = ExchangeSample {
+            namespace: "demo",
+            monitor: "api",
+            method: "GET",
+            path: "/users/{id}",
+            status: 500,
+            seconds: 0.002,
+            exception: false,
+        };
+        let kept = m.series(&sample);
+        assert!(
+            Arc::ptr_eq(&kept, &m.series(&sample)),
+            "one series per endpoint and class"
+        );
+        kept.record(&m, 0.002, false);
+        m.exchange(&sample);
+        kept.record(&m, 0.002, true);
+        let text = m.encode();
+        let value = |metric: &str| {
+            text.lines()
+                .find(|l| l.starts_with(metric) && l.contains(r#"path="/users/{id}""#) && l.contains("5xx"))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+        };
+        assert_eq!(value("palisade_agent_http_requests_total{"), Some(3.0), "{text}");
+        assert_eq!(
+            value("palisade_agent_http_request_duration_seconds_count{"),
+            Some(3.0),
+            "{text}"
+        );
+        assert_eq!(
+            value("palisade_agent_http_exceptions_total{"),
+            Some(1.0),
+            "{text}"
+        );
     }
 
     #[test]

@@ -1370,7 +1370,7 @@ impl<B: CaptureBackend> Runtime<B> {
                 continue;
             }
             let cap = monitor.max_endpoints.max(1) as usize;
-            self.metrics.exchange(&crate::metrics::ExchangeSample {
+            let sample = crate::metrics::ExchangeSample {
                 namespace: &monitor_key.0,
                 monitor: &monitor_key.1,
                 method,
@@ -1378,7 +1378,7 @@ impl<B: CaptureBackend> Runtime<B> {
                 status: ex.status,
                 seconds: ex.latency_ns as f64 / 1e9,
                 exception: facts.exception,
-            });
+            };
             let bodies = monitor.capture.as_ref().is_some_and(|c| c.bodies);
             // Looked up once per exchange; the key is cloned only for a monitor's first one.
             let pending = match self.monitors_pending.get_mut(monitor_key) {
@@ -1387,8 +1387,16 @@ impl<B: CaptureBackend> Runtime<B> {
             };
             let Some(counter) = pending.counter(method, &template, u32::from(ex.status), cap) else {
                 pending.overflow_requests += 1;
+                self.metrics.exchange(&sample);
                 continue;
             };
+            // The metrics series is the endpoint counter's for the interval: one lookup per
+            // endpoint and interval, not per exchange.
+            let metrics = &self.metrics;
+            counter
+                .metrics
+                .get_or_insert_with(|| metrics.series(&sample))
+                .record(metrics, sample.seconds, sample.exception);
             counter.add(&facts);
             if bodies {
                 counter.sample_body(&ex.response.body);
