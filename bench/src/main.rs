@@ -344,6 +344,11 @@ async fn capture_run(args: &Args, body_bytes: Option<u64>) -> Result<(Environmen
                 None
             }
         };
+        let sent = on.monitored.requests + on.latency_monitored.completed + direct.map_or(0, |d| d.requests);
+        // The agent's counts have settled (its last drain of the monitored pod's traffic, which
+        // ended a moment ago with the direct run, reached the status) before its counters are
+        // read, so records drained match records emitted.
+        let after = settled_count(&stack.cp, counted_before + sent, Duration::from_secs(20)).await?;
         let kernel = match bpf::agent_counters(agent_pid) {
             Ok(k) => k,
             Err(e) => {
@@ -358,8 +363,6 @@ async fn capture_run(args: &Args, body_bytes: Option<u64>) -> Result<(Environmen
                 None
             }
         };
-        let sent = on.monitored.requests + on.latency_monitored.completed + direct.map_or(0, |d| d.requests);
-        let after = settled_count(&stack.cp, counted_before + sent, Duration::from_secs(20)).await?;
         let completeness = Completeness {
             sent,
             counted: after.saturating_sub(counted_before),
