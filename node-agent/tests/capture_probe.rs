@@ -557,8 +557,8 @@ fn which(name: &str) -> Result<PathBuf, ()> {
 }
 
 /// The kernel's verifier walks every path of a program, up to 1,000,000 instructions; a program
-/// over that is refused at load, which would leave a node without capture. The capture programs
-/// must stay far enough below the limit that a different compiler or kernel does not push them
+/// over that is refused at load, which would leave a node without capture. The capture and TLS
+/// programs must stay far enough below the limit that a different compiler or kernel does not push them
 /// over: at most half of it.
 #[test]
 fn capture_programs_verify_well_under_the_kernel_limit() {
@@ -573,10 +573,13 @@ fn capture_programs_verify_well_under_the_kernel_limit() {
         .max()
         .unwrap_or(0);
     let _probes = CaptureProbes::load().expect("loading the capture programs");
+    let _tls =
+        palisade_node_agent::capture::tls::TlsProbes::load_standalone().expect("loading the TLS programs");
     let mut checked = 0;
     for info in aya::programs::loaded_programs().filter_map(Result::ok) {
         let name = info.name_as_str().unwrap_or_default().to_string();
-        // The kernel keeps 15 bytes of a name: "palisade_captur" and "palisade_enforc".
+        // The kernel keeps 15 bytes of a name: "palisade_captur", "palisade_enforc" and
+        // "palisade_tls_*".
         if info.id() <= newest_before || !name.starts_with("palisade_") {
             continue;
         }
@@ -594,7 +597,7 @@ fn capture_programs_verify_well_under_the_kernel_limit() {
         checked += 1;
     }
     assert!(
-        checked >= 4,
-        "found {checked} of the 4 cgroup_skb programs just loaded"
+        checked >= 11,
+        "found {checked} of the 11 programs just loaded (4 cgroup_skb, 7 TLS uprobes)"
     );
 }
