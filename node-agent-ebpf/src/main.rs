@@ -180,8 +180,7 @@ fn peer(ctx: &SkBuffContext, inbound: bool) -> Option<Peer> {
                 addr[12..16].copy_from_slice(&ip[16..20]);
             }
             // Later fragments carry no L4 header: they belong to a flow judged on its first.
-            let frag_off = (((ip[6] & 0x1f) as u16) << 8) | ip[7] as u16;
-            if frag_off != 0 {
+            if ipv4_fragment_offset(&ip) != 0 {
                 return Some(Peer { addr, opens: false });
             }
             (ip[9], ((ip[0] & 0x0f) as usize) * 4)
@@ -362,6 +361,34 @@ fn load<T>(ctx: &SkBuffContext, offset: u64) -> Result<T, Skip> {
     ctx.load::<T>(offset as usize).map_err(|_| Skip::Malformed)
 }
 
+/// The fragment offset of an IPv4 header: non-zero for every fragment but the first, and only
+/// the first carries the L4 header.
+#[inline(always)]
+fn ipv4_fragment_offset(ip: &[u8; 20]) -> u16 {
+    (((ip[6] & 0x1f) as u16) << 8) | ip[7] as u16
+}
+
+/// Whether a TCP header follows this IPv4 header: the protocol is TCP and the packet is not a
+/// later fragment.
+#[inline(always)]
+fn ipv4_carries_tcp_header(ip: &[u8; 20]) -> bool {
+    ip[9] == IPPROTO_TCP && ipv4_fragment_offset(ip) == 0
+}
+
+#[inline(always)]
+fn set_ipv4_addrs(hdr: &mut CaptureHeader, ip: &[u8; 20]) {
+    hdr.family = FAMILY_IPV4;
+    hdr.source_addr[..4].copy_from_slice(&ip[12..16]);
+    hdr.dest_addr[..4].copy_from_slice(&ip[16..20]);
+}
+
+#[inline(always)]
+fn set_ipv6_addrs(hdr: &mut CaptureHeader, ip: &[u8; 40]) {
+    hdr.family = FAMILY_IPV6;
+    hdr.source_addr.copy_from_slice(&ip[8..24]);
+    hdr.dest_addr.copy_from_slice(&ip[24..40]);
+}
+
 /// Fills `hdr`'s addresses and family and returns (offset of the TCP header).
 #[inline(always)]
 fn parse_ip(ctx: &SkBuffContext, hdr: &mut CaptureHeader) -> Result<u64, Skip> {
@@ -373,24 +400,15 @@ fn parse_ip(ctx: &SkBuffContext, hdr: &mut CaptureHeader) -> Result<u64, Skip> {
             if ihl < IPV4_MIN_HDR_LEN {
                 return Err(Skip::Malformed);
             }
-            if ip[9] != IPPROTO_TCP {
+            if !ipv4_carries_tcp_header(&ip) {
                 return Err(Skip::Ignored);
             }
-            // A fragment other than the first carries no TCP header.
-            let frag_off = (((ip[6] & 0x1f) as u16) << 8) | ip[7] as u16;
-            if frag_off != 0 {
-                return Err(Skip::Ignored);
-            }
-            hdr.family = FAMILY_IPV4;
-            hdr.source_addr[..4].copy_from_slice(&ip[12..16]);
-            hdr.dest_addr[..4].copy_from_slice(&ip[16..20]);
+            set_ipv4_addrs(hdr, &ip);
             Ok(ihl)
         }
         6 => {
             let ip: [u8; 40] = load(ctx, 0)?;
-            hdr.family = FAMILY_IPV6;
-            hdr.source_addr.copy_from_slice(&ip[8..24]);
-            hdr.dest_addr.copy_from_slice(&ip[24..40]);
+            set_ipv6_addrs(hdr, &ip);
             let mut next = ip[6];
             let mut off = IPV6_HDR_LEN;
             for _ in 0..MAX_IPV6_EXT_HEADERS {
@@ -435,13 +453,10 @@ fn direct_headers(ctx: &SkBuffContext, hdr: &mut CaptureHeader) -> Option<(u64, 
     let first = unsafe { *(data as *const u8) };
     let tcp_off = if first == 0x45 {
         let ip = unsafe { *(data as *const [u8; 20]) };
-        let frag_off = (((ip[6] & 0x1f) as u16) << 8) | ip[7] as u16;
-        if ip[9] != IPPROTO_TCP || frag_off != 0 {
+        if !ipv4_carries_tcp_header(&ip) {
             return None;
         }
-        hdr.family = FAMILY_IPV4;
-        hdr.source_addr[..4].copy_from_slice(&ip[12..16]);
-        hdr.dest_addr[..4].copy_from_slice(&ip[16..20]);
+        set_ipv4_addrs(hdr, &ip);
         IPV4_MIN_HDR_LEN as usize
     } else if first >> 4 == 6 {
         if data + V6_HEADERS > end {
@@ -451,9 +466,7 @@ fn direct_headers(ctx: &SkBuffContext, hdr: &mut CaptureHeader) -> Option<(u64, 
         if ip[6] != IPPROTO_TCP {
             return None;
         }
-        hdr.family = FAMILY_IPV6;
-        hdr.source_addr.copy_from_slice(&ip[8..24]);
-        hdr.dest_addr.copy_from_slice(&ip[24..40]);
+        set_ipv6_addrs(hdr, &ip);
         IPV6_HDR_LEN as usize
     } else {
         return None;
