@@ -104,6 +104,19 @@ impl ProgramRuns {
         Ok(sum)
     }
 
+    /// These runs and `other`'s together.
+    pub fn plus(&self, other: &ProgramRuns) -> ProgramRuns {
+        ProgramRuns {
+            run_time_ns: self.run_time_ns + other.run_time_ns,
+            runs: self.runs + other.runs,
+        }
+    }
+
+    /// Mean run time of one run, ns.
+    pub fn ns_per_run(&self) -> f64 {
+        self.run_time_ns as f64 / self.runs.max(1) as f64
+    }
+
     pub fn since(&self, before: &ProgramRuns) -> ProgramRuns {
         ProgramRuns {
             run_time_ns: self.run_time_ns.saturating_sub(before.run_time_ns),

@@ -97,9 +97,13 @@ pub struct DirectCost {
 }
 
 impl DirectCost {
+    /// Both programs' runs together.
+    fn programs(&self) -> ProgramRuns {
+        self.ingress.plus(&self.egress)
+    }
     /// The capture programs' run time per request, µs.
     pub fn programs_us(&self) -> f64 {
-        per_request_us(self.ingress.run_time_ns + self.egress.run_time_ns, self.requests)
+        per_request_us(self.programs().run_time_ns, self.requests)
     }
     pub fn agent_us(&self) -> f64 {
         per_request_us(self.agent_ns, self.requests)
@@ -110,18 +114,17 @@ impl DirectCost {
     }
     /// Program runs (packets) per request, both directions.
     pub fn runs_per_request(&self) -> f64 {
-        (self.ingress.runs + self.egress.runs) as f64 / self.requests.max(1) as f64
+        self.programs().runs as f64 / self.requests.max(1) as f64
     }
     /// Mean run time of one program run, ns.
     pub fn ns_per_run(&self) -> f64 {
-        let runs = self.ingress.runs + self.egress.runs;
-        (self.ingress.run_time_ns + self.egress.run_time_ns) as f64 / runs.max(1) as f64
+        self.programs().ns_per_run()
     }
     pub fn ingress_ns_per_run(&self) -> f64 {
-        self.ingress.run_time_ns as f64 / self.ingress.runs.max(1) as f64
+        self.ingress.ns_per_run()
     }
     pub fn egress_ns_per_run(&self) -> f64 {
-        self.egress.run_time_ns as f64 / self.egress.runs.max(1) as f64
+        self.egress.ns_per_run()
     }
 }
 
