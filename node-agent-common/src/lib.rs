@@ -24,11 +24,20 @@ pub const SMALL_CHUNK_BYTES: usize = payload_in_slot(512);
 /// Most chunks one skb is split into; payload past `CHUNK_BYTES * MAX_CHUNKS_PER_SKB` is counted
 /// as truncated.
 pub const MAX_CHUNKS_PER_SKB: usize = 16;
-/// Size of the capture ring buffer in bytes (a power of two, a multiple of the page size).
+/// Size of the shared capture ring buffer in bytes (a power of two, a multiple of the page
+/// size), and the budget the per-CPU rings split between them (see [`MAP_CAPTURE_RINGS`]).
 pub const CAPTURE_RING_BYTES: u32 = 32 * 1024 * 1024;
 
-/// Name of the ring buffer map that carries [`CaptureRecord`]s.
+/// Name of the ring buffer map that carries [`CaptureRecord`]s: TLS plaintext, and cgroup
+/// capture on a CPU without a ring of its own in [`MAP_CAPTURE_RINGS`].
 pub const MAP_CAPTURE_RING: &str = "CAPTURE_RING";
+/// Name of the array of ring buffers, one per CPU (index: the CPU's number), that the cgroup
+/// capture programs write into. The agent creates the rings and puts them in; an empty slot
+/// sends that CPU's records to [`MAP_CAPTURE_RING`]. One ring per CPU: programs on different CPUs
+/// no longer take the same lock and write the same positions for every record.
+pub const MAP_CAPTURE_RINGS: &str = "CAPTURE_RINGS";
+/// Slots in [`MAP_CAPTURE_RINGS`]: CPUs numbered from this up use the shared ring.
+pub const CAPTURE_RINGS_MAX_CPUS: usize = 1024;
 /// Name of the per-CPU array of [`CaptureCounters`] (one entry, index 0).
 pub const MAP_CAPTURE_COUNTERS: &str = "CAPTURE_COUNTERS";
 /// Program attached to a pod cgroup's ingress (packets delivered to the pod's sockets).

@@ -16,30 +16,44 @@
 use core::ptr::addr_of_mut;
 
 use aya_ebpf::{
+    btf_maps::{ArrayOfMaps, RingBuf as BtfRingBuf},
     cty::c_void,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_probe_read_user,
+        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_probe_read_user,
         generated::{
             bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_probe_read_user as bpf_probe_read_user_raw,
             bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id, bpf_skb_load_bytes,
         },
     },
-    macros::{cgroup_skb, map, uprobe, uretprobe},
-    maps::{lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    macros::{btf_map, cgroup_skb, map, uprobe, uretprobe},
+    maps::{
+        lpm_trie::Key as LpmKey, ring_buf::RingBufEntry, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray,
+        RingBuf,
+    },
     programs::{ProbeContext, RetProbeContext, SkBuffContext},
 };
 use palisade_common::{
     BlockKey, BlockValue, CaptureCounters, CaptureHeader, CaptureRecord, CaptureRecordOf, IsolationAllowKey,
-    IsolationValue, TlsCallArgs, TlsStreamKey, BLOCKED_SOURCES_MAX_ENTRIES, CAPTURE_RING_BYTES, CHUNK_BYTES,
-    DIRECTION_EGRESS, DIRECTION_INGRESS, ENFORCE_BLOCKS, ENFORCE_ISOLATION, ENFORCE_MAX_CGROUP_LEVEL,
-    FAMILY_IPV4, FAMILY_IPV6, FAMILY_TLS, ISOLATED_WORKLOADS_MAX_ENTRIES, ISOLATION_ALLOW_CGROUP_BITS,
-    ISOLATION_ALLOW_MAX_ENTRIES, ISOLATION_DENY_EGRESS, MAX_CHUNKS_PER_SKB, MEDIUM_CHUNK_BYTES,
-    SMALL_CHUNK_BYTES, TCP_FIN, TCP_RST, TINY_CHUNK_BYTES,
+    IsolationValue, TlsCallArgs, TlsStreamKey, BLOCKED_SOURCES_MAX_ENTRIES, CAPTURE_RINGS_MAX_CPUS,
+    CAPTURE_RING_BYTES, CHUNK_BYTES, DIRECTION_EGRESS, DIRECTION_INGRESS, ENFORCE_BLOCKS, ENFORCE_ISOLATION,
+    ENFORCE_MAX_CGROUP_LEVEL, FAMILY_IPV4, FAMILY_IPV6, FAMILY_TLS, ISOLATED_WORKLOADS_MAX_ENTRIES,
+    ISOLATION_ALLOW_CGROUP_BITS, ISOLATION_ALLOW_MAX_ENTRIES, ISOLATION_DENY_EGRESS, MAX_CHUNKS_PER_SKB,
+    MEDIUM_CHUNK_BYTES, SMALL_CHUNK_BYTES, TCP_FIN, TCP_RST, TINY_CHUNK_BYTES,
 };
 
-/// Records of TCP payload, see [`CaptureRecord`].
+/// Records of TLS plaintext, and of TCP payload on a CPU without a ring in [`CAPTURE_RINGS`];
+/// see [`CaptureRecord`].
 #[map]
 static CAPTURE_RING: RingBuf = RingBuf::with_byte_size(CAPTURE_RING_BYTES, 0);
+
+/// One ring buffer per CPU for the cgroup capture programs, created and put in by the agent
+/// (the inner definition is only the template the outer map is created with; the agent's rings
+/// may be of another size). Each CPU reserves in its own ring: the shared ring's lock and
+/// producer position went back and forth between the client's CPU (ingress, in its softirq) and
+/// the server's (egress, in its `sendmsg`) for every record. The agent merges the rings by
+/// timestamp.
+#[btf_map]
+static CAPTURE_RINGS: ArrayOfMaps<BtfRingBuf<u8, { 1 << 20 }>, CAPTURE_RINGS_MAX_CPUS> = ArrayOfMaps::new();
 
 /// One [`CaptureCounters`] per CPU at index 0.
 #[map]
@@ -567,6 +581,17 @@ fn capture(ctx: &SkBuffContext, direction: u8) -> Result<(), Skip> {
     Ok(())
 }
 
+/// A record in this CPU's ring of [`CAPTURE_RINGS`], or in the shared ring if it has none.
+#[inline(always)]
+fn reserve_on_this_cpu<T: 'static>() -> Option<RingBufEntry<T>> {
+    // SAFETY: the helper has no preconditions.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    match CAPTURE_RINGS.get(cpu) {
+        Some(ring) => ring.reserve_untyped::<T>(0),
+        None => CAPTURE_RING.reserve::<T>(0),
+    }
+}
+
 /// Copies `n` payload bytes starting at `chunk_off` into one ring-buffer record with room for
 /// `N` payload bytes (`n <= N`).
 #[inline(always)]
@@ -577,7 +602,7 @@ fn emit_chunk<const N: usize>(
     chunk_off: u64,
     n: u64,
 ) -> Result<(), Skip> {
-    let Some(mut entry) = CAPTURE_RING.reserve::<CaptureRecordOf<N>>(0) else {
+    let Some(mut entry) = reserve_on_this_cpu::<CaptureRecordOf<N>>() else {
         count(Counter::RecordsLost, 1);
         return Ok(());
     };

@@ -62,9 +62,10 @@ struct Args {
     /// sleeps until the kernel says a record arrived; under load it reads records in batches at
     /// most this often. Each drain has a fixed cost (a wake-up, and caches refilled after other
     /// work ran): with 10 ms instead of 2 ms the agent's CPU per request fell by about a fifth in
-    /// the overhead benchmark. The 32 MiB ring holds 10 ms of more than 3 GB/s of capture; a
-    /// longer interval only makes sense to test loss accounting (records the full ring cannot
-    /// take are counted as lost). Findings leave the node once per report interval anyway.
+    /// the overhead benchmark. The rings (one per CPU: 32 MiB together on up to 16 CPUs, 2 MiB
+    /// each on more) hold 10 ms of more than 3 GB/s of capture; a longer interval only makes
+    /// sense to test loss accounting (records a full ring cannot take are counted as lost).
+    /// Findings leave the node once per report interval anyway.
     #[arg(long, env = "PALISADE_DRAIN_INTERVAL_MS", default_value = "10")]
     drain_interval_ms: u64,
     /// The gap between drains, in milliseconds, while each drain finds at least 1/16 of the ring
@@ -261,7 +262,9 @@ const BUSY_DRAIN_BYTES: usize = palisade_common::CAPTURE_RING_BYTES as usize / 1
 
 /// What one drain read.
 struct Drained {
-    /// It stopped at [`DRAIN_BATCH`] with records left.
+    /// Records were left in the rings (at [`DRAIN_BATCH`], later than the merge's watermark, or
+    /// arrived during the drain): the next drain comes after the gap without waiting for a
+    /// notification.
     backlog: bool,
     /// Payload bytes read.
     bytes: usize,
@@ -292,14 +295,14 @@ fn drain_ring<B: CaptureBackend>(
     };
     let ring = ring.get_mut();
     let mut bytes = 0;
-    let delivered = ring.drain(DRAIN_BATCH, |h, d| {
+    let drain = ring.drain(DRAIN_BATCH, |h, d| {
         bytes += d.len();
         runtime.on_record(h, d)
     });
-    runtime.metrics().drained(delivered as u64);
+    runtime.metrics().drained(drain.delivered as u64);
     runtime.metrics().dropped("malformed_record", ring.bad_records());
     Drained {
-        backlog: delivered >= DRAIN_BATCH,
+        backlog: drain.more,
         bytes,
     }
 }

@@ -281,6 +281,17 @@ fn capture_scenario(name: &str, ip: IpAddr) {
             .or_insert(0) += 1;
     }
     println!("records by (direction, has payload): {by_dir:?}");
+    // Each CPU writes into its own ring, the shared one carries TLS only.
+    let per_ring = ring.records_per_ring().to_vec();
+    println!("[{name}] records per ring (shared, then by CPU): {per_ring:?}");
+    let possible_cpus = aya::util::nr_cpus().unwrap();
+    assert_eq!(
+        ring.rings(),
+        1 + possible_cpus.min(1024),
+        "one ring per CPU besides the shared one"
+    );
+    assert_eq!(per_ring[0], 0, "cgroup capture went through the shared ring");
+    assert!(per_ring[1..].iter().sum::<u64>() >= recs.len() as u64);
     if std::env::var_os("PALISADE_TEST_DUMP").is_some() {
         for r in &recs {
             println!(

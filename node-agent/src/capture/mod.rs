@@ -1,21 +1,25 @@
 //! Plaintext HTTP capture with `cgroup_skb` programs (see `node-agent-ebpf`).
 //!
 //! [`CaptureProbes`] loads the embedded eBPF object and attaches its ingress and egress programs to
-//! the cgroup v2 directories of monitored pods; [`CaptureRing`] drains the records they produce.
+//! the cgroup v2 directories of monitored pods; [`CaptureRing`] drains the records they produce, from
+//! one ring buffer per CPU merged by timestamp.
 //! Every error carries the kernel's reason (the errno text and, for a refused program, the tail of
 //! the verifier log).
 
 mod enforce;
+mod merge;
 pub mod openssl_entry;
 mod probes;
 mod ring;
+mod ring_reader;
 pub mod tls;
 
 use std::{error::Error as StdError, fmt::Write as _, io, path::PathBuf};
 
 pub use enforce::{AllowPrefix, EnforcementAttach};
+pub use merge::MERGE_SLACK_NS;
 pub use probes::CaptureProbes;
-pub use ring::CaptureRing;
+pub use ring::{CaptureRing, RingDrain};
 
 /// Longest verifier-log excerpt kept in an error (its tail, where the verifier names the problem).
 const VERIFIER_LOG_EXCERPT: usize = 480;

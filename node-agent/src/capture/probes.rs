@@ -9,14 +9,15 @@ use std::{
 };
 
 use aya::{
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{of_maps::ArrayOfMaps, MapData, PerCpuArray},
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError},
     Ebpf, EbpfError,
 };
 use palisade_common::{
-    BlockKey, BlockValue, CaptureCounters, IsolationValue, MAP_BLOCKED_SOURCES, MAP_CAPTURE_COUNTERS,
-    MAP_CAPTURE_RING, MAP_ENFORCE_ACTIVE, MAP_ISOLATED_WORKLOADS, MAP_ISOLATION_ALLOW, PROG_CAPTURE_EGRESS,
-    PROG_CAPTURE_INGRESS, PROG_ENFORCE_EGRESS, PROG_ENFORCE_INGRESS,
+    BlockKey, BlockValue, CaptureCounters, IsolationValue, CAPTURE_RINGS_MAX_CPUS, CAPTURE_RING_BYTES,
+    MAP_BLOCKED_SOURCES, MAP_CAPTURE_COUNTERS, MAP_CAPTURE_RING, MAP_CAPTURE_RINGS, MAP_ENFORCE_ACTIVE,
+    MAP_ISOLATED_WORKLOADS, MAP_ISOLATION_ALLOW, PROG_CAPTURE_EGRESS, PROG_CAPTURE_INGRESS,
+    PROG_ENFORCE_EGRESS, PROG_ENFORCE_INGRESS,
 };
 
 use super::enforce::{self, AllowPrefix, Enforcement, EnforcementAttach};
@@ -44,6 +45,9 @@ pub struct CaptureProbes {
     attached: BTreeMap<PathBuf, Attachment>,
     /// Enforcement links (pinned), when loaded with a pin directory.
     enforcement: Option<Enforcement>,
+    /// One ring per CPU, in `CAPTURE_RINGS` (empty if they could not be made: then every CPU
+    /// writes into the shared ring).
+    per_cpu_rings: Vec<MapData>,
 }
 
 impl std::fmt::Debug for CaptureProbes {
@@ -81,6 +85,17 @@ impl CaptureProbes {
         for (name, path) in PINNED_MAPS.iter().zip(&pin_paths) {
             loader.map_pin_path(name, path.as_path());
         }
+        let per_cpu_rings = match create_per_cpu_rings() {
+            Ok(rings) => {
+                // The shared ring then carries TLS plaintext only: a fraction of the budget.
+                loader.map_max_entries(MAP_CAPTURE_RING, SHARED_RING_BYTES_BESIDE_PER_CPU);
+                rings
+            }
+            Err(reason) => {
+                tracing::warn!(%reason, "no ring buffer per CPU; all CPUs share one capture ring");
+                vec![]
+            }
+        };
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(object_error)?;
         for name in [
             PROG_CAPTURE_INGRESS,
@@ -97,10 +112,12 @@ impl CaptureProbes {
                 return Err(CaptureError::MissingInObject { kind: "map", name });
             }
         }
+        let per_cpu_rings = insert_per_cpu_rings(&mut ebpf, per_cpu_rings);
         Ok(Self {
             ebpf,
             attached: BTreeMap::new(),
             enforcement: pin_dir.map(Enforcement::new),
+            per_cpu_rings,
         })
     }
 
@@ -288,12 +305,85 @@ impl CaptureProbes {
             .ebpf
             .take_map(MAP_CAPTURE_RING)
             .ok_or(CaptureError::RingTaken)?;
-        let ring = RingBuf::<MapData>::try_from(map).map_err(|e| CaptureError::Map {
+        let map_err = |reason: String| CaptureError::Map {
             map: MAP_CAPTURE_RING,
-            reason: error_chain(&e),
-        })?;
-        Ok(CaptureRing::new(ring))
+            reason,
+        };
+        let shared = super::ring::ring_map_data(map).map_err(map_err)?;
+        CaptureRing::new(shared, std::mem::take(&mut self.per_cpu_rings))
+            .map_err(|e| map_err(format!("mapping the capture rings: {e}")))
     }
+}
+
+/// Size of the shared ring when every CPU has a ring of its own: it then carries TLS plaintext,
+/// whose uprobes cost microseconds per call, so records come far slower than from the cgroup
+/// programs.
+const SHARED_RING_BYTES_BESIDE_PER_CPU: u32 = 4 * 1024 * 1024;
+/// Least and most bytes of one CPU's ring.
+const PER_CPU_RING_BYTES: std::ops::RangeInclusive<u32> = (2 * 1024 * 1024)..=(16 * 1024 * 1024);
+
+/// The size of each CPU's ring: the shared ring's budget split between `cpus`, rounded down to a
+/// power of two, within [`PER_CPU_RING_BYTES`].
+fn per_cpu_ring_bytes(cpus: usize) -> u32 {
+    let share = CAPTURE_RING_BYTES / u32::try_from(cpus.max(1)).unwrap_or(u32::MAX);
+    let pow2 = if share == 0 { 1 } else { 1 << share.ilog2() };
+    pow2.clamp(*PER_CPU_RING_BYTES.start(), *PER_CPU_RING_BYTES.end())
+}
+
+/// One ring buffer per possible CPU (up to `CAPTURE_RINGS_MAX_CPUS`), index = CPU number.
+fn create_per_cpu_rings() -> Result<Vec<MapData>, String> {
+    let cpus = aya::util::nr_cpus().map_err(|(file, e)| format!("reading {file}: {e}"))?;
+    let cpus = cpus.min(CAPTURE_RINGS_MAX_CPUS);
+    let bytes = per_cpu_ring_bytes(cpus);
+    (0..cpus)
+        .map(|cpu| {
+            let def = aya_obj::Map::new_from_params(
+                aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32,
+                0,
+                0,
+                bytes,
+                0,
+            );
+            MapData::create(def, &format!("capture_cpu{cpu}"), None)
+                .map_err(|e| format!("creating the ring of CPU {cpu}: {}", error_chain(&e)))
+        })
+        .collect()
+}
+
+/// Puts each CPU's ring into `CAPTURE_RINGS`, in CPU order; returns the rings put in. If a slot
+/// cannot be filled, that CPU and the ones after it write into the shared ring (its ring is
+/// dropped: no program holds it).
+fn insert_per_cpu_rings(ebpf: &mut Ebpf, mut rings: Vec<MapData>) -> Vec<MapData> {
+    if rings.is_empty() {
+        return rings;
+    }
+    let mut inserted = 0;
+    let result = ebpf
+        .map_mut(MAP_CAPTURE_RINGS)
+        .ok_or_else(|| format!("the object has no {MAP_CAPTURE_RINGS} map"))
+        .and_then(|map| {
+            let mut outer: ArrayOfMaps<&mut MapData, MapData> =
+                map.try_into().map_err(|e: aya::maps::MapError| error_chain(&e))?;
+            for (cpu, ring) in rings.iter().enumerate() {
+                outer
+                    .set(cpu as u32, ring, 0)
+                    .map_err(|e| format!("CPU {cpu}: {}", error_chain(&e)))?;
+                inserted += 1;
+            }
+            Ok(())
+        });
+    if let Err(reason) = result {
+        tracing::warn!(
+            %reason,
+            with_own_ring = inserted,
+            "not every CPU got its capture ring; the others share one"
+        );
+    }
+    rings.truncate(inserted);
+    if !rings.is_empty() {
+        tracing::info!(rings = rings.len(), "capture rings: one per CPU");
+    }
+    rings
 }
 
 fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut CgroupSkb, CaptureError> {

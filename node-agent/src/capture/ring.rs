@@ -3,64 +3,178 @@
 //! `SMALL_CHUNK_BYTES` of payload); all are a header followed by `captured_len` payload bytes.
 
 use std::{
+    io,
     mem::size_of,
-    os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
 };
 
-use aya::maps::{MapData, RingBuf};
+use aya::maps::{Map, MapData};
 use palisade_common::{CaptureHeader, CHUNK_BYTES};
 
-/// The consumer side of the capture ring buffer.
+use super::{
+    merge::{merge, Merged, RecordSource, MERGE_SLACK_NS},
+    ring_reader::RingReader,
+};
+
+/// The consumer side of the capture ring buffers: the shared ring (TLS plaintext, and CPUs
+/// without a ring of their own) and one ring per CPU, merged by timestamp
+/// ([`super::merge`]).
 ///
 /// The programs submit with adaptive wake-ups (the kernel notifies only when a record arrives
-/// while the reader is caught up): wait for readiness on its file descriptor, then drain, and
-/// leave some time between drains so that records are read in batches under load.
+/// while the reader is caught up with that ring): wait for readiness on [`CaptureRing::as_fd`]
+/// (an epoll set of every ring), then drain, and leave some time between drains so that records
+/// are read in batches under load.
 pub struct CaptureRing {
-    ring: RingBuf<MapData>,
+    /// The shared ring first.
+    rings: Vec<RingReader>,
+    epoll: OwnedFd,
     bad_records: u64,
+    /// Records read, per ring (the shared ring first).
+    delivered: Vec<u64>,
 }
 
 impl std::fmt::Debug for CaptureRing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CaptureRing")
+            .field("rings", &self.rings.len())
             .field("bad_records", &self.bad_records)
             .finish_non_exhaustive()
     }
 }
 
+/// What one drain did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingDrain {
+    /// Records passed to the callback.
+    pub delivered: usize,
+    /// Records were left in the rings (the limit was reached, some are later than the merge's
+    /// watermark, or some arrived while draining): drain again soon rather than wait for a
+    /// notification.
+    pub more: bool,
+}
+
+impl RecordSource for RingReader {
+    fn peek(&mut self) -> Option<&[u8]> {
+        RingReader::peek(self)
+    }
+    fn consume(&mut self) {
+        RingReader::consume(self)
+    }
+}
+
+/// The ring buffer map inside an aya map, for [`CaptureRing::new`].
+pub(super) fn ring_map_data(map: Map) -> Result<MapData, String> {
+    match map {
+        Map::RingBuf(data) => Ok(data),
+        _ => Err("not a ring buffer map".into()),
+    }
+}
+
 impl CaptureRing {
-    pub(super) fn new(ring: RingBuf<MapData>) -> Self {
-        Self { ring, bad_records: 0 }
+    /// Reads `shared` and the `per_cpu` rings (empty: the shared ring only).
+    pub(super) fn new(shared: MapData, per_cpu: Vec<MapData>) -> io::Result<Self> {
+        let rings = std::iter::once(shared)
+            .chain(per_cpu)
+            .map(RingReader::new)
+            .collect::<io::Result<Vec<_>>>()?;
+        // SAFETY: epoll_create1 has no preconditions; the fd is checked and then owned.
+        let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if epoll < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh file descriptor nothing else owns.
+        let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
+        for (i, ring) in rings.iter().enumerate() {
+            let mut event = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: i as u64,
+            };
+            // SAFETY: both descriptors are open; the event is read during the call only.
+            let added = unsafe {
+                libc::epoll_ctl(
+                    epoll.as_raw_fd(),
+                    libc::EPOLL_CTL_ADD,
+                    ring.as_fd().as_raw_fd(),
+                    &mut event,
+                )
+            };
+            if added < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        let delivered = vec![0; rings.len()];
+        Ok(Self {
+            rings,
+            epoll,
+            bad_records: 0,
+            delivered,
+        })
     }
 
     /// Drains up to `max` records without blocking, calling `f` with each header and its captured
-    /// payload (`&data[..captured_len]`); returns how many records were passed to `f`.
+    /// payload (`&data[..captured_len]`), in timestamp order across the rings.
     ///
     /// Records with a bad length are counted (see [`CaptureRing::bad_records`]) and skipped.
-    pub fn drain(&mut self, max: usize, mut f: impl FnMut(&CaptureHeader, &[u8])) -> usize {
-        let mut delivered = 0;
-        let mut consumed = 0;
-        while consumed < max {
-            let Some(item) = self.ring.next() else {
-                break;
-            };
-            consumed += 1;
-            match parse_record(&item) {
+    pub fn drain(&mut self, max: usize, mut f: impl FnMut(&CaptureHeader, &[u8])) -> RingDrain {
+        // With one ring nothing can overtake anything: no watermark.
+        let watermark = (self.rings.len() > 1).then(|| monotonic_ns().saturating_sub(MERGE_SLACK_NS));
+        for ring in &mut self.rings {
+            ring.refresh();
+        }
+        let (mut bad, mut passed) = (0, 0);
+        let per_ring = &mut self.delivered;
+        let Merged { delivered, held } = merge(&mut self.rings, max, watermark, |ring, record| {
+            per_ring[ring] += 1;
+            match parse_record(record) {
                 Some((header, payload)) => {
                     f(&header, payload);
-                    delivered += 1;
+                    passed += 1;
                 }
-                None => self.bad_records += 1,
+                None => bad += 1,
             }
+        });
+        self.bad_records += bad;
+        // Published once per drain; then each ring is checked for records reserved meanwhile,
+        // which the kernel may not have notified.
+        let mut caught_up = true;
+        for ring in &mut self.rings {
+            ring.publish();
+            caught_up &= ring.caught_up();
         }
-        delivered
+        RingDrain {
+            delivered: passed,
+            more: held || delivered >= max || !caught_up,
+        }
     }
 
-    /// The ring, registered with tokio's reactor to wait for records (readable when it holds
-    /// any). Must be called inside a tokio runtime.
+    /// The number of rings read: 1 (the shared ring) + one per CPU that has its own.
+    pub fn rings(&self) -> usize {
+        self.rings.len()
+    }
+
+    /// Bytes waiting in the rings, and their total size.
+    pub fn fill(&self) -> (usize, usize) {
+        self.rings.iter().fold((0, 0), |(used, size), r| {
+            (used + r.pending_bytes(), size + r.size())
+        })
+    }
+
+    /// Records read from each ring so far (the shared ring first, then by CPU): which rings
+    /// carry the traffic.
+    pub fn records_per_ring(&self) -> &[u64] {
+        &self.delivered
+    }
+
+    /// The shared ring's map (the TLS programs write into it).
+    pub(super) fn shared_ring(&self) -> &MapData {
+        self.rings[0].map()
+    }
+
+    /// The rings, registered with tokio's reactor to wait for records (readable when any
+    /// ring's reader was notified). Must be called inside a tokio runtime.
     pub fn into_async(self) -> std::io::Result<tokio::io::unix::AsyncFd<CaptureRing>> {
-        // SAFETY: the file descriptor is the ring map's, owned by `self.ring`: it stays open and
-        // the same for as long as the AsyncFd owns this CaptureRing (nothing replaces the map).
+        // SAFETY: the file descriptor is the epoll set's, owned by `self.epoll`: it stays open
+        // and the same for as long as the AsyncFd owns this CaptureRing.
         unsafe { tokio::io::unix::AsyncFd::register_with_interest(self, tokio::io::Interest::READABLE) }
             .map_err(std::io::Error::from)
     }
@@ -71,15 +185,27 @@ impl CaptureRing {
     }
 }
 
+/// `CLOCK_MONOTONIC`, the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64
+}
+
+/// The epoll set of every ring: readable when a ring's reader was notified.
 impl AsFd for CaptureRing {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.ring.as_fd()
+        self.epoll.as_fd()
     }
 }
 
 impl AsRawFd for CaptureRing {
     fn as_raw_fd(&self) -> RawFd {
-        self.ring.as_fd().as_raw_fd()
+        self.epoll.as_raw_fd()
     }
 }
 

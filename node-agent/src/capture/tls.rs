@@ -28,7 +28,7 @@ use std::{
 };
 
 use aya::{
-    maps::{Map, MapData, PerCpuArray, RingBuf},
+    maps::{Map, MapData, PerCpuArray},
     programs::{
         uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
         ProgramError, UProbe, UProbeError,
@@ -262,6 +262,8 @@ impl TlsProbes {
             reason,
         };
         let fd = ring
+            .shared_ring()
+            .fd()
             .as_fd()
             .try_clone_to_owned()
             .map_err(|e| share_err(format!("dup of the ring's fd: {e}")))?;
@@ -491,11 +493,12 @@ impl TlsProbes {
             return Err(TlsError::RingTaken);
         }
         let map = self.ebpf.take_map(MAP_CAPTURE_RING).ok_or(TlsError::RingTaken)?;
-        let ring = RingBuf::<MapData>::try_from(map).map_err(|e| TlsError::Map {
+        let map_err = |reason: String| TlsError::Map {
             map: MAP_CAPTURE_RING,
-            reason: error_chain(&e),
-        })?;
-        Ok(CaptureRing::new(ring))
+            reason,
+        };
+        let ring = super::ring::ring_map_data(map).map_err(map_err)?;
+        CaptureRing::new(ring, vec![]).map_err(|e| map_err(format!("mapping the ring: {e}")))
     }
 }
 
