@@ -1,7 +1,8 @@
-//! Losses are counted exactly: with the agent draining its ring buffer only every 4 s (however
-//! much each drain finds), a burst of requests overflows the 32 MiB ring. Every record the
-//! kernel emitted is drained, every record it could not deliver is counted as lost, and the loss
-//! shows in status and as a finding.
+//! Losses are counted exactly: with the agent draining its ring buffers only every 4 s (however
+//! much each drain finds), a burst of requests overflows them (16 MiB per CPU on a 2-CPU
+//! machine). Every record the kernel emitted is drained, every record it could not deliver is
+//! counted as lost, the loss shows in status and as a finding, and the agent's ring fill gauge
+//! showed a full ring.
 
 use anyhow::{Context, Result};
 use palisade_e2e::palisade::{get_json, http_get_body, start_agent_with_metrics, wait_for_object, Operator};
@@ -58,14 +59,37 @@ async fn losses_under_forced_overload_are_counted_exactly() -> Result<()> {
     // A bounded burst from 4 threads: at most 4 x 3000 requests or 8 s. Each request carries a
     // 24 KiB header, so it takes at least six full 4 KiB ring records (packets of up to 432
     // bytes take records of 512 bytes or less, and 12,000 small exchanges would fit in the
-    // ring). The 32 MiB ring holds 8,192 full records; between two drains (4 s) even a loaded
-    // CI machine, which managed 1,100 such requests a second with a 1 KiB header, writes several
-    // times that.
+    // rings). The rings hold 8,192 full records together (32 MiB on up to 16 CPUs); between two
+    // drains (4 s) even a loaded CI machine, which managed 1,100 such requests a second with a
+    // 1 KiB header, writes several times that. Meanwhile, and for 5 s after (a drain comes at
+    // most 4 s after a loss, and finds the ring still full), the fill gauge is sampled.
     let addr = pod.addr(8080);
     let pad = "p".repeat(24 * 1024);
     let pad = pad.as_str();
     let deadline = Instant::now() + Duration::from_secs(8);
+    let burst_over = std::sync::atomic::AtomicBool::new(false);
+    let mut fullest_seen = 0.0f64;
     let sent: u64 = std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let mut fullest = 0.0f64;
+            let mut stop_at = None;
+            loop {
+                if let Ok(text) = http_get_body(metrics, "/metrics") {
+                    let fill = text
+                        .lines()
+                        .find(|l| l.starts_with("palisade_agent_capture_ring_fill_ratio "))
+                        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+                    fullest = fullest.max(fill.unwrap_or(0.0));
+                }
+                if burst_over.load(std::sync::atomic::Ordering::Relaxed) {
+                    let stop = *stop_at.get_or_insert_with(|| Instant::now() + Duration::from_secs(5));
+                    if Instant::now() >= stop {
+                        return fullest;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        });
         let workers: Vec<_> = (0..4)
             .map(|_| {
                 s.spawn(move || {
@@ -87,7 +111,10 @@ async fn losses_under_forced_overload_are_counted_exactly() -> Result<()> {
                 })
             })
             .collect();
-        workers.into_iter().map(|w| w.join().unwrap_or(0)).sum()
+        let sent = workers.into_iter().map(|w| w.join().unwrap_or(0)).sum();
+        burst_over.store(true, std::sync::atomic::Ordering::Relaxed);
+        fullest_seen = sampler.join().unwrap_or(0.0);
+        sent
     });
     println!("sent {sent} requests");
 
@@ -125,6 +152,12 @@ async fn losses_under_forced_overload_are_counted_exactly() -> Result<()> {
     .unwrap_or(0);
     println!("kernel emitted {emitted}, lost {kernel_lost}; agent drained {drained} (+{malformed} malformed); status lost {lost}, finding count {finding_count}");
     assert!(kernel_lost > 0, "the burst must overflow the ring: {text}");
+    let ring_bytes = metric(&text, "palisade_agent_capture_ring_bytes ").context("ring bytes")?;
+    println!("rings {ring_bytes} bytes together; the fullest was {fullest_seen:.4} full at a drain");
+    assert!(
+        fullest_seen > 0.99,
+        "a ring lost records, so a drain found it full: the gauge said {fullest_seen}"
+    );
     assert_eq!(
         drained + malformed,
         emitted,

@@ -294,6 +294,8 @@ fn drain_ring<B: CaptureBackend>(
         };
     };
     let ring = ring.get_mut();
+    let (fullest, total_bytes) = ring.fill();
+    runtime.metrics().ring_fill(fullest, total_bytes);
     let mut bytes = 0;
     let drain = ring.drain(DRAIN_BATCH, |h, d| {
         bytes += d.len();

@@ -104,6 +104,8 @@ pub struct AgentMetrics {
     isolated_pods: Gauge,
     connections: Gauge,
     drained: Counter,
+    ring_fill: Gauge<f64, AtomicU64>,
+    ring_bytes: Gauge,
     /// Request and response bodies, indexed by [`BodyDirection`].
     bodies: [BodyCounters; 2],
     /// Endpoint label sets seen so far, by an Fx hash of their parts, with their metric handles:
@@ -214,6 +216,18 @@ impl AgentMetrics {
             "Capture records read from the ring buffer by the agent",
             drained.clone(),
         );
+        let ring_fill = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "capture_ring_fill_ratio",
+            "How full the fullest capture ring buffer was when the last drain started (0 to 1; at 1 records are lost)",
+            ring_fill.clone(),
+        );
+        let ring_bytes = Gauge::default();
+        registry.register(
+            "capture_ring_bytes",
+            "Size of the capture ring buffers together (one per CPU and the shared one)",
+            ring_bytes.clone(),
+        );
         let connections = Gauge::default();
         registry.register(
             "tracked_connections",
@@ -266,6 +280,8 @@ impl AgentMetrics {
             isolated_pods,
             connections,
             drained,
+            ring_fill,
+            ring_bytes,
             bodies,
             series: Arc::new(Mutex::new(rustc_hash::FxHashMap::default())),
             series_count: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
@@ -398,6 +414,13 @@ impl AgentMetrics {
     /// Counts records read from the ring buffer.
     pub fn drained(&self, n: u64) {
         self.drained.inc_by(n);
+    }
+
+    /// How full the rings are before a drain: the fullest one's fill, and all rings' size.
+    pub fn ring_fill(&self, fullest: f64, total_bytes: usize) {
+        self.ring_fill.set(fullest);
+        self.ring_bytes
+            .set(i64::try_from(total_bytes).unwrap_or(i64::MAX));
     }
 
     pub fn block_latency(&self, seconds: f64) {

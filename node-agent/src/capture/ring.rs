@@ -152,10 +152,12 @@ impl CaptureRing {
         self.rings.len()
     }
 
-    /// Bytes waiting in the rings, and their total size.
-    pub fn fill(&self) -> (usize, usize) {
-        self.rings.iter().fold((0, 0), |(used, size), r| {
-            (used + r.pending_bytes(), size + r.size())
+    /// How full the fullest ring is (0 to 1: records not yet consumed over its size), and the
+    /// size of all rings together.
+    pub fn fill(&self) -> (f64, usize) {
+        self.rings.iter().fold((0.0, 0), |(fullest, total), r| {
+            let fill = r.pending_bytes() as f64 / r.size() as f64;
+            (fullest.max(fill), total + r.size())
         })
     }
 
