@@ -28,11 +28,11 @@ pub const MAX_CHUNKS_PER_SKB: usize = 16;
 /// size), and the budget the per-CPU rings split between them (see [`MAP_CAPTURE_RINGS`]).
 pub const CAPTURE_RING_BYTES: u32 = 32 * 1024 * 1024;
 
-/// Name of the ring buffer map that carries [`CaptureRecord`]s: TLS plaintext, and cgroup
-/// capture on a CPU without a ring of its own in [`MAP_CAPTURE_RINGS`].
+/// Name of the ring buffer map that carries the [`CaptureRecord`]s of a CPU without a ring of
+/// its own in [`MAP_CAPTURE_RINGS`] (of every CPU, if the agent could not make them).
 pub const MAP_CAPTURE_RING: &str = "CAPTURE_RING";
-/// Name of the array of ring buffers, one per CPU (index: the CPU's number), that the cgroup
-/// capture programs write into. The agent creates the rings and puts them in; an empty slot
+/// Name of the array of ring buffers, one per CPU (index: the CPU's number), that the capture
+/// programs (cgroup and TLS) write into. The agent creates the rings and puts them in; an empty slot
 /// sends that CPU's records to [`MAP_CAPTURE_RING`]. One ring per CPU: programs on different CPUs
 /// no longer take the same lock and write the same positions for every record.
 pub const MAP_CAPTURE_RINGS: &str = "CAPTURE_RINGS";

@@ -41,12 +41,12 @@ use palisade_common::{
     MEDIUM_CHUNK_BYTES, SMALL_CHUNK_BYTES, TCP_FIN, TCP_RST, TINY_CHUNK_BYTES,
 };
 
-/// Records of TLS plaintext, and of TCP payload on a CPU without a ring in [`CAPTURE_RINGS`];
-/// see [`CaptureRecord`].
+/// Records of a CPU without a ring in [`CAPTURE_RINGS`] (every CPU, if the agent could not make
+/// them), and of TLS programs loaded on their own; see [`CaptureRecord`].
 #[map]
 static CAPTURE_RING: RingBuf = RingBuf::with_byte_size(CAPTURE_RING_BYTES, 0);
 
-/// One ring buffer per CPU for the cgroup capture programs, created and put in by the agent
+/// One ring buffer per CPU for the capture programs (cgroup and TLS), created and put in by the agent
 /// (the inner definition is only the template the outer map is created with; the agent's rings
 /// may be of another size). Each CPU reserves in its own ring: the shared ring's lock and
 /// producer position went back and forth between the client's CPU (ingress, in its softirq) and
@@ -722,7 +722,7 @@ fn take_offset(key: &TlsStreamKey) -> Option<u64> {
 fn emit_close(ssl: u64, tgid: u32, direction: u8, end: u64) {
     let mut hdr = tls_header(ssl, tgid, direction, end);
     hdr.tcp_flags = TCP_FIN;
-    let Some(mut entry) = CAPTURE_RING.reserve::<CaptureRecord>(0) else {
+    let Some(mut entry) = reserve_on_this_cpu::<CaptureRecord>() else {
         count(Counter::RecordsLost, 1);
         return;
     };
@@ -876,7 +876,7 @@ fn tls_header(ssl: u64, tgid: u32, direction: u8, offset: u64) -> CaptureHeader 
 /// false when the record could not be written (the rest of the call is skipped).
 #[inline(always)]
 fn emit_tls_chunk(hdr: &mut CaptureHeader, buf: u64, chunk_off: u64, n: u64) -> bool {
-    let Some(mut entry) = CAPTURE_RING.reserve::<CaptureRecord>(0) else {
+    let Some(mut entry) = reserve_on_this_cpu::<CaptureRecord>() else {
         count(Counter::RecordsLost, 1);
         return false;
     };

@@ -370,9 +370,8 @@ fn tls_capture_per_process() {
         .unwrap()
         .filter_map(|e| e.ok())
         .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with(&format!("palisade-tls-ring-{}-", std::process::id()))
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with("palisade-tls-") && name.contains(&format!("-{}-", std::process::id()))
         })
         .collect();
     assert!(
@@ -456,6 +455,12 @@ fn tls_capture_per_process() {
         let closes = recs.iter().filter(|r| r.header.tcp_flags & TCP_FIN != 0).count();
         reqs >= 6 && closes >= 8
     });
+    // The TLS programs write into the capture's rings of each CPU, not the shared fallback.
+    let per_ring = ring.records_per_ring();
+    println!("[{name}] records per ring (shared, then by CPU): {per_ring:?}");
+    assert!(ring.rings() > 1, "no ring per CPU");
+    assert_eq!(per_ring[0], 0, "TLS records went through the shared ring");
+    assert!(per_ring[1..].iter().sum::<u64>() >= recs.len() as u64);
     let after = tls.counters().unwrap();
     let hits = tls_hits(&after) - tls_hits(&base);
     println!(

@@ -4,7 +4,10 @@ use std::{
     collections::BTreeMap,
     fs::File,
     io,
-    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
+    os::{
+        fd::{AsFd as _, AsRawFd as _},
+        unix::fs::MetadataExt as _,
+    },
     path::{Path, PathBuf},
 };
 
@@ -87,7 +90,7 @@ impl CaptureProbes {
         }
         let per_cpu_rings = match create_per_cpu_rings() {
             Ok(rings) => {
-                // The shared ring then carries TLS plaintext only: a fraction of the budget.
+                // The shared ring is then a fallback: a fraction of the budget.
                 loader.map_max_entries(MAP_CAPTURE_RING, SHARED_RING_BYTES_BESIDE_PER_CPU);
                 rings
             }
@@ -310,14 +313,26 @@ impl CaptureProbes {
             reason,
         };
         let shared = super::ring::ring_map_data(map).map_err(map_err)?;
-        CaptureRing::new(shared, std::mem::take(&mut self.per_cpu_rings))
+        let per_cpu = std::mem::take(&mut self.per_cpu_rings);
+        // The array the rings are in, for the TLS programs to share: a second handle of it.
+        let outer = match (per_cpu.is_empty(), self.ebpf.map(MAP_CAPTURE_RINGS)) {
+            (false, Some(aya::maps::Map::ArrayOfMaps(data))) => {
+                let fd = data
+                    .fd()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map_err(|e| map_err(format!("dup of {MAP_CAPTURE_RINGS}: {e}")))?;
+                Some(MapData::from_fd(fd).map_err(|e| map_err(error_chain(&e)))?)
+            }
+            _ => None,
+        };
+        CaptureRing::new(shared, per_cpu, outer)
             .map_err(|e| map_err(format!("mapping the capture rings: {e}")))
     }
 }
 
-/// Size of the shared ring when every CPU has a ring of its own: it then carries TLS plaintext,
-/// whose uprobes cost microseconds per call, so records come far slower than from the cgroup
-/// programs.
+/// Size of the shared ring when the CPUs have rings of their own: it then only carries the
+/// records of CPUs numbered past `CAPTURE_RINGS_MAX_CPUS` or whose ring could not be put in.
 const SHARED_RING_BYTES_BESIDE_PER_CPU: u32 = 4 * 1024 * 1024;
 /// Least and most bytes of one CPU's ring.
 const PER_CPU_RING_BYTES: std::ops::RangeInclusive<u32> = (2 * 1024 * 1024)..=(16 * 1024 * 1024);

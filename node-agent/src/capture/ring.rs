@@ -16,8 +16,8 @@ use super::{
     ring_reader::RingReader,
 };
 
-/// The consumer side of the capture ring buffers: the shared ring (TLS plaintext, and CPUs
-/// without a ring of their own) and one ring per CPU, merged by timestamp
+/// The consumer side of the capture ring buffers: one ring per CPU and the shared ring (for CPUs
+/// without a ring of their own), merged by timestamp
 /// ([`super::merge`]).
 ///
 /// The programs submit with adaptive wake-ups (the kernel notifies only when a record arrives
@@ -31,6 +31,9 @@ pub struct CaptureRing {
     bad_records: u64,
     /// Records read, per ring (the shared ring first).
     delivered: Vec<u64>,
+    /// The array the per-CPU rings are in (`CAPTURE_RINGS`), if there are any: the TLS programs
+    /// write into the same rings.
+    per_cpu_outer: Option<MapData>,
 }
 
 impl std::fmt::Debug for CaptureRing {
@@ -71,8 +74,13 @@ pub(super) fn ring_map_data(map: Map) -> Result<MapData, String> {
 }
 
 impl CaptureRing {
-    /// Reads `shared` and the `per_cpu` rings (empty: the shared ring only).
-    pub(super) fn new(shared: MapData, per_cpu: Vec<MapData>) -> io::Result<Self> {
+    /// Reads `shared` and the `per_cpu` rings (empty: the shared ring only), which are in the
+    /// array `per_cpu_outer`.
+    pub(super) fn new(
+        shared: MapData,
+        per_cpu: Vec<MapData>,
+        per_cpu_outer: Option<MapData>,
+    ) -> io::Result<Self> {
         let rings = std::iter::once(shared)
             .chain(per_cpu)
             .map(RingReader::new)
@@ -108,6 +116,7 @@ impl CaptureRing {
             epoll,
             bad_records: 0,
             delivered,
+            per_cpu_outer,
         })
     }
 
@@ -167,9 +176,14 @@ impl CaptureRing {
         &self.delivered
     }
 
-    /// The shared ring's map (the TLS programs write into it).
+    /// The shared ring's map.
     pub(super) fn shared_ring(&self) -> &MapData {
         self.rings[0].map()
+    }
+
+    /// The array of the per-CPU rings, if there are any.
+    pub(super) fn per_cpu_rings(&self) -> Option<&MapData> {
+        self.per_cpu_outer.as_ref()
     }
 
     /// The rings, registered with tokio's reactor to wait for records (readable when any

@@ -22,7 +22,7 @@ use std::{
     collections::BTreeMap,
     fs, io,
     num::NonZeroU32,
-    os::{fd::AsFd as _, unix::fs::MetadataExt as _},
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     sync::atomic::{AtomicU64, Ordering},
 };
@@ -37,9 +37,9 @@ use aya::{
 };
 use palisade_common::{
     CaptureCounters, CaptureHeader, DIRECTION_INGRESS, FAMILY_TLS, MAP_CAPTURE_COUNTERS, MAP_CAPTURE_RING,
-    MAP_TLS_READ_ARGS, MAP_TLS_STREAM_OFFSETS, MAP_TLS_WRITE_ARGS, PROG_TLS_FREE, PROG_TLS_READ_ENTER,
-    PROG_TLS_READ_EXIT, PROG_TLS_READ_EX_ENTER, PROG_TLS_WRITE_ENTER, PROG_TLS_WRITE_EXIT,
-    PROG_TLS_WRITE_EX_ENTER, TLS_ARGS_MAX_ENTRIES, TLS_STREAM_MAX_ENTRIES,
+    MAP_CAPTURE_RINGS, MAP_TLS_READ_ARGS, MAP_TLS_STREAM_OFFSETS, MAP_TLS_WRITE_ARGS, PROG_TLS_FREE,
+    PROG_TLS_READ_ENTER, PROG_TLS_READ_EXIT, PROG_TLS_READ_EX_ENTER, PROG_TLS_WRITE_ENTER,
+    PROG_TLS_WRITE_EXIT, PROG_TLS_WRITE_EX_ENTER, TLS_ARGS_MAX_ENTRIES, TLS_STREAM_MAX_ENTRIES,
 };
 
 use super::openssl_entry::{self, InternalEntries};
@@ -250,54 +250,64 @@ impl std::fmt::Debug for TlsProbes {
 }
 
 impl TlsProbes {
-    /// Loads the TLS programs so that they write into `ring` (the ring buffer that
-    /// [`super::CaptureProbes::take_ring`] returned): the cgroup_skb records and the TLS records
-    /// then come out of one ring, in one drain loop.
+    /// Loads the TLS programs so that they write into `ring`'s maps (the rings that
+    /// [`super::CaptureProbes::take_ring`] returned: one per CPU, and the shared one): the
+    /// cgroup_skb records and the TLS records then come out of the same rings, in one drain loop.
     ///
-    /// `bpffs` is a mounted BPF file system (usually `/sys/fs/bpf`): the ring is pinned there for
+    /// `bpffs` is a mounted BPF file system (usually `/sys/fs/bpf`): the maps are pinned there for
     /// the moment of the load and unpinned before this returns.
     pub fn load_sharing(ring: &CaptureRing, bpffs: &Path) -> Result<Self, TlsError> {
         let share_err = |reason: String| TlsError::ShareRing {
             bpffs: bpffs.to_path_buf(),
             reason,
         };
-        let fd = ring
-            .shared_ring()
-            .fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|e| share_err(format!("dup of the ring's fd: {e}")))?;
-        let ring_map = MapData::from_fd(fd).map_err(|e| share_err(error_chain(&e)))?;
-        let ring_id = ring_map.info().map_err(|e| share_err(error_chain(&e)))?.id();
-        let pin = bpffs.join(format!(
-            "palisade-tls-ring-{}-{}",
-            std::process::id(),
-            PIN_SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        // A pin of this name can only be left by a crashed agent with the same pid (pid 1 in a
-        // restarted container): it is ours to replace.
-        let _ = fs::remove_file(&pin);
-        ring_map.pin(&pin).map_err(|e| {
-            share_err(format!(
-                "pinning the ring at {}: {}",
-                pin.display(),
-                error_chain(&e)
-            ))
-        })?;
-        let loaded = sized_loader()
-            .map_pin_path(MAP_CAPTURE_RING, pin.as_path())
-            .load(EBPF_OBJECT);
-        // Unpin at once: the programs hold their own reference to the map.
-        let unpinned = fs::remove_file(&pin);
+        let mut shared = vec![(MAP_CAPTURE_RING, ring.shared_ring())];
+        if let Some(per_cpu) = ring.per_cpu_rings() {
+            shared.push((MAP_CAPTURE_RINGS, per_cpu));
+        }
+        let seq = PIN_SEQ.fetch_add(1, Ordering::Relaxed);
+        let mut pins = vec![];
+        let mut loader = sized_loader();
+        let mut ids = vec![];
+        for (name, map) in &shared {
+            let id = map.info().map_err(|e| share_err(error_chain(&e)))?.id();
+            let pin = bpffs.join(format!(
+                "palisade-tls-{}-{}-{seq}",
+                name.to_lowercase(),
+                std::process::id()
+            ));
+            // A pin of this name can only be left by a crashed agent with the same pid (pid 1 in
+            // a restarted container): it is ours to replace.
+            let _ = fs::remove_file(&pin);
+            if let Err(e) = map.pin(&pin) {
+                // The pinning error is the one to report; a pin left behind is replaced next time.
+                let _ = remove_pins(&pins);
+                return Err(share_err(format!(
+                    "pinning {name} at {}: {}",
+                    pin.display(),
+                    error_chain(&e)
+                )));
+            }
+            pins.push(pin);
+            ids.push((*name, id));
+        }
+        for ((name, _), pin) in shared.iter().zip(&pins) {
+            loader.map_pin_path(name, pin.as_path());
+        }
+        let loaded = loader.load(EBPF_OBJECT);
+        // Unpin at once: the programs hold their own reference to the maps.
+        let unpinned = remove_pins(&pins);
         let ebpf = loaded.map_err(object_error)?;
         if let Err(e) = unpinned {
-            return Err(share_err(format!("removing the pin {}: {e}", pin.display())));
+            return Err(share_err(format!("removing a pin: {e}")));
         }
-        let used_id = ring_id_of(&ebpf)?;
-        if used_id != ring_id {
-            return Err(share_err(format!(
-                "the TLS programs got ring map id {used_id}, expected the capture ring {ring_id}"
-            )));
+        for (name, id) in ids {
+            let used_id = map_id_of(&ebpf, name)?;
+            if used_id != id {
+                return Err(share_err(format!(
+                    "the TLS programs got {name} map id {used_id}, expected the capture's {id}"
+                )));
+            }
         }
         Self::finish_load(ebpf, true)
     }
@@ -498,7 +508,7 @@ impl TlsProbes {
             reason,
         };
         let ring = super::ring::ring_map_data(map).map_err(map_err)?;
-        CaptureRing::new(ring, vec![]).map_err(|e| map_err(format!("mapping the ring: {e}")))
+        CaptureRing::new(ring, vec![], None).map_err(|e| map_err(format!("mapping the ring: {e}")))
     }
 }
 
@@ -527,20 +537,28 @@ fn sum_counters<'a>(per_cpu: impl Iterator<Item = &'a CaptureCounters>) -> Captu
     sum
 }
 
-/// The map id of the ring the loaded object's programs write into.
-fn ring_id_of(ebpf: &Ebpf) -> Result<u32, TlsError> {
-    let map = ebpf.map(MAP_CAPTURE_RING).ok_or(TlsError::MissingInObject {
-        kind: "map",
-        name: MAP_CAPTURE_RING,
-    })?;
-    let map_err = |reason: String| TlsError::Map {
-        map: MAP_CAPTURE_RING,
-        reason,
-    };
-    match map {
-        Map::RingBuf(data) => data.info().map(|i| i.id()).map_err(|e| map_err(error_chain(&e))),
-        _ => Err(map_err("not a ring buffer map".into())),
+/// Removes the pins made for one load; the first error, if any.
+fn remove_pins(pins: &[std::path::PathBuf]) -> std::io::Result<()> {
+    let mut first = Ok(());
+    for pin in pins {
+        if let Err(e) = fs::remove_file(pin) {
+            first = first.and(Err(e));
+        }
     }
+    first
+}
+
+/// The kernel id of the object's map `name` (one of the maps shared with the capture).
+fn map_id_of(ebpf: &Ebpf, name: &'static str) -> Result<u32, TlsError> {
+    let map = ebpf
+        .map(name)
+        .ok_or(TlsError::MissingInObject { kind: "map", name })?;
+    let map_err = |reason: String| TlsError::Map { map: name, reason };
+    let data = match map {
+        Map::RingBuf(data) | Map::ArrayOfMaps(data) => data,
+        _ => return Err(map_err("not a ring buffer or an array of maps".into())),
+    };
+    data.info().map(|i| i.id()).map_err(|e| map_err(error_chain(&e)))
 }
 
 fn detach_links(ebpf: &mut Ebpf, pid: u32, links: Vec<(&'static str, UProbeLinkId)>) -> Result<(), TlsError> {
