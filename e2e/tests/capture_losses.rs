@@ -1,8 +1,8 @@
 //! Losses are counted exactly: with the agent draining its ring buffers only every 4 s (however
 //! much each drain finds), a burst of requests overflows them (16 MiB per CPU on a 2-CPU
-//! machine). Every record the kernel emitted is drained, every record it could not deliver is
-//! counted as lost, the loss shows in status and as a finding, and the agent's ring fill gauge
-//! showed a full ring.
+//! machine, then the shared 16 MiB ring they overflow into). Every record the kernel emitted is
+//! drained, every record it could not deliver is counted as lost, the loss shows in status and
+//! as a finding, and the agent's ring fill gauge showed a full ring.
 
 use anyhow::{Context, Result};
 use palisade_e2e::palisade::{get_json, http_get_body, start_agent_with_metrics, wait_for_object, Operator};
@@ -59,7 +59,7 @@ async fn losses_under_forced_overload_are_counted_exactly() -> Result<()> {
     // A bounded burst from 4 threads: at most 4 x 3000 requests or 8 s. Each request carries a
     // 24 KiB header, so it takes at least six full 4 KiB ring records (packets of up to 432
     // bytes take records of 512 bytes or less, and 12,000 small exchanges would fit in the
-    // rings). The rings hold 8,192 full records together (32 MiB on up to 16 CPUs); between two
+    // rings). The rings hold 12,288 full records together (48 MiB on up to 16 CPUs); between two
     // drains (4 s) even a loaded CI machine, which managed 1,100 such requests a second with a
     // 1 KiB header, writes several times that. Meanwhile, and for 5 s after (a drain comes at
     // most 4 s after a loss, and finds the ring still full), the fill gauge is sampled.
@@ -144,14 +144,18 @@ async fn losses_under_forced_overload_are_counted_exactly() -> Result<()> {
         r#"palisade_agent_capture_kernel_total{reason="records_lost"}"#,
     )
     .context("lost")?;
+    let overflowed =
+        metric(&text, "palisade_agent_capture_shared_ring_records_total").context("shared ring records")?;
     let drained = metric(&text, "palisade_agent_records_drained_total").context("drained")?;
     let malformed = metric(
         &text,
         r#"palisade_agent_messages_dropped_total{reason="malformed_record"}"#,
     )
     .unwrap_or(0);
-    println!("kernel emitted {emitted}, lost {kernel_lost}; agent drained {drained} (+{malformed} malformed); status lost {lost}, finding count {finding_count}");
+    println!("kernel emitted {emitted} ({overflowed} into the shared ring), lost {kernel_lost}; agent drained {drained} (+{malformed} malformed); status lost {lost}, finding count {finding_count}");
     assert!(kernel_lost > 0, "the burst must overflow the ring: {text}");
+    // A CPU's ring that is full sends its records to the shared ring before any is lost.
+    assert!(overflowed > 0, "no record went to the shared ring first: {text}");
     let ring_bytes = metric(&text, "palisade_agent_capture_ring_bytes ").context("ring bytes")?;
     println!("rings {ring_bytes} bytes together; the fullest was {fullest_seen:.4} full at a drain");
     assert!(

@@ -29,11 +29,13 @@ pub const MAX_CHUNKS_PER_SKB: usize = 16;
 pub const CAPTURE_RING_BYTES: u32 = 32 * 1024 * 1024;
 
 /// Name of the ring buffer map that carries the [`CaptureRecord`]s of a CPU without a ring of
-/// its own in [`MAP_CAPTURE_RINGS`] (of every CPU, if the agent could not make them).
+/// its own in [`MAP_CAPTURE_RINGS`] (of every CPU, if the agent could not make them), and those
+/// a CPU's full ring could not take.
 pub const MAP_CAPTURE_RING: &str = "CAPTURE_RING";
 /// Name of the array of ring buffers, one per CPU (index: the CPU's number), that the capture
 /// programs (cgroup and TLS) write into. The agent creates the rings and puts them in; an empty slot
-/// sends that CPU's records to [`MAP_CAPTURE_RING`]. One ring per CPU: programs on different CPUs
+/// sends that CPU's records to [`MAP_CAPTURE_RING`], and so does a full ring: one busy CPU can
+/// use the shared ring's room as well as its own. One ring per CPU: programs on different CPUs
 /// no longer take the same lock and write the same positions for every record.
 pub const MAP_CAPTURE_RINGS: &str = "CAPTURE_RINGS";
 /// Slots in [`MAP_CAPTURE_RINGS`]: CPUs numbered from this up use the shared ring.

@@ -63,8 +63,9 @@ struct Args {
     /// most this often. Each drain has a fixed cost (a wake-up, and caches refilled after other
     /// work ran): with 10 ms instead of 2 ms the agent's CPU per request fell by about a fifth in
     /// the overhead benchmark. The rings (one per CPU: 32 MiB together on up to 16 CPUs, 2 MiB
-    /// each on more) hold 10 ms of more than 3 GB/s of capture; a longer interval only makes
-    /// sense to test loss accounting (records a full ring cannot take are counted as lost).
+    /// each on more, and a shared 16 MiB one a full ring overflows into) hold 10 ms of more
+    /// than 3 GB/s of capture; a longer interval only makes sense to test loss accounting
+    /// (records the full rings cannot take are counted as lost).
     /// Findings leave the node once per report interval anyway.
     #[arg(long, env = "PALISADE_DRAIN_INTERVAL_MS", default_value = "10")]
     drain_interval_ms: u64,
@@ -302,6 +303,9 @@ fn drain_ring<B: CaptureBackend>(
         runtime.on_record(h, d)
     });
     runtime.metrics().drained(drain.delivered as u64);
+    runtime
+        .metrics()
+        .shared_ring_records(ring.records_per_ring().first().copied().unwrap_or(0));
     runtime.metrics().dropped("malformed_record", ring.bad_records());
     Drained {
         backlog: drain.more,

@@ -106,6 +106,7 @@ pub struct AgentMetrics {
     drained: Counter,
     ring_fill: Gauge<f64, AtomicU64>,
     ring_bytes: Gauge,
+    shared_ring_records: Counter<u64, AtomicU64>,
     /// Request and response bodies, indexed by [`BodyDirection`].
     bodies: [BodyCounters; 2],
     /// Endpoint label sets seen so far, by an Fx hash of their parts, with their metric handles:
@@ -162,7 +163,7 @@ impl AgentMetrics {
         let kernel = Family::<ReasonLabels, Counter<u64, AtomicU64>>::default();
         registry.register(
             "capture_kernel",
-            "Capture program counters: packets_seen, records_emitted, records_lost (ring buffer full), bytes_truncated, parse_errors",
+            "Capture program counters: packets_seen, records_emitted, records_lost (ring buffers full), bytes_truncated, parse_errors",
             kernel.clone(),
         );
         let dropped = Family::<ReasonLabels, Counter<u64, AtomicU64>>::default();
@@ -228,6 +229,12 @@ impl AgentMetrics {
             "Size of the capture ring buffers together (one per CPU and the shared one)",
             ring_bytes.clone(),
         );
+        let shared_ring_records = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "capture_shared_ring_records",
+            "Capture records read from the shared ring: written there because their CPU's ring was full (or the CPU has none). Not lost, but that CPU's traffic outruns the drains",
+            shared_ring_records.clone(),
+        );
         let connections = Gauge::default();
         registry.register(
             "tracked_connections",
@@ -282,6 +289,7 @@ impl AgentMetrics {
             drained,
             ring_fill,
             ring_bytes,
+            shared_ring_records,
             bodies,
             series: Arc::new(Mutex::new(rustc_hash::FxHashMap::default())),
             series_count: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
@@ -421,6 +429,14 @@ impl AgentMetrics {
         self.ring_fill.set(fullest);
         self.ring_bytes
             .set(i64::try_from(total_bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Sets the count of records read from the shared ring to `total` (it only grows).
+    pub fn shared_ring_records(&self, total: u64) {
+        let current = self.shared_ring_records.get();
+        if total > current {
+            self.shared_ring_records.inc_by(total - current);
+        }
     }
 
     pub fn block_latency(&self, seconds: f64) {

@@ -90,7 +90,7 @@ impl CaptureProbes {
         }
         let per_cpu_rings = match create_per_cpu_rings() {
             Ok(rings) => {
-                // The shared ring is then a fallback: a fraction of the budget.
+                // The shared ring is then an overflow: half the budget.
                 loader.map_max_entries(MAP_CAPTURE_RING, SHARED_RING_BYTES_BESIDE_PER_CPU);
                 rings
             }
@@ -331,9 +331,12 @@ impl CaptureProbes {
     }
 }
 
-/// Size of the shared ring when the CPUs have rings of their own: it then only carries the
-/// records of CPUs numbered past `CAPTURE_RINGS_MAX_CPUS` or whose ring could not be put in.
-const SHARED_RING_BYTES_BESIDE_PER_CPU: u32 = 4 * 1024 * 1024;
+/// Size of the shared ring when the CPUs have rings of their own: it then carries what a CPU's
+/// full ring cannot take (and the records of CPUs numbered past `CAPTURE_RINGS_MAX_CPUS` or
+/// whose ring could not be put in). With the per-CPU rings at 16 MiB on 2 CPUs, one CPU sending
+/// 64 KiB responses at full speed has 32 MiB, as much as the single ring held before; without
+/// this room, the 64 KiB body benchmark lost records.
+const SHARED_RING_BYTES_BESIDE_PER_CPU: u32 = 16 * 1024 * 1024;
 /// Least and most bytes of one CPU's ring.
 const PER_CPU_RING_BYTES: std::ops::RangeInclusive<u32> = (2 * 1024 * 1024)..=(16 * 1024 * 1024);
 
