@@ -21,7 +21,7 @@ use palisade_common::{
     CaptureHeader, CHUNK_BYTES, DIRECTION_EGRESS, DIRECTION_INGRESS, FAMILY_IPV4, FAMILY_IPV6, TCP_FIN,
 };
 use palisade_node_agent::{
-    capture::{CaptureError, CaptureProbes},
+    capture::{CaptureError, CaptureProbes, MERGE_SLACK_NS},
     features::{cgroup2_root_from_mountinfo, probe_node_features},
 };
 
@@ -452,11 +452,38 @@ fn capture_scenario(name: &str, ip: IpAddr) {
     assert!(after_detach.is_empty());
     assert_eq!(before.records_emitted, after.records_emitted);
 
-    // Re-attach works after a detach (same path, fresh links).
+    // Re-attach works after a detach (same path, fresh links), and a reader that has read
+    // everything is woken by the next record (the rings' epoll set, as the agent waits on it).
     assert_eq!(probes.attach_cgroup(&cgroup).unwrap(), cgroup_id);
-    let (_, _) = http_get(ip, port, probe_path);
-    let again = drain_until(&mut ring, Duration::from_secs(3), |recs| {
-        recs.iter().any(|r| r.data.starts_with(&request_line))
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let again = runtime.block_on(async {
+        let mut ring = ring
+            .into_async()
+            .expect("the rings' epoll set registers with tokio");
+        // Caught up: the kernel notifies the next record committed at the reader's position.
+        let _ = ring.get_mut().drain(4096, |_, _| {});
+        let woken = {
+            let (_, _) = http_get(ip, port, probe_path);
+            tokio::time::timeout(Duration::from_secs(3), ring.readable()).await
+        };
+        let mut guard = woken
+            .expect("no wake-up within 3 s of a captured request")
+            .expect("polling the rings");
+        guard.clear_ready();
+        drop(guard);
+        // The merge holds records younger than its watermark: wait that out, then drain.
+        tokio::time::sleep(Duration::from_nanos(MERGE_SLACK_NS) * 2).await;
+        let mut recs = vec![];
+        ring.get_mut().drain(4096, |h, d| {
+            recs.push(Rec {
+                header: *h,
+                data: d.to_vec(),
+            })
+        });
+        recs
     });
     assert!(
         again.iter().any(|r| r.data.starts_with(&request_line)),
