@@ -536,6 +536,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn each_cpu_ring_takes_a_power_of_two_share_within_bounds() {
+        let mib = 1024 * 1024;
+        // 32 MiB split while that leaves at least 2 MiB each, at most 16 MiB each.
+        for (cpus, each) in [
+            (1, 16),
+            (2, 16),
+            (3, 8),
+            (4, 8),
+            (8, 4),
+            (16, 2),
+            (64, 2),
+            (4096, 2),
+        ] {
+            assert_eq!(per_cpu_ring_bytes(cpus), each * mib, "{cpus} CPUs");
+        }
+        assert_eq!(per_cpu_ring_bytes(0), 16 * mib);
+    }
+
+    #[test]
     fn normalize_paths() {
         assert_eq!(normalize(Path::new("/a/b/")), PathBuf::from("/a/b"));
         assert_eq!(normalize(Path::new("/a/./b")), PathBuf::from("/a/b"));
