@@ -73,7 +73,9 @@ pub struct Response {
 /// A request with its final response, once the response is complete.
 #[derive(Clone, Debug)]
 pub struct Exchange {
-    pub request: Request,
+    /// Shared with the `HttpEvent::Request` emitted before (moving it out of the connection's
+    /// queue and into the exchange was a copy of a few hundred bytes per exchange).
+    pub request: std::sync::Arc<Request>,
     /// Same as `response.status`.
     pub status: u16,
     pub response: Response,

@@ -121,10 +121,12 @@ impl ConnSink<'_> {
             return; // unmatched (counted) or its request was dropped by the pending cap
         }
         let Some(p) = self.pending.pop_front() else { return };
-        let mut request = Arc::unwrap_or_clone(p.request);
-        request.body_truncated |= !p.done;
+        let mut request = p.request;
+        if !p.done {
+            Arc::make_mut(&mut request).body_truncated = true;
+        }
         if !p.emitted {
-            self.out.push(HttpEvent::Request(Arc::new(request.clone())));
+            self.out.push(HttpEvent::Request(Arc::clone(&request)));
         }
         let latency_ns = ts.saturating_sub(request.timestamp_ns);
         self.out.push(HttpEvent::Exchange(Box::new(Exchange {
