@@ -135,16 +135,7 @@ impl RingReader {
     pub(super) fn peek(&mut self) -> Option<&[u8]> {
         while self.pos < self.limit {
             let offset = self.pos & (self.size - 1);
-            // SAFETY: `offset < size`, and the data pages follow the producer page twice, so the
-            // record header (8 bytes, 8-aligned) lies inside the mapping.
-            let header = unsafe {
-                self.producer
-                    .ptr
-                    .add(self.page + offset)
-                    .cast::<AtomicU32>()
-                    .as_ref()
-            };
-            let word = header.load(Ordering::Acquire);
+            let word = self.length_word(Ordering::Acquire);
             if word & BUSY_BIT != 0 {
                 return None;
             }
@@ -166,18 +157,25 @@ impl RingReader {
         None
     }
 
-    /// Consumes the record [`Self::peek`] returned (the caller saw `Some`).
-    pub(super) fn consume(&mut self) {
+    /// The length word (with its busy and discard bits) of the record at the consumer position.
+    fn length_word(&self, order: Ordering) -> u32 {
         let offset = self.pos & (self.size - 1);
-        // SAFETY: as in `peek`, which returned this record, so its header is committed.
-        let word = unsafe {
+        // SAFETY: `offset < size`, and the data pages follow the producer page twice, so the
+        // record header (8 bytes, 8-aligned) lies inside the mapping.
+        unsafe {
             self.producer
                 .ptr
                 .add(self.page + offset)
                 .cast::<AtomicU32>()
                 .as_ref()
         }
-        .load(Ordering::Relaxed);
+        .load(order)
+    }
+
+    /// Consumes the record [`Self::peek`] returned (the caller saw `Some`: its header is
+    /// committed).
+    pub(super) fn consume(&mut self) {
+        let word = self.length_word(Ordering::Relaxed);
         let len = (word & !(BUSY_BIT | DISCARD_BIT)) as usize;
         self.pos += (len + RECORD_HEADER_BYTES).next_multiple_of(8);
     }
