@@ -1,5 +1,5 @@
-//! Reading [`palisade_common::CaptureRecordOf`]s from the capture ring buffer: full records
-//! (`CaptureRecord`) and small ones (of `TINY_CHUNK_BYTES`, `MEDIUM_CHUNK_BYTES` or
+//! Reading [`palisade_common::CaptureRecordOf`]s from the capture ring buffers (one per CPU and
+//! a shared one, see [`CaptureRing`]): full records (`CaptureRecord`) and small ones (of `TINY_CHUNK_BYTES`, `MEDIUM_CHUNK_BYTES` or
 //! `SMALL_CHUNK_BYTES` of payload); all are a header followed by `captured_len` payload bytes.
 
 use std::{
@@ -17,8 +17,7 @@ use super::{
 };
 
 /// The consumer side of the capture ring buffers: one ring per CPU and the shared ring (for CPUs
-/// without a ring of their own), merged by timestamp
-/// ([`super::merge`]).
+/// without a ring of their own, or whose ring is full), merged by timestamp ([`super::merge`]).
 ///
 /// The programs submit with adaptive wake-ups (the kernel notifies only when a record arrives
 /// while the reader is caught up with that ring): wait for readiness on [`CaptureRing::as_fd`]
@@ -30,7 +29,7 @@ pub struct CaptureRing {
     epoll: OwnedFd,
     bad_records: u64,
     /// Records read, per ring (the shared ring first).
-    delivered: Vec<u64>,
+    records_read: Vec<u64>,
     /// The array the per-CPU rings are in (`CAPTURE_RINGS`), if there are any: the TLS programs
     /// write into the same rings.
     per_cpu_outer: Option<MapData>,
@@ -110,12 +109,12 @@ impl CaptureRing {
                 return Err(io::Error::last_os_error());
             }
         }
-        let delivered = vec![0; rings.len()];
+        let records_read = vec![0; rings.len()];
         Ok(Self {
             rings,
             epoll,
             bad_records: 0,
-            delivered,
+            records_read,
             per_cpu_outer,
         })
     }
@@ -131,7 +130,7 @@ impl CaptureRing {
             ring.refresh();
         }
         let (mut bad, mut passed) = (0, 0);
-        let per_ring = &mut self.delivered;
+        let per_ring = &mut self.records_read;
         let Merged { delivered, held } = merge(&mut self.rings, max, watermark, |ring, record| {
             per_ring[ring] += 1;
             match parse_record(record) {
@@ -173,7 +172,7 @@ impl CaptureRing {
     /// Records read from each ring so far (the shared ring first, then by CPU): which rings
     /// carry the traffic.
     pub fn records_per_ring(&self) -> &[u64] {
-        &self.delivered
+        &self.records_read
     }
 
     /// The shared ring's map.
