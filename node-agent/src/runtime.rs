@@ -4,6 +4,7 @@
 //! Kept free of I/O other than the kernel calls behind [`CaptureBackend`], so it is unit-tested
 //! with a fake backend.
 
+use crate::capture::monotonic_ns;
 use crate::cidr::{traffic_class, Cidr};
 use crate::detect::behaviour::ExchangeView;
 use crate::detect::{CompiledRule, Inputs, RequestView};
@@ -88,19 +89,6 @@ pub trait CaptureBackend {
 pub type LibsslFinder = fn(u32) -> Option<PathBuf>;
 
 type Key = (String, String);
-
-/// CLOCK_MONOTONIC in ns: the clock of capture timestamps and of the kernel's block expiries.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec as u64)
-}
 
 /// Wall-clock milliseconds, for findings that do not come from a captured packet.
 struct SystemTimeMs;

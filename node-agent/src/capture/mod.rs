@@ -21,6 +21,20 @@ pub use merge::MERGE_SLACK_NS;
 pub use probes::CaptureProbes;
 pub use ring::{CaptureRing, RingDrain};
 
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns` (capture timestamps, the ring
+/// merge's watermark) and of the kernel's block expiries.
+pub(crate) fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
 /// Longest verifier-log excerpt kept in an error (its tail, where the verifier names the problem).
 const VERIFIER_LOG_EXCERPT: usize = 480;
 

@@ -13,6 +13,7 @@ use palisade_common::{CaptureHeader, CHUNK_BYTES};
 
 use super::{
     merge::{merge, Merged, RecordSource, MERGE_SLACK_NS},
+    monotonic_ns,
     ring_reader::RingReader,
 };
 
@@ -198,17 +199,6 @@ impl CaptureRing {
     pub fn bad_records(&self) -> u64 {
         self.bad_records
     }
-}
-
-/// `CLOCK_MONOTONIC`, the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64
 }
 
 /// The epoll set of every ring: readable when a ring's reader was notified.
