@@ -12,7 +12,7 @@ use aya::maps::{Map, MapData};
 use palisade_common::{CaptureHeader, CHUNK_BYTES};
 
 use super::{
-    merge::{merge, Merged, RecordSource, MERGE_SLACK_NS},
+    merge::{merge, Merged, MERGE_SLACK_NS},
     monotonic_ns,
     ring_reader::RingReader,
 };
@@ -54,15 +54,6 @@ pub struct RingDrain {
     /// watermark, or some arrived while draining): drain again soon rather than wait for a
     /// notification.
     pub more: bool,
-}
-
-impl RecordSource for RingReader {
-    fn peek(&mut self) -> Option<&[u8]> {
-        RingReader::peek(self)
-    }
-    fn consume(&mut self) {
-        RingReader::consume(self)
-    }
 }
 
 /// The ring buffer map inside an aya map, for [`CaptureRing::new`].

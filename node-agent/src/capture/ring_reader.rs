@@ -3,7 +3,7 @@
 //! writes its position to, then a producer page and the data pages, mapped twice in a row so that
 //! a record that wraps around the end is contiguous.
 //!
-//! Unlike aya's `RingBuf`, a record can be looked at without consuming it ([`RingReader::peek`])
+//! Unlike aya's `RingBuf`, a record can be looked at without consuming it (its `RecordSource::peek`)
 //! — the merge of the per-CPU rings needs that, to leave a record for the next drain — and the
 //! consumer position is published once per drain ([`RingReader::publish`]), not once per record:
 //! the programs read it on every reservation, so each store the reader makes is a cache line the
@@ -17,6 +17,8 @@ use std::{
 };
 
 use aya::maps::MapData;
+
+use super::merge::RecordSource;
 
 /// `BPF_RINGBUF_BUSY_BIT`: the record is reserved and not yet committed.
 const BUSY_BIT: u32 = 1 << 31;
@@ -129,34 +131,6 @@ impl RingReader {
         self.limit = self.producer_pos().load(Ordering::Acquire);
     }
 
-    /// The next committed record (its bytes, without the ring's header), skipping discarded
-    /// ones; `None` if there is none before the refreshed producer position, or the next one is
-    /// still being written.
-    pub(super) fn peek(&mut self) -> Option<&[u8]> {
-        while self.pos < self.limit {
-            let offset = self.pos & (self.size - 1);
-            let word = self.length_word(Ordering::Acquire);
-            if word & BUSY_BIT != 0 {
-                return None;
-            }
-            let len = (word & !(BUSY_BIT | DISCARD_BIT)) as usize;
-            if len > self.size - RECORD_HEADER_BYTES {
-                // The kernel never writes this; stop rather than read past the record.
-                return None;
-            }
-            if word & DISCARD_BIT != 0 {
-                self.pos += (len + RECORD_HEADER_BYTES).next_multiple_of(8);
-                continue;
-            }
-            let start = self.page + offset + RECORD_HEADER_BYTES;
-            // SAFETY: `start + len <= page + offset + size <= page + 2 * size`: inside the
-            // mapping (the second copy of the data pages holds any part past the end). The
-            // committed record is not written again until the consumer position passes it.
-            return Some(unsafe { std::slice::from_raw_parts(self.producer.ptr.as_ptr().add(start), len) });
-        }
-        None
-    }
-
     /// The length word (with its busy and discard bits) of the record at the consumer position.
     fn length_word(&self, order: Ordering) -> u32 {
         let offset = self.pos & (self.size - 1);
@@ -172,11 +146,8 @@ impl RingReader {
         .load(order)
     }
 
-    /// Consumes the record [`Self::peek`] returned (the caller saw `Some`: its header is
-    /// committed).
-    pub(super) fn consume(&mut self) {
-        let word = self.length_word(Ordering::Relaxed);
-        let len = (word & !(BUSY_BIT | DISCARD_BIT)) as usize;
+    /// Moves the consumer position past a record of `len` bytes.
+    fn step_over(&mut self, len: usize) {
         self.pos += (len + RECORD_HEADER_BYTES).next_multiple_of(8);
     }
 
@@ -213,6 +184,41 @@ impl RingReader {
     /// The ring's map.
     pub(super) fn map(&self) -> &MapData {
         &self.map
+    }
+}
+
+impl RecordSource for RingReader {
+    /// The next committed record (its bytes, without the ring's header), skipping discarded
+    /// ones; `None` if there is none before the refreshed producer position, or the next one is
+    /// still being written.
+    fn peek(&mut self) -> Option<&[u8]> {
+        while self.pos < self.limit {
+            let word = self.length_word(Ordering::Acquire);
+            if word & BUSY_BIT != 0 {
+                return None;
+            }
+            let len = (word & !(BUSY_BIT | DISCARD_BIT)) as usize;
+            if len > self.size - RECORD_HEADER_BYTES {
+                // The kernel never writes this; stop rather than read past the record.
+                return None;
+            }
+            if word & DISCARD_BIT != 0 {
+                self.step_over(len);
+                continue;
+            }
+            let start = self.page + (self.pos & (self.size - 1)) + RECORD_HEADER_BYTES;
+            // SAFETY: `start + len <= page + offset + size <= page + 2 * size`: inside the
+            // mapping (the second copy of the data pages holds any part past the end). The
+            // committed record is not written again until the consumer position passes it.
+            return Some(unsafe { std::slice::from_raw_parts(self.producer.ptr.as_ptr().add(start), len) });
+        }
+        None
+    }
+
+    /// Consumes the record `peek` returned (the caller saw `Some`: its header is committed).
+    fn consume(&mut self) {
+        let len = (self.length_word(Ordering::Relaxed) & !(BUSY_BIT | DISCARD_BIT)) as usize;
+        self.step_over(len);
     }
 }
 
