@@ -135,6 +135,15 @@ pub struct ExchangeSample<'a> {
     pub exception: bool,
 }
 
+/// Brings a counter kept from an absolute total (kernel counters, drop counts) up to `total`.
+/// Totals only grow; a smaller one (never, in practice) leaves the counter as it is.
+fn raise_to(counter: &Counter<u64, AtomicU64>, total: u64) {
+    let current = counter.get();
+    if total > current {
+        counter.inc_by(total - current);
+    }
+}
+
 impl AgentMetrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("palisade_agent");
@@ -375,24 +384,22 @@ impl AgentMetrics {
 
     /// Sets a kernel counter to its current absolute value (kernel counters only grow).
     pub fn kernel_counter(&self, reason: &str, value: u64) {
-        let c = self.kernel.get_or_create(&ReasonLabels {
-            reason: reason.into(),
-        });
-        let current = c.get();
-        if value > current {
-            c.inc_by(value - current);
-        }
+        raise_to(
+            &self.kernel.get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            }),
+            value,
+        );
     }
 
     /// Sets a parser drop counter to its current absolute value.
     pub fn dropped(&self, reason: &str, value: u64) {
-        let c = self.dropped.get_or_create(&ReasonLabels {
-            reason: reason.into(),
-        });
-        let current = c.get();
-        if value > current {
-            c.inc_by(value - current);
-        }
+        raise_to(
+            &self.dropped.get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            }),
+            value,
+        );
     }
 
     /// Adds `n` to a drop reason counted by increments (not from an absolute total).
@@ -433,10 +440,7 @@ impl AgentMetrics {
 
     /// Sets the count of records read from the shared ring to `total` (it only grows).
     pub fn shared_ring_records(&self, total: u64) {
-        let current = self.shared_ring_records.get();
-        if total > current {
-            self.shared_ring_records.inc_by(total - current);
-        }
+        raise_to(&self.shared_ring_records, total);
     }
 
     pub fn block_latency(&self, seconds: f64) {
