@@ -10,11 +10,17 @@ use palisade_e2e::{ControlPlane, FakeKubelet, PodLaunch};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-fn metric(text: &str, prefix: &str) -> Option<u64> {
+/// The value of the first metric line starting with `prefix`.
+fn metric_as<T: std::str::FromStr>(text: &str, prefix: &str) -> Option<T> {
     text.lines()
         .find(|l| l.starts_with(prefix))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// A counter's value.
+fn metric(text: &str, prefix: &str) -> Option<u64> {
+    metric_as(text, prefix)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,10 +81,7 @@ async fn losses_under_forced_overload_are_counted_exactly() -> Result<()> {
             let mut stop_at = None;
             loop {
                 if let Ok(text) = http_get_body(metrics, "/metrics") {
-                    let fill = text
-                        .lines()
-                        .find(|l| l.starts_with("palisade_agent_capture_ring_fill_ratio "))
-                        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+                    let fill = metric_as::<f64>(&text, "palisade_agent_capture_ring_fill_ratio ");
                     fullest = fullest.max(fill.unwrap_or(0.0));
                 }
                 if burst_over.load(std::sync::atomic::Ordering::Relaxed) {

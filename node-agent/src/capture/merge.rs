@@ -37,7 +37,7 @@ pub(super) struct Merged {
 
 /// The record's timestamp: its header's first field (`CaptureHeader::timestamp_ns`). A record
 /// too short to have one (malformed; the caller counts it) sorts first.
-pub(super) fn record_timestamp(record: &[u8]) -> u64 {
+fn record_timestamp(record: &[u8]) -> u64 {
     record
         .get(..8)
         .and_then(|b| b.try_into().ok())
@@ -45,8 +45,9 @@ pub(super) fn record_timestamp(record: &[u8]) -> u64 {
 }
 
 /// Passes up to `max` records of `sources` to `deliver` (with the index of their source),
-/// oldest timestamp first, each source's records in its own order. With a `watermark`, a source stops at its first record later than
-/// it; without one (a single source) every ready record goes.
+/// oldest timestamp first, each source's records in its own order. With a `watermark`, a source
+/// stops at its first record later than it; without one (a single source) every ready record
+/// goes.
 pub(super) fn merge<S: RecordSource>(
     sources: &mut [S],
     max: usize,
