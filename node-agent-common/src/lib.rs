@@ -143,6 +143,33 @@ pub type SmallCaptureRecord = CaptureRecordOf<SMALL_CHUNK_BYTES>;
 /// `CaptureHeader::family` of a record carrying plaintext from a TLS library (see the table above).
 pub const FAMILY_TLS: u8 = 0x80;
 
+// ---------------------------------------------------------------------------------------------
+// TLS session keys (the `--tls-probes keys` placement): instead of hooking every read and write,
+// a uprobe pair on `SSL_do_handshake` copies the first [`TLS_SESSION_WINDOW_BYTES`] of the `SSL`
+// object once per completed handshake. That window holds the connection's client random and its
+// TLS 1.3 application traffic secrets; the agent finds the connection whose ClientHello carried
+// that random among the encrypted connections the `cgroup_skb` programs capture, and decrypts
+// their records itself. No trap per request.
+//
+// The record is a [`TlsSessionRecord`] in the capture rings with `family ==
+// FAMILY_TLS_SESSION`, `cgroup_id`, `source_addr`/`dest_addr` as in a TLS plaintext record of
+// direction INGRESS (source = the `SSL *`, dest = the tgid), `captured_len` = bytes of the window
+// that could be read, every other field 0. The window never leaves the node's agent.
+
+/// `CaptureHeader::family` of a record carrying the start of an `SSL` object (see above).
+pub const FAMILY_TLS_SESSION: u8 = 0x81;
+/// Bytes of the `SSL` object copied per handshake (OpenSSL 3.0: the traffic secrets end at
+/// about 2 KiB). When the object's memory ends sooner, half of it is tried.
+pub const TLS_SESSION_WINDOW_BYTES: usize = 4096;
+/// A [`FAMILY_TLS_SESSION`] record.
+pub type TlsSessionRecord = CaptureRecordOf<TLS_SESSION_WINDOW_BYTES>;
+/// uprobe on `SSL_do_handshake` entry: remembers the `SSL *` for the calling thread.
+pub const PROG_TLS_HANDSHAKE_ENTER: &str = "palisade_tls_handshake_enter";
+/// uretprobe on `SSL_do_handshake`: on success (1), emits the [`TlsSessionRecord`].
+pub const PROG_TLS_HANDSHAKE_EXIT: &str = "palisade_tls_handshake_exit";
+/// Per-thread `SSL *` of an `SSL_do_handshake` call in progress (key: pid_tgid, value: u64).
+pub const MAP_TLS_HANDSHAKE_ARGS: &str = "TLS_HANDSHAKE_ARGS";
+
 /// uprobe on `SSL_read` entry: remembers (ssl, buf) for the calling thread.
 pub const PROG_TLS_READ_ENTER: &str = "palisade_tls_read_enter";
 /// uprobe on `SSL_read_ex` entry: remembers (ssl, buf, readbytes pointer).
@@ -232,6 +259,8 @@ pub struct CaptureCounters {
     pub tls_read_errors: u64,
     /// Returns without saved entry arguments (attached in the middle of a call, or map evicted).
     pub tls_unmatched_returns: u64,
+    /// [`TlsSessionRecord`]s written (completed handshakes seen by the `SSL_do_handshake` probes).
+    pub tls_sessions_emitted: u64,
 }
 
 impl CaptureCounters {
@@ -250,6 +279,7 @@ impl CaptureCounters {
         self.tls_bytes_truncated += other.tls_bytes_truncated;
         self.tls_read_errors += other.tls_read_errors;
         self.tls_unmatched_returns += other.tls_unmatched_returns;
+        self.tls_sessions_emitted += other.tls_sessions_emitted;
     }
 }
 

@@ -34,11 +34,12 @@ use aya_ebpf::{
 };
 use palisade_common::{
     BlockKey, BlockValue, CaptureCounters, CaptureHeader, CaptureRecord, CaptureRecordOf, IsolationAllowKey,
-    IsolationValue, TlsCallArgs, TlsStreamKey, BLOCKED_SOURCES_MAX_ENTRIES, CAPTURE_RINGS_MAX_CPUS,
-    CAPTURE_RING_BYTES, CHUNK_BYTES, DIRECTION_EGRESS, DIRECTION_INGRESS, ENFORCE_BLOCKS, ENFORCE_ISOLATION,
-    ENFORCE_MAX_CGROUP_LEVEL, FAMILY_IPV4, FAMILY_IPV6, FAMILY_TLS, ISOLATED_WORKLOADS_MAX_ENTRIES,
-    ISOLATION_ALLOW_CGROUP_BITS, ISOLATION_ALLOW_MAX_ENTRIES, ISOLATION_DENY_EGRESS, MAX_CHUNKS_PER_SKB,
-    MEDIUM_CHUNK_BYTES, SMALL_CHUNK_BYTES, TCP_FIN, TCP_RST, TINY_CHUNK_BYTES,
+    IsolationValue, TlsCallArgs, TlsSessionRecord, TlsStreamKey, BLOCKED_SOURCES_MAX_ENTRIES,
+    CAPTURE_RINGS_MAX_CPUS, CAPTURE_RING_BYTES, CHUNK_BYTES, DIRECTION_EGRESS, DIRECTION_INGRESS,
+    ENFORCE_BLOCKS, ENFORCE_ISOLATION, ENFORCE_MAX_CGROUP_LEVEL, FAMILY_IPV4, FAMILY_IPV6, FAMILY_TLS,
+    FAMILY_TLS_SESSION, ISOLATED_WORKLOADS_MAX_ENTRIES, ISOLATION_ALLOW_CGROUP_BITS,
+    ISOLATION_ALLOW_MAX_ENTRIES, ISOLATION_DENY_EGRESS, MAX_CHUNKS_PER_SKB, MEDIUM_CHUNK_BYTES,
+    SMALL_CHUNK_BYTES, TCP_FIN, TCP_RST, TINY_CHUNK_BYTES, TLS_SESSION_WINDOW_BYTES,
 };
 
 /// Records of a CPU without a ring in [`CAPTURE_RINGS`] (every CPU, if the agent could not make
@@ -95,6 +96,10 @@ static TLS_READ_ARGS: LruHashMap<u64, TlsCallArgs> = LruHashMap::with_max_entrie
 /// Arguments of the SSL_write/_ex call each thread is in (key: pid_tgid).
 #[map]
 static TLS_WRITE_ARGS: LruHashMap<u64, TlsCallArgs> = LruHashMap::with_max_entries(1, 0);
+
+/// The `SSL *` of the SSL_do_handshake call each thread is in (key: pid_tgid).
+#[map]
+static TLS_HANDSHAKE_ARGS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(1, 0);
 
 /// Next byte offset of each (SSL*, tgid, direction) plaintext stream.
 #[map]
@@ -334,6 +339,7 @@ enum Counter {
     TlsBytesTruncated,
     TlsReadErrors,
     TlsUnmatchedReturns,
+    TlsSessionsEmitted,
 }
 
 #[inline(always)]
@@ -359,6 +365,7 @@ fn count(counter: Counter, value: u64) {
             Counter::TlsBytesTruncated => c.tls_bytes_truncated += value,
             Counter::TlsReadErrors => c.tls_read_errors += value,
             Counter::TlsUnmatchedReturns => c.tls_unmatched_returns += value,
+            Counter::TlsSessionsEmitted => c.tls_sessions_emitted += value,
         }
     }
 }
@@ -710,6 +717,69 @@ pub fn palisade_tls_free(ctx: ProbeContext) -> u32 {
     }
     emit_close(ssl, tgid, DIRECTION_INGRESS, ingress_end.unwrap_or(0));
     emit_close(ssl, tgid, DIRECTION_EGRESS, egress_end.unwrap_or(0));
+    0
+}
+
+/// `int SSL_do_handshake(SSL *s)` entry: remembers `s` for the return probe of the same thread.
+#[uprobe]
+pub fn palisade_tls_handshake_enter(ctx: ProbeContext) -> u32 {
+    count(Counter::TlsEntryHits, 1);
+    if let Some(ssl) = ctx.arg::<u64>(0) {
+        if ssl != 0 {
+            let _ = TLS_HANDSHAKE_ARGS.insert(&bpf_get_current_pid_tgid(), &ssl, 0);
+        }
+    }
+    0
+}
+
+/// `SSL_do_handshake` return: when the handshake is complete (1), copies the start of the `SSL`
+/// object, where the connection's client random and traffic secrets are (see
+/// [`TlsSessionRecord`]). Once per handshake, not per request.
+#[uretprobe]
+pub fn palisade_tls_handshake_exit(ctx: RetProbeContext) -> u32 {
+    count(Counter::TlsReturnHits, 1);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(saved) = TLS_HANDSHAKE_ARGS.get_ptr(&pid_tgid) else {
+        count(Counter::TlsUnmatchedReturns, 1);
+        return 0;
+    };
+    // SAFETY: pointer from a successful lookup; copied out before the entry is removed.
+    let ssl = unsafe { *saved };
+    let _ = TLS_HANDSHAKE_ARGS.remove(&pid_tgid);
+    if ctx.ret::<i32>() != 1 {
+        return 0;
+    }
+    let Some(mut entry) = reserve_on_this_cpu::<TlsSessionRecord>() else {
+        count(Counter::RecordsLost, 1);
+        return 0;
+    };
+    let rec: *mut TlsSessionRecord = entry.as_mut_ptr();
+    // SAFETY: the destination is the record's data array of TLS_SESSION_WINDOW_BYTES bytes; the
+    // source is user memory, which the helper reads safely (failing, not faulting).
+    let window = unsafe { addr_of_mut!((*rec).data) as *mut c_void };
+    let mut n = TLS_SESSION_WINDOW_BYTES as u32;
+    // SAFETY: see above.
+    let mut ret = unsafe { bpf_probe_read_user_raw(window, n, ssl as *const c_void) };
+    if ret != 0 {
+        // The object's memory may end before the window does.
+        n /= 2;
+        // SAFETY: see above.
+        ret = unsafe { bpf_probe_read_user_raw(window, n, ssl as *const c_void) };
+    }
+    if ret != 0 {
+        count(Counter::TlsReadErrors, 1);
+        entry.discard(0);
+        return 0;
+    }
+    let mut hdr = tls_header(ssl, (pid_tgid >> 32) as u32, DIRECTION_INGRESS, 0);
+    hdr.family = FAMILY_TLS_SESSION;
+    hdr.captured_len = n;
+    hdr.payload_len = n;
+    // SAFETY: `rec` points to a live reservation of size_of::<TlsSessionRecord>() bytes.
+    unsafe { addr_of_mut!((*rec).header).write(hdr) };
+    entry.submit(ADAPTIVE_WAKEUP);
+    count(Counter::RecordsEmitted, 1);
+    count(Counter::TlsSessionsEmitted, 1);
     0
 }
 

@@ -87,7 +87,10 @@ struct Args {
     /// functions when they are found in the library's code: fewer, cheaper traps; else the
     /// exported ones) or `exported` (always `SSL_read`, `SSL_read_ex`, `SSL_write`,
     /// `SSL_write_ex`: the escape hatch, and the benchmark's reference).
-    #[arg(long, env = "PALISADE_TLS_PROBES", default_value = "auto", value_parser = ["auto", "exported"])]
+    /// `keys`: no probe on reads and writes; `SSL_do_handshake` once per connection, and the agent
+    /// decrypts the captured TLS 1.3 records with the session's secrets (no trap per request;
+    /// TLS 1.2 connections are counted as not decrypted).
+    #[arg(long, env = "PALISADE_TLS_PROBES", default_value = "auto", value_parser = ["auto", "exported", "keys"])]
     tls_probes: String,
 }
 
@@ -187,6 +190,9 @@ impl CaptureBackend for KernelCapture {
             c.add(&tls.counters().unwrap_or_default());
         }
         c
+    }
+    fn tls_decrypts(&self) -> bool {
+        self.tls_placement == ProbePlacement::SessionKeys
     }
     fn tls_ready(&self) -> Result<(), String> {
         match &self.tls {
@@ -400,10 +406,10 @@ async fn main() -> anyhow::Result<()> {
                 Ok(KernelCapture {
                     probes,
                     tls: None,
-                    tls_placement: if args.tls_probes == "exported" {
-                        ProbePlacement::Exported
-                    } else {
-                        ProbePlacement::Auto
+                    tls_placement: match args.tls_probes.as_str() {
+                        "exported" => ProbePlacement::Exported,
+                        "keys" => ProbePlacement::SessionKeys,
+                        _ => ProbePlacement::Auto,
                     },
                 })
             }

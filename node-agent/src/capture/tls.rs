@@ -37,9 +37,10 @@ use aya::{
 };
 use palisade_common::{
     CaptureCounters, CaptureHeader, DIRECTION_INGRESS, FAMILY_TLS, MAP_CAPTURE_COUNTERS, MAP_CAPTURE_RING,
-    MAP_CAPTURE_RINGS, MAP_TLS_READ_ARGS, MAP_TLS_STREAM_OFFSETS, MAP_TLS_WRITE_ARGS, PROG_TLS_FREE,
-    PROG_TLS_READ_ENTER, PROG_TLS_READ_EXIT, PROG_TLS_READ_EX_ENTER, PROG_TLS_WRITE_ENTER,
-    PROG_TLS_WRITE_EXIT, PROG_TLS_WRITE_EX_ENTER, TLS_ARGS_MAX_ENTRIES, TLS_STREAM_MAX_ENTRIES,
+    MAP_CAPTURE_RINGS, MAP_TLS_HANDSHAKE_ARGS, MAP_TLS_READ_ARGS, MAP_TLS_STREAM_OFFSETS, MAP_TLS_WRITE_ARGS,
+    PROG_TLS_FREE, PROG_TLS_HANDSHAKE_ENTER, PROG_TLS_HANDSHAKE_EXIT, PROG_TLS_READ_ENTER,
+    PROG_TLS_READ_EXIT, PROG_TLS_READ_EX_ENTER, PROG_TLS_WRITE_ENTER, PROG_TLS_WRITE_EXIT,
+    PROG_TLS_WRITE_EX_ENTER, TLS_ARGS_MAX_ENTRIES, TLS_STREAM_MAX_ENTRIES,
 };
 
 use super::openssl_entry::{self, InternalEntries};
@@ -49,7 +50,9 @@ use super::{error_chain, verifier_excerpt, with_permission_hint, CaptureRing};
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/node-agent-ebpf"));
 
 /// Every TLS program of the object.
-const TLS_PROGRAMS: [&str; 7] = [
+const TLS_PROGRAMS: [&str; 9] = [
+    PROG_TLS_HANDSHAKE_ENTER,
+    PROG_TLS_HANDSHAKE_EXIT,
     PROG_TLS_READ_ENTER,
     PROG_TLS_READ_EX_ENTER,
     PROG_TLS_READ_EXIT,
@@ -121,7 +124,13 @@ fn internal_hooks(entries: InternalEntries) -> [Hook; 5] {
     ]
 }
 
-/// Where [`TlsProbes::attach_tls`] places the read and write probes.
+/// The handshake probes of [`ProbePlacement::SessionKeys`]: the `SSL` object once per handshake.
+const SESSION_KEY_HOOKS: [Hook; 2] = [
+    exported("SSL_do_handshake", PROG_TLS_HANDSHAKE_ENTER, true),
+    exported("SSL_do_handshake", PROG_TLS_HANDSHAKE_EXIT, true),
+];
+
+/// Where [`TlsProbes::attach_tls`] places the probes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ProbePlacement {
     /// The internal functions when they are found in the library's code, else the exported ones.
@@ -129,6 +138,12 @@ pub enum ProbePlacement {
     Auto,
     /// Always the exported functions (`SSL_read`, `SSL_read_ex`, `SSL_write`, `SSL_write_ex`).
     Exported,
+    /// No probe on reads and writes: `SSL_do_handshake` only, once per connection. The agent
+    /// decrypts the TLS 1.3 records the `cgroup_skb` programs capture with the session's traffic
+    /// secrets (see [`palisade_common::FAMILY_TLS_SESSION`] and `crate::http::tls_decrypt`).
+    /// Connections it cannot decrypt (TLS 1.2, a handshake not completed through
+    /// `SSL_do_handshake`) are counted, not captured.
+    SessionKeys,
 }
 
 /// Why loading, attaching or detaching TLS capture failed. Every variant carries the kernel's
@@ -383,6 +398,7 @@ impl TlsProbes {
         }
         let (hooks, internal_not_used): (Vec<Hook>, _) = match self.placement {
             ProbePlacement::Exported => (EXPORTED_HOOKS.to_vec(), None),
+            ProbePlacement::SessionKeys => (SESSION_KEY_HOOKS.to_vec(), None),
             ProbePlacement::Auto => match openssl_entry::find(libssl) {
                 Ok(entries) => (internal_hooks(entries).to_vec(), None),
                 Err(reason) => (EXPORTED_HOOKS.to_vec(), Some(reason.to_string())),
@@ -513,7 +529,8 @@ impl TlsProbes {
 }
 
 /// The real sizes of the TLS maps (the object declares 1 entry each).
-const TLS_MAP_SIZES: [(&str, u32); 3] = [
+const TLS_MAP_SIZES: [(&str, u32); 4] = [
+    (MAP_TLS_HANDSHAKE_ARGS, TLS_ARGS_MAX_ENTRIES),
     (MAP_TLS_READ_ARGS, TLS_ARGS_MAX_ENTRIES),
     (MAP_TLS_WRITE_ARGS, TLS_ARGS_MAX_ENTRIES),
     (MAP_TLS_STREAM_OFFSETS, TLS_STREAM_MAX_ENTRIES),
