@@ -229,6 +229,7 @@ fn limits(max_body_bytes: usize) -> CaptureLimits {
     CaptureLimits {
         max_head_bytes: 8192,
         max_body_bytes,
+        decrypt_tls: false,
     }
 }
 

@@ -107,6 +107,7 @@ pub struct AgentMetrics {
     ring_fill: Gauge<f64, AtomicU64>,
     ring_bytes: Gauge,
     shared_ring_records: Counter<u64, AtomicU64>,
+    tls_decrypted: Counter<u64, AtomicU64>,
     /// Request and response bodies, indexed by [`BodyDirection`].
     bodies: [BodyCounters; 2],
     /// Endpoint label sets seen so far, by an Fx hash of their parts, with their metric handles:
@@ -244,6 +245,12 @@ impl AgentMetrics {
             "Capture records read from the shared ring: written there because their CPU's ring was full (or the CPU has none). Not lost, but that CPU's traffic outruns the drains",
             shared_ring_records.clone(),
         );
+        let tls_decrypted = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "tls_decrypted_connections",
+            "TLS connections decrypted in both directions with their session's keys (--tls-probes keys); those given up are counted in palisade_agent_messages_dropped_total{reason=\"tls_not_decrypted\"}",
+            tls_decrypted.clone(),
+        );
         let connections = Gauge::default();
         registry.register(
             "tracked_connections",
@@ -299,6 +306,7 @@ impl AgentMetrics {
             ring_fill,
             ring_bytes,
             shared_ring_records,
+            tls_decrypted,
             bodies,
             series: Arc::new(Mutex::new(rustc_hash::FxHashMap::default())),
             series_count: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
@@ -461,6 +469,11 @@ impl AgentMetrics {
 
     pub fn set_attached_pods(&self, n: usize) {
         self.attached_pods.set(n as i64);
+    }
+
+    /// TLS connections decrypted so far (an absolute total).
+    pub fn tls_decrypted(&self, total: u64) {
+        raise_to(&self.tls_decrypted, total);
     }
 
     pub fn set_connections(&self, n: usize) {

@@ -20,7 +20,7 @@ use palisade_api::agent::{
     AgentReport, CaptureStats, FeatureProbe, Finding, MonitorConfig, MonitorReport, NodeConfig, ObjectRef,
     PolicyReport, RuleConfig, TlsCoverage,
 };
-use palisade_common::{BlockKey, BlockValue, CaptureCounters, CaptureHeader};
+use palisade_common::{BlockKey, BlockValue, CaptureCounters, CaptureHeader, FAMILY_TLS_SESSION};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
@@ -39,6 +39,11 @@ pub trait CaptureBackend {
         Err("TLS capture is not available on this agent".into())
     }
     fn detach_tls(&mut self, _pid: u32) {}
+    /// Whether the TLS probes copy session keys (`--tls-probes keys`) and the agent decrypts the
+    /// captured TLS records, rather than probing every read and write.
+    fn tls_decrypts(&self) -> bool {
+        false
+    }
     /// Attaches (or adopts, after a restart) the enforcement programs on a protected pod's
     /// cgroup: ingress always, egress exactly when `egress`; `Ok(true)` when adopted.
     fn enforce_pod(&mut self, _pod_uid: &str, _cgroup_dir: &Path, _egress: bool) -> Result<bool, String> {
@@ -1110,6 +1115,8 @@ impl<B: CaptureBackend> Runtime<B> {
                 .max()
                 .unwrap_or(0)
                 .min(1 << 20),
+            decrypt_tls: self.backend.as_ref().is_some_and(|b| b.tls_decrypts())
+                && self.config.monitors.iter().any(|m| m.tls),
         }
     }
 
@@ -1120,7 +1127,11 @@ impl<B: CaptureBackend> Runtime<B> {
             return; // a pod detached a moment ago
         }
         let mut events = std::mem::take(&mut self.events);
-        self.tracker.feed(header, data, &self.limits, &mut events);
+        if header.family == FAMILY_TLS_SESSION {
+            self.tracker.tls_session(data, &self.limits, &mut events);
+        } else {
+            self.tracker.feed(header, data, &self.limits, &mut events);
+        }
         self.handle_events(&mut events);
         self.events = events;
     }
@@ -1625,6 +1636,9 @@ impl<B: CaptureBackend> Runtime<B> {
         m.dropped("stream_gap", d.gaps);
         m.dropped("budget_eviction", d.budget_evictions);
         m.dropped("non_http", d.non_http);
+        m.dropped("tls_not_decrypted", d.tls_not_decrypted);
+        m.dropped("tls_session_unmatched", d.tls_sessions_unmatched);
+        m.tls_decrypted(d.tls_decrypted);
         m.set_attached_pods(self.attachments.len());
         m.set_connections(self.tracker.connections());
     }

@@ -467,6 +467,7 @@ fn clean_traffic_segmented_reordered_and_retransmitted_is_reported_exactly() {
     let limits = CaptureLimits {
         max_head_bytes: 8192,
         max_body_bytes: 64 * 1024,
+        decrypt_tls: false,
     };
     for seed in 1..=seeds(3) {
         let mut rng = Rng(seed);
@@ -538,6 +539,7 @@ fn hostile_traffic_never_panics_and_stays_bounded() {
     let limits = CaptureLimits {
         max_head_bytes: 1024,
         max_body_bytes: 4096,
+        decrypt_tls: false,
     };
     let cap = 48;
     let budget = 512 * 1024;
@@ -563,6 +565,7 @@ fn pure_garbage_on_many_connections_stays_bounded() {
     let limits = CaptureLimits {
         max_head_bytes: 65536,
         max_body_bytes: 65536,
+        decrypt_tls: false,
     };
     let mut rng = Rng(7);
     let mut t = HttpTracker::with_bounds(256, 4 << 20);
@@ -607,6 +610,7 @@ fn out_of_order_floods_are_held_within_the_budget() {
     let limits = CaptureLimits {
         max_head_bytes: 8192,
         max_body_bytes: 0,
+        decrypt_tls: false,
     };
     let budget = 8 << 20;
     let mut t = HttpTracker::with_bounds(10_000, budget);

@@ -11,6 +11,12 @@
 //! `SSL_write`; the TLS programs run with their own ring (`load_standalone`) and are placed on
 //! the exported functions (`ProbePlacement::Exported`); the per-process test uses the default
 //! placement (OpenSSL's internal functions where found).
+//!
+//! `tls_capture_session_keys`: `--tls-probes keys`. The python server runs in a cgroup of its own
+//! with the `cgroup_skb` capture attached, and only `SSL_do_handshake` is probed. The agent's
+//! tracker decrypts the captured TLS 1.3 records with the secrets of the session record: the
+//! requests and responses (an 80 KB body included) come out with the connection's real
+//! addresses, no read or write was probed, and a TLS 1.2 connection is counted as not decrypted.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::{
@@ -27,7 +33,7 @@ use std::{
 
 use palisade_common::{
     CaptureCounters, CaptureHeader, CHUNK_BYTES, DIRECTION_EGRESS, DIRECTION_INGRESS, FAMILY_TLS,
-    MAX_CHUNKS_PER_SKB, TCP_FIN,
+    FAMILY_TLS_SESSION, MAX_CHUNKS_PER_SKB, TCP_FIN,
 };
 use palisade_node_agent::{
     capture::{
@@ -35,6 +41,7 @@ use palisade_node_agent::{
         CaptureProbes, CaptureRing,
     },
     features::cgroup2_root_from_mountinfo,
+    http::{CaptureLimits, HttpEvent, HttpTracker},
 };
 
 const PROBE_PATH: &str = "/tls-probe-path";
@@ -184,9 +191,19 @@ fn wait_line(rx: &mpsc::Receiver<String>, prefix: &str, timeout: Duration) -> St
 
 /// Starts the python TLS server; returns (child, port).
 fn start_python_server(dir: &Path, cert: &Path, key: &Path) -> (Child, u16) {
+    start_python_server_in(dir, cert, key, None)
+}
+
+/// The python server, moved into `cgroup` (when given) before it opens its socket.
+fn start_python_server_in(dir: &Path, cert: &Path, key: &Path, cgroup: Option<&Path>) -> (Child, u16) {
     let script = dir.join("server.py");
     fs::write(&script, SERVER_PY).unwrap();
-    let mut child = Command::new("python3")
+    let join = cgroup.map_or(String::new(), |c| {
+        format!("echo $$ > '{}/cgroup.procs' && ", c.display())
+    });
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{join}exec python3 \"$0\" \"$@\""))
         .arg(&script)
         .arg(cert)
         .arg(key)
@@ -203,8 +220,13 @@ fn start_python_server(dir: &Path, cert: &Path, key: &Path) -> (Child, u16) {
 
 /// Runs curl (one process, one connection, the URLs in order); returns (curl's pid, status codes).
 fn curl(port: u16, paths: &[&str]) -> (u32, Vec<String>) {
+    curl_with(port, paths, &[])
+}
+
+fn curl_with(port: u16, paths: &[&str], extra: &[&str]) -> (u32, Vec<String>) {
     let mut cmd = Command::new("curl");
     cmd.args(["-sk", "--http1.1", "--max-time", "10", "-w", "%{http_code}\\n"]);
+    cmd.args(extra);
     for p in paths {
         cmd.arg(format!("https://127.0.0.1:{port}{p}"))
             .args(["-o", "/dev/null"]);
@@ -770,4 +792,162 @@ fn tls_capture_plain_read_write() {
     assert_eq!(c.records_lost, 0);
     tls.detach_tls(server_pid).unwrap();
     drop(cleanup);
+}
+
+#[test]
+fn tls_capture_session_keys() {
+    let name = "tls_capture_session_keys";
+    if let Some(why) = preconditions(&[
+        ("openssl", "version"),
+        ("python3", "--version"),
+        ("curl", "--version"),
+    ]) {
+        println!("SKIPPED: {name}: {why}");
+        return;
+    }
+    let bpffs = Path::new("/sys/fs/bpf");
+    if !bpffs_mounted("/sys/fs/bpf") {
+        println!("SKIPPED: {name}: no bpffs at /sys/fs/bpf (needed to share the capture ring)");
+        return;
+    }
+    let Some(cg_root) = cgroup2_root_from_mountinfo(&fs::read_to_string("/proc/self/mountinfo").unwrap())
+    else {
+        println!("SKIPPED: {name}: no cgroup v2 mount in /proc/self/mountinfo");
+        return;
+    };
+    let dir = temp_dir("tls-capture-keys");
+    let cgroup = cg_root.join(format!("palisade-tls-keys-test-{}", std::process::id()));
+    let _ = fs::remove_dir(&cgroup);
+    fs::create_dir(&cgroup).unwrap();
+    struct RemoveCgroup(PathBuf);
+    impl Drop for RemoveCgroup {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir(&self.0);
+        }
+    }
+    // Declared first: dropped last, after the server in `cleanup` was killed.
+    let _cgroup_guard = RemoveCgroup(cgroup.clone());
+    let mut cleanup = Cleanup {
+        children: Vec::new(),
+        dir: dir.clone(),
+    };
+    let (cert, key) = make_cert(&dir);
+
+    let mut probes = CaptureProbes::load().unwrap_or_else(|e| panic!("capture load failed: {e}"));
+    probes.attach_cgroup(&cgroup).unwrap();
+    let mut ring = probes.take_ring().unwrap();
+    let mut tls =
+        TlsProbes::load_sharing(&ring, bpffs).unwrap_or_else(|e| panic!("TLS programs refused: {e}"));
+    tls.set_placement(ProbePlacement::SessionKeys);
+    let (server, port) = start_python_server_in(&dir, &cert, &key, Some(&cgroup));
+    let server_pid = server.id();
+    cleanup.children.push(server);
+    let lib = find_libssl(server_pid).expect("the python server maps no libssl");
+    let att = tls
+        .attach_tls(server_pid, &lib)
+        .unwrap_or_else(|e| panic!("attach failed: {e}"));
+    println!("[{name}] server pid {server_pid} port {port}: {att:?}");
+    assert_eq!(att.functions, vec!["SSL_do_handshake"]);
+    assert_eq!(att.links, 2, "entry and return of SSL_do_handshake, nothing else");
+
+    // One TLS 1.3 connection with three requests, then one TLS 1.2 connection.
+    let paths = [PROBE_PATH, "/big", "/second?q=1"];
+    let (_, codes) = curl(port, &paths);
+    assert_eq!(codes, vec!["200"; 3]);
+    let (_, codes) = curl_with(port, &["/old-tls"], &["--tls-max", "1.2"]);
+    assert_eq!(codes, vec!["200"]);
+
+    let recs = drain_until(&mut ring, Duration::from_secs(5), |recs| {
+        recs.iter()
+            .filter(|r| r.header.family == FAMILY_TLS_SESSION)
+            .count()
+            >= 2
+            && recs.iter().filter(|r| r.header.tcp_flags & TCP_FIN != 0).count() >= 4
+    });
+    let c = tls.counters().unwrap();
+    println!("[{name}] {} records; TLS counters {c:?}", recs.len());
+    assert_eq!(
+        c.tls_sessions_emitted, 2,
+        "one session record per completed handshake"
+    );
+    assert_eq!(c.tls_data_calls, 0, "no read or write was probed");
+    assert!(
+        c.tls_entry_hits <= 8,
+        "a few SSL_do_handshake calls per connection, not per request: {}",
+        c.tls_entry_hits
+    );
+    assert!(
+        recs.iter().all(|r| r.header.family != FAMILY_TLS),
+        "no plaintext record from a uprobe"
+    );
+    for r in recs.iter().filter(|r| r.header.family == FAMILY_TLS_SESSION) {
+        assert_eq!(tls_endpoints_of_session(&r.header), server_pid);
+    }
+
+    let limits = CaptureLimits {
+        max_body_bytes: 100_000,
+        decrypt_tls: true,
+        ..CaptureLimits::default()
+    };
+    let mut tracker = HttpTracker::new();
+    let mut events = Vec::new();
+    for r in &recs {
+        if r.header.family == FAMILY_TLS_SESSION {
+            tracker.tls_session(&r.data, &limits, &mut events);
+        } else {
+            tracker.feed(&r.header, &r.data, &limits, &mut events);
+        }
+    }
+    let exchanges: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            HttpEvent::Exchange(x) => Some(x),
+            HttpEvent::Request(_) => None,
+        })
+        .collect();
+    let targets: Vec<&str> = exchanges.iter().map(|x| x.request.target.as_str()).collect();
+    println!(
+        "[{name}] decrypted exchanges: {targets:?}; drops {:?}",
+        tracker.drops
+    );
+    assert_eq!(targets, paths, "the TLS 1.3 connection's requests, in order");
+    for x in &exchanges {
+        assert_eq!(x.status, 200);
+        assert!(!x.request.tls, "a real connection, not a (process, SSL*) pair");
+        assert_eq!(x.request.local, ("127.0.0.1".parse().unwrap(), port));
+        assert_eq!(
+            x.request.remote.0,
+            "127.0.0.1".parse::<std::net::IpAddr>().unwrap()
+        );
+        assert_eq!(
+            x.request.headers.get("host"),
+            Some(format!("127.0.0.1:{port}").as_str())
+        );
+    }
+    assert_eq!(
+        exchanges[0].response.body,
+        format!("tls-probe-ok {PROBE_PATH}\n").as_bytes()
+    );
+    let big: Vec<u8> = (0..BIG_BODY_BYTES).map(|i| b'a' + (i % 26) as u8).collect();
+    assert_eq!(exchanges[1].response.body_len, BIG_BODY_BYTES as u64);
+    assert_eq!(exchanges[1].response.body, big, "the 80 KB body, decrypted whole");
+    assert!(!exchanges[1].response.body_truncated);
+    assert_eq!(tracker.drops.tls_decrypted, 1);
+    assert_eq!(tracker.drops.tls_not_decrypted, 1, "the TLS 1.2 connection");
+    assert_eq!(tracker.drops.tls_sessions_unmatched, 0);
+    assert_eq!(
+        tracker.drops.non_http, 0,
+        "no encrypted byte reached the HTTP parser"
+    );
+    assert_eq!(c.records_lost, 0);
+    tls.detach_tls(server_pid).unwrap();
+    drop(cleanup);
+}
+
+/// The process of a session record (its tgid, in the destination address like an INGRESS
+/// plaintext record).
+fn tls_endpoints_of_session(h: &CaptureHeader) -> u32 {
+    let mut pid = [0u8; 4];
+    pid.copy_from_slice(&h.dest_addr[..4]);
+    u32::from_le_bytes(pid)
 }

@@ -5,6 +5,7 @@ use super::head::Kind;
 use super::pairing::{ConnSink, Current, Pending, ResponseBuild};
 use super::parser::StreamParser;
 use super::reassembly::{Piece, Reassembler};
+use super::tls_decrypt::TlsSession;
 use super::{CaptureLimits, FlowKey, HttpEvent, ParserDrops};
 use std::collections::VecDeque;
 
@@ -31,6 +32,12 @@ pub(crate) struct Conn {
     /// [`Conn::buffered`] when the tracker last counted it into its total: the bytes to take
     /// back out before the next count, without recomputing them.
     counted: usize,
+    /// The connection's first bytes were looked at for a TLS ClientHello.
+    tls_checked: bool,
+    /// A TLS connection being decrypted: its plaintext, not its bytes, goes to the parsers.
+    tls: Option<Box<TlsSession>>,
+    /// The TLS outcome (decrypted, given up) was counted.
+    tls_counted: bool,
 }
 
 /// What to do with one direction's reassembler.
@@ -57,6 +64,8 @@ enum Op<'d> {
     Restart {
         ts: u64,
     },
+    /// The TLS session's keys came: decrypt what the direction holds.
+    ReleaseTls,
 }
 
 impl Conn {
@@ -73,6 +82,49 @@ impl Conn {
             upgraded: false,
             finished: [false; 2],
             counted: 0,
+            tls_checked: false,
+            tls: None,
+            tls_counted: false,
+        }
+    }
+
+    /// The client random of a TLS connection still waiting for its session record.
+    pub(crate) fn tls_awaiting_keys(&self) -> Option<&[u8; super::tls_decrypt::CLIENT_RANDOM]> {
+        self.tls
+            .as_ref()
+            .filter(|t| t.awaiting_keys())
+            .map(|t| t.client_random())
+    }
+
+    /// The session record of this TLS connection came: `window` is the start of the `SSL`
+    /// object, with the client random at `random_at`.
+    pub(crate) fn tls_session(
+        &mut self,
+        window: &[u8],
+        random_at: usize,
+        limits: &CaptureLimits,
+        drops: &mut ParserDrops,
+        out: &mut Vec<HttpEvent>,
+    ) {
+        let Some(tls) = self.tls.as_mut() else { return };
+        tls.set_window(window, random_at);
+        for dir in self.request_side_first() {
+            self.run(dir, Op::ReleaseTls, limits, drops, out);
+        }
+    }
+
+    /// Counts how a TLS connection ended up, once: decrypted both ways, or given up.
+    fn count_tls(&mut self, drops: &mut ParserDrops, closing: bool) {
+        let Some(tls) = self.tls.as_ref() else { return };
+        if self.tls_counted {
+            return;
+        }
+        if tls.failed().is_some() || (closing && !tls.keyed()) {
+            drops.tls_not_decrypted += 1;
+            self.tls_counted = true;
+        } else if tls.keyed() {
+            drops.tls_decrypted += 1;
+            self.tls_counted = true;
         }
     }
 
@@ -94,7 +146,8 @@ impl Conn {
             .dirs
             .iter()
             .map(|d| d.reasm.buffered() + d.parser.buffered())
-            .sum();
+            .sum::<usize>()
+            + self.tls.as_ref().map_or(0, |t| t.buffered());
         let pending: usize = self
             .pending
             .iter()
@@ -130,6 +183,7 @@ impl Conn {
                 response,
                 next_id,
                 owed_responses,
+                tls,
                 ..
             } = self;
             let Direction { reasm, parser } = &mut dirs[dir];
@@ -147,9 +201,13 @@ impl Conn {
                 out,
                 max_body: limits.max_body_bytes,
             };
-            let mut deliver = |piece: Piece| match piece {
-                Piece::Data(bytes, ts) => parser.feed(bytes, ts, limits, &mut sink),
-                Piece::Missing(n, ts) => parser.missing(n, ts, &mut sink),
+            let mut deliver = |piece: Piece| match (piece, tls.as_deref_mut()) {
+                (Piece::Data(bytes, ts), None) => parser.feed(bytes, ts, limits, &mut sink),
+                (Piece::Missing(n, ts), None) => parser.missing(n, ts, &mut sink),
+                (Piece::Data(bytes, ts), Some(tls)) => tls.feed(dir, bytes, ts, &mut |plain, ts| {
+                    parser.feed(plain, ts, limits, &mut sink)
+                }),
+                (Piece::Missing(..), Some(tls)) => tls.gap(),
             };
             match op {
                 Op::Push { seq, data, ts } => reasm.push(seq, data, ts, &mut deliver),
@@ -169,12 +227,18 @@ impl Conn {
                     reasm.close();
                     parser.eof(ts, &mut sink);
                 }
+                Op::ReleaseTls => {
+                    if let Some(tls) = tls.as_deref_mut() {
+                        tls.release(dir, &mut |plain, ts| parser.feed(plain, ts, limits, &mut sink));
+                    }
+                }
             }
             reasm.take_counters(drops);
         }
         if let Some(kind) = decided {
             self.dirs[1 - dir].parser.set_kind(kind.opposite());
         }
+        self.count_tls(drops, false);
         if upgraded && !self.upgraded {
             self.upgraded = true;
             drops.upgraded += 1;
@@ -222,6 +286,12 @@ impl Conn {
     ) {
         if self.upgraded {
             return;
+        }
+        if !self.tls_checked {
+            self.tls_checked = true;
+            if limits.decrypt_tls {
+                self.tls = TlsSession::detect(dir, data).map(Box::new);
+            }
         }
         if self.key.tls && seq == 0 && self.dirs[dir].reasm.next_seq().is_some_and(|s| s != 0) {
             // The kernel forgot this TLS stream's offset (LRU) and counts from 0 again.
@@ -282,6 +352,7 @@ impl Conn {
                 self.finished[dir] = true;
             }
         }
+        self.count_tls(drops, true);
         for mut p in self.pending.drain(..) {
             drops.unanswered_requests += 1;
             if !p.emitted {

@@ -11,6 +11,9 @@ pub struct CaptureLimits {
     pub max_head_bytes: usize,
     /// Body bytes kept per message; 0 keeps none (bodies are still framed and counted).
     pub max_body_bytes: usize,
+    /// Connections that start with a TLS ClientHello are decrypted with the session records of
+    /// the `SSL_do_handshake` probes (see [`super::tls_decrypt`]), not parsed as they are.
+    pub decrypt_tls: bool,
 }
 
 impl Default for CaptureLimits {
@@ -18,6 +21,7 @@ impl Default for CaptureLimits {
         CaptureLimits {
             max_head_bytes: 8192,
             max_body_bytes: 0,
+            decrypt_tls: false,
         }
     }
 }
@@ -130,4 +134,11 @@ pub struct ParserDrops {
     pub body_bytes_truncated: u64,
     /// Requests still waiting for a response when their connection ended.
     pub unanswered_requests: u64,
+    /// TLS connections given up without decryption (TLS 1.2, an unsupported cipher suite, no
+    /// session record, secrets not found, a hole or a record that did not decrypt).
+    pub tls_not_decrypted: u64,
+    /// Session records (completed handshakes) that matched no captured connection.
+    pub tls_sessions_unmatched: u64,
+    /// TLS connections decrypted in both directions (not a drop: what the two above compare to).
+    pub tls_decrypted: u64,
 }

@@ -26,6 +26,7 @@ mod parser;
 mod reassembly;
 #[cfg(test)]
 mod tests;
+pub(crate) mod tls_decrypt;
 
 pub use events::{CaptureLimits, Exchange, HttpEvent, ParserDrops, PodRole, Request, Response};
 pub use fields::HeaderFields;
@@ -71,6 +72,9 @@ pub struct HttpTracker {
     budget: usize,
     max_connections: usize,
     last_sweep_ns: Option<u64>,
+    /// TLS connections waiting for their session record, by client random. Entries of
+    /// connections gone or keyed meanwhile are skipped at lookup and swept as the map grows.
+    tls_waiting: rustc_hash::FxHashMap<[u8; tls_decrypt::CLIENT_RANDOM], FlowKey>,
 }
 
 fn addr(family: u8, raw: &[u8; 16]) -> IpAddr {
@@ -138,6 +142,7 @@ impl HttpTracker {
             budget: budget_bytes,
             max_connections: max_connections.max(1),
             last_sweep_ns: None,
+            tls_waiting: rustc_hash::FxHashMap::default(),
         }
     }
 
@@ -187,7 +192,13 @@ impl HttpTracker {
         if !data.is_empty() {
             let seq = h.tcp_seq.wrapping_add(h.chunk_offset);
             let gap = kernel_gap(h, data.len());
+            let was_waiting = conn.tls_awaiting_keys().is_some();
             conn.push(dir, seq, data, gap, ts, limits, &mut self.drops, out);
+            if !was_waiting {
+                if let Some(random) = conn.tls_awaiting_keys() {
+                    self.tls_waiting.insert(*random, key.clone());
+                }
+            }
         }
         if fin && !rst {
             let fin_seq = h.tcp_seq.wrapping_add(h.payload_len);
@@ -200,6 +211,46 @@ impl HttpTracker {
         } else {
             let (before, after) = conn.recount();
             self.buffered = (self.buffered + after).saturating_sub(before);
+        }
+        if self.buffered > self.budget {
+            self.shed();
+        }
+    }
+
+    /// A session record ([`palisade_common::FAMILY_TLS_SESSION`]): the start of an `SSL` object
+    /// after its handshake. The TLS connection whose client random it holds is decrypted from
+    /// now on; events that completes are appended to `out`.
+    pub fn tls_session(&mut self, window: &[u8], limits: &CaptureLimits, out: &mut Vec<HttpEvent>) {
+        let waiting = &self.tls_waiting;
+        let conns = &self.conns;
+        // Only a connection that still waits matches (a stale entry's random is skipped).
+        let found = tls_decrypt::find_random(window, |random| {
+            <&[u8; tls_decrypt::CLIENT_RANDOM]>::try_from(random)
+                .ok()
+                .and_then(|r| waiting.get(r))
+                .and_then(|key| conns.get(key))
+                .and_then(Conn::tls_awaiting_keys)
+                .is_some_and(|r| r[..] == *random)
+        });
+        let Some(at) = found else {
+            self.drops.tls_sessions_unmatched += 1;
+            return;
+        };
+        let mut random = [0u8; tls_decrypt::CLIENT_RANDOM];
+        random.copy_from_slice(&window[at..at + tls_decrypt::CLIENT_RANDOM]);
+        let Some(key) = self.tls_waiting.remove(&random) else {
+            return;
+        };
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        conn.tls_session(window, at, limits, &mut self.drops, out);
+        let (before, after) = conn.recount();
+        self.buffered = (self.buffered + after).saturating_sub(before);
+        if self.tls_waiting.len() > 2 * self.conns.len() + 64 {
+            let conns = &self.conns;
+            self.tls_waiting
+                .retain(|random, key| conns.get(key).and_then(Conn::tls_awaiting_keys) == Some(random));
         }
         if self.buffered > self.budget {
             self.shed();

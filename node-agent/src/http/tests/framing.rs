@@ -176,6 +176,7 @@ fn oversized_heads_are_dropped_and_parsing_resumes() {
     let mut w = Wire::new(CaptureLimits {
         max_head_bytes: 256,
         max_body_bytes: 0,
+        decrypt_tls: false,
     });
     let mut big = b"GET /big HTTP/1.1\r\nX-Pad: ".to_vec();
     big.extend(std::iter::repeat_n(b'a', 1000));
@@ -193,6 +194,7 @@ fn oversized_heads_are_dropped_and_parsing_resumes() {
     let mut w = Wire::new(CaptureLimits {
         max_head_bytes: 65536,
         max_body_bytes: 0,
+        decrypt_tls: false,
     });
     let mut wire = many;
     wire.extend_from_slice(&get("/fine"));

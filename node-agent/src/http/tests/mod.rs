@@ -83,6 +83,7 @@ impl Wire {
         Self::new(CaptureLimits {
             max_head_bytes: 8192,
             max_body_bytes,
+            decrypt_tls: false,
         })
     }
 

@@ -54,6 +54,7 @@ fn tls_plaintext_is_parsed_paired_and_closed_by_ssl_free() {
     let limits = CaptureLimits {
         max_head_bytes: 8192,
         max_body_bytes: 64,
+        decrypt_tls: false,
     };
     let mut t = HttpTracker::new();
     let req = post("/secure", b"card=4111");
@@ -128,6 +129,7 @@ fn a_large_ssl_write_past_the_copy_limit_is_a_known_gap() {
     let limits = CaptureLimits {
         max_head_bytes: 8192,
         max_body_bytes: 1 << 20,
+        decrypt_tls: false,
     };
     let mut t = HttpTracker::new();
     let req = get("/download");

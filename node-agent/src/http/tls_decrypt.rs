@@ -1,0 +1,997 @@
+//! TLS 1.3 decryption of captured connections with the session's traffic secrets.
+//!
+//! With `--tls-probes keys`, the only uprobes in a TLS process are on `SSL_do_handshake`: once per
+//! connection they copy the start of the `SSL` object (a [`palisade_common::FAMILY_TLS_SESSION`]
+//! record). Every request and response is captured as it is on the wire, encrypted, by the
+//! `cgroup_skb` programs, and decrypted here:
+//!
+//! 1. A connection whose first bytes are a TLS handshake record with a ClientHello becomes a
+//!    [`TlsSession`] ([`TlsSession::detect`]); the ClientHello's 32-byte client random names it.
+//!    The ServerHello gives the cipher suite, and whether TLS 1.3 was negotiated.
+//! 2. Encrypted records are held until the session record comes. The tracker finds the
+//!    connection by looking for its client random in the copied `SSL` object.
+//! 3. The client and server application traffic secrets are somewhere in that copy. Where
+//!    depends on the OpenSSL build, so it is found by trial: the secret that decrypts a held
+//!    record (AEAD tags make a wrong guess fail, never pass). Candidates come first from the
+//!    layouts that worked before ([`SessionLayout`], process-wide), then from every offset whose
+//!    bytes look random. The search runs once per library build, not per connection.
+//! 4. Records under the handshake keys (the server's certificate, both Finished messages) do not
+//!    decrypt under the application keys and are skipped; from the first record that does, every
+//!    record is decrypted in order (the record sequence number is the nonce) and its plaintext
+//!    goes to the HTTP parser. KeyUpdate messages are followed.
+//!
+//! Connections that cannot be decrypted (TLS 1.2, a cipher suite without AEAD support here, no
+//! session record in time, a hole in the byte stream) are given up and counted
+//! ([`super::ParserDrops::tls_not_decrypted`]); nothing of them reaches the parser. Secrets and
+//! the copied object are wiped when dropped.
+
+use ring::{aead, hkdf};
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use zeroize::Zeroizing;
+
+const RECORD_HEADER: usize = 5;
+/// Longest TLSCiphertext fragment (RFC 8446 section 5.2).
+const MAX_CIPHERTEXT: usize = (1 << 14) + 256;
+const CONTENT_CHANGE_CIPHER_SPEC: u8 = 20;
+const CONTENT_ALERT: u8 = 21;
+const CONTENT_HANDSHAKE: u8 = 22;
+const CONTENT_APPLICATION_DATA: u8 = 23;
+const HANDSHAKE_CLIENT_HELLO: u8 = 1;
+const HANDSHAKE_SERVER_HELLO: u8 = 2;
+const HANDSHAKE_KEY_UPDATE: u8 = 24;
+const EXTENSION_SUPPORTED_VERSIONS: u16 = 0x002b;
+const TLS13: u16 = 0x0304;
+const AEAD_TAG: usize = 16;
+const NONCE: usize = 12;
+/// Length of the ClientHello random that names a session.
+pub(crate) const CLIENT_RANDOM: usize = 32;
+/// Encrypted bytes held per connection until its session record comes; past this the
+/// connection is given up.
+pub(crate) const MAX_HELD_BYTES: usize = 256 * 1024;
+/// Encrypted records of one direction that may fail to decrypt under a candidate secret before
+/// the connection is given up (the handshake-key records come first: 1 from a client, 4 or so
+/// from an OpenSSL server).
+const MAX_TRIAL_RECORDS: usize = 16;
+/// Records of a direction tried under the known layouts only, before every offset is searched.
+const KNOWN_LAYOUT_RECORDS: usize = 6;
+/// Bytes of a candidate secret that may be zero: secrets are uniformly random (48 bytes have
+/// fewer than 4 zero bytes with probability 0.9999), pointers and small integers are not.
+const MAX_ZERO_BYTES_IN_SECRET: usize = 3;
+/// Layouts remembered (one per OpenSSL build on the node, in practice).
+const MAX_LAYOUTS: usize = 16;
+
+/// A TLS 1.3 cipher suite this module decrypts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Suite {
+    Aes128GcmSha256,
+    Aes256GcmSha384,
+    Chacha20Poly1305Sha256,
+}
+
+impl Suite {
+    fn from_id(id: u16) -> Option<Suite> {
+        match id {
+            0x1301 => Some(Suite::Aes128GcmSha256),
+            0x1302 => Some(Suite::Aes256GcmSha384),
+            0x1303 => Some(Suite::Chacha20Poly1305Sha256),
+            _ => None,
+        }
+    }
+
+    fn hkdf(self) -> hkdf::Algorithm {
+        match self {
+            Suite::Aes256GcmSha384 => hkdf::HKDF_SHA384,
+            _ => hkdf::HKDF_SHA256,
+        }
+    }
+
+    fn aead(self) -> &'static aead::Algorithm {
+        match self {
+            Suite::Aes128GcmSha256 => &aead::AES_128_GCM,
+            Suite::Aes256GcmSha384 => &aead::AES_256_GCM,
+            Suite::Chacha20Poly1305Sha256 => &aead::CHACHA20_POLY1305,
+        }
+    }
+
+    /// Length of a traffic secret (the hash's output).
+    fn secret_len(self) -> usize {
+        match self {
+            Suite::Aes256GcmSha384 => 48,
+            _ => 32,
+        }
+    }
+}
+
+/// Where one OpenSSL build keeps a connection's client random and application traffic secrets,
+/// as byte offsets from the start of its `SSL` object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SessionLayout {
+    pub(crate) client_random: usize,
+    /// `[client, server]` secret offsets (`None`: not found yet).
+    secrets: [Option<usize>; 2],
+}
+
+/// Layouts that decrypted a connection before, most recent first.
+static LAYOUTS: Mutex<Vec<SessionLayout>> = Mutex::new(Vec::new());
+
+/// Offsets at which earlier sessions had their client random.
+pub(crate) fn known_random_offsets() -> Vec<usize> {
+    let layouts = LAYOUTS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut offsets: Vec<usize> = layouts.iter().map(|l| l.client_random).collect();
+    offsets.dedup();
+    offsets
+}
+
+fn remember(layout: SessionLayout) {
+    let mut layouts = LAYOUTS.lock().unwrap_or_else(|e| e.into_inner());
+    layouts.retain(|l| l.client_random != layout.client_random || l.secrets != layout.secrets);
+    layouts.insert(0, layout);
+    layouts.truncate(MAX_LAYOUTS);
+}
+
+/// Secret offsets for `role` (0 client, 1 server) that worked with a client random at
+/// `random_at`.
+fn known_secret_offsets(random_at: usize, role: usize) -> Vec<usize> {
+    let layouts = LAYOUTS.lock().unwrap_or_else(|e| e.into_inner());
+    layouts
+        .iter()
+        .filter(|l| l.client_random == random_at)
+        .filter_map(|l| l.secrets[role])
+        .collect()
+}
+
+/// Why a connection was not decrypted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum GiveUp {
+    /// The server chose TLS 1.2 or older.
+    NotTls13,
+    /// A cipher suite this module does not decrypt (TLS_AES_128_CCM_*).
+    Suite,
+    /// Too many encrypted bytes before the session record came (or it never came).
+    NoKeys,
+    /// No offset of the copied `SSL` object decrypts the connection's records.
+    NoSecret,
+    /// A record failed to decrypt after others had (bytes lost or corrupted).
+    Corrupt,
+    /// A hole in the captured byte stream: the record boundaries are lost.
+    Gap,
+    /// A record header announced more than a TLS record can hold.
+    Malformed,
+}
+
+/// One direction's key: the AEAD key, its IV, the next record's sequence number, and the
+/// traffic secret (for KeyUpdate).
+struct TrafficKey {
+    key: aead::LessSafeKey,
+    iv: [u8; NONCE],
+    seq: u64,
+    secret: Zeroizing<Vec<u8>>,
+}
+
+impl TrafficKey {
+    fn from_secret(suite: Suite, secret: &[u8]) -> Option<TrafficKey> {
+        let mut key = Zeroizing::new(vec![0u8; suite.aead().key_len()]);
+        let mut iv = [0u8; NONCE];
+        expand_label(suite, secret, b"key", &mut key)?;
+        expand_label(suite, secret, b"iv", &mut iv)?;
+        let unbound = aead::UnboundKey::new(suite.aead(), &key).ok()?;
+        Some(TrafficKey {
+            key: aead::LessSafeKey::new(unbound),
+            iv,
+            seq: 0,
+            secret: Zeroizing::new(secret.to_vec()),
+        })
+    }
+
+    /// Decrypts `record` (header and ciphertext) into `scratch` with sequence number `seq`;
+    /// returns the inner content type and the plaintext's length (at the start of `scratch`).
+    fn open(&self, seq: u64, record: &[u8], scratch: &mut Vec<u8>) -> Option<(u8, usize)> {
+        let (header, body) = record.split_at(RECORD_HEADER);
+        if body.len() < AEAD_TAG + 1 {
+            return None;
+        }
+        let mut nonce = self.iv;
+        for (n, s) in nonce[NONCE - 8..].iter_mut().zip(seq.to_be_bytes()) {
+            *n ^= s;
+        }
+        scratch.clear();
+        scratch.extend_from_slice(body);
+        let plain = self
+            .key
+            .open_in_place(
+                aead::Nonce::assume_unique_for_key(nonce),
+                aead::Aad::from(header),
+                scratch,
+            )
+            .ok()?;
+        // TLSInnerPlaintext: content, the real content type, zero padding.
+        let end = plain.iter().rposition(|&b| b != 0)?;
+        Some((plain[end], end))
+    }
+
+    /// The next generation of this key (RFC 8446 section 7.2).
+    fn updated(&self, suite: Suite) -> Option<TrafficKey> {
+        let mut next = Zeroizing::new(vec![0u8; suite.secret_len()]);
+        expand_label(suite, &self.secret, b"traffic upd", &mut next)?;
+        TrafficKey::from_secret(suite, &next)
+    }
+}
+
+/// Length type for ring's HKDF.
+struct Len(usize);
+
+impl hkdf::KeyType for Len {
+    fn len(&self) -> usize {
+        self.0
+    }
+}
+
+/// HKDF-Expand-Label(secret, label, "", out.len()) (RFC 8446 section 7.1).
+fn expand_label(suite: Suite, secret: &[u8], label: &[u8], out: &mut [u8]) -> Option<()> {
+    let prk = hkdf::Prk::new_less_safe(suite.hkdf(), secret);
+    let length = u16::try_from(out.len()).ok()?.to_be_bytes();
+    let label_len = [u8::try_from(6 + label.len()).ok()?];
+    let info: [&[u8]; 5] = [&length, &label_len, b"tls13 ", label, &[0]];
+    prk.expand(&info, Len(out.len())).ok()?.fill(out).ok()
+}
+
+/// One direction of a TLS connection.
+#[derive(Default)]
+struct Side {
+    /// Bytes of a record not complete yet.
+    partial: Vec<u8>,
+    /// Complete encrypted records waiting for this direction's key, with their capture time.
+    held: VecDeque<(Vec<u8>, u64)>,
+    /// Held records already tried against every candidate secret.
+    tried: usize,
+    key: Option<TrafficKey>,
+    /// A record decrypted under the application key: every later one must too.
+    decrypting: bool,
+    /// Records that did not decrypt under the key before one did (handshake-key records).
+    skipped: usize,
+}
+
+impl Side {
+    fn held_bytes(&self) -> usize {
+        self.held.iter().map(|(r, _)| r.len()).sum::<usize>() + self.partial.len()
+    }
+}
+
+/// What [`TlsSession::feed`] and [`TlsSession::release`] hand to the HTTP parser.
+pub(crate) type Deliver<'a> = dyn FnMut(&[u8], u64) + 'a;
+
+/// The TLS state of one captured connection.
+pub(crate) struct TlsSession {
+    /// Which direction index (0 ingress, 1 egress) carries the client's records.
+    client_dir: usize,
+    client_random: [u8; CLIENT_RANDOM],
+    suite: Option<Suite>,
+    sides: [Side; 2],
+    /// The copied `SSL` object, from the session record until both secrets are found.
+    window: Option<Zeroizing<Vec<u8>>>,
+    /// Offset of the client random in `window`.
+    random_at: usize,
+    failed: Option<GiveUp>,
+    /// The session record came (or its connection was given up): no longer looked up.
+    keys_seen: bool,
+    scratch: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secrets or the window.
+        f.debug_struct("TlsSession")
+            .field("client_dir", &self.client_dir)
+            .field("suite", &self.suite)
+            .field("failed", &self.failed)
+            .field(
+                "keyed",
+                &[self.sides[0].key.is_some(), self.sides[1].key.is_some()],
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsSession {
+    /// A session, when `first` (the first bytes captured of a connection, in direction `dir`)
+    /// starts with a TLS handshake record holding a ClientHello with its random.
+    pub(crate) fn detect(dir: usize, first: &[u8]) -> Option<TlsSession> {
+        // record: type, version (3, 1..=4), length; handshake: type, length (3), version (2), random.
+        const RANDOM_AT: usize = RECORD_HEADER + 4 + 2;
+        if first.len() < RANDOM_AT + CLIENT_RANDOM
+            || first[0] != CONTENT_HANDSHAKE
+            || first[1] != 3
+            || !(1..=4).contains(&first[2])
+            || first[5] != HANDSHAKE_CLIENT_HELLO
+        {
+            return None;
+        }
+        let mut client_random = [0u8; CLIENT_RANDOM];
+        client_random.copy_from_slice(&first[RANDOM_AT..RANDOM_AT + CLIENT_RANDOM]);
+        Some(TlsSession {
+            client_dir: dir,
+            client_random,
+            suite: None,
+            sides: Default::default(),
+            window: None,
+            random_at: 0,
+            failed: None,
+            keys_seen: false,
+            scratch: Vec::new(),
+        })
+    }
+
+    pub(crate) fn client_random(&self) -> &[u8; CLIENT_RANDOM] {
+        &self.client_random
+    }
+
+    /// Why the connection was given up, if it was.
+    pub(crate) fn failed(&self) -> Option<GiveUp> {
+        self.failed
+    }
+
+    /// Whether the session record is still to come (also for a connection given up: its record
+    /// then finds it and is not counted as unmatched).
+    pub(crate) fn awaiting_keys(&self) -> bool {
+        !self.keys_seen
+    }
+
+    /// Both directions decrypt.
+    pub(crate) fn keyed(&self) -> bool {
+        self.sides.iter().all(|s| s.key.is_some())
+    }
+
+    /// Encrypted bytes held (records waiting for keys, partial records).
+    pub(crate) fn buffered(&self) -> usize {
+        self.sides.iter().map(Side::held_bytes).sum::<usize>() + self.window.as_ref().map_or(0, |w| w.len())
+    }
+
+    fn give_up(&mut self, why: GiveUp) {
+        if self.failed.is_none() {
+            self.failed = Some(why);
+        }
+        self.window = None;
+        for side in &mut self.sides {
+            *side = Side::default();
+        }
+    }
+
+    /// The stream of direction `dir` lost bytes: the record boundaries are gone.
+    pub(crate) fn gap(&mut self) {
+        self.give_up(GiveUp::Gap);
+    }
+
+    /// Bytes of direction `dir`, in order; plaintext of application data goes to `deliver`.
+    pub(crate) fn feed(&mut self, dir: usize, bytes: &[u8], ts: u64, deliver: &mut Deliver) {
+        if self.failed.is_some() {
+            return;
+        }
+        self.sides[dir].partial.extend_from_slice(bytes);
+        let mut start = 0;
+        loop {
+            let partial = &self.sides[dir].partial;
+            let Some(header) = partial.get(start..start + RECORD_HEADER) else {
+                break;
+            };
+            let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+            if len > MAX_CIPHERTEXT {
+                self.give_up(GiveUp::Malformed);
+                return;
+            }
+            let end = start + RECORD_HEADER + len;
+            if partial.len() < end {
+                break;
+            }
+            let record = partial[start..end].to_vec();
+            start = end;
+            self.record(dir, record, ts, deliver);
+            if self.failed.is_some() {
+                return;
+            }
+        }
+        self.sides[dir].partial.drain(..start);
+        if !self.keys_seen && self.buffered() > MAX_HELD_BYTES {
+            self.give_up(GiveUp::NoKeys);
+        }
+    }
+
+    fn record(&mut self, dir: usize, record: Vec<u8>, ts: u64, deliver: &mut Deliver) {
+        match record[0] {
+            CONTENT_HANDSHAKE if dir != self.client_dir && self.suite.is_none() => {
+                if let Err(why) = self.server_hello(&record[RECORD_HEADER..]) {
+                    self.give_up(why);
+                }
+            }
+            CONTENT_APPLICATION_DATA => {
+                self.sides[dir].held.push_back((record, ts));
+                if self.sides[dir].key.is_some() {
+                    self.drain(dir, deliver);
+                } else if self.window.is_some() {
+                    self.find_key(dir);
+                    self.drain(dir, deliver);
+                }
+            }
+            // Plaintext handshake messages after the hellos, ChangeCipherSpec, plaintext alerts.
+            CONTENT_HANDSHAKE | CONTENT_CHANGE_CIPHER_SPEC | CONTENT_ALERT => {}
+            _ => self.give_up(GiveUp::Malformed),
+        }
+    }
+
+    /// Reads the cipher suite and version from a ServerHello (any other message is ignored).
+    fn server_hello(&mut self, body: &[u8]) -> Result<(), GiveUp> {
+        if body.first() != Some(&HANDSHAKE_SERVER_HELLO) {
+            return Ok(());
+        }
+        let mut r = Reader(body.get(4..).ok_or(GiveUp::Malformed)?);
+        r.skip(2 + 32)?; // legacy_version, random
+        let session_id = usize::from(r.u8()?);
+        r.skip(session_id)?;
+        let suite_id = r.u16()?;
+        r.skip(1)?; // compression
+        let mut tls13 = false;
+        if let Ok(ext_len) = r.u16() {
+            let mut exts = Reader(r.take(usize::from(ext_len))?);
+            while let Ok(kind) = exts.u16() {
+                let len = usize::from(exts.u16()?);
+                let data = exts.take(len)?;
+                if kind == EXTENSION_SUPPORTED_VERSIONS && data == TLS13.to_be_bytes() {
+                    tls13 = true;
+                }
+            }
+        }
+        if !tls13 {
+            return Err(GiveUp::NotTls13);
+        }
+        self.suite = Some(Suite::from_id(suite_id).ok_or(GiveUp::Suite)?);
+        Ok(())
+    }
+
+    /// The session record came: `window` is the start of the `SSL` object, with this session's
+    /// client random at `random_at`. Then [`Self::release`] each direction.
+    pub(crate) fn set_window(&mut self, window: &[u8], random_at: usize) {
+        self.keys_seen = true;
+        if self.failed.is_some() {
+            return;
+        }
+        if self.suite.is_none() {
+            // No ServerHello was seen: the capture started in the middle of the handshake.
+            self.give_up(GiveUp::NoKeys);
+            return;
+        }
+        self.window = Some(Zeroizing::new(window.to_vec()));
+        self.random_at = random_at;
+    }
+
+    /// Decrypts what direction `dir` holds, if its key is known or can now be found.
+    pub(crate) fn release(&mut self, dir: usize, deliver: &mut Deliver) {
+        if self.failed.is_some() {
+            return;
+        }
+        if self.sides[dir].key.is_none() {
+            self.find_key(dir);
+        }
+        self.drain(dir, deliver);
+    }
+
+    /// Looks in the window for the secret of direction `dir` that decrypts one of its held
+    /// records as the first record under the application key.
+    fn find_key(&mut self, dir: usize) {
+        let (Some(window), Some(suite)) = (self.window.as_ref(), self.suite) else {
+            return;
+        };
+        let role = usize::from(dir != self.client_dir);
+        let side = &self.sides[dir];
+        if side.held.is_empty() {
+            return;
+        }
+        let known = known_secret_offsets(self.random_at, role);
+        let secret_len = suite.secret_len();
+        let random = self.random_at..self.random_at + CLIENT_RANDOM;
+        let looks_random = |at: usize| {
+            window
+                .get(at..at + secret_len)
+                .is_some_and(|s| s.iter().filter(|&&b| b == 0).count() <= MAX_ZERO_BYTES_IN_SECRET)
+                && (at + secret_len <= random.start || at >= random.end)
+        };
+        // Known offsets against every held record; every offset only against records not yet
+        // tried (a full search costs a key derivation per candidate).
+        let known_hit = known
+            .iter()
+            .copied()
+            .filter(|&at| looks_random(at))
+            .find_map(|at| first_decrypting(window, suite, at, &side.held, 0, &mut self.scratch));
+        // With a layout known, the records before the first under the application key (at
+        // most 4 or so) do not trigger a search of every offset.
+        let search = known.is_empty() || side.held.len() > KNOWN_LAYOUT_RECORDS;
+        let found = known_hit.or_else(|| {
+            (0..window.len().saturating_sub(secret_len))
+                .filter(|_| search)
+                .filter(|&at| looks_random(at))
+                .find_map(|at| first_decrypting(window, suite, at, &side.held, side.tried, &mut self.scratch))
+        });
+        let side = &mut self.sides[dir];
+        match found {
+            Some((at, index, key)) => {
+                side.skipped += index;
+                side.held.drain(..index);
+                side.key = Some(key);
+                let mut layout = SessionLayout {
+                    client_random: self.random_at,
+                    secrets: known_secret_pair(self.random_at),
+                };
+                layout.secrets[role] = Some(at);
+                remember(layout);
+                if self.sides.iter().all(|s| s.key.is_some()) {
+                    self.window = None;
+                }
+            }
+            None => {
+                side.tried = side.held.len();
+                if side.tried >= MAX_TRIAL_RECORDS {
+                    self.give_up(GiveUp::NoSecret);
+                }
+            }
+        }
+    }
+
+    /// Decrypts the held records of `dir` in order, handing application data to `deliver`.
+    fn drain(&mut self, dir: usize, deliver: &mut Deliver) {
+        let Some(suite) = self.suite else { return };
+        loop {
+            let side = &mut self.sides[dir];
+            let Some(key) = side.key.as_mut() else { return };
+            let Some((record, ts)) = side.held.pop_front() else {
+                return;
+            };
+            match key.open(key.seq, &record, &mut self.scratch) {
+                Some((content, len)) => {
+                    key.seq += 1;
+                    side.decrypting = true;
+                    match content {
+                        CONTENT_APPLICATION_DATA => deliver(&self.scratch[..len], ts),
+                        CONTENT_HANDSHAKE if key_update_in(&self.scratch[..len]) => {
+                            match key.updated(suite) {
+                                Some(next) => *key = next,
+                                None => {
+                                    self.give_up(GiveUp::Corrupt);
+                                    return;
+                                }
+                            }
+                        }
+                        _ => {} // other handshake messages (tickets), alerts (close_notify)
+                    }
+                }
+                None if !side.decrypting && side.skipped < MAX_TRIAL_RECORDS => {
+                    // A record under the handshake key, sent before the first under this key.
+                    side.skipped += 1;
+                }
+                None => {
+                    self.give_up(GiveUp::Corrupt);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The secret offsets a layout with this random offset had last.
+fn known_secret_pair(random_at: usize) -> [Option<usize>; 2] {
+    [
+        known_secret_offsets(random_at, 0).first().copied(),
+        known_secret_offsets(random_at, 1).first().copied(),
+    ]
+}
+
+/// The first of `held[from..]` that decrypts as sequence number 0 under the secret at `at`:
+/// `at`, the record's index, and the key (still at sequence number 0: the record stays held and
+/// [`TlsSession::drain`] decrypts it again, in order).
+fn first_decrypting(
+    window: &[u8],
+    suite: Suite,
+    at: usize,
+    held: &VecDeque<(Vec<u8>, u64)>,
+    from: usize,
+    scratch: &mut Vec<u8>,
+) -> Option<(usize, usize, TrafficKey)> {
+    if from >= held.len() {
+        return None;
+    }
+    let key = TrafficKey::from_secret(suite, window.get(at..at + suite.secret_len())?)?;
+    let index = held
+        .iter()
+        .enumerate()
+        .skip(from)
+        .find(|(_, (record, _))| key.open(0, record, scratch).is_some())?
+        .0;
+    Some((at, index, key))
+}
+
+/// Whether decrypted handshake messages include a KeyUpdate.
+fn key_update_in(mut messages: &[u8]) -> bool {
+    while messages.len() >= 4 {
+        let len = usize::from(messages[1]) << 16 | usize::from(messages[2]) << 8 | usize::from(messages[3]);
+        if messages[0] == HANDSHAKE_KEY_UPDATE {
+            return true;
+        }
+        messages = messages.get(4 + len..).unwrap_or(&[]);
+    }
+    false
+}
+
+/// Finds the offset of `random` in a copied `SSL` object: the offsets that held it before
+/// first, then every offset.
+pub(crate) fn find_random(window: &[u8], mut is_waiting: impl FnMut(&[u8]) -> bool) -> Option<usize> {
+    let fits = |at: usize| window.len() >= at + CLIENT_RANDOM;
+    known_random_offsets()
+        .into_iter()
+        .filter(|&at| fits(at))
+        .find(|&at| is_waiting(&window[at..at + CLIENT_RANDOM]))
+        .or_else(|| {
+            (0..=window.len().saturating_sub(CLIENT_RANDOM))
+                .find(|&at| is_waiting(&window[at..at + CLIENT_RANDOM]))
+        })
+}
+
+/// A bounds-checked reader of handshake fields.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], GiveUp> {
+        if self.0.len() < n {
+            return Err(GiveUp::Malformed);
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn skip(&mut self, n: usize) -> Result<(), GiveUp> {
+        self.take(n).map(|_| ())
+    }
+
+    fn u8(&mut self) -> Result<u8, GiveUp> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, GiveUp> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Real TLS 1.3 traffic from rustls (in memory), its secrets taken from rustls's key log and
+    //! placed in a made-up `SSL` object among pointer-like fields and random decoys.
+    use super::*;
+    use rustls::crypto::{ring as provider, CryptoProvider, SupportedKxGroup};
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    use rustls::{ClientConnection, ServerConnection};
+    use std::io::{Read as _, Write as _};
+    use std::sync::Arc;
+
+    #[derive(Debug, Default)]
+    struct KeyLog(Mutex<Vec<(String, Vec<u8>)>>);
+
+    impl rustls::KeyLog for KeyLog {
+        fn log(&self, label: &str, _client_random: &[u8], secret: &[u8]) {
+            self.0.lock().unwrap().push((label.to_string(), secret.to_vec()));
+        }
+        fn will_log(&self, _label: &str) -> bool {
+            true
+        }
+    }
+
+    /// What one connection put on the wire in each direction, and its secrets.
+    struct Wire {
+        client_to_server: Vec<u8>,
+        server_to_client: Vec<u8>,
+        client_random: [u8; 32],
+        client_secret: Vec<u8>,
+        server_secret: Vec<u8>,
+        /// Bytes of each direction before the request was written (the handshake, tickets).
+        handshake_bytes: [usize; 2],
+    }
+
+    const REQUEST: &[u8] = b"GET /orders/42 HTTP/1.1\r\nhost: shop\r\nauthorization: Bearer x\r\n\r\n";
+    const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
+
+    fn provider_with(suite: rustls::SupportedCipherSuite) -> Arc<CryptoProvider> {
+        let kx: Vec<&'static dyn SupportedKxGroup> = vec![provider::kx_group::X25519];
+        Arc::new(CryptoProvider {
+            cipher_suites: vec![suite],
+            kx_groups: kx,
+            ..provider::default_provider()
+        })
+    }
+
+    /// Moves every pending TLS byte between the two ends until neither has more, recording it.
+    fn pump(client: &mut ClientConnection, server: &mut ServerConnection, wire: &mut Wire) {
+        loop {
+            let mut c2s = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut c2s).unwrap();
+            }
+            let mut s2c = Vec::new();
+            if !c2s.is_empty() {
+                server.read_tls(&mut &c2s[..]).unwrap();
+                server.process_new_packets().unwrap();
+            }
+            while server.wants_write() {
+                server.write_tls(&mut s2c).unwrap();
+            }
+            if !s2c.is_empty() {
+                client.read_tls(&mut &s2c[..]).unwrap();
+                client.process_new_packets().unwrap();
+            }
+            wire.client_to_server.extend_from_slice(&c2s);
+            wire.server_to_client.extend_from_slice(&s2c);
+            if c2s.is_empty() && s2c.is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// A TLS 1.3 (or, with `tls12`, 1.2) connection carrying one request and its response;
+    /// `update`: the client updates its keys before the request.
+    fn connection(suite: rustls::SupportedCipherSuite, tls12: bool, update: bool) -> Wire {
+        let cert = rcgen::generate_simple_self_signed(vec!["shop".to_string()]).unwrap();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
+        let versions: &[&rustls::SupportedProtocolVersion] = if tls12 {
+            &[&rustls::version::TLS12]
+        } else {
+            &[&rustls::version::TLS13]
+        };
+        let server_config = rustls::ServerConfig::builder_with_provider(provider_with(suite))
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], key)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.cert.der().clone()).unwrap();
+        let log = Arc::new(KeyLog::default());
+        let mut client_config = rustls::ClientConfig::builder_with_provider(provider_with(suite))
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client_config.key_log = log.clone();
+        let mut client = ClientConnection::new(Arc::new(client_config), "shop".try_into().unwrap()).unwrap();
+        let mut server = ServerConnection::new(Arc::new(server_config)).unwrap();
+        let mut wire = Wire {
+            client_to_server: Vec::new(),
+            server_to_client: Vec::new(),
+            client_random: [0; 32],
+            client_secret: Vec::new(),
+            server_secret: Vec::new(),
+            handshake_bytes: [0; 2],
+        };
+        pump(&mut client, &mut server, &mut wire);
+        wire.handshake_bytes = [wire.client_to_server.len(), wire.server_to_client.len()];
+        if update {
+            client.refresh_traffic_keys().unwrap();
+        }
+        client.writer().write_all(REQUEST).unwrap();
+        pump(&mut client, &mut server, &mut wire);
+        let mut got = vec![0u8; REQUEST.len()];
+        server.reader().read_exact(&mut got).unwrap();
+        assert_eq!(got, REQUEST);
+        server.writer().write_all(RESPONSE).unwrap();
+        pump(&mut client, &mut server, &mut wire);
+        wire.client_random
+            .copy_from_slice(&wire.client_to_server[RECORD_HEADER + 6..RECORD_HEADER + 6 + 32]);
+        for (label, secret) in log.0.lock().unwrap().iter() {
+            match label.as_str() {
+                "CLIENT_TRAFFIC_SECRET_0" => wire.client_secret = secret.clone(),
+                "SERVER_TRAFFIC_SECRET_0" => wire.server_secret = secret.clone(),
+                _ => {}
+            }
+        }
+        wire
+    }
+
+    /// A made-up `SSL` object: pointer-like and small-integer fields, 48-byte random decoys (as
+    /// the other secrets of a real object are), and the session's random and secrets at the
+    /// offsets OpenSSL 3.0.19 uses (352, 1860, 1924).
+    fn window(wire: &Wire, seed: u64) -> Vec<u8> {
+        let mut w = vec![0u8; 4096];
+        let mut x = seed | 1;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for field in w.chunks_mut(8) {
+            let v = match next() % 4 {
+                0 => 0x0000_7f00_0000_0000 | (next() & 0xff_ffff_fff8),
+                1 => next() % 512,
+                _ => 0,
+            };
+            field.copy_from_slice(&v.to_le_bytes());
+        }
+        for decoy in [1024, 1600, 1988, 2500] {
+            for b in &mut w[decoy..decoy + 48] {
+                *b = (next() % 255 + 1) as u8;
+            }
+        }
+        w[352..384].copy_from_slice(&wire.client_random);
+        w[1860..1860 + wire.client_secret.len()].copy_from_slice(&wire.client_secret);
+        w[1924..1924 + wire.server_secret.len()].copy_from_slice(&wire.server_secret);
+        w
+    }
+
+    /// What the parser would get, per direction (0: the client's, as a server pod receives it).
+    #[derive(Default)]
+    struct Plain([Vec<u8>; 2]);
+
+    impl Plain {
+        fn sink(&mut self, dir: usize) -> impl FnMut(&[u8], u64) + '_ {
+            move |bytes, _| self.0[dir].extend_from_slice(bytes)
+        }
+    }
+
+    /// Feeds both directions in `step`-byte pieces (the client's first), the session record
+    /// after all of it (as an OpenSSL server completes the handshake after reading the client's
+    /// Finished, which precedes the request here, the records are held and then released).
+    fn run(wire: &Wire, window: &[u8], step: usize) -> (TlsSession, Plain) {
+        let mut plain = Plain::default();
+        let mut s = TlsSession::detect(0, &wire.client_to_server).expect("a ClientHello");
+        assert_eq!(s.client_random(), &wire.client_random);
+        for (dir, bytes) in [(0, &wire.client_to_server), (1, &wire.server_to_client)] {
+            for piece in bytes.chunks(step) {
+                s.feed(dir, piece, 1, &mut plain.sink(dir));
+            }
+        }
+        assert!(s.awaiting_keys());
+        let random_at = find_random(window, |r| r == s.client_random()).expect("the random");
+        assert_eq!(random_at, 352);
+        s.set_window(window, random_at);
+        for dir in 0..2 {
+            s.release(dir, &mut plain.sink(dir));
+        }
+        (s, plain)
+    }
+
+    #[test]
+    fn decrypts_each_tls13_suite_from_the_copied_object() {
+        for suite in [
+            provider::cipher_suite::TLS13_AES_128_GCM_SHA256,
+            provider::cipher_suite::TLS13_AES_256_GCM_SHA384,
+            provider::cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+        ] {
+            let wire = connection(suite, false, false);
+            for step in [1, 7, 1500, usize::MAX] {
+                let (s, plain) = run(&wire, &window(&wire, step as u64), step.min(1 << 20));
+                assert_eq!(s.failed(), None, "{suite:?}, step {step}");
+                assert!(s.keyed());
+                assert_eq!(plain.0[0], REQUEST, "{suite:?}, step {step}");
+                assert_eq!(plain.0[1], RESPONSE, "{suite:?}, step {step}");
+                assert_eq!(s.buffered(), 0, "nothing held, window wiped");
+            }
+        }
+    }
+
+    #[test]
+    fn records_after_the_keys_are_decrypted_as_they_come() {
+        let wire = connection(provider::cipher_suite::TLS13_AES_128_GCM_SHA256, false, false);
+        let w = window(&wire, 9);
+        let mut plain = Plain::default();
+        let mut s = TlsSession::detect(0, &wire.client_to_server).unwrap();
+        // The handshake (and the server's tickets), then the keys, then the request and response.
+        let [c, sv] = wire.handshake_bytes;
+        s.feed(0, &wire.client_to_server[..c], 1, &mut plain.sink(0));
+        s.feed(1, &wire.server_to_client[..sv], 1, &mut plain.sink(1));
+        s.set_window(&w, 352);
+        s.release(0, &mut plain.sink(0));
+        s.release(1, &mut plain.sink(1));
+        s.feed(0, &wire.client_to_server[c..], 2, &mut plain.sink(0));
+        s.feed(1, &wire.server_to_client[sv..], 2, &mut plain.sink(1));
+        assert_eq!(s.failed(), None);
+        assert_eq!(plain.0[0], REQUEST);
+        assert_eq!(plain.0[1], RESPONSE);
+    }
+
+    #[test]
+    fn follows_a_key_update() {
+        let wire = connection(provider::cipher_suite::TLS13_AES_256_GCM_SHA384, false, true);
+        let (s, plain) = run(&wire, &window(&wire, 3), 100);
+        assert_eq!(s.failed(), None);
+        assert_eq!(plain.0[0], REQUEST);
+        assert_eq!(plain.0[1], RESPONSE);
+    }
+
+    #[test]
+    fn tls12_is_given_up_at_the_server_hello() {
+        let wire = connection(
+            provider::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            true,
+            false,
+        );
+        let mut plain = Plain::default();
+        let mut s = TlsSession::detect(0, &wire.client_to_server).unwrap();
+        s.feed(0, &wire.client_to_server, 1, &mut plain.sink(0));
+        s.feed(1, &wire.server_to_client, 1, &mut plain.sink(1));
+        assert_eq!(s.failed(), Some(GiveUp::NotTls13));
+        assert!(
+            s.awaiting_keys(),
+            "its session record is still expected, and matched"
+        );
+        assert_eq!(s.buffered(), 0);
+        assert!(plain.0.iter().all(Vec::is_empty));
+    }
+
+    #[test]
+    fn a_corrupted_record_after_decryption_started_gives_up() {
+        let mut wire = connection(provider::cipher_suite::TLS13_AES_128_GCM_SHA256, false, false);
+        // Flip a byte in the last record of the server (the response).
+        let last = wire.server_to_client.len() - 20;
+        wire.server_to_client[last] ^= 1;
+        let (s, plain) = run(&wire, &window(&wire, 5), 64);
+        assert_eq!(s.failed(), Some(GiveUp::Corrupt));
+        assert_eq!(plain.0[0], REQUEST, "the request was decrypted before");
+        assert!(plain.0[1].is_empty());
+    }
+
+    #[test]
+    fn a_window_without_the_secrets_gives_up_and_wipes() {
+        let wire = connection(provider::cipher_suite::TLS13_AES_128_GCM_SHA256, false, false);
+        let mut w = window(&wire, 11);
+        w[1860..1860 + 32].fill(7);
+        w[1924..1924 + 32].fill(7);
+        let mut plain = Plain::default();
+        let mut s = TlsSession::detect(0, &wire.client_to_server).unwrap();
+        s.feed(0, &wire.client_to_server, 1500, &mut plain.sink(0));
+        s.feed(1, &wire.server_to_client, 1500, &mut plain.sink(1));
+        s.set_window(&w, 352);
+        s.release(0, &mut plain.sink(0));
+        s.release(1, &mut plain.sink(1));
+        assert!(!s.keyed());
+        assert!(plain.0.iter().all(Vec::is_empty));
+        // More records come and fail too, until the trial limit gives the connection up.
+        let record = wire.client_to_server[wire.client_to_server.len() - 100..].to_vec();
+        let mut header = vec![CONTENT_APPLICATION_DATA, 3, 3, 0, 100];
+        header.extend_from_slice(&record);
+        for _ in 0..MAX_TRIAL_RECORDS {
+            s.feed(0, &header, 1, &mut plain.sink(0));
+        }
+        assert_eq!(s.failed(), Some(GiveUp::NoSecret));
+        assert_eq!(s.buffered(), 0);
+    }
+
+    #[test]
+    fn holding_is_bounded_while_the_keys_do_not_come() {
+        let wire = connection(provider::cipher_suite::TLS13_AES_128_GCM_SHA256, false, false);
+        let mut plain = Plain::default();
+        let mut s = TlsSession::detect(0, &wire.client_to_server).unwrap();
+        s.feed(0, &wire.client_to_server, 1, &mut plain.sink(0));
+        let mut record = vec![CONTENT_APPLICATION_DATA, 3, 3, 0x40, 0x00];
+        record.resize(RECORD_HEADER + 0x4000, 0xab);
+        for _ in 0..=MAX_HELD_BYTES / record.len() {
+            s.feed(0, &record, 1, &mut plain.sink(0));
+        }
+        assert_eq!(s.failed(), Some(GiveUp::NoKeys));
+        assert_eq!(s.buffered(), 0);
+    }
+
+    #[test]
+    fn not_tls_and_oversized_records() {
+        assert!(TlsSession::detect(0, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n and some more bytes").is_none());
+        let wire = connection(provider::cipher_suite::TLS13_AES_128_GCM_SHA256, false, false);
+        assert!(
+            TlsSession::detect(0, &wire.client_to_server[..40]).is_none(),
+            "too short for the random"
+        );
+        let mut s = TlsSession::detect(0, &wire.client_to_server).unwrap();
+        let mut plain = Plain::default();
+        s.feed(
+            1,
+            &[CONTENT_APPLICATION_DATA, 3, 3, 0xff, 0xff],
+            1,
+            &mut plain.sink(1),
+        );
+        assert_eq!(s.failed(), Some(GiveUp::Malformed));
+    }
+}
