@@ -5,8 +5,9 @@
 //! ApiMonitor on its port. Each round measures TLS capture **OFF** (the monitor with
 //! `tls.enabled: false`) and then ON (`tls.enabled: true`) with each probe placement of the
 //! agent (`--tls-probes exported`: `SSL_read`/`SSL_write` and their `_ex` twins; `auto`:
-//! OpenSSL's internal read and write functions), the agent restarted between the two, their
-//! order alternating by round. The agent runs in every state: its `cgroup_skb` capture of the
+//! OpenSSL's internal read and write functions; `keys`: `SSL_do_handshake` only, the agent
+//! decrypting the captured records), the agent restarted between them, their order rotating by
+//! round. The agent runs in every state: its `cgroup_skb` capture of the
 //! (encrypted) port and everything else stay the same, so the differences are the uprobes and
 //! the plaintext they feed to the agent. The agent-off cost of the `cgroup_skb` capture itself is
 //! what docs/benchmarks.md measures.
@@ -87,22 +88,21 @@ impl TlsState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Placement {
     /// `SSL_read`, `SSL_read_ex`, `SSL_write`, `SSL_write_ex` (the reference).
-    Exported,
+    Exported = 0,
     /// The internal read and write functions (the agent's default).
-    Internal,
+    Internal = 1,
+    /// `SSL_do_handshake` only; the agent decrypts the records `cgroup_skb` captures.
+    Keys = 2,
 }
+
+const PLACEMENTS: [Placement; 3] = [Placement::Exported, Placement::Internal, Placement::Keys];
 
 impl Placement {
     fn agent_flag(self) -> &'static str {
         match self {
             Placement::Exported => "exported",
             Placement::Internal => "auto",
-        }
-    }
-    fn other(self) -> Placement {
-        match self {
-            Placement::Exported => Placement::Internal,
-            Placement::Internal => Placement::Exported,
+            Placement::Keys => "keys",
         }
     }
 }
@@ -110,8 +110,8 @@ impl Placement {
 #[derive(Debug, Clone)]
 struct TlsRound {
     off: TlsState,
-    exported: TlsState,
-    internal: TlsState,
+    /// The ON states, indexed by [`Placement`].
+    on: [TlsState; 3],
     /// Requests wrk completed in the ON states, and how much the monitor's `GET /` count grew
     /// over them.
     sent: u64,
@@ -120,17 +120,14 @@ struct TlsRound {
 
 impl TlsRound {
     fn on(&self, placement: Placement) -> &TlsState {
-        match placement {
-            Placement::Exported => &self.exported,
-            Placement::Internal => &self.internal,
-        }
+        &self.on[placement as usize]
     }
     fn ratio(&self, placement: Placement) -> f64 {
         self.on(placement).wrk.rps / self.off.wrk.rps
     }
     fn disturbed(&self) -> bool {
-        [&self.off, &self.exported, &self.internal]
-            .iter()
+        std::iter::once(&self.off)
+            .chain(&self.on)
             .any(|s| s.background_busy_percent >= BUSY_THRESHOLD)
     }
 }
@@ -270,29 +267,34 @@ pub async fn run(args: &Args) -> Result<()> {
             );
         }
         set_tls(&stack, args, true).await?;
-        let (first, counted_first) = measure_on(&stack, args, &pod, agent, &control).await?;
-        let first_placement = placement;
-        placement = placement.other();
-        agent = restart_agent(
-            &mut stack,
-            args,
-            &pod,
-            placement,
-            &format!("agent-{}-{index}", placement.agent_flag()),
-        )
-        .await?;
-        let (second, counted_second) = measure_on(&stack, args, &pod, agent, &control).await?;
-        let sent = first.wrk.requests + second.wrk.requests;
-        let (exported, internal) = match first_placement {
-            Placement::Exported => (first, second),
-            Placement::Internal => (second, first),
-        };
+        // The placements in turn, starting with the one the agent runs: each round begins where
+        // the last ended (one restart fewer), so every placement comes first, second and third.
+        let start = placement as usize;
+        let mut on: [TlsState; 3] = Default::default();
+        let (mut sent, mut counted) = (0, 0);
+        for step in 0..PLACEMENTS.len() {
+            let next = PLACEMENTS[(start + step) % PLACEMENTS.len()];
+            if next != placement {
+                placement = next;
+                agent = restart_agent(
+                    &mut stack,
+                    args,
+                    &pod,
+                    placement,
+                    &format!("agent-{}-{index}", placement.agent_flag()),
+                )
+                .await?;
+            }
+            let (state, grew) = measure_on(&stack, args, &pod, agent, &control).await?;
+            sent += state.wrk.requests;
+            counted += grew;
+            on[placement as usize] = state;
+        }
         let round = TlsRound {
             off,
-            exported,
-            internal,
+            on,
             sent,
-            counted: counted_first + counted_second,
+            counted,
         };
         step!("tls round: {}", round_row(index as usize, &round));
         rounds.push(round);
@@ -344,7 +346,7 @@ fn document(env: &report::Environment, all: &[TlsRound], return_path: &ReturnPat
     );
     let clients = format!("{} over HTTPS, keep-alive (saturation)", env.wrk);
     let run = format!(
-        "{} rounds × (TLS capture OFF, ON with the exported-function probes, ON with the internal-function probes), {} s per measurement, {} connections, {} s in total",
+        "{} rounds × (TLS capture OFF, ON with the exported-function probes, ON with the internal-function probes, ON with session keys), {} s per measurement, {} connections, {} s in total",
         env.rounds_run, env.seconds, env.connections, env.runtime_secs
     );
     report::environment_table(&mut out, env, &server, &clients, &run);
@@ -355,23 +357,28 @@ fn document(env: &report::Environment, all: &[TlsRound], return_path: &ReturnPat
     );
 
     let _ = writeln!(out, "## What is measured\n");
-    let _ = writeln!(out, "The end-to-end stack (etcd, kube-apiserver, the operator, one node agent, the stand-in kubelet) and one pod `demo/monitored` running nginx with HTTPS on port {TLS_PORT}, selected by the ApiMonitor `demo/bench` (port {TLS_PORT}, headers captured). Each round measures three states:\n");
+    let _ = writeln!(out, "The end-to-end stack (etcd, kube-apiserver, the operator, one node agent, the stand-in kubelet) and one pod `demo/monitored` running nginx with HTTPS on port {TLS_PORT}, selected by the ApiMonitor `demo/bench` (port {TLS_PORT}, headers captured). Each round measures four states:\n");
     let _ = writeln!(out, "- **OFF**: the monitor with `tls.enabled: false`.");
     let _ = writeln!(out, "- **exported**: `tls.enabled: true`, the agent started with `--tls-probes exported`: entry and return probes on `SSL_read`, `SSL_write` and their `_ex` twins (how TLS capture worked before; the reference).");
-    let _ = writeln!(out, "- **internal**: the same with the agent's default, `--tls-probes auto`: entry and return probes on the internal functions both twins call (found in the wrappers' machine code, node-agent/src/capture/openssl_entry.rs).\n");
-    let _ = writeln!(out, "The agent is restarted between the two ON states (their order alternates by round) and runs in every state with the same `cgroup_skb` capture of the encrypted port, so the differences are the uprobes and the plaintext they feed to the agent (what the agent's `cgroup_skb` capture costs against no agent is in [benchmarks.md](benchmarks.md)). The benchmark waits until the node runs the monitor's new generation (and reports the pod covered for ON) and checks in the kernel: the agent's TLS counters (uprobe program runs, read from its per-CPU counters maps) must not move in an OFF state and must move in the ON states, or the run stops.\n");
+    let _ = writeln!(out, "- **internal**: the same with the agent's default, `--tls-probes auto`: entry and return probes on the internal functions both twins call (found in the wrappers' machine code, node-agent/src/capture/openssl_entry.rs).");
+    let _ = writeln!(out, "- **keys**: the same with `--tls-probes keys`: entry and return probes on `SSL_do_handshake` only, which copy the `SSL` object once per completed handshake; the agent decrypts the TLS 1.3 records its `cgroup_skb` programs capture (node-agent/src/http/tls_decrypt.rs).\n");
+    let _ = writeln!(out, "The agent is restarted between the ON states (their order rotates by round) and runs in every state with the same `cgroup_skb` capture of the encrypted port, so the differences are the uprobes and the plaintext they feed to the agent (what the agent's `cgroup_skb` capture costs against no agent is in [benchmarks.md](benchmarks.md)). The benchmark waits until the node runs the monitor's new generation (and reports the pod covered for ON) and checks in the kernel: the agent's TLS counters (uprobe program runs, read from its per-CPU counters maps) must not move in an OFF state and must move in the ON states, or the run stops.\n");
     let _ = writeln!(out, "In each state: `wrk -t1 -c{c} -d{d}s https://…/` (keep-alive; {c} TLS handshakes at the start of each run, none per request); the nginx worker's `utime + stime` and the agent's `schedstat` run time over the run, per request wrk completed; uprobe program runs per request (entry and return, from the counters); completeness in the ON states: how much the monitor's `GET /` count grew, against the requests wrk completed (it may exceed them by up to {c}: requests in flight when wrk stops).\n", c = env.connections, d = env.seconds);
 
     let fmt = |digits: usize, f: &dyn Fn(&TlsRound) -> f64| {
         let (m, lo, hi) = medians(rounds, f);
-        format!("{m:.digits$} ({lo:.digits$} … {hi:.digits$})")
+        if m.is_nan() {
+            "–".to_string()
+        } else {
+            format!("{m:.digits$} ({lo:.digits$} … {hi:.digits$})")
+        }
     };
     let ratio_of = |p: Placement| medians(rounds, |r| r.ratio(p)).0;
     let sent: u64 = all.iter().map(|r| r.sent).sum();
     let counted: u64 = all.iter().map(|r| r.counted).sum();
     let lost: u64 = all
         .iter()
-        .map(|r| r.exported.counts.records_lost + r.internal.counts.records_lost)
+        .map(|r| r.on.iter().map(|s| s.counts.records_lost).sum::<u64>())
         .sum();
 
     let _ = writeln!(out, "## Results\n");
@@ -393,7 +400,7 @@ fn document(env: &report::Environment, all: &[TlsRound], return_path: &ReturnPat
     );
     let _ = writeln!(
         out,
-        "| figure | OFF | exported (reference) | internal (default) |\n|---|---|---|---|"
+        "| figure | OFF | exported (reference) | internal (default) | keys |\n|---|---|---|---|---|"
     );
     // One row: the figure per state; `f(state, off)` may use the OFF state of the same round.
     let row = |out: &mut String,
@@ -406,22 +413,18 @@ fn document(env: &report::Environment, all: &[TlsRound], return_path: &ReturnPat
         } else {
             String::new()
         };
-        let _ = writeln!(
-            out,
-            "| {label} | {off} | {} | {} |",
-            fmt(digits, &|r| f(&r.exported, &r.off)),
-            fmt(digits, &|r| f(&r.internal, &r.off))
-        );
+        let _ = write!(out, "| {label} | {off} |");
+        for p in PLACEMENTS {
+            let _ = write!(out, " {} |", fmt(digits, &|r| f(r.on(p), &r.off)));
+        }
+        out.push('\n');
     };
     row(&mut out, "throughput, req/s", 0, true, &|s, _| s.wrk.rps);
-    let _ = writeln!(
-        out,
-        "| **throughput ratio against OFF** (goal ≥ 0.6) | | {} {} | {} {} |",
-        fmt(3, &|r| r.ratio(Placement::Exported)),
-        met(ratio_of(Placement::Exported)),
-        fmt(3, &|r| r.ratio(Placement::Internal)),
-        met(ratio_of(Placement::Internal))
-    );
+    let _ = write!(out, "| **throughput ratio against OFF** (goal ≥ 0.6) | |");
+    for p in PLACEMENTS {
+        let _ = write!(out, " {} {} |", fmt(3, &|r| r.ratio(p)), met(ratio_of(p)));
+    }
+    out.push('\n');
     row(&mut out, "nginx worker CPU per request, µs", 1, true, &|s, _| {
         s.nginx_us
     });
@@ -468,7 +471,14 @@ fn document(env: &report::Environment, all: &[TlsRound], return_path: &ReturnPat
         "nginx CPU added per uprobe program run, µs",
         1,
         false,
-        &|s, off| (s.nginx_us - off.nginx_us) / s.hits_per_request(),
+        &|s, off| {
+            let hits = s.hits_per_request();
+            if hits < 0.5 {
+                f64::NAN // per handshake, not per request: not comparable
+            } else {
+                (s.nginx_us - off.nginx_us) / hits
+            }
+        },
     );
     out.push('\n');
     let _ = writeln!(
@@ -479,7 +489,7 @@ fn document(env: &report::Environment, all: &[TlsRound], return_path: &ReturnPat
 
     out.push_str(WHERE_THE_TIME_GOES);
     let _ = writeln!(out, "### Per round\n");
-    let _ = writeln!(out, "| round | OFF req/s | exported: ratio | internal: ratio | nginx µs/req OFF / exported / internal | agent µs/req OFF / exported / internal | uprobe runs/req exported / internal | counted / completed |\n|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "| round | OFF req/s | ratio exported / internal / keys | nginx µs/req OFF / exported / internal / keys | agent µs/req OFF / exported / internal / keys | uprobe runs/req exported / internal / keys | counted / completed |\n|---|---|---|---|---|---|---|");
     for (i, r) in all.iter().enumerate() {
         let _ = writeln!(out, "{}", round_row(i + 1, r));
     }
@@ -488,24 +498,21 @@ fn document(env: &report::Environment, all: &[TlsRound], return_path: &ReturnPat
 
 /// The explanation under the figures (measured by the counters above and by
 /// bench/uprobe-cost/run.sh; see docs/ebpf-toolchain.md).
-const WHERE_THE_TIME_GOES: &str = "## Where the time goes\n\nPer request nginx calls `SSL_read` twice (the first returns the request, the second returns `SSL_ERROR_WANT_READ`: nginx reads until the socket would block) and `SSL_write` once: 3 calls, each probed at entry and at return, so 6 uprobe program runs per request in both ON states, as the counters show. What differs is what one hit costs:\n\n- **exported**: OpenSSL 3's `SSL_read` and `SSL_write` begin with `sub $0x18,%rsp`, which the kernel cannot emulate: each entry hit is a breakpoint trap *and* a single-step trap (the instruction runs out of line), so 3 calls make 6 traps plus 3 returns through the uretprobe trampoline. `bench/uprobe-cost/run.sh` measures one such hit at tens of µs of wall time on this VM (about 11 µs of it charged to the process as CPU time), against about 4 µs (1 µs CPU) for a hit on an emulated instruction (docs/ebpf-toolchain.md).\n- **internal**: `ssl_read_internal` and `ssl_write_internal` begin with `push %r13` / `push %r14`, which the kernel emulates inside the breakpoint trap: 3 traps plus 3 returns per request, no single-step. They carry the `_ex` calling convention, so one probe pair covers `SSL_read` and `SSL_read_ex` alike.\n- Returns go through the `uretprobe` system call (see above), not a breakpoint: a return probe adds about 3 µs of wall time per call in the micro-benchmark.\n- The agent: in OFF it parses the encrypted bytes its `cgroup_skb` programs capture on the port (and drops them); in ON it also receives the plaintext (2 records per request) and parses, templates and checks each request. On 2 vCPUs that CPU is taken from nginx and wrk, so it weighs on the ratio too.\n\nWhat would lower it further: capturing `SSL_write` at entry only (its length argument is what a blocking write sends; non-blocking retries after `SSL_ERROR_WANT_WRITE` would then be captured twice, so it needs a way to tell retries apart) saves one return per request; the `SSL_read` that returns `WANT_READ` is a full entry and return for nothing but cannot be told apart before it returns. Zero traps per request needs another design: taking the TLS session keys once per handshake and decrypting the records that `cgroup_skb` already captures.\n\n";
+const WHERE_THE_TIME_GOES: &str = "## Where the time goes\n\nPer request nginx calls `SSL_read` twice (the first returns the request, the second returns `SSL_ERROR_WANT_READ`: nginx reads until the socket would block) and `SSL_write` once: 3 calls, each probed at entry and at return, so 6 uprobe program runs per request in the exported and internal states, as the counters show. What differs is what one hit costs:\n\n- **exported**: OpenSSL 3's `SSL_read` and `SSL_write` begin with `sub $0x18,%rsp`, which the kernel cannot emulate: each entry hit is a breakpoint trap *and* a single-step trap (the instruction runs out of line), so 3 calls make 6 traps plus 3 returns through the uretprobe trampoline. `bench/uprobe-cost/run.sh` measures one such hit at tens of µs of wall time on this VM (about 11 µs of it charged to the process as CPU time), against about 4 µs (1 µs CPU) for a hit on an emulated instruction (docs/ebpf-toolchain.md).\n- **internal**: `ssl_read_internal` and `ssl_write_internal` begin with `push %r13` / `push %r14`, which the kernel emulates inside the breakpoint trap: 3 traps plus 3 returns per request, no single-step. They carry the `_ex` calling convention, so one probe pair covers `SSL_read` and `SSL_read_ex` alike.\n- Returns go through the `uretprobe` system call (see above), not a breakpoint: a return probe adds about 3 µs of wall time per call in the micro-benchmark.\n- The agent: in OFF it parses the encrypted bytes its `cgroup_skb` programs capture on the port (and drops them); in ON it also receives the plaintext (2 records per request) and parses, templates and checks each request. On 2 vCPUs that CPU is taken from nginx and wrk, so it weighs on the ratio too.\n- **keys**: no probe runs per request at all. nginx calls `SSL_do_handshake` a few times per connection (wrk opens 32 per run, then keeps them alive); when it returns 1 the return probe copies 4 KiB of the `SSL` object, which holds the connection's client random and its TLS 1.3 traffic secrets. The agent finds the secrets in that copy by trial decryption (once per OpenSSL build), then decrypts every record it already captures with `cgroup_skb` (AES-GCM, a few hundred ns per record with AES-NI) and parses the plaintext as it would a plain connection, with the real client address. nginx's CPU per request is the OFF figure within noise; what remains is the agent's decryption and parsing, on the machine's other CPU. TLS 1.2 connections are not decrypted this way (counted in `palisade_agent_messages_dropped_total{reason=\"tls_not_decrypted\"}`).\n\nWhat would lower the per-call placements further: capturing `SSL_write` at entry only (its length argument is what a blocking write sends; non-blocking retries after `SSL_ERROR_WANT_WRITE` would then be captured twice, so it needs a way to tell retries apart) saves one return per request; the `SSL_read` that returns `WANT_READ` is a full entry and return for nothing but cannot be told apart before it returns. Zero traps per request needed another design, which the **keys** state measures.\n\n";
 
 /// A round's row of the per-round table (also the progress line).
 fn round_row(index: usize, r: &TlsRound) -> String {
+    let each = |f: &dyn Fn(&TlsState) -> String| PLACEMENTS.map(|p| f(r.on(p))).join(" / ");
     format!(
-        "| {index}{} | {:.0} | {:.3} | {:.3} | {:.1} / {:.1} / {:.1} | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} | {} / {} |",
+        "| {index}{} | {:.0} | {} | {:.1} / {} | {:.2} / {} | {} | {} / {} |",
         if r.disturbed() { " (disturbed)" } else { "" },
         r.off.wrk.rps,
-        r.ratio(Placement::Exported),
-        r.ratio(Placement::Internal),
+        PLACEMENTS.map(|p| format!("{:.3}", r.ratio(p))).join(" / "),
         r.off.nginx_us,
-        r.exported.nginx_us,
-        r.internal.nginx_us,
+        each(&|s| format!("{:.1}", s.nginx_us)),
         r.off.agent_us,
-        r.exported.agent_us,
-        r.internal.agent_us,
-        r.exported.hits_per_request(),
-        r.internal.hits_per_request(),
+        each(&|s| format!("{:.2}", s.agent_us)),
+        each(&|s| format!("{:.2}", s.hits_per_request())),
         r.counted,
         r.sent,
     )

@@ -1,8 +1,13 @@
 //! TLS plaintext end to end: a pod serving HTTPS through OpenSSL, an ApiMonitor with
 //! `tls.enabled`, and the endpoints, a finding and TLS coverage in status, secrets redacted.
+//! Twice: with the agent's default probes on every read and write, and with `--tls-probes keys`
+//! (only `SSL_do_handshake` probed; the agent decrypts the captured TLS 1.3 records, so the
+//! finding names the client's real address).
 
 use anyhow::{ensure, Context, Result};
-use palisade_e2e::palisade::{condition, demo_api_command, wait_for_object, Stack};
+use palisade_e2e::palisade::{
+    condition, demo_api_command, http_get_body, start_agent_with_metrics, wait_for_object, Stack,
+};
 use palisade_e2e::PodLaunch;
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -57,11 +62,36 @@ fn https_requests(ip: &str, requests: &[(&str, &str)]) -> Result<Vec<u16>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_is_seen_in_plaintext_through_openssl_uprobes() -> Result<()> {
+    https_scenario(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_is_decrypted_with_the_session_keys() -> Result<()> {
+    https_scenario(true).await
+}
+
+/// `keys`: the agent runs with `--tls-probes keys`.
+async fn https_scenario(keys: bool) -> Result<()> {
     palisade_e2e::init_tracing();
     if !palisade_e2e::require_root() {
         return Ok(());
     }
-    let stack = Stack::start("tls-node").await?;
+    let node = if keys { "tls-keys-node" } else { "tls-node" };
+    let mut stack = Stack::start(node).await?;
+    if keys {
+        stack.agent.kill();
+        let via = format!("http://{}", stack.grpc_wire.listen);
+        let (agent, metrics) = start_agent_with_metrics(
+            &stack.cp,
+            &stack.operator,
+            node,
+            "agent-keys",
+            &[],
+            &["--operator", &via, "--tls-probes", "keys"],
+        )?;
+        stack.agent = agent;
+        stack.agent_metrics = metrics;
+    }
     let cp = &stack.cp;
     let certs = tempfile::tempdir()?;
     let (cert, key) = (certs.path().join("tls.crt"), certs.path().join("tls.key"));
@@ -163,10 +193,22 @@ async fn https_is_seen_in_plaintext_through_openssl_uprobes() -> Result<()> {
         },
     )
     .await?;
-    assert_eq!(
-        finding["source"], "unknown (TLS)",
-        "uprobes do not see the peer: {finding}"
-    );
+    let source = finding["source"].as_str().unwrap_or_default();
+    if keys {
+        let peer: std::net::IpAddr = source
+            .parse()
+            .with_context(|| format!("decrypted TLS names the client's address: {finding}"))?;
+        assert_ne!(peer.to_string(), ip, "the client, not the pod");
+        let text = http_get_body(stack.agent_metrics, "/metrics")?;
+        let decrypted = text
+            .lines()
+            .find(|l| l.starts_with("palisade_agent_tls_decrypted_connections_total "))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok());
+        assert_eq!(decrypted, Some(3), "one per HTTPS connection");
+        assert!(!text.contains(CANARY), "a secret canary leaked into the metrics");
+    } else {
+        assert_eq!(source, "unknown (TLS)", "uprobes do not see the peer: {finding}");
+    }
     let everything = cp.kubectl_ok(&["get", "apimonitor,apipolicy,events", "-n", "demo", "-o", "yaml"])?;
     assert!(!everything.contains(CANARY), "a secret canary leaked");
     Ok(())
