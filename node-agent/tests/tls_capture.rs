@@ -111,6 +111,29 @@ fn preconditions(need: &[(&str, &str)]) -> Option<String> {
     None
 }
 
+/// What the tests with the python HTTPS server and curl need, beyond root: the tools, python's
+/// ssl module, and bpffs (the TLS programs share the capture ring through a pin).
+fn python_server_preconditions() -> Option<String> {
+    if let Some(why) = preconditions(&[
+        ("openssl", "version"),
+        ("python3", "--version"),
+        ("curl", "--version"),
+    ]) {
+        return Some(why);
+    }
+    if !Command::new("python3")
+        .args(["-c", "import ssl"])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        return Some("python3 has no ssl module".into());
+    }
+    if !bpffs_mounted("/sys/fs/bpf") {
+        return Some("no bpffs at /sys/fs/bpf (needed to share the capture ring)".into());
+    }
+    None
+}
+
 /// Child processes and a temp dir removed even when an assert fails.
 struct Cleanup {
     children: Vec<Child>,
@@ -348,27 +371,11 @@ fn check_segment(key: &(u64, u8), seg: &Segment) -> Vec<u8> {
 #[test]
 fn tls_capture_per_process() {
     let name = "tls_capture_per_process";
-    if let Some(why) = preconditions(&[
-        ("openssl", "version"),
-        ("python3", "--version"),
-        ("curl", "--version"),
-    ]) {
+    if let Some(why) = python_server_preconditions() {
         println!("SKIPPED: {name}: {why}");
         return;
     }
-    if !Command::new("python3")
-        .args(["-c", "import ssl"])
-        .status()
-        .is_ok_and(|s| s.success())
-    {
-        println!("SKIPPED: {name}: python3 has no ssl module");
-        return;
-    }
     let bpffs = Path::new("/sys/fs/bpf");
-    if !bpffs_mounted("/sys/fs/bpf") {
-        println!("SKIPPED: {name}: no bpffs at /sys/fs/bpf (needed to share the capture ring)");
-        return;
-    }
     let dir = temp_dir("tls-capture");
     let mut cleanup = Cleanup {
         children: Vec::new(),
@@ -797,19 +804,11 @@ fn tls_capture_plain_read_write() {
 #[test]
 fn tls_capture_session_keys() {
     let name = "tls_capture_session_keys";
-    if let Some(why) = preconditions(&[
-        ("openssl", "version"),
-        ("python3", "--version"),
-        ("curl", "--version"),
-    ]) {
+    if let Some(why) = python_server_preconditions() {
         println!("SKIPPED: {name}: {why}");
         return;
     }
     let bpffs = Path::new("/sys/fs/bpf");
-    if !bpffs_mounted("/sys/fs/bpf") {
-        println!("SKIPPED: {name}: no bpffs at /sys/fs/bpf (needed to share the capture ring)");
-        return;
-    }
     let Some(cg_root) = cgroup2_root_from_mountinfo(&fs::read_to_string("/proc/self/mountinfo").unwrap())
     else {
         println!("SKIPPED: {name}: no cgroup v2 mount in /proc/self/mountinfo");

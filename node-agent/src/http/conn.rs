@@ -377,6 +377,11 @@ impl Conn {
     /// Frees buffered data under global memory pressure: held segments, partial heads, kept
     /// bodies, then the headers of requests already reported.
     pub(crate) fn shed(&mut self, drops: &mut ParserDrops) {
+        if let Some(tls) = self.tls.as_mut() {
+            if tls.shed() {
+                self.count_tls(drops, false);
+            }
+        }
         for d in &mut self.dirs {
             d.reasm.shed();
             if d.parser.shed() {

@@ -158,6 +158,8 @@ pub(crate) enum GiveUp {
     Gap,
     /// A record header announced more than a TLS record can hold.
     Malformed,
+    /// The tracker's memory budget ran out while records waited for the keys.
+    Memory,
 }
 
 /// One direction's key: the AEAD key, its IV, the next record's sequence number, and the
@@ -355,6 +357,16 @@ impl TlsSession {
         for side in &mut self.sides {
             *side = Side::default();
         }
+    }
+
+    /// Memory pressure: a connection still waiting for its keys gives up what it holds (one
+    /// decrypting already holds at most a partial record per direction, and keeps it).
+    pub(crate) fn shed(&mut self) -> bool {
+        let holding = self.sides.iter().any(|s| !s.held.is_empty());
+        if holding && !self.keyed() {
+            self.give_up(GiveUp::Memory);
+        }
+        holding
     }
 
     /// The stream of direction `dir` lost bytes: the record boundaries are gone.
@@ -974,6 +986,24 @@ mod tests {
         }
         assert_eq!(s.failed(), Some(GiveUp::NoKeys));
         assert_eq!(s.buffered(), 0);
+    }
+
+    #[test]
+    fn memory_pressure_gives_up_a_connection_waiting_for_its_keys() {
+        let wire = connection(provider::cipher_suite::TLS13_AES_128_GCM_SHA256, false, false);
+        let mut plain = Plain::default();
+        let mut s = TlsSession::detect(0, &wire.client_to_server).unwrap();
+        s.feed(0, &wire.client_to_server, 1, &mut plain.sink(0));
+        s.feed(1, &wire.server_to_client, 1, &mut plain.sink(1));
+        assert!(s.buffered() > 0);
+        assert!(s.shed());
+        assert_eq!(s.failed(), Some(GiveUp::Memory));
+        assert_eq!(s.buffered(), 0);
+        // Its session record still finds it (not counted as unmatched), and changes nothing.
+        assert!(s.awaiting_keys());
+        s.set_window(&window(&wire, 1), 352);
+        s.release(0, &mut plain.sink(0));
+        assert!(plain.0.iter().all(Vec::is_empty));
     }
 
     #[test]
