@@ -4,9 +4,10 @@
 //! One nginx pod serving HTTPS (TLS 1.3, self-signed ECDSA certificate, system OpenSSL), one
 //! ApiMonitor on its port. Each round measures TLS capture **OFF** (the monitor with
 //! `tls.enabled: false`) and then ON (`tls.enabled: true`) with each probe placement of the
-//! agent (`--tls-probes exported`: `SSL_read`/`SSL_write` and their `_ex` twins; `auto`:
+//! agent (`--tls-probes exported`: `SSL_read`/`SSL_write` and their `_ex` twins; `calls`:
 //! OpenSSL's internal read and write functions; `keys`: `SSL_do_handshake` only, the agent
-//! decrypting the captured records), the agent restarted between them, their order rotating by
+//! decrypting the captured records, which is what the default `auto` does while the
+//! connections decrypt), the agent restarted between them, their order rotating by
 //! round. The agent runs in every state: its `cgroup_skb` capture of the
 //! (encrypted) port and everything else stay the same, so the differences are the uprobes and
 //! the plaintext they feed to the agent. The agent-off cost of the `cgroup_skb` capture itself is
@@ -89,9 +90,10 @@ impl TlsState {
 enum Placement {
     /// `SSL_read`, `SSL_read_ex`, `SSL_write`, `SSL_write_ex` (the reference).
     Exported = 0,
-    /// The internal read and write functions (the agent's default).
+    /// The internal read and write functions.
     Internal = 1,
-    /// `SSL_do_handshake` only; the agent decrypts the records `cgroup_skb` captures.
+    /// `SSL_do_handshake` only; the agent decrypts the records `cgroup_skb` captures (the
+    /// agent's default, `auto`, does this while connections decrypt).
     Keys = 2,
 }
 
@@ -101,7 +103,7 @@ impl Placement {
     fn agent_flag(self) -> &'static str {
         match self {
             Placement::Exported => "exported",
-            Placement::Internal => "auto",
+            Placement::Internal => "calls",
             Placement::Keys => "keys",
         }
     }
@@ -360,8 +362,8 @@ fn document(env: &report::Environment, all: &[TlsRound], return_path: &ReturnPat
     let _ = writeln!(out, "The end-to-end stack (etcd, kube-apiserver, the operator, one node agent, the stand-in kubelet) and one pod `demo/monitored` running nginx with HTTPS on port {TLS_PORT}, selected by the ApiMonitor `demo/bench` (port {TLS_PORT}, headers captured). Each round measures four states:\n");
     let _ = writeln!(out, "- **OFF**: the monitor with `tls.enabled: false`.");
     let _ = writeln!(out, "- **exported**: `tls.enabled: true`, the agent started with `--tls-probes exported`: entry and return probes on `SSL_read`, `SSL_write` and their `_ex` twins (how TLS capture worked before; the reference).");
-    let _ = writeln!(out, "- **internal**: the same with the agent's default, `--tls-probes auto`: entry and return probes on the internal functions both twins call (found in the wrappers' machine code, node-agent/src/capture/openssl_entry.rs).");
-    let _ = writeln!(out, "- **keys**: the same with `--tls-probes keys`: entry and return probes on `SSL_do_handshake` only, which copy the `SSL` object once per completed handshake; the agent decrypts the TLS 1.3 records its `cgroup_skb` programs capture (node-agent/src/http/tls_decrypt.rs).\n");
+    let _ = writeln!(out, "- **internal**: the same with `--tls-probes calls`: entry and return probes on the internal functions both twins call (found in the wrappers' machine code, node-agent/src/capture/openssl_entry.rs).");
+    let _ = writeln!(out, "- **keys**: the same with `--tls-probes keys`: entry and return probes on `SSL_do_handshake` only, which copy the `SSL` object once per completed handshake; the agent decrypts the TLS 1.3 records its `cgroup_skb` programs capture (node-agent/src/http/tls_decrypt.rs). The agent's default, `auto`, works the same until a process has a connection it cannot decrypt (TLS 1.2): then it probes that process's reads and writes as **internal** does.\n");
     let _ = writeln!(out, "The agent is restarted between the ON states (their order rotates by round) and runs in every state with the same `cgroup_skb` capture of the encrypted port, so the differences are the uprobes and the plaintext they feed to the agent (what the agent's `cgroup_skb` capture costs against no agent is in [benchmarks.md](benchmarks.md)). The benchmark waits until the node runs the monitor's new generation (and reports the pod covered for ON) and checks in the kernel: the agent's TLS counters (uprobe program runs, read from its per-CPU counters maps) must not move in an OFF state and must move in the ON states, or the run stops.\n");
     let _ = writeln!(out, "In each state: `wrk -t1 -c{c} -d{d}s https://…/` (keep-alive; {c} TLS handshakes at the start of each run, none per request); the nginx worker's `utime + stime` and the agent's `schedstat` run time over the run, per request wrk completed; uprobe program runs per request (entry and return, from the counters); completeness in the ON states: how much the monitor's `GET /` count grew, against the requests wrk completed (it may exceed them by up to {c}: requests in flight when wrk stops).\n", c = env.connections, d = env.seconds);
 
@@ -400,7 +402,7 @@ fn document(env: &report::Environment, all: &[TlsRound], return_path: &ReturnPat
     );
     let _ = writeln!(
         out,
-        "| figure | OFF | exported (reference) | internal (default) | keys |\n|---|---|---|---|---|"
+        "| figure | OFF | exported (reference) | internal | keys (the default while connections decrypt) |\n|---|---|---|---|---|"
     );
     // One row: the figure per state; `f(state, off)` may use the OFF state of the same round.
     let row = |out: &mut String,

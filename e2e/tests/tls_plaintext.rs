@@ -1,8 +1,10 @@
 //! TLS plaintext end to end: a pod serving HTTPS through OpenSSL, an ApiMonitor with
 //! `tls.enabled`, and the endpoints, a finding and TLS coverage in status, secrets redacted.
-//! Twice: with the agent's default probes on every read and write, and with `--tls-probes keys`
-//! (only `SSL_do_handshake` probed; the agent decrypts the captured TLS 1.3 records, so the
-//! finding names the client's real address).
+//! Twice: with `--tls-probes calls` (every read and write probed; the finding's source is
+//! unknown), and with the default, `auto`: only `SSL_do_handshake` is probed and the agent
+//! decrypts the captured TLS 1.3 records, so the finding names the client's real address; then a
+//! TLS 1.2 connection, which cannot be decrypted, makes the agent probe the server's reads and
+//! writes, and later TLS 1.2 requests are counted from there.
 
 use anyhow::{ensure, Context, Result};
 use palisade_e2e::palisade::{
@@ -15,6 +17,13 @@ use std::time::Duration;
 
 const CANARY: &str = "CANARY-TLS-55d1e";
 const WAIT: Duration = Duration::from_secs(45);
+
+/// A metric's value from the agent's text exposition (`prefix` ends with the labels and a space).
+fn metric(text: &str, prefix: &str) -> Option<u64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
 
 const MONITOR: &str = r#"
 apiVersion: palisade.dev/v1alpha1
@@ -34,10 +43,16 @@ spec:
     - {name: traversal, detector: pathTraversal}
 "#;
 
-/// HTTPS requests from the test process (python's ssl, no verification), bounded by timeouts.
+/// HTTPS requests from the test process (python's ssl, no verification), bounded by timeouts;
+/// one connection each.
 fn https_requests(ip: &str, requests: &[(&str, &str)]) -> Result<Vec<u16>> {
+    https_requests_with(ip, requests, "")
+}
+
+/// [`https_requests`] with `setup` run on the client's `ssl` context `ctx` first.
+fn https_requests_with(ip: &str, requests: &[(&str, &str)], setup: &str) -> Result<Vec<u16>> {
     let mut script =
-        String::from("import http.client, ssl, sys\nctx = ssl._create_unverified_context()\nout = []\n");
+        format!("import http.client, ssl, sys\nctx = ssl._create_unverified_context()\n{setup}\nout = []\n");
     for (target, auth) in requests {
         script.push_str(&format!(
             "c = http.client.HTTPSConnection('{ip}', 8443, context=ctx, timeout=5)\n\
@@ -70,7 +85,8 @@ async fn https_is_decrypted_with_the_session_keys() -> Result<()> {
     https_scenario(true).await
 }
 
-/// `keys`: the agent runs with `--tls-probes keys`.
+/// `keys`: the agent runs with its default placement (session keys, falling back to probing
+/// reads and writes); else with `--tls-probes calls`.
 async fn https_scenario(keys: bool) -> Result<()> {
     palisade_e2e::init_tracing();
     if !palisade_e2e::require_root() {
@@ -78,16 +94,16 @@ async fn https_scenario(keys: bool) -> Result<()> {
     }
     let node = if keys { "tls-keys-node" } else { "tls-node" };
     let mut stack = Stack::start(node).await?;
-    if keys {
+    if !keys {
         stack.agent.kill();
         let via = format!("http://{}", stack.grpc_wire.listen);
         let (agent, metrics) = start_agent_with_metrics(
             &stack.cp,
             &stack.operator,
             node,
-            "agent-keys",
+            "agent-calls",
             &[],
-            &["--operator", &via, "--tls-probes", "keys"],
+            &["--operator", &via, "--tls-probes", "calls"],
         )?;
         stack.agent = agent;
         stack.agent_metrics = metrics;
@@ -200,12 +216,60 @@ async fn https_scenario(keys: bool) -> Result<()> {
             .with_context(|| format!("decrypted TLS names the client's address: {finding}"))?;
         assert_ne!(peer.to_string(), ip, "the client, not the pod");
         let text = http_get_body(stack.agent_metrics, "/metrics")?;
-        let decrypted = text
-            .lines()
-            .find(|l| l.starts_with("palisade_agent_tls_decrypted_connections_total "))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok());
-        assert_eq!(decrypted, Some(3), "one per HTTPS connection");
+        assert_eq!(
+            metric(&text, "palisade_agent_tls_decrypted_connections_total "),
+            Some(3),
+            "one per HTTPS connection"
+        );
         assert!(!text.contains(CANARY), "a secret canary leaked into the metrics");
+
+        // TLS 1.2: the first connection is not decrypted, and the server's reads and writes are
+        // probed from then on; the next ones are counted through those probes.
+        let tls12 = "ctx.maximum_version = ssl.TLSVersion.TLSv1_2";
+        assert_eq!(
+            https_requests_with(&ip, &[("/users/3", &bearer)], tls12)?,
+            vec![200]
+        );
+        // The drop counters reach the metrics with the agent's next report.
+        let not_decrypted = "palisade_agent_messages_dropped_total{reason=\"tls_not_decrypted\"} ";
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let text = http_get_body(stack.agent_metrics, "/metrics")?;
+            let fallbacks = metric(&text, "palisade_agent_tls_fallbacks_total ");
+            // The first TLS 1.2 connection: not decrypted, and its server falls back.
+            if fallbacks == Some(1) && metric(&text, not_decrypted) == Some(1) {
+                break;
+            }
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "the agent did not fall back to probing reads and writes: {}",
+                text.lines()
+                    .filter(|l| l.contains("tls"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(
+            https_requests_with(&ip, &[("/users/4", &bearer), ("/users/5", &bearer)], tls12)?,
+            vec![200, 200]
+        );
+        let users = wait_for_object(
+            cp,
+            "TLS 1.2 requests through the probed reads and writes",
+            ("apimonitor", "demo", "secure-api"),
+            WAIT,
+            |m| {
+                let items = m.pointer("/status/endpoints/items")?.as_array()?;
+                let users = items.iter().find(|e| e["path"] == "/users/{id}")?;
+                (users["requests"].as_u64()? >= 4).then(|| users.clone())
+            },
+        )
+        .await?;
+        assert_eq!(
+            users["requests"], 4,
+            "2 decrypted + 2 through the probes, none twice: {users}"
+        );
     } else {
         assert_eq!(source, "unknown (TLS)", "uprobes do not see the peer: {finding}");
     }

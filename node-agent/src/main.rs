@@ -83,14 +83,16 @@ struct Args {
     /// Log as JSON lines.
     #[arg(long, env = "PALISADE_LOG_JSON")]
     log_json: bool,
-    /// Where TLS reads and writes are probed: `auto` (OpenSSL's internal read and write
-    /// functions when they are found in the library's code: fewer, cheaper traps; else the
-    /// exported ones) or `exported` (always `SSL_read`, `SSL_read_ex`, `SSL_write`,
-    /// `SSL_write_ex`: the escape hatch, and the benchmark's reference).
-    /// `keys`: no probe on reads and writes; `SSL_do_handshake` once per connection, and the agent
-    /// decrypts the captured TLS 1.3 records with the session's secrets (no trap per request;
-    /// TLS 1.2 connections are counted as not decrypted).
-    #[arg(long, env = "PALISADE_TLS_PROBES", default_value = "auto", value_parser = ["auto", "exported", "keys"])]
+    /// How TLS plaintext is captured in the processes of pods whose monitor enables TLS:
+    /// `keys`: a uprobe on `SSL_do_handshake` only, once per connection; the agent decrypts the
+    /// captured TLS 1.3 records with the session's secrets (no trap per request; TLS 1.2
+    /// connections are counted as not decrypted). `calls`: every read and write is probed, in
+    /// OpenSSL's internal read and write functions when they are found in the library's code
+    /// (fewer, cheaper traps), else in the exported ones. `auto`: `keys`, and `calls` too for a
+    /// process with a connection the agent could not decrypt. `exported`: always `SSL_read`,
+    /// `SSL_read_ex`, `SSL_write`, `SSL_write_ex` (the escape hatch, and the benchmark's
+    /// reference).
+    #[arg(long, env = "PALISADE_TLS_PROBES", default_value = "auto", value_parser = ["auto", "calls", "exported", "keys"])]
     tls_probes: String,
 }
 
@@ -192,7 +194,22 @@ impl CaptureBackend for KernelCapture {
         c
     }
     fn tls_decrypts(&self) -> bool {
-        self.tls_placement == ProbePlacement::SessionKeys
+        self.tls_placement.decrypts()
+    }
+    fn tls_fall_back(&mut self, pid: u32) -> Result<bool, String> {
+        if self.tls_placement != ProbePlacement::Auto {
+            return Ok(false);
+        }
+        match &mut self.tls {
+            Some(Ok(tls)) => tls
+                .add_call_probes(pid)
+                .map(|att| {
+                    tracing::info!(pid, functions = ?att.functions, "TLS probes on every read and write added");
+                    true
+                })
+                .map_err(|e| e.to_string()),
+            _ => self.tls_ready().map(|()| false),
+        }
     }
     fn tls_ready(&self) -> Result<(), String> {
         match &self.tls {
@@ -407,6 +424,7 @@ async fn main() -> anyhow::Result<()> {
                     probes,
                     tls: None,
                     tls_placement: match args.tls_probes.as_str() {
+                        "calls" => ProbePlacement::Calls,
                         "exported" => ProbePlacement::Exported,
                         "keys" => ProbePlacement::SessionKeys,
                         _ => ProbePlacement::Auto,

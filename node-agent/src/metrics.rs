@@ -108,6 +108,7 @@ pub struct AgentMetrics {
     ring_bytes: Gauge,
     shared_ring_records: Counter<u64, AtomicU64>,
     tls_decrypted: Counter<u64, AtomicU64>,
+    tls_fallbacks: Counter<u64, AtomicU64>,
     /// Request and response bodies, indexed by [`BodyDirection`].
     bodies: [BodyCounters; 2],
     /// Endpoint label sets seen so far, by an Fx hash of their parts, with their metric handles:
@@ -251,6 +252,12 @@ impl AgentMetrics {
             "TLS connections decrypted in both directions with their session's keys (--tls-probes keys); those given up are counted in palisade_agent_messages_dropped_total{reason=\"tls_not_decrypted\"}",
             tls_decrypted.clone(),
         );
+        let tls_fallbacks = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "tls_fallbacks",
+            "Processes whose reads and writes are probed because a connection of theirs could not be decrypted (TLS 1.2, an unsupported cipher suite, secrets not found); --tls-probes auto",
+            tls_fallbacks.clone(),
+        );
         let connections = Gauge::default();
         registry.register(
             "tracked_connections",
@@ -307,6 +314,7 @@ impl AgentMetrics {
             ring_bytes,
             shared_ring_records,
             tls_decrypted,
+            tls_fallbacks,
             bodies,
             series: Arc::new(Mutex::new(rustc_hash::FxHashMap::default())),
             series_count: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
@@ -474,6 +482,11 @@ impl AgentMetrics {
     /// TLS connections decrypted so far (an absolute total).
     pub fn tls_decrypted(&self, total: u64) {
         raise_to(&self.tls_decrypted, total);
+    }
+
+    /// One more process probed on every read and write after a connection it could not decrypt.
+    pub fn tls_fallback(&self) {
+        self.tls_fallbacks.inc();
     }
 
     pub fn set_connections(&self, n: usize) {

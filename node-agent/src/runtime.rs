@@ -44,6 +44,11 @@ pub trait CaptureBackend {
     fn tls_decrypts(&self) -> bool {
         false
     }
+    /// Adds probes on every read and write to an attached process whose connections cannot be
+    /// decrypted; `Ok(false)` when this placement does not fall back.
+    fn tls_fall_back(&mut self, _pid: u32) -> Result<bool, String> {
+        Ok(false)
+    }
     /// Attaches (or adopts, after a restart) the enforcement programs on a protected pod's
     /// cgroup: ingress always, egress exactly when `egress`; `Ok(true)` when adopted.
     fn enforce_pod(&mut self, _pod_uid: &str, _cgroup_dir: &Path, _egress: bool) -> Result<bool, String> {
@@ -409,6 +414,7 @@ impl<B: CaptureBackend> Runtime<B> {
                 if let Some(b) = self.backend.as_mut() {
                     b.detach_tls(pid);
                 }
+                self.tracker.tls_captured_by_calls(pid, false);
             }
         }
         self.tls_coverage.retain(|uid, _| wanted.contains_key(uid));
@@ -431,6 +437,7 @@ impl<B: CaptureBackend> Runtime<B> {
                 if let Some(b) = self.backend.as_mut() {
                     b.detach_tls(pid);
                 }
+                self.tracker.tls_captured_by_calls(pid, false);
             }
             let mut errors = vec![];
             let new_pids: Vec<u32> = pids
@@ -1128,12 +1135,40 @@ impl<B: CaptureBackend> Runtime<B> {
         }
         let mut events = std::mem::take(&mut self.events);
         if header.family == FAMILY_TLS_SESSION {
-            self.tracker.tls_session(data, &self.limits, &mut events);
+            // The process is in the destination address, as in an INGRESS plaintext record.
+            let mut tgid = [0u8; 4];
+            tgid.copy_from_slice(&header.dest_addr[..4]);
+            self.tracker
+                .tls_session(data, u32::from_le_bytes(tgid), &self.limits, &mut events);
         } else {
             self.tracker.feed(header, data, &self.limits, &mut events);
         }
+        if self.tracker.has_tls_fallbacks() {
+            self.tls_fall_back();
+        }
         self.handle_events(&mut events);
         self.events = events;
+    }
+
+    /// Probes every read and write of the processes whose connections could not be decrypted
+    /// (TLS 1.2, say), where the placement falls back (`--tls-probes auto`).
+    fn tls_fall_back(&mut self) {
+        for (pid, why) in self.tracker.take_tls_fallbacks() {
+            let Some(backend) = self.backend.as_mut() else {
+                return;
+            };
+            match backend.tls_fall_back(pid) {
+                Ok(true) => {
+                    tracing::info!(pid, reason = ?why, "a TLS connection could not be decrypted: this process's reads and writes are probed from now on");
+                    self.tracker.tls_captured_by_calls(pid, true);
+                    self.metrics.tls_fallback();
+                }
+                Ok(false) => {}
+                Err(reason) => {
+                    tracing::warn!(pid, %reason, "probing the reads and writes of a process whose TLS could not be decrypted")
+                }
+            }
+        }
     }
 
     /// Detection on requests, endpoint counts on exchanges. An event may belong to another

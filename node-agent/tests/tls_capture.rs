@@ -5,18 +5,22 @@
 //! sends HTTPS requests. The test checks what the capture ring carried (request lines as
 //! SSL_read data, status lines as SSL_write data, the server's pid, contiguous per-connection
 //! offsets, close records, a chunked large response), that the TLS programs never ran for curl or
-//! for a second, unattached TLS server, and silence after detaching.
+//! for a second, unattached TLS server, and silence after detaching. Reads and writes are probed
+//! (`ProbePlacement::Calls`).
 //!
 //! `tls_capture_plain_read_write`: `openssl s_server` in its echo mode calls plain `SSL_read` /
 //! `SSL_write`; the TLS programs run with their own ring (`load_standalone`) and are placed on
-//! the exported functions (`ProbePlacement::Exported`); the per-process test uses the default
-//! placement (OpenSSL's internal functions where found).
+//! the exported functions (`ProbePlacement::Exported`); the per-process test uses
+//! `ProbePlacement::Calls` (OpenSSL's internal functions where found).
 //!
 //! `tls_capture_session_keys`: `--tls-probes keys`. The python server runs in a cgroup of its own
 //! with the `cgroup_skb` capture attached, and only `SSL_do_handshake` is probed. The agent's
 //! tracker decrypts the captured TLS 1.3 records with the secrets of the session record: the
 //! requests and responses (an 80 KB body included) come out with the connection's real
 //! addresses, no read or write was probed, and a TLS 1.2 connection is counted as not decrypted.
+//! That connection names the process to fall back to probing reads and writes (what the agent
+//! does with `auto`): after `add_call_probes`, TLS 1.2 and 1.3 requests are captured once each,
+//! from the probes, and not decrypted.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::{
@@ -389,6 +393,8 @@ fn tls_capture_per_process() {
     let mut ring = probes.take_ring().unwrap();
     let mut tls =
         TlsProbes::load_sharing(&ring, bpffs).unwrap_or_else(|e| panic!("TLS programs refused: {e}"));
+    // Every read and write probed (the session-key placement has its own test below).
+    tls.set_placement(ProbePlacement::Calls);
     println!(
         "[{name}] loaded capture + 7 TLS programs sharing one ring in {:?}",
         t0.elapsed()
@@ -439,8 +445,8 @@ fn tls_capture_per_process() {
         att.missing,
         att.links
     );
-    // The default placement: OpenSSL's internal read and write functions (one probe pair for
-    // both SSL_read and SSL_read_ex) where they are found, else the four exported functions.
+    // Reads and writes in OpenSSL's internal functions (one probe pair for both SSL_read and
+    // SSL_read_ex) where they are found, else in the four exported functions.
     let expected: (&[&str], usize) = match &att.internal_not_used {
         None => (&["ssl_read_internal", "ssl_write_internal", "SSL_free"], 5),
         Some(why) => {
@@ -715,7 +721,7 @@ fn tls_capture_plain_read_write() {
     };
     let (cert, key) = make_cert(&dir);
     let mut tls = TlsProbes::load_standalone().unwrap_or_else(|e| panic!("TLS programs refused: {e}"));
-    // The exported functions here (the per-process test covers the default placement).
+    // The exported functions here (the per-process test covers the internal ones).
     tls.set_placement(ProbePlacement::Exported);
     assert!(!tls.shares_capture_ring());
     let mut ring = tls.take_ring().unwrap();
@@ -890,13 +896,16 @@ fn tls_capture_session_keys() {
     };
     let mut tracker = HttpTracker::new();
     let mut events = Vec::new();
-    for r in &recs {
-        if r.header.family == FAMILY_TLS_SESSION {
-            tracker.tls_session(&r.data, &limits, &mut events);
-        } else {
-            tracker.feed(&r.header, &r.data, &limits, &mut events);
+    let feed = |tracker: &mut HttpTracker, recs: &[Rec], events: &mut Vec<HttpEvent>| {
+        for r in recs {
+            if r.header.family == FAMILY_TLS_SESSION {
+                tracker.tls_session(&r.data, tls_endpoints_of_session(&r.header), &limits, events);
+            } else {
+                tracker.feed(&r.header, &r.data, &limits, events);
+            }
         }
-    }
+    };
+    feed(&mut tracker, &recs, &mut events);
     let exchanges: Vec<_> = events
         .iter()
         .filter_map(|e| match e {
@@ -939,6 +948,57 @@ fn tls_capture_session_keys() {
         "no encrypted byte reached the HTTP parser"
     );
     assert_eq!(c.records_lost, 0);
+
+    // The TLS 1.2 connection asks for the process's reads and writes to be probed (what the
+    // agent does with `--tls-probes auto`); from then on its plaintext comes from there, and its
+    // session records no longer start a decryption.
+    let fallbacks: Vec<_> = tracker
+        .take_tls_fallbacks()
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .collect();
+    assert_eq!(fallbacks, vec![server_pid]);
+    let att = tls.add_call_probes(server_pid).unwrap();
+    println!("[{name}] fell back: {att:?}");
+    assert!(att.functions.iter().any(|f| f.contains("read")), "{att:?}");
+    assert!(att.functions.contains(&"SSL_do_handshake"), "{att:?}");
+    tracker.tls_captured_by_calls(server_pid, true);
+    let (_, codes) = curl_with(port, &["/old-tls-again"], &["--tls-max", "1.2"]);
+    assert_eq!(codes, vec!["200"]);
+    let (_, codes) = curl(port, &["/new-tls-by-calls"]);
+    assert_eq!(codes, vec!["200"]);
+    let recs = drain_until(&mut ring, Duration::from_secs(5), |recs| {
+        recs.iter()
+            .filter(|r| r.header.family == FAMILY_TLS && r.header.tcp_flags & TCP_FIN != 0)
+            .count()
+            >= 4
+    });
+    events.clear();
+    feed(&mut tracker, &recs, &mut events);
+    let by_calls: Vec<(&str, bool)> = events
+        .iter()
+        .filter_map(|e| match e {
+            HttpEvent::Exchange(x) => Some((x.request.target.as_str(), x.request.tls)),
+            HttpEvent::Request(_) => None,
+        })
+        .collect();
+    println!(
+        "[{name}] after the fall back: {by_calls:?}; drops {:?}",
+        tracker.drops
+    );
+    assert_eq!(
+        by_calls,
+        vec![("/old-tls-again", true), ("/new-tls-by-calls", true)],
+        "both versions captured once, from the probed reads and writes"
+    );
+    assert_eq!(
+        tracker.drops.tls_decrypted, 1,
+        "the TLS 1.3 connection was not decrypted again"
+    );
+    assert_eq!(
+        tracker.drops.tls_not_decrypted, 2,
+        "the second TLS 1.2 connection, as it was not decrypted"
+    );
     tls.detach_tls(server_pid).unwrap();
     drop(cleanup);
 }

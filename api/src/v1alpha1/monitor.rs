@@ -166,8 +166,11 @@ pub struct RedactionPattern {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TlsSpec {
-    /// Attach uprobes to OpenSSL in the selected pods' processes. Costs a few microseconds per
-    /// TLS read or write; off by default. Other TLS stacks are reported as not covered.
+    /// Capture the TLS plaintext of OpenSSL in the selected pods' processes; off by default. With
+    /// the agent's default placement, a uprobe on SSL_do_handshake copies each connection's
+    /// secrets once and the agent decrypts TLS 1.3 itself (no cost per request); a process with
+    /// a connection it cannot decrypt (TLS 1.2) has its reads and writes probed from then on (a
+    /// few microseconds per call). Other TLS stacks are reported as not covered.
     #[serde(default)]
     pub enabled: bool,
 }

@@ -133,9 +133,14 @@ const SESSION_KEY_HOOKS: [Hook; 2] = [
 /// Where [`TlsProbes::attach_tls`] places the probes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ProbePlacement {
-    /// The internal functions when they are found in the library's code, else the exported ones.
+    /// [`ProbePlacement::SessionKeys`], and for a process with a connection the agent could not
+    /// decrypt (TLS 1.2, secrets not found), [`ProbePlacement::Calls`] as well from then on
+    /// ([`TlsProbes::add_call_probes`]).
     #[default]
     Auto,
+    /// Every read and write: the internal functions when they are found in the library's code,
+    /// else the exported ones.
+    Calls,
     /// Always the exported functions (`SSL_read`, `SSL_read_ex`, `SSL_write`, `SSL_write_ex`).
     Exported,
     /// No probe on reads and writes: `SSL_do_handshake` only, once per connection. The agent
@@ -144,6 +149,13 @@ pub enum ProbePlacement {
     /// Connections it cannot decrypt (TLS 1.2, a handshake not completed through
     /// `SSL_do_handshake`) are counted, not captured.
     SessionKeys,
+}
+
+impl ProbePlacement {
+    /// Whether the agent decrypts captured TLS records (the session-key probes are placed).
+    pub fn decrypts(self) -> bool {
+        matches!(self, ProbePlacement::Auto | ProbePlacement::SessionKeys)
+    }
 }
 
 /// Why loading, attaching or detaching TLS capture failed. Every variant carries the kernel's
@@ -184,6 +196,10 @@ pub enum TlsError {
     /// pid 0 names no process.
     #[error("pid 0 is not a process; TLS capture attaches to one process id")]
     InvalidPid,
+
+    /// [`TlsProbes::add_call_probes`] for a process not attached.
+    #[error("pid {pid} has no TLS probes to add to")]
+    NotAttached { pid: u32 },
 
     /// The kernel (or the ELF lookup) refused one uprobe; nothing stays attached for that pid.
     #[error(
@@ -242,6 +258,23 @@ pub struct TlsAttachment {
 struct PidLinks {
     info: TlsAttachment,
     links: Vec<(&'static str, UProbeLinkId)>,
+}
+
+/// What [`TlsProbes::place`] hooked.
+#[derive(Default)]
+struct Placed {
+    links: Vec<(&'static str, UProbeLinkId)>,
+    functions: Vec<&'static str>,
+    missing: Vec<&'static str>,
+}
+
+/// The probes on every read and write: OpenSSL's internal functions where found in `libssl`'s
+/// code, else the exported ones (and why).
+fn call_hooks(libssl: &Path) -> (Vec<Hook>, Option<String>) {
+    match openssl_entry::find(libssl) {
+        Ok(entries) => (internal_hooks(entries).to_vec(), None),
+        Err(reason) => (EXPORTED_HOOKS.to_vec(), Some(reason.to_string())),
+    }
 }
 
 /// The TLS uprobe programs, loaded into the kernel, and the processes they are attached to.
@@ -389,32 +422,71 @@ impl TlsProbes {
     /// Attaching an attached pid again returns its attachment; with another library it is
     /// re-attached there.
     pub fn attach_tls(&mut self, pid: u32, libssl: &Path) -> Result<TlsAttachment, TlsError> {
-        let scope = NonZeroU32::new(pid).ok_or(TlsError::InvalidPid)?;
+        if pid == 0 {
+            return Err(TlsError::InvalidPid);
+        }
         if let Some(att) = self.attached.get(&pid) {
             if att.info.library == libssl {
                 return Ok(att.info.clone());
             }
             self.detach_tls(pid)?;
         }
-        let (hooks, internal_not_used): (Vec<Hook>, _) = match self.placement {
+        let (hooks, internal_not_used) = match self.placement {
             ProbePlacement::Exported => (EXPORTED_HOOKS.to_vec(), None),
-            ProbePlacement::SessionKeys => (SESSION_KEY_HOOKS.to_vec(), None),
-            ProbePlacement::Auto => match openssl_entry::find(libssl) {
-                Ok(entries) => (internal_hooks(entries).to_vec(), None),
-                Err(reason) => (EXPORTED_HOOKS.to_vec(), Some(reason.to_string())),
-            },
+            ProbePlacement::Calls => call_hooks(libssl),
+            ProbePlacement::Auto | ProbePlacement::SessionKeys => (SESSION_KEY_HOOKS.to_vec(), None),
         };
-        let mut links: Vec<(&'static str, UProbeLinkId)> = Vec::with_capacity(hooks.len());
-        let mut functions: Vec<&'static str> = Vec::new();
-        let mut missing: Vec<&'static str> = Vec::new();
-        for Hook {
+        let placed = self.place(pid, libssl, &hooks)?;
+        let info = TlsAttachment {
+            pid,
+            library: libssl.to_path_buf(),
+            functions: placed.functions,
+            missing: placed.missing,
+            links: placed.links.len(),
+            internal_not_used,
+        };
+        self.attached.insert(
+            pid,
+            PidLinks {
+                info: info.clone(),
+                links: placed.links,
+            },
+        );
+        Ok(info)
+    }
+
+    /// Adds probes on every read and write (as [`ProbePlacement::Calls`] places them) to an
+    /// attached process, beside its session-key probes: for a process whose connections the
+    /// agent cannot decrypt. Idempotent.
+    pub fn add_call_probes(&mut self, pid: u32) -> Result<TlsAttachment, TlsError> {
+        let att = self.attached.get(&pid).ok_or(TlsError::NotAttached { pid })?;
+        if att.info.functions.iter().any(|f| f.contains("read")) {
+            return Ok(att.info.clone());
+        }
+        let library = att.info.library.clone();
+        let (hooks, internal_not_used) = call_hooks(&library);
+        let placed = self.place(pid, &library, &hooks)?;
+        let att = self.attached.get_mut(&pid).ok_or(TlsError::NotAttached { pid })?;
+        att.links.extend(placed.links);
+        att.info.functions.extend(placed.functions);
+        att.info.missing.extend(placed.missing);
+        att.info.links = att.links.len();
+        att.info.internal_not_used = internal_not_used;
+        Ok(att.info.clone())
+    }
+
+    /// Places `hooks` in `libssl` for `pid`, all or none.
+    fn place(&mut self, pid: u32, libssl: &Path, hooks: &[Hook]) -> Result<Placed, TlsError> {
+        let scope = NonZeroU32::new(pid).ok_or(TlsError::InvalidPid)?;
+        let mut placed = Placed::default();
+        for &Hook {
             function,
             at,
             program,
             required,
         } in hooks
         {
-            if missing.contains(&function) {
+            if placed.missing.contains(&function) {
                 continue;
             }
             let location = match at {
@@ -436,35 +508,20 @@ impl TlsProbes {
             });
             match attached {
                 Ok(Some(link)) => {
-                    links.push((program, link));
-                    if !functions.contains(&function) {
-                        functions.push(function);
+                    placed.links.push((program, link));
+                    if !placed.functions.contains(&function) {
+                        placed.functions.push(function);
                     }
                 }
-                Ok(None) => missing.push(function),
+                Ok(None) => placed.missing.push(function),
                 Err(e) => {
-                    // Roll back: the process is either fully hooked or not at all.
-                    let _ = detach_links(&mut self.ebpf, pid, links);
+                    // Roll back: the hooks are either all placed or none.
+                    let _ = detach_links(&mut self.ebpf, pid, placed.links);
                     return Err(e);
                 }
             }
         }
-        let info = TlsAttachment {
-            pid,
-            library: libssl.to_path_buf(),
-            functions,
-            missing,
-            links: links.len(),
-            internal_not_used,
-        };
-        self.attached.insert(
-            pid,
-            PidLinks {
-                info: info.clone(),
-                links,
-            },
-        );
-        Ok(info)
+        Ok(placed)
     }
 
     /// Removes every probe of `pid`; returns whether it was attached. Works after the process

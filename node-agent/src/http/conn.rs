@@ -98,19 +98,35 @@ impl Conn {
 
     /// The session record of this TLS connection came: `window` is the start of the `SSL`
     /// object, with the client random at `random_at`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn tls_session(
         &mut self,
         window: &[u8],
         random_at: usize,
+        pid: u32,
         limits: &CaptureLimits,
         drops: &mut ParserDrops,
         out: &mut Vec<HttpEvent>,
     ) {
         let Some(tls) = self.tls.as_mut() else { return };
-        tls.set_window(window, random_at);
+        tls.set_window(window, random_at, pid);
         for dir in self.request_side_first() {
             self.run(dir, Op::ReleaseTls, limits, drops, out);
         }
+    }
+
+    /// The session record of a process whose reads and writes are probed: its plaintext comes
+    /// from there, this connection's bytes are not parsed.
+    pub(crate) fn tls_captured_by_calls(&mut self, pid: u32) {
+        if let Some(tls) = self.tls.as_mut() {
+            tls.captured_by_calls(pid);
+            self.tls_counted = true;
+        }
+    }
+
+    /// A TLS connection given up because of its process's OpenSSL: the process, and why (once).
+    pub(crate) fn tls_take_fallback(&mut self) -> Option<(u32, super::tls_decrypt::GiveUp)> {
+        self.tls.as_mut()?.take_fallback()
     }
 
     /// Counts how a TLS connection ended up, once: decrypted both ways, or given up.

@@ -26,7 +26,7 @@ mod parser;
 mod reassembly;
 #[cfg(test)]
 mod tests;
-pub(crate) mod tls_decrypt;
+pub mod tls_decrypt;
 
 pub use events::{CaptureLimits, Exchange, HttpEvent, ParserDrops, PodRole, Request, Response};
 pub use fields::HeaderFields;
@@ -75,6 +75,11 @@ pub struct HttpTracker {
     /// TLS connections waiting for their session record, by client random. Entries of
     /// connections gone or keyed meanwhile are skipped at lookup and swept as the map grows.
     tls_waiting: rustc_hash::FxHashMap<[u8; tls_decrypt::CLIENT_RANDOM], FlowKey>,
+    /// Processes whose reads and writes are probed: their connections are not decrypted.
+    tls_call_pids: rustc_hash::FxHashSet<u32>,
+    /// Processes with a connection given up because of their OpenSSL, and why: for the runtime
+    /// to probe their reads and writes ([`Self::take_tls_fallbacks`]).
+    tls_fallbacks: Vec<(u32, tls_decrypt::GiveUp)>,
 }
 
 fn addr(family: u8, raw: &[u8; 16]) -> IpAddr {
@@ -143,6 +148,8 @@ impl HttpTracker {
             max_connections: max_connections.max(1),
             last_sweep_ns: None,
             tls_waiting: rustc_hash::FxHashMap::default(),
+            tls_call_pids: rustc_hash::FxHashSet::default(),
+            tls_fallbacks: Vec::new(),
         }
     }
 
@@ -199,6 +206,9 @@ impl HttpTracker {
                     self.tls_waiting.insert(*random, key.clone());
                 }
             }
+            if let Some(fallback) = conn.tls_take_fallback() {
+                self.tls_fallbacks.push(fallback);
+            }
         }
         if fin && !rst {
             let fin_seq = h.tcp_seq.wrapping_add(h.payload_len);
@@ -220,7 +230,8 @@ impl HttpTracker {
     /// A session record ([`palisade_common::FAMILY_TLS_SESSION`]): the start of an `SSL` object
     /// after its handshake. The TLS connection whose client random it holds is decrypted from
     /// now on; events that completes are appended to `out`.
-    pub fn tls_session(&mut self, window: &[u8], limits: &CaptureLimits, out: &mut Vec<HttpEvent>) {
+    /// `pid` is the process that completed the handshake.
+    pub fn tls_session(&mut self, window: &[u8], pid: u32, limits: &CaptureLimits, out: &mut Vec<HttpEvent>) {
         let waiting = &self.tls_waiting;
         let conns = &self.conns;
         // Only a connection that still waits matches (a stale entry's random is skipped).
@@ -244,7 +255,14 @@ impl HttpTracker {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
-        conn.tls_session(window, at, limits, &mut self.drops, out);
+        if self.tls_call_pids.contains(&pid) {
+            conn.tls_captured_by_calls(pid);
+        } else {
+            conn.tls_session(window, at, pid, limits, &mut self.drops, out);
+            if let Some(fallback) = conn.tls_take_fallback() {
+                self.tls_fallbacks.push(fallback);
+            }
+        }
         let (before, after) = conn.recount();
         self.buffered = (self.buffered + after).saturating_sub(before);
         if self.tls_waiting.len() > 2 * self.conns.len() + 64 {
@@ -254,6 +272,27 @@ impl HttpTracker {
         }
         if self.buffered > self.budget {
             self.shed();
+        }
+    }
+
+    /// Processes to probe on every read and write, and why: each had a connection given up
+    /// because of its OpenSSL. Tell [`Self::tls_captured_by_calls`] those that now are.
+    pub fn take_tls_fallbacks(&mut self) -> Vec<(u32, tls_decrypt::GiveUp)> {
+        std::mem::take(&mut self.tls_fallbacks)
+    }
+
+    /// Whether [`Self::take_tls_fallbacks`] has something.
+    pub fn has_tls_fallbacks(&self) -> bool {
+        !self.tls_fallbacks.is_empty()
+    }
+
+    /// `pid`'s reads and writes are probed (`true`), or no longer (`false`: it exited): its
+    /// connections are not decrypted (are again).
+    pub fn tls_captured_by_calls(&mut self, pid: u32, probed: bool) {
+        if probed {
+            self.tls_call_pids.insert(pid);
+        } else {
+            self.tls_call_pids.remove(&pid);
         }
     }
 

@@ -143,7 +143,7 @@ fn known_secret_offsets(random_at: usize, role: usize) -> Vec<usize> {
 
 /// Why a connection was not decrypted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum GiveUp {
+pub enum GiveUp {
     /// The server chose TLS 1.2 or older.
     NotTls13,
     /// A cipher suite this module does not decrypt (TLS_AES_128_CCM_*).
@@ -160,6 +160,16 @@ pub(crate) enum GiveUp {
     Malformed,
     /// The tracker's memory budget ran out while records waited for the keys.
     Memory,
+    /// The process's reads and writes are probed: its plaintext comes from there.
+    CapturedByCalls,
+}
+
+impl GiveUp {
+    /// Whether the process's OpenSSL, not the connection, is the cause: reading its plaintext
+    /// with probes on every read and write would capture what decryption cannot.
+    pub(crate) fn calls_would_capture(self) -> bool {
+        matches!(self, GiveUp::NotTls13 | GiveUp::Suite | GiveUp::NoSecret)
+    }
 }
 
 /// One direction's key: the AEAD key, its IV, the next record's sequence number, and the
@@ -275,8 +285,12 @@ pub(crate) struct TlsSession {
     /// Offset of the client random in `window`.
     random_at: usize,
     failed: Option<GiveUp>,
-    /// The session record came (or its connection was given up): no longer looked up.
+    /// The session record came: no longer looked up.
     keys_seen: bool,
+    /// The process that completed the handshake (from the session record).
+    pid: Option<u32>,
+    /// A fall back to probing the process's reads and writes was asked for.
+    fallback_asked: bool,
     scratch: Vec<u8>,
 }
 
@@ -320,6 +334,8 @@ impl TlsSession {
             random_at: 0,
             failed: None,
             keys_seen: false,
+            pid: None,
+            fallback_asked: false,
             scratch: Vec::new(),
         })
     }
@@ -331,6 +347,27 @@ impl TlsSession {
     /// Why the connection was given up, if it was.
     pub(crate) fn failed(&self) -> Option<GiveUp> {
         self.failed
+    }
+
+    /// The process's plaintext is captured by probes on its reads and writes: this connection
+    /// is not decrypted (and not counted as given up).
+    pub(crate) fn captured_by_calls(&mut self, pid: u32) {
+        self.keys_seen = true;
+        self.pid = Some(pid);
+        self.give_up(GiveUp::CapturedByCalls);
+    }
+
+    /// Once, for a connection given up because of its process's OpenSSL (TLS 1.2, a suite or a
+    /// layout this module does not handle): the process and why, so that its reads and writes
+    /// can be probed instead.
+    pub(crate) fn take_fallback(&mut self) -> Option<(u32, GiveUp)> {
+        let why = self.failed.filter(|w| w.calls_would_capture())?;
+        let pid = self.pid?;
+        if self.fallback_asked {
+            return None;
+        }
+        self.fallback_asked = true;
+        Some((pid, why))
     }
 
     /// Whether the session record is still to come (also for a connection given up: its record
@@ -461,8 +498,9 @@ impl TlsSession {
 
     /// The session record came: `window` is the start of the `SSL` object, with this session's
     /// client random at `random_at`. Then [`Self::release`] each direction.
-    pub(crate) fn set_window(&mut self, window: &[u8], random_at: usize) {
+    pub(crate) fn set_window(&mut self, window: &[u8], random_at: usize, pid: u32) {
         self.keys_seen = true;
+        self.pid = Some(pid);
         if self.failed.is_some() {
             return;
         }
@@ -860,7 +898,7 @@ mod tests {
         assert!(s.awaiting_keys());
         let random_at = find_random(window, |r| r == s.client_random()).expect("the random");
         assert_eq!(random_at, 352);
-        s.set_window(window, random_at);
+        s.set_window(window, random_at, 1);
         for dir in 0..2 {
             s.release(dir, &mut plain.sink(dir));
         }
@@ -896,7 +934,7 @@ mod tests {
         let [c, sv] = wire.handshake_bytes;
         s.feed(0, &wire.client_to_server[..c], 1, &mut plain.sink(0));
         s.feed(1, &wire.server_to_client[..sv], 1, &mut plain.sink(1));
-        s.set_window(&w, 352);
+        s.set_window(&w, 352, 1);
         s.release(0, &mut plain.sink(0));
         s.release(1, &mut plain.sink(1));
         s.feed(0, &wire.client_to_server[c..], 2, &mut plain.sink(0));
@@ -933,6 +971,18 @@ mod tests {
         );
         assert_eq!(s.buffered(), 0);
         assert!(plain.0.iter().all(Vec::is_empty));
+        assert_eq!(
+            s.take_fallback(),
+            None,
+            "the process is not known before the session record"
+        );
+        s.set_window(&window(&wire, 2), 352, 77);
+        assert_eq!(
+            s.take_fallback(),
+            Some((77, GiveUp::NotTls13)),
+            "its process falls back"
+        );
+        assert_eq!(s.take_fallback(), None, "once");
     }
 
     #[test]
@@ -957,7 +1007,7 @@ mod tests {
         let mut s = TlsSession::detect(0, &wire.client_to_server).unwrap();
         s.feed(0, &wire.client_to_server, 1500, &mut plain.sink(0));
         s.feed(1, &wire.server_to_client, 1500, &mut plain.sink(1));
-        s.set_window(&w, 352);
+        s.set_window(&w, 352, 1);
         s.release(0, &mut plain.sink(0));
         s.release(1, &mut plain.sink(1));
         assert!(!s.keyed());
@@ -1001,7 +1051,7 @@ mod tests {
         assert_eq!(s.buffered(), 0);
         // Its session record still finds it (not counted as unmatched), and changes nothing.
         assert!(s.awaiting_keys());
-        s.set_window(&window(&wire, 1), 352);
+        s.set_window(&window(&wire, 1), 352, 1);
         s.release(0, &mut plain.sink(0));
         assert!(plain.0.iter().all(Vec::is_empty));
     }
