@@ -925,6 +925,22 @@ mod tests {
     }
 
     #[test]
+    fn decrypts_when_the_pod_is_the_client() {
+        // The pod sends the ClientHello (egress, direction 1) and receives the server's records.
+        let wire = connection(provider::cipher_suite::TLS13_AES_256_GCM_SHA384, false, false);
+        let mut plain = Plain::default();
+        let mut s = TlsSession::detect(1, &wire.client_to_server).expect("a ClientHello");
+        s.feed(1, &wire.client_to_server, 1, &mut plain.sink(1));
+        s.feed(0, &wire.server_to_client, 1, &mut plain.sink(0));
+        s.set_window(&window(&wire, 21), 352, 1);
+        s.release(1, &mut plain.sink(1));
+        s.release(0, &mut plain.sink(0));
+        assert_eq!(s.failed(), None);
+        assert_eq!(plain.0[1], REQUEST, "what the pod sent");
+        assert_eq!(plain.0[0], RESPONSE, "what the pod received");
+    }
+
+    #[test]
     fn records_after_the_keys_are_decrypted_as_they_come() {
         let wire = connection(provider::cipher_suite::TLS13_AES_128_GCM_SHA256, false, false);
         let w = window(&wire, 9);
