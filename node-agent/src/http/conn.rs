@@ -135,7 +135,11 @@ impl Conn {
         if self.tls_counted {
             return;
         }
-        if tls.failed().is_some() || (closing && !tls.keyed()) {
+        // A connection given up is counted once its session record came (which may say that
+        // the process's reads and writes are probed: then it is captured there, not lost) or
+        // when it closes.
+        let given_up = tls.failed().is_some() && !tls.awaiting_keys();
+        if given_up || (closing && !tls.keyed()) {
             drops.tls_not_decrypted += 1;
             self.tls_counted = true;
         } else if tls.keyed() {
