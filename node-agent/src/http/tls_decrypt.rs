@@ -416,36 +416,43 @@ impl TlsSession {
         if self.failed.is_some() {
             return;
         }
-        self.sides[dir].partial.extend_from_slice(bytes);
+        // Records are read from `bytes` in place when nothing was left over from before; only an
+        // incomplete record at the end is kept.
+        let mut buf = std::mem::take(&mut self.sides[dir].partial);
+        let owned = !buf.is_empty();
+        if owned {
+            buf.extend_from_slice(bytes);
+        }
+        let data: &[u8] = if owned { &buf } else { bytes };
         let mut start = 0;
-        loop {
-            let partial = &self.sides[dir].partial;
-            let Some(header) = partial.get(start..start + RECORD_HEADER) else {
-                break;
-            };
+        while let Some(header) = data.get(start..start + RECORD_HEADER) {
             let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
             if len > MAX_CIPHERTEXT {
                 self.give_up(GiveUp::Malformed);
                 return;
             }
             let end = start + RECORD_HEADER + len;
-            if partial.len() < end {
+            let Some(record) = data.get(start..end) else {
                 break;
-            }
-            let record = partial[start..end].to_vec();
-            start = end;
+            };
             self.record(dir, record, ts, deliver);
             if self.failed.is_some() {
                 return;
             }
+            start = end;
         }
-        self.sides[dir].partial.drain(..start);
+        self.sides[dir].partial = if owned {
+            buf.drain(..start);
+            buf
+        } else {
+            bytes[start..].to_vec()
+        };
         if !self.keys_seen && self.buffered() > MAX_HELD_BYTES {
             self.give_up(GiveUp::NoKeys);
         }
     }
 
-    fn record(&mut self, dir: usize, record: Vec<u8>, ts: u64, deliver: &mut Deliver) {
+    fn record(&mut self, dir: usize, record: &[u8], ts: u64, deliver: &mut Deliver) {
         match record[0] {
             CONTENT_HANDSHAKE if dir != self.client_dir && self.suite.is_none() => {
                 if let Err(why) = self.server_hello(&record[RECORD_HEADER..]) {
@@ -453,8 +460,14 @@ impl TlsSession {
                 }
             }
             CONTENT_APPLICATION_DATA => {
-                self.sides[dir].held.push_back((record, ts));
-                if self.sides[dir].key.is_some() {
+                let side = &mut self.sides[dir];
+                if side.key.is_some() && side.held.is_empty() {
+                    // The common case once keyed: no copy to hold it.
+                    self.decrypt(dir, record, ts, deliver);
+                    return;
+                }
+                side.held.push_back((record.to_vec(), ts));
+                if side.key.is_some() {
                     self.drain(dir, deliver);
                 } else if self.window.is_some() {
                     self.find_key(dir);
@@ -587,39 +600,49 @@ impl TlsSession {
 
     /// Decrypts the held records of `dir` in order, handing application data to `deliver`.
     fn drain(&mut self, dir: usize, deliver: &mut Deliver) {
-        let Some(suite) = self.suite else { return };
-        loop {
-            let side = &mut self.sides[dir];
-            let Some(key) = side.key.as_mut() else { return };
-            let Some((record, ts)) = side.held.pop_front() else {
+        while self.sides[dir].key.is_some() {
+            let Some((record, ts)) = self.sides[dir].held.pop_front() else {
                 return;
             };
-            match key.open(key.seq, &record, &mut self.scratch) {
-                Some((content, len)) => {
-                    key.seq += 1;
-                    side.decrypting = true;
-                    match content {
-                        CONTENT_APPLICATION_DATA => deliver(&self.scratch[..len], ts),
-                        CONTENT_HANDSHAKE if key_update_in(&self.scratch[..len]) => {
-                            match key.updated(suite) {
-                                Some(next) => *key = next,
-                                None => {
-                                    self.give_up(GiveUp::Corrupt);
-                                    return;
-                                }
-                            }
+            if !self.decrypt(dir, &record, ts, deliver) {
+                return;
+            }
+        }
+    }
+
+    /// Decrypts the next record of `dir` under its key (application data to `deliver`, KeyUpdate
+    /// followed); false when that gave the connection up.
+    fn decrypt(&mut self, dir: usize, record: &[u8], ts: u64, deliver: &mut Deliver) -> bool {
+        let Some(suite) = self.suite else { return false };
+        let side = &mut self.sides[dir];
+        let Some(key) = side.key.as_mut() else {
+            return false;
+        };
+        match key.open(key.seq, record, &mut self.scratch) {
+            Some((content, len)) => {
+                key.seq += 1;
+                side.decrypting = true;
+                match content {
+                    CONTENT_APPLICATION_DATA => deliver(&self.scratch[..len], ts),
+                    CONTENT_HANDSHAKE if key_update_in(&self.scratch[..len]) => match key.updated(suite) {
+                        Some(next) => *key = next,
+                        None => {
+                            self.give_up(GiveUp::Corrupt);
+                            return false;
                         }
-                        _ => {} // other handshake messages (tickets), alerts (close_notify)
-                    }
+                    },
+                    _ => {} // other handshake messages (tickets), alerts (close_notify)
                 }
-                None if !side.decrypting && side.skipped < MAX_TRIAL_RECORDS => {
-                    // A record under the handshake key, sent before the first under this key.
-                    side.skipped += 1;
-                }
-                None => {
-                    self.give_up(GiveUp::Corrupt);
-                    return;
-                }
+                true
+            }
+            None if !side.decrypting && side.skipped < MAX_TRIAL_RECORDS => {
+                // A record under the handshake key, sent before the first under this key.
+                side.skipped += 1;
+                true
+            }
+            None => {
+                self.give_up(GiveUp::Corrupt);
+                false
             }
         }
     }
