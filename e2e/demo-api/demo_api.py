@@ -99,5 +99,9 @@ if __name__ == "__main__":
 
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(sys.argv[2], sys.argv[3])
-        server.socket = context.wrap_socket(server.socket, server_side=True)
+        # "lazy": no SSL_do_handshake; OpenSSL handshakes inside the first SSL_read.
+        lazy = len(sys.argv) > 4 and sys.argv[4] == "lazy"
+        server.socket = context.wrap_socket(
+            server.socket, server_side=True, do_handshake_on_connect=not lazy
+        )
     server.serve_forever()

@@ -110,65 +110,7 @@ async fn https_scenario(keys: bool) -> Result<()> {
     }
     let cp = &stack.cp;
     let certs = tempfile::tempdir()?;
-    let (cert, key) = (certs.path().join("tls.crt"), certs.path().join("tls.key"));
-    let gen = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=secure-api",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()?;
-    ensure!(
-        gen.status.success(),
-        "openssl req: {}",
-        String::from_utf8_lossy(&gen.stderr)
-    );
-    cp.kubectl_ok(&["create", "namespace", "demo"])?;
-    let mut command = demo_api_command(8443);
-    command.extend([cert.display().to_string(), key.display().to_string()]);
-    let pod = stack
-        .kubelet
-        .start_pod(PodLaunch {
-            namespace: "demo".into(),
-            name: "secure-api-0".into(),
-            labels: BTreeMap::from([("app".to_string(), "secure-api".to_string())]),
-            command,
-            port: 8443,
-        })
-        .await?;
-    let manifests = certs.path().join("secure.yaml");
-    std::fs::write(&manifests, MONITOR)?;
-    cp.kubectl_ok(&["apply", "-f", &manifests.display().to_string()])?;
-
-    let coverage = wait_for_object(
-        cp,
-        "TLS coverage",
-        ("apimonitor", "demo", "secure-api"),
-        WAIT,
-        |m| {
-            let tls = m.pointer("/status/tls")?;
-            let ready = condition(m, "Ready").is_some_and(|(s, _, _)| s == "True");
-            (ready && tls["coveredPods"].as_u64()? == 1).then(|| tls.clone())
-        },
-    )
-    .await?;
-    palisade_e2e::palisade::wait_policy_ready(cp, "demo", "secure-guard").await?;
-    println!("TLS coverage: {coverage}");
-    let detail = coverage
-        .pointer("/details/0/detail")
-        .and_then(|d| d.as_str())
-        .unwrap_or_default();
-    assert!(detail.contains("libssl"), "{detail}");
+    let pod = secure_pod(&stack, certs.path(), false).await?;
 
     let ip = pod.ip.to_string();
     let bearer = format!("Bearer {CANARY}");
@@ -275,5 +217,145 @@ async fn https_scenario(keys: bool) -> Result<()> {
     }
     let everything = cp.kubectl_ok(&["get", "apimonitor,apipolicy,events", "-n", "demo", "-o", "yaml"])?;
     assert!(!everything.contains(CANARY), "a secret canary leaked");
+    Ok(())
+}
+
+/// The HTTPS demo API pod `demo/secure-api-0` (its certificate in `dir`), the monitor and policy
+/// on it, once the monitor reports its TLS covered. `lazy`: the server never calls
+/// `SSL_do_handshake` (OpenSSL handshakes inside its first `SSL_read`).
+async fn secure_pod(stack: &Stack, dir: &std::path::Path, lazy: bool) -> Result<palisade_e2e::RunningPod> {
+    let cp = &stack.cp;
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    let gen = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=secure-api",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()?;
+    ensure!(
+        gen.status.success(),
+        "openssl req: {}",
+        String::from_utf8_lossy(&gen.stderr)
+    );
+    cp.kubectl_ok(&["create", "namespace", "demo"])?;
+    let mut command = demo_api_command(8443);
+    command.extend([cert.display().to_string(), key.display().to_string()]);
+    if lazy {
+        command.push("lazy".into());
+    }
+    let pod = stack
+        .kubelet
+        .start_pod(PodLaunch {
+            namespace: "demo".into(),
+            name: "secure-api-0".into(),
+            labels: BTreeMap::from([("app".to_string(), "secure-api".to_string())]),
+            command,
+            port: 8443,
+        })
+        .await?;
+    let manifests = dir.join("secure.yaml");
+    std::fs::write(&manifests, MONITOR)?;
+    cp.kubectl_ok(&["apply", "-f", &manifests.display().to_string()])?;
+    let coverage = wait_for_object(
+        cp,
+        "TLS coverage",
+        ("apimonitor", "demo", "secure-api"),
+        WAIT,
+        |m| {
+            let tls = m.pointer("/status/tls")?;
+            let ready = condition(m, "Ready").is_some_and(|(s, _, _)| s == "True");
+            (ready && tls["coveredPods"].as_u64()? == 1).then(|| tls.clone())
+        },
+    )
+    .await?;
+    palisade_e2e::palisade::wait_policy_ready(cp, "demo", "secure-guard").await?;
+    println!("TLS coverage: {coverage}");
+    let detail = coverage
+        .pointer("/details/0/detail")
+        .and_then(|d| d.as_str())
+        .unwrap_or_default();
+    assert!(detail.contains("libssl"), "{detail}");
+    Ok(pod)
+}
+
+/// Waits until the agent's metric `name` (with its labels, then a space) reaches `want`.
+async fn wait_metric(stack: &Stack, name: &str, want: u64) -> Result<()> {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let text = http_get_body(stack.agent_metrics, "/metrics")?;
+        if metric(&text, name) == Some(want) {
+            return Ok(());
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "{name}never reached {want}: {}",
+            text.lines()
+                .filter(|l| l.contains("tls"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_without_ssl_do_handshake_falls_back_for_the_pod() -> Result<()> {
+    // The default agent and a server whose handshakes never go through SSL_do_handshake: no
+    // session record, so its first connection cannot be decrypted. That connection completed
+    // its handshake on the wire, so the agent probes the pod's reads and writes from then on.
+    palisade_e2e::init_tracing();
+    if !palisade_e2e::require_root() {
+        return Ok(());
+    }
+    let stack = Stack::start("tls-lazy-node").await?;
+    let certs = tempfile::tempdir()?;
+    let pod = secure_pod(&stack, certs.path(), true).await?;
+    let ip = pod.ip.to_string();
+    let bearer = format!("Bearer {CANARY}");
+    assert_eq!(https_requests(&ip, &[("/users/1", &bearer)])?, vec![200]);
+    wait_metric(&stack, "palisade_agent_tls_fallbacks_total ", 1).await?;
+    wait_metric(
+        &stack,
+        "palisade_agent_messages_dropped_total{reason=\"tls_not_decrypted\"} ",
+        1,
+    )
+    .await?;
+    assert_eq!(
+        https_requests(&ip, &[("/users/2", &bearer), ("/users/3", &bearer)])?,
+        vec![200, 200]
+    );
+    let users = wait_for_object(
+        &stack.cp,
+        "requests through the probed reads and writes",
+        ("apimonitor", "demo", "secure-api"),
+        WAIT,
+        |m| {
+            let items = m.pointer("/status/endpoints/items")?.as_array()?;
+            let users = items.iter().find(|e| e["path"] == "/users/{id}")?;
+            (users["requests"].as_u64()? >= 2).then(|| users.clone())
+        },
+    )
+    .await?;
+    assert_eq!(
+        users["requests"], 2,
+        "the first connection lost and counted, the next two captured: {users}"
+    );
+    let text = http_get_body(stack.agent_metrics, "/metrics")?;
+    assert_eq!(
+        metric(&text, "palisade_agent_tls_decrypted_connections_total "),
+        Some(0)
+    );
+    assert!(!text.contains(CANARY), "a secret canary leaked into the metrics");
     Ok(())
 }

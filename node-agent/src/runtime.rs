@@ -299,6 +299,9 @@ pub struct Runtime<B: CaptureBackend> {
     tls_pids: HashMap<String, BTreeMap<u32, PathBuf>>,
     /// Per pod UID: whether its TLS traffic is covered, and what covers it or why not.
     tls_coverage: HashMap<String, (bool, String)>,
+    /// Pods whose processes handshake without `SSL_do_handshake`: every process of theirs gets
+    /// probes on its reads and writes (`--tls-probes auto`).
+    tls_calls_pods: HashSet<String>,
     find_libssl: LibsslFinder,
     /// Whether the record being processed is TLS plaintext (from uprobes).
     record_is_tls: bool,
@@ -370,6 +373,7 @@ impl<B: CaptureBackend> Runtime<B> {
             last_cgroup_rescan_ns: 0,
             tls_pids: HashMap::new(),
             tls_coverage: HashMap::new(),
+            tls_calls_pods: HashSet::new(),
             find_libssl: crate::capture::tls::find_libssl,
             record_is_tls: false,
             responder: Responder::new(clock_offset_ns),
@@ -410,6 +414,7 @@ impl<B: CaptureBackend> Runtime<B> {
             .cloned()
             .collect();
         for uid in gone {
+            self.tls_calls_pods.remove(&uid);
             for pid in self.tls_pids.remove(&uid).unwrap_or_default().into_keys() {
                 if let Some(b) = self.backend.as_mut() {
                     b.detach_tls(pid);
@@ -440,6 +445,7 @@ impl<B: CaptureBackend> Runtime<B> {
                 self.tracker.tls_captured_by_calls(pid, false);
             }
             let mut errors = vec![];
+            let mut fall_back = vec![];
             let new_pids: Vec<u32> = pids
                 .iter()
                 .copied()
@@ -453,6 +459,9 @@ impl<B: CaptureBackend> Runtime<B> {
                     Some(Ok(())) => {
                         tracing::info!(pod_uid = %uid, pid, libssl = %lib.display(), "TLS capture attached");
                         attached.insert(pid, lib);
+                        if self.tls_calls_pods.contains(&uid) {
+                            fall_back.push(pid);
+                        }
                     }
                     Some(Err(e)) => errors.push(format!("pid {pid}: {e}")),
                     None => {}
@@ -483,6 +492,10 @@ impl<B: CaptureBackend> Runtime<B> {
                 )
             };
             self.tls_coverage.insert(uid, coverage);
+            // A pod whose processes handshake without SSL_do_handshake: new ones too.
+            for pid in fall_back {
+                self.tls_fall_back_pid(pid);
+            }
         }
     }
 
@@ -1154,19 +1167,62 @@ impl<B: CaptureBackend> Runtime<B> {
     /// (TLS 1.2, say), where the placement falls back (`--tls-probes auto`).
     fn tls_fall_back(&mut self) {
         for (pid, why) in self.tracker.take_tls_fallbacks() {
-            let Some(backend) = self.backend.as_mut() else {
-                return;
+            if self.tls_fall_back_pid(pid) {
+                tracing::info!(pid, reason = ?why, "a TLS connection could not be decrypted: this process's reads and writes are probed from now on");
+            }
+        }
+        // Handshakes without a session record: the process is not known, so every process of
+        // the pod, and the ones it starts later (sync_tls).
+        for cgroup in self.tracker.take_tls_cgroup_fallbacks() {
+            let Some(pod) = self.by_cgroup.get(&cgroup).cloned() else {
+                continue;
             };
-            match backend.tls_fall_back(pid) {
-                Ok(true) => {
-                    tracing::info!(pid, reason = ?why, "a TLS connection could not be decrypted: this process's reads and writes are probed from now on");
-                    self.tracker.tls_captured_by_calls(pid, true);
-                    self.metrics.tls_fallback();
-                }
-                Ok(false) => {}
-                Err(reason) => {
-                    tracing::warn!(pid, %reason, "probing the reads and writes of a process whose TLS could not be decrypted")
-                }
+            if self.tls_calls_pods.contains(&pod.uid) {
+                // A cgroup of the pod found after it fell back.
+                self.tracker.tls_calls_cgroup(cgroup, true);
+                continue;
+            }
+            let pids: Vec<u32> = self
+                .tls_pids
+                .get(&pod.uid)
+                .map(|p| p.keys().copied().collect())
+                .unwrap_or_default();
+            let mut fell_back = false;
+            for pid in pids {
+                fell_back |= self.tls_fall_back_pid(pid);
+            }
+            if !fell_back {
+                continue;
+            }
+            tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name), "a TLS handshake completed without SSL_do_handshake: this pod's reads and writes are probed from now on");
+            self.tls_calls_pods.insert(pod.uid.clone());
+            let cgroups: Vec<u64> = self
+                .by_cgroup
+                .iter()
+                .filter(|(_, p)| p.uid == pod.uid)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in cgroups {
+                self.tracker.tls_calls_cgroup(id, true);
+            }
+        }
+    }
+
+    /// Adds probes on every read and write to `pid`; whether they are there now.
+    fn tls_fall_back_pid(&mut self, pid: u32) -> bool {
+        let Some(backend) = self.backend.as_mut() else {
+            return false;
+        };
+        match backend.tls_fall_back(pid) {
+            Ok(true) => {
+                self.tracker.tls_captured_by_calls(pid, true);
+                self.metrics.tls_fallback();
+                true
+            }
+            Ok(false) => false,
+            Err(reason) => {
+                tracing::warn!(pid, %reason, "probing the reads and writes of a process whose TLS could not be decrypted");
+                false
             }
         }
     }

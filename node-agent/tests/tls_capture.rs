@@ -73,7 +73,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 ctx.load_cert_chain(sys.argv[1], sys.argv[2])
 srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+# "lazy": no SSL_do_handshake; OpenSSL handshakes inside the first SSL_read.
+lazy = len(sys.argv) > 4 and sys.argv[4] == "lazy"
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True, do_handshake_on_connect=not lazy)
 print("READY", srv.server_address[1], flush=True)
 srv.serve_forever()
 "#;
@@ -218,11 +220,18 @@ fn wait_line(rx: &mpsc::Receiver<String>, prefix: &str, timeout: Duration) -> St
 
 /// Starts the python TLS server; returns (child, port).
 fn start_python_server(dir: &Path, cert: &Path, key: &Path) -> (Child, u16) {
-    start_python_server_in(dir, cert, key, None)
+    start_python_server_in(dir, cert, key, None, false)
 }
 
-/// The python server, moved into `cgroup` (when given) before it opens its socket.
-fn start_python_server_in(dir: &Path, cert: &Path, key: &Path, cgroup: Option<&Path>) -> (Child, u16) {
+/// The python server, moved into `cgroup` (when given) before it opens its socket; `lazy`: it
+/// never calls `SSL_do_handshake` (the handshake happens inside its first `SSL_read`).
+fn start_python_server_in(
+    dir: &Path,
+    cert: &Path,
+    key: &Path,
+    cgroup: Option<&Path>,
+    lazy: bool,
+) -> (Child, u16) {
     let script = dir.join("server.py");
     fs::write(&script, SERVER_PY).unwrap();
     let join = cgroup.map_or(String::new(), |c| {
@@ -235,6 +244,7 @@ fn start_python_server_in(dir: &Path, cert: &Path, key: &Path, cgroup: Option<&P
         .arg(cert)
         .arg(key)
         .arg(BIG_BODY_BYTES.to_string())
+        .arg(if lazy { "lazy" } else { "eager" })
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -810,50 +820,12 @@ fn tls_capture_plain_read_write() {
 #[test]
 fn tls_capture_session_keys() {
     let name = "tls_capture_session_keys";
-    if let Some(why) = python_server_preconditions() {
-        println!("SKIPPED: {name}: {why}");
-        return;
-    }
-    let bpffs = Path::new("/sys/fs/bpf");
-    let Some(cg_root) = cgroup2_root_from_mountinfo(&fs::read_to_string("/proc/self/mountinfo").unwrap())
-    else {
-        println!("SKIPPED: {name}: no cgroup v2 mount in /proc/self/mountinfo");
+    let Some(mut setup) = KeysSetup::start(name, false) else {
         return;
     };
-    let dir = temp_dir("tls-capture-keys");
-    let cgroup = cg_root.join(format!("palisade-tls-keys-test-{}", std::process::id()));
-    let _ = fs::remove_dir(&cgroup);
-    fs::create_dir(&cgroup).unwrap();
-    struct RemoveCgroup(PathBuf);
-    impl Drop for RemoveCgroup {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir(&self.0);
-        }
-    }
-    // Declared first: dropped last, after the server in `cleanup` was killed.
-    let _cgroup_guard = RemoveCgroup(cgroup.clone());
-    let mut cleanup = Cleanup {
-        children: Vec::new(),
-        dir: dir.clone(),
-    };
-    let (cert, key) = make_cert(&dir);
-
-    let mut probes = CaptureProbes::load().unwrap_or_else(|e| panic!("capture load failed: {e}"));
-    probes.attach_cgroup(&cgroup).unwrap();
-    let mut ring = probes.take_ring().unwrap();
-    let mut tls =
-        TlsProbes::load_sharing(&ring, bpffs).unwrap_or_else(|e| panic!("TLS programs refused: {e}"));
-    tls.set_placement(ProbePlacement::SessionKeys);
-    let (server, port) = start_python_server_in(&dir, &cert, &key, Some(&cgroup));
-    let server_pid = server.id();
-    cleanup.children.push(server);
-    let lib = find_libssl(server_pid).expect("the python server maps no libssl");
-    let att = tls
-        .attach_tls(server_pid, &lib)
-        .unwrap_or_else(|e| panic!("attach failed: {e}"));
-    println!("[{name}] server pid {server_pid} port {port}: {att:?}");
-    assert_eq!(att.functions, vec!["SSL_do_handshake"]);
-    assert_eq!(att.links, 2, "entry and return of SSL_do_handshake, nothing else");
+    let (server_pid, port) = (setup.server_pid, setup.port);
+    let ring = &mut setup.ring;
+    let tls = &mut setup.tls;
 
     // One TLS 1.3 connection with three requests, then one TLS 1.2 connection.
     let paths = [PROBE_PATH, "/big", "/second?q=1"];
@@ -862,7 +834,7 @@ fn tls_capture_session_keys() {
     let (_, codes) = curl_with(port, &["/old-tls"], &["--tls-max", "1.2"]);
     assert_eq!(codes, vec!["200"]);
 
-    let recs = drain_until(&mut ring, Duration::from_secs(5), |recs| {
+    let recs = drain_until(ring, Duration::from_secs(5), |recs| {
         recs.iter()
             .filter(|r| r.header.family == FAMILY_TLS_SESSION)
             .count()
@@ -967,7 +939,7 @@ fn tls_capture_session_keys() {
     assert_eq!(codes, vec!["200"]);
     let (_, codes) = curl(port, &["/new-tls-by-calls"]);
     assert_eq!(codes, vec!["200"]);
-    let recs = drain_until(&mut ring, Duration::from_secs(5), |recs| {
+    let recs = drain_until(ring, Duration::from_secs(5), |recs| {
         recs.iter()
             .filter(|r| r.header.family == FAMILY_TLS && r.header.tcp_flags & TCP_FIN != 0)
             .count()
@@ -1000,7 +972,6 @@ fn tls_capture_session_keys() {
         "the second TLS 1.2 connection was captured by the probes, not given up"
     );
     tls.detach_tls(server_pid).unwrap();
-    drop(cleanup);
 }
 
 /// The process of a session record (its tgid, in the destination address like an INGRESS
@@ -1009,4 +980,169 @@ fn tls_endpoints_of_session(h: &CaptureHeader) -> u32 {
     let mut pid = [0u8; 4];
     pid.copy_from_slice(&h.dest_addr[..4]);
     u32::from_le_bytes(pid)
+}
+
+/// A python HTTPS server in a cgroup of its own, the `cgroup_skb` capture on that cgroup and
+/// the session-key probes on the server (fields dropped in order: the server before its cgroup).
+struct KeysSetup {
+    ring: CaptureRing,
+    tls: TlsProbes,
+    _probes: CaptureProbes,
+    server_pid: u32,
+    port: u16,
+    cgroup_id: u64,
+    _cleanup: Cleanup,
+    _cgroup: RemoveCgroup,
+}
+
+struct RemoveCgroup(PathBuf);
+
+impl Drop for RemoveCgroup {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir(&self.0);
+    }
+}
+
+impl KeysSetup {
+    /// `None` (after printing why) when the machine cannot run it.
+    fn start(name: &str, lazy: bool) -> Option<KeysSetup> {
+        if let Some(why) = python_server_preconditions() {
+            println!("SKIPPED: {name}: {why}");
+            return None;
+        }
+        let Some(cg_root) = cgroup2_root_from_mountinfo(&fs::read_to_string("/proc/self/mountinfo").unwrap())
+        else {
+            println!("SKIPPED: {name}: no cgroup v2 mount in /proc/self/mountinfo");
+            return None;
+        };
+        let dir = temp_dir(name);
+        let cgroup = cg_root.join(format!("palisade-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir(&cgroup);
+        fs::create_dir(&cgroup).unwrap();
+        let cgroup_guard = RemoveCgroup(cgroup.clone());
+        let mut cleanup = Cleanup {
+            children: Vec::new(),
+            dir: dir.clone(),
+        };
+        let (cert, key) = make_cert(&dir);
+        let mut probes = CaptureProbes::load().unwrap_or_else(|e| panic!("capture load failed: {e}"));
+        let cgroup_id = probes.attach_cgroup(&cgroup).unwrap();
+        let ring = probes.take_ring().unwrap();
+        let mut tls = TlsProbes::load_sharing(&ring, Path::new("/sys/fs/bpf"))
+            .unwrap_or_else(|e| panic!("TLS programs refused: {e}"));
+        tls.set_placement(ProbePlacement::SessionKeys);
+        let (server, port) = start_python_server_in(&dir, &cert, &key, Some(&cgroup), lazy);
+        let server_pid = server.id();
+        cleanup.children.push(server);
+        let lib = find_libssl(server_pid).expect("the python server maps no libssl");
+        let att = tls
+            .attach_tls(server_pid, &lib)
+            .unwrap_or_else(|e| panic!("attach failed: {e}"));
+        println!("[{name}] server pid {server_pid} port {port}: {att:?}");
+        assert_eq!(att.functions, vec!["SSL_do_handshake"]);
+        assert_eq!(att.links, 2, "entry and return of SSL_do_handshake, nothing else");
+        Some(KeysSetup {
+            ring,
+            tls,
+            _probes: probes,
+            server_pid,
+            port,
+            cgroup_id,
+            _cleanup: cleanup,
+            _cgroup: cgroup_guard,
+        })
+    }
+}
+
+/// Feeds records to a tracker the way the agent does (session records by their process).
+fn feed_tracker(
+    tracker: &mut HttpTracker,
+    recs: &[Rec],
+    limits: &CaptureLimits,
+    events: &mut Vec<HttpEvent>,
+) {
+    for r in recs {
+        if r.header.family == FAMILY_TLS_SESSION {
+            tracker.tls_session(&r.data, tls_endpoints_of_session(&r.header), limits, events);
+        } else {
+            tracker.feed(&r.header, &r.data, limits, events);
+        }
+    }
+}
+
+/// The targets of the exchanges among `events`, with their `tls` flag (plaintext from probes).
+fn exchanged(events: &[HttpEvent]) -> Vec<(String, bool)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            HttpEvent::Exchange(x) => Some((x.request.target.to_string(), x.request.tls)),
+            HttpEvent::Request(_) => None,
+        })
+        .collect()
+}
+
+#[test]
+fn tls_capture_handshakes_without_session_records() {
+    // A server that never calls SSL_do_handshake: no session record, so nothing to decrypt with.
+    // The connection that completed its handshake on the wire names its cgroup for the fall back
+    // (what the agent does with `auto`: probe the pod's reads and writes, and stop looking for
+    // TLS in that cgroup); the next requests are captured once, through the probes.
+    let name = "tls_capture_handshakes_without_session_records";
+    let Some(mut setup) = KeysSetup::start(name, true) else {
+        return;
+    };
+    let limits = CaptureLimits {
+        decrypt_tls: true,
+        ..CaptureLimits::default()
+    };
+    let (_, codes) = curl(setup.port, &["/lazy-1"]);
+    assert_eq!(codes, vec!["200"]);
+    let recs = drain_until(&mut setup.ring, Duration::from_secs(5), |recs| {
+        recs.iter().filter(|r| r.header.tcp_flags & TCP_FIN != 0).count() >= 2
+    });
+    assert!(
+        recs.iter().all(|r| r.header.family != FAMILY_TLS_SESSION),
+        "no SSL_do_handshake, no session record"
+    );
+    let mut tracker = HttpTracker::new();
+    let mut events = Vec::new();
+    feed_tracker(&mut tracker, &recs, &limits, &mut events);
+    println!(
+        "[{name}] without keys: {:?}; drops {:?}",
+        exchanged(&events),
+        tracker.drops
+    );
+    assert!(exchanged(&events).is_empty());
+    assert_eq!(tracker.drops.tls_not_decrypted, 1);
+    assert_eq!(tracker.take_tls_cgroup_fallbacks(), vec![setup.cgroup_id]);
+    assert!(tracker.take_tls_fallbacks().is_empty(), "no process is known");
+
+    setup.tls.add_call_probes(setup.server_pid).unwrap();
+    tracker.tls_captured_by_calls(setup.server_pid, true);
+    tracker.tls_calls_cgroup(setup.cgroup_id, true);
+    let (_, codes) = curl(setup.port, &["/lazy-2", "/lazy-3"]);
+    assert_eq!(codes, vec!["200", "200"]);
+    let recs = drain_until(&mut setup.ring, Duration::from_secs(5), |recs| {
+        recs.iter()
+            .filter(|r| r.header.family == FAMILY_TLS && r.header.tcp_flags & TCP_FIN != 0)
+            .count()
+            >= 2
+    });
+    events.clear();
+    feed_tracker(&mut tracker, &recs, &limits, &mut events);
+    println!(
+        "[{name}] after the fall back: {:?}; drops {:?}",
+        exchanged(&events),
+        tracker.drops
+    );
+    assert_eq!(
+        exchanged(&events),
+        vec![("/lazy-2".to_string(), true), ("/lazy-3".to_string(), true)],
+        "captured once, from the probed reads and writes"
+    );
+    assert_eq!(
+        tracker.drops.tls_not_decrypted, 1,
+        "the cgroup's TLS is no longer decrypted"
+    );
+    assert!(tracker.take_tls_cgroup_fallbacks().is_empty());
 }

@@ -38,6 +38,8 @@ pub(crate) struct Conn {
     tls: Option<Box<TlsSession>>,
     /// The TLS outcome (decrypted, given up) was counted.
     tls_counted: bool,
+    /// [`Conn::tls_without_session`] answered once.
+    tls_without_session_reported: bool,
 }
 
 /// What to do with one direction's reassembler.
@@ -85,7 +87,26 @@ impl Conn {
             tls_checked: false,
             tls: None,
             tls_counted: false,
+            tls_without_session_reported: false,
         }
+    }
+
+    /// Its cgroup's TLS is captured by probes on reads and writes: the connection's bytes are
+    /// parsed as they are (and given up as not HTTP when encrypted), not decrypted.
+    pub(crate) fn skip_tls_detection(&mut self) {
+        self.tls_checked = true;
+    }
+
+    /// Once, when this TLS connection completed its handshake without a session record and is
+    /// over (`closing`) or given up: its cgroup, whose processes handshake some other way.
+    pub(crate) fn tls_without_session(&mut self, closing: bool) -> Option<u64> {
+        let tls = self.tls.as_ref()?;
+        let over = closing || tls.failed().is_some();
+        if self.tls_without_session_reported || !over || !tls.handshake_without_session() {
+            return None;
+        }
+        self.tls_without_session_reported = true;
+        Some(self.key.cgroup_id)
     }
 
     /// The client random of a TLS connection still waiting for its session record.

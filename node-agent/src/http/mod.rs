@@ -80,6 +80,10 @@ pub struct HttpTracker {
     /// Processes with a connection given up because of their OpenSSL, and why: for the runtime
     /// to probe their reads and writes ([`Self::take_tls_fallbacks`]).
     tls_fallbacks: Vec<(u32, tls_decrypt::GiveUp)>,
+    /// Cgroups whose TLS is captured by probes on reads and writes: not decrypted.
+    tls_call_cgroups: rustc_hash::FxHashSet<u64>,
+    /// Cgroups with a connection that completed a TLS handshake without a session record.
+    tls_cgroup_fallbacks: Vec<u64>,
 }
 
 fn addr(family: u8, raw: &[u8; 16]) -> IpAddr {
@@ -150,6 +154,8 @@ impl HttpTracker {
             tls_waiting: rustc_hash::FxHashMap::default(),
             tls_call_pids: rustc_hash::FxHashSet::default(),
             tls_fallbacks: Vec::new(),
+            tls_call_cgroups: rustc_hash::FxHashSet::default(),
+            tls_cgroup_fallbacks: Vec::new(),
         }
     }
 
@@ -190,9 +196,15 @@ impl HttpTracker {
                     self.drops.connections += 1;
                     return;
                 }
-                self.conns
+                let probed = self.tls_call_cgroups.contains(&key.cgroup_id);
+                let conn = self
+                    .conns
                     .entry(key.clone())
-                    .or_insert_with(|| Conn::new(key.clone(), ts))
+                    .or_insert_with(|| Conn::new(key.clone(), ts));
+                if probed {
+                    conn.skip_tls_detection();
+                }
+                conn
             }
         };
         conn.last_ns = conn.last_ns.max(ts);
@@ -209,6 +221,9 @@ impl HttpTracker {
             if let Some(fallback) = conn.tls_take_fallback() {
                 self.tls_fallbacks.push(fallback);
             }
+            if let Some(cgroup) = conn.tls_without_session(false) {
+                self.tls_cgroup_fallbacks.push(cgroup);
+            }
         }
         if fin && !rst {
             let fin_seq = h.tcp_seq.wrapping_add(h.payload_len);
@@ -216,6 +231,9 @@ impl HttpTracker {
         }
         if rst || conn.both_finished() {
             conn.close(ts, limits, &mut self.drops, out);
+            if let Some(cgroup) = conn.tls_without_session(true) {
+                self.tls_cgroup_fallbacks.push(cgroup);
+            }
             self.buffered = self.buffered.saturating_sub(conn.counted());
             self.conns.remove(&key);
         } else {
@@ -281,9 +299,26 @@ impl HttpTracker {
         std::mem::take(&mut self.tls_fallbacks)
     }
 
-    /// Whether [`Self::take_tls_fallbacks`] has something.
+    /// Cgroups (of sockets) with a connection that completed a TLS handshake without a session
+    /// record: their processes handshake without `SSL_do_handshake`, so their reads and writes
+    /// are to be probed. Tell [`Self::tls_calls_cgroup`] those that now are.
+    pub fn take_tls_cgroup_fallbacks(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.tls_cgroup_fallbacks)
+    }
+
+    /// Whether [`Self::take_tls_fallbacks`] or [`Self::take_tls_cgroup_fallbacks`] has something.
     pub fn has_tls_fallbacks(&self) -> bool {
-        !self.tls_fallbacks.is_empty()
+        !self.tls_fallbacks.is_empty() || !self.tls_cgroup_fallbacks.is_empty()
+    }
+
+    /// The TLS of `cgroup`'s sockets is captured by probes on reads and writes (`true`): its new
+    /// connections are not decrypted; or no longer (`false`).
+    pub fn tls_calls_cgroup(&mut self, cgroup: u64, probed: bool) {
+        if probed {
+            self.tls_call_cgroups.insert(cgroup);
+        } else {
+            self.tls_call_cgroups.remove(&cgroup);
+        }
     }
 
     /// `pid`'s reads and writes are probed (`true`), or no longer (`false`: it exited): its
@@ -329,6 +364,9 @@ impl HttpTracker {
         if let Some(mut c) = self.conns.remove(key) {
             self.buffered = self.buffered.saturating_sub(c.counted());
             c.close(now_ns, limits, &mut self.drops, out);
+            if let Some(cgroup) = c.tls_without_session(true) {
+                self.tls_cgroup_fallbacks.push(cgroup);
+            }
         }
     }
 
@@ -386,6 +424,7 @@ impl HttpTracker {
 
     /// Forgets every connection of a cgroup (its pod is no longer watched).
     pub fn forget_cgroup(&mut self, cgroup_id: u64) {
+        self.tls_call_cgroups.remove(&cgroup_id);
         let mut freed = 0;
         self.conns.retain(|k, c| {
             let keep = k.cgroup_id != cgroup_id;

@@ -291,6 +291,8 @@ pub(crate) struct TlsSession {
     pid: Option<u32>,
     /// A fall back to probing the process's reads and writes was asked for.
     fallback_asked: bool,
+    /// Encrypted records the client sent (its Finished, then data), up to 255.
+    client_records: u8,
     scratch: Vec<u8>,
 }
 
@@ -336,6 +338,7 @@ impl TlsSession {
             keys_seen: false,
             pid: None,
             fallback_asked: false,
+            client_records: 0,
             scratch: Vec::new(),
         })
     }
@@ -368,6 +371,13 @@ impl TlsSession {
         }
         self.fallback_asked = true;
         Some((pid, why))
+    }
+
+    /// The handshake completed on the wire (the client sent its Finished and data after it)
+    /// and no session record came: the process handshakes without `SSL_do_handshake` (inside
+    /// `SSL_read`, say), so only probes on its reads and writes can capture it.
+    pub(crate) fn handshake_without_session(&self) -> bool {
+        !self.keys_seen && self.client_records >= 2
     }
 
     /// Whether the session record is still to come (also for a connection given up: its record
@@ -460,6 +470,9 @@ impl TlsSession {
                 }
             }
             CONTENT_APPLICATION_DATA => {
+                if dir == self.client_dir {
+                    self.client_records = self.client_records.saturating_add(1);
+                }
                 let side = &mut self.sides[dir];
                 if side.key.is_some() && side.held.is_empty() {
                     // The common case once keyed: no copy to hold it.
@@ -1075,6 +1088,31 @@ mod tests {
         }
         assert_eq!(s.failed(), Some(GiveUp::NoKeys));
         assert_eq!(s.buffered(), 0);
+        assert!(
+            s.handshake_without_session(),
+            "data came, the session record did not"
+        );
+    }
+
+    #[test]
+    fn a_handshake_still_in_progress_is_not_one_without_a_session() {
+        let wire = connection(provider::cipher_suite::TLS13_AES_128_GCM_SHA256, false, false);
+        let mut plain = Plain::default();
+        let mut s = TlsSession::detect(0, &wire.client_to_server).unwrap();
+        // The ClientHello alone, then the server's flight: no encrypted record from the client.
+        let hello = RECORD_HEADER
+            + usize::from(u16::from_be_bytes([
+                wire.client_to_server[3],
+                wire.client_to_server[4],
+            ]));
+        s.feed(0, &wire.client_to_server[..hello], 1, &mut plain.sink(0));
+        s.feed(1, &wire.server_to_client, 1, &mut plain.sink(1));
+        assert!(!s.handshake_without_session());
+        // The whole client side (Finished and the request), still no session record.
+        s.feed(0, &wire.client_to_server[hello..], 1, &mut plain.sink(0));
+        assert!(s.handshake_without_session());
+        s.set_window(&window(&wire, 4), 352, 1);
+        assert!(!s.handshake_without_session(), "the record came");
     }
 
     #[test]
