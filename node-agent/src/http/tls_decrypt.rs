@@ -570,12 +570,12 @@ impl TlsSession {
                 .is_some_and(|s| s.iter().filter(|&&b| b == 0).count() <= MAX_ZERO_BYTES_IN_SECRET)
                 && (at + secret_len <= random.start || at >= random.end)
         };
-        // Known offsets against every held record; every offset only against records not yet
-        // tried (a full search costs a key derivation per candidate).
+        // Known offsets against every held record (whatever their bytes look like); every
+        // random-looking offset only against records not yet tried (a full search costs a key
+        // derivation per candidate).
         let known_hit = known
             .iter()
             .copied()
-            .filter(|&at| looks_random(at))
             .find_map(|at| first_decrypting(window, suite, at, &side.held, 0, &mut self.scratch));
         // With a layout known, the records before the first under the application key (at
         // most 4 or so) do not trigger a search of every offset.
