@@ -9,6 +9,9 @@
 //! - `parse`: [`HttpTracker::feed`] on one keep-alive connection, request and response records as
 //!   the kernel emits them (bodies in 4 KiB chunks), until the exchange is paired. Throughput in
 //!   bytes of both messages, so criterion prints MB/s as well as the time per exchange.
+//! - `parse` also has the hello GET over TLS 1.3 (AES-128-GCM, from rustls in memory),
+//!   decrypted with the session's secrets as the agent does by default: the decryption's cost
+//!   is that case against the plain one.
 //! - `redact`: [`Redactor`] over what leaves the node for one request (headers, target, a JSON
 //!   body with a card number and a token).
 //! - `runtime`: [`Runtime::on_record`] end to end for the overhead benchmark's traffic (wrk's
@@ -225,6 +228,168 @@ fn bench_parse(c: &mut Criterion) {
     group.finish();
 }
 
+/// A TLS 1.3 connection in memory (rustls both ends): what each exchange puts on the wire.
+struct TlsWire {
+    client: rustls::ClientConnection,
+    server: rustls::ServerConnection,
+}
+
+#[derive(Debug, Default)]
+struct KeyLog(std::sync::Mutex<Vec<(String, Vec<u8>)>>);
+
+impl rustls::KeyLog for KeyLog {
+    fn log(&self, label: &str, _client_random: &[u8], secret: &[u8]) {
+        self.0
+            .lock()
+            .expect("key log")
+            .push((label.to_string(), secret.to_vec()));
+    }
+}
+
+impl TlsWire {
+    /// The connection, its handshake bytes (client's, server's), and an `SSL` object copy with
+    /// the client random at 352 and the secrets at 1860 and 1924 (as OpenSSL 3.0.19 has them).
+    fn new() -> (TlsWire, Vec<u8>, Vec<u8>, Vec<u8>) {
+        use rustls::crypto::ring as provider;
+        let provider = std::sync::Arc::new(rustls::crypto::CryptoProvider {
+            cipher_suites: vec![provider::cipher_suite::TLS13_AES_128_GCM_SHA256],
+            ..provider::default_provider()
+        });
+        let cert = rcgen::generate_simple_self_signed(vec!["bench".to_string()]).expect("cert");
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], key)
+            .expect("server config");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.cert.der().clone()).expect("root");
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let log = std::sync::Arc::new(KeyLog::default());
+        client.key_log = log.clone();
+        let mut wire = TlsWire {
+            client: rustls::ClientConnection::new(
+                std::sync::Arc::new(client),
+                "bench".try_into().expect("name"),
+            )
+            .expect("client"),
+            server: rustls::ServerConnection::new(std::sync::Arc::new(server)).expect("server"),
+        };
+        let (up, down) = wire.pump();
+        let mut window = vec![0u8; 4096];
+        window[352..384].copy_from_slice(&up[11..43]);
+        for (label, secret) in log.0.lock().expect("key log").iter() {
+            let at = match label.as_str() {
+                "CLIENT_TRAFFIC_SECRET_0" => 1860,
+                "SERVER_TRAFFIC_SECRET_0" => 1924,
+                _ => continue,
+            };
+            window[at..at + secret.len()].copy_from_slice(secret);
+        }
+        (wire, up, down, window)
+    }
+
+    /// Moves pending bytes between the ends; what went up (client to server) and down.
+    fn pump(&mut self) -> (Vec<u8>, Vec<u8>) {
+        let (mut up, mut down) = (Vec::new(), Vec::new());
+        loop {
+            let (u, d) = (up.len(), down.len());
+            while self.client.wants_write() {
+                self.client.write_tls(&mut up).expect("client write");
+            }
+            if up.len() > u {
+                self.server.read_tls(&mut &up[u..]).expect("server read");
+                self.server.process_new_packets().expect("server");
+            }
+            while self.server.wants_write() {
+                self.server.write_tls(&mut down).expect("server write");
+            }
+            if down.len() > d {
+                self.client.read_tls(&mut &down[d..]).expect("client read");
+                self.client.process_new_packets().expect("client");
+            }
+            if up.len() == u && down.len() == d {
+                return (up, down);
+            }
+        }
+    }
+
+    /// One request and its response, encrypted: (up, down).
+    fn exchange(&mut self, request: &[u8], response: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        use std::io::{Read as _, Write as _};
+        self.client.writer().write_all(request).expect("request");
+        let (up, _) = self.pump();
+        let mut sink = vec![0u8; request.len()];
+        self.server
+            .reader()
+            .read_exact(&mut sink)
+            .expect("server got the request");
+        self.server.writer().write_all(response).expect("response");
+        let (_, down) = self.pump();
+        let mut sink = vec![0u8; response.len()];
+        self.client
+            .reader()
+            .read_exact(&mut sink)
+            .expect("client got the response");
+        (up, down)
+    }
+}
+
+fn bench_parse_tls(c: &mut Criterion) {
+    let mut group = c.benchmark_group("parse");
+    let (request, response) = (WRK_GET.as_bytes(), NGINX_HELLO.as_bytes());
+    group.throughput(Throughput::Bytes((request.len() + response.len()) as u64));
+    let limits = CaptureLimits {
+        decrypt_tls: true,
+        ..limits(0)
+    };
+    let (mut wire, up, down, window) = TlsWire::new();
+    let mut tracker = HttpTracker::new();
+    let mut connection = KeepAlive::new();
+    let mut out = Vec::with_capacity(4);
+    for (h, d) in connection
+        .up
+        .records(&up, 1)
+        .into_iter()
+        .chain(connection.down.records(&down, 2))
+    {
+        tracker.feed(&h, &d, &limits, &mut out);
+    }
+    tracker.tls_session(&window, 1, &limits, &mut out);
+    let mut exchanges = 0u64;
+    group.bench_function("hello GET over TLS 1.3, decrypted, headers only", |b| {
+        b.iter_custom(|iters| {
+            let mut elapsed = Duration::ZERO;
+            for _ in 0..iters {
+                let (up, down) = wire.exchange(request, response);
+                connection.ts += 10_000;
+                let mut records = connection.up.records(&up, connection.ts);
+                records.extend(connection.down.records(&down, connection.ts + 5_000));
+                let start = Instant::now();
+                for (h, d) in &records {
+                    tracker.feed(h, d, &limits, &mut out);
+                    for event in out.drain(..) {
+                        exchanges += u64::from(matches!(event, HttpEvent::Exchange(_)));
+                    }
+                }
+                elapsed += start.elapsed();
+            }
+            elapsed
+        });
+    });
+    let fed = connection.ts > KeepAlive::new().ts;
+    assert!(
+        !fed || exchanges > 0,
+        "no exchange was decrypted: the bench measured nothing"
+    );
+    group.finish();
+}
+
 fn limits(max_body_bytes: usize) -> CaptureLimits {
     CaptureLimits {
         max_head_bytes: 8192,
@@ -391,5 +556,5 @@ fn bench_runtime(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&root);
 }
 
-criterion_group!(benches, bench_parse, bench_redact, bench_runtime);
+criterion_group!(benches, bench_parse, bench_parse_tls, bench_redact, bench_runtime);
 criterion_main!(benches);
