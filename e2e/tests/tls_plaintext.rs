@@ -110,7 +110,13 @@ async fn https_scenario(keys: bool) -> Result<()> {
     }
     let cp = &stack.cp;
     let certs = tempfile::tempdir()?;
-    let pod = secure_pod(&stack, certs.path(), false).await?;
+    let (pod, detail) = secure_pod(&stack, certs.path(), false).await?;
+    let how = if keys {
+        ": TLS 1.3 decrypted with the session keys"
+    } else {
+        ": reads and writes probed"
+    };
+    assert!(detail.ends_with(how), "{detail}");
 
     let ip = pod.ip.to_string();
     let bearer = format!("Bearer {CANARY}");
@@ -212,6 +218,19 @@ async fn https_scenario(keys: bool) -> Result<()> {
             users["requests"], 4,
             "2 decrypted + 2 through the probes, none twice: {users}"
         );
+        wait_for_object(
+            cp,
+            "TLS coverage naming the fall back",
+            ("apimonitor", "demo", "secure-api"),
+            WAIT,
+            |m| {
+                let detail = m.pointer("/status/tls/details/0/detail")?.as_str()?;
+                detail
+                    .ends_with("session keys, reads and writes probed in 1")
+                    .then_some(())
+            },
+        )
+        .await?;
     } else {
         assert_eq!(source, "unknown (TLS)", "uprobes do not see the peer: {finding}");
     }
@@ -223,7 +242,11 @@ async fn https_scenario(keys: bool) -> Result<()> {
 /// The HTTPS demo API pod `demo/secure-api-0` (its certificate in `dir`), the monitor and policy
 /// on it, once the monitor reports its TLS covered. `lazy`: the server never calls
 /// `SSL_do_handshake` (OpenSSL handshakes inside its first `SSL_read`).
-async fn secure_pod(stack: &Stack, dir: &std::path::Path, lazy: bool) -> Result<palisade_e2e::RunningPod> {
+async fn secure_pod(
+    stack: &Stack,
+    dir: &std::path::Path,
+    lazy: bool,
+) -> Result<(palisade_e2e::RunningPod, String)> {
     let cp = &stack.cp;
     let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
     let gen = Command::new("openssl")
@@ -286,7 +309,7 @@ async fn secure_pod(stack: &Stack, dir: &std::path::Path, lazy: bool) -> Result<
         .and_then(|d| d.as_str())
         .unwrap_or_default();
     assert!(detail.contains("libssl"), "{detail}");
-    Ok(pod)
+    Ok((pod, detail.to_string()))
 }
 
 /// Waits until the agent's metric `name` (with its labels, then a space) reaches `want`.
@@ -320,7 +343,7 @@ async fn https_without_ssl_do_handshake_falls_back_for_the_pod() -> Result<()> {
     }
     let stack = Stack::start("tls-lazy-node").await?;
     let certs = tempfile::tempdir()?;
-    let pod = secure_pod(&stack, certs.path(), true).await?;
+    let (pod, _) = secure_pod(&stack, certs.path(), true).await?;
     let ip = pod.ip.to_string();
     let bearer = format!("Bearer {CANARY}");
     assert_eq!(https_requests(&ip, &[("/users/1", &bearer)])?, vec![200]);

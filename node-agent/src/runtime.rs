@@ -472,10 +472,25 @@ impl<B: CaptureBackend> Runtime<B> {
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default();
+                // How the plaintext is read: the session keys (and in how many processes the
+                // reads and writes too, after a fall back), or the reads and writes.
+                let how = if self.backend.as_ref().is_some_and(|b| b.tls_decrypts()) {
+                    let calls = attached
+                        .keys()
+                        .filter(|pid| self.tracker.tls_probes_calls_of(**pid))
+                        .count();
+                    if calls == 0 {
+                        "TLS 1.3 decrypted with the session keys".to_string()
+                    } else {
+                        format!("TLS 1.3 decrypted with the session keys, reads and writes probed in {calls}")
+                    }
+                } else {
+                    "reads and writes probed".to_string()
+                };
                 (
                     true,
                     format!(
-                        "OpenSSL ({name}) probed in {} of {} processes",
+                        "OpenSSL ({name}) probed in {} of {} processes: {how}",
                         attached.len(),
                         pids.len()
                     ),
@@ -2562,7 +2577,10 @@ mod tests {
         assert_eq!(tls.len(), 2);
         let a = tls.iter().find(|t| t.pod_name == "a").expect("a");
         assert!(
-            a.covered && a.detail.contains("libssl.so.3") && a.detail.contains("1 of 2 processes"),
+            a.covered
+                && a.detail.contains("libssl.so.3")
+                && a.detail.contains("1 of 2 processes")
+                && a.detail.ends_with(": reads and writes probed"),
             "{a:?}"
         );
         let b = tls.iter().find(|t| t.pod_name == "b").expect("b");

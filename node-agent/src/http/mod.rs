@@ -321,6 +321,11 @@ impl HttpTracker {
         }
     }
 
+    /// Whether `pid`'s reads and writes are probed (its connections are not decrypted).
+    pub fn tls_probes_calls_of(&self, pid: u32) -> bool {
+        self.tls_call_pids.contains(&pid)
+    }
+
     /// `pid`'s reads and writes are probed (`true`), or no longer (`false`: it exited): its
     /// connections are not decrypted (are again).
     pub fn tls_captured_by_calls(&mut self, pid: u32, probed: bool) {
