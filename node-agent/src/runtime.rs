@@ -1162,12 +1162,12 @@ impl<B: CaptureBackend> Runtime<B> {
             return; // a pod detached a moment ago
         }
         let mut events = std::mem::take(&mut self.events);
-        if header.family == FAMILY_TLS_SESSION {
-            // The process is in the destination address, as in an INGRESS plaintext record.
-            let mut tgid = [0u8; 4];
-            tgid.copy_from_slice(&header.dest_addr[..4]);
+        if let Some(session) = (header.family == FAMILY_TLS_SESSION)
+            .then(|| crate::capture::tls::tls_endpoints(header))
+            .flatten()
+        {
             self.tracker
-                .tls_session(data, u32::from_le_bytes(tgid), &self.limits, &mut events);
+                .tls_session(data, session.pid, &self.limits, &mut events);
         } else {
             self.tracker.feed(header, data, &self.limits, &mut events);
         }

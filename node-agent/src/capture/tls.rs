@@ -36,11 +36,11 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use palisade_common::{
-    CaptureCounters, CaptureHeader, DIRECTION_INGRESS, FAMILY_TLS, MAP_CAPTURE_COUNTERS, MAP_CAPTURE_RING,
-    MAP_CAPTURE_RINGS, MAP_TLS_HANDSHAKE_ARGS, MAP_TLS_READ_ARGS, MAP_TLS_STREAM_OFFSETS, MAP_TLS_WRITE_ARGS,
-    PROG_TLS_FREE, PROG_TLS_HANDSHAKE_ENTER, PROG_TLS_HANDSHAKE_EXIT, PROG_TLS_READ_ENTER,
-    PROG_TLS_READ_EXIT, PROG_TLS_READ_EX_ENTER, PROG_TLS_WRITE_ENTER, PROG_TLS_WRITE_EXIT,
-    PROG_TLS_WRITE_EX_ENTER, TLS_ARGS_MAX_ENTRIES, TLS_STREAM_MAX_ENTRIES,
+    CaptureCounters, CaptureHeader, DIRECTION_INGRESS, FAMILY_TLS, FAMILY_TLS_SESSION, MAP_CAPTURE_COUNTERS,
+    MAP_CAPTURE_RING, MAP_CAPTURE_RINGS, MAP_TLS_HANDSHAKE_ARGS, MAP_TLS_READ_ARGS, MAP_TLS_STREAM_OFFSETS,
+    MAP_TLS_WRITE_ARGS, PROG_TLS_FREE, PROG_TLS_HANDSHAKE_ENTER, PROG_TLS_HANDSHAKE_EXIT,
+    PROG_TLS_READ_ENTER, PROG_TLS_READ_EXIT, PROG_TLS_READ_EX_ENTER, PROG_TLS_WRITE_ENTER,
+    PROG_TLS_WRITE_EXIT, PROG_TLS_WRITE_EX_ENTER, TLS_ARGS_MAX_ENTRIES, TLS_STREAM_MAX_ENTRIES,
 };
 
 use super::openssl_entry::{self, InternalEntries};
@@ -727,9 +727,10 @@ pub struct TlsEndpoints {
     pub ssl: u64,
 }
 
-/// Decodes the endpoints of a record with `family == FAMILY_TLS`; `None` for other records.
+/// Decodes the endpoints of a record with `family == FAMILY_TLS`, or of a session record
+/// (`FAMILY_TLS_SESSION`, laid out as an INGRESS plaintext record); `None` for other records.
 pub fn tls_endpoints(h: &CaptureHeader) -> Option<TlsEndpoints> {
-    if h.family != FAMILY_TLS {
+    if h.family != FAMILY_TLS && h.family != FAMILY_TLS_SESSION {
         return None;
     }
     let (connection, process) = if h.direction == DIRECTION_INGRESS {
@@ -890,6 +891,8 @@ mod tests {
             assert_eq!(e.ssl, 0x5555_1234_5678);
         }
         let mut h = header(DIRECTION_INGRESS, process, connection);
+        h.family = FAMILY_TLS_SESSION;
+        assert_eq!(tls_endpoints(&h).map(|e| e.pid), Some(4321), "a session record");
         h.family = palisade_common::FAMILY_IPV4;
         assert!(tls_endpoints(&h).is_none());
     }
