@@ -123,9 +123,22 @@ pub(crate) fn known_random_offsets() -> Vec<usize> {
     offsets
 }
 
-fn remember(layout: SessionLayout) {
+/// The secret of `role` (0 client, 1 server) decrypted at `at` with the client random at
+/// `random_at`: remembered first, beside the latest secret offset known for the other role.
+fn remember(random_at: usize, role: usize, at: usize) {
     let mut layouts = LAYOUTS.lock().unwrap_or_else(|e| e.into_inner());
-    layouts.retain(|l| l.client_random != layout.client_random || l.secrets != layout.secrets);
+    let latest = |role: usize| {
+        layouts
+            .iter()
+            .filter(|l| l.client_random == random_at)
+            .find_map(|l| l.secrets[role])
+    };
+    let mut layout = SessionLayout {
+        client_random: random_at,
+        secrets: [latest(0), latest(1)],
+    };
+    layout.secrets[role] = Some(at);
+    layouts.retain(|l| *l != layout);
     layouts.insert(0, layout);
     layouts.truncate(MAX_LAYOUTS);
 }
@@ -592,12 +605,7 @@ impl TlsSession {
                 side.skipped += index;
                 side.held.drain(..index);
                 side.key = Some(key);
-                let mut layout = SessionLayout {
-                    client_random: self.random_at,
-                    secrets: known_secret_pair(self.random_at),
-                };
-                layout.secrets[role] = Some(at);
-                remember(layout);
+                remember(self.random_at, role, at);
                 if self.sides.iter().all(|s| s.key.is_some()) {
                     self.window = None;
                 }
@@ -659,14 +667,6 @@ impl TlsSession {
             }
         }
     }
-}
-
-/// The secret offsets a layout with this random offset had last.
-fn known_secret_pair(random_at: usize) -> [Option<usize>; 2] {
-    [
-        known_secret_offsets(random_at, 0).first().copied(),
-        known_secret_offsets(random_at, 1).first().copied(),
-    ]
 }
 
 /// The first of `held[from..]` that decrypts as sequence number 0 under the secret at `at`:
