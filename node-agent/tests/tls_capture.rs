@@ -49,6 +49,11 @@ use palisade_node_agent::{
 };
 
 const PROBE_PATH: &str = "/tls-probe-path";
+
+/// Held around `TlsProbes::load_sharing` (its maps are pinned in bpffs for the moment of the
+/// load, under this process's pid), so that the per-process test's check for pins left behind
+/// does not see another test's load in progress.
+static SHARING_LOADS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 const BIG_BODY_BYTES: usize = 80_000;
 
 const SERVER_PY: &str = r#"
@@ -397,7 +402,9 @@ fn tls_capture_per_process() {
     };
     let (cert, key) = make_cert(&dir);
 
-    // Load the cgroup capture (its ring) and the TLS programs writing into that same ring.
+    // Load the cgroup capture (its ring) and the TLS programs writing into that same ring. The
+    // other tests' loads pin for a moment too: none runs while this one checks for leftovers.
+    let sharing = SHARING_LOADS.lock().unwrap_or_else(|e| e.into_inner());
     let t0 = Instant::now();
     let mut probes = CaptureProbes::load().unwrap_or_else(|e| panic!("capture load failed: {e}"));
     let mut ring = probes.take_ring().unwrap();
@@ -423,6 +430,7 @@ fn tls_capture_per_process() {
         leftover_pins.is_empty(),
         "ring pin left in bpffs: {leftover_pins:?}"
     );
+    drop(sharing);
 
     // The attached server, and a control server nobody attaches to.
     let (server, port) = start_python_server(&dir, &cert, &key);
@@ -858,7 +866,7 @@ fn tls_capture_session_keys() {
         "no plaintext record from a uprobe"
     );
     for r in recs.iter().filter(|r| r.header.family == FAMILY_TLS_SESSION) {
-        assert_eq!(tls_endpoints_of_session(&r.header), server_pid);
+        assert_eq!(tls_endpoints(&r.header).unwrap().pid, server_pid);
     }
 
     let limits = CaptureLimits {
@@ -868,16 +876,7 @@ fn tls_capture_session_keys() {
     };
     let mut tracker = HttpTracker::new();
     let mut events = Vec::new();
-    let feed = |tracker: &mut HttpTracker, recs: &[Rec], events: &mut Vec<HttpEvent>| {
-        for r in recs {
-            if r.header.family == FAMILY_TLS_SESSION {
-                tracker.tls_session(&r.data, tls_endpoints_of_session(&r.header), &limits, events);
-            } else {
-                tracker.feed(&r.header, &r.data, &limits, events);
-            }
-        }
-    };
-    feed(&mut tracker, &recs, &mut events);
+    feed_tracker(&mut tracker, &recs, &limits, &mut events);
     let exchanges: Vec<_> = events
         .iter()
         .filter_map(|e| match e {
@@ -946,21 +945,18 @@ fn tls_capture_session_keys() {
             >= 4
     });
     events.clear();
-    feed(&mut tracker, &recs, &mut events);
-    let by_calls: Vec<(&str, bool)> = events
-        .iter()
-        .filter_map(|e| match e {
-            HttpEvent::Exchange(x) => Some((x.request.target.as_str(), x.request.tls)),
-            HttpEvent::Request(_) => None,
-        })
-        .collect();
+    feed_tracker(&mut tracker, &recs, &limits, &mut events);
+    let by_calls = exchanged(&events);
     println!(
         "[{name}] after the fall back: {by_calls:?}; drops {:?}",
         tracker.drops
     );
     assert_eq!(
         by_calls,
-        vec![("/old-tls-again", true), ("/new-tls-by-calls", true)],
+        vec![
+            ("/old-tls-again".to_string(), true),
+            ("/new-tls-by-calls".to_string(), true)
+        ],
         "both versions captured once, from the probed reads and writes"
     );
     assert_eq!(
@@ -972,14 +968,6 @@ fn tls_capture_session_keys() {
         "the second TLS 1.2 connection was captured by the probes, not given up"
     );
     tls.detach_tls(server_pid).unwrap();
-}
-
-/// The process of a session record (its tgid, in the destination address like an INGRESS
-/// plaintext record).
-fn tls_endpoints_of_session(h: &CaptureHeader) -> u32 {
-    let mut pid = [0u8; 4];
-    pid.copy_from_slice(&h.dest_addr[..4]);
-    u32::from_le_bytes(pid)
 }
 
 /// A python HTTPS server in a cgroup of its own, the `cgroup_skb` capture on that cgroup and
@@ -1028,8 +1016,10 @@ impl KeysSetup {
         let mut probes = CaptureProbes::load().unwrap_or_else(|e| panic!("capture load failed: {e}"));
         let cgroup_id = probes.attach_cgroup(&cgroup).unwrap();
         let ring = probes.take_ring().unwrap();
+        let sharing = SHARING_LOADS.lock().unwrap_or_else(|e| e.into_inner());
         let mut tls = TlsProbes::load_sharing(&ring, Path::new("/sys/fs/bpf"))
             .unwrap_or_else(|e| panic!("TLS programs refused: {e}"));
+        drop(sharing);
         tls.set_placement(ProbePlacement::SessionKeys);
         let (server, port) = start_python_server_in(&dir, &cert, &key, Some(&cgroup), lazy);
         let server_pid = server.id();
@@ -1063,7 +1053,7 @@ fn feed_tracker(
 ) {
     for r in recs {
         if r.header.family == FAMILY_TLS_SESSION {
-            tracker.tls_session(&r.data, tls_endpoints_of_session(&r.header), limits, events);
+            tracker.tls_session(&r.data, tls_endpoints(&r.header).unwrap().pid, limits, events);
         } else {
             tracker.feed(&r.header, &r.data, limits, events);
         }
