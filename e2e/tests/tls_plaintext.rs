@@ -130,18 +130,7 @@ async fn https_scenario(keys: bool) -> Result<()> {
     )?;
     assert_eq!(statuses, vec![200, 200, 404]);
 
-    let users = wait_for_object(
-        cp,
-        "TLS endpoints",
-        ("apimonitor", "demo", "secure-api"),
-        WAIT,
-        |m| {
-            let items = m.pointer("/status/endpoints/items")?.as_array()?;
-            let users = items.iter().find(|e| e["path"] == "/users/{id}")?;
-            (users["requests"].as_u64()? >= 2).then(|| users.clone())
-        },
-    )
-    .await?;
+    let users = wait_users(&stack, "TLS endpoints", 2).await?;
     assert_eq!(users["requests"], 2, "{users}");
     let finding = wait_for_object(
         cp,
@@ -178,42 +167,20 @@ async fn https_scenario(keys: bool) -> Result<()> {
             https_requests_with(&ip, &[("/users/3", &bearer)], tls12)?,
             vec![200]
         );
-        // The drop counters reach the metrics with the agent's next report.
-        let not_decrypted = "palisade_agent_messages_dropped_total{reason=\"tls_not_decrypted\"} ";
-        let deadline = std::time::Instant::now() + WAIT;
-        loop {
-            let text = http_get_body(stack.agent_metrics, "/metrics")?;
-            let fallbacks = metric(&text, "palisade_agent_tls_fallbacks_total ");
-            // The first TLS 1.2 connection: not decrypted, and its server falls back.
-            if fallbacks == Some(1) && metric(&text, not_decrypted) == Some(1) {
-                break;
-            }
-            ensure!(
-                std::time::Instant::now() < deadline,
-                "the agent did not fall back to probing reads and writes: {}",
-                text.lines()
-                    .filter(|l| l.contains("tls"))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        // The first TLS 1.2 connection: not decrypted, and its server falls back. (The drop
+        // counters reach the metrics with the agent's next report.)
+        wait_metric(&stack, "palisade_agent_tls_fallbacks_total ", 1).await?;
+        wait_metric(
+            &stack,
+            "palisade_agent_messages_dropped_total{reason=\"tls_not_decrypted\"} ",
+            1,
+        )
+        .await?;
         assert_eq!(
             https_requests_with(&ip, &[("/users/4", &bearer), ("/users/5", &bearer)], tls12)?,
             vec![200, 200]
         );
-        let users = wait_for_object(
-            cp,
-            "TLS 1.2 requests through the probed reads and writes",
-            ("apimonitor", "demo", "secure-api"),
-            WAIT,
-            |m| {
-                let items = m.pointer("/status/endpoints/items")?.as_array()?;
-                let users = items.iter().find(|e| e["path"] == "/users/{id}")?;
-                (users["requests"].as_u64()? >= 4).then(|| users.clone())
-            },
-        )
-        .await?;
+        let users = wait_users(&stack, "TLS 1.2 requests through the probed reads and writes", 4).await?;
         assert_eq!(
             users["requests"], 4,
             "2 decrypted + 2 through the probes, none twice: {users}"
@@ -312,6 +279,16 @@ async fn secure_pod(
     Ok((pod, detail.to_string()))
 }
 
+/// The `/users/{id}` endpoint of the monitor's inventory, once it counted at least `requests`.
+async fn wait_users(stack: &Stack, what: &str, requests: u64) -> Result<serde_json::Value> {
+    wait_for_object(&stack.cp, what, ("apimonitor", "demo", "secure-api"), WAIT, |m| {
+        let items = m.pointer("/status/endpoints/items")?.as_array()?;
+        let users = items.iter().find(|e| e["path"] == "/users/{id}")?;
+        (users["requests"].as_u64()? >= requests).then(|| users.clone())
+    })
+    .await
+}
+
 /// Waits until the agent's metric `name` (with its labels, then a space) reaches `want`.
 async fn wait_metric(stack: &Stack, name: &str, want: u64) -> Result<()> {
     let deadline = std::time::Instant::now() + WAIT;
@@ -358,18 +335,7 @@ async fn https_without_ssl_do_handshake_falls_back_for_the_pod() -> Result<()> {
         https_requests(&ip, &[("/users/2", &bearer), ("/users/3", &bearer)])?,
         vec![200, 200]
     );
-    let users = wait_for_object(
-        &stack.cp,
-        "requests through the probed reads and writes",
-        ("apimonitor", "demo", "secure-api"),
-        WAIT,
-        |m| {
-            let items = m.pointer("/status/endpoints/items")?.as_array()?;
-            let users = items.iter().find(|e| e["path"] == "/users/{id}")?;
-            (users["requests"].as_u64()? >= 2).then(|| users.clone())
-        },
-    )
-    .await?;
+    let users = wait_users(&stack, "requests through the probed reads and writes", 2).await?;
     assert_eq!(
         users["requests"], 2,
         "the first connection lost and counted, the next two captured: {users}"
