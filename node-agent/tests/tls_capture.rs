@@ -689,19 +689,29 @@ fn tls_capture_per_process() {
     assert!(tls.detach_tls(server_pid).unwrap());
     assert!(!tls.detach_tls(server_pid).unwrap());
     assert!(tls.attached_pids().is_empty());
-    let before = tls.counters().unwrap();
-    let (_, codes) = curl(port, &[PROBE_PATH, PROBE_PATH]);
-    assert_eq!(codes, vec!["200", "200"]);
-    let silent = drain_until(&mut ring, Duration::from_millis(500), |_| false);
-    let now = tls.counters().unwrap();
-    println!(
-        "[{name}] after detach: {} records, uprobe hits {} -> {}",
-        silent.len(),
-        tls_hits(&before),
-        tls_hits(&now)
-    );
-    assert!(silent.is_empty());
-    assert_eq!(tls_hits(&before), tls_hits(&now));
+    // Once in about twenty CI runs, with other tests attaching and detaching the same libssl
+    // functions at the same time, the programs still ran for requests sent right after detach
+    // returned. The kernel's teardown of a uprobe may finish after the link's close; what
+    // matters is that it stops: two requests at a time, until a pair goes unseen (at most 5 s).
+    let mut quiet = false;
+    for attempt in 1..=10 {
+        let before = tls.counters().unwrap();
+        let (_, codes) = curl(port, &[PROBE_PATH, PROBE_PATH]);
+        assert_eq!(codes, vec!["200", "200"]);
+        let silent = drain_until(&mut ring, Duration::from_millis(500), |_| false);
+        let now = tls.counters().unwrap();
+        println!(
+            "[{name}] after detach (attempt {attempt}): {} records, uprobe hits {} -> {}",
+            silent.len(),
+            tls_hits(&before),
+            tls_hits(&now)
+        );
+        if silent.is_empty() && tls_hits(&before) == tls_hits(&now) {
+            quiet = true;
+            break;
+        }
+    }
+    assert!(quiet, "the TLS programs still ran 5 s after detach");
 
     // Re-attach works.
     tls.attach_tls(server_pid, &lib).unwrap();
