@@ -3,8 +3,9 @@
 //! Twice: with `--tls-probes calls` (every read and write probed; the finding's source is
 //! unknown), and with the default, `auto`: only `SSL_do_handshake` is probed and the agent
 //! decrypts the captured TLS 1.3 records, so the finding names the client's real address; then a
-//! TLS 1.2 connection, which cannot be decrypted, makes the agent probe the server's reads and
-//! writes, and later TLS 1.2 requests are counted from there.
+//! TLS 1.2 connection with an AES-CBC suite, which the agent does not decrypt, makes it probe the
+//! server's reads and writes, and later such requests are counted from there. (TLS 1.2 with an
+//! AEAD suite is decrypted: `tls_capture_session_keys` in node-agent/tests shows it.)
 
 use anyhow::{ensure, Context, Result};
 use palisade_e2e::palisade::{
@@ -112,7 +113,7 @@ async fn https_scenario(keys: bool) -> Result<()> {
     let certs = tempfile::tempdir()?;
     let (pod, detail) = secure_pod(&stack, certs.path(), false).await?;
     let how = if keys {
-        ": TLS 1.3 decrypted with the session keys"
+        ": TLS 1.3 and 1.2 decrypted with the session keys"
     } else {
         ": reads and writes probed"
     };
@@ -160,14 +161,15 @@ async fn https_scenario(keys: bool) -> Result<()> {
         );
         assert!(!text.contains(CANARY), "a secret canary leaked into the metrics");
 
-        // TLS 1.2: the first connection is not decrypted, and the server's reads and writes are
-        // probed from then on; the next ones are counted through those probes.
-        let tls12 = "ctx.maximum_version = ssl.TLSVersion.TLSv1_2";
+        // TLS 1.2 with AES-CBC: the first connection is not decrypted, and the server's reads
+        // and writes are probed from then on; the next ones are counted through those probes.
+        let tls12 = "ctx.maximum_version = ssl.TLSVersion.TLSv1_2\n\
+                     ctx.set_ciphers('ECDHE-ECDSA-AES128-SHA256:ECDHE-RSA-AES128-SHA256')";
         assert_eq!(
             https_requests_with(&ip, &[("/users/3", &bearer)], tls12)?,
             vec![200]
         );
-        // The first TLS 1.2 connection: not decrypted, and its server falls back. (The drop
+        // The first TLS 1.2 CBC connection: not decrypted, and its server falls back. (The drop
         // counters reach the metrics with the agent's next report.)
         wait_metric(&stack, "palisade_agent_tls_fallbacks_total ", 1).await?;
         wait_metric(

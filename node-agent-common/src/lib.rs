@@ -153,16 +153,25 @@ pub const FAMILY_TLS: u8 = 0x80;
 //
 // The record is a [`TlsSessionRecord`] in the capture rings with `family ==
 // FAMILY_TLS_SESSION`, `cgroup_id`, `source_addr`/`dest_addr` as in a TLS plaintext record of
-// direction INGRESS (source = the `SSL *`, dest = the tgid), `captured_len` = bytes of the window
-// that could be read, every other field 0. The window never leaves the node's agent.
+// direction INGRESS (source = the `SSL *`, dest = the tgid), `payload_len` = bytes of the window
+// that could be read. TLS 1.2 keeps its master secret in the `SSL_SESSION` the object points to:
+// once the agent has found where that pointer is for a process ([`MAP_TLS_SESSION_POINTERS`]),
+// the record also carries the session's first [`TLS_SESSION_STRUCT_BYTES`] right after the
+// window, `captured_len` = window + those bytes, `chunk_offset` = the pointer's offset in the
+// `SSL` object. Every other field is 0. Neither leaves the node's agent.
 
 /// `CaptureHeader::family` of a record carrying the start of an `SSL` object (see above).
 pub const FAMILY_TLS_SESSION: u8 = 0x81;
 /// Bytes of the `SSL` object copied per handshake (OpenSSL 3.0: the traffic secrets end at
 /// about 2 KiB). When the object's memory ends sooner, half of it is tried.
 pub const TLS_SESSION_WINDOW_BYTES: usize = 4096;
+/// Bytes of the `SSL_SESSION` copied after the window (OpenSSL 3.0: the master secret is at 80).
+pub const TLS_SESSION_STRUCT_BYTES: usize = 256;
 /// A [`FAMILY_TLS_SESSION`] record.
-pub type TlsSessionRecord = CaptureRecordOf<TLS_SESSION_WINDOW_BYTES>;
+pub type TlsSessionRecord = CaptureRecordOf<{ TLS_SESSION_WINDOW_BYTES + TLS_SESSION_STRUCT_BYTES }>;
+/// Where each process's `SSL` objects keep their `SSL_SESSION` pointer (key: tgid, 0 for every
+/// process without an entry of its own; value: byte offset, below [`TLS_SESSION_WINDOW_BYTES`]).
+pub const MAP_TLS_SESSION_POINTERS: &str = "TLS_SESSION_POINTERS";
 /// uprobe on `SSL_do_handshake` entry: remembers the `SSL *` for the calling thread.
 pub const PROG_TLS_HANDSHAKE_ENTER: &str = "palisade_tls_handshake_enter";
 /// uretprobe on `SSL_do_handshake`: on success (1), emits the [`TlsSessionRecord`].

@@ -39,7 +39,8 @@ use palisade_common::{
     ENFORCE_BLOCKS, ENFORCE_ISOLATION, ENFORCE_MAX_CGROUP_LEVEL, FAMILY_IPV4, FAMILY_IPV6, FAMILY_TLS,
     FAMILY_TLS_SESSION, ISOLATED_WORKLOADS_MAX_ENTRIES, ISOLATION_ALLOW_CGROUP_BITS,
     ISOLATION_ALLOW_MAX_ENTRIES, ISOLATION_DENY_EGRESS, MAX_CHUNKS_PER_SKB, MEDIUM_CHUNK_BYTES,
-    SMALL_CHUNK_BYTES, TCP_FIN, TCP_RST, TINY_CHUNK_BYTES, TLS_SESSION_WINDOW_BYTES,
+    SMALL_CHUNK_BYTES, TCP_FIN, TCP_RST, TINY_CHUNK_BYTES, TLS_SESSION_STRUCT_BYTES,
+    TLS_SESSION_WINDOW_BYTES,
 };
 
 /// Records of a CPU without a ring in [`CAPTURE_RINGS`] (every CPU, if the agent could not make
@@ -100,6 +101,11 @@ static TLS_WRITE_ARGS: LruHashMap<u64, TlsCallArgs> = LruHashMap::with_max_entri
 /// The `SSL *` of the SSL_do_handshake call each thread is in (key: pid_tgid).
 #[map]
 static TLS_HANDSHAKE_ARGS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(1, 0);
+
+/// Offset of the `SSL_SESSION` pointer in the `SSL` objects of a process (key: tgid; 0: the
+/// default), written by the agent once it found it (TLS 1.2 master secrets live there).
+#[map]
+static TLS_SESSION_POINTERS: HashMap<u32, u32> = HashMap::with_max_entries(1, 0);
 
 /// Next byte offset of each (SSL*, tgid, direction) plaintext stream.
 #[map]
@@ -771,10 +777,46 @@ pub fn palisade_tls_handshake_exit(ctx: RetProbeContext) -> u32 {
         entry.discard(0);
         return 0;
     }
-    let mut hdr = tls_header(ssl, (pid_tgid >> 32) as u32, DIRECTION_INGRESS, 0);
+    let tgid = (pid_tgid >> 32) as u32;
+    let mut hdr = tls_header(ssl, tgid, DIRECTION_INGRESS, 0);
     hdr.family = FAMILY_TLS_SESSION;
     hdr.captured_len = n;
     hdr.payload_len = n;
+    // TLS 1.2: the start of the SSL_SESSION, right after the window, when the agent has said
+    // where its pointer is.
+    // SAFETY: plain lookups; the value is a u32 copied out at once.
+    let pointer_at = unsafe {
+        TLS_SESSION_POINTERS
+            .get(&tgid)
+            .or_else(|| TLS_SESSION_POINTERS.get(&0))
+    }
+    .copied();
+    if let Some(at) = pointer_at {
+        let at = u64::from(at) & (TLS_SESSION_WINDOW_BYTES as u64 - 8);
+        let mut session: u64 = 0;
+        // SAFETY: reads 8 bytes of user memory into a local; the helper fails rather than faults.
+        let ok = unsafe {
+            bpf_probe_read_user_raw(
+                addr_of_mut!(session) as *mut c_void,
+                8,
+                (ssl + at) as *const c_void,
+            )
+        } == 0;
+        if ok && session != 0 {
+            // `n` is the window size or half of it: the destination ends inside the record.
+            // SAFETY: the record's data array has TLS_SESSION_WINDOW_BYTES +
+            // TLS_SESSION_STRUCT_BYTES bytes and `n <= TLS_SESSION_WINDOW_BYTES`.
+            let dst = unsafe { (window as *mut u8).add(n as usize) } as *mut c_void;
+            // SAFETY: see above; the source is user memory.
+            let copied = unsafe {
+                bpf_probe_read_user_raw(dst, TLS_SESSION_STRUCT_BYTES as u32, session as *const c_void)
+            };
+            if copied == 0 {
+                hdr.captured_len = n + TLS_SESSION_STRUCT_BYTES as u32;
+                hdr.chunk_offset = at as u32;
+            }
+        }
+    }
     // SAFETY: `rec` points to a live reservation of size_of::<TlsSessionRecord>() bytes.
     unsafe { addr_of_mut!((*rec).header).write(hdr) };
     entry.submit(ADAPTIVE_WAKEUP);

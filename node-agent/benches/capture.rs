@@ -30,6 +30,7 @@ use palisade_api::agent::{
 };
 use palisade_common::{
     CaptureCounters, CaptureHeader, CHUNK_BYTES, DIRECTION_EGRESS, DIRECTION_INGRESS, FAMILY_IPV4,
+    FAMILY_TLS_SESSION,
 };
 use palisade_node_agent::http::{CaptureLimits, HttpEvent, HttpTracker};
 use palisade_node_agent::redact::Redactor;
@@ -360,7 +361,15 @@ fn bench_parse_tls(c: &mut Criterion) {
     {
         tracker.feed(&h, &d, &limits, &mut out);
     }
-    tracker.tls_session(&window, 1, &limits, &mut out);
+    let session = CaptureHeader {
+        family: FAMILY_TLS_SESSION,
+        dest_addr: [1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], // the process (pid 1)
+        source_addr: [0; 16],
+        payload_len: window.len() as u32,
+        captured_len: window.len() as u32,
+        ..connection.up.header(0, 0, 0, 1)
+    };
+    tracker.tls_session(&session, &window, &limits, &mut out);
     let mut exchanges = 0u64;
     group.bench_function("hello GET over TLS 1.3, decrypted, headers only", |b| {
         b.iter_custom(|iters| {

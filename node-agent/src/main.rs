@@ -85,8 +85,8 @@ struct Args {
     log_json: bool,
     /// How TLS plaintext is captured in the processes of pods whose monitor enables TLS:
     /// `keys`: a uprobe on `SSL_do_handshake` only, once per connection; the agent decrypts the
-    /// captured TLS 1.3 records with the session's secrets (no trap per request; TLS 1.2
-    /// connections are counted as not decrypted). `calls`: every read and write is probed, in
+    /// captured TLS 1.3 and 1.2 records with the session's secrets (no trap per request; what
+    /// it cannot decrypt is counted as not decrypted). `calls`: every read and write is probed, in
     /// OpenSSL's internal read and write functions when they are found in the library's code
     /// (fewer, cheaper traps), else in the exported ones. `auto`: `keys`, and `calls` too for a
     /// process with a connection the agent could not decrypt. `exported`: always `SSL_read`,
@@ -195,6 +195,13 @@ impl CaptureBackend for KernelCapture {
     }
     fn tls_decrypts(&self) -> bool {
         self.tls_placement.decrypts()
+    }
+    fn tls_session_pointer(&mut self, pid: u32, offset: usize) -> Result<(), String> {
+        let offset = u32::try_from(offset).map_err(|e| e.to_string())?;
+        match &mut self.tls {
+            Some(Ok(tls)) => tls.set_session_pointer(pid, offset).map_err(|e| e.to_string()),
+            _ => self.tls_ready(),
+        }
     }
     fn tls_fall_back(&mut self, pid: u32) -> Result<bool, String> {
         if self.tls_placement != ProbePlacement::Auto {

@@ -49,6 +49,11 @@ pub trait CaptureBackend {
     fn tls_fall_back(&mut self, _pid: u32) -> Result<bool, String> {
         Ok(false)
     }
+    /// TLS 1.2: tells the kernel where `pid`'s `SSL` objects point to their `SSL_SESSION`, so
+    /// that its session records carry the master secret.
+    fn tls_session_pointer(&mut self, _pid: u32, _offset: usize) -> Result<(), String> {
+        Ok(())
+    }
     /// Attaches (or adopts, after a restart) the enforcement programs on a protected pod's
     /// cgroup: ingress always, egress exactly when `egress`; `Ok(true)` when adopted.
     fn enforce_pod(&mut self, _pod_uid: &str, _cgroup_dir: &Path, _egress: bool) -> Result<bool, String> {
@@ -480,9 +485,9 @@ impl<B: CaptureBackend> Runtime<B> {
                         .filter(|pid| self.tracker.tls_probes_calls_of(**pid))
                         .count();
                     if calls == 0 {
-                        "TLS 1.3 decrypted with the session keys".to_string()
+                        "TLS 1.3 and 1.2 decrypted with the session keys".to_string()
                     } else {
-                        format!("TLS 1.3 decrypted with the session keys, reads and writes probed in {calls}")
+                        format!("TLS 1.3 and 1.2 decrypted with the session keys, reads and writes probed in {calls}")
                     }
                 } else {
                     "reads and writes probed".to_string()
@@ -1162,12 +1167,8 @@ impl<B: CaptureBackend> Runtime<B> {
             return; // a pod detached a moment ago
         }
         let mut events = std::mem::take(&mut self.events);
-        if let Some(session) = (header.family == FAMILY_TLS_SESSION)
-            .then(|| crate::capture::tls::tls_endpoints(header))
-            .flatten()
-        {
-            self.tracker
-                .tls_session(data, session.pid, &self.limits, &mut events);
+        if header.family == FAMILY_TLS_SESSION {
+            self.tracker.tls_session(header, data, &self.limits, &mut events);
         } else {
             self.tracker.feed(header, data, &self.limits, &mut events);
         }
@@ -1181,6 +1182,20 @@ impl<B: CaptureBackend> Runtime<B> {
     /// Probes every read and write of the processes whose connections could not be decrypted
     /// (TLS 1.2, say), where the placement falls back (`--tls-probes auto`).
     fn tls_fall_back(&mut self) {
+        for (pid, offset) in self.tracker.take_tls_session_pointers() {
+            if let Some(backend) = self.backend.as_mut() {
+                match backend.tls_session_pointer(pid, offset) {
+                    Ok(()) => tracing::info!(
+                        pid,
+                        offset,
+                        "TLS 1.2: the kernel copies this process's SSL_SESSION from now on"
+                    ),
+                    Err(reason) => {
+                        tracing::warn!(pid, %reason, "telling the kernel where a process's SSL_SESSION is")
+                    }
+                }
+            }
+        }
         for (pid, why) in self.tracker.take_tls_fallbacks() {
             if self.tls_fall_back_pid(pid) {
                 tracing::info!(pid, reason = ?why, "a TLS connection could not be decrypted: this process's reads and writes are probed from now on");

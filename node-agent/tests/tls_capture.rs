@@ -17,10 +17,12 @@
 //! with the `cgroup_skb` capture attached, and only `SSL_do_handshake` is probed. The agent's
 //! tracker decrypts the captured TLS 1.3 records with the secrets of the session record: the
 //! requests and responses (an 80 KB body included) come out with the connection's real
-//! addresses, no read or write was probed, and a TLS 1.2 connection is counted as not decrypted.
-//! That connection names the process to fall back to probing reads and writes (what the agent
-//! does with `auto`): after `add_call_probes`, TLS 1.2 and 1.3 requests are captured once each,
-//! from the probes, and not decrypted.
+//! addresses, and no read or write was probed. A TLS 1.2 connection held open is decrypted with
+//! the master secret of its `SSL_SESSION`, found in the server's memory; once the kernel is told
+//! where that session's pointer is, the session records carry it, and a short TLS 1.2 connection
+//! decrypts without reading the process. A TLS 1.2 connection with an AES-CBC suite is counted as
+//! not decrypted and names the process to fall back to probing reads and writes (what the agent
+//! does with `auto`): after `add_call_probes`, requests are captured once each, from the probes.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::{
@@ -37,7 +39,7 @@ use std::{
 
 use palisade_common::{
     CaptureCounters, CaptureHeader, CHUNK_BYTES, DIRECTION_EGRESS, DIRECTION_INGRESS, FAMILY_TLS,
-    FAMILY_TLS_SESSION, MAX_CHUNKS_PER_SKB, TCP_FIN,
+    FAMILY_TLS_SESSION, MAX_CHUNKS_PER_SKB, TCP_FIN, TLS_SESSION_STRUCT_BYTES,
 };
 use palisade_node_agent::{
     capture::{
@@ -45,7 +47,7 @@ use palisade_node_agent::{
         CaptureProbes, CaptureRing,
     },
     features::cgroup2_root_from_mountinfo,
-    http::{CaptureLimits, HttpEvent, HttpTracker},
+    http::{tls_decrypt::GiveUp, CaptureLimits, HttpEvent, HttpTracker},
 };
 
 const PROBE_PATH: &str = "/tls-probe-path";
@@ -845,19 +847,22 @@ fn tls_capture_session_keys() {
     let ring = &mut setup.ring;
     let tls = &mut setup.tls;
 
-    // One TLS 1.3 connection with three requests, then one TLS 1.2 connection.
+    // One TLS 1.3 connection with three requests, then one TLS 1.2 connection held open while
+    // the tracker decrypts it (its SSL_SESSION, where TLS 1.2 keeps the master secret, is read
+    // from the server's memory; OpenSSL wipes it when the connection ends).
     let paths = [PROBE_PATH, "/big", "/second?q=1"];
     let (_, codes) = curl(port, &paths);
     assert_eq!(codes, vec!["200"; 3]);
-    let (_, codes) = curl_with(port, &["/old-tls"], &["--tls-max", "1.2"]);
-    assert_eq!(codes, vec!["200"]);
+    let mut held_open = HeldTls12::open(port, "/old-tls");
+    // The rings are merged up to 2 ms before each drain: let the response's records age past it.
+    thread::sleep(Duration::from_millis(50));
 
     let recs = drain_until(ring, Duration::from_secs(5), |recs| {
         recs.iter()
             .filter(|r| r.header.family == FAMILY_TLS_SESSION)
             .count()
             >= 2
-            && recs.iter().filter(|r| r.header.tcp_flags & TCP_FIN != 0).count() >= 4
+            && recs.iter().filter(|r| r.header.tcp_flags & TCP_FIN != 0).count() >= 2
     });
     let c = tls.counters().unwrap();
     println!("[{name}] {} records; TLS counters {c:?}", recs.len());
@@ -877,6 +882,10 @@ fn tls_capture_session_keys() {
     );
     for r in recs.iter().filter(|r| r.header.family == FAMILY_TLS_SESSION) {
         assert_eq!(tls_endpoints(&r.header).unwrap().pid, server_pid);
+        assert_eq!(
+            r.header.captured_len, r.header.payload_len,
+            "no SSL_SESSION copied before the agent said where its pointer is"
+        );
     }
 
     let limits = CaptureLimits {
@@ -899,7 +908,11 @@ fn tls_capture_session_keys() {
         "[{name}] decrypted exchanges: {targets:?}; drops {:?}",
         tracker.drops
     );
-    assert_eq!(targets, paths, "the TLS 1.3 connection's requests, in order");
+    assert_eq!(
+        targets,
+        [&paths[..], &["/old-tls"]].concat(),
+        "the TLS 1.3 connection's requests in order, then the TLS 1.2 one's"
+    );
     for x in &exchanges {
         assert_eq!(x.status, 200);
         assert!(!x.request.tls, "a real connection, not a (process, SSL*) pair");
@@ -908,11 +921,11 @@ fn tls_capture_session_keys() {
             x.request.remote.0,
             "127.0.0.1".parse::<std::net::IpAddr>().unwrap()
         );
-        assert_eq!(
-            x.request.headers.get("host"),
-            Some(format!("127.0.0.1:{port}").as_str())
-        );
     }
+    assert_eq!(
+        exchanges[0].request.headers.get("host"),
+        Some(format!("127.0.0.1:{port}").as_str())
+    );
     assert_eq!(
         exchanges[0].response.body,
         format!("tls-probe-ok {PROBE_PATH}\n").as_bytes()
@@ -921,30 +934,88 @@ fn tls_capture_session_keys() {
     assert_eq!(exchanges[1].response.body_len, BIG_BODY_BYTES as u64);
     assert_eq!(exchanges[1].response.body, big, "the 80 KB body, decrypted whole");
     assert!(!exchanges[1].response.body_truncated);
-    assert_eq!(tracker.drops.tls_decrypted, 1);
-    assert_eq!(tracker.drops.tls_not_decrypted, 1, "the TLS 1.2 connection");
+    assert_eq!(exchanges[3].response.body, b"tls-probe-ok /old-tls\n");
+    assert_eq!(tracker.drops.tls_decrypted, 2, "TLS 1.3 and TLS 1.2");
+    assert_eq!(tracker.drops.tls_not_decrypted, 0);
     assert_eq!(tracker.drops.tls_sessions_unmatched, 0);
     assert_eq!(
         tracker.drops.non_http, 0,
         "no encrypted byte reached the HTTP parser"
     );
     assert_eq!(c.records_lost, 0);
+    assert!(
+        tracker.take_tls_fallbacks().is_empty(),
+        "nothing to fall back for"
+    );
+    drop(held_open.close());
 
-    // The TLS 1.2 connection asks for the process's reads and writes to be probed (what the
-    // agent does with `--tls-probes auto`); from then on its plaintext comes from there, and its
-    // session records no longer start a decryption.
-    let fallbacks: Vec<_> = tracker
-        .take_tls_fallbacks()
-        .into_iter()
-        .map(|(pid, _)| pid)
-        .collect();
-    assert_eq!(fallbacks, vec![server_pid]);
+    // Where the server's SSL objects point to their session: the kernel copies it from now on
+    // (what the agent does), and the tracker no longer needs the process's memory.
+    let pointers = tracker.take_tls_session_pointers();
+    println!("[{name}] SSL_SESSION pointer found in the server's memory: {pointers:?}");
+    assert_eq!(pointers.len(), 1, "{pointers:?}");
+    let (pid, offset) = pointers[0];
+    assert_eq!(pid, server_pid);
+    tls.set_session_pointer(server_pid, u32::try_from(offset).unwrap())
+        .unwrap();
+    assert_eq!(tls.session_pointer(server_pid).unwrap(), Some(offset as u32));
+    tracker.set_session_reader(|_, _, _| false);
+    let (_, codes) = curl_with(port, &["/old-tls-again"], &["--tls-max", "1.2"]);
+    assert_eq!(codes, vec!["200"]);
+    let recs = drain_until(ring, Duration::from_secs(5), |recs| {
+        recs.iter().any(|r| r.header.family == FAMILY_TLS_SESSION)
+            && recs.iter().filter(|r| r.header.tcp_flags & TCP_FIN != 0).count() >= 2
+    });
+    let session = recs
+        .iter()
+        .find(|r| r.header.family == FAMILY_TLS_SESSION)
+        .expect("a session record");
+    assert_eq!(
+        session.header.captured_len,
+        session.header.payload_len + TLS_SESSION_STRUCT_BYTES as u32,
+        "the start of the SSL_SESSION follows the SSL object"
+    );
+    assert_eq!(session.header.chunk_offset as usize, offset);
+    events.clear();
+    feed_tracker(&mut tracker, &recs, &limits, &mut events);
+    println!(
+        "[{name}] a short TLS 1.2 connection: {:?}; drops {:?}",
+        exchanged(&events),
+        tracker.drops
+    );
+    assert_eq!(
+        exchanged(&events),
+        vec![("/old-tls-again".to_string(), false)],
+        "decrypted with the session the kernel copied (the connection is gone by now)"
+    );
+    assert_eq!(tracker.drops.tls_decrypted, 3);
+    assert!(tracker.take_tls_session_pointers().is_empty());
+
+    // A suite the agent does not decrypt (TLS 1.2 with AES-CBC) asks for the process's reads and
+    // writes to be probed (what the agent does with `--tls-probes auto`); from then on its
+    // plaintext comes from there, and its session records no longer start a decryption.
+    let cbc = ["--tls-max", "1.2", "--ciphers", "ECDHE-ECDSA-AES128-SHA256"];
+    let (_, codes) = curl_with(port, &["/cbc"], &cbc);
+    assert_eq!(codes, vec!["200"]);
+    let recs = drain_until(ring, Duration::from_secs(5), |recs| {
+        recs.iter().any(|r| r.header.family == FAMILY_TLS_SESSION)
+            && recs.iter().filter(|r| r.header.tcp_flags & TCP_FIN != 0).count() >= 2
+    });
+    events.clear();
+    feed_tracker(&mut tracker, &recs, &limits, &mut events);
+    assert!(
+        exchanged(&events).is_empty(),
+        "the CBC connection is not decrypted"
+    );
+    assert_eq!(tracker.drops.tls_not_decrypted, 1, "the CBC connection");
+    let fallbacks = tracker.take_tls_fallbacks();
+    assert_eq!(fallbacks, vec![(server_pid, GiveUp::Suite)]);
     let att = tls.add_call_probes(server_pid).unwrap();
     println!("[{name}] fell back: {att:?}");
     assert!(att.functions.iter().any(|f| f.contains("read")), "{att:?}");
     assert!(att.functions.contains(&"SSL_do_handshake"), "{att:?}");
     tracker.tls_captured_by_calls(server_pid, true);
-    let (_, codes) = curl_with(port, &["/old-tls-again"], &["--tls-max", "1.2"]);
+    let (_, codes) = curl_with(port, &["/cbc-again"], &cbc);
     assert_eq!(codes, vec!["200"]);
     let (_, codes) = curl(port, &["/new-tls-by-calls"]);
     assert_eq!(codes, vec!["200"]);
@@ -964,20 +1035,70 @@ fn tls_capture_session_keys() {
     assert_eq!(
         by_calls,
         vec![
-            ("/old-tls-again".to_string(), true),
+            ("/cbc-again".to_string(), true),
             ("/new-tls-by-calls".to_string(), true)
         ],
-        "both versions captured once, from the probed reads and writes"
+        "both captured once, from the probed reads and writes"
     );
-    assert_eq!(
-        tracker.drops.tls_decrypted, 1,
-        "the TLS 1.3 connection was not decrypted again"
-    );
+    assert_eq!(tracker.drops.tls_decrypted, 3, "nothing more was decrypted");
     assert_eq!(
         tracker.drops.tls_not_decrypted, 1,
-        "the second TLS 1.2 connection was captured by the probes, not given up"
+        "the second CBC connection was captured by the probes, not given up"
     );
     tls.detach_tls(server_pid).unwrap();
+    assert_eq!(
+        tls.session_pointer(server_pid).unwrap(),
+        None,
+        "detach forgets the process's pointer"
+    );
+}
+
+/// A TLS 1.2 connection (`openssl s_client`) that sent one request, got its response and stays
+/// open until closed.
+struct HeldTls12(Child);
+
+impl HeldTls12 {
+    fn open(port: u16, path: &str) -> HeldTls12 {
+        let mut child = Command::new("openssl")
+            .args(["s_client", "-quiet", "-tls1_2", "-connect"])
+            .arg(format!("127.0.0.1:{port}"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openssl s_client");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+        child
+            .stdin
+            .as_mut()
+            .unwrap()
+            .write_all(request.as_bytes())
+            .unwrap();
+        let expected = format!("tls-probe-ok {path}");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains(&expected) {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("the held-open TLS 1.2 connection got no response");
+        HeldTls12(child)
+    }
+
+    fn close(&mut self) -> std::io::Result<()> {
+        self.0.kill()?;
+        self.0.wait().map(|_| ())
+    }
+}
+
+impl Drop for HeldTls12 {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
 }
 
 /// A python HTTPS server in a cgroup of its own, the `cgroup_skb` capture on that cgroup and
@@ -1063,7 +1184,7 @@ fn feed_tracker(
 ) {
     for r in recs {
         if r.header.family == FAMILY_TLS_SESSION {
-            tracker.tls_session(&r.data, tls_endpoints(&r.header).unwrap().pid, limits, events);
+            tracker.tls_session(&r.header, &r.data, limits, events);
         } else {
             tracker.feed(&r.header, &r.data, limits, events);
         }

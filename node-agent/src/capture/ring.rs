@@ -9,7 +9,7 @@ use std::{
 };
 
 use aya::maps::{Map, MapData};
-use palisade_common::{CaptureHeader, CHUNK_BYTES};
+use palisade_common::{CaptureHeader, CHUNK_BYTES, TLS_SESSION_STRUCT_BYTES, TLS_SESSION_WINDOW_BYTES};
 
 use super::{
     merge::{merge, Merged, MERGE_SLACK_NS},
@@ -214,7 +214,14 @@ fn parse_record(bytes: &[u8]) -> Option<(CaptureHeader, &[u8])> {
     // any alignment.
     let header = unsafe { std::ptr::read_unaligned(header_bytes.as_ptr().cast::<CaptureHeader>()) };
     let captured = usize::try_from(header.captured_len).ok()?;
-    if captured > CHUNK_BYTES {
+    // The largest payload: a chunk of an skb, or a TLS session record's window and session.
+    const MAX_PAYLOAD: usize = if CHUNK_BYTES > TLS_SESSION_PAYLOAD {
+        CHUNK_BYTES
+    } else {
+        TLS_SESSION_PAYLOAD
+    };
+    const TLS_SESSION_PAYLOAD: usize = TLS_SESSION_WINDOW_BYTES + TLS_SESSION_STRUCT_BYTES;
+    if captured > MAX_PAYLOAD {
         return None;
     }
     let payload = bytes.get(header_len..header_len.checked_add(captured)?)?;

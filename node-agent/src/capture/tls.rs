@@ -28,7 +28,7 @@ use std::{
 };
 
 use aya::{
-    maps::{Map, MapData, PerCpuArray},
+    maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray},
     programs::{
         uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
         ProgramError, UProbe, UProbeError,
@@ -37,10 +37,11 @@ use aya::{
 };
 use palisade_common::{
     CaptureCounters, CaptureHeader, DIRECTION_INGRESS, FAMILY_TLS, FAMILY_TLS_SESSION, MAP_CAPTURE_COUNTERS,
-    MAP_CAPTURE_RING, MAP_CAPTURE_RINGS, MAP_TLS_HANDSHAKE_ARGS, MAP_TLS_READ_ARGS, MAP_TLS_STREAM_OFFSETS,
-    MAP_TLS_WRITE_ARGS, PROG_TLS_FREE, PROG_TLS_HANDSHAKE_ENTER, PROG_TLS_HANDSHAKE_EXIT,
-    PROG_TLS_READ_ENTER, PROG_TLS_READ_EXIT, PROG_TLS_READ_EX_ENTER, PROG_TLS_WRITE_ENTER,
-    PROG_TLS_WRITE_EXIT, PROG_TLS_WRITE_EX_ENTER, TLS_ARGS_MAX_ENTRIES, TLS_STREAM_MAX_ENTRIES,
+    MAP_CAPTURE_RING, MAP_CAPTURE_RINGS, MAP_TLS_HANDSHAKE_ARGS, MAP_TLS_READ_ARGS, MAP_TLS_SESSION_POINTERS,
+    MAP_TLS_STREAM_OFFSETS, MAP_TLS_WRITE_ARGS, PROG_TLS_FREE, PROG_TLS_HANDSHAKE_ENTER,
+    PROG_TLS_HANDSHAKE_EXIT, PROG_TLS_READ_ENTER, PROG_TLS_READ_EXIT, PROG_TLS_READ_EX_ENTER,
+    PROG_TLS_WRITE_ENTER, PROG_TLS_WRITE_EXIT, PROG_TLS_WRITE_EX_ENTER, TLS_ARGS_MAX_ENTRIES,
+    TLS_STREAM_MAX_ENTRIES,
 };
 
 use super::openssl_entry::{self, InternalEntries};
@@ -382,10 +383,10 @@ impl TlsProbes {
             let map = ebpf
                 .map(name)
                 .ok_or(TlsError::MissingInObject { kind: "map", name })?;
-            let Map::LruHashMap(data) = map else {
+            let (Map::LruHashMap(data) | Map::HashMap(data)) = map else {
                 return Err(TlsError::Map {
                     map: name,
-                    reason: "not an LRU hash map".into(),
+                    reason: "not a hash map".into(),
                 });
             };
             let got = data
@@ -524,12 +525,49 @@ impl TlsProbes {
         Ok(placed)
     }
 
+    /// TLS 1.2: `pid`'s `SSL` objects keep their `SSL_SESSION` pointer at byte `offset` (the
+    /// agent found it in the process's memory). From now on its session records carry the start
+    /// of that session, read while it certainly exists; processes without an entry of their own
+    /// try the same offset (key 0), as they likely use the same OpenSSL build.
+    pub fn set_session_pointer(&mut self, pid: u32, offset: u32) -> Result<(), TlsError> {
+        let mut pointers = self.session_pointers()?;
+        for key in [pid, 0] {
+            pointers.insert(key, offset, 0).map_err(|e| TlsError::Map {
+                map: MAP_TLS_SESSION_POINTERS,
+                reason: error_chain(&e),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The offset [`Self::set_session_pointer`] recorded for `pid` (or, with 0, the default).
+    pub fn session_pointer(&mut self, pid: u32) -> Result<Option<u32>, TlsError> {
+        Ok(self.session_pointers()?.get(&pid, 0).ok())
+    }
+
+    fn session_pointers(&mut self) -> Result<BpfHashMap<&mut MapData, u32, u32>, TlsError> {
+        let map = self
+            .ebpf
+            .map_mut(MAP_TLS_SESSION_POINTERS)
+            .ok_or(TlsError::MissingInObject {
+                kind: "map",
+                name: MAP_TLS_SESSION_POINTERS,
+            })?;
+        BpfHashMap::try_from(map).map_err(|e| TlsError::Map {
+            map: MAP_TLS_SESSION_POINTERS,
+            reason: error_chain(&e),
+        })
+    }
+
     /// Removes every probe of `pid`; returns whether it was attached. Works after the process
     /// exited.
     pub fn detach_tls(&mut self, pid: u32) -> Result<bool, TlsError> {
         let Some(att) = self.attached.remove(&pid) else {
             return Ok(false);
         };
+        if let Ok(mut pointers) = self.session_pointers() {
+            let _ = pointers.remove(&pid); // none unless it spoke TLS 1.2
+        }
         detach_links(&mut self.ebpf, pid, att.links)?;
         Ok(true)
     }
@@ -586,8 +624,9 @@ impl TlsProbes {
 }
 
 /// The real sizes of the TLS maps (the object declares 1 entry each).
-const TLS_MAP_SIZES: [(&str, u32); 4] = [
+const TLS_MAP_SIZES: [(&str, u32); 5] = [
     (MAP_TLS_HANDSHAKE_ARGS, TLS_ARGS_MAX_ENTRIES),
+    (MAP_TLS_SESSION_POINTERS, TLS_ARGS_MAX_ENTRIES),
     (MAP_TLS_READ_ARGS, TLS_ARGS_MAX_ENTRIES),
     (MAP_TLS_WRITE_ARGS, TLS_ARGS_MAX_ENTRIES),
     (MAP_TLS_STREAM_OFFSETS, TLS_STREAM_MAX_ENTRIES),

@@ -5,7 +5,7 @@ use super::head::Kind;
 use super::pairing::{ConnSink, Current, Pending, ResponseBuild};
 use super::parser::StreamParser;
 use super::reassembly::{Piece, Reassembler};
-use super::tls_decrypt::TlsSession;
+use super::tls_decrypt::{SessionSource, TlsSession};
 use super::{CaptureLimits, FlowKey, HttpEvent, ParserDrops};
 use std::collections::VecDeque;
 
@@ -118,19 +118,20 @@ impl Conn {
     }
 
     /// The session record of this TLS connection came: `window` is the start of the `SSL`
-    /// object, with the client random at `random_at`.
+    /// object, with the client random at `random_at`; `session` gives a TLS 1.2 session's.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn tls_session(
         &mut self,
         window: &[u8],
         random_at: usize,
         pid: u32,
+        session: SessionSource,
         limits: &CaptureLimits,
         drops: &mut ParserDrops,
         out: &mut Vec<HttpEvent>,
     ) {
         let Some(tls) = self.tls.as_mut() else { return };
-        tls.set_window(window, random_at, pid);
+        tls.set_window(window, random_at, pid, session);
         for dir in self.request_side_first() {
             self.run(dir, Op::ReleaseTls, limits, drops, out);
         }
@@ -143,6 +144,12 @@ impl Conn {
             tls.captured_by_calls(pid);
             self.tls_counted = true;
         }
+    }
+
+    /// TLS 1.2: where this process's `SSL` objects point to their session, once, when the agent
+    /// found it by reading the process's memory.
+    pub(crate) fn tls_take_learnt_pointer(&mut self) -> Option<(u32, usize)> {
+        self.tls.as_mut()?.take_learnt_pointer()
     }
 
     /// A TLS connection given up because of its process's OpenSSL: the process, and why (once).

@@ -84,6 +84,33 @@ pub struct HttpTracker {
     tls_call_cgroups: rustc_hash::FxHashSet<u64>,
     /// Cgroups with a connection that completed a TLS handshake without a session record.
     tls_cgroup_fallbacks: Vec<u64>,
+    /// Processes whose `SSL_SESSION` pointer offset was found in their memory (TLS 1.2): for
+    /// the runtime to tell the kernel ([`Self::take_tls_session_pointers`]).
+    tls_session_pointers: Vec<(u32, usize)>,
+    /// Reads a process's memory (pid, address, into): TLS 1.2 sessions the kernel did not copy.
+    session_reader: Box<SessionReader>,
+}
+
+/// Reads `buf.len()` bytes of a process's memory (pid, address, buf); false when it cannot.
+type SessionReader = dyn FnMut(u32, u64, &mut [u8]) -> bool + Send;
+
+/// Reads `buf.len()` bytes of process `pid`'s memory at `address` (`process_vm_readv`).
+fn read_process_memory(pid: u32, address: u64, buf: &mut [u8]) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: address as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: `local` covers `buf`, which outlives the call; the kernel checks `remote` against
+    // the other process's address space (EFAULT, never a fault here).
+    let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+    usize::try_from(n).is_ok_and(|n| n == buf.len())
 }
 
 fn addr(family: u8, raw: &[u8; 16]) -> IpAddr {
@@ -156,7 +183,14 @@ impl HttpTracker {
             tls_fallbacks: Vec::new(),
             tls_call_cgroups: rustc_hash::FxHashSet::default(),
             tls_cgroup_fallbacks: Vec::new(),
+            tls_session_pointers: Vec::new(),
+            session_reader: Box::new(read_process_memory),
         }
+    }
+
+    /// Replaces how TLS 1.2 sessions are read from a process's memory (tests).
+    pub fn set_session_reader(&mut self, reader: impl FnMut(u32, u64, &mut [u8]) -> bool + Send + 'static) {
+        self.session_reader = Box::new(reader);
     }
 
     /// Connections tracked.
@@ -246,10 +280,21 @@ impl HttpTracker {
     }
 
     /// A session record ([`palisade_common::FAMILY_TLS_SESSION`]): the start of an `SSL` object
-    /// after its handshake. The TLS connection whose client random it holds is decrypted from
-    /// now on; events that completes are appended to `out`.
-    /// `pid` is the process that completed the handshake.
-    pub fn tls_session(&mut self, window: &[u8], pid: u32, limits: &CaptureLimits, out: &mut Vec<HttpEvent>) {
+    /// after its handshake, and for TLS 1.2 perhaps the start of its `SSL_SESSION`. The TLS
+    /// connection whose client random it holds is decrypted from now on; events that completes
+    /// are appended to `out`.
+    pub fn tls_session(
+        &mut self,
+        h: &CaptureHeader,
+        data: &[u8],
+        limits: &CaptureLimits,
+        out: &mut Vec<HttpEvent>,
+    ) {
+        // Laid out as a TLS plaintext record received by the process: dest_addr is its tgid.
+        let pid = u32::from_le_bytes([h.dest_addr[0], h.dest_addr[1], h.dest_addr[2], h.dest_addr[3]]);
+        let window_len = (h.payload_len as usize).min(data.len());
+        let (window, copied) = data.split_at(window_len);
+        let copied = (!copied.is_empty()).then_some((h.chunk_offset as usize, copied));
         let waiting = &self.tls_waiting;
         let conns = &self.conns;
         // Only a connection that still waits matches (a stale entry's random is skipped).
@@ -276,9 +321,17 @@ impl HttpTracker {
         if self.tls_call_pids.contains(&pid) {
             conn.tls_captured_by_calls(pid);
         } else {
-            conn.tls_session(window, at, pid, limits, &mut self.drops, out);
+            let reader = &mut self.session_reader;
+            let session = tls_decrypt::SessionSource {
+                copied,
+                read: &mut |address, buf| reader(pid, address, buf),
+            };
+            conn.tls_session(window, at, pid, session, limits, &mut self.drops, out);
             if let Some(fallback) = conn.tls_take_fallback() {
                 self.tls_fallbacks.push(fallback);
+            }
+            if let Some(learnt) = conn.tls_take_learnt_pointer() {
+                self.tls_session_pointers.push(learnt);
             }
         }
         let (before, after) = conn.recount();
@@ -306,9 +359,18 @@ impl HttpTracker {
         std::mem::take(&mut self.tls_cgroup_fallbacks)
     }
 
-    /// Whether [`Self::take_tls_fallbacks`] or [`Self::take_tls_cgroup_fallbacks`] has something.
+    /// Processes whose TLS 1.2 `SSL_SESSION` the agent found through a pointer at this offset of
+    /// their `SSL` objects, by reading their memory: the kernel is to copy it from now on.
+    pub fn take_tls_session_pointers(&mut self) -> Vec<(u32, usize)> {
+        std::mem::take(&mut self.tls_session_pointers)
+    }
+
+    /// Whether [`Self::take_tls_fallbacks`], [`Self::take_tls_cgroup_fallbacks`] or
+    /// [`Self::take_tls_session_pointers`] has something.
     pub fn has_tls_fallbacks(&self) -> bool {
-        !self.tls_fallbacks.is_empty() || !self.tls_cgroup_fallbacks.is_empty()
+        !self.tls_fallbacks.is_empty()
+            || !self.tls_cgroup_fallbacks.is_empty()
+            || !self.tls_session_pointers.is_empty()
     }
 
     /// The TLS of `cgroup`'s sockets is captured by probes on reads and writes (`true`): its new

@@ -1,4 +1,4 @@
-//! TLS 1.3 decryption of captured connections with the session's traffic secrets.
+//! TLS 1.3 and 1.2 decryption of captured connections with the session's secrets.
 //!
 //! With `--tls-probes keys`, the only uprobes in a TLS process are on `SSL_do_handshake`: once per
 //! connection they copy the start of the `SSL` object (a [`palisade_common::FAMILY_TLS_SESSION`]
@@ -20,8 +20,15 @@
 //!    record is decrypted in order (the record sequence number is the nonce) and its plaintext
 //!    goes to the HTTP parser. KeyUpdate messages are followed.
 //!
-//! Connections that cannot be decrypted (TLS 1.2, a cipher suite without AEAD support here, no
-//! session record in time, a hole in the byte stream) are given up and counted
+//! TLS 1.2 keeps its master secret in the `SSL_SESSION` the `SSL` object points to, not in the
+//! object: the kernel copies the start of that session too once the agent has told it where the
+//! pointer is ([`SessionSource`]), and until then the agent reads it from the process's memory.
+//! The master secret is found by trial as well (the key block derived from it must decrypt the
+//! first encrypted record, a Finished); records then decrypt with an explicit (AES-GCM) or
+//! sequence-number (ChaCha20-Poly1305) nonce.
+//!
+//! Connections that cannot be decrypted (TLS 1.1 or older, a cipher suite without AEAD support
+//! here, no session record in time, a hole in the byte stream) are given up and counted
 //! ([`super::ParserDrops::tls_not_decrypted`]); nothing of them reaches the parser. Secrets and
 //! the copied object are wiped when dropped.
 
@@ -40,6 +47,14 @@ const CONTENT_APPLICATION_DATA: u8 = 23;
 const HANDSHAKE_CLIENT_HELLO: u8 = 1;
 const HANDSHAKE_SERVER_HELLO: u8 = 2;
 const HANDSHAKE_KEY_UPDATE: u8 = 24;
+const TLS12: u16 = 0x0303;
+/// Length of a TLS 1.2 master secret.
+const MASTER_SECRET: usize = 48;
+/// Length of a TLS 1.2 AES-GCM record's explicit nonce.
+const EXPLICIT_NONCE: usize = 8;
+/// Pointers of a copied `SSL` object read as a possible `SSL_SESSION` when no known layout
+/// gives its master secret (once per OpenSSL build).
+const MAX_SESSION_POINTERS: usize = 128;
 const EXTENSION_SUPPORTED_VERSIONS: u16 = 0x002b;
 const TLS13: u16 = 0x0304;
 const AEAD_TAG: usize = 16;
@@ -76,6 +91,32 @@ impl Suite {
             0x1302 => Some(Suite::Aes256GcmSha384),
             0x1303 => Some(Suite::Chacha20Poly1305Sha256),
             _ => None,
+        }
+    }
+
+    /// A TLS 1.2 AEAD suite (ECDHE, DHE or RSA key exchange): the same three algorithms.
+    fn from_tls12_id(id: u16) -> Option<Suite> {
+        match id {
+            0xc02b | 0xc02f | 0x009e | 0x009c => Some(Suite::Aes128GcmSha256),
+            0xc02c | 0xc030 | 0x009f | 0x009d => Some(Suite::Aes256GcmSha384),
+            0xcca8..=0xccaa => Some(Suite::Chacha20Poly1305Sha256),
+            _ => None,
+        }
+    }
+
+    /// The TLS 1.2 PRF's hash.
+    fn prf(self) -> ring::hmac::Algorithm {
+        match self {
+            Suite::Aes256GcmSha384 => ring::hmac::HMAC_SHA384,
+            _ => ring::hmac::HMAC_SHA256,
+        }
+    }
+
+    /// Bytes of a TLS 1.2 write IV: the salt of AES-GCM's nonce, or ChaCha20's whole nonce.
+    fn tls12_iv_len(self) -> usize {
+        match self {
+            Suite::Chacha20Poly1305Sha256 => NONCE,
+            _ => 4,
         }
     }
 
@@ -143,6 +184,28 @@ fn remember(random_at: usize, role: usize, at: usize) {
     layouts.truncate(MAX_LAYOUTS);
 }
 
+/// Where one OpenSSL build keeps a TLS 1.2 master secret: the offset of the `SSL_SESSION`
+/// pointer in the `SSL` object, and of the master secret in the session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct MasterLayout {
+    pub(crate) session_pointer: usize,
+    master_secret: usize,
+}
+
+/// TLS 1.2 layouts that decrypted a connection before, most recent first.
+static MASTER_LAYOUTS: Mutex<Vec<MasterLayout>> = Mutex::new(Vec::new());
+
+fn known_master_layouts() -> Vec<MasterLayout> {
+    MASTER_LAYOUTS.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+fn remember_master(layout: MasterLayout) {
+    let mut layouts = MASTER_LAYOUTS.lock().unwrap_or_else(|e| e.into_inner());
+    layouts.retain(|l| *l != layout);
+    layouts.insert(0, layout);
+    layouts.truncate(MAX_LAYOUTS);
+}
+
 /// Secret offsets for `role` (0 client, 1 server) that worked with a client random at
 /// `random_at`.
 fn known_secret_offsets(random_at: usize, role: usize) -> Vec<usize> {
@@ -157,8 +220,8 @@ fn known_secret_offsets(random_at: usize, role: usize) -> Vec<usize> {
 /// Why a connection was not decrypted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GiveUp {
-    /// The server chose TLS 1.2 or older.
-    NotTls13,
+    /// The server chose TLS 1.1 or older.
+    OldVersion,
     /// A cipher suite this module does not decrypt (TLS_AES_128_CCM_*).
     Suite,
     /// Too many encrypted bytes before the session record came (or it never came).
@@ -181,7 +244,7 @@ impl GiveUp {
     /// Whether the process's OpenSSL, not the connection, is the cause: reading its plaintext
     /// with probes on every read and write would capture what decryption cannot.
     pub(crate) fn calls_would_capture(self) -> bool {
-        matches!(self, GiveUp::NotTls13 | GiveUp::Suite | GiveUp::NoSecret)
+        matches!(self, GiveUp::OldVersion | GiveUp::Suite | GiveUp::NoSecret)
     }
 }
 
@@ -191,7 +254,10 @@ struct TrafficKey {
     key: aead::LessSafeKey,
     iv: [u8; NONCE],
     seq: u64,
+    /// TLS 1.3 only (TLS 1.2 has no KeyUpdate): empty for TLS 1.2.
     secret: Zeroizing<Vec<u8>>,
+    /// TLS 1.2 record protection (RFC 5288, RFC 7905): outer content type, explicit nonces.
+    tls12: bool,
 }
 
 impl TrafficKey {
@@ -206,12 +272,51 @@ impl TrafficKey {
             iv,
             seq: 0,
             secret: Zeroizing::new(secret.to_vec()),
+            tls12: false,
         })
+    }
+
+    /// Both directions' TLS 1.2 keys (`[client, server]`) from a master secret: the key block is
+    /// PRF(master, "key expansion", server random + client random), cut into the client's and
+    /// the server's write key, then their IVs (AEAD suites have no MAC key).
+    fn tls12_pair(
+        suite: Suite,
+        master: &[u8],
+        client_random: &[u8; CLIENT_RANDOM],
+        server_random: &[u8; CLIENT_RANDOM],
+    ) -> Option<[TrafficKey; 2]> {
+        let key_len = suite.aead().key_len();
+        let iv_len = suite.tls12_iv_len();
+        let mut block = Zeroizing::new(vec![0u8; 2 * (key_len + iv_len)]);
+        prf(
+            suite.prf(),
+            master,
+            b"key expansion",
+            &[server_random, client_random],
+            &mut block,
+        );
+        let (keys, ivs) = block.split_at(2 * key_len);
+        let make = |role: usize| {
+            let unbound = aead::UnboundKey::new(suite.aead(), &keys[role * key_len..][..key_len]).ok()?;
+            let mut iv = [0u8; NONCE];
+            iv[..iv_len].copy_from_slice(&ivs[role * iv_len..][..iv_len]);
+            Some(TrafficKey {
+                key: aead::LessSafeKey::new(unbound),
+                iv,
+                seq: 0,
+                secret: Zeroizing::new(Vec::new()),
+                tls12: true,
+            })
+        };
+        Some([make(0)?, make(1)?])
     }
 
     /// Decrypts `record` (header and ciphertext) into `scratch` with sequence number `seq`;
     /// returns the inner content type and the plaintext's length (at the start of `scratch`).
     fn open(&self, seq: u64, record: &[u8], scratch: &mut Vec<u8>) -> Option<(u8, usize)> {
+        if self.tls12 {
+            return self.open_tls12(seq, record, scratch);
+        }
         let (header, body) = record.split_at(RECORD_HEADER);
         if body.len() < AEAD_TAG + 1 {
             return None;
@@ -235,6 +340,40 @@ impl TrafficKey {
         Some((plain[end], end))
     }
 
+    /// TLS 1.2: the plaintext's content type is the record's; AES-GCM's nonce is the IV's salt
+    /// and the record's explicit part, ChaCha20-Poly1305's the IV xor the sequence number; the
+    /// additional data is the sequence number, type, version and plaintext length.
+    fn open_tls12(&self, seq: u64, record: &[u8], scratch: &mut Vec<u8>) -> Option<(u8, usize)> {
+        let (header, body) = record.split_at(RECORD_HEADER);
+        let mut nonce = self.iv;
+        let sealed = if self.key.algorithm() == &aead::CHACHA20_POLY1305 {
+            for (n, s) in nonce[NONCE - 8..].iter_mut().zip(seq.to_be_bytes()) {
+                *n ^= s;
+            }
+            body
+        } else {
+            let explicit = body.get(..EXPLICIT_NONCE)?;
+            nonce[4..].copy_from_slice(explicit);
+            &body[EXPLICIT_NONCE..]
+        };
+        let len = sealed.len().checked_sub(AEAD_TAG)?;
+        let mut aad = [0u8; 13];
+        aad[..8].copy_from_slice(&seq.to_be_bytes());
+        aad[8..11].copy_from_slice(&header[..3]);
+        aad[11..].copy_from_slice(&u16::try_from(len).ok()?.to_be_bytes());
+        scratch.clear();
+        scratch.extend_from_slice(sealed);
+        let plain = self
+            .key
+            .open_in_place(
+                aead::Nonce::assume_unique_for_key(nonce),
+                aead::Aad::from(aad),
+                scratch,
+            )
+            .ok()?;
+        Some((header[0], plain.len()))
+    }
+
     /// The next generation of this key (RFC 8446 section 7.2).
     fn updated(&self, suite: Suite) -> Option<TrafficKey> {
         let mut next = Zeroizing::new(vec![0u8; suite.secret_len()]);
@@ -249,6 +388,27 @@ struct Len(usize);
 impl hkdf::KeyType for Len {
     fn len(&self) -> usize {
         self.0
+    }
+}
+
+/// The TLS 1.2 PRF, P_hash(secret, label + seed) (RFC 5246 section 5).
+fn prf(alg: ring::hmac::Algorithm, secret: &[u8], label: &[u8], seed: &[&[u8]], out: &mut [u8]) {
+    use ring::hmac;
+    let key = hmac::Key::new(alg, secret);
+    let with_seed = |first: &[u8]| {
+        let mut ctx = hmac::Context::with_key(&key);
+        ctx.update(first);
+        ctx.update(label);
+        for part in seed {
+            ctx.update(part);
+        }
+        ctx.sign()
+    };
+    let mut a = with_seed(&[]); // A(1) = HMAC(secret, label + seed)
+    for chunk in out.chunks_mut(alg.digest_algorithm().output_len()) {
+        let block = with_seed(a.as_ref());
+        chunk.copy_from_slice(&block.as_ref()[..chunk.len()]);
+        a = hmac::sign(&key, a.as_ref());
     }
 }
 
@@ -275,6 +435,8 @@ struct Side {
     decrypting: bool,
     /// Records that did not decrypt under the key before one did (handshake-key records).
     skipped: usize,
+    /// TLS 1.2: this direction sent its ChangeCipherSpec; every later record is encrypted.
+    changed_cipher: bool,
 }
 
 impl Side {
@@ -282,6 +444,19 @@ impl Side {
         self.held.iter().map(|(r, _)| r.len()).sum::<usize>() + self.partial.len()
     }
 }
+
+/// Where a TLS 1.2 session's `SSL_SESSION` (its master secret) can be read, beside the `SSL`
+/// object of a session record.
+pub(crate) struct SessionSource<'a> {
+    /// The start of the `SSL_SESSION` the kernel copied, and the offset in the `SSL` object of
+    /// the pointer it followed.
+    pub(crate) copied: Option<(usize, &'a [u8])>,
+    /// Reads the process's memory at an address into the buffer; false when it cannot.
+    pub(crate) read: &'a mut dyn FnMut(u64, &mut [u8]) -> bool,
+}
+
+/// Bytes of an `SSL_SESSION` searched for its master secret (read or copied by the kernel).
+pub(crate) const SESSION_BYTES: usize = palisade_common::TLS_SESSION_STRUCT_BYTES;
 
 /// What [`TlsSession::feed`] and [`TlsSession::release`] hand to the HTTP parser.
 pub(crate) type Deliver<'a> = dyn FnMut(&[u8], u64) + 'a;
@@ -307,6 +482,18 @@ pub(crate) struct TlsSession {
     /// Encrypted records the client sent (its Finished, then data), up to 255.
     client_records: u8,
     scratch: Vec<u8>,
+    /// The server chose TLS 1.2.
+    tls12: bool,
+    /// TLS 1.2: the ServerHello's random (with the client's, the key expansion's seed).
+    server_random: [u8; CLIENT_RANDOM],
+    /// TLS 1.2: candidate `SSL_SESSION` bytes, with the offset in the `SSL` object of the
+    /// pointer they were read at, until the master secret is found.
+    sessions: Vec<(usize, Zeroizing<Vec<u8>>)>,
+    /// TLS 1.2: the master secret was found through the pointer at this offset, and the kernel
+    /// did not copy that session itself: the kernel is to follow this pointer from now on.
+    learnt_pointer: Option<usize>,
+    /// TLS 1.2: `sessions[0]` is the kernel's copy.
+    kernel_copied: bool,
 }
 
 impl std::fmt::Debug for TlsSession {
@@ -353,6 +540,11 @@ impl TlsSession {
             fallback_asked: false,
             client_records: 0,
             scratch: Vec::new(),
+            tls12: false,
+            server_random: [0; CLIENT_RANDOM],
+            sessions: Vec::new(),
+            learnt_pointer: None,
+            kernel_copied: false,
         })
     }
 
@@ -406,7 +598,21 @@ impl TlsSession {
 
     /// Encrypted bytes held (records waiting for keys, partial records).
     pub(crate) fn buffered(&self) -> usize {
-        self.sides.iter().map(Side::held_bytes).sum::<usize>() + self.window.as_ref().map_or(0, |w| w.len())
+        self.sides.iter().map(Side::held_bytes).sum::<usize>()
+            + self.window.as_ref().map_or(0, |w| w.len())
+            + self.sessions.iter().map(|(_, s)| s.len()).sum::<usize>()
+    }
+
+    /// TLS 1.2: the offset of the `SSL_SESSION` pointer in this process's `SSL` objects, once,
+    /// when it was found by reading the process's memory (the kernel can copy it from then on).
+    pub(crate) fn take_learnt_pointer(&mut self) -> Option<(u32, usize)> {
+        let at = self.learnt_pointer.take()?;
+        Some((self.pid?, at))
+    }
+
+    /// Key material came and the keys are not all found yet.
+    fn has_material(&self) -> bool {
+        self.window.is_some() || !self.sessions.is_empty()
     }
 
     fn give_up(&mut self, why: GiveUp) {
@@ -414,6 +620,7 @@ impl TlsSession {
             self.failed = Some(why);
         }
         self.window = None;
+        self.sessions.clear();
         for side in &mut self.sides {
             *side = Side::default();
         }
@@ -482,27 +689,35 @@ impl TlsSession {
                     self.give_up(why);
                 }
             }
-            CONTENT_APPLICATION_DATA => {
-                if dir == self.client_dir {
-                    self.client_records = self.client_records.saturating_add(1);
-                }
-                let side = &mut self.sides[dir];
-                if side.key.is_some() && side.held.is_empty() {
-                    // The common case once keyed: no copy to hold it.
-                    self.decrypt(dir, record, ts, deliver);
-                    return;
-                }
-                side.held.push_back((record.to_vec(), ts));
-                if side.key.is_some() {
-                    self.drain(dir, deliver);
-                } else if self.window.is_some() {
-                    self.find_key(dir);
-                    self.drain(dir, deliver);
-                }
+            CONTENT_CHANGE_CIPHER_SPEC if self.tls12 => self.sides[dir].changed_cipher = true,
+            CONTENT_APPLICATION_DATA => self.encrypted(dir, record, ts, deliver),
+            // TLS 1.2 encrypts the Finished and later handshake messages and alerts too.
+            CONTENT_HANDSHAKE | CONTENT_ALERT if self.tls12 && self.sides[dir].changed_cipher => {
+                self.encrypted(dir, record, ts, deliver)
             }
             // Plaintext handshake messages after the hellos, ChangeCipherSpec, plaintext alerts.
             CONTENT_HANDSHAKE | CONTENT_CHANGE_CIPHER_SPEC | CONTENT_ALERT => {}
             _ => self.give_up(GiveUp::Malformed),
+        }
+    }
+
+    /// An encrypted record: decrypted now, or held until its key is known.
+    fn encrypted(&mut self, dir: usize, record: &[u8], ts: u64, deliver: &mut Deliver) {
+        if dir == self.client_dir {
+            self.client_records = self.client_records.saturating_add(1);
+        }
+        let side = &mut self.sides[dir];
+        if side.key.is_some() && side.held.is_empty() {
+            // The common case once keyed: no copy to hold it.
+            self.decrypt(dir, record, ts, deliver);
+            return;
+        }
+        side.held.push_back((record.to_vec(), ts));
+        if side.key.is_some() {
+            self.drain(dir, deliver);
+        } else if self.has_material() {
+            self.find_key(dir);
+            self.drain(dir, deliver);
         }
     }
 
@@ -512,7 +727,9 @@ impl TlsSession {
             return Ok(());
         }
         let mut r = Reader(body.get(4..).ok_or(GiveUp::Malformed)?);
-        r.skip(2 + 32)?; // legacy_version, random
+        let legacy_version = r.u16()?;
+        let mut server_random = [0u8; CLIENT_RANDOM];
+        server_random.copy_from_slice(r.take(CLIENT_RANDOM)?);
         let session_id = usize::from(r.u8()?);
         r.skip(session_id)?;
         let suite_id = r.u16()?;
@@ -528,16 +745,22 @@ impl TlsSession {
                 }
             }
         }
-        if !tls13 {
-            return Err(GiveUp::NotTls13);
+        if tls13 {
+            self.suite = Some(Suite::from_id(suite_id).ok_or(GiveUp::Suite)?);
+        } else if legacy_version == TLS12 {
+            self.suite = Some(Suite::from_tls12_id(suite_id).ok_or(GiveUp::Suite)?);
+            self.tls12 = true;
+            self.server_random = server_random;
+        } else {
+            return Err(GiveUp::OldVersion);
         }
-        self.suite = Some(Suite::from_id(suite_id).ok_or(GiveUp::Suite)?);
         Ok(())
     }
 
     /// The session record came: `window` is the start of the `SSL` object, with this session's
-    /// client random at `random_at`. Then [`Self::release`] each direction.
-    pub(crate) fn set_window(&mut self, window: &[u8], random_at: usize, pid: u32) {
+    /// client random at `random_at`; a TLS 1.2 session's master secret is read from `session`.
+    /// Then [`Self::release`] each direction.
+    pub(crate) fn set_window(&mut self, window: &[u8], random_at: usize, pid: u32, session: SessionSource) {
         self.keys_seen = true;
         self.pid = Some(pid);
         if self.failed.is_some() {
@@ -548,8 +771,115 @@ impl TlsSession {
             self.give_up(GiveUp::NoKeys);
             return;
         }
+        if self.tls12 {
+            self.read_sessions(window, session);
+            return;
+        }
         self.window = Some(Zeroizing::new(window.to_vec()));
         self.random_at = random_at;
+    }
+
+    /// TLS 1.2: collects candidate `SSL_SESSION` bytes while the process still has them: the
+    /// kernel's copy; if that does not give the master secret, the sessions the pointers of
+    /// known layouts point to; then those of every pointer-like field of the `SSL` object.
+    fn read_sessions(&mut self, window: &[u8], session: SessionSource) {
+        let SessionSource { copied, read } = session;
+        let pointer_at = |at: usize| {
+            let pointer = u64::from_ne_bytes(window.get(at..at + 8)?.try_into().ok()?);
+            // A user-space address (x86-64, arm64: below 2^47 or 2^48), aligned as malloc's are.
+            ((0x1000..1 << 48).contains(&pointer) && pointer % 8 == 0).then_some(pointer)
+        };
+        let mut read_at = |at: usize| {
+            let pointer = pointer_at(at)?;
+            let mut bytes = Zeroizing::new(vec![0u8; SESSION_BYTES]);
+            read(pointer, &mut bytes).then_some((at, bytes))
+        };
+        self.kernel_copied = copied.is_some();
+        if let Some((at, bytes)) = copied {
+            self.sessions.push((at, Zeroizing::new(bytes.to_vec())));
+        }
+        let tried =
+            |at: usize, sessions: &[(usize, Zeroizing<Vec<u8>>)]| sessions.iter().any(|(a, _)| *a == at);
+        for layout in known_master_layouts() {
+            if !tried(layout.session_pointer, &self.sessions) {
+                self.sessions.extend(read_at(layout.session_pointer));
+            }
+        }
+        if self.find_master() {
+            return;
+        }
+        let candidates: Vec<usize> = (0..window.len().saturating_sub(8))
+            .step_by(8)
+            .filter(|&at| pointer_at(at).is_some() && !tried(at, &self.sessions))
+            .take(MAX_SESSION_POINTERS)
+            .collect();
+        for at in candidates {
+            self.sessions.extend(read_at(at));
+        }
+        // Without a held record the candidates wait for one (find_key); without candidates
+        // there is nothing to wait for.
+        if !self.find_master() && (self.sessions.is_empty() || self.sides.iter().any(|s| !s.held.is_empty()))
+        {
+            self.give_up(GiveUp::NoSecret);
+        }
+    }
+
+    /// TLS 1.2: the master secret among the candidate sessions that decrypts the first held
+    /// record (a Finished, sequence number 0) of a direction; both directions' keys come from
+    /// it. False while no record is held or nothing decrypts.
+    fn find_master(&mut self) -> bool {
+        let Some(suite) = self.suite else { return false };
+        let Some(dir) = (0..2).find(|&d| !self.sides[d].held.is_empty()) else {
+            return false;
+        };
+        let role = usize::from(dir != self.client_dir);
+        let known = known_master_layouts();
+        let (first, _) = &self.sides[dir].held[0];
+        let looks_random =
+            |secret: &[u8]| secret.iter().filter(|&&b| b == 0).count() <= MAX_ZERO_BYTES_IN_SECRET;
+        let mut found = None;
+        'sessions: for (index, (pointer_at, bytes)) in self.sessions.iter().enumerate() {
+            let known_here = known
+                .iter()
+                .filter(|l| l.session_pointer == *pointer_at)
+                .map(|l| l.master_secret);
+            let every = (0..=bytes.len().saturating_sub(MASTER_SECRET))
+                .filter(|&at| looks_random(&bytes[at..at + MASTER_SECRET]));
+            for at in known_here.chain(every) {
+                let Some(master) = bytes.get(at..at + MASTER_SECRET) else {
+                    continue;
+                };
+                let Some(keys) =
+                    TrafficKey::tls12_pair(suite, master, &self.client_random, &self.server_random)
+                else {
+                    continue;
+                };
+                if keys[role].open(0, first, &mut self.scratch).is_some() {
+                    found = Some((index, *pointer_at, at, keys));
+                    break 'sessions;
+                }
+            }
+        }
+        let Some((index, session_pointer, master_secret, keys)) = found else {
+            return false;
+        };
+        remember_master(MasterLayout {
+            session_pointer,
+            master_secret,
+        });
+        // Index 0 is the kernel's copy when there was one: a session found elsewhere is news
+        // for the kernel.
+        if index > 0 || !self.kernel_copied {
+            self.learnt_pointer = Some(session_pointer);
+        }
+        self.sessions.clear();
+        let [client, server] = keys;
+        let client_dir = self.client_dir;
+        for (d, key) in [(client_dir, client), (1 - client_dir, server)] {
+            self.sides[d].key = Some(key);
+            self.sides[d].decrypting = true;
+        }
+        true
     }
 
     /// Decrypts what direction `dir` holds, if its key is known or can now be found.
@@ -563,9 +893,20 @@ impl TlsSession {
         self.drain(dir, deliver);
     }
 
-    /// Looks in the window for the secret of direction `dir` that decrypts one of its held
-    /// records as the first record under the application key.
+    /// Finds the key of direction `dir` in the key material that came.
     fn find_key(&mut self, dir: usize) {
+        if self.tls12 {
+            if !self.find_master() && self.sides.iter().any(|s| !s.held.is_empty()) {
+                self.give_up(GiveUp::NoSecret);
+            }
+        } else {
+            self.find_secret(dir);
+        }
+    }
+
+    /// TLS 1.3: looks in the window for the secret of direction `dir` that decrypts one of its
+    /// held records as the first record under the application key.
+    fn find_secret(&mut self, dir: usize) {
         let (Some(window), Some(suite)) = (self.window.as_ref(), self.suite) else {
             return;
         };
@@ -872,6 +1213,7 @@ mod tests {
             match label.as_str() {
                 "CLIENT_TRAFFIC_SECRET_0" => wire.client_secret = secret.clone(),
                 "SERVER_TRAFFIC_SECRET_0" => wire.server_secret = secret.clone(),
+                "CLIENT_RANDOM" => MASTER.with(|m| *m.borrow_mut() = secret.clone()),
                 _ => {}
             }
         }
@@ -919,6 +1261,15 @@ mod tests {
         }
     }
 
+    /// The session record of a TLS 1.3 connection (nothing to read for a TLS 1.2 session).
+    fn set13(s: &mut TlsSession, window: &[u8], random_at: usize, pid: u32) {
+        let session = SessionSource {
+            copied: None,
+            read: &mut |_, _| false,
+        };
+        s.set_window(window, random_at, pid, session);
+    }
+
     /// Feeds both directions in `step`-byte pieces (the client's first), the session record
     /// after all of it (as an OpenSSL server completes the handshake after reading the client's
     /// Finished, which precedes the request here, the records are held and then released).
@@ -934,7 +1285,7 @@ mod tests {
         assert!(s.awaiting_keys());
         let random_at = find_random(window, |r| r == s.client_random()).expect("the random");
         assert_eq!(random_at, 352);
-        s.set_window(window, random_at, 1);
+        set13(&mut s, window, random_at, 1);
         for dir in 0..2 {
             s.release(dir, &mut plain.sink(dir));
         }
@@ -968,7 +1319,7 @@ mod tests {
         let mut s = TlsSession::detect(1, &wire.client_to_server).expect("a ClientHello");
         s.feed(1, &wire.client_to_server, 1, &mut plain.sink(1));
         s.feed(0, &wire.server_to_client, 1, &mut plain.sink(0));
-        s.set_window(&window(&wire, 21), 352, 1);
+        set13(&mut s, &window(&wire, 21), 352, 1);
         s.release(1, &mut plain.sink(1));
         s.release(0, &mut plain.sink(0));
         assert_eq!(s.failed(), None);
@@ -986,7 +1337,7 @@ mod tests {
         let [c, sv] = wire.handshake_bytes;
         s.feed(0, &wire.client_to_server[..c], 1, &mut plain.sink(0));
         s.feed(1, &wire.server_to_client[..sv], 1, &mut plain.sink(1));
-        s.set_window(&w, 352, 1);
+        set13(&mut s, &w, 352, 1);
         s.release(0, &mut plain.sink(0));
         s.release(1, &mut plain.sink(1));
         s.feed(0, &wire.client_to_server[c..], 2, &mut plain.sink(0));
@@ -1005,36 +1356,177 @@ mod tests {
         assert_eq!(plain.0[1], RESPONSE);
     }
 
-    #[test]
-    fn tls12_is_given_up_at_the_server_hello() {
-        let wire = connection(
-            provider::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-            true,
-            false,
-        );
+    /// The master secret of a TLS 1.2 connection, from rustls's key log.
+    fn master_secret() -> Vec<u8> {
+        MASTER.with(|m| m.borrow().clone())
+    }
+
+    thread_local! {
+        static MASTER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    /// A made-up `SSL_SESSION`: a version, the secret's length, zeros, random decoys, and the
+    /// master secret at offset 80 (OpenSSL 3.0.19).
+    fn session_object(master: &[u8], seed: u8) -> Vec<u8> {
+        let mut s = vec![0u8; SESSION_BYTES];
+        s[..4].copy_from_slice(&0x0303u32.to_le_bytes());
+        s[8] = 48;
+        for (i, b) in s[16..80].iter_mut().enumerate() {
+            *b = (i as u8).wrapping_mul(37).wrapping_add(seed) | 1; // another secret's bytes
+        }
+        s[80..128].copy_from_slice(master);
+        s
+    }
+
+    /// The TLS 1.2 suites rustls offers with an ECDSA certificate.
+    const TLS12_SUITES: [rustls::SupportedCipherSuite; 3] = [
+        provider::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        provider::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        provider::cipher_suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    ];
+
+    /// Feeds a whole TLS 1.2 connection, then its session record with `copied` and `read`.
+    fn run12(
+        wire: &Wire,
+        copied: Option<(usize, &[u8])>,
+        read: &mut dyn FnMut(u64, &mut [u8]) -> bool,
+        window: &[u8],
+    ) -> (TlsSession, Plain) {
         let mut plain = Plain::default();
         let mut s = TlsSession::detect(0, &wire.client_to_server).unwrap();
-        s.feed(0, &wire.client_to_server, 1, &mut plain.sink(0));
-        s.feed(1, &wire.server_to_client, 1, &mut plain.sink(1));
-        assert_eq!(s.failed(), Some(GiveUp::NotTls13));
-        assert!(
-            s.awaiting_keys(),
-            "its session record is still expected, and matched"
-        );
-        assert_eq!(s.buffered(), 0);
+        // In time order as far as it matters: the ServerHello before the client's
+        // ChangeCipherSpec (from then on the client's records are encrypted).
+        let hello = RECORD_HEADER
+            + usize::from(u16::from_be_bytes([
+                wire.client_to_server[3],
+                wire.client_to_server[4],
+            ]));
+        let (client_hello, client_rest) = wire.client_to_server.split_at(hello);
+        for (dir, bytes) in [
+            (0, client_hello),
+            (1, &wire.server_to_client[..]),
+            (0, client_rest),
+        ] {
+            for piece in bytes.chunks(100) {
+                s.feed(dir, piece, 1, &mut plain.sink(dir));
+            }
+        }
+        assert_eq!(s.failed(), None, "TLS 1.2 with an AEAD suite waits for its keys");
         assert!(plain.0.iter().all(Vec::is_empty));
-        assert_eq!(
-            s.take_fallback(),
+        s.set_window(window, 352, 41, SessionSource { copied, read });
+        for dir in 0..2 {
+            s.release(dir, &mut plain.sink(dir));
+        }
+        (s, plain)
+    }
+
+    #[test]
+    fn decrypts_tls12_with_the_session_the_kernel_copied() {
+        for suite in TLS12_SUITES {
+            let wire = connection(suite, true, false);
+            let session = session_object(&master_secret(), 3);
+            let mut reads = 0;
+            let (mut s, plain) = run12(
+                &wire,
+                Some((2328, &session)),
+                &mut |_, _| {
+                    reads += 1;
+                    false
+                },
+                &window(&wire, 8),
+            );
+            assert_eq!(s.failed(), None, "{suite:?}");
+            assert!(s.keyed());
+            assert_eq!(plain.0[0], REQUEST, "{suite:?}");
+            assert_eq!(plain.0[1], RESPONSE, "{suite:?}");
+            assert_eq!(s.buffered(), 0, "nothing held, candidates wiped");
+            assert_eq!(
+                s.take_learnt_pointer(),
+                None,
+                "the kernel knew where the session is"
+            );
+            assert_eq!(reads, 0, "nothing read from the process");
+        }
+    }
+
+    #[test]
+    fn finds_a_tls12_session_in_the_process_memory_once() {
+        let wire = connection(TLS12_SUITES[1], true, false);
+        let session = session_object(&master_secret(), 5);
+        let address: u64 = 0x5612_3456_7890;
+        let mut w = window(&wire, 13);
+        w[2328..2336].copy_from_slice(&address.to_ne_bytes());
+        let mut reads = 0;
+        let (mut s, plain) = run12(
+            &wire,
             None,
-            "the process is not known before the session record"
+            &mut |at, buf| {
+                reads += 1;
+                if at == address {
+                    buf.copy_from_slice(&session);
+                } else {
+                    buf.fill(0); // another object: no secret-like bytes
+                }
+                true
+            },
+            &w,
         );
-        s.set_window(&window(&wire, 2), 352, 77);
+        assert_eq!(s.failed(), None);
+        assert_eq!(plain.0[0], REQUEST);
+        assert_eq!(plain.0[1], RESPONSE);
+        assert_eq!(
+            s.take_learnt_pointer(),
+            Some((41, 2328)),
+            "the kernel is to copy it from now on"
+        );
+        assert_eq!(s.take_learnt_pointer(), None, "once");
+        assert!((1..=MAX_SESSION_POINTERS + MAX_LAYOUTS).contains(&reads));
+    }
+
+    #[test]
+    fn a_tls12_session_nowhere_to_be_found_gives_up_and_falls_back() {
+        let wire = connection(TLS12_SUITES[0], true, false);
+        let (mut s, plain) = run12(&wire, None, &mut |_, _| false, &window(&wire, 2));
+        assert_eq!(s.failed(), Some(GiveUp::NoSecret));
+        assert!(plain.0.iter().all(Vec::is_empty));
+        assert_eq!(s.buffered(), 0);
         assert_eq!(
             s.take_fallback(),
-            Some((77, GiveUp::NotTls13)),
-            "its process falls back"
+            Some((41, GiveUp::NoSecret)),
+            "its process falls back to probes on reads and writes"
         );
-        assert_eq!(s.take_fallback(), None, "once");
+        // A copied session whose bytes are not this connection's master secret: the same.
+        let wire = connection(TLS12_SUITES[2], true, false);
+        let wrong = session_object(&[9u8; 48], 1);
+        let (s, _) = run12(&wire, Some((2328, &wrong)), &mut |_, _| false, &window(&wire, 4));
+        assert_eq!(s.failed(), Some(GiveUp::NoSecret));
+    }
+
+    #[test]
+    fn tls12_prf_matches_a_known_vector() {
+        // The TLS 1.2 PRF (SHA-256) test vector published with RFC 5246 implementations
+        // (www.ietf.org/mail-archive/web/tls/current/msg03416.html).
+        let secret = hex("9bbe436ba940f017b17652849a71db35");
+        let seed = hex("a0ba9f936cda311827a6f796ffd5198c");
+        let mut out = vec![0u8; 100];
+        prf(
+            ring::hmac::HMAC_SHA256,
+            &secret,
+            b"test label",
+            &[&seed],
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            hex("e3f229ba727be17b8d122620557cd453c2aab21d07c3d495329b52d4e61edb5a6b301791e90d35c9c9a46b4e14baf9af0fa022f7077def17abfd3797c0564bab4fbc91666e9def9b97fce34f796789baa48082d122ee42c5a72e5a5110fff70187347b66")
+        );
+    }
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     #[test]
@@ -1059,7 +1551,7 @@ mod tests {
         let mut s = TlsSession::detect(0, &wire.client_to_server).unwrap();
         s.feed(0, &wire.client_to_server, 1500, &mut plain.sink(0));
         s.feed(1, &wire.server_to_client, 1500, &mut plain.sink(1));
-        s.set_window(&w, 352, 1);
+        set13(&mut s, &w, 352, 1);
         s.release(0, &mut plain.sink(0));
         s.release(1, &mut plain.sink(1));
         assert!(!s.keyed());
@@ -1111,7 +1603,7 @@ mod tests {
         // The whole client side (Finished and the request), still no session record.
         s.feed(0, &wire.client_to_server[hello..], 1, &mut plain.sink(0));
         assert!(s.handshake_without_session());
-        s.set_window(&window(&wire, 4), 352, 1);
+        set13(&mut s, &window(&wire, 4), 352, 1);
         assert!(!s.handshake_without_session(), "the record came");
     }
 
@@ -1128,7 +1620,7 @@ mod tests {
         assert_eq!(s.buffered(), 0);
         // Its session record still finds it (not counted as unmatched), and changes nothing.
         assert!(s.awaiting_keys());
-        s.set_window(&window(&wire, 1), 352, 1);
+        set13(&mut s, &window(&wire, 1), 352, 1);
         s.release(0, &mut plain.sink(0));
         assert!(plain.0.iter().all(Vec::is_empty));
     }
