@@ -168,8 +168,8 @@ pub struct RedactionPattern {
 pub struct TlsSpec {
     /// Capture the TLS plaintext of OpenSSL in the selected pods' processes; off by default. With
     /// the agent's default placement, a uprobe on SSL_do_handshake copies each connection's
-    /// secrets once and the agent decrypts TLS 1.3 itself (no cost per request); a process with
-    /// a connection it cannot decrypt (TLS 1.2) has its reads and writes probed from then on (a
+    /// secrets once and the agent decrypts TLS 1.3 and 1.2 itself (no cost per request); a process
+    /// with a connection it cannot decrypt (a CBC suite) has its reads and writes probed from then on (a
     /// few microseconds per call). Other TLS stacks are reported as not covered.
     #[serde(default)]
     pub enabled: bool,
