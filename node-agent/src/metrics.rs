@@ -109,6 +109,7 @@ pub struct AgentMetrics {
     shared_ring_records: Counter<u64, AtomicU64>,
     tls_decrypted: Counter<u64, AtomicU64>,
     tls_fallbacks: Counter<u64, AtomicU64>,
+    tls_session_pointers: Counter<u64, AtomicU64>,
     /// Request and response bodies, indexed by [`BodyDirection`].
     bodies: [BodyCounters; 2],
     /// Endpoint label sets seen so far, by an Fx hash of their parts, with their metric handles:
@@ -255,8 +256,14 @@ impl AgentMetrics {
         let tls_fallbacks = Counter::<u64, AtomicU64>::default();
         registry.register(
             "tls_fallbacks",
-            "Processes whose reads and writes are probed because a connection of theirs could not be decrypted (TLS 1.2, an unsupported cipher suite, secrets not found); --tls-probes auto",
+            "Processes whose reads and writes are probed because a connection of theirs could not be decrypted (TLS 1.1, a CBC cipher suite, secrets not found); --tls-probes auto",
             tls_fallbacks.clone(),
+        );
+        let tls_session_pointers = Counter::<u64, AtomicU64>::default();
+        registry.register(
+            "tls_session_pointers",
+            "Processes whose TLS 1.2 SSL_SESSION (the master secret) the kernel copies at each handshake, once the agent found in their memory where their SSL objects point to it; before that, a short TLS 1.2 connection may end before the agent reads it",
+            tls_session_pointers.clone(),
         );
         let connections = Gauge::default();
         registry.register(
@@ -315,6 +322,7 @@ impl AgentMetrics {
             shared_ring_records,
             tls_decrypted,
             tls_fallbacks,
+            tls_session_pointers,
             bodies,
             series: Arc::new(Mutex::new(rustc_hash::FxHashMap::default())),
             series_count: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
@@ -487,6 +495,11 @@ impl AgentMetrics {
     /// One more process probed on every read and write after a connection it could not decrypt.
     pub fn tls_fallback(&self) {
         self.tls_fallbacks.inc();
+    }
+
+    /// One more process whose TLS 1.2 sessions the kernel copies.
+    pub fn tls_session_pointer(&self) {
+        self.tls_session_pointers.inc();
     }
 
     pub fn set_connections(&self, n: usize) {

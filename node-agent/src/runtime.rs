@@ -1185,11 +1185,14 @@ impl<B: CaptureBackend> Runtime<B> {
         for (pid, offset) in self.tracker.take_tls_session_pointers() {
             if let Some(backend) = self.backend.as_mut() {
                 match backend.tls_session_pointer(pid, offset) {
-                    Ok(()) => tracing::info!(
-                        pid,
-                        offset,
-                        "TLS 1.2: the kernel copies this process's SSL_SESSION from now on"
-                    ),
+                    Ok(()) => {
+                        self.metrics.tls_session_pointer();
+                        tracing::info!(
+                            pid,
+                            offset,
+                            "TLS 1.2: the kernel copies this process's SSL_SESSION from now on"
+                        );
+                    }
                     Err(reason) => {
                         tracing::warn!(pid, %reason, "telling the kernel where a process's SSL_SESSION is")
                     }

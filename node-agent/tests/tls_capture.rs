@@ -895,7 +895,13 @@ fn tls_capture_session_keys() {
     };
     let mut tracker = HttpTracker::new();
     let mut events = Vec::new();
+    let searching = Instant::now();
     feed_tracker(&mut tracker, &recs, &limits, &mut events);
+    println!(
+        "[{name}] {} records fed in {:?}, the first search for the TLS 1.2 session included",
+        recs.len(),
+        searching.elapsed()
+    );
     let exchanges: Vec<_> = events
         .iter()
         .filter_map(|e| match e {

@@ -255,6 +255,10 @@ impl HttpTracker {
             if let Some(fallback) = conn.tls_take_fallback() {
                 self.tls_fallbacks.push(fallback);
             }
+            // TLS 1.2 keys found when a record came after the session record.
+            if let Some(learnt) = conn.tls_take_learnt_pointer() {
+                self.tls_session_pointers.push(learnt);
+            }
             if let Some(cgroup) = conn.tls_without_session(false) {
                 self.tls_cgroup_fallbacks.push(cgroup);
             }

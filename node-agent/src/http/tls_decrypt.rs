@@ -1483,6 +1483,62 @@ mod tests {
         assert!((1..=MAX_SESSION_POINTERS + MAX_LAYOUTS).contains(&reads));
     }
 
+    /// Offset of the first ChangeCipherSpec record in a stream of TLS records.
+    fn change_cipher_spec_at(stream: &[u8]) -> usize {
+        let mut at = 0;
+        while stream[at] != CONTENT_CHANGE_CIPHER_SPEC {
+            at += RECORD_HEADER + usize::from(u16::from_be_bytes([stream[at + 3], stream[at + 4]]));
+        }
+        at
+    }
+
+    #[test]
+    fn a_tls12_session_record_before_any_encrypted_record_keeps_its_candidates() {
+        // The session record comes while no encrypted record is held (nothing to try the
+        // candidates on): they wait, the Finished that comes next finds the secret, and the
+        // pointer is still reported.
+        let wire = connection(TLS12_SUITES[0], true, false);
+        let session = session_object(&master_secret(), 7);
+        let address: u64 = 0x7f12_3456_7890;
+        let mut w = window(&wire, 17);
+        w[2328..2336].copy_from_slice(&address.to_ne_bytes());
+        let mut plain = Plain::default();
+        let mut s = TlsSession::detect(0, &wire.client_to_server).unwrap();
+        let (client_plain, client_rest) = wire
+            .client_to_server
+            .split_at(change_cipher_spec_at(&wire.client_to_server));
+        let (server_plain, server_rest) = wire
+            .server_to_client
+            .split_at(change_cipher_spec_at(&wire.server_to_client));
+        s.feed(0, client_plain, 1, &mut plain.sink(0));
+        s.feed(1, server_plain, 1, &mut plain.sink(1));
+        let mut read = |at: u64, buf: &mut [u8]| {
+            if at == address {
+                buf.copy_from_slice(&session);
+            } else {
+                buf.fill(0);
+            }
+            true
+        };
+        s.set_window(
+            &w,
+            352,
+            9,
+            SessionSource {
+                copied: None,
+                read: &mut read,
+            },
+        );
+        assert_eq!(s.failed(), None, "the candidates wait for a record");
+        assert!(s.buffered() >= SESSION_BYTES);
+        s.feed(0, client_rest, 1, &mut plain.sink(0));
+        s.feed(1, server_rest, 1, &mut plain.sink(1));
+        assert_eq!(s.failed(), None);
+        assert_eq!(plain.0[0], REQUEST);
+        assert_eq!(plain.0[1], RESPONSE);
+        assert_eq!(s.take_learnt_pointer(), Some((9, 2328)));
+    }
+
     #[test]
     fn a_tls12_session_nowhere_to_be_found_gives_up_and_falls_back() {
         let wire = connection(TLS12_SUITES[0], true, false);
