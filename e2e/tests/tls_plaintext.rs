@@ -253,6 +253,12 @@ async fn https_scenario(keys: bool) -> Result<()> {
             users["requests"], 7,
             "5 decrypted + 2 through the probes, none twice: {users}"
         );
+        let text = http_get_body(stack.agent_metrics, "/metrics")?;
+        assert_eq!(
+            metric(&text, "palisade_agent_tls_fallbacks_total "),
+            Some(1),
+            "one process fell back, counted once (its later CBC connections are probed, not new fall backs)"
+        );
         wait_for_object(
             cp,
             "TLS coverage naming the fall back",

@@ -1200,6 +1200,9 @@ impl<B: CaptureBackend> Runtime<B> {
             }
         }
         for (pid, why) in self.tracker.take_tls_fallbacks() {
+            if self.tracker.tls_probes_calls_of(pid) {
+                continue; // fell back already
+            }
             if self.tls_fall_back_pid(pid) {
                 tracing::info!(pid, reason = ?why, "a TLS connection could not be decrypted: this process's reads and writes are probed from now on");
             }

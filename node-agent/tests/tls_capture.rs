@@ -1051,6 +1051,10 @@ fn tls_capture_session_keys() {
         tracker.drops.tls_not_decrypted, 1,
         "the second CBC connection was captured by the probes, not given up"
     );
+    assert!(
+        tracker.take_tls_fallbacks().is_empty(),
+        "a process already probed does not fall back again"
+    );
     tls.detach_tls(server_pid).unwrap();
     assert_eq!(
         tls.session_pointer(server_pid).unwrap(),
