@@ -78,6 +78,9 @@ struct Args {
     /// enabled vs disabled, the agent running in both (writes docs/benchmarks-tls.md).
     #[arg(long, conflicts_with = "enforcement")]
     tls: bool,
+    /// With --tls: nginx speaks TLS 1.2 only (AES-GCM), not TLS 1.3.
+    #[arg(long, requires = "tls")]
+    tls12: bool,
     /// Measure capture with response bodies: nginx returns a static JSON body of this many bytes
     /// (sendfile) and the ApiMonitor captures bodies up to that size; one full run per size, e.g.
     /// `--body-bytes 1024,65536` (writes docs/benchmarks-bodies.md).

@@ -16,20 +16,23 @@ pub const TLS_PORT: u16 = 8443;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scheme {
     Http,
+    /// TLS 1.3 only.
     Https,
+    /// TLS 1.2 only (`palisade-bench --tls --tls12`).
+    Https12,
 }
 
 impl Scheme {
     pub fn port(self) -> u16 {
         match self {
             Scheme::Http => PORT,
-            Scheme::Https => TLS_PORT,
+            Scheme::Https | Scheme::Https12 => TLS_PORT,
         }
     }
     pub fn as_str(self) -> &'static str {
         match self {
             Scheme::Http => "http",
-            Scheme::Https => "https",
+            Scheme::Https | Scheme::Https12 => "https",
         }
     }
 }
@@ -42,7 +45,7 @@ const BODY_FILE: &str = "body.json";
 /// command that runs nginx with it.
 pub fn prepare(dir: &Path, scheme: Scheme, body_bytes: Option<u64>) -> Result<Vec<String>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    if scheme == Scheme::Https {
+    if scheme != Scheme::Http {
         self_signed_certificate(dir)?;
     }
     if let Some(size) = body_bytes {
@@ -122,9 +125,14 @@ fn config(dir: &Path, compiled: &str, scheme: Scheme, body: bool) -> String {
     let d = dir.display();
     let listen = match scheme {
         Scheme::Http => format!("listen {PORT};"),
-        Scheme::Https => format!(
+        Scheme::Https | Scheme::Https12 => format!(
             "listen {TLS_PORT} ssl;\n            ssl_certificate {d}/tls.crt;\n            \
-             ssl_certificate_key {d}/tls.key;\n            ssl_protocols TLSv1.3;"
+             ssl_certificate_key {d}/tls.key;\n            ssl_protocols {};",
+            if scheme == Scheme::Https {
+                "TLSv1.3"
+            } else {
+                "TLSv1.2"
+            }
         ),
     };
     let location = if body {
@@ -198,6 +206,10 @@ mod tests {
         assert!(conf.contains("listen 8443 ssl;"));
         assert!(conf.contains("ssl_certificate /tmp/x/tls.crt;"));
         assert!(conf.contains("ssl_certificate_key /tmp/x/tls.key;"));
+        assert!(conf.contains("ssl_protocols TLSv1.3;"));
+        let conf = config(Path::new("/tmp/x"), "", Scheme::Https12, false);
+        assert!(conf.contains("listen 8443 ssl;"));
+        assert!(conf.contains("ssl_protocols TLSv1.2;"));
     }
 
     #[test]
