@@ -649,7 +649,7 @@ fn direct_markdown(out: &mut String, all_rounds: &[Round]) {
 }
 
 /// The other generated reports, linked from this one's intro.
-const RELATED: &str = "The other modes: [benchmarks-bodies.md](benchmarks-bodies.md) (the same with 1 KiB and 64 KiB response bodies, captured in full: `--body-bytes 1024,65536`), [benchmarks-tls.md](benchmarks-tls.md) (TLS capture: `--tls`) and [benchmarks-enforcement.md](benchmarks-enforcement.md) (enforcement programs: `--enforcement`). The agent's user-space cost per request, without the kernel or the noise of a whole machine: [benchmarks-agent.md](benchmarks-agent.md) (`cargo bench -p palisade-node-agent --bench capture`).";
+const RELATED: &str = "The other modes: [benchmarks-bodies.md](benchmarks-bodies.md) (the same with 1 KiB and 64 KiB response bodies, captured in full: `--body-bytes 1024,65536`), [benchmarks-tls.md](benchmarks-tls.md) (TLS capture: `--tls`; TLS 1.2 in [benchmarks-tls12.md](benchmarks-tls12.md): `--tls --tls12`) and [benchmarks-enforcement.md](benchmarks-enforcement.md) (enforcement programs: `--enforcement`). The agent's user-space cost per request, without the kernel or the noise of a whole machine: [benchmarks-agent.md](benchmarks-agent.md) (`cargo bench -p palisade-node-agent --bench capture`).";
 
 /// The table of the machine and the run that opens each generated report.
 pub fn environment_table(out: &mut String, env: &Environment, server: &str, clients: &str, run: &str) {
