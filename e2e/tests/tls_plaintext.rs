@@ -63,8 +63,13 @@ fn https_requests_with(ip: &str, requests: &[(&str, &str)], setup: &str) -> Resu
         ));
     }
     script.push_str("print(' '.join(out))\n");
+    run_client(&script)
+}
+
+/// Runs a python HTTPS client script that prints the statuses it got.
+fn run_client(script: &str) -> Result<Vec<u16>> {
     let out = Command::new("timeout")
-        .args(["30", "python3", "-c", &script])
+        .args(["30", "python3", "-c", script])
         .output()?;
     ensure!(
         out.status.success(),
@@ -93,18 +98,7 @@ fn https_keepalive(ip: &str, requests: &[(&str, &str)], setup: &str, pause: f64)
         ));
     }
     script.push_str("c.close()\nprint(' '.join(out))\n");
-    let out = Command::new("timeout")
-        .args(["30", "python3", "-c", &script])
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "HTTPS client failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(|s| s.parse().context("status"))
-        .collect()
+    run_client(&script)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

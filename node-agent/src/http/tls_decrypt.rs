@@ -321,20 +321,7 @@ impl TrafficKey {
         if body.len() < AEAD_TAG + 1 {
             return None;
         }
-        let mut nonce = self.iv;
-        for (n, s) in nonce[NONCE - 8..].iter_mut().zip(seq.to_be_bytes()) {
-            *n ^= s;
-        }
-        scratch.clear();
-        scratch.extend_from_slice(body);
-        let plain = self
-            .key
-            .open_in_place(
-                aead::Nonce::assume_unique_for_key(nonce),
-                aead::Aad::from(header),
-                scratch,
-            )
-            .ok()?;
+        let plain = self.open_into(self.nonce_for(seq), header, body, scratch)?;
         // TLSInnerPlaintext: content, the real content type, zero padding.
         let end = plain.iter().rposition(|&b| b != 0)?;
         Some((plain[end], end))
@@ -345,33 +332,49 @@ impl TrafficKey {
     /// additional data is the sequence number, type, version and plaintext length.
     fn open_tls12(&self, seq: u64, record: &[u8], scratch: &mut Vec<u8>) -> Option<(u8, usize)> {
         let (header, body) = record.split_at(RECORD_HEADER);
-        let mut nonce = self.iv;
-        let sealed = if self.key.algorithm() == &aead::CHACHA20_POLY1305 {
-            for (n, s) in nonce[NONCE - 8..].iter_mut().zip(seq.to_be_bytes()) {
-                *n ^= s;
-            }
-            body
+        let (nonce, sealed) = if self.key.algorithm() == &aead::CHACHA20_POLY1305 {
+            (self.nonce_for(seq), body)
         } else {
-            let explicit = body.get(..EXPLICIT_NONCE)?;
-            nonce[4..].copy_from_slice(explicit);
-            &body[EXPLICIT_NONCE..]
+            let mut nonce = self.iv;
+            nonce[4..].copy_from_slice(body.get(..EXPLICIT_NONCE)?);
+            (nonce, &body[EXPLICIT_NONCE..])
         };
         let len = sealed.len().checked_sub(AEAD_TAG)?;
         let mut aad = [0u8; 13];
         aad[..8].copy_from_slice(&seq.to_be_bytes());
         aad[8..11].copy_from_slice(&header[..3]);
         aad[11..].copy_from_slice(&u16::try_from(len).ok()?.to_be_bytes());
+        let plain = self.open_into(nonce, &aad, sealed, scratch)?;
+        Some((header[0], plain.len()))
+    }
+
+    /// The IV xor the sequence number (TLS 1.3, and TLS 1.2 with ChaCha20-Poly1305).
+    fn nonce_for(&self, seq: u64) -> [u8; NONCE] {
+        let mut nonce = self.iv;
+        for (n, s) in nonce[NONCE - 8..].iter_mut().zip(seq.to_be_bytes()) {
+            *n ^= s;
+        }
+        nonce
+    }
+
+    /// Opens `sealed` (ciphertext and tag) into `scratch`; the plaintext, or `None` when the tag
+    /// does not verify.
+    fn open_into<'s>(
+        &self,
+        nonce: [u8; NONCE],
+        aad: &[u8],
+        sealed: &[u8],
+        scratch: &'s mut Vec<u8>,
+    ) -> Option<&'s mut [u8]> {
         scratch.clear();
         scratch.extend_from_slice(sealed);
-        let plain = self
-            .key
+        self.key
             .open_in_place(
                 aead::Nonce::assume_unique_for_key(nonce),
                 aead::Aad::from(aad),
                 scratch,
             )
-            .ok()?;
-        Some((header[0], plain.len()))
+            .ok()
     }
 
     /// The next generation of this key (RFC 8446 section 7.2).
