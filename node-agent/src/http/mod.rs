@@ -294,8 +294,9 @@ impl HttpTracker {
         limits: &CaptureLimits,
         out: &mut Vec<HttpEvent>,
     ) {
-        // Laid out as a TLS plaintext record received by the process: dest_addr is its tgid.
-        let pid = u32::from_le_bytes([h.dest_addr[0], h.dest_addr[1], h.dest_addr[2], h.dest_addr[3]]);
+        let Some(pid) = crate::capture::tls::tls_endpoints(h).map(|e| e.pid) else {
+            return;
+        };
         let window_len = (h.payload_len as usize).min(data.len());
         let (window, copied) = data.split_at(window_len);
         let copied = (!copied.is_empty()).then_some((h.chunk_offset as usize, copied));

@@ -73,6 +73,11 @@ const KNOWN_LAYOUT_RECORDS: usize = 6;
 /// Bytes of a candidate secret that may be zero: secrets are uniformly random (48 bytes have
 /// fewer than 4 zero bytes with probability 0.9999), pointers and small integers are not.
 const MAX_ZERO_BYTES_IN_SECRET: usize = 3;
+/// Whether `bytes` could be a secret: few zero bytes (see [`MAX_ZERO_BYTES_IN_SECRET`]).
+fn looks_random(bytes: &[u8]) -> bool {
+    bytes.iter().filter(|&&b| b == 0).count() <= MAX_ZERO_BYTES_IN_SECRET
+}
+
 /// Layouts remembered (one per OpenSSL build on the node, in practice).
 const MAX_LAYOUTS: usize = 16;
 
@@ -495,8 +500,8 @@ pub(crate) struct TlsSession {
     /// TLS 1.2: the master secret was found through the pointer at this offset, and the kernel
     /// did not copy that session itself: the kernel is to follow this pointer from now on.
     learnt_pointer: Option<usize>,
-    /// TLS 1.2: `sessions[0]` is the kernel's copy.
-    kernel_copied: bool,
+    /// TLS 1.2: the pointer the kernel followed for the copy it sent, if it sent one.
+    kernel_pointer: Option<usize>,
 }
 
 impl std::fmt::Debug for TlsSession {
@@ -547,7 +552,7 @@ impl TlsSession {
             server_random: [0; CLIENT_RANDOM],
             sessions: Vec::new(),
             learnt_pointer: None,
-            kernel_copied: false,
+            kernel_pointer: None,
         })
     }
 
@@ -799,7 +804,7 @@ impl TlsSession {
             let mut bytes = Zeroizing::new(vec![0u8; SESSION_BYTES]);
             read(pointer, &mut bytes).then_some((at, bytes))
         };
-        self.kernel_copied = copied.is_some();
+        self.kernel_pointer = copied.map(|(at, _)| at);
         if let Some((at, bytes)) = copied {
             self.sessions.push((at, Zeroizing::new(bytes.to_vec())));
         }
@@ -821,8 +826,13 @@ impl TlsSession {
         for at in candidates {
             self.sessions.extend(read_at(at));
         }
-        // Without a held record the candidates wait for one (find_key); without candidates
-        // there is nothing to wait for.
+        self.find_master_or_give_up();
+    }
+
+    /// TLS 1.2: [`Self::find_master`], giving the connection up when nothing decrypted a held
+    /// record. Without a held record the candidates wait for one; without candidates there is
+    /// nothing to wait for.
+    fn find_master_or_give_up(&mut self) {
         if !self.find_master() && (self.sessions.is_empty() || self.sides.iter().any(|s| !s.held.is_empty()))
         {
             self.give_up(GiveUp::NoSecret);
@@ -840,8 +850,6 @@ impl TlsSession {
         let role = usize::from(dir != self.client_dir);
         let known = known_master_layouts();
         let (first, _) = &self.sides[dir].held[0];
-        let looks_random =
-            |secret: &[u8]| secret.iter().filter(|&&b| b == 0).count() <= MAX_ZERO_BYTES_IN_SECRET;
         // A layout that worked before is taken at once. Otherwise every candidate object is
         // searched, because copies of the master secret lie around while a handshake ends
         // (measured with a python server: objects pointed to from offsets 1336 and 2504 held
@@ -854,9 +862,9 @@ impl TlsSession {
                 .step_by(8)
                 .any(|o| bytes.get(o..o + 8) == Some(&(MASTER_SECRET as u64).to_ne_bytes()[..]))
         };
-        // (index, pointer offset, secret offset, keys, session-like)
-        let mut found: Option<(usize, usize, usize, [TrafficKey; 2], bool)> = None;
-        'sessions: for (index, (pointer_at, bytes)) in self.sessions.iter().enumerate() {
+        // (pointer offset, secret offset, keys, session-like)
+        let mut found: Option<(usize, usize, [TrafficKey; 2], bool)> = None;
+        'sessions: for (pointer_at, bytes) in &self.sessions {
             let known_here = known
                 .iter()
                 .filter(|l| l.session_pointer == *pointer_at)
@@ -865,7 +873,7 @@ impl TlsSession {
                 .filter(|&at| looks_random(&bytes[at..at + MASTER_SECRET]))
                 .map(|at| (at, false));
             for (at, known) in known_here.chain(every) {
-                if !known && found.as_ref().is_some_and(|f| f.4 && at >= f.2) {
+                if !known && found.as_ref().is_some_and(|f| f.3 && at >= f.1) {
                     break; // nothing better in this object
                 }
                 let Some(master) = bytes.get(at..at + MASTER_SECRET) else {
@@ -882,9 +890,9 @@ impl TlsSession {
                 let like = session_like(bytes, at);
                 let better = found
                     .as_ref()
-                    .is_none_or(|f| (like, std::cmp::Reverse(at)) > (f.4, std::cmp::Reverse(f.2)));
+                    .is_none_or(|f| (like, std::cmp::Reverse(at)) > (f.3, std::cmp::Reverse(f.1)));
                 if known || better {
-                    found = Some((index, *pointer_at, at, keys, like));
+                    found = Some((*pointer_at, at, keys, like));
                 }
                 if known {
                     break 'sessions;
@@ -894,17 +902,15 @@ impl TlsSession {
                 }
             }
         }
-        let found = found.map(|(index, pointer, at, keys, _)| (index, pointer, at, keys));
-        let Some((index, session_pointer, master_secret, keys)) = found else {
+        let Some((session_pointer, master_secret, keys, _)) = found else {
             return false;
         };
         remember_master(MasterLayout {
             session_pointer,
             master_secret,
         });
-        // Index 0 is the kernel's copy when there was one: a session found elsewhere is news
-        // for the kernel.
-        if index > 0 || !self.kernel_copied {
+        // A session found elsewhere than in the kernel's copy is news for the kernel.
+        if self.kernel_pointer != Some(session_pointer) {
             self.learnt_pointer = Some(session_pointer);
         }
         self.sessions.clear();
@@ -931,9 +937,7 @@ impl TlsSession {
     /// Finds the key of direction `dir` in the key material that came.
     fn find_key(&mut self, dir: usize) {
         if self.tls12 {
-            if !self.find_master() && self.sides.iter().any(|s| !s.held.is_empty()) {
-                self.give_up(GiveUp::NoSecret);
-            }
+            self.find_master_or_give_up();
         } else {
             self.find_secret(dir);
         }
@@ -953,10 +957,8 @@ impl TlsSession {
         let known = known_secret_offsets(self.random_at, role);
         let secret_len = suite.secret_len();
         let random = self.random_at..self.random_at + CLIENT_RANDOM;
-        let looks_random = |at: usize| {
-            window
-                .get(at..at + secret_len)
-                .is_some_and(|s| s.iter().filter(|&&b| b == 0).count() <= MAX_ZERO_BYTES_IN_SECRET)
+        let candidate = |at: usize| {
+            window.get(at..at + secret_len).is_some_and(looks_random)
                 && (at + secret_len <= random.start || at >= random.end)
         };
         // Known offsets against every held record (whatever their bytes look like); every
@@ -972,7 +974,7 @@ impl TlsSession {
         let found = known_hit.or_else(|| {
             (0..window.len().saturating_sub(secret_len))
                 .filter(|_| search)
-                .filter(|&at| looks_random(at))
+                .filter(|&at| candidate(at))
                 .find_map(|at| first_decrypting(window, suite, at, &side.held, side.tried, &mut self.scratch))
         });
         let side = &mut self.sides[dir];
