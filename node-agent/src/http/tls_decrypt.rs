@@ -1422,6 +1422,24 @@ mod tests {
         provider::cipher_suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
     ];
 
+    /// Where the TLS record that starts at `at` in `stream` ends.
+    fn record_end(stream: &[u8], at: usize) -> usize {
+        at + RECORD_HEADER + usize::from(u16::from_be_bytes([stream[at + 3], stream[at + 4]]))
+    }
+
+    /// A process's memory as a session reader sees it: `session` at `address`, zeros (no
+    /// secret-like bytes: other objects) anywhere else.
+    fn memory_holding(address: u64, session: &[u8]) -> impl FnMut(u64, &mut [u8]) -> bool + '_ {
+        move |at, buf| {
+            if at == address {
+                buf.copy_from_slice(session);
+            } else {
+                buf.fill(0);
+            }
+            true
+        }
+    }
+
     /// Feeds a whole TLS 1.2 connection, then its session record with `copied` and `read`.
     fn run12(
         wire: &Wire,
@@ -1433,11 +1451,7 @@ mod tests {
         let mut s = TlsSession::detect(0, &wire.client_to_server).unwrap();
         // In time order as far as it matters: the ServerHello before the client's
         // ChangeCipherSpec (from then on the client's records are encrypted).
-        let hello = RECORD_HEADER
-            + usize::from(u16::from_be_bytes([
-                wire.client_to_server[3],
-                wire.client_to_server[4],
-            ]));
+        let hello = record_end(&wire.client_to_server, 0);
         let (client_hello, client_rest) = wire.client_to_server.split_at(hello);
         for (dir, bytes) in [
             (0, client_hello),
@@ -1494,17 +1508,13 @@ mod tests {
         let mut w = window(&wire, 13);
         w[2328..2336].copy_from_slice(&address.to_ne_bytes());
         let mut reads = 0;
+        let mut memory = memory_holding(address, &session);
         let (mut s, plain) = run12(
             &wire,
             None,
             &mut |at, buf| {
                 reads += 1;
-                if at == address {
-                    buf.copy_from_slice(&session);
-                } else {
-                    buf.fill(0); // another object: no secret-like bytes
-                }
-                true
+                memory(at, buf)
             },
             &w,
         );
@@ -1524,7 +1534,7 @@ mod tests {
     fn change_cipher_spec_at(stream: &[u8]) -> usize {
         let mut at = 0;
         while stream[at] != CONTENT_CHANGE_CIPHER_SPEC {
-            at += RECORD_HEADER + usize::from(u16::from_be_bytes([stream[at + 3], stream[at + 4]]));
+            at = record_end(stream, at);
         }
         at
     }
@@ -1549,14 +1559,7 @@ mod tests {
             .split_at(change_cipher_spec_at(&wire.server_to_client));
         s.feed(0, client_plain, 1, &mut plain.sink(0));
         s.feed(1, server_plain, 1, &mut plain.sink(1));
-        let mut read = |at: u64, buf: &mut [u8]| {
-            if at == address {
-                buf.copy_from_slice(&session);
-            } else {
-                buf.fill(0);
-            }
-            true
-        };
+        let mut read = memory_holding(address, &session);
         s.set_window(
             &w,
             352,
@@ -1726,11 +1729,7 @@ mod tests {
         let mut plain = Plain::default();
         let mut s = TlsSession::detect(0, &wire.client_to_server).unwrap();
         // The ClientHello alone, then the server's flight: no encrypted record from the client.
-        let hello = RECORD_HEADER
-            + usize::from(u16::from_be_bytes([
-                wire.client_to_server[3],
-                wire.client_to_server[4],
-            ]));
+        let hello = record_end(&wire.client_to_server, 0);
         s.feed(0, &wire.client_to_server[..hello], 1, &mut plain.sink(0));
         s.feed(1, &wire.server_to_client, 1, &mut plain.sink(1));
         assert!(!s.handshake_without_session());
