@@ -28,6 +28,10 @@ phase "toolchain"
 cp_bin=$(bash hack/build-control-plane.sh | tail -n1)
 export PALISADE_CONTROL_PLANE_BIN=$cp_bin
 phase "control plane binaries"
+# OpenSSL 3.6 for the root test of the TLS key search on a newer layout than Debian's 3.0.
+PALISADE_OPENSSL_LIB=$(bash hack/build-openssl.sh | tail -n1)
+export PALISADE_OPENSSL_LIB
+phase "OpenSSL 3.6 (for a test)"
 
 cargo fmt --all --check
 cargo clippy --all-targets --locked -- -D warnings

@@ -227,24 +227,30 @@ fn wait_line(rx: &mpsc::Receiver<String>, prefix: &str, timeout: Duration) -> St
 
 /// Starts the python TLS server; returns (child, port).
 fn start_python_server(dir: &Path, cert: &Path, key: &Path) -> (Child, u16) {
-    start_python_server_in(dir, cert, key, None, false)
+    start_python_server_in(dir, cert, key, None, false, None)
 }
 
 /// The python server, moved into `cgroup` (when given) before it opens its socket; `lazy`: it
-/// never calls `SSL_do_handshake` (the handshake happens inside its first `SSL_read`).
+/// never calls `SSL_do_handshake` (the handshake happens inside its first `SSL_read`);
+/// `openssl_lib`: a directory whose libssl and libcrypto it loads instead of the system's.
 fn start_python_server_in(
     dir: &Path,
     cert: &Path,
     key: &Path,
     cgroup: Option<&Path>,
     lazy: bool,
+    openssl_lib: Option<&Path>,
 ) -> (Child, u16) {
     let script = dir.join("server.py");
     fs::write(&script, SERVER_PY).unwrap();
     let join = cgroup.map_or(String::new(), |c| {
         format!("echo $$ > '{}/cgroup.procs' && ", c.display())
     });
-    let mut child = Command::new("sh")
+    let mut command = Command::new("sh");
+    if let Some(lib) = openssl_lib {
+        command.env("LD_LIBRARY_PATH", lib);
+    }
+    let mut child = command
         .arg("-c")
         .arg(format!("{join}exec python3 \"$0\" \"$@\""))
         .arg(&script)
@@ -839,8 +845,27 @@ fn tls_capture_plain_read_write() {
 
 #[test]
 fn tls_capture_session_keys() {
-    let name = "tls_capture_session_keys";
-    let Some(mut setup) = KeysSetup::start(name, false) else {
+    session_keys("tls_capture_session_keys", None);
+}
+
+/// The same with OpenSSL 3.6 in the server: since 3.2 a connection's state is an
+/// `SSL_CONNECTION` (the `SSL` pointer is its first member), laid out differently from 3.0's
+/// `SSL`. Alpine, Debian trixie and Fedora ship 3.2 or later. hack/build-openssl.sh builds it and
+/// hack/test.sh says where (`PALISADE_OPENSSL_LIB`).
+#[test]
+fn tls_capture_session_keys_openssl_3_6() {
+    let name = "tls_capture_session_keys_openssl_3_6";
+    let Some(lib) = std::env::var_os("PALISADE_OPENSSL_LIB") else {
+        println!("SKIPPED: {name}: PALISADE_OPENSSL_LIB is not set (bash hack/build-openssl.sh prints the directory to set it to)");
+        return;
+    };
+    session_keys(name, Some(Path::new(&lib)));
+}
+
+/// TLS 1.3 and 1.2 decrypted with the keys found in the server's memory, then a CBC suite that
+/// falls back to probed reads and writes; the server loads `openssl_lib`'s OpenSSL if given.
+fn session_keys(name: &str, openssl_lib: Option<&Path>) {
+    let Some(mut setup) = KeysSetup::start(name, false, openssl_lib) else {
         return;
     };
     let (server_pid, port) = (setup.server_pid, setup.port);
@@ -1134,7 +1159,7 @@ impl Drop for RemoveCgroup {
 
 impl KeysSetup {
     /// `None` (after printing why) when the machine cannot run it.
-    fn start(name: &str, lazy: bool) -> Option<KeysSetup> {
+    fn start(name: &str, lazy: bool, openssl_lib: Option<&Path>) -> Option<KeysSetup> {
         if let Some(why) = python_server_preconditions() {
             println!("SKIPPED: {name}: {why}");
             return None;
@@ -1162,10 +1187,18 @@ impl KeysSetup {
             .unwrap_or_else(|e| panic!("TLS programs refused: {e}"));
         drop(sharing);
         tls.set_placement(ProbePlacement::SessionKeys);
-        let (server, port) = start_python_server_in(&dir, &cert, &key, Some(&cgroup), lazy);
+        let (server, port) = start_python_server_in(&dir, &cert, &key, Some(&cgroup), lazy, openssl_lib);
         let server_pid = server.id();
         cleanup.children.push(server);
         let lib = find_libssl(server_pid).expect("the python server maps no libssl");
+        if let Some(wanted) = openssl_lib {
+            assert!(
+                fs::canonicalize(&lib)
+                    .unwrap()
+                    .starts_with(fs::canonicalize(wanted).unwrap()),
+                "the server maps {lib:?}, not the libssl in {wanted:?}"
+            );
+        }
         let att = tls
             .attach_tls(server_pid, &lib)
             .unwrap_or_else(|e| panic!("attach failed: {e}"));
@@ -1219,7 +1252,7 @@ fn tls_capture_handshakes_without_session_records() {
     // (what the agent does with `auto`: probe the pod's reads and writes, and stop looking for
     // TLS in that cgroup); the next requests are captured once, through the probes.
     let name = "tls_capture_handshakes_without_session_records";
-    let Some(mut setup) = KeysSetup::start(name, true) else {
+    let Some(mut setup) = KeysSetup::start(name, true, None) else {
         return;
     };
     let limits = CaptureLimits {
