@@ -5,8 +5,8 @@
 //! decrypts the captured TLS 1.3 records, so the finding names the client's real address; then a
 //! TLS 1.2 connection with an AES-CBC suite, which the agent does not decrypt, makes it probe the
 //! server's reads and writes, and later such requests are counted from there. Before that, TLS 1.2
-//! with AES-GCM is decrypted: a keep-alive connection (its session read from the server's memory)
-//! and a short one (its session copied by the kernel), with no fall back.
+//! with AES-GCM is decrypted from the first connection on, short ones (the return probe finds the
+//! session and copies it at each handshake), with no fall back.
 
 use anyhow::{ensure, Context, Result};
 use palisade_e2e::palisade::{
@@ -80,25 +80,6 @@ fn run_client(script: &str) -> Result<Vec<u16>> {
         .split_whitespace()
         .map(|s| s.parse().context("status"))
         .collect()
-}
-
-/// Requests on one keep-alive HTTPS connection, `pause` seconds apart.
-fn https_keepalive(ip: &str, requests: &[(&str, &str)], setup: &str, pause: f64) -> Result<Vec<u16>> {
-    let mut script = format!(
-        "import http.client, ssl, time\nctx = ssl._create_unverified_context()\n{setup}\nout = []\n\
-         c = http.client.HTTPSConnection('{ip}', 8443, context=ctx, timeout=5)\n"
-    );
-    for (i, (target, auth)) in requests.iter().enumerate() {
-        if i > 0 {
-            script.push_str(&format!("time.sleep({pause})\n"));
-        }
-        script.push_str(&format!(
-            "c.request('GET', {target:?}, headers={{'Authorization': {auth:?}}})\n\
-             r = c.getresponse(); r.read(); out.append(str(r.status))\n"
-        ));
-    }
-    script.push_str("c.close()\nprint(' '.join(out))\n");
-    run_client(&script)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,24 +167,24 @@ async fn https_scenario(keys: bool) -> Result<()> {
         );
         assert!(!text.contains(CANARY), "a secret canary leaked into the metrics");
 
-        // TLS 1.2 with an AEAD suite is decrypted too. The first connection stays open for a
-        // second between its two requests: the agent reads its SSL_SESSION (the master secret)
-        // from the server's memory while it exists, and tells the kernel where its pointer is.
-        // The next connection is short: decrypted with the session the kernel copied.
+        // TLS 1.2 with an AEAD suite is decrypted too, from its first connection on, each one
+        // short: the SSL_do_handshake return probe found where the server's SSL objects point to
+        // their SSL_SESSION (the master secret) at the server's first handshake, and copies the
+        // session at each handshake, before OpenSSL wipes it at the connection's end.
         let aead12 = "ctx.maximum_version = ssl.TLSVersion.TLSv1_2";
         assert_eq!(
-            https_keepalive(&ip, &[("/users/6", &bearer), ("/users/7", &bearer)], aead12, 1.0)?,
-            vec![200, 200]
+            https_requests_with(
+                &ip,
+                &[
+                    ("/users/6", &bearer),
+                    ("/users/7", &bearer),
+                    ("/users/8", &bearer)
+                ],
+                aead12
+            )?,
+            vec![200, 200, 200]
         );
-        // The first search of an OpenSSL build can take the (debug-built) agent longer than that
-        // connection lasted; a short connection before the kernel copies the session may end
-        // before the agent reads it, so wait for the kernel to know.
-        wait_metric(&stack, "palisade_agent_tls_session_pointers_total ", 1).await?;
-        assert_eq!(
-            https_requests_with(&ip, &[("/users/8", &bearer)], aead12)?,
-            vec![200]
-        );
-        wait_metric(&stack, "palisade_agent_tls_decrypted_connections_total ", 5).await?;
+        wait_metric(&stack, "palisade_agent_tls_decrypted_connections_total ", 6).await?;
         let users = wait_users(&stack, "TLS 1.2 requests decrypted", 5).await?;
         assert_eq!(users["requests"], 5, "{users}");
         let text = http_get_body(stack.agent_metrics, "/metrics")?;
@@ -211,6 +192,11 @@ async fn https_scenario(keys: bool) -> Result<()> {
             metric(&text, "palisade_agent_tls_fallbacks_total ").unwrap_or(0),
             0,
             "TLS 1.2 with AES-GCM needs no probes on reads and writes"
+        );
+        assert_eq!(
+            metric(&text, "palisade_agent_tls_session_pointers_total ").unwrap_or(0),
+            0,
+            "the kernel found the session pointer itself: the agent had none to correct"
         );
         assert_eq!(
             metric(

@@ -155,10 +155,18 @@ pub const FAMILY_TLS: u8 = 0x80;
 // FAMILY_TLS_SESSION`, `cgroup_id`, `source_addr`/`dest_addr` as in a TLS plaintext record of
 // direction INGRESS (source = the `SSL *`, dest = the tgid), `payload_len` = bytes of the window
 // that could be read. TLS 1.2 keeps its master secret in the `SSL_SESSION` the object points to:
-// once the agent has found where that pointer is for a process ([`MAP_TLS_SESSION_POINTERS`]),
-// the record also carries the session's first [`TLS_SESSION_STRUCT_BYTES`] right after the
-// window, `captured_len` = window + those bytes, `chunk_offset` = the pointer's offset in the
-// `SSL` object. Every other field is 0. Neither leaves the node's agent.
+// once it is known where that pointer is for a process ([`MAP_TLS_SESSION_POINTERS`]), the record
+// also carries the session's first [`TLS_SESSION_STRUCT_BYTES`] right after the window,
+// `captured_len` = window + those bytes, `chunk_offset` = the pointer's offset in the `SSL`
+// object. Every other field is 0. Neither leaves the node's agent.
+//
+// Where the pointer is: at a process's first completed handshake the return probe looks for it
+// itself, the first field of the window that points to memory starting like an `SSL_SESSION`
+// ([`looks_like_tls_session`]), and records the field's offset (or
+// [`TLS_SESSION_POINTER_NONE`]) for the process. So the session is copied from the first
+// connection on, while it certainly exists; OpenSSL wipes it when a short connection closes,
+// usually before the agent could read it. The agent's own search (trial decryption over the
+// process's memory) corrects a wrong or missing one.
 
 /// `CaptureHeader::family` of a record carrying the start of an `SSL` object (see above).
 pub const FAMILY_TLS_SESSION: u8 = 0x81;
@@ -170,8 +178,27 @@ pub const TLS_SESSION_STRUCT_BYTES: usize = 256;
 /// A [`FAMILY_TLS_SESSION`] record.
 pub type TlsSessionRecord = CaptureRecordOf<{ TLS_SESSION_WINDOW_BYTES + TLS_SESSION_STRUCT_BYTES }>;
 /// Where each process's `SSL` objects keep their `SSL_SESSION` pointer (key: tgid, 0 for every
-/// process without an entry of its own; value: byte offset, below [`TLS_SESSION_WINDOW_BYTES`]).
+/// process without an entry of its own; value: byte offset, below [`TLS_SESSION_WINDOW_BYTES`],
+/// or [`TLS_SESSION_POINTER_NONE`]).
 pub const MAP_TLS_SESSION_POINTERS: &str = "TLS_SESSION_POINTERS";
+/// A [`MAP_TLS_SESSION_POINTERS`] value: the return probe looked for the pointer in this
+/// process's `SSL` object and found none. It does not look again (the default entry, 0, still
+/// applies); the agent's search may set one.
+pub const TLS_SESSION_POINTER_NONE: u32 = u32::MAX;
+
+/// Whether the first 16 bytes of an object are those of an OpenSSL `SSL_SESSION` after a
+/// handshake: `int ssl_version` (padded to 8 bytes), then `size_t master_key_length`: TLS 1.2
+/// and its 48-byte master secret, or TLS 1.3 and its resumption secret, the hash's length (32
+/// or 48) once a ticket was made, else 0 (a client before the server's ticket, a server without
+/// tickets). OpenSSL 1.1.1 to 3.6 begin the struct so. A wrong match costs nothing but the
+/// agent's own search: the copy it brings decrypts nothing.
+pub fn looks_like_tls_session(head: [u64; 2]) -> bool {
+    match head[0] as u32 {
+        0x0303 => head[1] == 48,
+        0x0304 => matches!(head[1], 0 | 32 | 48),
+        _ => false,
+    }
+}
 /// uprobe on `SSL_do_handshake` entry: remembers the `SSL *` for the calling thread.
 pub const PROG_TLS_HANDSHAKE_ENTER: &str = "palisade_tls_handshake_enter";
 /// uretprobe on `SSL_do_handshake`: on success (1), emits the [`TlsSessionRecord`].
@@ -392,4 +419,26 @@ mod user {
     unsafe impl aya::Pod for super::CaptureCounters {}
     unsafe impl aya::Pod for super::TlsCallArgs {}
     unsafe impl aya::Pod for super::TlsStreamKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::looks_like_tls_session;
+
+    #[test]
+    fn tls_session_heads_are_told_from_other_objects() {
+        // TLS 1.2 with its master secret; the 4 bytes after the int are padding, not looked at.
+        assert!(looks_like_tls_session([0x0303, 48]));
+        assert!(looks_like_tls_session([0xdead_beef_0000_0303, 48]));
+        // TLS 1.3: a ticket's secret, or none yet.
+        for len in [0, 32, 48] {
+            assert!(looks_like_tls_session([0x0304, len]), "{len}");
+        }
+        // TLS 1.2 without a secret, older versions, a pointer, zeroes.
+        assert!(!looks_like_tls_session([0x0303, 0]));
+        assert!(!looks_like_tls_session([0x0303, 32]));
+        assert!(!looks_like_tls_session([0x0302, 48]));
+        assert!(!looks_like_tls_session([0x5555_5555_0304, 0x7fff_0000_1000]));
+        assert!(!looks_like_tls_session([0, 0]));
+    }
 }

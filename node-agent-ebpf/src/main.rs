@@ -39,8 +39,8 @@ use palisade_common::{
     ENFORCE_BLOCKS, ENFORCE_ISOLATION, ENFORCE_MAX_CGROUP_LEVEL, FAMILY_IPV4, FAMILY_IPV6, FAMILY_TLS,
     FAMILY_TLS_SESSION, ISOLATED_WORKLOADS_MAX_ENTRIES, ISOLATION_ALLOW_CGROUP_BITS,
     ISOLATION_ALLOW_MAX_ENTRIES, ISOLATION_DENY_EGRESS, MAX_CHUNKS_PER_SKB, MEDIUM_CHUNK_BYTES,
-    SMALL_CHUNK_BYTES, TCP_FIN, TCP_RST, TINY_CHUNK_BYTES, TLS_SESSION_STRUCT_BYTES,
-    TLS_SESSION_WINDOW_BYTES,
+    SMALL_CHUNK_BYTES, TCP_FIN, TCP_RST, TINY_CHUNK_BYTES, TLS_SESSION_POINTER_NONE,
+    TLS_SESSION_STRUCT_BYTES, TLS_SESSION_WINDOW_BYTES,
 };
 
 /// Records of a CPU without a ring in [`CAPTURE_RINGS`] (every CPU, if the agent could not make
@@ -782,16 +782,9 @@ pub fn palisade_tls_handshake_exit(ctx: RetProbeContext) -> u32 {
     hdr.family = FAMILY_TLS_SESSION;
     hdr.captured_len = n;
     hdr.payload_len = n;
-    // TLS 1.2: the start of the SSL_SESSION, right after the window, when the agent has said
-    // where its pointer is.
-    // SAFETY: plain lookups; the value is a u32 copied out at once.
-    let pointer_at = unsafe {
-        TLS_SESSION_POINTERS
-            .get(&tgid)
-            .or_else(|| TLS_SESSION_POINTERS.get(&0))
-    }
-    .copied();
-    if let Some(at) = pointer_at {
+    // TLS 1.2: the start of the SSL_SESSION, right after the window, once it is known where
+    // its pointer is: looked for at the process's first handshake.
+    if let Some(at) = session_pointer(tgid, window as *const u8, n) {
         let at = u64::from(at) & (TLS_SESSION_WINDOW_BYTES as u64 - 8);
         let mut session: u64 = 0;
         // SAFETY: reads 8 bytes of user memory into a local; the helper fails rather than faults.
@@ -823,6 +816,58 @@ pub fn palisade_tls_handshake_exit(ctx: RetProbeContext) -> u32 {
     count(Counter::RecordsEmitted, 1);
     count(Counter::TlsSessionsEmitted, 1);
     0
+}
+
+/// Where `tgid`'s `SSL` objects point to their `SSL_SESSION`: its own entry in
+/// [`TLS_SESSION_POINTERS`], else the default (key 0); without either, the first field of the
+/// `window` (the `n` bytes of the `SSL` object just copied) that points to memory starting like
+/// a session, recorded as the process's entry, or [`TLS_SESSION_POINTER_NONE`] so that the
+/// search runs once per process.
+#[inline(always)]
+fn session_pointer(tgid: u32, window: *const u8, n: u32) -> Option<u32> {
+    // SAFETY: plain lookups; the values are u32s copied out at once.
+    let own = unsafe { TLS_SESSION_POINTERS.get(&tgid) }.copied();
+    if let Some(at) = own.filter(|at| *at != TLS_SESSION_POINTER_NONE) {
+        return Some(at);
+    }
+    // SAFETY: as above.
+    if let Some(at) = unsafe { TLS_SESSION_POINTERS.get(&0) }.copied() {
+        return Some(at);
+    }
+    if own.is_some() {
+        return None; // searched before
+    }
+    let found = find_session_pointer(window, n);
+    let _ = TLS_SESSION_POINTERS.insert(&tgid, &found.unwrap_or(TLS_SESSION_POINTER_NONE), 0);
+    found
+}
+
+/// The offset of the first 8-byte field among the first `n` bytes of `window` whose value is a
+/// user-space address where [`palisade_common::looks_like_tls_session`] holds.
+#[inline(always)]
+fn find_session_pointer(window: *const u8, n: u32) -> Option<u32> {
+    let fields = n as usize / 8;
+    for i in 0..TLS_SESSION_WINDOW_BYTES / 8 {
+        if i >= fields {
+            break;
+        }
+        // SAFETY: `i * 8 + 8 <= n <= TLS_SESSION_WINDOW_BYTES`: inside the record's data array,
+        // which is 8-byte aligned (the header before it is 72 bytes).
+        let value = unsafe { *(window as *const u64).add(i) };
+        // Aligned, above the first pages, below the top of a 47-bit user address space.
+        if value & 7 != 0 || value < 0x1_0000 || value >= 0x8000_0000_0000 {
+            continue;
+        }
+        let mut head = [0u64; 2];
+        // SAFETY: reads 16 bytes of user memory into a local; the helper fails rather than
+        // faults on an address that is not mapped.
+        let read =
+            unsafe { bpf_probe_read_user_raw(head.as_mut_ptr() as *mut c_void, 16, value as *const c_void) };
+        if read == 0 && palisade_common::looks_like_tls_session(head) {
+            return Some((i * 8) as u32);
+        }
+    }
+    None
 }
 
 /// Removes a stream's offset entry and returns its value (the end offset).

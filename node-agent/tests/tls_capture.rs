@@ -874,7 +874,9 @@ fn session_keys(name: &str, openssl_lib: Option<&Path>) {
 
     // One TLS 1.3 connection with three requests, then one TLS 1.2 connection held open while
     // the tracker decrypts it (its SSL_SESSION, where TLS 1.2 keeps the master secret, is read
-    // from the server's memory; OpenSSL wipes it when the connection ends).
+    // from the server's memory; OpenSSL wipes it when the connection ends). First as for an
+    // OpenSSL whose sessions the return probe does not recognise: it copies none.
+    tls.set_session_pointer_not_found(server_pid).unwrap();
     let paths = [PROBE_PATH, "/big", "/second?q=1"];
     let (_, codes) = curl(port, &paths);
     assert_eq!(codes, vec!["200"; 3]);
@@ -980,16 +982,17 @@ fn session_keys(name: &str, openssl_lib: Option<&Path>) {
     );
     drop(held_open.close());
 
-    // Where the server's SSL objects point to their session: the kernel copies it from now on
-    // (what the agent does), and the tracker no longer needs the process's memory.
+    // Where the server's SSL objects point to their session, found in its memory.
     let pointers = tracker.take_tls_session_pointers();
     println!("[{name}] SSL_SESSION pointer found in the server's memory: {pointers:?}");
     assert_eq!(pointers.len(), 1, "{pointers:?}");
     let (pid, offset) = pointers[0];
     assert_eq!(pid, server_pid);
-    tls.set_session_pointer(server_pid, u32::try_from(offset).unwrap())
-        .unwrap();
-    assert_eq!(tls.session_pointer(server_pid).unwrap(), Some(offset as u32));
+
+    // The return probe's own search, at the process's next handshake: the same pointer. The
+    // kernel copies the session from then on, and the tracker no longer needs the process's
+    // memory, which a short connection's session is gone from by the time the agent reads it.
+    tls.forget_session_pointer(server_pid).unwrap();
     tracker.set_session_reader(|_, _, _| false);
     let (_, codes) = curl_with(port, &["/old-tls-again"], &["--tls-max", "1.2"]);
     assert_eq!(codes, vec!["200"]);
@@ -1007,6 +1010,11 @@ fn session_keys(name: &str, openssl_lib: Option<&Path>) {
         "the start of the SSL_SESSION follows the SSL object"
     );
     assert_eq!(session.header.chunk_offset as usize, offset);
+    assert_eq!(
+        tls.session_pointer(server_pid).unwrap(),
+        Some(offset as u32),
+        "the return probe found the pointer the agent's search found"
+    );
     events.clear();
     feed_tracker(&mut tracker, &recs, &limits, &mut events);
     println!(
@@ -1020,7 +1028,14 @@ fn session_keys(name: &str, openssl_lib: Option<&Path>) {
         "decrypted with the session the kernel copied (the connection is gone by now)"
     );
     assert_eq!(tracker.drops.tls_decrypted, 3);
-    assert!(tracker.take_tls_session_pointers().is_empty());
+    assert!(
+        tracker.take_tls_session_pointers().is_empty(),
+        "nothing to correct"
+    );
+    // What the agent does with a pointer it found (here the same one): the process's entry and
+    // the default for processes not searched yet.
+    tls.set_session_pointer(server_pid, offset as u32).unwrap();
+    assert_eq!(tls.session_pointer(0).unwrap(), Some(offset as u32));
 
     // A suite the agent does not decrypt (TLS 1.2 with AES-CBC) asks for the process's reads and
     // writes to be probed (what the agent does with `--tls-probes auto`); from then on its

@@ -41,7 +41,7 @@ use palisade_common::{
     MAP_TLS_STREAM_OFFSETS, MAP_TLS_WRITE_ARGS, PROG_TLS_FREE, PROG_TLS_HANDSHAKE_ENTER,
     PROG_TLS_HANDSHAKE_EXIT, PROG_TLS_READ_ENTER, PROG_TLS_READ_EXIT, PROG_TLS_READ_EX_ENTER,
     PROG_TLS_WRITE_ENTER, PROG_TLS_WRITE_EXIT, PROG_TLS_WRITE_EX_ENTER, TLS_ARGS_MAX_ENTRIES,
-    TLS_STREAM_MAX_ENTRIES,
+    TLS_SESSION_POINTER_NONE, TLS_STREAM_MAX_ENTRIES,
 };
 
 use super::openssl_entry::{self, InternalEntries};
@@ -540,9 +540,33 @@ impl TlsProbes {
         Ok(())
     }
 
-    /// The offset [`Self::set_session_pointer`] recorded for `pid` (or, with 0, the default).
+    /// The offset recorded for `pid` (or, with 0, the default) by [`Self::set_session_pointer`]
+    /// or by the return probe's own search; `None` if there is none or the search found none.
     pub fn session_pointer(&mut self, pid: u32) -> Result<Option<u32>, TlsError> {
-        Ok(self.session_pointers()?.get(&pid, 0).ok())
+        Ok(self
+            .session_pointers()?
+            .get(&pid, 0)
+            .ok()
+            .filter(|at| *at != TLS_SESSION_POINTER_NONE))
+    }
+
+    /// Records for `pid` alone that its return probe searched its `SSL` object for the session
+    /// pointer and found none: the probe copies no session for it (unless a default is set)
+    /// and does not search again, as for an OpenSSL whose sessions it does not recognise.
+    pub fn set_session_pointer_not_found(&mut self, pid: u32) -> Result<(), TlsError> {
+        self.session_pointers()?
+            .insert(pid, TLS_SESSION_POINTER_NONE, 0)
+            .map_err(|e| TlsError::Map {
+                map: MAP_TLS_SESSION_POINTERS,
+                reason: error_chain(&e),
+            })
+    }
+
+    /// Forgets `pid`'s entry: its return probe searches again at the next handshake (unless a
+    /// default is set).
+    pub fn forget_session_pointer(&mut self, pid: u32) -> Result<(), TlsError> {
+        let _ = self.session_pointers()?.remove(&pid); // absent is fine
+        Ok(())
     }
 
     fn session_pointers(&mut self) -> Result<BpfHashMap<&mut MapData, u32, u32>, TlsError> {
@@ -565,9 +589,7 @@ impl TlsProbes {
         let Some(att) = self.attached.remove(&pid) else {
             return Ok(false);
         };
-        if let Ok(mut pointers) = self.session_pointers() {
-            let _ = pointers.remove(&pid); // none unless it spoke TLS 1.2
-        }
+        let _ = self.forget_session_pointer(pid);
         detach_links(&mut self.ebpf, pid, att.links)?;
         Ok(true)
     }
