@@ -877,6 +877,9 @@ fn session_keys(name: &str, openssl_lib: Option<&Path>) {
     // from the server's memory; OpenSSL wipes it when the connection ends). First as for an
     // OpenSSL whose sessions the return probe does not recognise: it copies none.
     tls.set_session_pointer_not_found(server_pid).unwrap();
+    // What the return probe costs, with and without its search (printed, not asserted).
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).unwrap();
+    let runs_before = tls.handshake_return_runs().unwrap();
     let paths = [PROBE_PATH, "/big", "/second?q=1"];
     let (_, codes) = curl(port, &paths);
     assert_eq!(codes, vec!["200"; 3]);
@@ -893,6 +896,7 @@ fn session_keys(name: &str, openssl_lib: Option<&Path>) {
     });
     let c = tls.counters().unwrap();
     println!("[{name}] {} records; TLS counters {c:?}", recs.len());
+    let runs_without_search = tls.handshake_return_runs().unwrap();
     assert_eq!(
         c.tls_sessions_emitted, 2,
         "one session record per completed handshake"
@@ -996,6 +1000,15 @@ fn session_keys(name: &str, openssl_lib: Option<&Path>) {
     tracker.set_session_reader(|_, _, _| false);
     let (_, codes) = curl_with(port, &["/old-tls-again"], &["--tls-max", "1.2"]);
     assert_eq!(codes, vec!["200"]);
+    let runs_with_search = tls.handshake_return_runs().unwrap();
+    println!(
+        "[{name}] SSL_do_handshake return probe: {:?} in {} runs for the first 2 connections, \
+         {:?} in {} runs for the one whose handshake searched the session pointer",
+        runs_without_search.0.saturating_sub(runs_before.0),
+        runs_without_search.1 - runs_before.1,
+        runs_with_search.0.saturating_sub(runs_without_search.0),
+        runs_with_search.1 - runs_without_search.1,
+    );
     let recs = drain_until(ring, Duration::from_secs(5), |recs| {
         recs.iter().any(|r| r.header.family == FAMILY_TLS_SESSION)
             && recs.iter().filter(|r| r.header.tcp_flags & TCP_FIN != 0).count() >= 2

@@ -194,6 +194,10 @@ pub enum TlsError {
     #[error("map `{map}`: {reason}")]
     Map { map: &'static str, reason: String },
 
+    /// A loaded program's information could not be read.
+    #[error("program `{program}`: {reason}")]
+    ProgramInfo { program: &'static str, reason: String },
+
     /// pid 0 names no process.
     #[error("pid 0 is not a process; TLS capture attaches to one process id")]
     InvalidPid,
@@ -628,6 +632,25 @@ impl TlsProbes {
             PerCpuArray::try_from(map).map_err(|e| map_err(&e))?;
         let per_cpu = array.get(&0, 0).map_err(|e| map_err(&e))?;
         Ok(sum_counters(per_cpu.iter()))
+    }
+
+    /// What the `SSL_do_handshake` return probe has cost so far: (time spent running, runs), as
+    /// the kernel counts them while its BPF statistics are on (`BPF_ENABLE_STATS`).
+    pub fn handshake_return_runs(&self) -> Result<(std::time::Duration, u64), TlsError> {
+        let missing = TlsError::MissingInObject {
+            kind: "program",
+            name: PROG_TLS_HANDSHAKE_EXIT,
+        };
+        let info = self
+            .ebpf
+            .program(PROG_TLS_HANDSHAKE_EXIT)
+            .ok_or(missing)?
+            .info()
+            .map_err(|e| TlsError::ProgramInfo {
+                program: PROG_TLS_HANDSHAKE_EXIT,
+                reason: error_chain(&e),
+            })?;
+        Ok((info.run_time(), info.run_count()))
     }
 
     /// Takes the TLS programs' own ring buffer ([`TlsProbes::load_standalone`] only).
