@@ -667,13 +667,13 @@ fn emit_chunk<const N: usize>(
 
 #[uprobe]
 pub fn palisade_tls_read_enter(ctx: ProbeContext) -> u32 {
-    tls_enter(&ctx, &TLS_READ_ARGS, false);
+    tls_enter(&ctx, &TLS_READ_ARGS, None);
     0
 }
 
 #[uprobe]
 pub fn palisade_tls_read_ex_enter(ctx: ProbeContext) -> u32 {
-    tls_enter(&ctx, &TLS_READ_ARGS, true);
+    tls_enter(&ctx, &TLS_READ_ARGS, Some(3));
     0
 }
 
@@ -685,13 +685,20 @@ pub fn palisade_tls_read_exit(ctx: RetProbeContext) -> u32 {
 
 #[uprobe]
 pub fn palisade_tls_write_enter(ctx: ProbeContext) -> u32 {
-    tls_enter(&ctx, &TLS_WRITE_ARGS, false);
+    tls_enter(&ctx, &TLS_WRITE_ARGS, None);
     0
 }
 
 #[uprobe]
 pub fn palisade_tls_write_ex_enter(ctx: ProbeContext) -> u32 {
-    tls_enter(&ctx, &TLS_WRITE_ARGS, true);
+    tls_enter(&ctx, &TLS_WRITE_ARGS, Some(3));
+    0
+}
+
+/// OpenSSL 3.2+'s `ssl_write_internal(ssl, buf, num, flags, &written)`: `written` comes fifth.
+#[uprobe]
+pub fn palisade_tls_write_flags_enter(ctx: ProbeContext) -> u32 {
+    tls_enter(&ctx, &TLS_WRITE_ARGS, Some(4));
     0
 }
 
@@ -909,18 +916,18 @@ fn stream_key(ssl: u64, tgid: u32, direction: u8) -> TlsStreamKey {
 /// `SSL_read(ssl, buf, num)` / `SSL_read_ex(ssl, buf, num, &readbytes)` and the write twins:
 /// remembers the arguments for the return probe of the same thread.
 #[inline(always)]
-fn tls_enter(ctx: &ProbeContext, args: &LruHashMap<u64, TlsCallArgs>, ex: bool) {
+fn tls_enter(ctx: &ProbeContext, args: &LruHashMap<u64, TlsCallArgs>, bytes_arg: Option<usize>) {
     count(Counter::TlsEntryHits, 1);
     let (Some(ssl), Some(buf)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else {
         return;
     };
-    let len_ptr = if ex {
-        match ctx.arg::<u64>(3) {
+    // The `_ex` convention: the byte count is stored through an argument, not returned.
+    let len_ptr = match bytes_arg {
+        Some(index) => match ctx.arg::<u64>(index) {
             Some(p) if p != 0 => p,
             _ => return,
-        }
-    } else {
-        0
+        },
+        None => 0,
     };
     let pid_tgid = bpf_get_current_pid_tgid();
     let _ = args.insert(&pid_tgid, &TlsCallArgs { ssl, buf, len_ptr }, 0);

@@ -1072,6 +1072,10 @@ fn session_keys(name: &str, openssl_lib: Option<&Path>) {
     let att = tls.add_call_probes(server_pid).unwrap();
     println!("[{name}] fell back: {att:?}");
     assert!(att.functions.iter().any(|f| f.contains("read")), "{att:?}");
+    assert_eq!(
+        att.internal_not_used, None,
+        "the internal read and write functions are probed (no single-step per call)"
+    );
     assert!(att.functions.contains(&"SSL_do_handshake"), "{att:?}");
     tracker.tls_captured_by_calls(server_pid, true);
     let (_, codes) = curl_with(port, &["/cbc-again"], &cbc);

@@ -17,9 +17,10 @@
 //! library built differently, LibreSSL, BoringSSL, wrappers inlined), [`find`] returns the reason
 //! and the agent probes the exported functions as before.
 //!
-//! OpenSSL 3.2 and later are refused, as they must be: `ssl_write_internal` gained a flags
-//! argument before `written` (which the write probe would read as its fourth), and `SSL_write_ex`
-//! now calls it through `SSL_write_ex2`, so the write pair shares no call target.
+//! OpenSSL 3.2 changed the write side: `ssl_write_internal` gained a flags argument before
+//! `written` (now the fifth), and `SSL_write_ex` calls it through the new export `SSL_write_ex2`.
+//! So when `SSL_write_ex2` is exported, the write pair is `SSL_write` and `SSL_write_ex2`, and the
+//! entry probe reads `written` from the fifth argument ([`InternalEntries::write_flags`]).
 
 use std::path::Path;
 
@@ -35,6 +36,9 @@ const MAX_WRAPPER_BYTES: u64 = 512;
 pub struct InternalEntries {
     pub read: u64,
     pub write: u64,
+    /// The write function takes flags before `written` (OpenSSL 3.2+: `ssl_write_internal(ssl,
+    /// buf, num, flags, &written)`).
+    pub write_flags: bool,
 }
 
 /// Why the internal functions were not used (the exported ones are probed instead).
@@ -74,13 +78,20 @@ fn find_in(data: &[u8]) -> Result<InternalEntries, NotFound> {
         return Err(NotFound::Format(format!("{:?}", file.architecture())));
     }
     let read = shared_call_target(&file, "SSL_read", "SSL_read_ex")?;
-    let write = shared_call_target(&file, "SSL_write", "SSL_write_ex")?;
+    let write_flags = code_of(&file, "SSL_write_ex2").is_ok();
+    let write_pair = if write_flags {
+        "SSL_write_ex2"
+    } else {
+        "SSL_write_ex"
+    };
+    let write = shared_call_target(&file, "SSL_write", write_pair)?;
     if read == write {
         return Err(NotFound::SameTarget);
     }
     Ok(InternalEntries {
         read: file_offset(&file, read)?,
         write: file_offset(&file, write)?,
+        write_flags,
     })
 }
 
@@ -188,6 +199,10 @@ mod tests {
         };
         let entries = find_in(&data).expect("internal entries");
         assert_ne!(entries.read, entries.write);
+        assert!(
+            !entries.write_flags,
+            "OpenSSL 3.0's ssl_write_internal has no flags"
+        );
         for offset in [entries.read, entries.write] {
             let first = &data[offset as usize..offset as usize + 2];
             let is_push =
@@ -201,23 +216,29 @@ mod tests {
     }
 
     /// OpenSSL 3.6 (hack/build-openssl.sh builds it, hack/test.sh sets `PALISADE_OPENSSL_LIB`):
-    /// its write pair must not agree, or the write probe would read the flags as `written`.
+    /// the write pair is `SSL_write` and `SSL_write_ex2`, and its target takes flags (`SSL_write_ex`
+    /// shares no call target with `SSL_write`: it calls `SSL_write_ex2`).
     #[test]
-    fn refuses_the_write_pair_of_openssl_3_2_and_later() {
+    fn finds_the_internal_functions_of_openssl_3_6() {
         let Some(dir) = std::env::var_os("PALISADE_OPENSSL_LIB") else {
             println!(
-                "SKIPPED: refuses_the_write_pair_of_openssl_3_2_and_later: PALISADE_OPENSSL_LIB is not set (bash hack/build-openssl.sh prints it)"
+                "SKIPPED: finds_the_internal_functions_of_openssl_3_6: PALISADE_OPENSSL_LIB is not set (bash hack/build-openssl.sh prints it)"
             );
             return;
         };
+        let data = std::fs::read(Path::new(&dir).join("libssl.so.3")).unwrap();
+        let file = object::File::parse(&*data).unwrap();
         assert_eq!(
-            find(&Path::new(&dir).join("libssl.so.3")),
+            shared_call_target(&file, "SSL_write", "SSL_write_ex"),
             Err(NotFound::Ambiguous {
                 wrapper: "SSL_write",
                 other: "SSL_write_ex",
                 shared: 0
             })
         );
+        let entries = find_in(&data).expect("internal entries");
+        assert!(entries.write_flags);
+        assert_ne!(entries.read, entries.write);
     }
 
     #[test]

@@ -40,8 +40,8 @@ use palisade_common::{
     MAP_CAPTURE_RING, MAP_CAPTURE_RINGS, MAP_TLS_HANDSHAKE_ARGS, MAP_TLS_READ_ARGS, MAP_TLS_SESSION_POINTERS,
     MAP_TLS_STREAM_OFFSETS, MAP_TLS_WRITE_ARGS, PROG_TLS_FREE, PROG_TLS_HANDSHAKE_ENTER,
     PROG_TLS_HANDSHAKE_EXIT, PROG_TLS_READ_ENTER, PROG_TLS_READ_EXIT, PROG_TLS_READ_EX_ENTER,
-    PROG_TLS_WRITE_ENTER, PROG_TLS_WRITE_EXIT, PROG_TLS_WRITE_EX_ENTER, TLS_ARGS_MAX_ENTRIES,
-    TLS_SESSION_POINTER_NONE, TLS_STREAM_MAX_ENTRIES,
+    PROG_TLS_WRITE_ENTER, PROG_TLS_WRITE_EXIT, PROG_TLS_WRITE_EX_ENTER, PROG_TLS_WRITE_FLAGS_ENTER,
+    TLS_ARGS_MAX_ENTRIES, TLS_SESSION_POINTER_NONE, TLS_STREAM_MAX_ENTRIES,
 };
 
 use super::openssl_entry::{self, InternalEntries};
@@ -51,7 +51,7 @@ use super::{error_chain, verifier_excerpt, with_permission_hint, CaptureRing};
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/node-agent-ebpf"));
 
 /// Every TLS program of the object.
-const TLS_PROGRAMS: [&str; 9] = [
+const TLS_PROGRAMS: [&str; 10] = [
     PROG_TLS_HANDSHAKE_ENTER,
     PROG_TLS_HANDSHAKE_EXIT,
     PROG_TLS_READ_ENTER,
@@ -59,6 +59,7 @@ const TLS_PROGRAMS: [&str; 9] = [
     PROG_TLS_READ_EXIT,
     PROG_TLS_WRITE_ENTER,
     PROG_TLS_WRITE_EX_ENTER,
+    PROG_TLS_WRITE_FLAGS_ENTER,
     PROG_TLS_WRITE_EXIT,
     PROG_TLS_FREE,
 ];
@@ -107,9 +108,14 @@ const EXPORTED_HOOKS: [Hook; 9] = [
 ];
 
 /// The internal functions the four exported ones call, with the `_ex` calling convention
-/// (`(ssl, buf, num, &bytes)`, positive on success): one probe pair for both variants, and
-/// cheaper traps (see [`openssl_entry`]).
+/// (`(ssl, buf, num, &bytes)`, positive on success; OpenSSL 3.2+ writes take flags before
+/// `&bytes`): one probe pair for both variants, and cheaper traps (see [`openssl_entry`]).
 fn internal_hooks(entries: InternalEntries) -> [Hook; 5] {
+    let write_enter = if entries.write_flags {
+        PROG_TLS_WRITE_FLAGS_ENTER
+    } else {
+        PROG_TLS_WRITE_EX_ENTER
+    };
     let internal = |function, offset, program| Hook {
         function,
         at: At::Offset(offset),
@@ -119,7 +125,7 @@ fn internal_hooks(entries: InternalEntries) -> [Hook; 5] {
     [
         internal("ssl_read_internal", entries.read, PROG_TLS_READ_EX_ENTER),
         internal("ssl_read_internal", entries.read, PROG_TLS_READ_EXIT),
-        internal("ssl_write_internal", entries.write, PROG_TLS_WRITE_EX_ENTER),
+        internal("ssl_write_internal", entries.write, write_enter),
         internal("ssl_write_internal", entries.write, PROG_TLS_WRITE_EXIT),
         exported("SSL_free", PROG_TLS_FREE, false),
     ]
