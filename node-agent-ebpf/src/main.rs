@@ -914,14 +914,15 @@ fn stream_key(ssl: u64, tgid: u32, direction: u8) -> TlsStreamKey {
 }
 
 /// `SSL_read(ssl, buf, num)` / `SSL_read_ex(ssl, buf, num, &readbytes)` and the write twins:
-/// remembers the arguments for the return probe of the same thread.
+/// remembers the arguments for the return probe of the same thread. `bytes_arg`: the argument
+/// the byte count is stored through (3 for the `_ex` functions, 4 for OpenSSL 3.2+'s internal
+/// write), `None` when the call returns it.
 #[inline(always)]
 fn tls_enter(ctx: &ProbeContext, args: &LruHashMap<u64, TlsCallArgs>, bytes_arg: Option<usize>) {
     count(Counter::TlsEntryHits, 1);
     let (Some(ssl), Some(buf)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else {
         return;
     };
-    // The `_ex` convention: the byte count is stored through an argument, not returned.
     let len_ptr = match bytes_arg {
         Some(index) => match ctx.arg::<u64>(index) {
             Some(p) if p != 0 => p,
