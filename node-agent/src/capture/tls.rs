@@ -540,14 +540,7 @@ impl TlsProbes {
     /// of that session, read while it certainly exists; processes without an entry of their own
     /// try the same offset (key 0), as they likely use the same OpenSSL build.
     pub fn set_session_pointer(&mut self, pid: u32, offset: u32) -> Result<(), TlsError> {
-        let mut pointers = self.session_pointers()?;
-        for key in [pid, 0] {
-            pointers.insert(key, offset, 0).map_err(|e| TlsError::Map {
-                map: MAP_TLS_SESSION_POINTERS,
-                reason: error_chain(&e),
-            })?;
-        }
-        Ok(())
+        self.write_session_pointer(&[pid, 0], offset)
     }
 
     /// The offset recorded for `pid` (or, with 0, the default) by [`Self::set_session_pointer`]
@@ -564,12 +557,19 @@ impl TlsProbes {
     /// pointer and found none: the probe copies no session for it (unless a default is set)
     /// and does not search again, as for an OpenSSL whose sessions it does not recognise.
     pub fn set_session_pointer_not_found(&mut self, pid: u32) -> Result<(), TlsError> {
-        self.session_pointers()?
-            .insert(pid, TLS_SESSION_POINTER_NONE, 0)
-            .map_err(|e| TlsError::Map {
+        self.write_session_pointer(&[pid], TLS_SESSION_POINTER_NONE)
+    }
+
+    /// Writes `value` for each of `keys` in [`MAP_TLS_SESSION_POINTERS`].
+    fn write_session_pointer(&mut self, keys: &[u32], value: u32) -> Result<(), TlsError> {
+        let mut pointers = self.session_pointers()?;
+        for &key in keys {
+            pointers.insert(key, value, 0).map_err(|e| TlsError::Map {
                 map: MAP_TLS_SESSION_POINTERS,
                 reason: error_chain(&e),
-            })
+            })?;
+        }
+        Ok(())
     }
 
     /// Forgets `pid`'s entry: its return probe searches again at the next handshake (unless a
