@@ -1163,7 +1163,7 @@ impl<B: CaptureBackend> Runtime<B> {
     /// Processes one captured record.
     /// The caller counts the records it drains ([`AgentMetrics::drained`], once per batch).
     pub fn on_record(&mut self, header: &CaptureHeader, data: &[u8]) {
-        if self.resolve_pod(header.cgroup_id, header.timestamp_ns).is_none() {
+        if !self.knows_cgroup(header.cgroup_id, header.timestamp_ns) {
             return; // a pod detached a moment ago
         }
         let mut events = std::mem::take(&mut self.events);
@@ -1266,40 +1266,55 @@ impl<B: CaptureBackend> Runtime<B> {
     /// Detection on requests, endpoint counts on exchanges. An event may belong to another
     /// connection than the record that completed it (one closed to make room, or by
     /// housekeeping), so the pod and the TLS flag come from the event.
+    ///
+    /// The pod's shared record is borrowed, not cloned, unless a policy selects the pod: each
+    /// clone and drop is an atomic operation, and most monitored traffic has no policy.
     fn handle_events(&mut self, events: &mut Vec<HttpEvent>) {
         for event in events.drain(..) {
             let request = match &event {
                 HttpEvent::Request(r) => r,
                 HttpEvent::Exchange(x) => &x.request,
             };
-            let Some(pod) = self.by_cgroup.get(&request.cgroup_id).cloned() else {
+            if request.role != PodRole::Server {
+                continue;
+            }
+            let Some(pod) = self.by_cgroup.get(&request.cgroup_id) else {
                 continue;
             };
+            let policed = self.policies.iter().any(|p| p.pod_uids.contains(&pod.uid));
             self.record_is_tls = request.tls;
             match event {
-                HttpEvent::Request(req) if req.role == PodRole::Server => self.detect(&pod, &req),
-                HttpEvent::Exchange(ex) if ex.request.role == PodRole::Server => {
+                HttpEvent::Request(req) if policed => {
+                    let pod = std::sync::Arc::clone(pod);
+                    self.detect(&pod, &req);
+                }
+                HttpEvent::Request(_) => {}
+                HttpEvent::Exchange(ex) => {
                     if self.limits.max_body_bytes > 0 {
                         self.count_bodies(&ex);
                     }
-                    self.count_endpoint(&pod, &ex);
-                    self.detect_exchange(&pod, &ex);
+                    let mut pending = std::mem::take(&mut self.monitors_pending);
+                    self.count_endpoint(&mut pending, pod, &ex);
+                    self.monitors_pending = pending;
+                    if policed {
+                        let pod = std::sync::Arc::clone(pod);
+                        self.detect_exchange(&pod, &ex);
+                    }
                 }
-                _ => {}
             }
         }
     }
 
-    /// The pod a cgroup id belongs to. Capture attaches to the pod's cgroup, but sockets belong to
-    /// the container cgroups below it: unknown ids trigger a rescan of the attached pods'
-    /// descendants, at most every 500 ms.
-    fn resolve_pod(&mut self, cgroup_id: u64, now_ns: u64) -> Option<std::sync::Arc<WatchedPod>> {
-        if let Some(pod) = self.by_cgroup.get(&cgroup_id) {
-            return Some(pod.clone());
+    /// Whether a cgroup id belongs to a watched pod. Capture attaches to the pod's cgroup, but
+    /// sockets belong to the container cgroups below it: unknown ids trigger a rescan of the
+    /// attached pods' descendants, at most every 500 ms.
+    fn knows_cgroup(&mut self, cgroup_id: u64, now_ns: u64) -> bool {
+        if self.by_cgroup.contains_key(&cgroup_id) {
+            return true;
         }
         if now_ns.saturating_sub(self.last_cgroup_rescan_ns) < 500_000_000 && self.last_cgroup_rescan_ns != 0
         {
-            return None;
+            return false;
         }
         self.last_cgroup_rescan_ns = now_ns.max(1);
         for att in self.attachments.values() {
@@ -1310,7 +1325,7 @@ impl<B: CaptureBackend> Runtime<B> {
                 self.by_cgroup.entry(id).or_insert_with(|| pod.clone());
             }
         }
-        self.by_cgroup.get(&cgroup_id).cloned()
+        self.by_cgroup.contains_key(&cgroup_id)
     }
 
     /// Whether a monitor watches the current record: TLS plaintext when it asked for TLS, other
@@ -1473,7 +1488,14 @@ impl<B: CaptureBackend> Runtime<B> {
 
     /// RED metrics and the endpoint inventory. Runs for every captured exchange: borrows the
     /// monitor's name, the method and (when it is its own template) the path.
-    fn count_endpoint(&mut self, pod: &WatchedPod, ex: &Exchange) {
+    ///
+    /// `monitors_pending` is the runtime's, taken out while the pod's record is borrowed.
+    fn count_endpoint(
+        &self,
+        monitors_pending: &mut rustc_hash::FxHashMap<Key, MonitorPending>,
+        pod: &WatchedPod,
+        ex: &Exchange,
+    ) {
         let template = template_path(&ex.request.target);
         let method = ex.request.method.as_str();
         let mut facts = ExchangeFacts {
@@ -1507,9 +1529,9 @@ impl<B: CaptureBackend> Runtime<B> {
             };
             let bodies = monitor.capture.as_ref().is_some_and(|c| c.bodies);
             // Looked up once per exchange; the key is cloned only for a monitor's first one.
-            let pending = match self.monitors_pending.get_mut(monitor_key) {
+            let pending = match monitors_pending.get_mut(monitor_key) {
                 Some(pending) => pending,
-                None => self.monitors_pending.entry(monitor_key.clone()).or_default(),
+                None => monitors_pending.entry(monitor_key.clone()).or_default(),
             };
             let Some(counter) = pending.counter(method, &template, u32::from(ex.status), cap) else {
                 pending.overflow_requests += 1;
