@@ -213,9 +213,7 @@ impl ChunkedDecoder {
         }
         let mut headers = [httparse::EMPTY_HEADER; MAX_TRAILERS];
         let fields = match httparse::parse_headers(t, &mut headers) {
-            Ok(httparse::Status::Complete((len, fields))) => {
-                super::HeaderFields::from_httparse(fields, &t[..len])
-            }
+            Ok(httparse::Status::Complete((_, fields))) => super::HeaderFields::from_httparse(fields),
             _ => return Err(ChunkError::BadTrailers),
         };
         self.trailer = Vec::new();

@@ -34,25 +34,35 @@ impl HeaderFields {
         &EMPTY
     }
 
-    /// The fields `httparse` found in `head` (the bytes it parsed, up to the blank line).
-    pub(crate) fn from_httparse(headers: &[httparse::Header<'_>], head: &[u8]) -> Self {
-        let len = headers.iter().map(|h| h.name.len() + h.value.len()).sum();
-        let mut fields = HeaderFields {
-            text: String::with_capacity(len),
-            ends: SmallVec::with_capacity(headers.len()),
-        };
-        // Heads are almost always valid UTF-8: checked once as a whole, each value is then a
-        // range of it (values start and end at ASCII bytes, so on character boundaries).
-        let head_text = std::str::from_utf8(head).ok();
+    /// The fields `httparse` found. Names and values are copied into one buffer, which is then
+    /// checked as UTF-8 once (heads almost always are); otherwise each value is taken on its own,
+    /// lossily where it is not.
+    pub(crate) fn from_httparse(headers: &[httparse::Header<'_>]) -> Self {
+        let len: usize = headers.iter().map(|h| h.name.len() + h.value.len()).sum();
+        if u32::try_from(len).is_err() {
+            return Self::from_httparse_lossy(headers);
+        }
+        let mut text = Vec::with_capacity(len);
+        let mut ends = SmallVec::with_capacity(headers.len());
         for h in headers {
-            let checked = head_text.and_then(|t| {
-                let start = (h.value.as_ptr() as usize).checked_sub(head.as_ptr() as usize)?;
-                t.get(start..start.checked_add(h.value.len())?)
-            });
-            match checked.map_or_else(|| std::str::from_utf8(h.value), Ok) {
-                Ok(value) => fields.push(h.name, value),
-                Err(_) => fields.push(h.name, &String::from_utf8_lossy(h.value)),
-            }
+            text.extend_from_slice(h.name.as_bytes());
+            let name_end = text.len() as u32;
+            text.extend_from_slice(h.value);
+            ends.push((name_end, text.len() as u32));
+        }
+        match String::from_utf8(text) {
+            // Every name is a token (ASCII) and so starts and ends on a character boundary;
+            // so does each value, between two of them.
+            Ok(text) => HeaderFields { text, ends },
+            Err(_) => Self::from_httparse_lossy(headers),
+        }
+    }
+
+    /// [`Self::from_httparse`] for heads that are not UTF-8: value by value.
+    fn from_httparse_lossy(headers: &[httparse::Header<'_>]) -> Self {
+        let mut fields = HeaderFields::new();
+        for h in headers {
+            fields.push(h.name, &String::from_utf8_lossy(h.value));
         }
         fields
     }
@@ -182,12 +192,12 @@ mod tests {
             name: "X-Bin",
             value: b"ok\xffok",
         }];
-        let f = HeaderFields::from_httparse(&headers, b"");
+        let f = HeaderFields::from_httparse(&headers);
         assert_eq!(f.get("x-bin"), Some("ok\u{fffd}ok"));
     }
 
     #[test]
-    fn values_are_read_from_the_head_they_were_parsed_from() {
+    fn values_are_utf8_checked_together_and_lossy_only_where_they_are_not() {
         for (head, other) in [
             (
                 &b"GET / HTTP/1.1\r\nHost: a\r\nX-Name: J\xc3\xbcrgen\r\nX-Empty:\r\n\r\n"[..],
@@ -201,10 +211,10 @@ mod tests {
         ] {
             let mut slots = [httparse::EMPTY_HEADER; 8];
             let mut req = httparse::Request::new(&mut slots);
-            let Ok(httparse::Status::Complete(len)) = req.parse(head) else {
+            let Ok(httparse::Status::Complete(_)) = req.parse(head) else {
                 panic!("the test head parses");
             };
-            let f = HeaderFields::from_httparse(req.headers, &head[..len]);
+            let f = HeaderFields::from_httparse(req.headers);
             assert_eq!(f.len(), 3);
             assert_eq!(f.get("host"), Some("a"));
             assert_eq!(f.get("x-name"), Some("Jürgen"));

@@ -44,6 +44,8 @@ pub(crate) enum Start {
 pub(crate) struct Head {
     pub(crate) start: Start,
     pub(crate) headers: HeaderFields,
+    /// What the fields say about the body's framing.
+    pub(crate) framing: FramingFields,
     /// Bytes of the head, blank line included.
     pub(crate) len: usize,
 }
@@ -98,7 +100,8 @@ pub(crate) fn parse(buf: &[u8], kind: Kind) -> Parsed {
                 start: Start::Response {
                     status: resp.code.unwrap_or(0),
                 },
-                headers: HeaderFields::from_httparse(resp.headers, &buf[..len]),
+                headers: HeaderFields::from_httparse(resp.headers),
+                framing: FramingFields::read(resp.headers),
                 len,
             }),
             Ok(httparse::Status::Partial) => Parsed::Partial,
@@ -112,7 +115,8 @@ pub(crate) fn parse(buf: &[u8], kind: Kind) -> Parsed {
                     method: CompactString::new(req.method.unwrap_or("")),
                     target: CompactString::new(req.path.unwrap_or("")),
                 },
-                headers: HeaderFields::from_httparse(req.headers, &buf[..len]),
+                headers: HeaderFields::from_httparse(req.headers),
+                framing: FramingFields::read(req.headers),
                 len,
             }),
             Ok(httparse::Status::Partial) => Parsed::Partial,
@@ -146,9 +150,10 @@ pub(crate) enum Violation {
     UnsupportedTransferEncoding,
 }
 
-/// What a head says about its body's framing, read in one pass over its fields (this runs for
-/// every captured message).
-struct FramingFields {
+/// What a head says about its body's framing, read in one pass over the fields as `httparse`
+/// found them (this runs for every captured message; the bytes, not the text, are compared).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FramingFields {
     /// The Content-Length: every value (repeated fields, comma lists) must be the same plain
     /// decimal number.
     length: Result<Option<u64>, Violation>,
@@ -156,49 +161,61 @@ struct FramingFields {
     transfer_encoding: Option<bool>,
 }
 
-fn framing_fields(headers: &HeaderFields) -> FramingFields {
-    let mut length = Ok(None);
-    let mut transfer_encoding = None;
-    for (name, value) in headers.iter() {
-        if name.eq_ignore_ascii_case("content-length") {
-            if length.is_ok() {
-                length = value
-                    .split(',')
-                    .map(str::trim)
-                    .try_fold(length.unwrap_or(None), |seen, v| {
-                        if v.is_empty() || v.len() > 19 || !v.bytes().all(|b| b.is_ascii_digit()) {
-                            return Err(Violation::InvalidContentLength);
-                        }
-                        let n: u64 = v.parse().map_err(|_| Violation::InvalidContentLength)?;
-                        match seen {
-                            Some(l) if l != n => Err(Violation::InvalidContentLength),
-                            _ => Ok(Some(n)),
-                        }
-                    });
+impl FramingFields {
+    pub(crate) fn read(headers: &[httparse::Header<'_>]) -> Self {
+        let mut length = Ok(None);
+        let mut transfer_encoding = None;
+        for h in headers {
+            if h.name.eq_ignore_ascii_case("content-length") {
+                if let Ok(seen) = length {
+                    length =
+                        h.value
+                            .split(|b| *b == b',')
+                            .map(<[u8]>::trim_ascii)
+                            .try_fold(seen, |seen, v| {
+                                let n = content_length(v)?;
+                                match seen {
+                                    Some(l) if l != n => Err(Violation::InvalidContentLength),
+                                    _ => Ok(Some(n)),
+                                }
+                            });
+                }
+            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                let last = h
+                    .value
+                    .rsplit(|b| *b == b',')
+                    .map(<[u8]>::trim_ascii)
+                    .find(|c| !c.is_empty());
+                // A field with no coding leaves the last one of an earlier field in force.
+                transfer_encoding = match (last, transfer_encoding) {
+                    (Some(c), _) => Some(c.eq_ignore_ascii_case(b"chunked")),
+                    (None, seen) => Some(seen.unwrap_or(false)),
+                };
             }
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            let last = value.rsplit(',').map(str::trim).find(|c| !c.is_empty());
-            // A field with no coding leaves the last one of an earlier field in force.
-            transfer_encoding = match (last, transfer_encoding) {
-                (Some(c), _) => Some(c.eq_ignore_ascii_case("chunked")),
-                (None, seen) => Some(seen.unwrap_or(false)),
-            };
         }
-    }
-    FramingFields {
-        length,
-        transfer_encoding,
+        FramingFields {
+            length,
+            transfer_encoding,
+        }
     }
 }
 
-pub(crate) fn request_framing(method: &str, headers: &HeaderFields) -> Result<Framing, Violation> {
+/// One Content-Length value: 1 to 19 ASCII digits (so it fits a u64).
+fn content_length(v: &[u8]) -> Result<u64, Violation> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return Err(Violation::InvalidContentLength);
+    }
+    Ok(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+pub(crate) fn request_framing(method: &str, fields: &FramingFields) -> Result<Framing, Violation> {
     if method == "CONNECT" {
         return Ok(Framing::NoBody);
     }
     let FramingFields {
         length,
         transfer_encoding,
-    } = framing_fields(headers);
+    } = *fields;
     match transfer_encoding {
         Some(_) if !matches!(length, Ok(None)) => Err(Violation::ContentLengthWithTransferEncoding),
         Some(true) => Ok(Framing::Chunked),
@@ -214,7 +231,7 @@ pub(crate) fn request_framing(method: &str, headers: &HeaderFields) -> Result<Fr
 pub(crate) fn response_framing(
     status: u16,
     method: Option<&str>,
-    headers: &HeaderFields,
+    fields: &FramingFields,
 ) -> Result<Framing, Violation> {
     if status == 101 || (method == Some("CONNECT") && (200..300).contains(&status)) {
         return Ok(Framing::Upgrade);
@@ -225,7 +242,7 @@ pub(crate) fn response_framing(
     let FramingFields {
         length,
         transfer_encoding,
-    } = framing_fields(headers);
+    } = *fields;
     match transfer_encoding {
         Some(_) if !matches!(length, Ok(None)) => Err(Violation::ContentLengthWithTransferEncoding),
         Some(true) => Ok(Framing::Chunked),

@@ -270,7 +270,7 @@ impl StreamParser {
             sink.kind_decided(self.kind);
         }
         match &h.start {
-            Start::Request { method, .. } => match head::request_framing(method, &h.headers) {
+            Start::Request { method, .. } => match head::request_framing(method, &h.framing) {
                 Err(_) => {
                     sink.drops().protocol_violations += 1;
                     self.state = State::Resync { boundary: true };
@@ -287,7 +287,7 @@ impl StreamParser {
                     self.state = State::Head { speculative: false };
                     return;
                 }
-                let framing = head::response_framing(status, sink.answered_method(), &h.headers);
+                let framing = head::response_framing(status, sink.answered_method(), &h.framing);
                 sink.response_head(h, first_ts);
                 match framing {
                     Err(_) => {

@@ -2,8 +2,16 @@
 
 use super::super::head::*;
 
-fn h(pairs: &[(&str, &str)]) -> crate::http::HeaderFields {
-    pairs.iter().copied().collect()
+/// What framing reads of these fields.
+fn h(pairs: &[(&str, &str)]) -> FramingFields {
+    let headers: Vec<httparse::Header<'_>> = pairs
+        .iter()
+        .map(|(name, value)| httparse::Header {
+            name,
+            value: value.as_bytes(),
+        })
+        .collect();
+    FramingFields::read(&headers)
 }
 
 #[test]
