@@ -29,6 +29,21 @@ pub fn is_identifier(segment: &str) -> bool {
 const MAX_SEGMENTS: usize = 16;
 const MAX_LEN: usize = 256;
 
+/// The segments of a path that starts with `/`: what follows each `/`. Split on the byte, not
+/// the character (`str::split` with a `char` pattern runs a searcher: slower on short paths,
+/// and this runs for every captured exchange).
+fn segments(path: &str) -> impl Iterator<Item = &str> {
+    path.as_bytes()
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'/')
+        .map(move |(at, _)| {
+            let rest = &path[at + 1..];
+            let end = rest.bytes().position(|b| b == b'/').unwrap_or(rest.len());
+            &rest[..end]
+        })
+}
+
 /// `/users/42/orders/9f8e...?x=1` -> `/users/{id}/orders/{id}`. Query and fragment are dropped;
 /// the result is cut at `max_segments` segments and 256 bytes so that it stays bounded.
 ///
@@ -43,12 +58,12 @@ pub fn template_path(target: &str) -> Cow<'_, str> {
     let own_template = path.starts_with('/')
         && path.len() <= MAX_LEN
         && path.bytes().filter(|b| *b == b'/').count() <= MAX_SEGMENTS
-        && !path.split('/').skip(1).any(is_identifier);
+        && !segments(path).any(is_identifier);
     if own_template {
         return Cow::Borrowed(path);
     }
     let mut out = String::with_capacity(path.len().min(MAX_LEN));
-    for (i, segment) in path.split('/').skip(1).enumerate() {
+    for (i, segment) in segments(path).enumerate() {
         if i >= MAX_SEGMENTS {
             out.push_str("/{...}");
             break;
