@@ -13,6 +13,10 @@
 //! the exported functions (`ProbePlacement::Exported`); the per-process test uses
 //! `ProbePlacement::Calls` (OpenSSL's internal functions where found).
 //!
+//! `tls_capture_exported_openssl_3_6`: the exported placement on OpenSSL 3.6.3 (built by
+//! hack/build-openssl.sh), where `SSL_write_ex` writes through `SSL_write_ex2`: the probes are
+//! there instead, and each of the python server's responses is captured once.
+//!
 //! `tls_capture_session_keys`: `--tls-probes keys`. The python server runs in a cgroup of its own
 //! with the `cgroup_skb` capture attached, and only `SSL_do_handshake` is probed. The agent's
 //! tracker decrypts the captured TLS 1.3 records with the secrets of the session record: the
@@ -837,6 +841,83 @@ fn tls_capture_plain_read_write() {
         "[{name}] SSL_write EGRESS  {:?}",
         String::from_utf8_lossy(&resp.data[..resp.data.len().min(40)])
     );
+    assert_eq!(c.tls_unmatched_returns, 0);
+    assert_eq!(c.records_lost, 0);
+    tls.detach_tls(server_pid).unwrap();
+    drop(cleanup);
+}
+
+/// OpenSSL 3.2+ with the exported functions probed: Python writes with `SSL_write_ex`, which
+/// calls the newer export `SSL_write_ex2`; the probes sit there instead (`written` is its fifth
+/// argument), and each response is captured once.
+#[test]
+fn tls_capture_exported_openssl_3_6() {
+    let name = "tls_capture_exported_openssl_3_6";
+    let Some(lib_dir) = std::env::var_os("PALISADE_OPENSSL_LIB") else {
+        println!("SKIPPED: {name}: PALISADE_OPENSSL_LIB is not set (bash hack/build-openssl.sh prints the directory to set it to)");
+        return;
+    };
+    let lib_dir = Path::new(&lib_dir);
+    if let Some(why) = preconditions(&[
+        ("openssl", "version"),
+        ("python3", "--version"),
+        ("curl", "--version"),
+    ]) {
+        println!("SKIPPED: {name}: {why}");
+        return;
+    }
+    let dir = temp_dir("tls-capture-exported-3-6");
+    let mut cleanup = Cleanup {
+        children: Vec::new(),
+        dir: dir.clone(),
+    };
+    let (cert, key) = make_cert(&dir);
+    let mut tls = TlsProbes::load_standalone().unwrap_or_else(|e| panic!("TLS programs refused: {e}"));
+    tls.set_placement(ProbePlacement::Exported);
+    let mut ring = tls.take_ring().unwrap();
+    let (server, port) = start_python_server_in(&dir, &cert, &key, None, false, Some(lib_dir));
+    let server_pid = server.id();
+    cleanup.children.push(server);
+    let lib = find_libssl(server_pid).expect("the python server maps no libssl");
+    assert!(
+        fs::canonicalize(&lib)
+            .unwrap()
+            .starts_with(fs::canonicalize(lib_dir).unwrap()),
+        "the server maps {lib:?}, not the libssl in {lib_dir:?}"
+    );
+    let att = tls
+        .attach_tls(server_pid, &lib)
+        .unwrap_or_else(|e| panic!("attach failed: {e}"));
+    println!("[{name}] server pid {server_pid} port {port}: {att:?}");
+    assert!(att.functions.contains(&"SSL_write_ex2"), "{att:?}");
+    assert!(!att.functions.contains(&"SSL_write_ex"), "{att:?}");
+
+    let paths = ["/exported-one", "/exported-two"];
+    let (_, codes) = curl(port, &paths);
+    assert_eq!(codes, ["200", "200"]);
+    let body = |p: &str| format!("tls-probe-ok {p}\n").into_bytes();
+    let sent = |recs: &[Rec], direction: u8, needle: &[u8]| {
+        recs.iter()
+            .filter(|r| r.header.direction == direction && contains(&r.data, needle))
+            .count()
+    };
+    let mut recs = drain_until(&mut ring, Duration::from_secs(5), |recs| {
+        paths.iter().all(|p| sent(recs, DIRECTION_EGRESS, &body(p)) > 0)
+    });
+    // Anything captured twice would be in the ring by now.
+    recs.extend(drain_until(&mut ring, Duration::from_millis(300), |_| false));
+    for p in paths {
+        let request_line = format!("GET {p} HTTP/1.1");
+        assert_eq!(sent(&recs, DIRECTION_INGRESS, request_line.as_bytes()), 1, "{p}");
+        assert_eq!(sent(&recs, DIRECTION_EGRESS, &body(p)), 1, "{p}: the body once");
+    }
+    assert_eq!(
+        sent(&recs, DIRECTION_EGRESS, b"HTTP/1.1 200"),
+        2,
+        "each response head once"
+    );
+    let c = tls.counters().unwrap();
+    println!("[{name}] {} records; counters {c:?}", recs.len());
     assert_eq!(c.tls_unmatched_returns, 0);
     assert_eq!(c.records_lost, 0);
     tls.detach_tls(server_pid).unwrap();

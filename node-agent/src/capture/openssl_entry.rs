@@ -66,6 +66,14 @@ struct Code<'a> {
     bytes: &'a [u8],
 }
 
+/// Whether the library at `libssl` exports `SSL_write_ex2` (OpenSSL 3.2+), through which
+/// `SSL_write_ex` writes; false when the file cannot be read or parsed.
+pub fn exports_write_ex2(libssl: &Path) -> bool {
+    std::fs::read(libssl).is_ok_and(|data| {
+        object::File::parse(&*data).is_ok_and(|file| code_of(&file, "SSL_write_ex2").is_ok())
+    })
+}
+
 /// The internal entry points of the OpenSSL library at `libssl`, or why they were not found.
 pub fn find(libssl: &Path) -> Result<InternalEntries, NotFound> {
     let data = std::fs::read(libssl).map_err(|e| NotFound::Read(format!("{}: {e}", libssl.display())))?;
@@ -203,6 +211,7 @@ mod tests {
             !entries.write_flags,
             "OpenSSL 3.0's ssl_write_internal has no flags"
         );
+        assert!(!exports_write_ex2(lib), "OpenSSL 3.0 has no SSL_write_ex2");
         for offset in [entries.read, entries.write] {
             let first = &data[offset as usize..offset as usize + 2];
             let is_push =
@@ -226,7 +235,9 @@ mod tests {
             );
             return;
         };
-        let data = std::fs::read(Path::new(&dir).join("libssl.so.3")).unwrap();
+        let lib = Path::new(&dir).join("libssl.so.3");
+        assert!(exports_write_ex2(&lib));
+        let data = std::fs::read(&lib).unwrap();
         let file = object::File::parse(&*data).unwrap();
         assert_eq!(
             shared_call_target(&file, "SSL_write", "SSL_write_ex"),
@@ -244,5 +255,6 @@ mod tests {
     #[test]
     fn a_non_elf_file_is_refused() {
         assert!(matches!(find_in(b"not an elf"), Err(NotFound::Format(_))));
+        assert!(!exports_write_ex2(Path::new("/nonexistent/libssl.so.3")));
     }
 }
