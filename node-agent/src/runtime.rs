@@ -152,8 +152,12 @@ struct WatchedPod {
 
 struct CompiledPolicy {
     reference: ObjectRef,
-    monitors: HashSet<String>,
-    pod_uids: HashSet<String>,
+    /// Per monitor of the config (same order): whether it is one of the policy's. Looked up for
+    /// every request of a pod the policy selects, so by index, not by name.
+    watching: Vec<bool>,
+    /// Looked up for every request and exchange: Fx hashing (SipHash of the UID cost more than
+    /// most rules' verdicts on a plain request).
+    pod_uids: rustc_hash::FxHashSet<String>,
     /// Each compiled rule with the configuration it came from (behavioural rules keep their
     /// state across configurations that leave the rule unchanged).
     rules: Vec<(RuleConfig, CompiledRule)>,
@@ -164,16 +168,14 @@ struct CompiledPolicy {
 
 impl CompiledPolicy {
     /// Whether the policy judges a record of `pod` that the monitors `watched_by` (indexes into
-    /// the config, whose keys are `monitor_keys`) watch.
-    fn applies(&self, pod: &WatchedPod, watched_by: &[usize], monitor_keys: &[Key]) -> bool {
-        self.pod_uids.contains(&pod.uid) && watched_by.iter().any(|i| self.watched_by(monitor_keys, *i))
+    /// the config) watch.
+    fn applies(&self, pod: &WatchedPod, watched_by: &[usize]) -> bool {
+        self.pod_uids.contains(&pod.uid) && watched_by.iter().any(|i| self.watched_by(*i))
     }
 
     /// Whether the monitor at `index` of the config is one of the policy's.
-    fn watched_by(&self, monitor_keys: &[Key], index: usize) -> bool {
-        monitor_keys
-            .get(index)
-            .is_some_and(|(_, name)| self.monitors.contains(name))
+    fn watched_by(&self, index: usize) -> bool {
+        self.watching.get(index).copied().unwrap_or(false)
     }
 
     /// Whether some rule acts in the kernel, blocking sources or isolating pods (its pods need
@@ -727,7 +729,11 @@ impl<B: CaptureBackend> Runtime<B> {
                 CompiledPolicy {
                     enforce: p.mode == "enforce",
                     reference: p.policy.clone().unwrap_or_default(),
-                    monitors: p.monitors.iter().cloned().collect(),
+                    watching: self
+                        .monitor_keys
+                        .iter()
+                        .map(|(_, name)| p.monitors.contains(name))
+                        .collect(),
                     pod_uids: p.pod_uids.iter().cloned().collect(),
                     rules,
                     errors,
@@ -1360,7 +1366,7 @@ impl<B: CaptureBackend> Runtime<B> {
         let mut context = None;
         let mut triggered = vec![];
         for (pi, policy) in self.policies.iter().enumerate() {
-            if !policy.applies(pod, &watched_by, &self.monitor_keys) {
+            if !policy.applies(pod, &watched_by) {
                 continue;
             }
             for (ri, (_, rule)) in policy.rules.iter().enumerate() {
@@ -1445,13 +1451,13 @@ impl<B: CaptureBackend> Runtime<B> {
         };
         let mut triggered = vec![];
         for (pi, policy) in self.policies.iter_mut().enumerate() {
-            if !policy.applies(pod, &watched_by, &self.monitor_keys) {
+            if !policy.applies(pod, &watched_by) {
                 continue;
             }
             // The document of the first monitor of this policy that watched the exchange.
             let openapi = watched_by
                 .iter()
-                .filter(|i| policy.watched_by(&self.monitor_keys, **i))
+                .filter(|i| policy.watched_by(**i))
                 .find_map(|i| self.openapi.get(*i).and_then(Option::as_ref));
             for (ri, (_, rule)) in policy.rules.iter_mut().enumerate() {
                 let Some(detection) = rule.evaluate_exchange(&view, openapi) else {
