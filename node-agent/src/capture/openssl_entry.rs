@@ -24,10 +24,12 @@
 
 use std::path::Path;
 
-use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+use object::{Object as _, ObjectSection as _, ObjectSymbol as _, ObjectSymbolTable as _};
 
 /// `call rel32` on x86-64.
 const CALL_REL32: u8 = 0xe8;
+/// `jmp rel32` on x86-64 (a tail call).
+const JMP_REL32: u8 = 0xe9;
 /// Largest wrapper body scanned, bytes (the OpenSSL 3.0 wrappers are 0x1d to 0x83 bytes).
 const MAX_WRAPPER_BYTES: u64 = 512;
 
@@ -66,12 +68,85 @@ struct Code<'a> {
     bytes: &'a [u8],
 }
 
-/// Whether the library at `libssl` exports `SSL_write_ex2` (OpenSSL 3.2+), through which
-/// `SSL_write_ex` writes; false when the file cannot be read or parsed.
-pub fn exports_write_ex2(libssl: &Path) -> bool {
-    std::fs::read(libssl).is_ok_and(|data| {
-        object::File::parse(&*data).is_ok_and(|file| code_of(&file, "SSL_write_ex2").is_ok())
+/// Which exported write functions to probe so that every write is seen exactly once (when the
+/// exported functions are probed rather than the internal one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExportedWrites {
+    pub write: bool,
+    pub write_ex: bool,
+    /// `SSL_write_ex2` (OpenSSL 3.2+), whose `written` is the fifth argument.
+    pub write_ex2: bool,
+}
+
+impl ExportedWrites {
+    /// OpenSSL before 3.2 (or a library this cannot read): `SSL_write` and `SSL_write_ex`.
+    pub const WRITE_AND_WRITE_EX: ExportedWrites = ExportedWrites {
+        write: true,
+        write_ex: true,
+        write_ex2: false,
+    };
+}
+
+/// The exported write functions of the library at `libssl` to probe. OpenSSL 3.2+ exports
+/// `SSL_write_ex2`, and its `SSL_write_ex` is `jmp SSL_write_ex2@plt`: probing both would see
+/// such a write twice (nested), probing `SSL_write_ex` alone would miss programs that call
+/// `SSL_write_ex2`. So `SSL_write_ex2` is probed, and a wrapper is left out only when its code is
+/// seen to call or jump to it (a build that inlined it keeps both, which then do not nest).
+pub fn exported_writes(libssl: &Path) -> ExportedWrites {
+    std::fs::read(libssl).map_or(ExportedWrites::WRITE_AND_WRITE_EX, |data| {
+        exported_writes_in(&data)
     })
+}
+
+fn exported_writes_in(data: &[u8]) -> ExportedWrites {
+    let Ok(file) = object::File::parse(data) else {
+        return ExportedWrites::WRITE_AND_WRITE_EX;
+    };
+    if code_of(&file, "SSL_write_ex2").is_err() {
+        return ExportedWrites::WRITE_AND_WRITE_EX;
+    }
+    ExportedWrites {
+        write: !reaches(&file, "SSL_write", "SSL_write_ex2"),
+        write_ex: !reaches(&file, "SSL_write_ex", "SSL_write_ex2"),
+        write_ex2: true,
+    }
+}
+
+/// Whether the exported function `from` calls or jumps to the exported function `to`: directly,
+/// or through `to`'s PLT stub (how a shared library calls its own exports).
+fn reaches(file: &object::File<'_>, from: &'static str, to: &'static str) -> bool {
+    let (Ok(code), Ok(to_code)) = (code_of(file, from), code_of(file, to)) else {
+        return false;
+    };
+    rel32_targets(&code, &[CALL_REL32, JMP_REL32])
+        .into_iter()
+        .any(|target| target == to_code.address || plt_stub_for(file, target) == Some(to))
+}
+
+/// The symbol whose PLT stub is at `address`, if one is: the stub's `jmp *slot(%rip)` (after an
+/// optional `endbr64` and `bnd` prefix) reads a GOT slot that a dynamic relocation names.
+fn plt_stub_for<'a>(file: &object::File<'a>, address: u64) -> Option<&'a str> {
+    let section = section_at(file, address).ok()?;
+    if !matches!(section.name(), Ok(".plt" | ".plt.sec")) {
+        return None;
+    }
+    let data = section.data().ok()?;
+    let start = usize::try_from(address - section.address()).ok()?;
+    let stub = data.get(start..data.len().min(start + 16))?;
+    let at = [0, 4, 5]
+        .into_iter()
+        .find(|&i| stub.get(i..i + 2) == Some(&[0xff, 0x25][..]))?;
+    let disp = i32::from_le_bytes(stub.get(at + 2..at + 6)?.try_into().ok()?);
+    let slot = (address + at as u64 + 6).wrapping_add_signed(i64::from(disp));
+    let (_, relocation) = file.dynamic_relocations()?.find(|(offset, _)| *offset == slot)?;
+    let object::RelocationTarget::Symbol(index) = relocation.target() else {
+        return None;
+    };
+    file.dynamic_symbol_table()?
+        .symbol_by_index(index)
+        .ok()?
+        .name()
+        .ok()
 }
 
 /// The internal entry points of the OpenSSL library at `libssl`, or why they were not found.
@@ -143,9 +218,15 @@ fn code_of<'a>(file: &object::File<'a>, name: &'static str) -> Result<Code<'a>, 
 /// Scanning bytes rather than instructions may find a spurious target inside another
 /// instruction; [`shared_call_target`] only accepts a target both wrappers call.
 fn call_targets(code: &Code<'_>) -> Vec<u64> {
+    rel32_targets(code, &[CALL_REL32])
+}
+
+/// Distinct targets of the byte sequences in `code` that decode as one of the rel32 branches
+/// `opcodes`, in order (spurious ones included, as for [`call_targets`]).
+fn rel32_targets(code: &Code<'_>, opcodes: &[u8]) -> Vec<u64> {
     let mut targets = Vec::new();
     for (i, window) in code.bytes.windows(5).enumerate() {
-        if window[0] != CALL_REL32 {
+        if !opcodes.contains(&window[0]) {
             continue;
         }
         let rel = i32::from_le_bytes([window[1], window[2], window[3], window[4]]);
@@ -190,6 +271,14 @@ mod tests {
         assert_eq!(code(0x354c0, &ex), vec![0x35290]);
         let forward = [0xe8, 0x10, 0x00, 0x00, 0x00];
         assert_eq!(code(0x1000, &forward), vec![0x1015]);
+        // SSL_write_ex of OpenSSL 3.6.3: a tail call, seen as a jump target only.
+        let tail = [0x49, 0x89, 0xc8, 0x31, 0xc9, 0xe9, 0x36, 0xaf, 0xfe, 0xff];
+        let at = |bytes: &[u8]| Code {
+            address: 0x57d20,
+            bytes: bytes.to_vec().leak(),
+        };
+        assert!(call_targets(&at(&tail)).is_empty());
+        assert_eq!(rel32_targets(&at(&tail), &[CALL_REL32, JMP_REL32]), vec![0x42c60]);
         assert!(code(0x1000, &[0xe8, 0x00]).is_empty());
     }
 
@@ -207,11 +296,18 @@ mod tests {
         };
         let entries = find_in(&data).expect("internal entries");
         assert_ne!(entries.read, entries.write);
-        assert!(
-            !entries.write_flags,
-            "OpenSSL 3.0's ssl_write_internal has no flags"
+        // OpenSSL 3.0 and 3.1 (Debian 12) or 3.2+ (Debian 13): the write side differs.
+        let file = object::File::parse(&*data).unwrap();
+        let from_3_2 = code_of(&file, "SSL_write_ex2").is_ok();
+        assert_eq!(
+            entries.write_flags, from_3_2,
+            "ssl_write_internal takes flags from 3.2"
         );
-        assert!(!exports_write_ex2(lib), "OpenSSL 3.0 has no SSL_write_ex2");
+        let writes = exported_writes_in(&data);
+        assert_eq!(writes.write_ex2, from_3_2);
+        if !from_3_2 {
+            assert_eq!(writes, ExportedWrites::WRITE_AND_WRITE_EX);
+        }
         for offset in [entries.read, entries.write] {
             let first = &data[offset as usize..offset as usize + 2];
             let is_push =
@@ -235,10 +331,19 @@ mod tests {
             );
             return;
         };
-        let lib = Path::new(&dir).join("libssl.so.3");
-        assert!(exports_write_ex2(&lib));
-        let data = std::fs::read(&lib).unwrap();
+        let data = std::fs::read(Path::new(&dir).join("libssl.so.3")).unwrap();
         let file = object::File::parse(&*data).unwrap();
+        // SSL_write_ex is `jmp SSL_write_ex2@plt`; SSL_write calls the internal function.
+        assert!(reaches(&file, "SSL_write_ex", "SSL_write_ex2"));
+        assert!(!reaches(&file, "SSL_write", "SSL_write_ex2"));
+        assert_eq!(
+            exported_writes_in(&data),
+            ExportedWrites {
+                write: true,
+                write_ex: false,
+                write_ex2: true
+            }
+        );
         assert_eq!(
             shared_call_target(&file, "SSL_write", "SSL_write_ex"),
             Err(NotFound::Ambiguous {
@@ -255,6 +360,9 @@ mod tests {
     #[test]
     fn a_non_elf_file_is_refused() {
         assert!(matches!(find_in(b"not an elf"), Err(NotFound::Format(_))));
-        assert!(!exports_write_ex2(Path::new("/nonexistent/libssl.so.3")));
+        assert_eq!(
+            exported_writes(Path::new("/nonexistent/libssl.so.3")),
+            ExportedWrites::WRITE_AND_WRITE_EX
+        );
     }
 }

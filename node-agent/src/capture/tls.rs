@@ -44,7 +44,7 @@ use palisade_common::{
     TLS_ARGS_MAX_ENTRIES, TLS_SESSION_POINTER_NONE, TLS_STREAM_MAX_ENTRIES,
 };
 
-use super::openssl_entry::{self, InternalEntries};
+use super::openssl_entry::{self, ExportedWrites, InternalEntries};
 use super::{error_chain, verifier_excerpt, with_permission_hint, CaptureRing};
 
 /// The eBPF object built by `build.rs` (the same object `CaptureProbes` loads).
@@ -108,19 +108,36 @@ const EXPORTED_HOOKS: [Hook; 9] = [
     exported("SSL_free", PROG_TLS_FREE, false),
 ];
 
-/// [`EXPORTED_HOOKS`] for the library at `libssl`. OpenSSL 3.2+ exports `SSL_write_ex2`, which
-/// `SSL_write_ex` calls (`SSL_write` does not): there `SSL_write_ex2` is probed in its place, so
-/// that a program calling it directly is captured too, and each write still once.
+/// [`EXPORTED_HOOKS`] for the library at `libssl`, with the write functions
+/// [`openssl_entry::exported_writes`] picks: on OpenSSL 3.2+ `SSL_write_ex2` in place of
+/// `SSL_write_ex` (which calls it), so that a program calling it directly is captured too, and
+/// each write still once.
 fn exported_hooks(libssl: &Path) -> Vec<Hook> {
-    let mut hooks = EXPORTED_HOOKS.to_vec();
-    if openssl_entry::exports_write_ex2(libssl) {
-        for hook in hooks.iter_mut().filter(|h| h.function == "SSL_write_ex") {
-            hook.function = "SSL_write_ex2";
-            hook.at = At::Symbol("SSL_write_ex2");
-            if hook.program == PROG_TLS_WRITE_EX_ENTER {
-                hook.program = PROG_TLS_WRITE_FLAGS_ENTER;
-            }
-        }
+    hooks_for_writes(openssl_entry::exported_writes(libssl))
+}
+
+fn hooks_for_writes(writes: ExportedWrites) -> Vec<Hook> {
+    let mut hooks: Vec<Hook> = EXPORTED_HOOKS
+        .iter()
+        .copied()
+        .filter(|h| match h.function {
+            "SSL_write" => writes.write,
+            "SSL_write_ex" => writes.write_ex,
+            _ => true,
+        })
+        .collect();
+    if writes.write_ex2 {
+        let at = hooks
+            .iter()
+            .position(|h| h.function == "SSL_free")
+            .unwrap_or(hooks.len());
+        hooks.splice(
+            at..at,
+            [
+                exported("SSL_write_ex2", PROG_TLS_WRITE_FLAGS_ENTER, false),
+                exported("SSL_write_ex2", PROG_TLS_WRITE_EXIT, false),
+            ],
+        );
     }
     hooks
 }
@@ -938,9 +955,9 @@ mod tests {
 7ffd1c000000-7ffd1c021000 rw-p 00000000 00:00 0 [stack]
 ";
 
-    /// The write hooks of [`exported_hooks`]: (function, program) in order.
-    fn write_hooks(libssl: &Path) -> Vec<(&'static str, &'static str)> {
-        exported_hooks(libssl)
+    /// The write hooks for `writes`: (function, program) in order.
+    fn write_hooks(writes: ExportedWrites) -> Vec<(&'static str, &'static str)> {
+        hooks_for_writes(writes)
             .iter()
             .filter(|h| h.function.starts_with("SSL_write"))
             .map(|h| (h.function, h.program))
@@ -948,31 +965,28 @@ mod tests {
     }
 
     #[test]
-    fn exported_writes_are_probed_where_openssl_makes_them() {
-        let system = Path::new("/usr/lib/x86_64-linux-gnu/libssl.so.3");
-        if system.exists() {
-            assert_eq!(
-                write_hooks(system),
-                [
-                    ("SSL_write", PROG_TLS_WRITE_ENTER),
-                    ("SSL_write", PROG_TLS_WRITE_EXIT),
-                    ("SSL_write_ex", PROG_TLS_WRITE_EX_ENTER),
-                    ("SSL_write_ex", PROG_TLS_WRITE_EXIT),
-                ]
-            );
-        } else {
-            println!(
-                "SKIPPED (part): exported_writes_are_probed_where_openssl_makes_them: no {}",
-                system.display()
-            );
-        }
-        let Some(dir) = std::env::var_os("PALISADE_OPENSSL_LIB") else {
-            println!("SKIPPED (part): exported_writes_are_probed_where_openssl_makes_them: PALISADE_OPENSSL_LIB is not set (bash hack/build-openssl.sh prints it)");
-            return;
-        };
-        // OpenSSL 3.6: SSL_write_ex calls SSL_write_ex2, whose `written` is the fifth argument.
+    fn exported_writes_become_probes_with_their_calling_conventions() {
         assert_eq!(
-            write_hooks(&Path::new(&dir).join("libssl.so.3")),
+            hooks_for_writes(ExportedWrites::WRITE_AND_WRITE_EX).len(),
+            EXPORTED_HOOKS.len()
+        );
+        assert_eq!(
+            write_hooks(ExportedWrites::WRITE_AND_WRITE_EX),
+            [
+                ("SSL_write", PROG_TLS_WRITE_ENTER),
+                ("SSL_write", PROG_TLS_WRITE_EXIT),
+                ("SSL_write_ex", PROG_TLS_WRITE_EX_ENTER),
+                ("SSL_write_ex", PROG_TLS_WRITE_EXIT),
+            ]
+        );
+        // OpenSSL 3.2+ (SSL_write_ex jumps to SSL_write_ex2): `written` is the fifth argument.
+        let ex2 = ExportedWrites {
+            write: true,
+            write_ex: false,
+            write_ex2: true,
+        };
+        assert_eq!(
+            write_hooks(ex2),
             [
                 ("SSL_write", PROG_TLS_WRITE_ENTER),
                 ("SSL_write", PROG_TLS_WRITE_EXIT),
@@ -980,6 +994,13 @@ mod tests {
                 ("SSL_write_ex2", PROG_TLS_WRITE_EXIT),
             ]
         );
+        // A build that inlined SSL_write_ex2 into SSL_write_ex: both, which do not nest.
+        let inlined = ExportedWrites {
+            write_ex: true,
+            ..ex2
+        };
+        assert_eq!(write_hooks(inlined).len(), 6);
+        assert_eq!(hooks_for_writes(ex2).last().map(|h| h.function), Some("SSL_free"));
     }
 
     #[test]
