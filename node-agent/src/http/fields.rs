@@ -45,14 +45,20 @@ impl HeaderFields {
         let mut text = Vec::with_capacity(len);
         let mut ends = SmallVec::with_capacity(headers.len());
         for h in headers {
+            if h.name.is_empty() {
+                // Never from httparse (a name is a token); the check below relies on ASCII
+                // between values.
+                return Self::from_httparse_lossy(headers);
+            }
             text.extend_from_slice(h.name.as_bytes());
             let name_end = text.len() as u32;
             text.extend_from_slice(h.value);
             ends.push((name_end, text.len() as u32));
         }
         match String::from_utf8(text) {
-            // Every name is a token (ASCII) and so starts and ends on a character boundary;
-            // so does each value, between two of them.
+            // Every name is a non-empty token (ASCII): each boundary has an ASCII byte on one
+            // side or is the end, so it lies between characters, and the whole is UTF-8 exactly
+            // when every value is.
             Ok(text) => HeaderFields { text, ends },
             Err(_) => Self::from_httparse_lossy(headers),
         }

@@ -109,6 +109,24 @@ fn framing_reads_repeated_fields_as_one_list() {
     );
 }
 
+/// Optional whitespace around Content-Length and Transfer-Encoding values is SP and HTAB (RFC
+/// 9110 §5.6.3): other whitespace, such as a no-break space, makes the value invalid.
+#[test]
+fn framing_trims_only_spaces_and_tabs() {
+    assert_eq!(
+        request_framing("POST", &h(&[("Content-Length", " \t5\t ")])),
+        Ok(Framing::Length(5))
+    );
+    assert_eq!(
+        request_framing("POST", &h(&[("Content-Length", "5\u{a0}")])),
+        Err(Violation::InvalidContentLength)
+    );
+    assert_eq!(
+        request_framing("POST", &h(&[("Transfer-Encoding", "chunked\u{a0}")])),
+        Err(Violation::UnsupportedTransferEncoding)
+    );
+}
+
 #[test]
 fn response_framing_follows_rfc_9112() {
     let cl = h(&[("Content-Length", "7")]);
