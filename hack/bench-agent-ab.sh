@@ -16,8 +16,15 @@ if [ $# -lt 2 ]; then
   sed -n '2,12p' "$0" >&2
   exit 2
 fi
-a=$(realpath "$1") b=$(realpath "$2")
+for agent in "$1" "$2"; do
+  [ -x "$agent" ] || { echo "not an executable: $agent" >&2; exit 2; }
+done
+a=$(realpath "$1")
+b=$(realpath "$2")
 pairs=${3:-2}
+case $pairs in
+  '' | *[!0-9]*) echo "PAIRS must be a number, not '$pairs'" >&2; exit 2 ;;
+esac
 shift $(( $# < 3 ? $# : 3 ))
 args=("$@")
 [ ${#args[@]} -gt 0 ] || args=(--rounds 2 --seconds 5)
@@ -26,7 +33,10 @@ release=${CARGO_TARGET_DIR:-$PALISADE_CACHE/target}/release
 for bin in palisade-operator palisade-bench; do
   [ -x "$release/$bin" ] || { echo "no $release/$bin: build it with cargo build --release" >&2; exit 1; }
 done
-export PALISADE_CONTROL_PLANE_BIN=${PALISADE_CONTROL_PLANE_BIN:-$(bash hack/build-control-plane.sh)}
+if [ -z "${PALISADE_CONTROL_PLANE_BIN:-}" ]; then
+  PALISADE_CONTROL_PLANE_BIN=$(bash hack/build-control-plane.sh)
+fi
+export PALISADE_CONTROL_PLANE_BIN
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # Directories named release-*: the bench warns about an agent whose path does not say release.
@@ -41,7 +51,9 @@ for pair in $(seq 1 "$pairs"); do
     echo "=== agent $side ($( [ $side = a ] && echo "$a" || echo "$b" )), pair $pair, $(date -u +%T)"
     PALISADE_BIN_DIR="$work/release-$side" "$release/palisade-bench" --no-write "${args[@]}" > "$work/run.log" 2>&1 \
       || { tail -20 "$work/run.log"; exit 1; }
-    grep -A6 '^| round | monitored throughput' "$work/run.log" | grep '^| [0-9*]'
-    grep -A6 'capture programs µs/req |' "$work/run.log" | grep '^| [0-9*]'
+    # The paired table, then the direct one (absent when no round measured it): their rows.
+    for heading in '| round | monitored throughput' 'capture programs µs/req |'; do
+      awk -v h="$heading" 'index($0, h) {on = 1; next} on && /^\| [0-9*]/ {print; next} !/^\|/ {on = 0}' "$work/run.log"
+    done
   done
 done
