@@ -301,6 +301,47 @@ struct Rec {
     data: Vec<u8>,
 }
 
+/// A temp dir with a certificate (removed by the cleanup), and the TLS programs with a ring of
+/// their own (`load_standalone`), placed on the exported functions.
+struct ExportedSetup {
+    cleanup: Cleanup,
+    cert: PathBuf,
+    key: PathBuf,
+    tls: TlsProbes,
+    ring: CaptureRing,
+}
+
+fn exported_setup(dir_name: &str) -> ExportedSetup {
+    let dir = temp_dir(dir_name);
+    let cleanup = Cleanup {
+        children: Vec::new(),
+        dir: dir.clone(),
+    };
+    let (cert, key) = make_cert(&dir);
+    let mut tls = TlsProbes::load_standalone().unwrap_or_else(|e| panic!("TLS programs refused: {e}"));
+    tls.set_placement(ProbePlacement::Exported);
+    assert!(!tls.shares_capture_ring());
+    let ring = tls.take_ring().unwrap();
+    assert!(matches!(tls.take_ring(), Err(TlsError::RingTaken)));
+    ExportedSetup {
+        cleanup,
+        cert,
+        key,
+        tls,
+        ring,
+    }
+}
+
+/// Checks that the process maps the libssl of `wanted` (a directory), not the system's.
+fn assert_maps_libssl_in(lib: &Path, wanted: &Path) {
+    assert!(
+        fs::canonicalize(lib)
+            .unwrap()
+            .starts_with(fs::canonicalize(wanted).unwrap()),
+        "the server maps {lib:?}, not the libssl in {wanted:?}"
+    );
+}
+
 fn drain_until(ring: &mut CaptureRing, timeout: Duration, mut done: impl FnMut(&[Rec]) -> bool) -> Vec<Rec> {
     let deadline = Instant::now() + timeout;
     let mut recs = Vec::new();
@@ -754,18 +795,14 @@ fn tls_capture_plain_read_write() {
         println!("SKIPPED: {name}: {why}");
         return;
     }
-    let dir = temp_dir("tls-capture-plain");
-    let mut cleanup = Cleanup {
-        children: Vec::new(),
-        dir: dir.clone(),
-    };
-    let (cert, key) = make_cert(&dir);
-    let mut tls = TlsProbes::load_standalone().unwrap_or_else(|e| panic!("TLS programs refused: {e}"));
     // The exported functions here (the per-process test covers the internal ones).
-    tls.set_placement(ProbePlacement::Exported);
-    assert!(!tls.shares_capture_ring());
-    let mut ring = tls.take_ring().unwrap();
-    assert!(matches!(tls.take_ring(), Err(TlsError::RingTaken)));
+    let ExportedSetup {
+        mut cleanup,
+        cert,
+        key,
+        mut tls,
+        mut ring,
+    } = exported_setup("tls-capture-plain");
 
     // s_server's interactive mode: what the client sends goes to stdout (SSL_read), what comes
     // on stdin goes to the client (SSL_write).
@@ -876,25 +913,18 @@ fn tls_capture_exported_openssl_3_6() {
         println!("SKIPPED: {name}: python3 is older than 3.10 (it would write with SSL_write)");
         return;
     }
-    let dir = temp_dir("tls-capture-exported-3-6");
-    let mut cleanup = Cleanup {
-        children: Vec::new(),
-        dir: dir.clone(),
-    };
-    let (cert, key) = make_cert(&dir);
-    let mut tls = TlsProbes::load_standalone().unwrap_or_else(|e| panic!("TLS programs refused: {e}"));
-    tls.set_placement(ProbePlacement::Exported);
-    let mut ring = tls.take_ring().unwrap();
-    let (server, port) = start_python_server_in(&dir, &cert, &key, None, false, Some(lib_dir));
+    let ExportedSetup {
+        mut cleanup,
+        cert,
+        key,
+        mut tls,
+        mut ring,
+    } = exported_setup("tls-capture-exported-3-6");
+    let (server, port) = start_python_server_in(&cleanup.dir, &cert, &key, None, false, Some(lib_dir));
     let server_pid = server.id();
     cleanup.children.push(server);
     let lib = find_libssl(server_pid).expect("the python server maps no libssl");
-    assert!(
-        fs::canonicalize(&lib)
-            .unwrap()
-            .starts_with(fs::canonicalize(lib_dir).unwrap()),
-        "the server maps {lib:?}, not the libssl in {lib_dir:?}"
-    );
+    assert_maps_libssl_in(&lib, lib_dir);
     let att = tls
         .attach_tls(server_pid, &lib)
         .unwrap_or_else(|e| panic!("attach failed: {e}"));
@@ -1315,12 +1345,7 @@ impl KeysSetup {
         cleanup.children.push(server);
         let lib = find_libssl(server_pid).expect("the python server maps no libssl");
         if let Some(wanted) = openssl_lib {
-            assert!(
-                fs::canonicalize(&lib)
-                    .unwrap()
-                    .starts_with(fs::canonicalize(wanted).unwrap()),
-                "the server maps {lib:?}, not the libssl in {wanted:?}"
-            );
+            assert_maps_libssl_in(&lib, wanted);
         }
         let att = tls
             .attach_tls(server_pid, &lib)
