@@ -1343,11 +1343,9 @@ impl<B: CaptureBackend> Runtime<B> {
         monitor.ports.is_empty() || monitor.ports.contains(&(port as u32))
     }
 
+    /// Request rules. For pods a policy selects: [`Self::handle_events`] decides that first, as
+    /// most monitored traffic has no policy.
     fn detect(&mut self, pod: &WatchedPod, req: &Request) {
-        // Most monitored traffic has no policy: decide that before any work.
-        if !self.policies.iter().any(|p| p.pod_uids.contains(&pod.uid)) {
-            return;
-        }
         let watched_by = self.watching(pod, req.local.1);
         let Some(first) = self.redactor_index(&watched_by) else {
             return;
@@ -1396,8 +1394,9 @@ impl<B: CaptureBackend> Runtime<B> {
         }
     }
 
-    /// The monitors of `pod` (indexes into the config) that watch the current record's port.
-    fn watching(&self, pod: &WatchedPod, local_port: u16) -> Vec<usize> {
+    /// The monitors of `pod` (indexes into the config) that watch the current record's port
+    /// (inline: a pod has few monitors, and this runs for every request of a policed pod).
+    fn watching(&self, pod: &WatchedPod, local_port: u16) -> smallvec::SmallVec<[usize; 4]> {
         pod.monitors
             .iter()
             .copied()
@@ -1412,10 +1411,11 @@ impl<B: CaptureBackend> Runtime<B> {
 
     /// Behavioural rules judge the request together with its response.
     fn detect_exchange(&mut self, pod: &WatchedPod, ex: &Exchange) {
+        // Called for pods a policy selects; most policies have no behavioural rule.
         if !self
             .policies
             .iter()
-            .any(|p| p.pod_uids.contains(&pod.uid) && p.rules.iter().any(|(_, r)| r.is_behavioural()))
+            .any(|p| p.rules.iter().any(|(_, r)| r.is_behavioural()) && p.pod_uids.contains(&pod.uid))
         {
             return;
         }
