@@ -152,24 +152,34 @@ impl RingReader {
         self.limit = self.producer_pos().load(Ordering::Acquire);
     }
 
+    /// Where the record at ring position `pos` starts in the producer mapping: after the
+    /// producer page, at `pos` modulo the data size (below `page + size`).
+    fn mapping_offset(&self, pos: usize) -> usize {
+        self.page + (pos & (self.size - 1))
+    }
+
     /// The length word (with its busy and discard bits) of the record at the consumer position.
     fn length_word(&self, order: Ordering) -> u32 {
-        let offset = self.pos & (self.size - 1);
-        // SAFETY: `offset < size`, and the data pages follow the producer page twice, so the
-        // record header (8 bytes, 8-aligned) lies inside the mapping.
+        // SAFETY: the offset is below `page + size`, and the data pages follow the producer page
+        // twice, so the record header (8 bytes, 8-aligned) lies inside the mapping.
         unsafe {
             self.producer
                 .ptr
-                .add(self.page + offset)
+                .add(self.mapping_offset(self.pos))
                 .cast::<AtomicU32>()
                 .as_ref()
         }
         .load(order)
     }
 
+    /// The ring position after the record at `pos` of `len` bytes.
+    fn after(pos: usize, len: usize) -> usize {
+        pos + (len + RECORD_HEADER_BYTES).next_multiple_of(8)
+    }
+
     /// Moves the consumer position past a record of `len` bytes.
     fn step_over(&mut self, len: usize) {
-        self.pos += (len + RECORD_HEADER_BYTES).next_multiple_of(8);
+        self.pos = Self::after(self.pos, len);
     }
 
     /// Gives the consumed records' room back to the producers. The kernel notifies a waiting
@@ -227,12 +237,12 @@ impl RecordSource for RingReader {
                 self.step_over(len);
                 continue;
             }
-            let start = self.page + (self.pos & (self.size - 1)) + RECORD_HEADER_BYTES;
+            let start = self.mapping_offset(self.pos) + RECORD_HEADER_BYTES;
             // The kernel wrote the records on another CPU: each is a cache miss when first read.
             // The next one's lines are fetched now, while the caller processes this one.
-            let next = self.pos + (len + RECORD_HEADER_BYTES).next_multiple_of(8);
+            let next = Self::after(self.pos, len);
             if next < self.limit {
-                let at = self.page + (next & (self.size - 1));
+                let at = self.mapping_offset(next);
                 prefetch(self.producer.ptr.as_ptr().wrapping_add(at), PREFETCH_BYTES);
             }
             // SAFETY: `start + len <= page + offset + size <= page + 2 * size`: inside the
