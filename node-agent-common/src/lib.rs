@@ -216,10 +216,12 @@ pub const PROG_TLS_READ_EXIT: &str = "palisade_tls_read_exit";
 pub const PROG_TLS_WRITE_ENTER: &str = "palisade_tls_write_enter";
 /// uprobe on `SSL_write_ex` entry: remembers (ssl, buf, written pointer).
 pub const PROG_TLS_WRITE_EX_ENTER: &str = "palisade_tls_write_ex_enter";
-/// uprobe on OpenSSL 3.2+'s `ssl_write_internal(ssl, buf, num, flags, &written)` entry:
-/// remembers (ssl, buf, written pointer, the fifth argument).
+/// uprobe on OpenSSL 3.2+'s `ssl_write_internal(ssl, buf, num, flags, &written)` or
+/// `SSL_write_ex2` (same arguments) entry: remembers (ssl, buf, written pointer, the fifth
+/// argument).
 pub const PROG_TLS_WRITE_FLAGS_ENTER: &str = "palisade_tls_write_flags_enter";
-/// uretprobe on `SSL_write` and `SSL_write_ex`: copies the bytes the call accepted.
+/// uretprobe on `SSL_write`, `SSL_write_ex`, `SSL_write_ex2` and the internal write function:
+/// copies the bytes the call accepted.
 pub const PROG_TLS_WRITE_EXIT: &str = "palisade_tls_write_exit";
 /// uprobe on `SSL_free` entry: emits the close records and forgets the SSL's offsets.
 pub const PROG_TLS_FREE: &str = "palisade_tls_free";

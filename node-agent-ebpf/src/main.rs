@@ -695,7 +695,8 @@ pub fn palisade_tls_write_ex_enter(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// OpenSSL 3.2+'s `ssl_write_internal(ssl, buf, num, flags, &written)`: `written` comes fifth.
+/// OpenSSL 3.2+'s `ssl_write_internal(ssl, buf, num, flags, &written)` and `SSL_write_ex2`:
+/// `written` comes fifth.
 #[uprobe]
 pub fn palisade_tls_write_flags_enter(ctx: ProbeContext) -> u32 {
     tls_enter(&ctx, &TLS_WRITE_ARGS, Some(4));

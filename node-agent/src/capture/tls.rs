@@ -93,10 +93,10 @@ const fn exported(function: &'static str, program: &'static str, required: bool)
     }
 }
 
-/// The exported functions: `SSL_read`/`SSL_write` exist in every OpenSSL (and
-/// LibreSSL/BoringSSL); the `_ex` variants since OpenSSL 1.1.1 (see [`exported_hooks`] for
-/// OpenSSL 3.2+).
-const EXPORTED_HOOKS: [Hook; 9] = [
+/// The exported functions that may be probed: `SSL_read`/`SSL_write` exist in every OpenSSL (and
+/// LibreSSL/BoringSSL); the `_ex` variants since OpenSSL 1.1.1, `SSL_write_ex2` (its `written`
+/// the fifth argument) since 3.2. [`hooks_for_writes`] picks the write functions of a library.
+const EXPORTED_HOOKS: [Hook; 11] = [
     exported("SSL_read", PROG_TLS_READ_ENTER, true),
     exported("SSL_read", PROG_TLS_READ_EXIT, true),
     exported("SSL_write", PROG_TLS_WRITE_ENTER, true),
@@ -105,6 +105,8 @@ const EXPORTED_HOOKS: [Hook; 9] = [
     exported("SSL_read_ex", PROG_TLS_READ_EXIT, false),
     exported("SSL_write_ex", PROG_TLS_WRITE_EX_ENTER, false),
     exported("SSL_write_ex", PROG_TLS_WRITE_EXIT, false),
+    exported("SSL_write_ex2", PROG_TLS_WRITE_FLAGS_ENTER, false),
+    exported("SSL_write_ex2", PROG_TLS_WRITE_EXIT, false),
     exported("SSL_free", PROG_TLS_FREE, false),
 ];
 
@@ -117,29 +119,16 @@ fn exported_hooks(libssl: &Path) -> Vec<Hook> {
 }
 
 fn hooks_for_writes(writes: ExportedWrites) -> Vec<Hook> {
-    let mut hooks: Vec<Hook> = EXPORTED_HOOKS
+    EXPORTED_HOOKS
         .iter()
         .copied()
         .filter(|h| match h.function {
             "SSL_write" => writes.write,
             "SSL_write_ex" => writes.write_ex,
+            "SSL_write_ex2" => writes.write_ex2,
             _ => true,
         })
-        .collect();
-    if writes.write_ex2 {
-        let at = hooks
-            .iter()
-            .position(|h| h.function == "SSL_free")
-            .unwrap_or(hooks.len());
-        hooks.splice(
-            at..at,
-            [
-                exported("SSL_write_ex2", PROG_TLS_WRITE_FLAGS_ENTER, false),
-                exported("SSL_write_ex2", PROG_TLS_WRITE_EXIT, false),
-            ],
-        );
-    }
-    hooks
+        .collect()
 }
 
 /// The internal functions the four exported ones call, with the `_ex` calling convention
@@ -966,10 +955,8 @@ mod tests {
 
     #[test]
     fn exported_writes_become_probes_with_their_calling_conventions() {
-        assert_eq!(
-            hooks_for_writes(ExportedWrites::WRITE_AND_WRITE_EX).len(),
-            EXPORTED_HOOKS.len()
-        );
+        // Before 3.2: the four exported functions at entry and return, and SSL_free.
+        assert_eq!(hooks_for_writes(ExportedWrites::WRITE_AND_WRITE_EX).len(), 9);
         assert_eq!(
             write_hooks(ExportedWrites::WRITE_AND_WRITE_EX),
             [
