@@ -29,8 +29,8 @@ pub fn is_identifier(segment: &str) -> bool {
 const MAX_SEGMENTS: usize = 16;
 const MAX_LEN: usize = 256;
 
-/// The segments of a path that starts with `/`: what follows each `/`. Split on the byte, not
-/// the character (`str::split` with a `char` pattern runs a searcher: slower on short paths,
+/// The segments of a path: what follows each `/`, as `path.split('/').skip(1)`. Split on the
+/// byte, not the character (`str::split` with a `char` pattern runs a searcher: slower on short paths,
 /// and this runs for every captured exchange).
 fn segments(path: &str) -> impl Iterator<Item = &str> {
     path.as_bytes()
