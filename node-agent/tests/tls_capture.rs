@@ -128,9 +128,9 @@ fn preconditions(need: &[(&str, &str)]) -> Option<String> {
     None
 }
 
-/// What the tests with the python HTTPS server and curl need, beyond root: the tools, python's
-/// ssl module, and bpffs (the TLS programs share the capture ring through a pin).
-fn python_server_preconditions() -> Option<String> {
+/// What the tests with the python HTTPS server and curl need, beyond root: the tools and
+/// python's ssl module.
+fn python_https_preconditions() -> Option<String> {
     if let Some(why) = preconditions(&[
         ("openssl", "version"),
         ("python3", "--version"),
@@ -144,6 +144,15 @@ fn python_server_preconditions() -> Option<String> {
         .is_ok_and(|s| s.success())
     {
         return Some("python3 has no ssl module".into());
+    }
+    None
+}
+
+/// [`python_https_preconditions`], and bpffs: the TLS programs share the capture ring through a
+/// pin.
+fn python_server_preconditions() -> Option<String> {
+    if let Some(why) = python_https_preconditions() {
+        return Some(why);
     }
     if !bpffs_mounted("/sys/fs/bpf") {
         return Some("no bpffs at /sys/fs/bpf (needed to share the capture ring)".into());
@@ -299,6 +308,17 @@ fn curl_with(port: u16, paths: &[&str], extra: &[&str]) -> (u32, Vec<String>) {
 struct Rec {
     header: CaptureHeader,
     data: Vec<u8>,
+}
+
+/// The directory of the OpenSSL 3.6 libraries hack/build-openssl.sh builds
+/// (`PALISADE_OPENSSL_LIB`, which hack/test.sh sets); `None`, after printing why test `name` is
+/// skipped, when it is not set.
+fn openssl_3_6_lib(name: &str) -> Option<PathBuf> {
+    let lib = std::env::var_os("PALISADE_OPENSSL_LIB").map(PathBuf::from);
+    if lib.is_none() {
+        println!("SKIPPED: {name}: PALISADE_OPENSSL_LIB is not set (bash hack/build-openssl.sh prints the directory to set it to)");
+    }
+    lib
 }
 
 /// A temp dir with a certificate (removed by the cleanup), and the TLS programs with a ring of
@@ -890,16 +910,11 @@ fn tls_capture_plain_read_write() {
 #[test]
 fn tls_capture_exported_openssl_3_6() {
     let name = "tls_capture_exported_openssl_3_6";
-    let Some(lib_dir) = std::env::var_os("PALISADE_OPENSSL_LIB") else {
-        println!("SKIPPED: {name}: PALISADE_OPENSSL_LIB is not set (bash hack/build-openssl.sh prints the directory to set it to)");
+    let Some(lib_dir) = openssl_3_6_lib(name) else {
         return;
     };
-    let lib_dir = Path::new(&lib_dir);
-    if let Some(why) = preconditions(&[
-        ("openssl", "version"),
-        ("python3", "--version"),
-        ("curl", "--version"),
-    ]) {
+    let lib_dir = lib_dir.as_path();
+    if let Some(why) = python_https_preconditions() {
         println!("SKIPPED: {name}: {why}");
         return;
     }
@@ -976,11 +991,9 @@ fn tls_capture_session_keys() {
 #[test]
 fn tls_capture_session_keys_openssl_3_6() {
     let name = "tls_capture_session_keys_openssl_3_6";
-    let Some(lib) = std::env::var_os("PALISADE_OPENSSL_LIB") else {
-        println!("SKIPPED: {name}: PALISADE_OPENSSL_LIB is not set (bash hack/build-openssl.sh prints the directory to set it to)");
-        return;
-    };
-    session_keys(name, Some(Path::new(&lib)));
+    if let Some(lib) = openssl_3_6_lib(name) {
+        session_keys(name, Some(&lib));
+    }
 }
 
 /// TLS 1.3 and 1.2 decrypted with the keys found in the server's memory, then a CBC suite that
