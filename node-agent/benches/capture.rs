@@ -16,7 +16,8 @@
 //!   body with a card number and a token).
 //! - `runtime`: [`Runtime::on_record`] end to end for the overhead benchmark's traffic (wrk's
 //!   `GET /` to nginx, headers captured, discovery on: parse, pair, endpoint counts, RED metrics),
-//!   with and without a policy of the six injection detectors.
+//!   with and without a policy of the six injection detectors, and the bodies benchmark's
+//!   `GET /` of a 64 KiB file with the body kept.
 //!
 //! Every measured iteration is one exchange (request and response records) on one keep-alive
 //! connection, so criterion's time is per exchange.
@@ -152,15 +153,33 @@ fn time_exchanges(
     elapsed
 }
 
-fn post_with_body(body_len: usize) -> (Vec<u8>, Vec<u8>) {
+/// nginx's answer to `GET /` when it serves a JSON file of `len` bytes (the bodies benchmark).
+fn nginx_file(len: usize) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Fri, 27 Nov 2026 13:00:00 GMT\r\n\
+         Content-Type: application/json\r\nContent-Length: {len}\r\n\
+         Last-Modified: Fri, 27 Nov 2026 12:00:00 GMT\r\nConnection: keep-alive\r\n\
+         ETag: \"6747a6c0-10000\"\r\nAccept-Ranges: bytes\r\n\r\n{}",
+        json_items(len)
+    )
+    .into_bytes()
+}
+
+/// A JSON document of exactly `len` bytes (for `len` of 64 or more): a list of small objects.
+fn json_items(len: usize) -> String {
     let mut body = String::from("{\"items\":[");
-    while body.len() + 40 < body_len {
+    while body.len() + 40 < len {
         body.push_str("{\"id\":12345,\"name\":\"widget\",\"qty\":3},");
     }
     body.push_str("{\"id\":0}]}");
-    while body.len() < body_len {
+    while body.len() < len {
         body.push(' ');
     }
+    body
+}
+
+fn post_with_body(body_len: usize) -> (Vec<u8>, Vec<u8>) {
+    let body = json_items(body_len);
     let request = format!(
         "POST /api/v1/orders HTTP/1.1\r\nHost: shop\r\nContent-Type: application/json\r\n\
          Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln\r\nContent-Length: {}\r\n\r\n{body}",
@@ -458,7 +477,9 @@ impl CaptureBackend for NoKernel {
     }
 }
 
-fn node_config(detectors: &[&str]) -> NodeConfig {
+/// The overhead benchmark's monitor (headers captured, discovery on; bodies kept up to
+/// `max_body_bytes` when it is not 0) and a policy of `detectors` when there are any.
+fn node_config(detectors: &[&str], max_body_bytes: u32) -> NodeConfig {
     let reference = |name: &str| ObjectRef {
         namespace: "demo".into(),
         name: name.into(),
@@ -478,8 +499,11 @@ fn node_config(detectors: &[&str]) -> NodeConfig {
             }],
             ports: vec![u32::from(POD_PORT)],
             capture: Some(CaptureConfig {
+                headers: true,
+                bodies: max_body_bytes > 0,
                 max_header_bytes: 8192,
-                ..Default::default()
+                max_body_bytes,
+                sampling_percent: 100,
             }),
             discovery: true,
             max_endpoints: 500,
@@ -521,10 +545,23 @@ fn bench_runtime(c: &mut Criterion) {
         "ssrf",
         "jndiInjection",
     ];
-    for (name, detectors) in [
-        ("wrk GET / to nginx, monitor only", &[][..]),
-        ("wrk GET / to nginx, six injection detectors", &injection[..]),
-    ] {
+    let file = nginx_file(64 * 1024);
+    let cases: [(&str, &[&str], &[u8], u32); 3] = [
+        ("wrk GET / to nginx, monitor only", &[], NGINX_HELLO.as_bytes(), 0),
+        (
+            "wrk GET / to nginx, six injection detectors",
+            &injection,
+            NGINX_HELLO.as_bytes(),
+            0,
+        ),
+        (
+            "wrk GET / to nginx, a 64 KiB file, body kept, monitor only",
+            &[],
+            &file,
+            64 * 1024,
+        ),
+    ];
+    for (name, detectors, response, max_body_bytes) in cases {
         let mut runtime = Runtime::new(
             "bench-node".into(),
             "bench".into(),
@@ -534,18 +571,14 @@ fn bench_runtime(c: &mut Criterion) {
             vec![],
             0,
         );
-        runtime.apply(node_config(detectors));
+        runtime.apply(node_config(detectors, max_body_bytes));
         assert_eq!(runtime.attached_pods(), 1, "the bench pod must be attached");
         let mut connection = KeepAlive::new();
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
-                time_exchanges(
-                    iters,
-                    &mut connection,
-                    WRK_GET.as_bytes(),
-                    NGINX_HELLO.as_bytes(),
-                    |h, d| runtime.on_record(h, d),
-                )
+                time_exchanges(iters, &mut connection, WRK_GET.as_bytes(), response, |h, d| {
+                    runtime.on_record(h, d)
+                })
             });
         });
         let report = runtime.take_report();
