@@ -47,6 +47,97 @@ pub const PROG_CAPTURE_INGRESS: &str = "palisade_capture_ingress";
 /// Program attached to a pod cgroup's egress (packets sent by the pod's sockets).
 pub const PROG_CAPTURE_EGRESS: &str = "palisade_capture_egress";
 
+/// Name of the hash map that narrows capture to what the monitors asked for (key
+/// [`CaptureFilterKey`], value [`CaptureFilter`]). The capture programs skip, before copying
+/// anything, the packets of connections on other local ports and of connections outside the
+/// sample. A socket whose cgroup has no entry of its own is captured whole: the agent learns of
+/// a new container's cgroup from its first records and adds its entries.
+pub const MAP_CAPTURE_FILTERS: &str = "CAPTURE_FILTERS";
+/// Entries of [`MAP_CAPTURE_FILTERS`]: the cgroups (pods and their containers) of the pods that
+/// monitors select on one node, each with one entry and one per listed port.
+pub const CAPTURE_FILTERS_MAX_ENTRIES: u32 = 65536;
+/// [`CaptureFilterKey::local_port`] of a cgroup's own entry (no TCP connection has port 0).
+pub const CAPTURE_FILTER_CGROUP_ENTRY: u16 = 0;
+
+/// A [`MAP_CAPTURE_FILTERS`] key: a socket cgroup (`bpf_skb_cgroup_id`) and a local port, or
+/// [`CAPTURE_FILTER_CGROUP_ENTRY`] for the cgroup's own entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CaptureFilterKey {
+    pub cgroup_id: u64,
+    pub local_port: u16,
+    pub _padding: [u8; 6],
+}
+
+impl CaptureFilterKey {
+    pub fn new(cgroup_id: u64, local_port: u16) -> Self {
+        CaptureFilterKey {
+            cgroup_id,
+            local_port,
+            _padding: [0; 6],
+        }
+    }
+}
+
+/// What the capture programs take from a cgroup's sockets. The cgroup's own entry says whether
+/// every port is captured (`every_port` 1, sampled as it says) or only the ports with an entry
+/// of their own (`every_port` 0; each port's entry says how that port is sampled).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CaptureFilter {
+    /// Percentage of connections captured (1 to 100), chosen by [`connection_sampled`].
+    pub sampling_percent: u8,
+    pub every_port: u8,
+    pub _padding: [u8; 2],
+    /// The sample's hash seed, drawn at random by each agent so that no one outside the node
+    /// can pick connections (source ports) that fall outside the sample.
+    pub sampling_seed: u32,
+}
+
+impl CaptureFilter {
+    /// Whether this entry's sample holds a connection with these ends.
+    #[inline(always)]
+    pub fn samples(&self, local_port: u16, remote_addr: &[u8; 16], remote_port: u16) -> bool {
+        self.sampling_percent >= 100
+            || connection_sampled(
+                self.sampling_seed,
+                remote_addr,
+                remote_port,
+                local_port,
+                self.sampling_percent,
+            )
+    }
+}
+
+/// One step of [`connection_sampled`]'s hash: a multiply-xorshift mix (MurmurHash3's finaliser).
+#[inline(always)]
+fn mix(h: u64, word: u64) -> u64 {
+    let h = (h ^ word).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^ (h >> 33)
+}
+
+/// Whether a connection is in a sample of `percent` % (1 to 100): a hash of its remote address
+/// and port and its local port, with `seed`. It names the connection's ends by role, not the
+/// packet's source and destination, so both directions of a connection agree. (The local
+/// address is left out: a pod's connections on one port differ in their remote ends.) Written
+/// out without loops, for the verifier.
+#[inline(always)]
+pub fn connection_sampled(
+    seed: u32,
+    remote_addr: &[u8; 16],
+    remote_port: u16,
+    local_port: u16,
+    percent: u8,
+) -> bool {
+    let a = remote_addr;
+    let w0 = u64::from_le_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]);
+    let w1 = u64::from_le_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]);
+    let ports = (u64::from(remote_port) << 16) | u64::from(local_port);
+    let h = mix(mix(mix(u64::from(seed) ^ 0x9e37_79b9_7f4a_7c15, w0), w1), ports);
+    let h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    (h ^ (h >> 33)) % 100 < u64::from(percent)
+}
+
 /// The packet was received by a socket in the watched cgroup.
 pub const DIRECTION_INGRESS: u8 = 0;
 /// The packet was sent by a socket in the watched cgroup.
@@ -302,6 +393,9 @@ pub struct CaptureCounters {
     pub tls_unmatched_returns: u64,
     /// [`TlsSessionRecord`]s written (completed handshakes seen by the `SSL_do_handshake` probes).
     pub tls_sessions_emitted: u64,
+    /// Packets with TCP payload (counted in `packets_seen`) not captured because of their
+    /// cgroup's [`CaptureFilter`]s: another local port, or a connection outside the sample.
+    pub packets_filtered: u64,
 }
 
 impl CaptureCounters {
@@ -321,6 +415,7 @@ impl CaptureCounters {
         self.tls_read_errors += other.tls_read_errors;
         self.tls_unmatched_returns += other.tls_unmatched_returns;
         self.tls_sessions_emitted += other.tls_sessions_emitted;
+        self.packets_filtered += other.packets_filtered;
     }
 }
 
@@ -422,13 +517,76 @@ mod user {
     unsafe impl aya::Pod for super::CaptureHeader {}
     unsafe impl aya::Pod for super::CaptureRecord {}
     unsafe impl aya::Pod for super::CaptureCounters {}
+    unsafe impl aya::Pod for super::CaptureFilter {}
+    unsafe impl aya::Pod for super::CaptureFilterKey {}
     unsafe impl aya::Pod for super::TlsCallArgs {}
     unsafe impl aya::Pod for super::TlsStreamKey {}
 }
 
 #[cfg(test)]
 mod tests {
-    use super::looks_like_tls_session;
+    extern crate std;
+    use std::vec::Vec;
+
+    use super::{connection_sampled, looks_like_tls_session, CaptureFilter};
+
+    fn client(i: u32) -> ([u8; 16], u16) {
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&[10, 244, (i >> 8) as u8, i as u8]);
+        (addr, 32768 + (i % 28000) as u16)
+    }
+
+    #[test]
+    fn the_sample_holds_about_the_percentage_asked_for() {
+        for percent in [1u8, 10, 50, 90] {
+            let n = 20_000u32;
+            let kept = (0..n)
+                .filter(|&i| {
+                    let (addr, port) = client(i);
+                    connection_sampled(7, &addr, port, 8080, percent)
+                })
+                .count() as f64;
+            let share = kept / f64::from(n) * 100.0;
+            assert!(
+                (share - f64::from(percent)).abs() < 1.0 + f64::from(percent) * 0.1,
+                "{percent} % asked, {share:.2} % kept"
+            );
+        }
+        let (addr, port) = client(1);
+        assert!((0..1000).all(|seed| connection_sampled(seed, &addr, port, 8080, 100)));
+    }
+
+    #[test]
+    fn another_seed_samples_other_connections() {
+        let picked = |seed| {
+            (0..2000u32)
+                .filter(|&i| {
+                    let (addr, port) = client(i);
+                    connection_sampled(seed, &addr, port, 8080, 50)
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(picked(1), picked(1), "the same seed picks the same connections");
+        assert_ne!(picked(1), picked(2));
+    }
+
+    #[test]
+    fn a_filter_samples_its_share_and_everything_at_100() {
+        let (addr, port) = client(3);
+        let mut f = CaptureFilter {
+            sampling_percent: 100,
+            ..Default::default()
+        };
+        assert!(f.samples(8080, &addr, port));
+        f.sampling_percent = 50;
+        let kept = (0..1000u32)
+            .filter(|&i| {
+                let (addr, port) = client(i);
+                f.samples(8080, &addr, port)
+            })
+            .count();
+        assert!((400..600).contains(&kept), "{kept} of 1000 at 50 %");
+    }
 
     #[test]
     fn tls_session_heads_are_told_from_other_objects() {

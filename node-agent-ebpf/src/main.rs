@@ -16,6 +16,7 @@
 use core::ptr::addr_of_mut;
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     btf_maps::{ArrayOfMaps, RingBuf as BtfRingBuf},
     cty::c_void,
     helpers::{
@@ -33,8 +34,9 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext, SkBuffContext},
 };
 use palisade_common::{
-    BlockKey, BlockValue, CaptureCounters, CaptureHeader, CaptureRecord, CaptureRecordOf, IsolationAllowKey,
-    IsolationValue, TlsCallArgs, TlsSessionRecord, TlsStreamKey, BLOCKED_SOURCES_MAX_ENTRIES,
+    BlockKey, BlockValue, CaptureCounters, CaptureFilter, CaptureFilterKey, CaptureHeader, CaptureRecord,
+    CaptureRecordOf, IsolationAllowKey, IsolationValue, TlsCallArgs, TlsSessionRecord, TlsStreamKey,
+    BLOCKED_SOURCES_MAX_ENTRIES, CAPTURE_FILTERS_MAX_ENTRIES, CAPTURE_FILTER_CGROUP_ENTRY,
     CAPTURE_RINGS_MAX_CPUS, CAPTURE_RING_BYTES, CHUNK_BYTES, DIRECTION_EGRESS, DIRECTION_INGRESS,
     ENFORCE_BLOCKS, ENFORCE_ISOLATION, ENFORCE_MAX_CGROUP_LEVEL, FAMILY_IPV4, FAMILY_IPV6, FAMILY_TLS,
     FAMILY_TLS_SESSION, ISOLATED_WORKLOADS_MAX_ENTRIES, ISOLATION_ALLOW_CGROUP_BITS,
@@ -60,6 +62,13 @@ static CAPTURE_RINGS: ArrayOfMaps<BtfRingBuf<u8, { 1 << 20 }>, CAPTURE_RINGS_MAX
 /// One [`CaptureCounters`] per CPU at index 0.
 #[map]
 static CAPTURE_COUNTERS: PerCpuArray<CaptureCounters> = PerCpuArray::with_max_entries(1, 0);
+
+/// What the monitors asked for, per socket cgroup (written by the agent; see
+/// palisade_common::CaptureFilter). No entry: the socket's packets are all captured. Not
+/// preallocated: the TLS programs' instance of the object never fills its copy.
+#[map]
+static CAPTURE_FILTERS: HashMap<CaptureFilterKey, CaptureFilter> =
+    HashMap::with_max_entries(CAPTURE_FILTERS_MAX_ENTRIES, BPF_F_NO_PREALLOC as u32);
 
 /// One scratch word per CPU, see [`forget_bounds`].
 #[map]
@@ -346,6 +355,7 @@ enum Counter {
     TlsReadErrors,
     TlsUnmatchedReturns,
     TlsSessionsEmitted,
+    PacketsFiltered,
 }
 
 #[inline(always)]
@@ -363,6 +373,7 @@ fn count(counter: Counter, value: u64) {
             Counter::RecordsLost => c.records_lost += value,
             Counter::BytesTruncated => c.bytes_truncated += value,
             Counter::ParseErrors => c.parse_errors += value,
+            Counter::PacketsFiltered => c.packets_filtered += value,
             Counter::TlsEntryHits => c.tls_entry_hits += value,
             Counter::TlsReturnHits => c.tls_return_hits += value,
             Counter::TlsDataCalls => c.tls_data_calls += value,
@@ -559,12 +570,19 @@ fn capture(ctx: &SkBuffContext, direction: u8) -> Result<(), Skip> {
 
     hdr.source_port = u16::from_be_bytes([tcp[0], tcp[1]]);
     hdr.dest_port = u16::from_be_bytes([tcp[2], tcp[3]]);
+    // SAFETY: a plain helper call on the program's own context.
+    hdr.cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
+    if !wanted(&hdr) {
+        if payload_len > 0 {
+            count(Counter::PacketsFiltered, 1);
+        }
+        return Err(Skip::Ignored);
+    }
     hdr.tcp_seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
     hdr.tcp_flags = flags;
     hdr.payload_len = payload_len as u32;
-    // SAFETY: plain helper calls on the program's own context.
+    // SAFETY: the helper has no preconditions.
     hdr.timestamp_ns = unsafe { bpf_ktime_get_ns() };
-    hdr.cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
 
     // A packet that fits a small record (most API messages, and FIN/RST without payload) gets
     // the smallest that fits; larger ones are cut into full chunks. (Only one of the two per
@@ -592,6 +610,32 @@ fn capture(ctx: &SkBuffContext, direction: u8) -> Result<(), Skip> {
         count(Counter::BytesTruncated, payload_len - CHUNK * MAX_CHUNKS);
     }
     Ok(())
+}
+
+/// Whether the monitors want the packet's connection, by its cgroup's [`CAPTURE_FILTERS`]
+/// entries: every port or a listed one, and in the sample. A cgroup without an entry: yes.
+#[inline(always)]
+fn wanted(hdr: &CaptureHeader) -> bool {
+    let (local_port, remote_addr, remote_port) = if hdr.direction == DIRECTION_INGRESS {
+        (hdr.dest_port, &hdr.source_addr, hdr.source_port)
+    } else {
+        (hdr.source_port, &hdr.dest_addr, hdr.dest_port)
+    };
+    let own = CaptureFilterKey::new(hdr.cgroup_id, CAPTURE_FILTER_CGROUP_ENTRY);
+    // SAFETY (both lookups): the values are copied out at once.
+    let Some(cgroup) = (unsafe { CAPTURE_FILTERS.get(&own) }).copied() else {
+        return true;
+    };
+    let filter = if cgroup.every_port != 0 {
+        cgroup
+    } else {
+        let port = CaptureFilterKey::new(hdr.cgroup_id, local_port);
+        match unsafe { CAPTURE_FILTERS.get(&port) } {
+            Some(f) => *f,
+            None => return false,
+        }
+    };
+    filter.samples(local_port, remote_addr, remote_port)
 }
 
 /// A record in this CPU's ring of [`CAPTURE_RINGS`], or in the shared ring if it has none or it

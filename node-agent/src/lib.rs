@@ -1,6 +1,7 @@
 //! Palisade's node agent as a library: the binary in main.rs wires these together.
 
 pub mod capture;
+pub mod capture_filters;
 pub mod cidr;
 pub mod detect;
 pub mod features;

@@ -185,6 +185,13 @@ impl CaptureBackend for KernelCapture {
             vec![]
         })
     }
+    fn set_capture_filter(
+        &mut self,
+        key: palisade_common::CaptureFilterKey,
+        filter: Option<&palisade_common::CaptureFilter>,
+    ) -> Result<(), String> {
+        self.probes.set_filter(key, filter).map_err(|e| e.to_string())
+    }
     fn counters(&self) -> CaptureCounters {
         let mut c = self.probes.counters().unwrap_or_default();
         // The TLS programs keep their own copy of the counters: add them up.

@@ -175,7 +175,7 @@ impl AgentMetrics {
         let kernel = Family::<ReasonLabels, Counter<u64, AtomicU64>>::default();
         registry.register(
             "capture_kernel",
-            "Capture program counters: packets_seen, records_emitted, records_lost (ring buffers full), bytes_truncated, parse_errors",
+            "Capture program counters: packets_seen, records_emitted, records_lost (ring buffers full), bytes_truncated, parse_errors, packets_filtered (other ports, or connections outside the sample)",
             kernel.clone(),
         );
         let dropped = Family::<ReasonLabels, Counter<u64, AtomicU64>>::default();

@@ -5,6 +5,7 @@
 //! with a fake backend.
 
 use crate::capture::monotonic_ns;
+use crate::capture_filters::CaptureFilters;
 use crate::cidr::{traffic_class, Cidr};
 use crate::detect::behaviour::ExchangeView;
 use crate::detect::{CompiledRule, Inputs, RequestView};
@@ -20,7 +21,9 @@ use palisade_api::agent::{
     AgentReport, CaptureStats, FeatureProbe, Finding, MonitorConfig, MonitorReport, NodeConfig, ObjectRef,
     PolicyReport, RuleConfig, TlsCoverage,
 };
-use palisade_common::{BlockKey, BlockValue, CaptureCounters, CaptureHeader, FAMILY_TLS_SESSION};
+use palisade_common::{
+    BlockKey, BlockValue, CaptureCounters, CaptureFilter, CaptureFilterKey, CaptureHeader, FAMILY_TLS_SESSION,
+};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
@@ -64,6 +67,16 @@ pub trait CaptureBackend {
     /// Pods with enforcement pinned by an earlier agent and not adopted.
     fn pinned_enforcement_pods(&mut self) -> Vec<String> {
         vec![]
+    }
+    /// Sets (`None`: removes) one entry of what capture copies from the sockets of a cgroup. A
+    /// backend without filters in its kernel programs copies everything, which user space
+    /// narrows.
+    fn set_capture_filter(
+        &mut self,
+        _key: CaptureFilterKey,
+        _filter: Option<&CaptureFilter>,
+    ) -> Result<(), String> {
+        Ok(())
     }
     /// Drops `key`'s traffic until `expires_ns` (CLOCK_MONOTONIC).
     fn block(&mut self, _key: BlockKey, _expires_ns: u64) -> Result<(), String> {
@@ -322,6 +335,8 @@ pub struct Runtime<B: CaptureBackend> {
     /// This host's addresses (allowed to reach isolated pods: kubelet probes), refreshed with
     /// each configuration.
     node_addresses: Vec<std::net::IpAddr>,
+    /// The ports and sampling the kernel applies per watched cgroup.
+    capture_filters: CaptureFilters,
 }
 
 /// The source of a finding seen in TLS plaintext: uprobes do not see the peer's address.
@@ -388,6 +403,7 @@ impl<B: CaptureBackend> Runtime<B> {
             adopted: false,
             isolator: crate::isolation::Isolator::new(clock_offset_ns),
             node_addresses: vec![],
+            capture_filters: CaptureFilters::new(),
         }
     }
 
@@ -752,8 +768,25 @@ impl<B: CaptureBackend> Runtime<B> {
         self.applied_version = config.version;
         self.config = config;
         self.limits = self.capture_limits();
+        self.sync_capture_filters();
         self.sync_enforcement();
         self.sync_tls();
+    }
+
+    /// Gives every watched cgroup (pods and the containers found under them) the ports and
+    /// sampling of the monitors selecting its pod, in the kernel; removes the others.
+    fn sync_capture_filters(&mut self) {
+        let Some(backend) = self.backend.as_mut() else {
+            return;
+        };
+        let filters = &self.capture_filters;
+        let wanted = self
+            .by_cgroup
+            .iter()
+            .flat_map(|(id, pod)| filters.entries_for(*id, &self.config.monitors, &pod.monitors))
+            .collect();
+        self.capture_filters
+            .sync(wanted, |key, filter| backend.set_capture_filter(key, filter));
     }
 
     /// Attaches the enforcement program to the pods of enforcing policies that block sources,
@@ -1331,6 +1364,9 @@ impl<B: CaptureBackend> Runtime<B> {
                 self.by_cgroup.entry(id).or_insert_with(|| pod.clone());
             }
         }
+        if self.capture_filters.cgroups() != self.by_cgroup.len() {
+            self.sync_capture_filters();
+        }
         self.by_cgroup.contains_key(&cgroup_id)
     }
 
@@ -1781,6 +1817,7 @@ impl<B: CaptureBackend> Runtime<B> {
         m.kernel_counter("records_lost", counters.records_lost);
         m.kernel_counter("bytes_truncated", counters.bytes_truncated);
         m.kernel_counter("parse_errors", counters.parse_errors);
+        m.kernel_counter("packets_filtered", counters.packets_filtered);
         let d = self.tracker.drops;
         m.dropped("connection_limit", d.connections);
         m.dropped("oversized_head", d.oversized_heads);
@@ -1844,6 +1881,8 @@ mod tests {
         egress: HashMap<String, bool>,
         /// The kernel's isolations: cgroup id -> (expiry, flags, allow-list).
         isolated: HashMap<u64, (u64, u64, std::collections::BTreeSet<crate::capture::AllowPrefix>)>,
+        /// The kernel's capture filters.
+        filters: BTreeMap<CaptureFilterKey, CaptureFilter>,
     }
 
     impl CaptureBackend for FakeBackend {
@@ -1856,6 +1895,17 @@ mod tests {
         }
         fn detach(&mut self, dir: &Path) -> Result<(), String> {
             self.attached.retain(|d| d != dir);
+            Ok(())
+        }
+        fn set_capture_filter(
+            &mut self,
+            key: CaptureFilterKey,
+            filter: Option<&CaptureFilter>,
+        ) -> Result<(), String> {
+            match filter {
+                Some(f) => self.filters.insert(key, *f),
+                None => self.filters.remove(&key),
+            };
             Ok(())
         }
         fn tls_ready(&self) -> Result<(), String> {
@@ -2306,6 +2356,59 @@ mod tests {
             vec![],
             0,
         )
+    }
+
+    #[test]
+    fn capture_filters_follow_the_monitors_and_the_containers_found() {
+        use std::os::unix::fs::MetadataExt as _;
+        let root = std::env::temp_dir().join(format!("palisade-runtime-filters-{}", std::process::id()));
+        let container = root.join("kubepods/besteffort/poduid-a/container-1");
+        std::fs::create_dir_all(&container).expect("mkdir");
+        let container_id = std::fs::metadata(&container).expect("stat").ino();
+        let mut rt = runtime(&root);
+        // Per cgroup: its entries' ports (0: its own) and sampling.
+        let filters = |rt: &mut Runtime<FakeBackend>| {
+            let mut by_cgroup: BTreeMap<u64, Vec<(u16, u8)>> = BTreeMap::new();
+            for (k, f) in &rt.backend_mut().expect("backend").filters {
+                by_cgroup
+                    .entry(k.cgroup_id)
+                    .or_default()
+                    .push((k.local_port, f.sampling_percent));
+            }
+            by_cgroup.into_iter().collect::<Vec<_>>()
+        };
+        let mut cfg = config(1, vec![target("uid-a", "a")]);
+        cfg.monitors[0]
+            .capture
+            .as_mut()
+            .expect("capture")
+            .sampling_percent = 25;
+        rt.apply(cfg.clone());
+        assert_eq!(filters(&mut rt), [(1001, vec![(0, 100), (8080, 25)])]);
+
+        // A container's cgroup, found when its first record arrives, gets the pod's entries.
+        let request = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let mut h = record(DIRECTION_INGRESS, 10, container_id, 8080);
+        h.payload_len = request.len() as u32;
+        h.captured_len = request.len() as u32;
+        rt.on_record(&h, request);
+        let pod = vec![(0, 100), (8080, 25)];
+        assert_eq!(filters(&mut rt), [(1001, pod.clone()), (container_id, pod)]);
+
+        // The monitor changes: so do the pod's filters. Unselected: they are removed.
+        cfg.version = 2;
+        cfg.monitors[0].ports = vec![9090, 8080];
+        cfg.monitors[0]
+            .capture
+            .as_mut()
+            .expect("capture")
+            .sampling_percent = 100;
+        rt.apply(cfg);
+        let both = vec![(0, 100), (8080, 100), (9090, 100)];
+        assert_eq!(filters(&mut rt), [(1001, both.clone()), (container_id, both)]);
+        rt.apply(config(3, vec![]));
+        assert_eq!(filters(&mut rt), []);
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]

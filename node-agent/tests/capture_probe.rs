@@ -18,7 +18,8 @@ use std::{
 };
 
 use palisade_common::{
-    CaptureHeader, CHUNK_BYTES, DIRECTION_EGRESS, DIRECTION_INGRESS, FAMILY_IPV4, FAMILY_IPV6, TCP_FIN,
+    connection_sampled, CaptureFilter, CaptureFilterKey, CaptureHeader, CAPTURE_FILTER_CGROUP_ENTRY,
+    CHUNK_BYTES, DIRECTION_EGRESS, DIRECTION_INGRESS, FAMILY_IPV4, FAMILY_IPV6, TCP_FIN,
 };
 use palisade_node_agent::{
     capture::{CaptureError, CaptureProbes, MERGE_SLACK_NS},
@@ -432,6 +433,9 @@ fn capture_scenario(name: &str, ip: IpAddr) {
     assert_eq!(counters.parse_errors, 0);
     assert!(counters.packets_seen >= 8);
 
+    // (e') what the monitors asked for, applied in the kernel.
+    check_filters(name, ip, port, cgroup_id, &mut probes, &mut ring);
+
     // (f) detach: no more records.
     probes.detach_cgroup(&cgroup).unwrap();
     probes.detach_cgroup(&cgroup).unwrap(); // no-op
@@ -493,6 +497,122 @@ fn capture_scenario(name: &str, ip: IpAddr) {
     drop(probes);
     drop(cleanup);
     assert!(!cgroup.exists(), "cgroup {} was not removed", cgroup.display());
+}
+
+/// The address bytes a capture header carries for `ip` (IPv4 in the first 4).
+fn header_addr(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut a = [0u8; 16];
+            a[..4].copy_from_slice(&v4.octets());
+            a
+        }
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// A cgroup's [`CaptureFilter`] entries: with only another port listed, nothing of the server's
+/// connections is captured (their packets are counted as filtered); with its port listed at
+/// 50 %, exactly the connections [`connection_sampled`] picks, both directions; without the
+/// cgroup's own entry, everything.
+fn check_filters(
+    name: &str,
+    ip: IpAddr,
+    port: u16,
+    cgroup_id: u64,
+    probes: &mut CaptureProbes,
+    ring: &mut palisade_node_agent::capture::CaptureRing,
+) {
+    let path = "/palisade-filter-probe";
+    let own = CaptureFilterKey::new(cgroup_id, CAPTURE_FILTER_CGROUP_ENTRY);
+    let entry = |sampling_percent, every_port| CaptureFilter {
+        sampling_percent,
+        every_port,
+        sampling_seed: 0x5eed,
+        ..Default::default()
+    };
+    // Only another port is listed.
+    let other_port = CaptureFilterKey::new(cgroup_id, port.wrapping_add(1));
+    probes.set_filter(other_port, Some(&entry(100, 0))).unwrap();
+    probes.set_filter(own, Some(&entry(100, 0))).unwrap();
+    let before = probes.counters().unwrap();
+    for _ in 0..3 {
+        let (_, resp) = http_get(ip, port, path);
+        assert!(resp.starts_with(b"HTTP/1.0 404"));
+    }
+    let recs = drain_until(ring, Duration::from_millis(300), |_| false);
+    let after = probes.counters().unwrap();
+    assert!(
+        recs.is_empty(),
+        "another port's filter let {} records through",
+        recs.len()
+    );
+    // Each exchange: the request and at least one response packet.
+    let filtered = after.packets_filtered - before.packets_filtered;
+    assert!(filtered >= 6, "{filtered} packets counted as filtered");
+    assert_eq!(after.records_emitted, before.records_emitted);
+
+    // The server's port is listed, with a 50 % sample.
+    let filter = entry(50, 0);
+    probes
+        .set_filter(CaptureFilterKey::new(cgroup_id, port), Some(&filter))
+        .unwrap();
+    let client = header_addr(ip);
+    let mut expected = BTreeMap::new();
+    for _ in 0..40 {
+        let (client_port, resp) = http_get(ip, port, path);
+        assert!(resp.starts_with(b"HTTP/1.0 404"));
+        let sampled = connection_sampled(filter.sampling_seed, &client, client_port, port, 50);
+        expected.insert(client_port, sampled);
+    }
+    let want: Vec<u16> = expected.iter().filter(|(_, s)| **s).map(|(p, _)| *p).collect();
+    assert!(
+        (5..=35).contains(&want.len()),
+        "{} of 40 connections in a 50 % sample",
+        want.len()
+    );
+    let recs = drain_until(ring, Duration::from_secs(5), |recs| {
+        want.iter().all(|p| {
+            recs.iter()
+                .any(|r| r.header.direction == DIRECTION_EGRESS && r.header.dest_port == *p)
+        })
+    });
+    let client_port = |r: &Rec| {
+        if r.header.direction == DIRECTION_INGRESS {
+            r.header.source_port
+        } else {
+            r.header.dest_port
+        }
+    };
+    for direction in [DIRECTION_INGRESS, DIRECTION_EGRESS] {
+        let mut seen: Vec<u16> = recs
+            .iter()
+            .filter(|r| r.header.direction == direction && r.header.captured_len > 0)
+            .map(client_port)
+            .collect();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen, want, "direction {direction}: the connections captured");
+    }
+    println!(
+        "[{name}] filters: another port captured 0 records ({filtered} packets filtered); a 50 % sample captured {} of 40 connections, as predicted",
+        want.len()
+    );
+
+    // The cgroup's own entry removed: everything is captured again (whatever else is left).
+    probes.set_filter(own, None).unwrap();
+    probes.set_filter(own, None).unwrap(); // already gone: no error
+    let (_, resp) = http_get(ip, port, path);
+    assert!(resp.starts_with(b"HTTP/1.0 404"));
+    let recs = drain_until(ring, Duration::from_secs(3), |recs| {
+        recs.iter()
+            .any(|r| r.data.starts_with(b"GET /palisade-filter-probe"))
+    });
+    assert!(
+        recs.iter()
+            .any(|r| r.data.starts_with(b"GET /palisade-filter-probe")),
+        "nothing captured once the filter was removed"
+    );
 }
 
 /// Not a test of its own: run by `load_fails_clearly_without_capabilities` in a process without

@@ -43,7 +43,8 @@ pub struct ApiMonitorSpec {
     #[x_kube(validation = Rule::new(SELECTOR_VALUES_RULE).message(SELECTOR_VALUES_MESSAGE))]
     pub selector: LabelSelector,
 
-    /// TCP ports on which the selected pods serve HTTP. Empty: every port.
+    /// TCP ports on which the selected pods serve HTTP. Empty: every port. The node's kernel
+    /// skips the pods' connections on other ports before copying anything.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32), extend("x-kubernetes-list-type" = "set"))]
     pub ports: Vec<Port>,
@@ -98,7 +99,11 @@ pub struct CaptureSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1048576))]
     pub max_body_bytes: Option<i32>,
-    /// Percentage of connections captured (1 to 100).
+    /// Percentage of connections captured (1 to 100), picked in the node's kernel by a hash of
+    /// each connection's ends with a random seed per agent. Endpoint counts, metrics and
+    /// findings cover the captured connections only. On a pod that several monitors select,
+    /// each port is captured at the highest percentage among them; with tls.enabled, every
+    /// connection of the pod is.
     #[serde(default = "default_sampling")]
     #[schemars(range(min = 1, max = 100))]
     pub sampling_percent: i32,

@@ -12,15 +12,16 @@ use std::{
 };
 
 use aya::{
-    maps::{of_maps::ArrayOfMaps, MapData, PerCpuArray},
+    maps::{of_maps::ArrayOfMaps, HashMap as BpfHashMap, MapData, MapError, PerCpuArray},
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError},
     Ebpf, EbpfError,
 };
 use palisade_common::{
-    BlockKey, BlockValue, CaptureCounters, IsolationValue, CAPTURE_RINGS_MAX_CPUS, CAPTURE_RING_BYTES,
-    MAP_BLOCKED_SOURCES, MAP_CAPTURE_COUNTERS, MAP_CAPTURE_RING, MAP_CAPTURE_RINGS, MAP_ENFORCE_ACTIVE,
-    MAP_ISOLATED_WORKLOADS, MAP_ISOLATION_ALLOW, PROG_CAPTURE_EGRESS, PROG_CAPTURE_INGRESS,
-    PROG_ENFORCE_EGRESS, PROG_ENFORCE_INGRESS,
+    BlockKey, BlockValue, CaptureCounters, CaptureFilter, CaptureFilterKey, IsolationValue,
+    CAPTURE_RINGS_MAX_CPUS, CAPTURE_RING_BYTES, MAP_BLOCKED_SOURCES, MAP_CAPTURE_COUNTERS,
+    MAP_CAPTURE_FILTERS, MAP_CAPTURE_RING, MAP_CAPTURE_RINGS, MAP_ENFORCE_ACTIVE, MAP_ISOLATED_WORKLOADS,
+    MAP_ISOLATION_ALLOW, PROG_CAPTURE_EGRESS, PROG_CAPTURE_INGRESS, PROG_ENFORCE_EGRESS,
+    PROG_ENFORCE_INGRESS,
 };
 
 use super::enforce::{self, AllowPrefix, Enforcement, EnforcementAttach};
@@ -273,6 +274,36 @@ impl CaptureProbes {
         match first_err {
             Some(e) => Err(e),
             None => Ok(()),
+        }
+    }
+
+    /// Sets (or with `None` removes) one entry of what the capture programs take from the
+    /// sockets of a cgroup (see [`CaptureFilter`]).
+    pub fn set_filter(
+        &mut self,
+        key: CaptureFilterKey,
+        filter: Option<&CaptureFilter>,
+    ) -> Result<(), CaptureError> {
+        let map_err = |e: MapError| CaptureError::Map {
+            map: MAP_CAPTURE_FILTERS,
+            reason: error_chain(&e),
+        };
+        let map = self
+            .ebpf
+            .map_mut(MAP_CAPTURE_FILTERS)
+            .ok_or(CaptureError::MissingInObject {
+                kind: "map",
+                name: MAP_CAPTURE_FILTERS,
+            })?;
+        let mut filters: BpfHashMap<&mut MapData, CaptureFilterKey, CaptureFilter> =
+            BpfHashMap::try_from(map).map_err(map_err)?;
+        match filter {
+            Some(f) => filters.insert(key, *f, 0).map_err(map_err),
+            None => match filters.remove(&key) {
+                // Already gone is what was asked.
+                Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+                other => other.map_err(map_err),
+            },
         }
     }
 
