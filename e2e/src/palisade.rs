@@ -227,6 +227,15 @@ pub fn http_request(
     Ok(status)
 }
 
+/// An ApiMonitor's request count for one endpoint of its inventory (`status.endpoints`).
+pub fn endpoint_requests(monitor: &serde_json::Value, method: &str, path: &str) -> Option<u64> {
+    let items = monitor.pointer("/status/endpoints/items")?.as_array()?;
+    items
+        .iter()
+        .find(|e| e["method"] == method && e["path"] == path)?["requests"]
+        .as_u64()
+}
+
 /// `kubectl get <kind> <name> -n <ns> -o json`, parsed.
 pub fn get_json(cp: &ControlPlane, kind: &str, ns: &str, name: &str) -> Result<serde_json::Value> {
     let out = cp.kubectl_ok(&["get", kind, name, "-n", ns, "-o", "json"])?;

@@ -2,7 +2,7 @@
 //! pipelining) and Python's http.server (HTTP/1.0, close-delimited), each counted exactly.
 
 use anyhow::{ensure, Context, Result};
-use palisade_e2e::palisade::{wait_for_object, Stack};
+use palisade_e2e::palisade::{endpoint_requests as requests, wait_for_object, Stack};
 use palisade_e2e::PodLaunch;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -66,14 +66,6 @@ fn exchange(addr: SocketAddr, raw: &str, responses: usize) -> Result<Vec<(u16, u
         buf.extend_from_slice(&chunk[..n]);
     }
     Ok(out)
-}
-
-fn requests(m: &serde_json::Value, method: &str, path: &str) -> Option<u64> {
-    let items = m.pointer("/status/endpoints/items")?.as_array()?;
-    items
-        .iter()
-        .find(|e| e["method"] == method && e["path"] == path)?["requests"]
-        .as_u64()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -124,6 +124,16 @@ impl CaptureFilters {
             .filter(|(k, f)| self.written.get(k) != Some(f))
             .collect();
         changed.sort_by_key(|(k, _)| own_last(k));
+        if !changed.is_empty() {
+            tracing::info!(
+                written = changed.len(),
+                cgroups = changed
+                    .iter()
+                    .filter(|(k, _)| k.local_port == CAPTURE_FILTER_CGROUP_ENTRY)
+                    .count(),
+                "capture filters: ports and sampling in the kernel"
+            );
+        }
         for (key, filter) in changed {
             match write(key, Some(&filter)) {
                 Ok(()) => {

@@ -628,6 +628,12 @@ impl<B: CaptureBackend> Runtime<B> {
             match result {
                 Ok((cgroup_dir, cgroup_id)) => {
                     tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name), cgroup = %cgroup_dir.display(), "capture attached");
+                    self.by_cgroup.insert(cgroup_id, pod.clone());
+                    // Its containers' cgroups, where the sockets are: known from the start,
+                    // their capture filters are in place before their first packet.
+                    for id in crate::workloads::descendant_cgroup_ids(&cgroup_dir) {
+                        self.by_cgroup.entry(id).or_insert_with(|| pod.clone());
+                    }
                     self.attachments.insert(
                         uid.clone(),
                         Attachment {
@@ -635,7 +641,6 @@ impl<B: CaptureBackend> Runtime<B> {
                             cgroup_id,
                         },
                     );
-                    self.by_cgroup.insert(cgroup_id, pod.clone());
                 }
                 Err(reason) => {
                     tracing::warn!(pod = %format!("{}/{}", pod.namespace, pod.name), %reason, "capture not attached");
@@ -2362,9 +2367,10 @@ mod tests {
     fn capture_filters_follow_the_monitors_and_the_containers_found() {
         use std::os::unix::fs::MetadataExt as _;
         let root = std::env::temp_dir().join(format!("palisade-runtime-filters-{}", std::process::id()));
-        let container = root.join("kubepods/besteffort/poduid-a/container-1");
-        std::fs::create_dir_all(&container).expect("mkdir");
-        let container_id = std::fs::metadata(&container).expect("stat").ino();
+        let pod_dir = root.join("kubepods/besteffort/poduid-a");
+        std::fs::create_dir_all(pod_dir.join("container-1")).expect("mkdir");
+        let ino = |dir: &Path| std::fs::metadata(dir).expect("stat").ino();
+        let first = ino(&pod_dir.join("container-1"));
         let mut rt = runtime(&root);
         // Per cgroup: its entries' ports (0: its own) and sampling.
         let filters = |rt: &mut Runtime<FakeBackend>| {
@@ -2383,17 +2389,22 @@ mod tests {
             .as_mut()
             .expect("capture")
             .sampling_percent = 25;
+        // The pod's cgroup and the container's that exists at attach.
         rt.apply(cfg.clone());
-        assert_eq!(filters(&mut rt), [(1001, vec![(0, 100), (8080, 25)])]);
+        let pod = vec![(0, 100), (8080, 25)];
+        let mut want: BTreeMap<u64, Vec<(u16, u8)>> = [(1001, pod.clone()), (first, pod.clone())].into();
+        assert_eq!(filters(&mut rt), want.clone().into_iter().collect::<Vec<_>>());
 
-        // A container's cgroup, found when its first record arrives, gets the pod's entries.
+        // A container started later, found when its first record arrives.
+        std::fs::create_dir(pod_dir.join("container-2")).expect("mkdir");
+        let second = ino(&pod_dir.join("container-2"));
         let request = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
-        let mut h = record(DIRECTION_INGRESS, 10, container_id, 8080);
+        let mut h = record(DIRECTION_INGRESS, 10, second, 8080);
         h.payload_len = request.len() as u32;
         h.captured_len = request.len() as u32;
         rt.on_record(&h, request);
-        let pod = vec![(0, 100), (8080, 25)];
-        assert_eq!(filters(&mut rt), [(1001, pod.clone()), (container_id, pod)]);
+        want.insert(second, pod);
+        assert_eq!(filters(&mut rt), want.into_iter().collect::<Vec<_>>());
 
         // The monitor changes: so do the pod's filters. Unselected: they are removed.
         cfg.version = 2;
@@ -2405,7 +2416,12 @@ mod tests {
             .sampling_percent = 100;
         rt.apply(cfg);
         let both = vec![(0, 100), (8080, 100), (9090, 100)];
-        assert_eq!(filters(&mut rt), [(1001, both.clone()), (container_id, both)]);
+        let mut all: Vec<_> = [1001, first, second]
+            .into_iter()
+            .map(|id| (id, both.clone()))
+            .collect();
+        all.sort();
+        assert_eq!(filters(&mut rt), all);
         rt.apply(config(3, vec![]));
         assert_eq!(filters(&mut rt), []);
         let _ = std::fs::remove_dir_all(&root);
