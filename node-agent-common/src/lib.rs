@@ -4,9 +4,16 @@
 //! the kernel and user space agree on every byte. Changing a layout changes both sides at once.
 #![no_std]
 
-/// Bytes of TCP payload carried by one ring-buffer record. A larger skb is split into several
-/// records (chunks), each with its own `chunk_offset`.
-pub const CHUNK_BYTES: usize = 4096;
+/// Bytes of TCP payload in each record (chunk) of an skb too big for one record of
+/// [`PAGE_CHUNK_BYTES`]; each chunk has its own `chunk_offset`. A 64 KiB body takes 4 records,
+/// not 16 of a page: each record costs the kernel a reservation and the agent a lookup of its
+/// connection, which for bodies cost more than the bytes (the agent's CPU per 64 KiB response
+/// fell by about a third with 16 KiB chunks, `cargo bench --bench capture`).
+pub const CHUNK_BYTES: usize = 16384;
+/// Payload of the record for a packet of up to a page (a request with its body, a response head
+/// and a body of a few KiB), and of each TLS plaintext chunk (an `SSL_write` of a response head
+/// takes one page, not a 16 KiB chunk of the ring).
+pub const PAGE_CHUNK_BYTES: usize = 4096;
 /// The ring buffer's own header before each record (`BPF_RINGBUF_HDR_SZ`).
 pub const RINGBUF_RECORD_HEADER_BYTES: usize = 8;
 /// Payload of the record that fits a ring-buffer slot of `slot` bytes (the ring's own header
@@ -17,12 +24,13 @@ const fn payload_in_slot(slot: usize) -> usize {
 /// Payload of the small records. A packet gets the smallest record it fits in, so short
 /// messages (most requests and responses of an API) sit next to each other in the ring: the
 /// kernel writes and the agent reads fewer cache lines per record, and the ring holds more of
-/// them before it overflows. Bigger packets get chunks of `CHUNK_BYTES`.
+/// them before it overflows. Bigger packets get a page ([`PAGE_CHUNK_BYTES`]), the biggest
+/// chunks of `CHUNK_BYTES`.
 pub const TINY_CHUNK_BYTES: usize = payload_in_slot(128);
 pub const MEDIUM_CHUNK_BYTES: usize = payload_in_slot(256);
 pub const SMALL_CHUNK_BYTES: usize = payload_in_slot(512);
-/// Most chunks one skb is split into; payload past `CHUNK_BYTES * MAX_CHUNKS_PER_SKB` is counted
-/// as truncated.
+/// Most chunks one skb is split into (256 KiB: a BIG TCP skb is copied whole) and one TLS call
+/// (pages: 64 KiB); payload past them is counted as truncated.
 pub const MAX_CHUNKS_PER_SKB: usize = 16;
 /// Size of the shared capture ring buffer in bytes (a power of two, a multiple of the page
 /// size), and the budget the per-CPU rings split between them (see [`MAP_CAPTURE_RINGS`]).
@@ -53,6 +61,10 @@ pub const PROG_CAPTURE_EGRESS: &str = "palisade_capture_egress";
 /// sample. A socket whose cgroup has no entry of its own is captured whole: the agent learns of
 /// a new container's cgroup from its first records and adds its entries.
 pub const MAP_CAPTURE_FILTERS: &str = "CAPTURE_FILTERS";
+/// Name of the array (one u64) that the agent bumps after each change of
+/// [`MAP_CAPTURE_FILTERS`]: the programs keep the filter they used last per CPU, and look it up
+/// again when this changed.
+pub const MAP_CAPTURE_FILTER_GENERATION: &str = "CAPTURE_FILTER_GENERATION";
 /// Entries of [`MAP_CAPTURE_FILTERS`]: the cgroups (pods and their containers) of the pods that
 /// monitors select on one node, each with one entry and one per listed port.
 pub const CAPTURE_FILTERS_MAX_ENTRIES: u32 = 65536;
@@ -183,9 +195,10 @@ pub struct CaptureHeader {
     pub _padding: [u8; 1],
 }
 
-/// One ring-buffer record: a header and up to `N` bytes of payload. Records come in four sizes
-/// (`TINY_CHUNK_BYTES`, `MEDIUM_CHUNK_BYTES`, `SMALL_CHUNK_BYTES` and `CHUNK_BYTES` of payload);
-/// a reader takes `header.captured_len` bytes after the header of any of them.
+/// One ring-buffer record: a header and up to `N` bytes of payload. Records come in five sizes
+/// (`TINY_CHUNK_BYTES`, `MEDIUM_CHUNK_BYTES`, `SMALL_CHUNK_BYTES`, `PAGE_CHUNK_BYTES` and
+/// `CHUNK_BYTES` of payload); a reader takes `header.captured_len` bytes after the header of
+/// any of them.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct CaptureRecordOf<const N: usize> {
@@ -195,13 +208,18 @@ pub struct CaptureRecordOf<const N: usize> {
 
 /// A record with up to `CHUNK_BYTES` of payload.
 pub type CaptureRecord = CaptureRecordOf<CHUNK_BYTES>;
+/// A record with up to `PAGE_CHUNK_BYTES` of payload (packets up to a page, TLS plaintext).
+pub type PageCaptureRecord = CaptureRecordOf<PAGE_CHUNK_BYTES>;
+/// A record with up to `TINY_CHUNK_BYTES` of payload (a 128-byte slot: also FIN markers).
+pub type TinyCaptureRecord = CaptureRecordOf<TINY_CHUNK_BYTES>;
 /// A record with up to `SMALL_CHUNK_BYTES` of payload (a 512-byte slot of the ring).
 pub type SmallCaptureRecord = CaptureRecordOf<SMALL_CHUNK_BYTES>;
 
 // ---------------------------------------------------------------------------------------------
 // TLS plaintext capture: uprobes on OpenSSL's libssl (SSL_read, SSL_read_ex, SSL_write,
 // SSL_write_ex, SSL_free), attached per process. The records go into the capture ring buffer as
-// [`CaptureRecord`]s and reuse [`CaptureHeader`] with these meanings:
+// [`PageCaptureRecord`]s (close markers as [`TinyCaptureRecord`]s) and reuse [`CaptureHeader`]
+// with these meanings:
 //
 // | field          | TLS meaning                                                                  |
 // |----------------|------------------------------------------------------------------------------|
@@ -221,12 +239,12 @@ pub type SmallCaptureRecord = CaptureRecordOf<SMALL_CHUNK_BYTES>;
 // | `payload_len`  | bytes the call moved (SSL_read's return or `*readbytes`, SSL_write's return |
 // |                | or `*written`), saturated at u32::MAX                                       |
 // | `chunk_offset` | offset of this record's bytes inside the call's bytes                       |
-// | `captured_len` | bytes in `data` (at most CHUNK_BYTES)                                       |
+// | `captured_len` | bytes in `data` (at most PAGE_CHUNK_BYTES)                                  |
 // | `tcp_flags`    | 0 on data; [`TCP_FIN`] on the close records SSL_free emits for an SSL that  |
 // |                | carried data: one per direction (INGRESS first), `captured_len == 0`,       |
 // |                | `payload_len == 0`, `tcp_seq` = end offset (0 for a direction without data) |
 //
-// A call that moved more than `CHUNK_BYTES * MAX_CHUNKS_PER_SKB` bytes is cut there (counted in
+// A call that moved more than `PAGE_CHUNK_BYTES * MAX_CHUNKS_PER_SKB` bytes is cut there (counted in
 // `tls_bytes_truncated`); offsets still advance by the full length, so user space sees the gap.
 // The thread id and the function (plain or `_ex`) are deliberately not in the endpoints: reads and
 // writes of one connection may come from different threads and variants.
@@ -385,7 +403,7 @@ pub struct CaptureCounters {
     pub tls_records_emitted: u64,
     /// Plaintext bytes copied into TLS records.
     pub tls_bytes_captured: u64,
-    /// Plaintext bytes not copied because a call moved more than `CHUNK_BYTES * MAX_CHUNKS_PER_SKB`.
+    /// Plaintext bytes not copied because a call moved more than `PAGE_CHUNK_BYTES * MAX_CHUNKS_PER_SKB`.
     pub tls_bytes_truncated: u64,
     /// `bpf_probe_read_user` of a plaintext buffer or length failed (record discarded).
     pub tls_read_errors: u64,

@@ -615,20 +615,14 @@ fn out_of_order_floods_are_held_within_the_budget() {
     let budget = 8 << 20;
     let mut t = HttpTracker::with_bounds(10_000, budget);
     let mut out = vec![];
-    let seg = vec![b'o'; CHUNK_BYTES];
+    // 4 KiB segments: 15 of them stay under the per-direction cap on held bytes.
+    const SEG: usize = 4096;
+    let seg = vec![b'o'; SEG];
     for conn in 0..400usize {
         // A first byte, then a hole and 60 KiB behind it that never fills.
         t.feed(&header(conn, true, 1, 1, 0, 1, 0), b"G", &limits, &mut out);
         for k in 0..15u32 {
-            let h = header(
-                conn,
-                true,
-                1000 + k * CHUNK_BYTES as u32,
-                CHUNK_BYTES as u32,
-                0,
-                CHUNK_BYTES as u32,
-                0,
-            );
+            let h = header(conn, true, 1000 + k * SEG as u32, SEG as u32, 0, SEG as u32, 0);
             t.feed(&h, &seg, &limits, &mut out);
             assert!(t.buffered_bytes() <= budget);
         }

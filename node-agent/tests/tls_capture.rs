@@ -42,8 +42,8 @@ use std::{
 };
 
 use palisade_common::{
-    CaptureCounters, CaptureHeader, CHUNK_BYTES, DIRECTION_EGRESS, DIRECTION_INGRESS, FAMILY_TLS,
-    FAMILY_TLS_SESSION, MAX_CHUNKS_PER_SKB, TCP_FIN, TLS_SESSION_STRUCT_BYTES,
+    CaptureCounters, CaptureHeader, DIRECTION_EGRESS, DIRECTION_INGRESS, FAMILY_TLS, FAMILY_TLS_SESSION,
+    MAX_CHUNKS_PER_SKB, PAGE_CHUNK_BYTES, TCP_FIN, TLS_SESSION_STRUCT_BYTES,
 };
 use palisade_node_agent::{
     capture::{
@@ -442,7 +442,7 @@ fn check_segment(key: &(u64, u8), seg: &Segment) -> Vec<u8> {
             next = seq + payload_len;
         } else {
             assert_eq!(*seq + payload_len, next, "chunk of another call in {key:?}");
-            assert_eq!(*chunk_offset as usize % CHUNK_BYTES, 0);
+            assert_eq!(*chunk_offset as usize % PAGE_CHUNK_BYTES, 0);
         }
         assert!(chunk_offset + data.len() as u32 <= *payload_len);
         let at = (*seq + *chunk_offset) as usize;
@@ -626,7 +626,7 @@ fn tls_capture_per_process() {
         assert_eq!(ep.pid, server_pid, "record of another process: {:?}", r.header);
         assert!(!client_pids.contains(&ep.pid));
         assert_eq!((r.header.source_port, r.header.dest_port), (0, 0));
-        assert!(r.header.captured_len as usize <= CHUNK_BYTES);
+        assert!(r.header.captured_len as usize <= PAGE_CHUNK_BYTES);
         assert_eq!(r.data.len(), r.header.captured_len as usize);
         if let Some(id) = server_cgroup {
             assert_eq!(r.header.cgroup_id, id, "cgroup id of {:?}", r.header);
@@ -705,7 +705,7 @@ fn tls_capture_per_process() {
                      {chunks:?}"
                 );
                 assert_eq!(chunks.len(), MAX_CHUNKS_PER_SKB);
-                let captured = CHUNK_BYTES * MAX_CHUNKS_PER_SKB;
+                let captured = PAGE_CHUNK_BYTES * MAX_CHUNKS_PER_SKB;
                 let expect: Vec<u8> = (0..captured).map(|i| b'a' + (i % 26) as u8).collect();
                 assert_eq!(
                     &stream[body..body + captured],
@@ -725,7 +725,7 @@ fn tls_capture_per_process() {
     assert_eq!(after.tls_unmatched_returns, 0);
     assert_eq!(
         after.tls_bytes_truncated - base.tls_bytes_truncated,
-        (BIG_BODY_BYTES - CHUNK_BYTES * MAX_CHUNKS_PER_SKB) as u64
+        (BIG_BODY_BYTES - PAGE_CHUNK_BYTES * MAX_CHUNKS_PER_SKB) as u64
     );
     assert_eq!(
         after.tls_records_emitted - base.tls_records_emitted,

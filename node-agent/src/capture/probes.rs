@@ -12,16 +12,16 @@ use std::{
 };
 
 use aya::{
-    maps::{of_maps::ArrayOfMaps, HashMap as BpfHashMap, MapData, MapError, PerCpuArray},
+    maps::{of_maps::ArrayOfMaps, Array as BpfArray, HashMap as BpfHashMap, MapData, MapError, PerCpuArray},
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError},
     Ebpf, EbpfError,
 };
 use palisade_common::{
     BlockKey, BlockValue, CaptureCounters, CaptureFilter, CaptureFilterKey, IsolationValue,
     CAPTURE_RINGS_MAX_CPUS, CAPTURE_RING_BYTES, MAP_BLOCKED_SOURCES, MAP_CAPTURE_COUNTERS,
-    MAP_CAPTURE_FILTERS, MAP_CAPTURE_RING, MAP_CAPTURE_RINGS, MAP_ENFORCE_ACTIVE, MAP_ISOLATED_WORKLOADS,
-    MAP_ISOLATION_ALLOW, PROG_CAPTURE_EGRESS, PROG_CAPTURE_INGRESS, PROG_ENFORCE_EGRESS,
-    PROG_ENFORCE_INGRESS,
+    MAP_CAPTURE_FILTERS, MAP_CAPTURE_FILTER_GENERATION, MAP_CAPTURE_RING, MAP_CAPTURE_RINGS,
+    MAP_ENFORCE_ACTIVE, MAP_ISOLATED_WORKLOADS, MAP_ISOLATION_ALLOW, PROG_CAPTURE_EGRESS,
+    PROG_CAPTURE_INGRESS, PROG_ENFORCE_EGRESS, PROG_ENFORCE_INGRESS,
 };
 
 use super::enforce::{self, AllowPrefix, Enforcement, EnforcementAttach};
@@ -298,13 +298,28 @@ impl CaptureProbes {
         let mut filters: BpfHashMap<&mut MapData, CaptureFilterKey, CaptureFilter> =
             BpfHashMap::try_from(map).map_err(map_err)?;
         match filter {
-            Some(f) => filters.insert(key, *f, 0).map_err(map_err),
+            Some(f) => filters.insert(key, *f, 0).map_err(map_err)?,
             None => match filters.remove(&key) {
                 // Already gone is what was asked.
-                Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-                other => other.map_err(map_err),
+                Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                other => other.map_err(map_err)?,
             },
         }
+        // The programs' per-CPU copies of the filters are stale now.
+        let generation_err = |e: MapError| CaptureError::Map {
+            map: MAP_CAPTURE_FILTER_GENERATION,
+            reason: error_chain(&e),
+        };
+        let map = self
+            .ebpf
+            .map_mut(MAP_CAPTURE_FILTER_GENERATION)
+            .ok_or(CaptureError::MissingInObject {
+                kind: "map",
+                name: MAP_CAPTURE_FILTER_GENERATION,
+            })?;
+        let mut generation: BpfArray<&mut MapData, u64> = BpfArray::try_from(map).map_err(generation_err)?;
+        let next = generation.get(&0, 0).map_err(generation_err)?.wrapping_add(1);
+        generation.set(0, next, 0).map_err(generation_err)
     }
 
     /// Paths currently attached (normalized: no trailing slash, no `.` components).

@@ -35,8 +35,8 @@ pub use reassembly::{MAX_HELD_BYTES, REORDER_TIMEOUT_NS};
 
 use conn::Conn;
 use palisade_common::{
-    CaptureHeader, CHUNK_BYTES, DIRECTION_INGRESS, FAMILY_IPV4, FAMILY_TLS, MAX_CHUNKS_PER_SKB, TCP_FIN,
-    TCP_RST,
+    CaptureHeader, CHUNK_BYTES, DIRECTION_INGRESS, FAMILY_IPV4, FAMILY_TLS, MAX_CHUNKS_PER_SKB,
+    PAGE_CHUNK_BYTES, TCP_FIN, TCP_RST,
 };
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -138,23 +138,33 @@ fn flow(h: &CaptureHeader) -> (FlowKey, bool) {
     )
 }
 
+/// Bytes the kernel copies of one skb (in chunks of CHUNK_BYTES) and of one TLS call (in pages).
 const CAPTURED_PER_SKB: u64 = (CHUNK_BYTES * MAX_CHUNKS_PER_SKB) as u64;
+const CAPTURED_PER_TLS_CALL: u64 = (PAGE_CHUNK_BYTES * MAX_CHUNKS_PER_SKB) as u64;
 
-/// The part of the skb the kernel did not copy (past MAX_CHUNKS_PER_SKB chunks), if any.
+/// The chunk size and the most the kernel copies of the record's skb or TLS call.
+fn copied(h: &CaptureHeader) -> (u64, u64) {
+    if h.family == FAMILY_TLS {
+        (PAGE_CHUNK_BYTES as u64, CAPTURED_PER_TLS_CALL)
+    } else {
+        (CHUNK_BYTES as u64, CAPTURED_PER_SKB)
+    }
+}
+
+/// The part of the skb (or TLS call) the kernel did not copy (past MAX_CHUNKS_PER_SKB chunks),
+/// if any.
 fn kernel_gap(h: &CaptureHeader, len: usize) -> Option<(u32, u64)> {
     let payload = u64::from(h.payload_len);
     let consistent = u64::from(h.chunk_offset) + len as u64 <= payload;
-    (payload > CAPTURED_PER_SKB && payload <= MAX_TRUSTED_PAYLOAD && consistent).then(|| {
-        (
-            h.tcp_seq.wrapping_add(CAPTURED_PER_SKB as u32),
-            payload - CAPTURED_PER_SKB,
-        )
-    })
+    let (_, captured) = copied(h);
+    (payload > captured && payload <= MAX_TRUSTED_PAYLOAD && consistent)
+        .then(|| (h.tcp_seq.wrapping_add(captured as u32), payload - captured))
 }
 
 /// Whether the record is the skb's last captured chunk (its flags apply after its data).
 fn last_chunk(h: &CaptureHeader) -> bool {
-    u64::from(h.chunk_offset) + CHUNK_BYTES as u64 >= u64::from(h.payload_len).min(CAPTURED_PER_SKB)
+    let (chunk, captured) = copied(h);
+    u64::from(h.chunk_offset) + chunk >= u64::from(h.payload_len).min(captured)
 }
 
 impl Default for HttpTracker {

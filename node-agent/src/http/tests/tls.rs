@@ -2,7 +2,7 @@
 //! numbers, the process and the `SSL *` instead of addresses, close records from SSL_free.
 
 use super::*;
-use palisade_common::{DIRECTION_EGRESS, FAMILY_TLS};
+use palisade_common::{DIRECTION_EGRESS, FAMILY_TLS, PAGE_CHUNK_BYTES};
 
 const TGID: u32 = 4242;
 const SSL: u64 = 0x5555_0000_1234;
@@ -139,14 +139,14 @@ fn a_large_ssl_write_past_the_copy_limit_is_a_known_gap() {
         tls(true, 0, req.len() as u32, 0, &req, 0, 1),
         &req,
     );
-    let copied = palisade_common::MAX_CHUNKS_PER_SKB * CHUNK_BYTES;
+    let copied = palisade_common::MAX_CHUNKS_PER_SKB * PAGE_CHUNK_BYTES;
     let body = vec![b'd'; copied + 20_000];
     let resp = ok(&body);
     // One SSL_write of the whole response: the records the kernel copies, the rest not copied.
     let mut events = vec![];
     for k in 0..palisade_common::MAX_CHUNKS_PER_SKB as u32 {
-        let from = (k as usize) * CHUNK_BYTES;
-        let chunk = &resp[from..from + CHUNK_BYTES];
+        let from = (k as usize) * PAGE_CHUNK_BYTES;
+        let chunk = &resp[from..from + PAGE_CHUNK_BYTES];
         events.extend(feed(
             &mut t,
             &limits,
