@@ -284,19 +284,9 @@ impl CaptureProbes {
         key: CaptureFilterKey,
         filter: Option<&CaptureFilter>,
     ) -> Result<(), CaptureError> {
-        let map_err = |e: MapError| CaptureError::Map {
-            map: MAP_CAPTURE_FILTERS,
-            reason: error_chain(&e),
-        };
-        let map = self
-            .ebpf
-            .map_mut(MAP_CAPTURE_FILTERS)
-            .ok_or(CaptureError::MissingInObject {
-                kind: "map",
-                name: MAP_CAPTURE_FILTERS,
-            })?;
+        let map_err = map_error(MAP_CAPTURE_FILTERS);
         let mut filters: BpfHashMap<&mut MapData, CaptureFilterKey, CaptureFilter> =
-            BpfHashMap::try_from(map).map_err(map_err)?;
+            typed_map(&mut self.ebpf, MAP_CAPTURE_FILTERS)?;
         match filter {
             Some(f) => filters.insert(key, *f, 0).map_err(map_err)?,
             None => match filters.remove(&key) {
@@ -306,20 +296,11 @@ impl CaptureProbes {
             },
         }
         // The programs' per-CPU copies of the filters are stale now.
-        let generation_err = |e: MapError| CaptureError::Map {
-            map: MAP_CAPTURE_FILTER_GENERATION,
-            reason: error_chain(&e),
-        };
-        let map = self
-            .ebpf
-            .map_mut(MAP_CAPTURE_FILTER_GENERATION)
-            .ok_or(CaptureError::MissingInObject {
-                kind: "map",
-                name: MAP_CAPTURE_FILTER_GENERATION,
-            })?;
-        let mut generation: BpfArray<&mut MapData, u64> = BpfArray::try_from(map).map_err(generation_err)?;
-        let next = generation.get(&0, 0).map_err(generation_err)?.wrapping_add(1);
-        generation.set(0, next, 0).map_err(generation_err)
+        let map_err = map_error(MAP_CAPTURE_FILTER_GENERATION);
+        let mut generation: BpfArray<&mut MapData, u64> =
+            typed_map(&mut self.ebpf, MAP_CAPTURE_FILTER_GENERATION)?;
+        let next = generation.get(&0, 0).map_err(map_err)?.wrapping_add(1);
+        generation.set(0, next, 0).map_err(map_err)
     }
 
     /// Paths currently attached (normalized: no trailing slash, no `.` components).
@@ -448,6 +429,25 @@ fn insert_per_cpu_rings(ebpf: &mut Ebpf, mut rings: Vec<MapData>) -> Vec<MapData
         tracing::info!(rings = rings.len(), "capture rings: one per CPU");
     }
     rings
+}
+
+/// How a failed operation on the map `name` is reported.
+fn map_error(name: &'static str) -> impl Fn(MapError) -> CaptureError + Copy {
+    move |e| CaptureError::Map {
+        map: name,
+        reason: error_chain(&e),
+    }
+}
+
+/// The object's map `name` as the typed map `M` (a hash map, an array, ...), or why not.
+fn typed_map<'a, M>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<M, CaptureError>
+where
+    M: TryFrom<&'a mut aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf
+        .map_mut(name)
+        .ok_or(CaptureError::MissingInObject { kind: "map", name })?;
+    M::try_from(map).map_err(map_error(name))
 }
 
 fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut CgroupSkb, CaptureError> {
