@@ -52,6 +52,21 @@ fn requests(stack: &Stack, path: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The endpoint's count once the agent's reports have caught up: non-zero and the same over 3 s
+/// (the agent reports every 500 ms here).
+async fn settled(stack: &Stack, path: &str) -> Result<u64> {
+    let mut last = None;
+    wait_for(WAIT, || {
+        let now = requests(stack, path);
+        let same = last == Some(now) && now > 0;
+        last = Some(now);
+        std::thread::sleep(Duration::from_secs(3));
+        Ok(same.then_some(now))
+    })
+    .await
+    .with_context(|| format!("{path}'s count did not settle: {last:?}"))
+}
+
 fn packets_filtered(stack: &Stack) -> f64 {
     http_get_body(stack.agent_metrics, "/metrics")
         .ok()
@@ -122,18 +137,7 @@ async fn other_ports_are_skipped_and_half_the_connections_sampled() -> Result<()
     for _ in 0..60 {
         assert_eq!(http_request(pod.addr(8081), "GET", "/a.txt", &[], "")?, 200);
     }
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let sampled = wait_for(WAIT, || Ok(Some(requests(&stack, "/a.txt")).filter(|n| *n > 0)))
-        .await
-        .with_context(|| {
-            format!(
-                "no request counted: {}\n{}",
-                http_get_body(stack.agent_metrics, "/metrics").unwrap_or_default(),
-                get_json(&stack.cp, "apimonitor", "demo", "sampled").unwrap_or_default()
-            )
-        })?;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let sampled = requests(&stack, "/a.txt").max(sampled);
+    let sampled = settled(&stack, "/a.txt").await?;
     println!("a 50 % sample captured {sampled} of 60 connections");
     assert!(
         (10..=50).contains(&sampled),
@@ -154,13 +158,7 @@ async fn other_ports_are_skipped_and_half_the_connections_sampled() -> Result<()
     for _ in 0..20 {
         assert_eq!(http_request(pod.addr(8081), "GET", "/a.txt", &[], "")?, 200);
     }
-    let all = wait_for(WAIT, || {
-        let n = requests(&stack, "/a.txt");
-        Ok((n >= sampled + 20).then_some(n))
-    })
-    .await?;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(requests(&stack, "/a.txt"), all);
+    let all = settled(&stack, "/a.txt").await?;
     assert_eq!(all, sampled + 20, "at 100 % every connection is captured");
     Ok(())
 }

@@ -10,6 +10,16 @@
 /// connection, which for bodies cost more than the bytes (the agent's CPU per 64 KiB response
 /// fell by about a third with 16 KiB chunks, `cargo bench --bench capture`).
 pub const CHUNK_BYTES: usize = 16384;
+/// The size of the records (chunks) the capture programs split a packet of `payload_len` bytes
+/// into: pages up to `CHUNK_BYTES` (a 5 KiB packet takes 8 KiB of the ring, not 16), chunks of
+/// `CHUNK_BYTES` beyond. (A packet that fits one record takes just one, of the smallest size.)
+pub const fn chunk_bytes_for(payload_len: usize) -> usize {
+    if payload_len <= CHUNK_BYTES {
+        PAGE_CHUNK_BYTES
+    } else {
+        CHUNK_BYTES
+    }
+}
 /// Payload of the record for a packet of up to a page (a request with its body, a response head
 /// and a body of a few KiB), and of each TLS plaintext chunk (an `SSL_write` of a response head
 /// takes one page, not a 16 KiB chunk of the ring).
@@ -29,8 +39,8 @@ const fn payload_in_slot(slot: usize) -> usize {
 pub const TINY_CHUNK_BYTES: usize = payload_in_slot(128);
 pub const MEDIUM_CHUNK_BYTES: usize = payload_in_slot(256);
 pub const SMALL_CHUNK_BYTES: usize = payload_in_slot(512);
-/// Most chunks one skb is split into (256 KiB: a BIG TCP skb is copied whole) and one TLS call
-/// (pages: 64 KiB); payload past them is counted as truncated.
+/// Most chunks one skb is split into (up to 256 KiB of it) and one TLS call (pages: 64 KiB);
+/// payload past them is counted as truncated.
 pub const MAX_CHUNKS_PER_SKB: usize = 16;
 /// Size of the shared capture ring buffer in bytes (a power of two, a multiple of the page
 /// size), and the budget the per-CPU rings split between them (see [`MAP_CAPTURE_RINGS`]).

@@ -74,9 +74,9 @@ static CAPTURE_FILTERS: HashMap<CaptureFilterKey, CaptureFilter> =
 #[map]
 static CAPTURE_FILTER_GENERATION: Array<u64> = Array::with_max_entries(1, 0);
 
-/// The filter each CPU looked up last, and for what. `tag` is written last: a program that
-/// interrupts another's refill (the ingress program in a softirq, say) can leave fields of both,
-/// and then the tag does not match them.
+/// The filter each CPU looked up last, and for what. `tag` mixes the other fields: a program
+/// that interrupts another's refill (the ingress program in a softirq, say) can leave fields of
+/// both, and then the tag does not match them.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct FilterCache {
@@ -165,6 +165,8 @@ const TCP_MIN_HDR_LEN: u64 = 20;
 /// IPv6 extension headers skipped before giving up (hop-by-hop, routing, destination options).
 const MAX_IPV6_EXT_HEADERS: usize = 4;
 const CHUNK: u64 = CHUNK_BYTES as u64;
+/// Pages in a chunk: packets up to a chunk are copied in pages.
+const PAGES_PER_CHUNK: usize = CHUNK_BYTES / PAGE_CHUNK_BYTES;
 /// TLS plaintext goes in pages: most calls move a response head or a small body.
 const TLS_CHUNK: u64 = PAGE_CHUNK_BYTES as u64;
 /// Ring-buffer submit flags: none, i.e. the kernel's adaptive wake-up. It notifies the reader only
@@ -636,21 +638,35 @@ fn capture(ctx: &SkBuffContext, direction: u8) -> Result<(), Skip> {
     if payload_len <= SMALL_CHUNK_BYTES as u64 {
         return emit_chunk::<SMALL_CHUNK_BYTES>(ctx, &mut hdr, payload_off, 0, payload_len);
     }
-    if payload_len <= PAGE_CHUNK_BYTES as u64 {
-        return emit_chunk::<PAGE_CHUNK_BYTES>(ctx, &mut hdr, payload_off, 0, payload_len);
+    // Up to 16 KiB in pages (a 5 KiB packet takes 8 KiB of the ring, not 16), bigger ones in
+    // 16 KiB chunks (a 64 KiB one takes 4 records, not 16).
+    if payload_len <= CHUNK {
+        return emit_chunks::<PAGE_CHUNK_BYTES, PAGES_PER_CHUNK>(ctx, &mut hdr, payload_off, payload_len);
     }
+    emit_chunks::<CHUNK_BYTES, MAX_CHUNKS_PER_SKB>(ctx, &mut hdr, payload_off, payload_len)?;
+    if payload_len > CHUNK * MAX_CHUNKS {
+        count(Counter::BytesTruncated, payload_len - CHUNK * MAX_CHUNKS);
+    }
+    Ok(())
+}
+
+/// Copies the first `N * M` bytes of the payload into records of `N` bytes each.
+#[inline(always)]
+fn emit_chunks<const N: usize, const M: usize>(
+    ctx: &SkBuffContext,
+    hdr: &mut CaptureHeader,
+    payload_off: u64,
+    payload_len: u64,
+) -> Result<(), Skip> {
     let mut chunk_off: u64 = 0;
-    for _ in 0..MAX_CHUNKS {
+    for _ in 0..M {
         if chunk_off > 0 && chunk_off >= payload_len {
             break;
         }
         let remaining = payload_len - chunk_off;
-        let n = if remaining > CHUNK { CHUNK } else { remaining };
-        emit_chunk::<CHUNK_BYTES>(ctx, &mut hdr, payload_off, chunk_off, n)?;
-        chunk_off += CHUNK;
-    }
-    if payload_len > CHUNK * MAX_CHUNKS {
-        count(Counter::BytesTruncated, payload_len - CHUNK * MAX_CHUNKS);
+        let n = if remaining > N as u64 { N as u64 } else { remaining };
+        emit_chunk::<N>(ctx, hdr, payload_off, chunk_off, n)?;
+        chunk_off += N as u64;
     }
     Ok(())
 }
@@ -670,20 +686,31 @@ fn wanted(hdr: &CaptureHeader) -> bool {
     let generation = CAPTURE_FILTER_GENERATION.get(0).copied().unwrap_or(0);
     let filter = match CAPTURE_FILTER_CACHE.get_ptr_mut(0) {
         Some(cache) => {
-            // SAFETY: this CPU's slot of a per-CPU map, not shared with other CPUs' programs.
-            let cache = unsafe { &mut *cache };
-            if cache.cgroup_id != hdr.cgroup_id
-                || cache.local_port != local_port
-                || cache.generation != generation
-                || cache.tag != cache.expected_tag()
+            // SAFETY: this CPU's slot of a per-CPU map. A program that interrupts this one on
+            // the same CPU may write it meanwhile: the copy is checked against its own tag.
+            let cached = unsafe { *cache };
+            if cached.cgroup_id == hdr.cgroup_id
+                && cached.local_port == local_port
+                && cached.generation == generation
+                && cached.tag == cached.expected_tag()
             {
-                cache.cgroup_id = hdr.cgroup_id;
-                cache.local_port = local_port;
-                cache.generation = generation;
-                cache.filter = filter_of(hdr.cgroup_id, local_port);
-                cache.tag = cache.expected_tag();
+                cached.filter
+            } else {
+                let mut fresh = FilterCache {
+                    cgroup_id: hdr.cgroup_id,
+                    generation,
+                    local_port,
+                    _padding: [0; 6],
+                    filter: filter_of(hdr.cgroup_id, local_port),
+                    tag: 0,
+                };
+                // From the local copy: a tag read back from the slot could mix in another
+                // program's fields.
+                fresh.tag = fresh.expected_tag();
+                // SAFETY: as above.
+                unsafe { *cache = fresh };
+                fresh.filter
             }
-            cache.filter
         }
         None => filter_of(hdr.cgroup_id, local_port),
     };

@@ -7,7 +7,7 @@
 //!
 //! Groups:
 //! - `parse`: [`HttpTracker::feed`] on one keep-alive connection, request and response records as
-//!   the kernel emits them (bodies in 4 KiB chunks), until the exchange is paired. Throughput in
+//!   the kernel emits them (bodies in pages or 16 KiB chunks), until the exchange is paired. Throughput in
 //!   bytes of both messages, so criterion prints MB/s as well as the time per exchange.
 //! - `parse` also has the hello GET over TLS 1.3 (AES-128-GCM, from rustls in memory),
 //!   decrypted with the session's secrets as the agent does by default: the decryption's cost
@@ -30,7 +30,7 @@ use palisade_api::agent::{
     WorkloadTarget,
 };
 use palisade_common::{
-    CaptureCounters, CaptureHeader, CHUNK_BYTES, DIRECTION_EGRESS, DIRECTION_INGRESS, FAMILY_IPV4,
+    chunk_bytes_for, CaptureCounters, CaptureHeader, DIRECTION_EGRESS, DIRECTION_INGRESS, FAMILY_IPV4,
     FAMILY_TLS_SESSION,
 };
 use palisade_node_agent::http::{CaptureLimits, HttpEvent, HttpTracker};
@@ -83,14 +83,16 @@ impl Stream {
         }
     }
 
-    /// The records of one message sent as one skb: 4 KiB chunks, as the kernel copies them.
+    /// The records of one message sent as one skb, as the kernel copies them (pages up to 16 KiB,
+    /// 16 KiB chunks beyond).
     fn records(&mut self, message: &[u8], ts: u64) -> Vec<(CaptureHeader, Vec<u8>)> {
         let len = message.len() as u32;
+        let size = chunk_bytes_for(message.len());
         let out = message
-            .chunks(CHUNK_BYTES)
+            .chunks(size)
             .enumerate()
             .map(|(i, chunk)| {
-                let off = (i * CHUNK_BYTES) as u32;
+                let off = (i * size) as u32;
                 (self.header(len, off, chunk.len() as u32, ts), chunk.to_vec())
             })
             .collect();

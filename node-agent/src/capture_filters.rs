@@ -95,55 +95,69 @@ impl CaptureFilters {
     }
 
     /// Writes the entries of `wanted` that the kernel does not hold yet and removes the others,
-    /// through `write` (the capture backend's). A failed write is tried again at the next sync;
-    /// until then the kernel errs towards capturing more (a cgroup without its own entry is
-    /// captured whole, so a new cgroup's own entry is written last and removed first).
+    /// through `write` (the capture backend's), in an order that never narrows capture more
+    /// than the end state does (a cgroup without its own entry is captured whole; with its own
+    /// entry, only its listed ports are):
+    /// 1. the own entries of cgroups no longer watched are removed (they capture everything);
+    /// 2. port entries are written, then own entries (a cgroup's ports exist before its own
+    ///    entry restricts it to them);
+    /// 3. port entries no longer wanted are removed.
+    ///
+    /// A failed write or removal leaves what this remembers of the kernel's map as it was, so
+    /// the next sync tries again.
     pub fn sync(
         &mut self,
         wanted: FxHashMap<CaptureFilterKey, CaptureFilter>,
         mut write: impl FnMut(CaptureFilterKey, Option<&CaptureFilter>) -> Result<(), String>,
     ) {
-        let own_last = |k: &CaptureFilterKey| (k.local_port == CAPTURE_FILTER_CGROUP_ENTRY, *k);
-        let mut stale: Vec<CaptureFilterKey> = self
+        let own = |k: &CaptureFilterKey| k.local_port == CAPTURE_FILTER_CGROUP_ENTRY;
+        let (mut stale_own, mut stale_ports): (Vec<CaptureFilterKey>, Vec<CaptureFilterKey>) = self
             .written
             .keys()
             .filter(|k| !wanted.contains_key(k))
             .copied()
-            .collect();
-        stale.sort_by_key(|k| std::cmp::Reverse(own_last(k)));
-        for key in stale {
-            match write(key, None) {
-                Ok(()) => {
-                    self.written.remove(&key);
-                }
-                Err(error) => tracing::warn!(?key, %error, "removing a capture filter"),
-            }
-        }
+            .partition(|k| own(k));
+        stale_own.sort_unstable();
+        stale_ports.sort_unstable();
         let mut changed: Vec<(CaptureFilterKey, CaptureFilter)> = wanted
             .into_iter()
             .filter(|(k, f)| self.written.get(k) != Some(f))
             .collect();
-        changed.sort_by_key(|(k, _)| own_last(k));
-        if !changed.is_empty() {
+        changed.sort_by_key(|(k, _)| (own(k), *k));
+        if !changed.is_empty() || !stale_own.is_empty() {
             tracing::info!(
                 written = changed.len(),
-                cgroups = changed
-                    .iter()
-                    .filter(|(k, _)| k.local_port == CAPTURE_FILTER_CGROUP_ENTRY)
-                    .count(),
+                cgroups = changed.iter().filter(|(k, _)| own(k)).count(),
+                cgroups_removed = stale_own.len(),
                 "capture filters: ports and sampling in the kernel"
             );
         }
+        for key in stale_own {
+            self.apply(key, None, &mut write);
+        }
         for (key, filter) in changed {
-            match write(key, Some(&filter)) {
-                Ok(()) => {
-                    self.written.insert(key, filter);
-                }
-                Err(error) => {
-                    self.written.remove(&key);
-                    tracing::warn!(?key, %error, "writing a capture filter");
-                }
+            self.apply(key, Some(filter), &mut write);
+        }
+        for key in stale_ports {
+            self.apply(key, None, &mut write);
+        }
+    }
+
+    /// One write or removal, remembered when it succeeded.
+    fn apply(
+        &mut self,
+        key: CaptureFilterKey,
+        filter: Option<CaptureFilter>,
+        write: &mut impl FnMut(CaptureFilterKey, Option<&CaptureFilter>) -> Result<(), String>,
+    ) {
+        match (write(key, filter.as_ref()), filter) {
+            (Ok(()), Some(f)) => {
+                self.written.insert(key, f);
             }
+            (Ok(()), None) => {
+                self.written.remove(&key);
+            }
+            (Err(error), _) => tracing::warn!(?key, %error, "updating a capture filter"),
         }
     }
 
@@ -222,32 +236,42 @@ mod tests {
     }
 
     #[test]
-    fn sync_writes_changes_only_and_a_cgroups_own_entry_last_removes_it_first() {
+    fn sync_writes_changes_only_and_never_narrows_capture_on_the_way() {
         let mut filters = CaptureFilters::with_seed(3);
         let entries =
             |c: &CaptureFilters, id, percent| c.entries_for(id, &[monitor(&[8080], percent, false)], &[0]);
-        let mut calls: Vec<(u64, u16, Option<u8>)> = vec![];
-        let mut log = |k: CaptureFilterKey, f: Option<&CaptureFilter>| {
-            calls.push((k.cgroup_id, k.local_port, f.map(|f| f.sampling_percent)));
+        let calls: std::cell::RefCell<Vec<(u64, u16, Option<u8>)>> = Default::default();
+        let log = |k: CaptureFilterKey, f: Option<&CaptureFilter>| {
+            calls
+                .borrow_mut()
+                .push((k.cgroup_id, k.local_port, f.map(|f| f.sampling_percent)));
             Ok(())
         };
         let first: FxHashMap<_, _> = entries(&filters, 1, 50).into_iter().collect();
-        filters.sync(first.clone(), &mut log);
-        filters.sync(first, &mut log);
+        filters.sync(first.clone(), log);
+        filters.sync(first, log);
         let second: FxHashMap<_, _> = entries(&filters, 2, 20).into_iter().collect();
-        filters.sync(second, &mut log);
+        filters.sync(second, log);
         assert_eq!(
-            calls,
+            *calls.borrow(),
             [
                 (1, 8080, Some(50)),
                 (1, 0, Some(100)),
                 (1, 0, None),
-                (1, 8080, None),
                 (2, 8080, Some(20)),
                 (2, 0, Some(100)),
+                (1, 8080, None),
             ]
         );
-        assert_eq!((filters.cgroups(), filters.written().len()), (1, 2));
+        // Listed ports to every port: the own entry widens capture before the port's goes.
+        calls.borrow_mut().clear();
+        let every: FxHashMap<_, _> = filters
+            .entries_for(2, &[monitor(&[], 20, false)], &[0])
+            .into_iter()
+            .collect();
+        filters.sync(every, log);
+        assert_eq!(*calls.borrow(), [(2, 0, Some(20)), (2, 8080, None)]);
+        assert_eq!((filters.cgroups(), filters.written().len()), (1, 1));
 
         // A failed write is not remembered: the next sync tries again.
         let third: FxHashMap<_, _> = entries(&filters, 5, 20).into_iter().collect();

@@ -217,8 +217,9 @@ fn header(
 fn skb(conn: usize, ingress: bool, seq: u32, payload: &[u8], flags: u8) -> Vec<Rec> {
     let mut recs = vec![];
     let mut offset = 0;
+    let chunk = palisade_common::chunk_bytes_for(payload.len());
     loop {
-        let n = payload.len().saturating_sub(offset).min(CHUNK_BYTES);
+        let n = payload.len().saturating_sub(offset).min(chunk);
         recs.push(Rec {
             h: header(
                 conn,
@@ -231,7 +232,7 @@ fn skb(conn: usize, ingress: bool, seq: u32, payload: &[u8], flags: u8) -> Vec<R
             ),
             data: payload[offset..offset + n].to_vec(),
         });
-        offset += CHUNK_BYTES;
+        offset += chunk;
         if offset >= payload.len() || offset >= CHUNK_BYTES * MAX_CHUNKS_PER_SKB {
             return recs;
         }

@@ -44,7 +44,8 @@ pub struct ApiMonitorSpec {
     pub selector: LabelSelector,
 
     /// TCP ports on which the selected pods serve HTTP. Empty: every port. The node's kernel
-    /// skips the pods' connections on other ports before copying anything.
+    /// skips the pods' connections on other ports before copying anything (unless another
+    /// monitor selecting the pod watches every port, or captures TLS).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32), extend("x-kubernetes-list-type" = "set"))]
     pub ports: Vec<Port>,
@@ -102,8 +103,9 @@ pub struct CaptureSpec {
     /// Percentage of connections captured (1 to 100), picked in the node's kernel by a hash of
     /// each connection's ends with a random seed per agent. Endpoint counts, metrics and
     /// findings cover the captured connections only. On a pod that several monitors select,
-    /// each port is captured at the highest percentage among them; with tls.enabled, every
-    /// connection of the pod is.
+    /// each listed port is captured at the highest percentage among the monitors listing it;
+    /// if one of them lists no ports, every port is captured at the highest percentage of all;
+    /// with tls.enabled, every connection of the pod is.
     #[serde(default = "default_sampling")]
     #[schemars(range(min = 1, max = 100))]
     pub sampling_percent: i32,

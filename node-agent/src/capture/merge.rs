@@ -14,7 +14,7 @@
 use std::{cmp::Reverse, collections::BinaryHeap};
 
 /// How long before the drain's start the watermark lies: far longer than a program takes from
-/// reading the clock to committing its record (microseconds, 16 chunks of a 64 KiB skb
+/// reading the clock to committing its record (microseconds, the 16 chunks of a 256 KiB skb
 /// included), short enough to delay records by no more than a drain interval.
 pub const MERGE_SLACK_NS: u64 = 2_000_000;
 

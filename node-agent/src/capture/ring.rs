@@ -1,6 +1,7 @@
 //! Reading [`palisade_common::CaptureRecordOf`]s from the capture ring buffers (one per CPU and
-//! a shared one, see [`CaptureRing`]): full records (`CaptureRecord`) and small ones (of `TINY_CHUNK_BYTES`, `MEDIUM_CHUNK_BYTES` or
-//! `SMALL_CHUNK_BYTES` of payload); all are a header followed by `captured_len` payload bytes.
+//! a shared one, see [`CaptureRing`]): chunks (`CaptureRecord`), pages (`PageCaptureRecord`) and
+//! small ones (of `TINY_CHUNK_BYTES`, `MEDIUM_CHUNK_BYTES` or `SMALL_CHUNK_BYTES` of payload);
+//! all are a header followed by `captured_len` payload bytes.
 
 use std::{
     io,
@@ -270,6 +271,11 @@ mod tests {
         assert_eq!(p[3], 3);
         let v = record(CHUNK_BYTES as u32);
         assert_eq!(parse_record(&v).unwrap().1.len(), CHUNK_BYTES);
+        // A page record, read from a slice of exactly its size.
+        let page = palisade_common::PAGE_CHUNK_BYTES;
+        let v = record(page as u32);
+        let page_record = size_of::<palisade_common::PageCaptureRecord>();
+        assert_eq!(parse_record(&v[..page_record]).unwrap().1.len(), page);
         let v = record(0);
         assert_eq!(parse_record(&v).unwrap().1.len(), 0);
     }

@@ -7,7 +7,7 @@
 //! internal functions that `SSL_read`/`SSL_read_ex` and `SSL_write`/`SSL_write_ex` call when
 //! [`openssl_entry::find`] finds them (fewer and cheaper traps), else in the four exported
 //! functions ([`ProbePlacement`]). Plaintext goes into
-//! the capture ring buffer as [`palisade_common::CaptureRecord`]s with `family == FAMILY_TLS`;
+//! the capture ring buffer as [`palisade_common::PageCaptureRecord`]s with `family == FAMILY_TLS`;
 //! the field meanings are documented next to [`palisade_common::FAMILY_TLS`] and decoded by
 //! [`tls_endpoints`].
 //!

@@ -35,8 +35,8 @@ pub use reassembly::{MAX_HELD_BYTES, REORDER_TIMEOUT_NS};
 
 use conn::Conn;
 use palisade_common::{
-    CaptureHeader, CHUNK_BYTES, DIRECTION_INGRESS, FAMILY_IPV4, FAMILY_TLS, MAX_CHUNKS_PER_SKB,
-    PAGE_CHUNK_BYTES, TCP_FIN, TCP_RST,
+    chunk_bytes_for, CaptureHeader, CHUNK_BYTES, DIRECTION_INGRESS, FAMILY_IPV4, FAMILY_TLS,
+    MAX_CHUNKS_PER_SKB, PAGE_CHUNK_BYTES, TCP_FIN, TCP_RST,
 };
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -147,7 +147,7 @@ fn copied(h: &CaptureHeader) -> (u64, u64) {
     if h.family == FAMILY_TLS {
         (PAGE_CHUNK_BYTES as u64, CAPTURED_PER_TLS_CALL)
     } else {
-        (CHUNK_BYTES as u64, CAPTURED_PER_SKB)
+        (chunk_bytes_for(h.payload_len as usize) as u64, CAPTURED_PER_SKB)
     }
 }
 

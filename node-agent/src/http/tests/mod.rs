@@ -104,19 +104,20 @@ impl Wire {
         out
     }
 
-    /// One skb at `seq`: records of up to CHUNK_BYTES, payload past MAX_CHUNKS_PER_SKB chunks
-    /// not captured (as the eBPF program does).
+    /// One skb at `seq`: records of [`chunk_bytes_for`] its length, payload past
+    /// MAX_CHUNKS_PER_SKB chunks not captured (as the eBPF program does).
     pub fn skb_at(&mut self, ingress: bool, seq: u32, payload: &[u8], flags: u8) -> Vec<HttpEvent> {
         let ts = self.tick();
         let mut out = vec![];
         let len = payload.len() as u32;
+        let chunk = palisade_common::chunk_bytes_for(payload.len());
         let mut offset = 0usize;
         loop {
-            let n = (payload.len().saturating_sub(offset)).min(CHUNK_BYTES);
+            let n = (payload.len().saturating_sub(offset)).min(chunk);
             let h = header(ingress, self.port, seq, len, offset as u32, n as u32, flags, ts);
             self.t
                 .feed(&h, &payload[offset..offset + n], &self.limits, &mut out);
-            offset += CHUNK_BYTES;
+            offset += chunk;
             if offset >= payload.len() || offset >= CHUNK_BYTES * MAX_CHUNKS_PER_SKB {
                 break;
             }

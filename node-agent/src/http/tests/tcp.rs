@@ -71,7 +71,7 @@ fn upload_with_kernel_gap(max_body: usize) -> (Wire, Vec<HttpEvent>) {
     let wire = post("/upload", &body);
     let head_len = wire.len() - body.len();
     let mut events = w.send(true, &wire[..head_len + 512 * 1024], 4096);
-    // One GRO-merged skb one chunk larger than what the kernel copies: 4 KiB never seen.
+    // One GRO-merged skb one chunk larger than what the kernel copies: a chunk never seen.
     let skb = (palisade_common::MAX_CHUNKS_PER_SKB + 1) * palisade_common::CHUNK_BYTES;
     let at = head_len + 512 * 1024;
     let seq = w.seq[0];
