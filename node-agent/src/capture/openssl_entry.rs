@@ -14,7 +14,8 @@
 //! The internal functions are not exported, so they are found in the wrappers' machine code:
 //! the target of a `call rel32` that both `SSL_read` and `SSL_read_ex` make (and that is the
 //! only target they share), and the same for the write pair. When the pair does not agree (a
-//! library built differently, LibreSSL, BoringSSL, wrappers inlined), [`find`] returns the reason
+//! library built differently, LibreSSL, BoringSSL, wrappers inlined), [`Library::internal_entries`]
+//! returns the reason
 //! and the agent probes the exported functions as before.
 //!
 //! OpenSSL 3.2 changed the write side: `ssl_write_internal` gained a flags argument before
@@ -87,15 +88,40 @@ impl ExportedWrites {
     };
 }
 
-/// The exported write functions of the library at `libssl` to probe. OpenSSL 3.2+ exports
-/// `SSL_write_ex2`, and its `SSL_write_ex` is `jmp SSL_write_ex2@plt`: probing both would see
-/// such a write twice (nested), probing `SSL_write_ex` alone would miss programs that call
-/// `SSL_write_ex2`. So `SSL_write_ex2` is probed, and a wrapper is left out only when its code is
-/// seen to call or jump to it (a build that inlined it keeps both, which then do not nest).
-pub fn exported_writes(libssl: &Path) -> ExportedWrites {
-    std::fs::read(libssl).map_or(ExportedWrites::WRITE_AND_WRITE_EX, |data| {
-        exported_writes_in(&data)
-    })
+/// A libssl's file, read once for everything asked of it.
+pub struct Library {
+    data: Result<Vec<u8>, String>,
+}
+
+impl Library {
+    /// Reads the library at `libssl` (a read error is kept, and answered by each question).
+    pub fn read(libssl: &Path) -> Self {
+        Library {
+            data: std::fs::read(libssl).map_err(|e| format!("{}: {e}", libssl.display())),
+        }
+    }
+
+    /// Its internal entry points, or why they were not found.
+    pub fn internal_entries(&self) -> Result<InternalEntries, NotFound> {
+        match &self.data {
+            Ok(data) => find_in(data),
+            Err(e) => Err(NotFound::Read(e.clone())),
+        }
+    }
+
+    /// The exported write functions to probe. OpenSSL 3.2+ exports `SSL_write_ex2`, and its
+    /// `SSL_write_ex` is `jmp SSL_write_ex2@plt`: probing both would see such a write twice
+    /// (nested), probing `SSL_write_ex` alone would miss programs that call `SSL_write_ex2`. So
+    /// `SSL_write_ex2` is probed, and a wrapper is left out only when its code is seen to call or
+    /// jump to it (a build that inlined it keeps both, which then do not nest). A library that
+    /// cannot be read: the two of OpenSSL before 3.2.
+    pub fn exported_writes(&self) -> ExportedWrites {
+        self.data
+            .as_ref()
+            .map_or(ExportedWrites::WRITE_AND_WRITE_EX, |data| {
+                exported_writes_in(data)
+            })
+    }
 }
 
 fn exported_writes_in(data: &[u8]) -> ExportedWrites {
@@ -147,12 +173,6 @@ fn plt_stub_for<'a>(file: &object::File<'a>, address: u64) -> Option<&'a str> {
         .ok()?
         .name()
         .ok()
-}
-
-/// The internal entry points of the OpenSSL library at `libssl`, or why they were not found.
-pub fn find(libssl: &Path) -> Result<InternalEntries, NotFound> {
-    let data = std::fs::read(libssl).map_err(|e| NotFound::Read(format!("{}: {e}", libssl.display())))?;
-    find_in(&data)
 }
 
 fn find_in(data: &[u8]) -> Result<InternalEntries, NotFound> {
@@ -360,9 +380,8 @@ mod tests {
     #[test]
     fn a_non_elf_file_is_refused() {
         assert!(matches!(find_in(b"not an elf"), Err(NotFound::Format(_))));
-        assert_eq!(
-            exported_writes(Path::new("/nonexistent/libssl.so.3")),
-            ExportedWrites::WRITE_AND_WRITE_EX
-        );
+        let missing = Library::read(Path::new("/nonexistent/libssl.so.3"));
+        assert_eq!(missing.exported_writes(), ExportedWrites::WRITE_AND_WRITE_EX);
+        assert!(matches!(missing.internal_entries(), Err(NotFound::Read(_))));
     }
 }

@@ -5,7 +5,7 @@
 //! ([`TlsProbes::attach_tls`]): the kernel places the breakpoints only in that process's address
 //! space, so other OpenSSL users on the node do not trap. Reads and writes are probed in the
 //! internal functions that `SSL_read`/`SSL_read_ex` and `SSL_write`/`SSL_write_ex` call when
-//! [`openssl_entry::find`] finds them (fewer and cheaper traps), else in the four exported
+//! [`openssl_entry::Library::internal_entries`] finds them (fewer and cheaper traps), else in the four exported
 //! functions ([`ProbePlacement`]). Plaintext goes into
 //! the capture ring buffer as [`palisade_common::PageCaptureRecord`]s with `family == FAMILY_TLS`;
 //! the field meanings are documented next to [`palisade_common::FAMILY_TLS`] and decoded by
@@ -69,7 +69,7 @@ const TLS_PROGRAMS: [&str; 10] = [
 enum At {
     /// An exported function.
     Symbol(&'static str),
-    /// A file offset (an internal function found by [`openssl_entry::find`]).
+    /// A file offset (an internal function found by [`openssl_entry::Library::internal_entries`]).
     Offset(u64),
 }
 
@@ -110,14 +110,10 @@ const EXPORTED_HOOKS: [Hook; 11] = [
     exported("SSL_free", PROG_TLS_FREE, false),
 ];
 
-/// [`EXPORTED_HOOKS`] for the library at `libssl`, with the write functions
-/// [`openssl_entry::exported_writes`] picks: on OpenSSL 3.2+ `SSL_write_ex2` in place of
+/// [`EXPORTED_HOOKS`] for a library, with the write functions
+/// [`openssl_entry::Library::exported_writes`] picks: on OpenSSL 3.2+ `SSL_write_ex2` in place of
 /// `SSL_write_ex` (which calls it), so that a program calling it directly is captured too, and
 /// each write still once.
-fn exported_hooks(libssl: &Path) -> Vec<Hook> {
-    hooks_for_writes(openssl_entry::exported_writes(libssl))
-}
-
 fn hooks_for_writes(writes: ExportedWrites) -> Vec<Hook> {
     EXPORTED_HOOKS
         .iter()
@@ -306,10 +302,13 @@ struct Placed {
 
 /// The probes on every read and write: OpenSSL's internal functions where found in `libssl`'s
 /// code, else the exported ones (and why).
-fn call_hooks(libssl: &Path) -> (Vec<Hook>, Option<String>) {
-    match openssl_entry::find(libssl) {
+fn call_hooks(library: &openssl_entry::Library) -> (Vec<Hook>, Option<String>) {
+    match library.internal_entries() {
         Ok(entries) => (internal_hooks(entries).to_vec(), None),
-        Err(reason) => (exported_hooks(libssl), Some(reason.to_string())),
+        Err(reason) => (
+            hooks_for_writes(library.exported_writes()),
+            Some(reason.to_string()),
+        ),
     }
 }
 
@@ -468,8 +467,11 @@ impl TlsProbes {
             self.detach_tls(pid)?;
         }
         let (hooks, internal_not_used) = match self.placement {
-            ProbePlacement::Exported => (exported_hooks(libssl), None),
-            ProbePlacement::Calls => call_hooks(libssl),
+            ProbePlacement::Exported => (
+                hooks_for_writes(openssl_entry::Library::read(libssl).exported_writes()),
+                None,
+            ),
+            ProbePlacement::Calls => call_hooks(&openssl_entry::Library::read(libssl)),
             ProbePlacement::Auto | ProbePlacement::SessionKeys => (SESSION_KEY_HOOKS.to_vec(), None),
         };
         let placed = self.place(pid, libssl, &hooks)?;
@@ -500,7 +502,7 @@ impl TlsProbes {
             return Ok(att.info.clone());
         }
         let library = att.info.library.clone();
-        let (hooks, internal_not_used) = call_hooks(&library);
+        let (hooks, internal_not_used) = call_hooks(&openssl_entry::Library::read(&library));
         let placed = self.place(pid, &library, &hooks)?;
         let att = self.attached.get_mut(&pid).ok_or(TlsError::NotAttached { pid })?;
         att.links.extend(placed.links);
