@@ -339,6 +339,17 @@ pub struct Runtime<B: CaptureBackend> {
     capture_filters: CaptureFilters,
 }
 
+/// Records the cgroups found below a pod's cgroup `dir` (its containers') as the pod's.
+fn learn_containers(
+    by_cgroup: &mut rustc_hash::FxHashMap<u64, std::sync::Arc<WatchedPod>>,
+    dir: &Path,
+    pod: &std::sync::Arc<WatchedPod>,
+) {
+    for id in crate::workloads::descendant_cgroup_ids(dir) {
+        by_cgroup.entry(id).or_insert_with(|| pod.clone());
+    }
+}
+
 /// The source of a finding seen in TLS plaintext: uprobes do not see the peer's address.
 pub const TLS_PEER_UNKNOWN: &str = "unknown (TLS)";
 
@@ -631,9 +642,7 @@ impl<B: CaptureBackend> Runtime<B> {
                     self.by_cgroup.insert(cgroup_id, pod.clone());
                     // Its containers' cgroups, where the sockets are: known from the start,
                     // their capture filters are in place before their first packet.
-                    for id in crate::workloads::descendant_cgroup_ids(&cgroup_dir) {
-                        self.by_cgroup.entry(id).or_insert_with(|| pod.clone());
-                    }
+                    learn_containers(&mut self.by_cgroup, &cgroup_dir, pod);
                     self.attachments.insert(
                         uid.clone(),
                         Attachment {
@@ -1365,9 +1374,7 @@ impl<B: CaptureBackend> Runtime<B> {
             let Some(pod) = self.by_cgroup.get(&att.cgroup_id).cloned() else {
                 continue;
             };
-            for id in crate::workloads::descendant_cgroup_ids(&att.cgroup_dir) {
-                self.by_cgroup.entry(id).or_insert_with(|| pod.clone());
-            }
+            learn_containers(&mut self.by_cgroup, &att.cgroup_dir, &pod);
         }
         if self.capture_filters.cgroups() != self.by_cgroup.len() {
             self.sync_capture_filters();
