@@ -4,8 +4,8 @@
 //! the kernel and user space agree on every byte. Changing a layout changes both sides at once.
 #![no_std]
 
-/// Bytes of TCP payload in each record (chunk) of an skb too big for one record of
-/// [`PAGE_CHUNK_BYTES`]; each chunk has its own `chunk_offset`. A 64 KiB body takes 4 records,
+/// Bytes of TCP payload in each record (chunk) of an skb over `CHUNK_BYTES` (smaller ones go in
+/// pages, see [`chunk_bytes_for`]); each chunk has its own `chunk_offset`. A 64 KiB body takes 4 records,
 /// not 16 of a page: each record costs the kernel a reservation and the agent a lookup of its
 /// connection, which for bodies cost more than the bytes (the agent's CPU per 64 KiB response
 /// fell by about a third with 16 KiB chunks, `cargo bench --bench capture`).
